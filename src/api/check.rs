@@ -1,0 +1,72 @@
+//! `tokenauth.v1.CheckService`: the per-request authorization decision.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::kind_to_proto;
+use crate::{
+    domain::{
+        service::{Decision, TokenService},
+        token::{Reason, validate_check_query},
+    },
+    proto::{self, check_service_server},
+};
+
+/// The gRPC face of Check.
+pub struct CheckApi {
+    service: Arc<TokenService>,
+}
+
+impl CheckApi {
+    pub fn new(service: Arc<TokenService>) -> Self {
+        Self { service }
+    }
+}
+
+fn reason_to_proto(reason: Reason) -> proto::Reason {
+    match reason {
+        Reason::Ok => proto::Reason::Ok,
+        Reason::Malformed => proto::Reason::Malformed,
+        Reason::NotFound => proto::Reason::NotFound,
+        Reason::Revoked => proto::Reason::Revoked,
+        Reason::Expired => proto::Reason::Expired,
+        Reason::WrongScope => proto::Reason::WrongScope,
+        Reason::InsufficientPermission => proto::Reason::InsufficientPermission,
+    }
+}
+
+fn decision_to_proto(decision: &Decision) -> proto::CheckResponse {
+    let mut response = proto::CheckResponse {
+        allowed: decision.allowed(),
+        reason: reason_to_proto(decision.reason).into(),
+        ..Default::default()
+    };
+    if let Some(token) = &decision.token {
+        let record = &token.record;
+        response.token_id = record.id.to_string();
+        response.kind = kind_to_proto(record.kind).into();
+        response.owner_user_id.clone_from(&record.owner_user_id);
+        response.org_id.clone_from(&record.org_id);
+        response.workspace_id.clone_from(&record.workspace_id);
+    }
+    response
+}
+
+#[tonic::async_trait]
+impl check_service_server::CheckService for CheckApi {
+    async fn check(
+        &self,
+        request: Request<proto::CheckRequest>,
+    ) -> Result<Response<proto::CheckResponse>, Status> {
+        let request = request.into_inner();
+        let query = validate_check_query(
+            self.service.catalogue(),
+            &request.permission,
+            &request.org_id,
+            &request.workspace_id,
+        )?;
+        let decision = self.service.check(&request.token, &query).await?;
+        Ok(Response::new(decision_to_proto(&decision)))
+    }
+}

@@ -1,0 +1,56 @@
+//! The single place where domain errors become `tonic::Status`.
+//!
+//! Client errors say precisely what is wrong. Internal errors are logged with
+//! their cause and returned as a generic message: no path, no stack, no secret
+//! leaves the process.
+
+use tonic::Status;
+
+use crate::{domain::Error, store::StoreError};
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            Error::NotFound(_) => Status::not_found(error.to_string()),
+            Error::Store(StoreError::Unavailable(cause)) => {
+                tracing::error!(%cause, "store unavailable");
+                Status::unavailable("the token store is unavailable; retry later")
+            }
+            Error::Store(StoreError::Corrupt(cause)) => {
+                tracing::error!(%cause, "store data is corrupt");
+                Status::internal("internal error")
+            }
+            Error::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn internal_causes_do_not_reach_the_client() {
+        let status = Status::from(Error::Store(StoreError::Unavailable(
+            "/var/lib/tokenauth/db: No space left".into(),
+        )));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("/var/lib"));
+
+        let status = Status::from(Error::Internal("rng: EIO".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("rng"));
+    }
+
+    #[test]
+    fn client_errors_name_the_field() {
+        let status = Status::from(Error::invalid("org_id", "is required"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "org_id: is required");
+    }
+}

@@ -1,0 +1,43 @@
+//! The domain: tokens, their secrets, permissions, and the decisions Check
+//! makes. Nothing here knows about tonic or sled; the API layer converts wire
+//! messages into these types and the store persists them.
+
+pub mod caller;
+pub mod ids;
+pub mod pagination;
+pub mod permissions;
+pub mod secret;
+pub mod service;
+pub mod time;
+pub mod token;
+
+use crate::store::StoreError;
+
+/// Every way a domain operation can fail. Turned into a `tonic::Status` in
+/// exactly one place, `api::status`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong; `field` names the offending input.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// No token with this id (or the caller may not know it exists).
+    #[error("token {0} not found")]
+    NotFound(String),
+    /// The store failed; the cause is logged, never returned to the caller.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something that should not fail did (e.g. the OS random source); the
+    /// cause is logged, never returned to the caller.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for an [`Error::InvalidArgument`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

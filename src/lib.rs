@@ -1,0 +1,21 @@
+//! tokenauth: a gRPC service that issues, lists, revokes and checks API access
+//! tokens for a multi-tenant platform.
+//!
+//! The crate is layered so that each room has one job:
+//! - [`proto`]: the generated wire types, sealed, plus the hand-written
+//!   redacting `Debug` of messages that carry secrets;
+//! - [`api`]: one file per gRPC service, validate -> convert -> call the domain;
+//! - [`domain`]: tokens, permissions and decisions, with no tonic and no sled;
+//! - [`store`]: the [`store::Store`] trait and its sled implementation;
+//! - [`cache`]: the moka layer in front of the store, and its invalidation rules;
+//! - [`config`], [`pepper`], [`server`]: loading, keys and wiring.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod last_used;
+pub mod pepper;
+pub mod proto;
+pub mod server;
+pub mod store;

@@ -1,0 +1,151 @@
+//! The `tokenauth` binary: parse the command line, load the configuration,
+//! start logging, and run the server (or a maintenance command).
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tokenauth::{config::Config, pepper, server};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenauth",
+    version,
+    about = "Issues, lists, revokes and checks API access tokens over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server. Precedence: flags, then TOKENAUTH_* variables, then the config file.
+    Serve(ServeArgs),
+    /// Manage the pepper file (the keys token digests are made with).
+    Pepper {
+        #[command(subcommand)]
+        action: PepperAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (optional: every setting has a default).
+    #[arg(long, env = "TOKENAUTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long, env = "TOKENAUTH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./data].
+    #[arg(long, env = "TOKENAUTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `tokenauth=debug` (RUST_LOG syntax).
+    #[arg(long, env = "TOKENAUTH_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum PepperAction {
+    /// Add a new pepper key. New tokens use it after the next start; existing tokens keep working.
+    Rotate {
+        /// The pepper file [default: <data dir>/pepper].
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Data directory whose pepper file to rotate [default: ./data].
+        #[arg(long, env = "TOKENAUTH_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Pepper {
+            action: PepperAction::Rotate { file, data_dir },
+        } => {
+            let path = file.unwrap_or_else(|| data_dir.join("pepper"));
+            match pepper::rotate(&path) {
+                Ok(id) => {
+                    println!(
+                        "added pepper key {id} to {}; restart the server to use it",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .init();
+    let mut config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(%error, "invalid configuration");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "starting the async runtime failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "tokenauth stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), server::ServerError> {
+    let mut running = server::start(config).await?;
+    tokio::select! {
+        result = running.wait() => return result,
+        () = shutdown_signal() => tracing::info!("shutdown signal received"),
+    }
+    running.shutdown().await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; only ctrl-c will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

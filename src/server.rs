@@ -1,0 +1,205 @@
+//! Wiring: store -> pepper -> cache -> services; the listener, health,
+//! reflection, background tasks and an orderly shutdown.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+
+use crate::{
+    api::{check::CheckApi, tokens::TokenApi},
+    cache::{CacheSettings, TokenCache},
+    config::{Config, ConfigError},
+    domain::{service::TokenService, token::LifetimePolicy},
+    last_used::LastUsedTracker,
+    pepper::{self, PepperError},
+    proto::{check_service_server::CheckServiceServer, token_service_server::TokenServiceServer},
+    store::{SledStore, Store, StoreError},
+};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening the database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pepper(#[from] PepperError),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A started server. Drop it or call [`RunningServer::shutdown`] to stop.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets in-flight calls finish, writes pending last-use
+    /// times, flushes the database, and releases it.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops on its own (it only does on an error).
+    pub async fn wait(&mut self) -> Result<(), ServerError> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) => Err(ServerError::Store(StoreError::Unavailable(format!(
+                "server task failed: {join}"
+            )))),
+        }
+    }
+}
+
+/// Opens the store, verifies the pepper, binds `config.listen`, and serves
+/// until [`RunningServer::shutdown`].
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let catalogue = config.validate()?;
+    create_private_dir(&config.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("db"))?);
+    let keyring = pepper::open(&config.pepper_path(), store.as_ref()).await?;
+    let last_used = Arc::new(LastUsedTracker::default());
+    let cache = TokenCache::new(&CacheSettings {
+        capacity: config.cache.capacity,
+        negative_capacity: config.cache.negative_capacity,
+        negative_ttl: config.cache.negative_ttl,
+    });
+    let service = Arc::new(TokenService::new(
+        Arc::clone(&store),
+        cache,
+        keyring,
+        catalogue,
+        LifetimePolicy {
+            max_lifetime: config.tokens.max_lifetime(),
+        },
+        Arc::clone(&last_used),
+    ));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(config, service, store, last_used, listener, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%local_addr, "tokenauth listening");
+    Ok(RunningServer {
+        local_addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| ServerError::DataDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+async fn set_serving(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    for name in [
+        <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
+        <CheckServiceServer<CheckApi> as tonic::server::NamedService>::NAME,
+    ] {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+async fn serve(
+    config: Config,
+    service: Arc<TokenService>,
+    store: Arc<dyn Store>,
+    last_used: Arc<LastUsedTracker>,
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StoreError::Unavailable(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StoreError::Unavailable(format!("reflection: {e}")))?;
+
+    let max_request = config.limits.max_request_bytes;
+    let tokens = TokenServiceServer::new(TokenApi::new(Arc::clone(&service)))
+        .max_decoding_message_size(max_request);
+    let check = CheckServiceServer::new(CheckApi::new(Arc::clone(&service)))
+        .max_decoding_message_size(max_request);
+
+    let flusher = tokio::spawn(
+        Arc::clone(&last_used).run(Arc::clone(&store), config.tokens.last_used_flush_interval),
+    );
+    set_serving(&health, true).await;
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let draining_health = health.clone();
+    let served = tonic::transport::Server::builder()
+        .http2_max_header_list_size(config.limits.max_header_list_bytes)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(tokens)
+        .add_service(check)
+        .serve_with_incoming_shutdown(incoming, async move {
+            stop.await;
+            set_serving(&draining_health, false).await;
+            tracing::info!("draining: no new connections; waiting for in-flight calls");
+        })
+        .await;
+
+    flusher.abort();
+    let _ = flusher.await;
+    if let Err(error) = last_used.flush(store.as_ref()).await {
+        tracing::warn!(%error, "writing last-used times at shutdown failed");
+    }
+    store.flush().await?;
+    tracing::info!("stopped; database flushed");
+    served.map_err(ServerError::from)
+}
