@@ -77,9 +77,23 @@ impl RunningServer {
 /// Opens the store, verifies the pepper, binds `config.listen`, and serves
 /// until [`RunningServer::shutdown`].
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-    let catalogue = config.validate()?;
+    let store = open_store(&config)?;
+    start_with_store(config, store).await
+}
+
+/// Opens the store `config` names (creating the data directory, mode 0700).
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     create_private_dir(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("db"))?);
+    Ok(Arc::new(SledStore::open(&config.data_dir.join("db"))?))
+}
+
+/// Like [`start`], over a store opened by the caller (tests wrap the real
+/// store to widen race windows).
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> Result<RunningServer, ServerError> {
+    let catalogue = config.validate()?;
     let keyring = pepper::open(&config.pepper_path(), store.as_ref()).await?;
     let last_used = Arc::new(LastUsedTracker::default());
     let cache = TokenCache::new(&CacheSettings {

@@ -1,0 +1,183 @@
+//! Starts and stops real servers for the tests, and small helpers for
+//! issuing tokens.
+
+use std::{sync::Arc, time::Duration};
+
+use tempfile::TempDir;
+use tokenauth::{
+    config::Config,
+    proto::{
+        IssueTokenRequest, IssueTokenResponse, TokenKind, check_service_client::CheckServiceClient,
+        token_service_client::TokenServiceClient,
+    },
+    server::{self, RunningServer},
+    store::Store,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// A running server with its own data directory.
+pub struct TestServer {
+    pub dir: TempDir,
+    pub config: Config,
+    running: Option<RunningServer>,
+    pub channel: Channel,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test defaults, adjusted by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_wrapped(configure, |store| store).await
+    }
+
+    /// Like [`Self::start_with`], with the real store wrapped by `wrap`.
+    pub async fn start_wrapped(
+        configure: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let store = wrap(server::open_store(&config).unwrap());
+        Self::start_in(dir, config, store).await
+    }
+
+    async fn start_in(dir: TempDir, config: Config, store: Arc<dyn Store>) -> Self {
+        let running = server::start_with_store(config.clone(), store)
+            .await
+            .unwrap();
+        let channel = Channel::from_shared(format!("http://{}", running.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        wait_until_serving(channel.clone()).await;
+        Self {
+            dir,
+            config,
+            running: Some(running),
+            channel,
+        }
+    }
+
+    pub fn tokens(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel.clone())
+    }
+
+    pub fn check(&self) -> CheckServiceClient<Channel> {
+        CheckServiceClient::new(self.channel.clone())
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.running.as_ref().unwrap().local_addr()
+    }
+
+    /// Stops the server cleanly and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> Self {
+        self.running.take().unwrap().shutdown().await.unwrap();
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let store = server::open_store(&config).unwrap();
+        Self::start_in(self.dir, config, store).await
+    }
+
+    /// Stops the server cleanly; the data directory lives as long as the returned handle.
+    pub async fn stop(mut self) -> TempDir {
+        self.running.take().unwrap().shutdown().await.unwrap();
+        self.dir
+    }
+}
+
+/// Polls gRPC health until the server reports SERVING (never a fixed sleep).
+pub async fn wait_until_serving(channel: Channel) {
+    let mut health = HealthClient::new(channel);
+    for _ in 0..200 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server never reported SERVING");
+}
+
+/// A request for an organization-level service token in `org`.
+pub fn service_token(org: &str, permissions: &[&str]) -> IssueTokenRequest {
+    IssueTokenRequest {
+        kind: TokenKind::Service as i32,
+        org_id: org.to_owned(),
+        workspace_id: String::new(),
+        name: "service".to_owned(),
+        permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+        expires_at: None,
+        owner_user_id: String::new(),
+    }
+}
+
+/// A request for a workspace-level service token.
+pub fn workspace_token(org: &str, workspace: &str, permissions: &[&str]) -> IssueTokenRequest {
+    IssueTokenRequest {
+        workspace_id: workspace.to_owned(),
+        ..service_token(org, permissions)
+    }
+}
+
+/// A request for a personal token of `user` in `org`.
+pub fn personal_token(org: &str, user: &str, permissions: &[&str]) -> IssueTokenRequest {
+    IssueTokenRequest {
+        kind: TokenKind::Personal as i32,
+        owner_user_id: user.to_owned(),
+        name: format!("{user}'s laptop"),
+        ..service_token(org, permissions)
+    }
+}
+
+pub async fn issue(server: &TestServer, request: IssueTokenRequest) -> IssueTokenResponse {
+    server
+        .tokens()
+        .issue_token(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The id of an issued token.
+pub fn id_of(issued: &IssueTokenResponse) -> String {
+    issued.token.as_ref().unwrap().id.clone()
+}
+
+/// Runs a Check and returns the decision (panics on an RPC error).
+pub async fn check(
+    server: &TestServer,
+    token: &str,
+    permission: &str,
+    org: &str,
+    workspace: &str,
+) -> tokenauth::proto::CheckResponse {
+    server
+        .check()
+        .check(tokenauth::proto::CheckRequest {
+            token: token.to_owned(),
+            permission: permission.to_owned(),
+            org_id: org.to_owned(),
+            workspace_id: workspace.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}

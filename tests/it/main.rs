@@ -1,0 +1,15 @@
+//! Integration tests: the real server on 127.0.0.1:0 with a temporary data
+//! directory, driven through the generated gRPC clients. One binary, many
+//! modules, so linking happens once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod bad_input;
+mod check;
+mod lifecycle;
+mod listing;
+mod persistence;
+mod reflection;
+mod revocation;

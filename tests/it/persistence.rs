@@ -1,0 +1,134 @@
+//! What was acknowledged survives a restart on the same data directory.
+
+use std::time::Duration;
+
+use tokenauth::proto::{GetTokenRequest, Reason, RevokeAllRequest, RevokeTokenRequest};
+
+use crate::harness::{TestServer, check, id_of, issue, personal_token, service_token};
+
+#[tokio::test]
+async fn tokens_and_revocations_survive_a_restart() {
+    let server = TestServer::start_with(|config| {
+        config.tokens.last_used_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let live = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let revoked = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let bulk = issue(&server, personal_token("org-1", "alice", &["scim:read"])).await;
+    server
+        .tokens()
+        .revoke_token(RevokeTokenRequest {
+            id: id_of(&revoked),
+        })
+        .await
+        .unwrap();
+    server
+        .tokens()
+        .revoke_all(RevokeAllRequest {
+            org_id: "org-1".into(),
+            owner_user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        check(&server, &live.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    let pepper_before = std::fs::read(server.config.pepper_path()).unwrap();
+
+    let server = server.restart().await;
+    assert_eq!(
+        std::fs::read(server.config.pepper_path()).unwrap(),
+        pepper_before,
+        "the pepper is reused, never replaced"
+    );
+    assert!(
+        check(&server, &live.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    assert_eq!(
+        check(&server, &revoked.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::Revoked as i32
+    );
+    assert_eq!(
+        check(&server, &bulk.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::Revoked as i32
+    );
+
+    // last_used_at was noted in memory only (the interval is an hour) and
+    // written by the clean shutdown.
+    let token = server
+        .tokens()
+        .get_token(GetTokenRequest { id: id_of(&live) })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert!(token.last_used_at.is_some());
+    assert_eq!(token, {
+        let mut expected = live.token.clone().unwrap();
+        expected.last_used_at = token.last_used_at;
+        expected
+    });
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn last_used_is_visible_before_it_is_written() {
+    let server = TestServer::start_with(|config| {
+        config.tokens.last_used_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
+    assert!(issued.token.as_ref().unwrap().last_used_at.is_none());
+    check(&server, &issued.secret, "scim:read", "org-1", "").await;
+    let token = server
+        .tokens()
+        .get_token(GetTokenRequest { id: id_of(&issued) })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert!(token.last_used_at.is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_without_its_pepper_refuses_to_start() {
+    let server = TestServer::start().await;
+    issue(&server, service_token("org-1", &["scim:read"])).await;
+    let config = server.config.clone();
+    let dir = server.stop().await;
+    std::fs::remove_file(config.pepper_path()).unwrap();
+    let err = tokenauth::server::start(config.clone())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(
+        !config.pepper_path().exists(),
+        "no fresh pepper over an existing database"
+    );
+
+    // Another installation's pepper is recognised as wrong.
+    std::fs::write(config.pepper_path(), format!("1 {}\n", "ab".repeat(32))).unwrap();
+    let err = tokenauth::server::start(config.clone())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert!(
+        !err.to_string().contains(&"ab".repeat(32)),
+        "errors never print a key"
+    );
+    drop(dir);
+}
