@@ -301,3 +301,48 @@ async fn oversized_messages_and_metadata_are_refused_and_the_server_stays_up() {
     );
     server.stop().await;
 }
+
+/// A CheckRequest as raw bytes on the wire: the same field numbers, but
+/// `bytes` where the contract says `string`, to send invalid UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCheckRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    token: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    permission: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    org_id: Vec<u8>,
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_string_field_is_refused_and_the_server_stays_up() {
+    let server = TestServer::start().await;
+    let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/tokenauth.v1.CheckService/Check");
+    let request = RawCheckRequest {
+        token: vec![0x74, 0x6b, 0xff, 0xfe, 0x00],
+        permission: b"scim:read".to_vec(),
+        org_id: b"org-1".to_vec(),
+    };
+    let status = grpc
+        .unary::<_, tokenauth::proto::CheckResponse, _>(
+            Request::new(request),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    // gRPC's convention for an unparsable request message is INTERNAL; the
+    // message says what was wrong.
+    assert_eq!(status.code(), Code::Internal);
+    assert!(status.message().contains("UTF-8"), "{}", status.message());
+    assert!(
+        check(&server, &issued.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    server.stop().await;
+}

@@ -132,3 +132,44 @@ async fn a_database_without_its_pepper_refuses_to_start() {
     );
     drop(dir);
 }
+
+#[tokio::test]
+async fn pepper_rotation_keeps_old_tokens_valid() {
+    let server = TestServer::start().await;
+    let before = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let config = server.config.clone();
+    let dir = server.stop().await;
+
+    assert_eq!(tokenauth::pepper::rotate(&config.pepper_path()).unwrap(), 2);
+    let running = tokenauth::server::start(config.clone()).await.unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", running.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    crate::harness::wait_until_serving(channel.clone()).await;
+    let mut tokens =
+        tokenauth::proto::token_service_client::TokenServiceClient::new(channel.clone());
+    let mut checks = tokenauth::proto::check_service_client::CheckServiceClient::new(channel);
+    let after = tokens
+        .issue_token(service_token("org-1", &["scim:read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    for secret in [&before.secret, &after.secret] {
+        let response = checks
+            .check(tokenauth::proto::CheckRequest {
+                token: secret.clone(),
+                permission: "scim:read".into(),
+                org_id: "org-1".into(),
+                workspace_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(response.allowed, "a token issued under key 1 or 2 verifies");
+    }
+    running.shutdown().await.unwrap();
+    drop(dir);
+}
