@@ -7,13 +7,16 @@ use std::{env, error::Error, path::PathBuf};
 /// `src/proto.rs` so that no log line, at any level, can print a secret.
 const SECRET_BEARING: &[&str] = &[
     ".tokenauth.v1.IssueTokenResponse",
+    ".tokenauth.v1.RotateTokenResponse",
     ".tokenauth.v1.CheckRequest",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
     let protos = [
+        "proto/tokenauth/v1/types.proto",
         "proto/tokenauth/v1/tokens.proto",
         "proto/tokenauth/v1/check.proto",
+        "proto/tokenauth/v1/audit.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -11,8 +11,11 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::domain::permissions::{
-    Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS,
+use crate::domain::{
+    authz::Roles,
+    permissions::{Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS},
+    service::{ControlPlaneCredential, Policy},
+    token::LifetimePolicy,
 };
 
 /// A configuration problem, naming the field or file at fault.
@@ -33,8 +36,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address of the gRPC server. Default `127.0.0.1:50051`: loopback only,
-    /// because the management RPCs do not authenticate their callers yet.
+    /// Address of the gRPC server. Default `127.0.0.1:50051` (loopback only).
     pub listen: SocketAddr,
     /// Directory of the database (created with mode 0700 if absent). Default `./data`.
     pub data_dir: PathBuf,
@@ -44,6 +46,10 @@ pub struct Config {
     pub cache: CacheConfig,
     pub limits: LimitsConfig,
     pub permissions: PermissionsConfig,
+    pub roles: RolesConfig,
+    pub control_plane: ControlPlaneConfig,
+    pub audit: AuditConfig,
+    pub usage: UsageConfig,
 }
 
 impl Default for Config {
@@ -56,38 +62,178 @@ impl Default for Config {
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
             permissions: PermissionsConfig::default(),
+            roles: RolesConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
+            audit: AuditConfig::default(),
+            usage: UsageConfig::default(),
         }
     }
 }
 
-/// `[tokens]`: token lifetimes and last-use tracking.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// `[tokens]`: token lifetimes and rotation.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
-    /// Longest lifetime a token may be issued with, and the lifetime of a token
-    /// issued without `expires_at`. `"0s"` allows tokens that never expire.
-    /// Default `"365days"`.
+    pub personal: PersonalTokensConfig,
+    pub service: ServiceTokensConfig,
+    /// Longest grace period a rotation may give the old secret. Default `"7days"`.
     #[serde(with = "humantime_serde")]
-    pub max_lifetime: Duration,
-    /// How often noted token uses are written to the store; `last_used_at`
-    /// lags by at most this much. Default `"10s"`.
-    #[serde(with = "humantime_serde")]
-    pub last_used_flush_interval: Duration,
+    pub max_rotation_grace: Duration,
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
         Self {
-            max_lifetime: Duration::from_secs(365 * 24 * 3600),
-            last_used_flush_interval: Duration::from_secs(10),
+            personal: PersonalTokensConfig::default(),
+            service: ServiceTokensConfig::default(),
+            max_rotation_grace: 7 * DAY,
         }
     }
 }
 
-impl TokensConfig {
-    /// The maximum lifetime, `None` when unlimited.
-    pub fn max_lifetime(&self) -> Option<Duration> {
-        (!self.max_lifetime.is_zero()).then_some(self.max_lifetime)
+/// `[tokens.personal]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersonalTokensConfig {
+    /// Longest lifetime of a personal token, and the lifetime of one issued
+    /// without `expires_at`. `"0s"` allows tokens that never expire. Default `"365days"`.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Refuse personal tokens issued without an explicit `expires_at`. Default false.
+    pub require_expiry: bool,
+}
+
+impl Default for PersonalTokensConfig {
+    fn default() -> Self {
+        Self {
+            max_lifetime: 365 * DAY,
+            require_expiry: false,
+        }
+    }
+}
+
+/// `[tokens.service]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceTokensConfig {
+    /// As for personal tokens. Default `"365days"`.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for ServiceTokensConfig {
+    fn default() -> Self {
+        Self {
+            max_lifetime: 365 * DAY,
+        }
+    }
+}
+
+fn limit(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+/// `[roles]`: the permissions each organization role may put in its members'
+/// own personal tokens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolesConfig {
+    /// Default: the read actions of the workspace APIs. (READ_ONLY members
+    /// cannot create personal tokens; this matters if that rule is relaxed.)
+    pub read_only: Vec<String>,
+    /// Default: every workspace-level permission.
+    pub read_write: Vec<String>,
+    /// Default: every permission but `tokens:manage` (which only service tokens use).
+    pub admin: Vec<String>,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        let owned = |list: &[&str]| list.iter().map(|p| (*p).to_owned()).collect();
+        let workspace = [
+            "data_catalog:*",
+            "test_api:*",
+            "tracking_plans:*",
+            "transformations:*",
+        ];
+        Self {
+            read_only: owned(&[
+                "data_catalog:read",
+                "tracking_plans:read",
+                "transformations:read",
+            ]),
+            read_write: owned(&workspace),
+            admin: owned(&[&workspace[..], &["audit_logs:*", "scim:*"]].concat()),
+        }
+    }
+}
+
+/// `[control_plane]`: the credentials the control plane authenticates with.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    /// `[[control_plane.credentials]]` entries, each `name` and `sha256` (hex
+    /// of the credential's SHA-256; make one with `tokenauth credential generate`).
+    /// Default: none, so only service tokens can manage tokens.
+    pub credentials: Vec<CredentialConfig>,
+}
+
+/// One control-plane credential: never the credential itself, only its hash.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Recorded as the actor's credential in audit events.
+    pub name: String,
+    /// 64 hex digits.
+    pub sha256: String,
+}
+
+/// `[audit]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How long audit events are kept. Default `"400days"`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often expired events (and usage records) are pruned. Default `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// Most refusal events stored per second (beyond it they are only
+    /// logged), so that a flood of bad credentials cannot fill the disk. Default 100.
+    pub max_denied_events_per_second: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: 400 * DAY,
+            prune_interval: Duration::from_secs(3600),
+            max_denied_events_per_second: 100,
+        }
+    }
+}
+
+/// `[usage]`: Check usage records and last-use times.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How often usage counts and last-use times are written; they lag, and a
+    /// crash may lose, at most this much. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// How long usage records are kept. Default `"90days"`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_secs(10),
+            retention: 90 * DAY,
+        }
     }
 }
 
@@ -180,8 +326,8 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("pepper"))
     }
 
-    /// Checks what types alone cannot, and builds the permission catalogue.
-    pub fn validate(&self) -> Result<Catalogue, ConfigError> {
+    /// Checks what types alone cannot, and builds the rules the service enforces.
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
         let invalid = |field, reason: &str| ConfigError::Invalid {
             field,
             reason: reason.to_owned(),
@@ -195,11 +341,15 @@ impl Config {
         if self.cache.negative_ttl.is_zero() {
             return Err(invalid("cache.negative_ttl", "must be longer than 0s"));
         }
-        if self.tokens.last_used_flush_interval.is_zero() {
-            return Err(invalid(
-                "tokens.last_used_flush_interval",
-                "must be longer than 0s",
-            ));
+        for (field, duration) in [
+            ("usage.flush_interval", self.usage.flush_interval),
+            ("usage.retention", self.usage.retention),
+            ("audit.prune_interval", self.audit.prune_interval),
+            ("audit.retention", self.audit.retention),
+        ] {
+            if duration.is_zero() {
+                return Err(invalid(field, "must be longer than 0s"));
+            }
         }
         if self.limits.max_request_bytes < 1024 {
             return Err(invalid("limits.max_request_bytes", "must be at least 1024"));
@@ -213,9 +363,70 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
-        Catalogue::new(&self.permissions.organization, &self.permissions.workspace)
-            .map_err(|reason| invalid("permissions", &reason))
+        let catalogue = Catalogue::new(&self.permissions.organization, &self.permissions.workspace)
+            .map_err(|reason| invalid("permissions", &reason))?;
+        let roles = Roles {
+            read_only: self.roles.read_only.clone(),
+            read_write: self.roles.read_write.clone(),
+            admin: self.roles.admin.clone(),
+        };
+        roles
+            .validate(&catalogue)
+            .map_err(|reason| invalid("roles", &reason))?;
+        let mut control_plane = Vec::with_capacity(self.control_plane.credentials.len());
+        for credential in &self.control_plane.credentials {
+            if credential.name.is_empty() || !credential.name.chars().all(|c| c.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    "control_plane.credentials.name",
+                    "must be non-empty printable ASCII without spaces",
+                ));
+            }
+            if control_plane
+                .iter()
+                .any(|c: &ControlPlaneCredential| c.name == credential.name)
+            {
+                return Err(invalid(
+                    "control_plane.credentials.name",
+                    &format!("{:?} appears twice", credential.name),
+                ));
+            }
+            let sha256 = decode_sha256(&credential.sha256).ok_or_else(|| {
+                invalid(
+                    "control_plane.credentials.sha256",
+                    &format!("for {:?} must be 64 hex digits (the credential's SHA-256, not the credential)", credential.name),
+                )
+            })?;
+            control_plane.push(ControlPlaneCredential {
+                name: credential.name.clone(),
+                sha256,
+            });
+        }
+        Ok(Policy {
+            catalogue,
+            roles,
+            lifetime: LifetimePolicy {
+                personal_max: limit(self.tokens.personal.max_lifetime),
+                service_max: limit(self.tokens.service.max_lifetime),
+                personal_requires_expiry: self.tokens.personal.require_expiry,
+            },
+            max_rotation_grace: self.tokens.max_rotation_grace,
+            control_plane,
+            max_denied_events_per_second: self.audit.max_denied_events_per_second,
+        })
     }
+}
+
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -226,19 +437,36 @@ mod tests {
     fn defaults_need_no_file_and_are_valid() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
-        assert!(config.validate().is_ok());
+        assert!(config.policy().is_ok());
         assert_eq!(config.pepper_path(), PathBuf::from("data/pepper"));
     }
 
     #[test]
     fn durations_read_as_human_text() {
-        let config = Config::from_toml("[tokens]\nmax_lifetime = \"90days\"\n").unwrap();
+        let config = Config::from_toml("[tokens.personal]\nmax_lifetime = \"90days\"\n").unwrap();
+        let policy = config.policy().unwrap();
         assert_eq!(
-            config.tokens.max_lifetime(),
+            policy.lifetime.personal_max,
             Some(Duration::from_secs(90 * 86400))
         );
-        let unlimited = Config::from_toml("[tokens]\nmax_lifetime = \"0s\"\n").unwrap();
-        assert_eq!(unlimited.tokens.max_lifetime(), None);
+        assert_eq!(
+            policy.lifetime.service_max,
+            Some(Duration::from_secs(365 * 86400))
+        );
+        let unlimited = Config::from_toml("[tokens.service]\nmax_lifetime = \"0s\"\n").unwrap();
+        assert_eq!(unlimited.policy().unwrap().lifetime.service_max, None);
+    }
+
+    #[test]
+    fn control_plane_credentials_are_hashes() {
+        let config = Config::from_toml(&format!(
+            "[[control_plane.credentials]]\nname = \"dashboard\"\nsha256 = \"{}\"\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        let policy = config.policy().unwrap();
+        assert_eq!(policy.control_plane[0].name, "dashboard");
+        assert_eq!(policy.control_plane[0].sha256, [0xab; 32]);
     }
 
     #[test]
@@ -247,18 +475,29 @@ mod tests {
         assert!(unknown.contains("capacty"), "{unknown}");
         let wrong_type = Config::from_toml("listen = 5\n").unwrap_err();
         assert!(wrong_type.contains("listen"), "{wrong_type}");
-        let zero = Config::from_toml("[cache]\ncapacity = 0\n")
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert!(zero.to_string().contains("cache.capacity"), "{zero}");
-        let bad_catalogue = Config::from_toml("[permissions]\norganization = [\"x\"]\n")
-            .unwrap()
-            .validate()
-            .unwrap_err();
+        let invalid = |toml: &str| {
+            Config::from_toml(toml)
+                .unwrap()
+                .policy()
+                .unwrap_err()
+                .to_string()
+        };
+        let zero = invalid("[cache]\ncapacity = 0\n");
+        assert!(zero.contains("cache.capacity"), "{zero}");
+        let bad_catalogue = invalid("[permissions]\norganization = [\"x\"]\n");
+        assert!(bad_catalogue.contains("permissions"), "{bad_catalogue}");
+        let bad_role = invalid("[roles]\nadmin = [\"nope:read\"]\n");
+        assert!(bad_role.contains("roles"), "{bad_role}");
+        let in_clear = invalid(
+            "[[control_plane.credentials]]\nname = \"dashboard\"\nsha256 = \"tkcpl_secret\"\n",
+        );
         assert!(
-            bad_catalogue.to_string().contains("permissions"),
-            "{bad_catalogue}"
+            in_clear.contains("control_plane.credentials.sha256"),
+            "{in_clear}"
+        );
+        assert!(
+            !in_clear.contains("tkcpl_secret"),
+            "never echo what may be a secret"
         );
     }
 }

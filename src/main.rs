@@ -26,6 +26,21 @@ enum Command {
         #[command(subcommand)]
         action: PepperAction,
     },
+    /// Manage control-plane credentials.
+    Credential {
+        #[command(subcommand)]
+        action: CredentialAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialAction {
+    /// Print a new control-plane credential, and the config entry (its hash) that admits it.
+    Generate {
+        /// The credential's name, as audit events will show it.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -61,6 +76,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Credential {
+            action: CredentialAction::Generate { name },
+        } => generate_credential(&name),
         Command::Pepper {
             action: PepperAction::Rotate { file, data_dir },
         } => {
@@ -80,6 +98,33 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn generate_credential(name: &str) -> ExitCode {
+    use sha2::{Digest, Sha256};
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
+        eprintln!("error: --name must be non-empty printable ASCII without spaces");
+        return ExitCode::FAILURE;
+    }
+    let credential = match tokenauth::domain::secret::Secret::generate_control_plane() {
+        Ok(credential) => credential,
+        Err(error) => {
+            eprintln!("error: the OS random source failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hash: String = Sha256::digest(credential.expose().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // The credential goes to stdout alone, so it can be piped into a secret store;
+    // the config entry (no secret in it) goes to stderr.
+    println!("{}", credential.expose());
+    eprintln!(
+        "Give the line above to the control plane (it is shown once). Add this to the config:\n\n\
+         [[control_plane.credentials]]\nname = \"{name}\"\nsha256 = \"{hash}\""
+    );
+    ExitCode::SUCCESS
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -221,6 +221,7 @@ pub async fn open(path: &Path, store: &dyn Store) -> Result<Keyring, PepperError
             store.add_pepper_check(key.id(), check_value(key)).await?;
         }
     }
+    store.durable().await?;
     Ok(keyring)
 }
 

@@ -31,6 +31,16 @@ impl std::fmt::Debug for IssueTokenResponse {
     }
 }
 
+impl std::fmt::Debug for RotateTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateTokenResponse")
+            .field("token", &self.token)
+            .field("secret", &REDACTED)
+            .field("old_secret_expires_at", &self.old_secret_expires_at)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for CheckRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckRequest")
@@ -53,13 +63,22 @@ mod tests {
             token: None,
             secret: secret.to_owned(),
         };
+        let rotated = RotateTokenResponse {
+            token: None,
+            secret: secret.to_owned(),
+            old_secret_expires_at: None,
+        };
         let request = CheckRequest {
             token: secret.to_owned(),
             permission: "scim:read".to_owned(),
             org_id: "org".to_owned(),
             workspace_id: String::new(),
         };
-        for printed in [format!("{response:?}"), format!("{request:#?}")] {
+        for printed in [
+            format!("{response:?}"),
+            format!("{rotated:?}"),
+            format!("{request:#?}"),
+        ] {
             assert!(!printed.contains("SECRET"), "{printed}");
             assert!(printed.contains(REDACTED), "{printed}");
         }

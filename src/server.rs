@@ -8,13 +8,16 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    api::{check::CheckApi, tokens::TokenApi},
+    api::{audit::AuditApi, check::CheckApi, tokens::TokenApi},
     cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError},
-    domain::{service::TokenService, token::LifetimePolicy},
-    last_used::LastUsedTracker,
+    domain::{service::TokenService, time::Timestamp},
     pepper::{self, PepperError},
-    proto::{check_service_server::CheckServiceServer, token_service_server::TokenServiceServer},
+    proto::{
+        audit_service_server::AuditServiceServer, check_service_server::CheckServiceServer,
+        token_service_server::TokenServiceServer,
+    },
+    recorder::Recorder,
     store::{SledStore, Store, StoreError},
 };
 
@@ -93,9 +96,9 @@ pub async fn start_with_store(
     config: Config,
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
-    let catalogue = config.validate()?;
+    let policy = config.policy()?;
     let keyring = pepper::open(&config.pepper_path(), store.as_ref()).await?;
-    let last_used = Arc::new(LastUsedTracker::default());
+    let recorder = Arc::new(Recorder::new(policy.catalogue.clone()));
     let cache = TokenCache::new(&CacheSettings {
         capacity: config.cache.capacity,
         negative_capacity: config.cache.negative_capacity,
@@ -105,11 +108,8 @@ pub async fn start_with_store(
         Arc::clone(&store),
         cache,
         keyring,
-        catalogue,
-        LifetimePolicy {
-            max_lifetime: config.tokens.max_lifetime(),
-        },
-        Arc::clone(&last_used),
+        policy,
+        Arc::clone(&recorder),
     ));
 
     let listener = TcpListener::bind(config.listen)
@@ -123,7 +123,7 @@ pub async fn start_with_store(
         source,
     })?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(config, service, store, last_used, listener, async {
+    let task = tokio::spawn(serve(config, service, store, recorder, listener, async {
         let _ = stopped.await;
     }));
     tracing::info!(%local_addr, "tokenauth listening");
@@ -156,6 +156,7 @@ async fn set_serving(reporter: &HealthReporter, serving: bool) {
     for name in [
         <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
         <CheckServiceServer<CheckApi> as tonic::server::NamedService>::NAME,
+        <AuditServiceServer<AuditApi> as tonic::server::NamedService>::NAME,
     ] {
         reporter.set_service_status(name, status).await;
     }
@@ -165,7 +166,7 @@ async fn serve(
     config: Config,
     service: Arc<TokenService>,
     store: Arc<dyn Store>,
-    last_used: Arc<LastUsedTracker>,
+    recorder: Arc<Recorder>,
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
@@ -186,10 +187,12 @@ async fn serve(
         .max_decoding_message_size(max_request);
     let check = CheckServiceServer::new(CheckApi::new(Arc::clone(&service)))
         .max_decoding_message_size(max_request);
+    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&service)))
+        .max_decoding_message_size(max_request);
 
-    let flusher = tokio::spawn(
-        Arc::clone(&last_used).run(Arc::clone(&store), config.tokens.last_used_flush_interval),
-    );
+    let flusher =
+        tokio::spawn(Arc::clone(&recorder).run(Arc::clone(&store), config.usage.flush_interval));
+    let pruner = tokio::spawn(prune_forever(Arc::clone(&store), config.clone()));
     set_serving(&health, true).await;
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -201,6 +204,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(tokens)
         .add_service(check)
+        .add_service(audit)
         .serve_with_incoming_shutdown(incoming, async move {
             stop.await;
             set_serving(&draining_health, false).await;
@@ -208,12 +212,41 @@ async fn serve(
         })
         .await;
 
-    flusher.abort();
-    let _ = flusher.await;
-    if let Err(error) = last_used.flush(store.as_ref()).await {
-        tracing::warn!(%error, "writing last-used times at shutdown failed");
+    for task in [flusher, pruner] {
+        task.abort();
+        let _ = task.await;
     }
-    store.flush().await?;
+    if let Err(error) = recorder.flush(store.as_ref()).await {
+        tracing::warn!(%error, "writing usage and last-used records at shutdown failed");
+    }
+    store.durable().await?;
     tracing::info!("stopped; database flushed");
     served.map_err(ServerError::from)
+}
+
+/// Deletes audit events and usage records past their retention, every
+/// `audit.prune_interval`.
+async fn prune_forever(store: Arc<dyn Store>, config: Config) {
+    let mut ticker = tokio::time::interval(config.audit.prune_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let before = |retention: std::time::Duration| {
+            Timestamp::from_micros(
+                Timestamp::now()
+                    .as_micros()
+                    .saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX)),
+            )
+        };
+        match store.prune_audit(before(config.audit.retention)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned audit events past retention"),
+            Err(error) => tracing::warn!(%error, "pruning audit events failed; will retry"),
+        }
+        match store.prune_usage(before(config.usage.retention)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned usage records past retention"),
+            Err(error) => tracing::warn!(%error, "pruning usage records failed; will retry"),
+        }
+    }
 }

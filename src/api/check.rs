@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::kind_to_proto;
+use super::convert::{kind_to_proto, reason_to_proto};
 use crate::{
     domain::{
         service::{Decision, TokenService},
-        token::{Reason, validate_check_query},
+        token::validate_check_query,
     },
     proto::{self, check_service_server},
 };
@@ -21,18 +21,6 @@ pub struct CheckApi {
 impl CheckApi {
     pub fn new(service: Arc<TokenService>) -> Self {
         Self { service }
-    }
-}
-
-fn reason_to_proto(reason: Reason) -> proto::Reason {
-    match reason {
-        Reason::Ok => proto::Reason::Ok,
-        Reason::Malformed => proto::Reason::Malformed,
-        Reason::NotFound => proto::Reason::NotFound,
-        Reason::Revoked => proto::Reason::Revoked,
-        Reason::Expired => proto::Reason::Expired,
-        Reason::WrongScope => proto::Reason::WrongScope,
-        Reason::InsufficientPermission => proto::Reason::InsufficientPermission,
     }
 }
 

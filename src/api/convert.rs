@@ -1,16 +1,191 @@
 //! Conversions between wire messages and domain types. Every request field
 //! passes through here, so nothing unvalidated reaches the domain.
 
+use std::time::Duration;
+
 use crate::{
     domain::{
         Error,
-        ids::{optional_id, require_id},
+        audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery},
+        caller::{ActorClaim, OrgRole},
+        ids::{TokenId, optional_id, parse_token_id, require_id},
         time::Timestamp,
-        token::{NewToken, TokenKind, TokenView},
+        token::{NewToken, Reason, TokenKind, TokenView},
+        usage::{UsageQuery, UsageRecord},
     },
     proto,
     store::TokenQuery,
 };
+
+/// An asserted actor; an empty message counts as none.
+pub fn actor_claim(actor: &proto::Actor) -> Option<ActorClaim> {
+    if actor.user_id.is_empty() && actor.org_id.is_empty() && actor.org_role == 0 {
+        return None;
+    }
+    let role = match proto::OrgRole::try_from(actor.org_role) {
+        Ok(proto::OrgRole::ReadOnly) => Some(OrgRole::ReadOnly),
+        Ok(proto::OrgRole::ReadWrite) => Some(OrgRole::ReadWrite),
+        Ok(proto::OrgRole::Admin) => Some(OrgRole::Admin),
+        Ok(proto::OrgRole::Unspecified) | Err(_) => None,
+    };
+    Some(ActorClaim {
+        user_id: actor.user_id.clone(),
+        org_id: actor.org_id.clone(),
+        role,
+    })
+}
+
+pub fn reason_to_proto(reason: Reason) -> proto::Reason {
+    match reason {
+        Reason::Ok => proto::Reason::Ok,
+        Reason::Malformed => proto::Reason::Malformed,
+        Reason::NotFound => proto::Reason::NotFound,
+        Reason::Revoked => proto::Reason::Revoked,
+        Reason::Expired => proto::Reason::Expired,
+        Reason::WrongScope => proto::Reason::WrongScope,
+        Reason::InsufficientPermission => proto::Reason::InsufficientPermission,
+    }
+}
+
+/// A rotation grace period from the wire: absent means zero.
+pub fn grace_from_proto(grace: Option<&prost_types::Duration>) -> Result<Duration, Error> {
+    let Some(grace) = grace else {
+        return Ok(Duration::ZERO);
+    };
+    let invalid = || Error::invalid("grace_period", "must be a non-negative duration");
+    let seconds = u64::try_from(grace.seconds).map_err(|_| invalid())?;
+    let nanos = u32::try_from(grace.nanos).map_err(|_| invalid())?;
+    if nanos >= 1_000_000_000 {
+        return Err(invalid());
+    }
+    Ok(Duration::new(seconds, nanos))
+}
+
+/// An optional time-range bound.
+fn bound(
+    field: &'static str,
+    at: Option<&prost_types::Timestamp>,
+) -> Result<Option<Timestamp>, Error> {
+    at.map(|at| timestamp_from_proto(field, at)).transpose()
+}
+
+fn time_range(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> Result<(Option<Timestamp>, Option<Timestamp>), Error> {
+    let (start, end) = (bound("start_time", start)?, bound("end_time", end)?);
+    if let (Some(start), Some(end)) = (start, end)
+        && start >= end
+    {
+        return Err(Error::invalid("end_time", "must be after start_time"));
+    }
+    Ok((start, end))
+}
+
+fn optional_token_id(field: &'static str, text: &str) -> Result<Option<TokenId>, Error> {
+    (!text.is_empty())
+        .then(|| parse_token_id(field, text))
+        .transpose()
+}
+
+impl TryFrom<&proto::ListTokenUsageRequest> for UsageQuery {
+    type Error = Error;
+
+    fn try_from(request: &proto::ListTokenUsageRequest) -> Result<Self, Error> {
+        require_id("org_id", &request.org_id)?;
+        let (start, end) = time_range(request.start_time.as_ref(), request.end_time.as_ref())?;
+        Ok(UsageQuery {
+            org_id: request.org_id.clone(),
+            token_id: optional_token_id("token_id", &request.token_id)?,
+            start,
+            end,
+        })
+    }
+}
+
+impl TryFrom<&proto::ListAuditEventsRequest> for AuditQuery {
+    type Error = Error;
+
+    fn try_from(request: &proto::ListAuditEventsRequest) -> Result<Self, Error> {
+        require_id("org_id", &request.org_id)?;
+        let (start, end) = time_range(request.start_time.as_ref(), request.end_time.as_ref())?;
+        let action = match proto::AuditAction::try_from(request.action) {
+            Ok(proto::AuditAction::Unspecified) => None,
+            Ok(proto::AuditAction::Issued) => Some(AuditAction::Issued),
+            Ok(proto::AuditAction::Revoked) => Some(AuditAction::Revoked),
+            Ok(proto::AuditAction::RevokedAll) => Some(AuditAction::RevokedAll),
+            Ok(proto::AuditAction::Rotated) => Some(AuditAction::Rotated),
+            Ok(proto::AuditAction::Denied) => Some(AuditAction::Denied),
+            Err(_) => {
+                return Err(Error::invalid(
+                    "action",
+                    format!("{} is not an audit action", request.action),
+                ));
+            }
+        };
+        Ok(AuditQuery {
+            org_id: request.org_id.clone(),
+            workspace_id: filter("workspace_id", request.workspace_id.clone())?,
+            token_id: optional_token_id("token_id", &request.token_id)?,
+            actor: filter("actor", request.actor.clone())?,
+            action,
+            start,
+            end,
+        })
+    }
+}
+
+pub fn usage_to_proto(record: UsageRecord) -> proto::UsageRecord {
+    proto::UsageRecord {
+        token_id: record.token_id.to_string(),
+        permission: record.permission,
+        decision: reason_to_proto(record.decision).into(),
+        minute: Some(timestamp_to_proto(record.minute)),
+        count: record.count,
+    }
+}
+
+pub fn audit_to_proto(event: AuditEvent) -> proto::AuditEvent {
+    let action = match event.action {
+        AuditAction::Issued => proto::AuditAction::Issued,
+        AuditAction::Revoked => proto::AuditAction::Revoked,
+        AuditAction::RevokedAll => proto::AuditAction::RevokedAll,
+        AuditAction::Rotated => proto::AuditAction::Rotated,
+        AuditAction::Denied => proto::AuditAction::Denied,
+    };
+    let outcome = match event.outcome {
+        AuditOutcome::Succeeded => proto::AuditOutcome::Succeeded,
+        AuditOutcome::Unauthenticated => proto::AuditOutcome::Unauthenticated,
+        AuditOutcome::PermissionDenied => proto::AuditOutcome::PermissionDenied,
+        AuditOutcome::RetiredSecretPresented => proto::AuditOutcome::RetiredSecretPresented,
+    };
+    proto::AuditEvent {
+        id: event.id.to_string(),
+        time: Some(timestamp_to_proto(event.time)),
+        org_id: event.org_id,
+        workspace_id: event.workspace_id,
+        actor: Some(proto::AuditActor {
+            user_id: event.actor.user_id,
+            credential: event.actor.credential,
+            token_id: event.actor.token_id,
+        }),
+        action: action.into(),
+        target_token_ids: event
+            .target_token_ids
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        kind: event
+            .kind
+            .map_or(proto::TokenKind::Unspecified, kind_to_proto)
+            .into(),
+        outcome: outcome.into(),
+        method: event.method.name().to_owned(),
+        detail: event.detail,
+        peer: event.peer,
+        request_id: event.request_id,
+    }
+}
 
 pub fn timestamp_to_proto(at: Timestamp) -> prost_types::Timestamp {
     let (seconds, nanos) = at.to_parts();

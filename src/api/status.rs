@@ -13,6 +13,9 @@ impl From<Error> for Status {
         match error {
             Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
             Error::NotFound(_) => Status::not_found(error.to_string()),
+            Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
+            Error::PermissionDenied(_) => Status::permission_denied(error.to_string()),
+            Error::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
             Error::Store(StoreError::Unavailable(cause)) => {
                 tracing::error!(%cause, "store unavailable");
                 Status::unavailable("the token store is unavailable; retry later")

@@ -1,12 +1,20 @@
-//! `tokenauth.v1.TokenService`: issue, read, list and revoke tokens.
+//! `tokenauth.v1.TokenService`: issue, read, list, rotate and revoke tokens,
+//! and read their usage. Every call is authenticated first.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::caller_of;
+use super::{
+    convert::{grace_from_proto, timestamp_to_proto, usage_to_proto},
+    credentials_of,
+};
 use crate::{
-    domain::{ids::parse_token_id, service::TokenService},
+    domain::{
+        caller::Method,
+        ids::{TokenId, parse_token_id},
+        service::TokenService,
+    },
     proto::{self, token_service_server},
 };
 
@@ -27,7 +35,12 @@ impl token_service_server::TokenService for TokenApi {
         &self,
         request: Request<proto::IssueTokenRequest>,
     ) -> Result<Response<proto::IssueTokenResponse>, Status> {
-        let caller = caller_of(&request);
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let org = request.get_ref().org_id.clone();
+        let caller = self
+            .service
+            .authenticate(credentials, Method::IssueToken, &org, None)
+            .await?;
         let new = request.into_inner().try_into()?;
         let (view, secret) = self.service.issue(&caller, new).await?;
         Ok(Response::new(proto::IssueTokenResponse {
@@ -40,7 +53,12 @@ impl token_service_server::TokenService for TokenApi {
         &self,
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<proto::GetTokenResponse>, Status> {
-        let caller = caller_of(&request);
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let hint = TokenId::parse(&request.get_ref().id);
+        let caller = self
+            .service
+            .authenticate(credentials, Method::GetToken, "", hint)
+            .await?;
         let id = parse_token_id("id", &request.get_ref().id)?;
         let view = self.service.get(&caller, id).await?;
         Ok(Response::new(proto::GetTokenResponse {
@@ -52,7 +70,12 @@ impl token_service_server::TokenService for TokenApi {
         &self,
         request: Request<proto::ListTokensRequest>,
     ) -> Result<Response<proto::ListTokensResponse>, Status> {
-        let caller = caller_of(&request);
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let org = request.get_ref().org_id.clone();
+        let caller = self
+            .service
+            .authenticate(credentials, Method::ListTokens, &org, None)
+            .await?;
         let request = request.into_inner();
         let (page_size, page_token) = (request.page_size, request.page_token.clone());
         let query = request.try_into()?;
@@ -70,7 +93,12 @@ impl token_service_server::TokenService for TokenApi {
         &self,
         request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
-        let caller = caller_of(&request);
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let hint = TokenId::parse(&request.get_ref().id);
+        let caller = self
+            .service
+            .authenticate(credentials, Method::RevokeToken, "", hint)
+            .await?;
         let id = parse_token_id("id", &request.get_ref().id)?;
         let view = self.service.revoke(&caller, id).await?;
         Ok(Response::new(proto::RevokeTokenResponse {
@@ -82,9 +110,56 @@ impl token_service_server::TokenService for TokenApi {
         &self,
         request: Request<proto::RevokeAllRequest>,
     ) -> Result<Response<proto::RevokeAllResponse>, Status> {
-        let caller = caller_of(&request);
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let org = request.get_ref().org_id.clone();
+        let caller = self
+            .service
+            .authenticate(credentials, Method::RevokeAll, &org, None)
+            .await?;
         let selector = request.into_inner().try_into()?;
         let revoked_count = self.service.revoke_all(&caller, selector).await?;
         Ok(Response::new(proto::RevokeAllResponse { revoked_count }))
+    }
+
+    async fn rotate_token(
+        &self,
+        request: Request<proto::RotateTokenRequest>,
+    ) -> Result<Response<proto::RotateTokenResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let hint = TokenId::parse(&request.get_ref().id);
+        let caller = self
+            .service
+            .authenticate(credentials, Method::RotateToken, "", hint)
+            .await?;
+        let id = parse_token_id("id", &request.get_ref().id)?;
+        let grace = grace_from_proto(request.get_ref().grace_period.as_ref())?;
+        let (view, secret, old_expires_at) = self.service.rotate(&caller, id, grace).await?;
+        Ok(Response::new(proto::RotateTokenResponse {
+            token: Some(view.into()),
+            secret: secret.expose().to_owned(),
+            old_secret_expires_at: Some(timestamp_to_proto(old_expires_at)),
+        }))
+    }
+
+    async fn list_token_usage(
+        &self,
+        request: Request<proto::ListTokenUsageRequest>,
+    ) -> Result<Response<proto::ListTokenUsageResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let org = request.get_ref().org_id.clone();
+        let caller = self
+            .service
+            .authenticate(credentials, Method::ListTokenUsage, &org, None)
+            .await?;
+        let query = request.get_ref().try_into()?;
+        let request = request.into_inner();
+        let (records, next_page_token) = self
+            .service
+            .list_usage(&caller, query, request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(proto::ListTokenUsageResponse {
+            records: records.into_iter().map(usage_to_proto).collect(),
+            next_page_token,
+        }))
     }
 }

@@ -1,10 +1,10 @@
 //! Token ids, and the validation of every identifier and name that arrives
 //! from the network.
 //!
-//! A token id is 128 bits: 48 bits of creation time in milliseconds, then 80
-//! random bits, so that ids sort by creation time (lists are stable, and the
-//! store's indexes are naturally time-ordered). It prints as `tok_` plus 26
-//! Crockford base32 characters, the ULID layout.
+//! Token and audit-event ids are 128 bits: 48 bits of creation time in
+//! milliseconds, then 80 random bits, so that ids sort by creation time (lists
+//! are stable, and the store's indexes are naturally time-ordered). They print
+//! as a prefix (`tok_`, `evt_`) plus 26 Crockford base32 characters, the ULID layout.
 
 use std::fmt;
 
@@ -15,37 +15,29 @@ pub const MAX_ID_BYTES: usize = 128;
 /// Longest token name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
 
-const ID_PREFIX: &str = "tok_";
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// The identity of a token: what operators and the control plane manage it by.
+/// 128 bits: 48 bits of milliseconds since the epoch, then 80 random bits.
+/// Big-endian bytes sort in time order.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TokenId(u128);
+struct TimeOrdered(u128);
 
-impl TokenId {
-    /// A fresh id at `now`, with 80 bits from the OS CSPRNG.
-    pub fn generate(now: Timestamp) -> Result<Self, getrandom::Error> {
+impl TimeOrdered {
+    fn generate(now: Timestamp) -> Result<Self, getrandom::Error> {
         let mut random = [0u8; 10];
         getrandom::fill(&mut random)?;
-        let millis =
-            u128::from(u64::try_from(now.as_micros() / 1000).unwrap_or(0) & 0xFFFF_FFFF_FFFF);
         let mut low = [0u8; 16];
         low[6..].copy_from_slice(&random);
-        Ok(Self((millis << 80) | u128::from_be_bytes(low)))
+        Ok(Self(Self::time_bits(now) | u128::from_be_bytes(low)))
     }
 
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(u128::from_be_bytes(bytes))
+    fn time_bits(at: Timestamp) -> u128 {
+        let millis = u64::try_from(at.as_micros().div_euclid(1000)).unwrap_or(0);
+        u128::from(millis & 0xFFFF_FFFF_FFFF) << 80
     }
 
-    /// Big-endian, so that byte order is time order in the store.
-    pub const fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
-    }
-
-    /// Parses `tok_` + 26 base32 characters; lower case is accepted.
-    pub fn parse(text: &str) -> Option<Self> {
-        let body = text.strip_prefix(ID_PREFIX)?.as_bytes();
+    fn parse(prefix: &str, text: &str) -> Option<Self> {
+        let body = text.strip_prefix(prefix)?.as_bytes();
         if body.len() != 26 || body[0] > b'7' {
             return None;
         }
@@ -57,26 +49,79 @@ impl TokenId {
             })
             .map(Self)
     }
-}
 
-impl fmt::Display for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn format(self, prefix: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = [0u8; 26];
         for (i, slot) in out.iter_mut().enumerate() {
             let shift = 125 - 5 * i;
             *slot = CROCKFORD[((self.0 >> shift) & 31) as usize];
         }
+        f.write_str(prefix)?;
         // Every byte comes from the ASCII alphabet above.
-        f.write_str(ID_PREFIX)?;
         f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
-impl fmt::Debug for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
+macro_rules! time_ordered_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(TimeOrdered);
+
+        impl $name {
+            /// The text every id of this type starts with.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh id at `now`, with 80 bits from the OS CSPRNG.
+            pub fn generate(now: Timestamp) -> Result<Self, getrandom::Error> {
+                TimeOrdered::generate(now).map(Self)
+            }
+
+            pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self(TimeOrdered(u128::from_be_bytes(bytes)))
+            }
+
+            /// Big-endian, so that byte order is time order in the store.
+            pub const fn to_bytes(self) -> [u8; 16] {
+                self.0.0.to_be_bytes()
+            }
+
+            /// The smallest id at or after `at` (for time-range scans).
+            pub fn first_at(at: Timestamp) -> Self {
+                Self(TimeOrdered(TimeOrdered::time_bits(at)))
+            }
+
+            /// Parses the prefix and 26 base32 characters; lower case is accepted.
+            pub fn parse(text: &str) -> Option<Self> {
+                TimeOrdered::parse(Self::PREFIX, text).map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.format(Self::PREFIX, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+    };
 }
+
+time_ordered_id!(
+    /// The identity of a token: what operators and the control plane manage it by.
+    TokenId,
+    "tok_"
+);
+
+time_ordered_id!(
+    /// The identity of an audit event; events sort by time.
+    EventId,
+    "evt_"
+);
 
 /// Parses a token id from a request field.
 pub fn parse_token_id(field: &'static str, text: &str) -> Result<TokenId, Error> {
@@ -156,6 +201,17 @@ mod tests {
         assert!(early < late);
         assert!(early.to_bytes() < late.to_bytes());
         assert!(early.to_string() < late.to_string());
+    }
+
+    #[test]
+    fn event_ids_have_their_own_prefix_and_time_bounds() {
+        let at = Timestamp::from_micros(5_000_000);
+        let id = EventId::generate(at).unwrap();
+        assert!(id.to_string().starts_with("evt_"));
+        assert_eq!(EventId::parse(&id.to_string()), Some(id));
+        assert_eq!(TokenId::parse(&id.to_string()), None);
+        assert!(EventId::first_at(at) <= id);
+        assert!(id < EventId::first_at(Timestamp::from_micros(5_001_000)));
     }
 
     #[test]

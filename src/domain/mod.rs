@@ -2,6 +2,8 @@
 //! makes. Nothing here knows about tonic or sled; the API layer converts wire
 //! messages into these types and the store persists them.
 
+pub mod audit;
+pub mod authz;
 pub mod caller;
 pub mod ids;
 pub mod pagination;
@@ -10,6 +12,7 @@ pub mod secret;
 pub mod service;
 pub mod time;
 pub mod token;
+pub mod usage;
 
 use crate::store::StoreError;
 
@@ -23,6 +26,15 @@ pub enum Error {
     /// No token with this id (or the caller may not know it exists).
     #[error("token {0} not found")]
     NotFound(String),
+    /// No credential, or one that is unknown, revoked or expired.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known caller without the right.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request is valid but the token's state forbids it (e.g. rotating a revoked token).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The store failed; the cause is logged, never returned to the caller.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -17,7 +17,8 @@ pub const MAX_PAGE_SIZE: usize = 500;
 
 const VERSION: u8 = 1;
 const FINGERPRINT_LEN: usize = 8;
-const TOKEN_BYTES: usize = 1 + FINGERPRINT_LEN + 16;
+/// Longest cursor a page token may carry (usage cursors are store keys).
+const MAX_CURSOR_BYTES: usize = 512;
 
 /// The page size to serve for a requested one.
 pub fn page_size(requested: i32) -> Result<usize, Error> {
@@ -43,34 +44,52 @@ pub fn fingerprint(parts: &[&[u8]]) -> [u8; FINGERPRINT_LEN] {
     out
 }
 
-/// Encodes the token for the page after `last`.
-pub fn encode(fingerprint: [u8; FINGERPRINT_LEN], last: TokenId) -> String {
-    let mut raw = Vec::with_capacity(TOKEN_BYTES);
+/// Encodes the token for the page after `cursor` (the last position served).
+pub fn encode(fingerprint: [u8; FINGERPRINT_LEN], cursor: &[u8]) -> String {
+    let mut raw = Vec::with_capacity(1 + FINGERPRINT_LEN + cursor.len());
     raw.push(VERSION);
     raw.extend_from_slice(&fingerprint);
-    raw.extend_from_slice(&last.to_bytes());
+    raw.extend_from_slice(cursor);
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Decodes a page token made for the same filters; empty means the first page.
-pub fn decode(token: &str, fingerprint: [u8; FINGERPRINT_LEN]) -> Result<Option<TokenId>, Error> {
+/// Decodes a page token made for the same filters into its cursor; empty
+/// means the first page.
+pub fn decode(token: &str, fingerprint: [u8; FINGERPRINT_LEN]) -> Result<Option<Vec<u8>>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
     let invalid = || Error::invalid("page_token", "is not a page token of this listing");
-    if token.len() != TOKEN_BYTES * 2 || !token.is_ascii() {
+    let header = 1 + FINGERPRINT_LEN;
+    if !token.len().is_multiple_of(2)
+        || token.len() < 2 * header
+        || token.len() > 2 * (header + MAX_CURSOR_BYTES)
+        || !token.is_ascii()
+    {
         return Err(invalid());
     }
-    let mut raw = [0u8; TOKEN_BYTES];
-    for (i, byte) in raw.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&token[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
-    }
-    if raw[0] != VERSION || raw[1..=FINGERPRINT_LEN] != fingerprint {
+    let raw = (0..token.len() / 2)
+        .map(|i| u8::from_str_radix(&token[2 * i..2 * i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    if raw[0] != VERSION || raw[1..header] != fingerprint {
         return Err(invalid());
     }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&raw[1 + FINGERPRINT_LEN..]);
-    Ok(Some(TokenId::from_bytes(id)))
+    Ok(Some(raw[header..].to_vec()))
+}
+
+/// Like [`decode`], for listings whose cursor is a token id.
+pub fn decode_id(
+    token: &str,
+    fingerprint: [u8; FINGERPRINT_LEN],
+) -> Result<Option<TokenId>, Error> {
+    decode(token, fingerprint)?
+        .map(|cursor| {
+            <[u8; 16]>::try_from(cursor.as_slice())
+                .map(TokenId::from_bytes)
+                .map_err(|_| Error::invalid("page_token", "is not a page token of this listing"))
+        })
+        .transpose()
 }
 
 #[cfg(test)]
@@ -81,10 +100,13 @@ mod tests {
     fn page_tokens_round_trip_for_the_same_filters_only() {
         let id = TokenId::from_bytes([7; 16]);
         let mine = fingerprint(&[b"org", b""]);
-        let token = encode(mine, id);
-        assert_eq!(decode(&token, mine).unwrap(), Some(id));
-        assert!(decode(&token, fingerprint(&[b"or", b"g"])).is_err());
-        assert_eq!(decode("", mine).unwrap(), None);
+        let token = encode(mine, &id.to_bytes());
+        assert_eq!(decode_id(&token, mine).unwrap(), Some(id));
+        assert!(decode_id(&token, fingerprint(&[b"or", b"g"])).is_err());
+        assert_eq!(decode_id("", mine).unwrap(), None);
+        let short = encode(mine, &[1, 2, 3]);
+        assert_eq!(decode(&short, mine).unwrap(), Some(vec![1, 2, 3]));
+        assert!(decode_id(&short, mine).is_err());
     }
 
     #[test]

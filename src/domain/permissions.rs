@@ -34,8 +34,12 @@ impl Level {
 }
 
 /// The catalogue the service ships with, from the platform's documentation.
-pub const DEFAULT_ORGANIZATION_PERMISSIONS: &[&str] =
-    &["audit_logs:read", "scim:read", "scim:write"];
+pub const DEFAULT_ORGANIZATION_PERMISSIONS: &[&str] = &[
+    "audit_logs:read",
+    "scim:read",
+    "scim:write",
+    "tokens:manage",
+];
 /// See [`DEFAULT_ORGANIZATION_PERMISSIONS`].
 pub const DEFAULT_WORKSPACE_PERMISSIONS: &[&str] = &[
     "data_catalog:read",
@@ -52,6 +56,8 @@ pub const DEFAULT_WORKSPACE_PERMISSIONS: &[&str] = &[
 pub struct Catalogue {
     /// resource -> (level, actions)
     resources: HashMap<String, (Level, Vec<String>)>,
+    /// Every exact permission, sorted; a permission's index is its position.
+    names: Vec<String>,
 }
 
 impl Default for Catalogue {
@@ -63,6 +69,7 @@ impl Default for Catalogue {
         )
         .unwrap_or_else(|_| Self {
             resources: HashMap::new(),
+            names: Vec::new(),
         })
     }
 }
@@ -91,7 +98,15 @@ impl Catalogue {
                 slot.1.push(action.to_owned());
             }
         }
-        Ok(Self { resources })
+        let mut names: Vec<String> = resources
+            .iter()
+            .flat_map(|(r, (_, actions))| actions.iter().map(move |a| format!("{r}:{a}")))
+            .collect();
+        names.sort();
+        if names.len() > usize::from(u16::MAX) {
+            return Err("the catalogue holds too many permissions".into());
+        }
+        Ok(Self { resources, names })
     }
 
     /// The level of a grantable permission (exact or `resource:*`), or an error naming it.
@@ -107,22 +122,26 @@ impl Catalogue {
         }
     }
 
-    /// The level of an exact permission a Check asks for; `None` if unknown or a wildcard.
-    pub fn check_level(&self, permission: &str) -> Option<Level> {
-        let (resource, action) = split_exact(permission)?;
-        let (level, actions) = self.resources.get(resource)?;
-        actions.iter().any(|a| a == action).then_some(*level)
+    /// The level and index of an exact permission a Check asks for; `None`
+    /// if unknown or a wildcard.
+    pub fn check_level(&self, permission: &str) -> Option<(Level, u16)> {
+        let (resource, _) = split_exact(permission)?;
+        let (level, _) = self.resources.get(resource)?;
+        let index = self
+            .names
+            .binary_search_by(|name| name.as_str().cmp(permission))
+            .ok()?;
+        Some((*level, u16::try_from(index).ok()?))
+    }
+
+    /// The exact permission at `index` (see [`Catalogue::check_level`]).
+    pub fn name(&self, index: u16) -> Option<&str> {
+        self.names.get(usize::from(index)).map(String::as_str)
     }
 
     /// Every exact permission, sorted: for documentation and errors.
-    pub fn all(&self) -> Vec<String> {
-        let mut all: Vec<String> = self
-            .resources
-            .iter()
-            .flat_map(|(r, (_, actions))| actions.iter().map(move |a| format!("{r}:{a}")))
-            .collect();
-        all.sort();
-        all
+    pub fn all(&self) -> &[String] {
+        &self.names
     }
 }
 
@@ -279,13 +298,12 @@ mod tests {
     #[test]
     fn check_levels_know_only_exact_permissions() {
         let catalogue = Catalogue::default();
+        let (level, index) = catalogue.check_level("scim:read").unwrap();
+        assert_eq!(level, Level::Organization);
+        assert_eq!(catalogue.name(index), Some("scim:read"));
         assert_eq!(
-            catalogue.check_level("scim:read"),
-            Some(Level::Organization)
-        );
-        assert_eq!(
-            catalogue.check_level("test_api:run"),
-            Some(Level::Workspace)
+            catalogue.check_level("test_api:run").unwrap().0,
+            Level::Workspace
         );
         assert_eq!(catalogue.check_level("test_api:*"), None);
         assert_eq!(catalogue.check_level("nope:read"), None);

@@ -30,6 +30,9 @@ const HINT_BODY_CHARS: usize = 4;
 
 const PERSONAL_PREFIX: &str = "tkpat_";
 const SERVICE_PREFIX: &str = "tksat_";
+/// Control-plane credentials share the format, so scanners recognise them
+/// too, but their prefix makes them MALFORMED as tokens.
+const CONTROL_PLANE_PREFIX: &str = "tkcpl_";
 
 /// A token secret in clear. Exists only between generation and the
 /// IssueToken response, and while a Check digests it; `Debug` never prints it.
@@ -38,8 +41,17 @@ pub struct Secret(String);
 impl Secret {
     /// Draws a new secret of `kind` from the OS CSPRNG.
     pub fn generate(kind: TokenKind) -> Result<Self, getrandom::Error> {
+        Self::generate_with_prefix(prefix_of(kind))
+    }
+
+    /// Draws a new control-plane credential from the OS CSPRNG.
+    pub fn generate_control_plane() -> Result<Self, getrandom::Error> {
+        Self::generate_with_prefix(CONTROL_PLANE_PREFIX)
+    }
+
+    fn generate_with_prefix(prefix: &str) -> Result<Self, getrandom::Error> {
         let mut text = String::with_capacity(SECRET_LEN);
-        text.push_str(prefix_of(kind));
+        text.push_str(prefix);
         // Rejection sampling keeps every character uniform: 248 = 4 x 62.
         let mut pool = [0u8; 64];
         while text.len() < PREFIX_LEN + BODY_LEN {
@@ -231,6 +243,14 @@ mod tests {
             assert!(secret.expose().starts_with(&secret.hint()));
             assert_eq!(secret.hint().len(), PREFIX_LEN + HINT_BODY_CHARS);
         }
+    }
+
+    #[test]
+    fn control_plane_credentials_are_not_tokens() {
+        let credential = Secret::generate_control_plane().unwrap();
+        assert!(credential.expose().starts_with("tkcpl_"));
+        assert_eq!(credential.expose().len(), SECRET_LEN);
+        assert_eq!(parse(credential.expose()), None);
     }
 
     #[test]

@@ -1,27 +1,44 @@
-//! The token service: issue, read, list, revoke and check, over a [`Store`]
-//! with the Check cache in front. Handlers call these; they hold no logic of
-//! their own.
+//! The token service: authenticate management callers, then issue, read,
+//! list, rotate and revoke tokens under the rules of `authz`, with an audit
+//! event for every change and every refusal; and Check, over the cache.
+//! Handlers call these; they hold no logic of their own.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::{
     Error,
-    caller::Caller,
-    ids::TokenId,
+    audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery},
+    authz::{self, Roles, Verdict},
+    caller::{Actor, ActorClaim, ActorRef, Caller, Credentials, Method, Principal},
+    ids::{EventId, TokenId, require_id},
     pagination,
-    permissions::Catalogue,
+    permissions::{Catalogue, grants},
     secret::{self, Digest, Keyring, Secret},
     time::Timestamp,
     token::{
         CheckQuery, LifetimePolicy, NewToken, Reason, StoredSecret, TokenKind, TokenRecord,
         TokenView, evaluate,
     },
+    usage::{UsageQuery, UsageRecord},
 };
 use crate::{
     cache::{CachedToken, Lookup, TokenCache},
-    last_used::LastUsedTracker,
-    store::{PageRequest, Store, TokenQuery},
+    recorder::Recorder,
+    store::{PageRequest, RotateOutcome, Rotation, Store, StoreError, TokenQuery},
 };
+
+/// How long a secret replaced by rotation is still recognised after its
+/// grace period (so that its reuse is reported as such and audited).
+const RETIRED_SECRET_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A Check's outcome: the reason, and the token when one was found.
 #[derive(Debug)]
@@ -52,14 +69,76 @@ pub struct RevokeAllSelector {
     pub kind: Option<TokenKind>,
 }
 
+/// A control-plane credential as configured: a name, and the SHA-256 of the
+/// credential (never the credential itself).
+#[derive(Clone, Debug)]
+pub struct ControlPlaneCredential {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+/// The rules the service enforces, from configuration.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub catalogue: Catalogue,
+    pub roles: Roles,
+    pub lifetime: LifetimePolicy,
+    /// Longest grace period a rotation may give the old secret.
+    pub max_rotation_grace: Duration,
+    pub control_plane: Vec<ControlPlaneCredential>,
+    /// Most refusal events written per second; more are logged, not stored.
+    pub max_denied_events_per_second: u32,
+}
+
 /// Everything the token operations need.
 pub struct TokenService {
     store: Arc<dyn Store>,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
     keyring: Keyring,
-    catalogue: Catalogue,
-    lifetime: LifetimePolicy,
-    last_used: Arc<LastUsedTracker>,
+    policy: Policy,
+    recorder: Arc<Recorder>,
+    denied: RateLimit,
+}
+
+/// At most `max` events per wall-clock second.
+struct RateLimit {
+    max: u32,
+    second: AtomicI64,
+    used: AtomicU32,
+}
+
+impl RateLimit {
+    fn new(max: u32) -> Self {
+        Self {
+            max,
+            second: AtomicI64::new(i64::MIN),
+            used: AtomicU32::new(0),
+        }
+    }
+
+    fn allow(&self, now: Timestamp) -> bool {
+        let second = now.as_secs();
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        self.used.fetch_add(1, Ordering::Relaxed) < self.max
+    }
+}
+
+fn store_error(error: StoreError) -> Error {
+    Error::Store(error)
+}
+
+fn internal(what: &str) -> impl FnOnce(getrandom::Error) -> Error + '_ {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+/// Appends a refusal without waiting for it to be flushed: refusals must
+/// never cost a disk flush each.
+async fn append_refusal(store: &dyn Store, event: &AuditEvent) {
+    if let Err(error) = store.append_audit(event).await {
+        tracing::error!(%error, "writing a refusal to the audit log failed");
+    }
 }
 
 impl TokenService {
@@ -67,48 +146,352 @@ impl TokenService {
         store: Arc<dyn Store>,
         cache: TokenCache,
         keyring: Keyring,
-        catalogue: Catalogue,
-        lifetime: LifetimePolicy,
-        last_used: Arc<LastUsedTracker>,
+        policy: Policy,
+        recorder: Arc<Recorder>,
     ) -> Self {
+        let denied = RateLimit::new(policy.max_denied_events_per_second);
         Self {
             store,
-            cache,
+            cache: Arc::new(cache),
             keyring,
-            catalogue,
-            lifetime,
-            last_used,
+            policy,
+            recorder,
+            denied,
         }
     }
 
     pub fn catalogue(&self) -> &Catalogue {
-        &self.catalogue
+        &self.policy.catalogue
     }
 
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }
 
+    // ----- authentication and refusals -----
+
+    /// Verifies a management call's credentials. A refusal is audited.
+    /// `org_hint` and `token_hint` say whose audit log a refusal belongs in.
+    pub async fn authenticate(
+        &self,
+        credentials: Credentials,
+        method: Method,
+        org_hint: &str,
+        token_hint: Option<TokenId>,
+    ) -> Result<Caller, Error> {
+        let credentials = &credentials;
+        let refuse = |detail: String| async move {
+            self.refuse_anonymous(credentials, method, org_hint, token_hint, &detail)
+                .await
+        };
+        let bearer = match &credentials.bearer {
+            None => return Err(refuse("no credential".into()).await),
+            Some(Err(why)) => return Err(refuse(why.clone()).await),
+            Some(Ok(bearer)) => bearer.as_str(),
+        };
+        let caller = |principal| Caller {
+            principal,
+            peer: credentials.peer,
+            request_id: credentials.request_id.clone(),
+        };
+        if let Some(name) = self.control_plane_credential(bearer) {
+            let actor = match &credentials.actor {
+                None => None,
+                Some(claim) => Some(validate_actor(claim)?),
+            };
+            return Ok(caller(Principal::ControlPlane {
+                credential: name.to_owned(),
+                actor,
+            }));
+        }
+        let now = Timestamp::now();
+        let Some((token, digest)) = self.find(bearer).await? else {
+            return Err(refuse("unknown credential".into()).await);
+        };
+        let Some(secret) = token.record.secret_matching(&digest) else {
+            return Err(refuse("unknown credential".into()).await);
+        };
+        match evaluate_liveness(&token.record, secret, now) {
+            Some(Reason::Revoked) => return Err(refuse("the token is revoked".into()).await),
+            Some(_) => return Err(refuse("the token has expired".into()).await),
+            None => {}
+        }
+        let principal = Principal::ServiceToken(Arc::new(token.record.clone()));
+        let needed = method.service_token_permission();
+        let record = &token.record;
+        let refusal = if credentials.actor.is_some() {
+            Some("only the control plane may assert an actor".to_owned())
+        } else if record.kind != TokenKind::Service
+            || !record.workspace_id.is_empty()
+            || !grants(&record.permissions, needed)
+        {
+            Some(format!(
+                "{} needs an organization-level service token holding {needed}",
+                method.name()
+            ))
+        } else {
+            None
+        };
+        let caller = caller(principal);
+        match refusal {
+            Some(detail) => {
+                let org = if org_hint.is_empty() {
+                    record.org_id.as_str()
+                } else {
+                    org_hint
+                };
+                Err(self
+                    .refuse(
+                        &caller,
+                        method,
+                        org,
+                        "",
+                        token_hint.into_iter().collect(),
+                        None,
+                        &detail,
+                    )
+                    .await)
+            }
+            None => Ok(caller),
+        }
+    }
+
+    /// The name of the control-plane credential `bearer` is, compared in
+    /// constant time against every configured hash.
+    fn control_plane_credential(&self, bearer: &str) -> Option<&str> {
+        let presented: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        let mut found = None;
+        for credential in &self.policy.control_plane {
+            if bool::from(credential.sha256.ct_eq(&presented)) {
+                found = Some(credential.name.as_str());
+            }
+        }
+        found
+    }
+
+    /// Audits and logs a refused call by a verified caller; returns its error.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse(
+        &self,
+        caller: &Caller,
+        method: Method,
+        org_id: &str,
+        workspace_id: &str,
+        targets: Vec<TokenId>,
+        kind: Option<TokenKind>,
+        detail: &str,
+    ) -> Error {
+        tracing::warn!(
+            method = method.name(), actor = %caller.actor_ref().label(), org_id, peer = ?caller.peer,
+            request_id = %caller.request_id, detail, "management call refused"
+        );
+        let now = Timestamp::now();
+        if self.denied.allow(now)
+            && let Ok(id) = EventId::generate(now)
+        {
+            let event = AuditEvent {
+                id,
+                time: now,
+                org_id: org_id.to_owned(),
+                workspace_id: workspace_id.to_owned(),
+                actor: caller.actor_ref(),
+                action: AuditAction::Denied,
+                target_token_ids: targets,
+                kind,
+                outcome: AuditOutcome::PermissionDenied,
+                method,
+                detail: detail.to_owned(),
+                peer: caller.peer.map(|p| p.to_string()).unwrap_or_default(),
+                request_id: caller.request_id.clone(),
+            };
+            append_refusal(self.store.as_ref(), &event).await;
+        }
+        Error::PermissionDenied(format!("permission denied: {detail}"))
+    }
+
+    /// Audits and logs a call whose credentials did not verify.
+    async fn refuse_anonymous(
+        &self,
+        credentials: &Credentials,
+        method: Method,
+        org_hint: &str,
+        token_hint: Option<TokenId>,
+        detail: &str,
+    ) -> Error {
+        tracing::warn!(
+            method = method.name(), org_id = org_hint, peer = ?credentials.peer,
+            request_id = %credentials.request_id, detail, "management call unauthenticated"
+        );
+        let now = Timestamp::now();
+        if self.denied.allow(now)
+            && let Ok(id) = EventId::generate(now)
+        {
+            let mut org_id = org_hint.to_owned();
+            if org_id.is_empty()
+                && let Some(id) = token_hint
+                && let Ok(Some(record)) = self.store.token_by_id(id).await
+            {
+                org_id = record.org_id;
+            }
+            let event = AuditEvent {
+                id,
+                time: now,
+                org_id,
+                workspace_id: String::new(),
+                actor: ActorRef::default(),
+                action: AuditAction::Denied,
+                target_token_ids: token_hint.into_iter().collect(),
+                kind: None,
+                outcome: AuditOutcome::Unauthenticated,
+                method,
+                detail: detail.to_owned(),
+                peer: credentials.peer.map(|p| p.to_string()).unwrap_or_default(),
+                request_id: credentials.request_id.clone(),
+            };
+            append_refusal(self.store.as_ref(), &event).await;
+        }
+        Error::Unauthenticated(format!("unauthenticated: {detail}"))
+    }
+
+    /// Turns an authorization verdict about `token` into a result, auditing refusals.
+    async fn authorize_token(
+        &self,
+        caller: &Caller,
+        method: Method,
+        token: &TokenRecord,
+        verdict: Verdict,
+    ) -> Result<(), Error> {
+        match verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(detail) => Err(self
+                .refuse(
+                    caller,
+                    method,
+                    &token.org_id,
+                    &token.workspace_id,
+                    vec![token.id],
+                    Some(token.kind),
+                    &detail,
+                )
+                .await),
+            Verdict::Hide => {
+                // Recorded in the token's organization, whose admins should know.
+                self.refuse(
+                    caller,
+                    method,
+                    &token.org_id,
+                    &token.workspace_id,
+                    vec![token.id],
+                    Some(token.kind),
+                    "the token belongs to another organization",
+                )
+                .await;
+                Err(Error::NotFound(token.id.to_string()))
+            }
+        }
+    }
+
+    /// Turns an authorization verdict about an organization into a result, auditing refusals.
+    async fn authorize_org(
+        &self,
+        caller: &Caller,
+        method: Method,
+        org_id: &str,
+        workspace_id: &str,
+        verdict: Verdict,
+    ) -> Result<(), Error> {
+        match verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(detail) => Err(self
+                .refuse(
+                    caller,
+                    method,
+                    org_id,
+                    workspace_id,
+                    Vec::new(),
+                    None,
+                    &detail,
+                )
+                .await),
+            Verdict::Hide => Err(self
+                .refuse(
+                    caller,
+                    method,
+                    org_id,
+                    workspace_id,
+                    Vec::new(),
+                    None,
+                    "not visible to this caller",
+                )
+                .await),
+        }
+    }
+
+    async fn existing(&self, id: TokenId) -> Result<TokenRecord, Error> {
+        self.store
+            .token_by_id(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Runs a change that takes secrets out of service so that it cannot be
+    /// cut short: it runs in its own task (a cancelled RPC does not stop it),
+    /// forgets the affected digests as soon as the change is applied (before
+    /// the flush, so a failed flush cannot leave them cached as live), and
+    /// returns once the change is durable.
+    async fn take_out_of_service<T: Send + 'static>(
+        &self,
+        change: impl Future<Output = Result<(T, Vec<Digest>), StoreError>> + Send + 'static,
+    ) -> Result<T, Error> {
+        let cache = Arc::clone(&self.cache);
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let (value, digests) = change.await?;
+            cache.invalidate(&digests).await;
+            store.durable().await?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("revocation task: {e}")))?
+        .map_err(store_error)
+    }
+
+    // ----- management -----
+
     /// Issues a token; the secret is returned here and never again.
     pub async fn issue(
         &self,
         caller: &Caller,
-        new: NewToken,
+        mut new: NewToken,
     ) -> Result<(TokenView, Secret), Error> {
         let now = Timestamp::now();
-        let valid = new.validate(&self.catalogue, &self.lifetime, now)?;
-        let rng_failed = |e: getrandom::Error| Error::Internal(format!("OS random source: {e}"));
-        let secret = Secret::generate(valid.kind).map_err(rng_failed)?;
+        // A token minted by a service token lives no longer than it, by default too.
+        if let Principal::ServiceToken(minter) = &caller.principal
+            && new.expires_at.is_none()
+        {
+            new.expires_at = minter.expires_at;
+        }
+        let valid = new.validate(&self.policy.catalogue, &self.policy.lifetime, now)?;
+        let verdict = authz::issue(&caller.principal, &valid, &self.policy.roles);
+        self.authorize_org(
+            caller,
+            Method::IssueToken,
+            &valid.org_id,
+            &valid.workspace_id,
+            verdict,
+        )
+        .await?;
+        let secret = Secret::generate(valid.kind).map_err(internal("OS random source"))?;
         let key = self.keyring.current();
         let digest = key.digest(secret.expose());
         let record = TokenRecord {
-            id: TokenId::generate(now).map_err(rng_failed)?,
+            id: TokenId::generate(now).map_err(internal("OS random source"))?,
             kind: valid.kind,
             org_id: valid.org_id,
             workspace_id: valid.workspace_id,
             name: valid.name,
             owner_user_id: valid.owner_user_id,
-            created_by: caller.actor(),
+            created_by: caller.actor_ref().label(),
             permissions: valid.permissions,
             created_at: now,
             expires_at: valid.expires_at,
@@ -120,14 +503,24 @@ impl TokenService {
                 retired_at: None,
             }],
         };
-        self.store.insert_token(&record).await?;
+        let event_id = EventId::generate(now).map_err(internal("OS random source"))?;
+        let event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::IssueToken,
+            AuditAction::Issued,
+            Some(&record),
+        );
+        self.store.insert_token(&record, &event).await?;
+        self.store.durable().await?;
         // A negative entry for a digest nobody could have known is all but
         // impossible; dropping it costs nothing and removes the question.
         self.cache.forget_unknown(&digest);
         tracing::info!(
             token_id = %record.id, kind = ?record.kind, org_id = %record.org_id,
             workspace_id = %record.workspace_id, actor = %record.created_by,
-            peer = ?caller.peer, "token issued"
+            peer = ?caller.peer, request_id = %caller.request_id, "token issued"
         );
         Ok((
             TokenView {
@@ -139,58 +532,96 @@ impl TokenService {
     }
 
     pub async fn get(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {
-        tracing::debug!(token_id = %id, peer = ?caller.peer, "get token");
-        let record = self
-            .store
-            .token_by_id(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        let mut views = self.with_last_used(vec![record]).await?;
-        views
-            .pop()
-            .ok_or_else(|| Error::Internal("lost a record".into()))
+        let record = self.existing(id).await?;
+        self.authorize_token(
+            caller,
+            Method::GetToken,
+            &record,
+            authz::manage(&caller.principal, &record),
+        )
+        .await?;
+        self.view(record).await
     }
 
     /// One page of tokens matching `query`, newest first, and the next page's token.
     pub async fn list(
         &self,
         caller: &Caller,
-        query: TokenQuery,
+        mut query: TokenQuery,
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<TokenView>, String), Error> {
-        tracing::debug!(org_id = %query.org_id, peer = ?caller.peer, "list tokens");
         let limit = pagination::page_size(page_size)?;
+        let verdict = authz::list(&caller.principal, &mut query);
+        let workspace = query.workspace_id.clone().unwrap_or_default();
+        self.authorize_org(
+            caller,
+            Method::ListTokens,
+            &query.org_id,
+            &workspace,
+            verdict,
+        )
+        .await?;
+        // Fingerprinted after authorization narrowed the query, so a page
+        // token only ever continues the listing this caller was allowed.
         let fingerprint = list_fingerprint(&query);
-        let after = pagination::decode(page_token, fingerprint)?;
+        let after = pagination::decode_id(page_token, fingerprint)?;
         let page = self
             .store
             .list_tokens(&query, PageRequest { after, limit })
             .await?;
         let next = page
             .next
-            .map(|last| pagination::encode(fingerprint, last))
+            .map(|last| pagination::encode(fingerprint, &last.to_bytes()))
             .unwrap_or_default();
-        Ok((self.with_last_used(page.tokens).await?, next))
+        let mut views = Vec::with_capacity(page.tokens.len());
+        let last_used = self
+            .store
+            .last_used(&page.tokens.iter().map(|r| r.id).collect::<Vec<_>>())
+            .await?;
+        for (record, stored) in page.tokens.into_iter().zip(last_used) {
+            views.push(self.merge_last_used(record, stored));
+        }
+        Ok((views, next))
     }
 
     /// Revokes one token. Once this returns, no Check allows it.
     pub async fn revoke(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {
+        let record = self.existing(id).await?;
+        self.authorize_token(
+            caller,
+            Method::RevokeToken,
+            &record,
+            authz::manage(&caller.principal, &record),
+        )
+        .await?;
+        let now = Timestamp::now();
+        let event_id = EventId::generate(now).map_err(internal("OS random source"))?;
+        let event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::RevokeToken,
+            AuditAction::Revoked,
+            Some(&record),
+        );
+        let store = Arc::clone(&self.store);
         let outcome = self
-            .store
-            .revoke_token(id, Timestamp::now())
+            .take_out_of_service(async move {
+                let outcome = store.revoke_token(id, now, &event).await?;
+                let digests = outcome
+                    .iter()
+                    .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
+                    .collect();
+                Ok((outcome, digests))
+            })
             .await?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        let digests: Vec<Digest> = outcome.record.secrets.iter().map(|s| s.digest).collect();
-        self.cache.invalidate(&digests).await;
         tracing::info!(
-            token_id = %id, newly_revoked = outcome.newly_revoked, actor = %caller.actor(),
-            peer = ?caller.peer, "token revoked"
+            token_id = %id, newly_revoked = outcome.newly_revoked, actor = %caller.actor_ref().label(),
+            peer = ?caller.peer, request_id = %caller.request_id, "token revoked"
         );
-        let mut views = self.with_last_used(vec![outcome.record]).await?;
-        views
-            .pop()
-            .ok_or_else(|| Error::Internal("lost a record".into()))
+        self.view(outcome.record).await
     }
 
     /// Revokes every live token the selector names; returns how many.
@@ -211,6 +642,16 @@ impl TokenService {
                 "service tokens have no owner; leave owner_user_id empty to revoke service tokens",
             ));
         }
+        let workspace = selector.workspace_id.clone().unwrap_or_default();
+        let verdict = authz::revoke_all(&caller.principal, &selector);
+        self.authorize_org(
+            caller,
+            Method::RevokeAll,
+            &selector.org_id,
+            &workspace,
+            verdict,
+        )
+        .await?;
         let query = TokenQuery {
             org_id: selector.org_id,
             workspace_id: selector.workspace_id,
@@ -218,18 +659,252 @@ impl TokenService {
             kind: selector.kind,
             include_revoked: false,
         };
-        let revoked = self.store.revoke_all(&query, Timestamp::now()).await?;
-        let digests: Vec<Digest> = revoked
-            .iter()
-            .flat_map(|r| r.secrets.iter().map(|s| s.digest))
-            .collect();
-        self.cache.invalidate(&digests).await;
+        let now = Timestamp::now();
+        let event_id = EventId::generate(now).map_err(internal("OS random source"))?;
+        let mut event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::RevokeAll,
+            AuditAction::RevokedAll,
+            None,
+        );
+        event.org_id.clone_from(&query.org_id);
+        event.workspace_id = workspace;
+        event.kind = query.kind;
+        let store = Arc::clone(&self.store);
+        let bulk = query.clone();
+        let revoked = self
+            .take_out_of_service(async move {
+                let outcomes = store.revoke_all(&bulk, now, &event).await?;
+                // Every match, including those revoked before: a concurrent
+                // revoke of one of them may not have cleared the cache yet.
+                let digests = outcomes
+                    .iter()
+                    .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
+                    .collect();
+                let revoked = outcomes.iter().filter(|o| o.newly_revoked).count();
+                Ok((revoked, digests))
+            })
+            .await?;
         tracing::info!(
             org_id = %query.org_id, workspace_id = ?query.workspace_id,
-            owner_user_id = ?query.owner_user_id, kind = ?query.kind, revoked = revoked.len(),
-            actor = %caller.actor(), peer = ?caller.peer, "tokens revoked in bulk"
+            owner_user_id = ?query.owner_user_id, kind = ?query.kind, revoked,
+            actor = %caller.actor_ref().label(), peer = ?caller.peer,
+            request_id = %caller.request_id, "tokens revoked in bulk"
         );
-        Ok(revoked.len() as u64)
+        Ok(revoked as u64)
+    }
+
+    /// Gives the token a new secret; the old one keeps working for `grace`.
+    /// Returns the token, the new secret, and when the old one stops working.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        id: TokenId,
+        grace: Duration,
+    ) -> Result<(TokenView, Secret, Timestamp), Error> {
+        if grace > self.policy.max_rotation_grace {
+            return Err(Error::invalid(
+                "grace_period",
+                format!(
+                    "is longer than the maximum of {}",
+                    humantime::format_duration(self.policy.max_rotation_grace)
+                ),
+            ));
+        }
+        let record = self.existing(id).await?;
+        self.authorize_token(
+            caller,
+            Method::RotateToken,
+            &record,
+            authz::manage(&caller.principal, &record),
+        )
+        .await?;
+        let now = Timestamp::now();
+        if record.revoked_at.is_some() {
+            return Err(Error::FailedPrecondition("the token is revoked".into()));
+        }
+        if record.expires_at.is_some_and(|at| at <= now) {
+            return Err(Error::FailedPrecondition("the token has expired".into()));
+        }
+        let secret = Secret::generate(record.kind).map_err(internal("OS random source"))?;
+        let key = self.keyring.current();
+        let old_expires_at = now.saturating_add(grace);
+        let rotation = Rotation {
+            new_secret: StoredSecret {
+                key_id: key.id(),
+                digest: key.digest(secret.expose()),
+                hint: secret.hint(),
+                retired_at: None,
+            },
+            old_retired_at: old_expires_at,
+            forget_retired_before: Timestamp::from_micros(
+                now.as_micros()
+                    .saturating_sub(RETIRED_SECRET_MEMORY.as_micros() as i64),
+            ),
+        };
+        let event_id = EventId::generate(now).map_err(internal("OS random source"))?;
+        let mut event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::RotateToken,
+            AuditAction::Rotated,
+            Some(&record),
+        );
+        event.detail = format!("grace period {}", humantime::format_duration(grace));
+        let store = Arc::clone(&self.store);
+        let outcome = self
+            .take_out_of_service(async move {
+                let outcome = store.rotate_token(id, &rotation, &event).await?;
+                let digests = match &outcome {
+                    RotateOutcome::Rotated { record, forgotten } => record
+                        .secrets
+                        .iter()
+                        .map(|s| s.digest)
+                        .chain(forgotten.iter().copied())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                Ok((outcome, digests))
+            })
+            .await?;
+        let record = match outcome {
+            RotateOutcome::Rotated { record, .. } => *record,
+            RotateOutcome::NotFound => return Err(Error::NotFound(id.to_string())),
+            RotateOutcome::Revoked => {
+                return Err(Error::FailedPrecondition("the token is revoked".into()));
+            }
+        };
+        tracing::info!(
+            token_id = %id, grace = %humantime::format_duration(grace),
+            actor = %caller.actor_ref().label(), peer = ?caller.peer,
+            request_id = %caller.request_id, "token rotated"
+        );
+        Ok((self.view(record).await?, secret, old_expires_at))
+    }
+
+    /// Check decisions counted per token, permission, decision and minute.
+    pub async fn list_usage(
+        &self,
+        caller: &Caller,
+        query: UsageQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<UsageRecord>, String), Error> {
+        let limit = pagination::page_size(page_size)?;
+        match query.token_id {
+            Some(id) => {
+                let record = self.existing(id).await?;
+                if record.org_id != query.org_id {
+                    return Err(Error::NotFound(id.to_string()));
+                }
+                let verdict = authz::manage(&caller.principal, &record);
+                self.authorize_token(caller, Method::ListTokenUsage, &record, verdict)
+                    .await?;
+            }
+            None => {
+                let verdict = authz::read_org(&caller.principal, &query.org_id);
+                self.authorize_org(caller, Method::ListTokenUsage, &query.org_id, "", verdict)
+                    .await?;
+            }
+        }
+        let token_part = query
+            .token_id
+            .map(|id| id.to_bytes().to_vec())
+            .unwrap_or_default();
+        let start = query
+            .start
+            .map(|t| t.as_micros().to_be_bytes().to_vec())
+            .unwrap_or_default();
+        let end = query
+            .end
+            .map(|t| t.as_micros().to_be_bytes().to_vec())
+            .unwrap_or_default();
+        let fingerprint = pagination::fingerprint(&[
+            b"usage",
+            query.org_id.as_bytes(),
+            &token_part,
+            &start,
+            &end,
+        ]);
+        let after = pagination::decode(page_token, fingerprint)?;
+        let page = self
+            .store
+            .list_usage(&query, after.as_deref(), limit)
+            .await?;
+        let next = page
+            .next
+            .map(|cursor| pagination::encode(fingerprint, &cursor))
+            .unwrap_or_default();
+        Ok((page.records, next))
+    }
+
+    /// Audit events of an organization, newest first.
+    pub async fn list_audit(
+        &self,
+        caller: &Caller,
+        query: AuditQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditEvent>, String), Error> {
+        let limit = pagination::page_size(page_size)?;
+        let verdict = authz::read_org(&caller.principal, &query.org_id);
+        self.authorize_org(caller, Method::ListAuditEvents, &query.org_id, "", verdict)
+            .await?;
+        let fingerprint = audit_fingerprint(&query);
+        let after = pagination::decode(page_token, fingerprint)?
+            .map(|bytes| {
+                <[u8; 16]>::try_from(bytes.as_slice())
+                    .map(EventId::from_bytes)
+                    .map_err(|_| {
+                        Error::invalid("page_token", "is not a page token of this listing")
+                    })
+            })
+            .transpose()?;
+        let page = self.store.list_audit(&query, after, limit).await?;
+        let next = page
+            .next
+            .map(|last| pagination::encode(fingerprint, &last.to_bytes()))
+            .unwrap_or_default();
+        Ok((page.events, next))
+    }
+
+    // ----- Check -----
+
+    /// The cached token `presented` is a secret of, with the digest it
+    /// matched; reads the store on a cache miss.
+    async fn find(&self, presented: &str) -> Result<Option<(Arc<CachedToken>, Digest)>, Error> {
+        if secret::parse(presented).is_none() {
+            return Ok(None);
+        }
+        let keys = self.keyring.keys();
+        let current = keys[0].digest(presented);
+        match self.cache.get(&current) {
+            Lookup::Found(token) => return Ok(Some((token, current))),
+            // Negative entries are made under the current key only, after
+            // every key was tried: the token is unknown under all of them.
+            Lookup::Unknown => return Ok(None),
+            Lookup::Miss => {}
+        }
+        // Tokens issued before a pepper rotation are cached under their own key's digest.
+        let older: Vec<Digest> = keys[1..].iter().map(|k| k.digest(presented)).collect();
+        for digest in &older {
+            if let Lookup::Found(token) = self.cache.get(digest) {
+                return Ok(Some((token, *digest)));
+            }
+        }
+        let _fill = self.cache.fill_guard().await;
+        for digest in std::iter::once(&current).chain(&older) {
+            if let Some(record) = self.store.token_by_digest(digest).await? {
+                let token = Arc::new(CachedToken::new(record));
+                self.cache.fill(*digest, Arc::clone(&token));
+                return Ok(Some((token, *digest)));
+            }
+        }
+        self.cache.fill_unknown(current);
+        Ok(None)
     }
 
     /// Decides whether `presented` may do `query`. A deny is a decision, not
@@ -238,70 +913,104 @@ impl TokenService {
         if secret::parse(presented).is_none() {
             return Ok(Decision::without_token(Reason::Malformed));
         }
-        let now = Timestamp::now();
-        let keys = self.keyring.keys();
-        let current = keys[0].digest(presented);
-        match self.cache.get(&current) {
-            Lookup::Found(token) => return Ok(self.decide(token, &current, query, now)),
-            // Negative entries are made under the current key only, after
-            // every key was tried: the token is unknown under all of them.
-            Lookup::Unknown => return Ok(Decision::without_token(Reason::NotFound)),
-            Lookup::Miss => {}
-        }
-        // Tokens issued before a pepper rotation are cached under their own key's digest.
-        let older: Vec<Digest> = keys[1..].iter().map(|k| k.digest(presented)).collect();
-        for digest in &older {
-            if let Lookup::Found(token) = self.cache.get(digest) {
-                return Ok(self.decide(token, digest, query, now));
-            }
-        }
-        let _fill = self.cache.fill_guard().await;
-        for digest in std::iter::once(&current).chain(&older) {
-            if let Some(record) = self.store.token_by_digest(digest).await? {
-                let token = Arc::new(CachedToken::new(record));
-                self.cache.fill(*digest, Arc::clone(&token));
-                return Ok(self.decide(token, digest, query, now));
-            }
-        }
-        self.cache.fill_unknown(current);
-        Ok(Decision::without_token(Reason::NotFound))
-    }
-
-    fn decide(
-        &self,
-        token: Arc<CachedToken>,
-        digest: &Digest,
-        query: &CheckQuery<'_>,
-        now: Timestamp,
-    ) -> Decision {
-        let Some(secret) = token.record.secret_matching(digest) else {
-            return Decision::without_token(Reason::NotFound);
+        let Some((token, digest)) = self.find(presented).await? else {
+            return Ok(Decision::without_token(Reason::NotFound));
         };
+        let Some(secret) = token.record.secret_matching(&digest) else {
+            return Ok(Decision::without_token(Reason::NotFound));
+        };
+        // Read after any wait for the store, so expiry is judged at answer time.
+        let now = Timestamp::now();
         let reason = evaluate(&token.record, secret, query, now);
-        if token.touch(now.as_secs()) {
-            self.last_used.note(token.record.id, now);
+        if reason == Reason::Revoked
+            && token.record.revoked_at.is_none()
+            && secret.retired_at.is_some_and(|at| at <= now)
+        {
+            self.report_retired_secret(&token.record, now);
         }
-        Decision {
+        self.recorder
+            .note_check(&token, query.permission_index, reason, now);
+        Ok(Decision {
             reason,
             token: Some(token),
-        }
+        })
     }
 
-    async fn with_last_used(&self, records: Vec<TokenRecord>) -> Result<Vec<TokenView>, Error> {
-        let ids: Vec<TokenId> = records.iter().map(|r| r.id).collect();
-        let stored = self.store.last_used(&ids).await?;
-        Ok(records
-            .into_iter()
-            .zip(stored)
-            .map(|(record, stored)| {
-                let pending = self.last_used.pending(record.id);
-                TokenView {
-                    last_used_at: stored.max(pending),
-                    record,
-                }
-            })
-            .collect())
+    /// Audits the use of a secret whose rotation grace period has ended,
+    /// off the Check path.
+    fn report_retired_secret(&self, record: &TokenRecord, now: Timestamp) {
+        tracing::warn!(token_id = %record.id, org_id = %record.org_id, "a secret replaced by rotation was presented after its grace period");
+        if !self.denied.allow(now) {
+            return;
+        }
+        let Ok(id) = EventId::generate(now) else {
+            return;
+        };
+        let event = AuditEvent {
+            id,
+            time: now,
+            org_id: record.org_id.clone(),
+            workspace_id: record.workspace_id.clone(),
+            actor: ActorRef {
+                token_id: record.id.to_string(),
+                ..ActorRef::default()
+            },
+            action: AuditAction::Denied,
+            target_token_ids: vec![record.id],
+            kind: Some(record.kind),
+            outcome: AuditOutcome::RetiredSecretPresented,
+            method: Method::Check,
+            detail: "a secret replaced by rotation was presented after its grace period".into(),
+            peer: String::new(),
+            request_id: String::new(),
+        };
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move { append_refusal(store.as_ref(), &event).await });
     }
+
+    async fn view(&self, record: TokenRecord) -> Result<TokenView, Error> {
+        let stored = self.store.last_used(&[record.id]).await?.pop().flatten();
+        Ok(self.merge_last_used(record, stored))
+    }
+
+    fn merge_last_used(&self, record: TokenRecord, stored: Option<Timestamp>) -> TokenView {
+        let pending = self.recorder.pending_last_used(record.id);
+        TokenView {
+            last_used_at: stored.max(pending),
+            record,
+        }
+    }
+}
+
+/// `Some(reason)` if the secret may not be used at `now` whatever it asks.
+fn evaluate_liveness(
+    record: &TokenRecord,
+    secret: &StoredSecret,
+    now: Timestamp,
+) -> Option<Reason> {
+    if record.revoked_at.is_some() || secret.retired_at.is_some_and(|at| at <= now) {
+        Some(Reason::Revoked)
+    } else if record.expires_at.is_some_and(|at| at <= now) {
+        Some(Reason::Expired)
+    } else {
+        None
+    }
+}
+
+fn validate_actor(claim: &ActorClaim) -> Result<Actor, Error> {
+    require_id("actor.user_id", &claim.user_id)?;
+    require_id("actor.org_id", &claim.org_id)?;
+    let role = claim.role.ok_or_else(|| {
+        Error::invalid(
+            "actor.org_role",
+            "is required (READ_ONLY, READ_WRITE or ADMIN)",
+        )
+    })?;
+    Ok(Actor {
+        user_id: claim.user_id.clone(),
+        org_id: claim.org_id.clone(),
+        role,
+    })
 }
 
 fn list_fingerprint(query: &TokenQuery) -> [u8; 8] {
@@ -320,10 +1029,46 @@ fn list_fingerprint(query: &TokenQuery) -> [u8; 8] {
         b"live"
     };
     pagination::fingerprint(&[
+        b"tokens",
         query.org_id.as_bytes(),
         opt(&query.workspace_id),
         opt(&query.owner_user_id),
         kind,
         revoked,
     ])
+}
+
+fn audit_fingerprint(query: &AuditQuery) -> [u8; 8] {
+    let opt = |value: &Option<String>| value.clone().unwrap_or_else(|| "\0none".to_owned());
+    let time =
+        |t: Option<Timestamp>| t.map_or_else(|| "\0none".to_owned(), |t| t.as_micros().to_string());
+    pagination::fingerprint(&[
+        b"audit",
+        query.org_id.as_bytes(),
+        opt(&query.workspace_id).as_bytes(),
+        query
+            .token_id
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+        opt(&query.actor).as_bytes(),
+        format!("{:?}", query.action).as_bytes(),
+        time(query.start).as_bytes(),
+        time(query.end).as_bytes(),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_rate_limit_resets_every_second() {
+        let limit = RateLimit::new(2);
+        let t0 = Timestamp::from_micros(5_000_000);
+        assert!(limit.allow(t0));
+        assert!(limit.allow(t0));
+        assert!(!limit.allow(t0));
+        assert!(limit.allow(Timestamp::from_micros(6_000_000)));
+    }
 }

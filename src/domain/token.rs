@@ -76,9 +76,22 @@ pub struct TokenView {
 /// The service's rules on token lifetimes.
 #[derive(Clone, Debug)]
 pub struct LifetimePolicy {
-    /// No token may live longer than this; also the lifetime of a token issued
-    /// without an expiry. `None`: tokens may be issued without expiry.
-    pub max_lifetime: Option<Duration>,
+    /// No personal token may live longer than this; also the lifetime of one
+    /// issued without an expiry. `None`: no limit.
+    pub personal_max: Option<Duration>,
+    /// The same for service tokens.
+    pub service_max: Option<Duration>,
+    /// Personal tokens must be issued with an explicit expiry.
+    pub personal_requires_expiry: bool,
+}
+
+impl LifetimePolicy {
+    fn max_for(&self, kind: TokenKind) -> Option<Duration> {
+        match kind {
+            TokenKind::Personal => self.personal_max,
+            TokenKind::Service => self.service_max,
+        }
+    }
 }
 
 /// A request to issue a token, as it arrives (already converted from the wire).
@@ -135,7 +148,17 @@ impl NewToken {
             (TokenKind::Personal, false) => None,
         };
         let permissions = validate_grants(catalogue, &self.permissions, required_level)?;
-        let latest = policy.max_lifetime.map(|max| now.saturating_add(max));
+        if self.kind == TokenKind::Personal
+            && policy.personal_requires_expiry
+            && self.expires_at.is_none()
+        {
+            return Err(Error::invalid(
+                "expires_at",
+                "is required for personal tokens",
+            ));
+        }
+        let max_lifetime = policy.max_for(self.kind);
+        let latest = max_lifetime.map(|max| now.saturating_add(max));
         let expires_at = match (self.expires_at, latest) {
             (Some(at), _) if at <= now => {
                 return Err(Error::invalid("expires_at", "is in the past"));
@@ -145,7 +168,7 @@ impl NewToken {
                     "expires_at",
                     format!(
                         "is beyond the maximum token lifetime of {}",
-                        humantime::format_duration(policy.max_lifetime.unwrap_or_default())
+                        humantime::format_duration(max_lifetime.unwrap_or_default())
                     ),
                 ));
             }
@@ -180,6 +203,8 @@ pub enum Reason {
 #[derive(Clone, Copy, Debug)]
 pub struct CheckQuery<'a> {
     pub permission: &'a str,
+    /// The permission's index in the catalogue (for usage records).
+    pub permission_index: u16,
     pub org_id: &'a str,
     pub workspace_id: &'a str,
 }
@@ -195,7 +220,7 @@ pub fn validate_check_query<'a>(
     if permission.is_empty() {
         return Err(Error::invalid("permission", "is required"));
     }
-    let level = catalogue.check_level(permission).ok_or_else(|| {
+    let (level, permission_index) = catalogue.check_level(permission).ok_or_else(|| {
         Error::invalid(
             "permission",
             format!("{:?} is not a known permission", truncate(permission, 64)),
@@ -211,6 +236,7 @@ pub fn validate_check_query<'a>(
     }
     Ok(CheckQuery {
         permission,
+        permission_index,
         org_id,
         workspace_id,
     })
@@ -222,17 +248,19 @@ fn truncate(text: &str, max_chars: usize) -> String {
 
 /// The decision for a token found by the digest of `secret`, at `now`.
 /// Order matters: a revoked token says so even once it has also expired.
+/// A query's `permission_index` is not consulted.
 pub fn evaluate(
     record: &TokenRecord,
     secret: &StoredSecret,
     query: &CheckQuery<'_>,
     now: Timestamp,
 ) -> Reason {
-    if record.revoked_at.is_some() {
+    // A secret replaced by rotation whose grace period has ended is as good
+    // as revoked, whatever the token's own state.
+    if record.revoked_at.is_some() || secret.retired_at.is_some_and(|at| at <= now) {
         return Reason::Revoked;
     }
-    let secret_expired = secret.retired_at.is_some_and(|at| at <= now);
-    if secret_expired || record.expires_at.is_some_and(|at| at <= now) {
+    if record.expires_at.is_some_and(|at| at <= now) {
         return Reason::Expired;
     }
     if record.org_id != query.org_id
@@ -255,7 +283,9 @@ mod tests {
 
     fn policy() -> LifetimePolicy {
         LifetimePolicy {
-            max_lifetime: Some(HOUR * 24),
+            personal_max: Some(HOUR * 24),
+            service_max: Some(HOUR * 24),
+            personal_requires_expiry: false,
         }
     }
 
@@ -302,6 +332,7 @@ mod tests {
     fn query<'a>(permission: &'a str, workspace: &'a str) -> CheckQuery<'a> {
         CheckQuery {
             permission,
+            permission_index: 0,
             org_id: "org-1",
             workspace_id: workspace,
         }
@@ -356,9 +387,28 @@ mod tests {
         let err = too_far.validate(&catalogue, &policy(), now).unwrap_err();
         assert!(err.to_string().contains("maximum token lifetime"), "{err}");
 
-        let unlimited = LifetimePolicy { max_lifetime: None };
+        let unlimited = LifetimePolicy {
+            service_max: None,
+            ..policy()
+        };
         let forever = base.validate(&catalogue, &unlimited, now).unwrap();
         assert_eq!(forever.expires_at, None);
+
+        let strict = LifetimePolicy {
+            personal_requires_expiry: true,
+            ..policy()
+        };
+        let personal = new_token(TokenKind::Personal, "", &["scim:read"]);
+        let err = personal
+            .clone()
+            .validate(&catalogue, &strict, now)
+            .unwrap_err();
+        assert!(err.to_string().starts_with("expires_at"), "{err}");
+        let with_expiry = NewToken {
+            expires_at: Some(now.saturating_add(HOUR)),
+            ..personal
+        };
+        assert!(with_expiry.validate(&catalogue, &strict, now).is_ok());
     }
 
     #[test]
@@ -413,15 +463,13 @@ mod tests {
             retired_at: Some(now),
             ..secret.clone()
         };
-        assert_eq!(
-            evaluate(
-                &record,
-                &retired,
-                &query("transformations:read", "ws-1"),
-                now
-            ),
-            Reason::Expired
-        );
+        let q = query("transformations:read", "ws-1");
+        assert_eq!(evaluate(&record, &retired, &q, now), Reason::Revoked);
+        let in_grace = StoredSecret {
+            retired_at: Some(Timestamp::from_micros(101)),
+            ..secret.clone()
+        };
+        assert_eq!(evaluate(&record, &in_grace, &q, now), Reason::Ok);
 
         let revoked = TokenRecord {
             revoked_at: Some(now),

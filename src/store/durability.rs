@@ -111,7 +111,9 @@ fn run_flusher(shared: &Shared, flush: &dyn Fn() -> Result<(), String>) {
         // Everything applied up to `target` is in memory before the flush starts,
         // so the flush covers it.
         let target = shared.applied.load(Ordering::SeqCst);
-        let outcome = flush();
+        // A panicking flush must fail its waiters, not leave them waiting forever.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(flush))
+            .unwrap_or_else(|_| Err("the flush panicked".to_owned()));
         shared.flushed.send_modify(|state| match outcome {
             Ok(()) => state.durable_through = state.durable_through.max(target),
             Err(ref cause) => {
@@ -163,6 +165,21 @@ mod tests {
         }
         let used = flushes.load(Ordering::SeqCst);
         assert!((1..64).contains(&used), "{used} flushes for 64 writers");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flush_fails_its_writers_and_the_next_flush_still_runs() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let commit = GroupCommit::start(move || {
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("simulated");
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(commit.durable().await.is_err());
+        assert!(commit.durable().await.is_ok());
     }
 
     #[tokio::test]

@@ -15,6 +15,16 @@ pub const BY_WORKSPACE: &str = "idx_org_workspace";
 pub const BY_OWNER: &str = "idx_org_owner";
 pub const LAST_USED: &str = "last_used";
 pub const META: &str = "meta";
+/// [org][event id] -> event
+pub const AUDIT: &str = "audit";
+/// [event id] -> [org]: for pruning by age across organizations.
+pub const AUDIT_BY_TIME: &str = "audit_by_time";
+/// [minute][org][token][permission][decision] -> count: for pruning by age.
+pub const USAGE_BY_TIME: &str = "usage_by_time";
+/// [org][minute][token][permission][decision] -> count
+pub const USAGE_BY_ORG: &str = "usage_by_org";
+/// [token][minute][permission][decision] -> count
+pub const USAGE_BY_TOKEN: &str = "usage_by_token";
 
 const _: () = assert!(MAX_ID_BYTES <= u8::MAX as usize);
 
@@ -49,6 +59,34 @@ pub fn id_of_index_key(key: &[u8]) -> Option<TokenId> {
     Some(TokenId::from_bytes(bytes))
 }
 
+/// Big-endian with the sign bit flipped, so that byte order is numeric order
+/// for negative values too.
+pub fn sortable_i64(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn i64_from_sortable(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// Reads one length-prefixed part from the front of `key`.
+pub fn take_part(key: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = key.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let (part, rest) = rest.split_at(len);
+    Some((std::str::from_utf8(part).ok()?, rest))
+}
+
+/// Appends length-prefixed parts to `key`.
+pub fn push_parts(key: &mut Vec<u8>, parts: &[&str]) {
+    for part in parts {
+        push_part(key, part);
+    }
+}
+
 /// The meta key of a pepper key's check value.
 pub fn pepper_check_key(key_id: u32) -> Vec<u8> {
     let mut key = b"pepper_check/".to_vec();
@@ -71,6 +109,26 @@ mod tests {
         let org = prefix(&["org"]);
         let longer_org = prefix(&["org2"]);
         assert!(!longer_org.starts_with(&org));
+    }
+
+    #[test]
+    fn sortable_integers_sort_as_numbers() {
+        let values = [i64::MIN, -60, -1, 0, 1, 60, i64::MAX];
+        for pair in values.windows(2) {
+            assert!(sortable_i64(pair[0]) < sortable_i64(pair[1]));
+        }
+        for v in values {
+            assert_eq!(i64_from_sortable(sortable_i64(v)), v);
+        }
+    }
+
+    #[test]
+    fn parts_read_back() {
+        let key = prefix(&["org", ""]);
+        let (first, rest) = take_part(&key).unwrap();
+        let (second, rest) = take_part(rest).unwrap();
+        assert_eq!((first, second, rest.len()), ("org", "", 0));
+        assert!(take_part(&[5, b'a']).is_none());
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! replicas implements the same trait.
 //!
 //! Contract every implementation keeps:
-//! - a write method returns only once its change is durable (survives a crash);
-//! - a change that spans several records or indexes is atomic;
-//! - reads after a returned write observe it.
+//! - a change that spans several records, indexes and its audit event is atomic;
+//! - reads after a returned write observe it;
+//! - a write is durable (survives a crash) once a later call to
+//!   [`Store::durable`] has returned. Writes and durability are separate so
+//!   that the cache can forget a revoked token the moment the revocation is
+//!   applied, before the flush that makes it durable.
 
 mod durability;
 mod keys;
@@ -15,10 +18,12 @@ pub mod sled;
 use async_trait::async_trait;
 
 use crate::domain::{
-    ids::TokenId,
+    audit::{AuditEvent, AuditQuery},
+    ids::{EventId, TokenId},
     secret::Digest,
     time::Timestamp,
-    token::{TokenKind, TokenRecord},
+    token::{StoredSecret, TokenKind, TokenRecord},
+    usage::{UsageQuery, UsageRecord},
 };
 
 pub use self::sled::SledStore;
@@ -86,11 +91,55 @@ pub struct Revocation {
     pub newly_revoked: bool,
 }
 
+/// A new secret for a token, replacing the current one.
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    pub new_secret: StoredSecret,
+    /// When the secrets being replaced stop working (now, for no grace period).
+    pub old_retired_at: Timestamp,
+    /// Replaced secrets whose grace ended before this are forgotten (their
+    /// digests removed), so a record does not grow without bound.
+    pub forget_retired_before: Timestamp,
+}
+
+/// The outcome of a rotation.
+#[derive(Clone, Debug)]
+pub enum RotateOutcome {
+    /// The record after the rotation, and the digests it no longer knows.
+    Rotated {
+        record: Box<TokenRecord>,
+        forgotten: Vec<Digest>,
+    },
+    NotFound,
+    /// Revoked tokens cannot be rotated (checked in the same atomic step).
+    Revoked,
+}
+
+/// One page of audit events, newest first.
+#[derive(Clone, Debug)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    pub next: Option<EventId>,
+}
+
+/// One page of usage records, oldest minute first.
+#[derive(Clone, Debug)]
+pub struct UsagePage {
+    pub records: Vec<UsageRecord>,
+    /// An opaque cursor for the next page.
+    pub next: Option<Vec<u8>>,
+}
+
 /// A persistent token store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a new token with its digest and index entries. Durable on return.
-    async fn insert_token(&self, record: &TokenRecord) -> Result<(), StoreError>;
+    /// Stores a new token with its digest and index entries, and its audit
+    /// event, atomically.
+    async fn insert_token(
+        &self,
+        record: &TokenRecord,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
 
     /// The token one of whose secrets has this digest.
     async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError>;
@@ -101,37 +150,82 @@ pub trait Store: Send + Sync + 'static {
     /// than `page.limit` (with `next` set) to bound the work of one call.
     async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError>;
 
-    /// Revokes one token at `at`; `None` if there is no such token. Durable on return.
+    /// Revokes one token at `at`, with its audit event when it was live;
+    /// `None` if there is no such token.
     async fn revoke_token(
         &self,
         id: TokenId,
         at: Timestamp,
+        event: &AuditEvent,
     ) -> Result<Option<Revocation>, StoreError>;
 
-    /// Revokes every live token matching `query`, atomically with respect to
-    /// other writes, and returns the records it revoked. Durable on return.
+    /// Revokes every live token matching `query` (ignoring its
+    /// `include_revoked`), atomically with respect to other writes and
+    /// together with `event` (whose targets become the newly revoked ids).
+    /// Returns every matching token, revoked before or now, so that the
+    /// caller can make sure none of them is still cached as live.
     async fn revoke_all(
         &self,
         query: &TokenQuery,
         at: Timestamp,
-    ) -> Result<Vec<TokenRecord>, StoreError>;
+        event: &AuditEvent,
+    ) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Gives token `id` a new current secret, with its audit event, atomically.
+    async fn rotate_token(
+        &self,
+        id: TokenId,
+        rotation: &Rotation,
+        event: &AuditEvent,
+    ) -> Result<RotateOutcome, StoreError>;
+
+    /// Appends an event that records no change (a refusal). Callers do not
+    /// wait for it to be durable: it rides on the next flush, so that
+    /// refusals cannot be made to cost a disk flush each.
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Events of `query.org_id` matching `query`, newest first, strictly
+    /// older than `after`. May return fewer than `limit` with `next` set.
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError>;
+
+    /// Deletes events older than `before`; returns how many.
+    async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError>;
+
+    /// Adds usage counts.
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
+
+    /// Usage matching `query`, oldest minute first, after the opaque cursor.
+    async fn list_usage(
+        &self,
+        query: &UsageQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<UsagePage, StoreError>;
+
+    /// Deletes usage of minutes before `before`; returns how many records.
+    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError>;
 
     /// The last recorded use of each token, in the order asked.
     async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError>;
 
-    /// Records last-use times (keeping the latest). Not flushed on its own:
-    /// it is coalesced data, and rides on the next flush.
+    /// Records last-use times (keeping the latest).
     async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError>;
 
     /// The check values of the pepper keys this database has digests under.
     async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError>;
 
-    /// Remembers a pepper key's check value. Durable on return.
+    /// Remembers a pepper key's check value.
     async fn add_pepper_check(&self, key_id: u32, check: [u8; 32]) -> Result<(), StoreError>;
 
     /// Whether the store holds no tokens and no pepper checks (a new database).
     async fn is_empty(&self) -> Result<bool, StoreError>;
 
-    /// Makes everything written so far durable (used at shutdown).
-    async fn flush(&self) -> Result<(), StoreError>;
+    /// Returns once every write applied before the call is durable.
+    /// Concurrent callers share one flush.
+    async fn durable(&self) -> Result<(), StoreError>;
 }

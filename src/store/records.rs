@@ -6,10 +6,12 @@ use prost::Message;
 
 use super::StoreError;
 use crate::domain::{
-    ids::TokenId,
+    audit::{AuditAction, AuditEvent, AuditOutcome},
+    caller::{ActorRef, Method},
+    ids::{EventId, TokenId},
     secret::Digest,
     time::Timestamp,
-    token::{StoredSecret, TokenKind, TokenRecord},
+    token::{Reason, StoredSecret, TokenKind, TokenRecord},
 };
 
 const FORMAT_V1: u8 = 1;
@@ -55,13 +57,198 @@ struct TokenV1 {
     secrets: Vec<SecretV1>,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct AuditV1 {
+    #[prost(bytes = "vec", tag = "1")]
+    id: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    time: i64,
+    #[prost(string, tag = "3")]
+    org_id: String,
+    #[prost(string, tag = "4")]
+    workspace_id: String,
+    #[prost(string, tag = "5")]
+    actor_user_id: String,
+    #[prost(string, tag = "6")]
+    actor_credential: String,
+    #[prost(string, tag = "7")]
+    actor_token_id: String,
+    #[prost(uint32, tag = "8")]
+    action: u32,
+    #[prost(bytes = "vec", repeated, tag = "9")]
+    targets: Vec<Vec<u8>>,
+    /// 0 none, else as in `TokenV1`.
+    #[prost(uint32, tag = "10")]
+    kind: u32,
+    #[prost(uint32, tag = "11")]
+    outcome: u32,
+    #[prost(uint32, tag = "12")]
+    method: u32,
+    #[prost(string, tag = "13")]
+    detail: String,
+    #[prost(string, tag = "14")]
+    peer: String,
+    #[prost(string, tag = "15")]
+    request_id: String,
+}
+
+// Stored numbers of enums; never renumber.
+const ACTIONS: [AuditAction; 5] = [
+    AuditAction::Issued,
+    AuditAction::Revoked,
+    AuditAction::RevokedAll,
+    AuditAction::Rotated,
+    AuditAction::Denied,
+];
+const OUTCOMES: [AuditOutcome; 4] = [
+    AuditOutcome::Succeeded,
+    AuditOutcome::Unauthenticated,
+    AuditOutcome::PermissionDenied,
+    AuditOutcome::RetiredSecretPresented,
+];
+const METHODS: [Method; 9] = [
+    Method::IssueToken,
+    Method::GetToken,
+    Method::ListTokens,
+    Method::RevokeToken,
+    Method::RevokeAll,
+    Method::RotateToken,
+    Method::ListTokenUsage,
+    Method::ListAuditEvents,
+    Method::Check,
+];
+
+fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {
+    // Every variant is in its table (checked by a unit test); 1-based.
+    table
+        .iter()
+        .position(|v| v == value)
+        .map_or(0, |i| i as u32 + 1)
+}
+
+fn value_of<T: Copy>(table: &[T], number: u32, what: &str) -> Result<T, StoreError> {
+    usize::try_from(number)
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| table.get(i).copied())
+        .ok_or_else(|| StoreError::Corrupt(format!("audit event: {what} {number}")))
+}
+
+fn kind_number(kind: TokenKind) -> u32 {
+    match kind {
+        TokenKind::Personal => 1,
+        TokenKind::Service => 2,
+    }
+}
+
+fn kind_of(number: u32) -> Option<TokenKind> {
+    match number {
+        1 => Some(TokenKind::Personal),
+        2 => Some(TokenKind::Service),
+        _ => None,
+    }
+}
+
+/// The stored number of a Check decision (the same as on the wire).
+pub fn reason_number(reason: Reason) -> u8 {
+    match reason {
+        Reason::Ok => 1,
+        Reason::Malformed => 2,
+        Reason::NotFound => 3,
+        Reason::Revoked => 4,
+        Reason::Expired => 5,
+        Reason::WrongScope => 6,
+        Reason::InsufficientPermission => 7,
+    }
+}
+
+pub fn reason_of(number: u8) -> Result<Reason, StoreError> {
+    Ok(match number {
+        1 => Reason::Ok,
+        2 => Reason::Malformed,
+        3 => Reason::NotFound,
+        4 => Reason::Revoked,
+        5 => Reason::Expired,
+        6 => Reason::WrongScope,
+        7 => Reason::InsufficientPermission,
+        other => return Err(StoreError::Corrupt(format!("usage decision {other}"))),
+    })
+}
+
+pub fn encode_audit(event: &AuditEvent) -> Vec<u8> {
+    let message = AuditV1 {
+        id: event.id.to_bytes().to_vec(),
+        time: event.time.as_micros(),
+        org_id: event.org_id.clone(),
+        workspace_id: event.workspace_id.clone(),
+        actor_user_id: event.actor.user_id.clone(),
+        actor_credential: event.actor.credential.clone(),
+        actor_token_id: event.actor.token_id.clone(),
+        action: number_of(&ACTIONS, &event.action),
+        targets: event
+            .target_token_ids
+            .iter()
+            .map(|id| id.to_bytes().to_vec())
+            .collect(),
+        kind: event.kind.map_or(0, kind_number),
+        outcome: number_of(&OUTCOMES, &event.outcome),
+        method: number_of(&METHODS, &event.method),
+        detail: event.detail.clone(),
+        peer: event.peer.clone(),
+        request_id: event.request_id.clone(),
+    };
+    let mut out = Vec::with_capacity(1 + message.encoded_len());
+    out.push(FORMAT_V1);
+    message.encode_raw(&mut out);
+    out
+}
+
+pub fn decode_audit(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("audit event: {what}"));
+    let (&format, body) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+    if format != FORMAT_V1 {
+        return Err(corrupt(&format!("unknown format {format}")));
+    }
+    let message = AuditV1::decode(body).map_err(|e| corrupt(&e.to_string()))?;
+    let id: [u8; 16] = message
+        .id
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("id"))?;
+    let target_token_ids = message
+        .targets
+        .iter()
+        .map(|t| {
+            <[u8; 16]>::try_from(t.as_slice())
+                .map(TokenId::from_bytes)
+                .map_err(|_| corrupt("target"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(AuditEvent {
+        id: EventId::from_bytes(id),
+        time: Timestamp::from_micros(message.time),
+        org_id: message.org_id,
+        workspace_id: message.workspace_id,
+        actor: ActorRef {
+            user_id: message.actor_user_id,
+            credential: message.actor_credential,
+            token_id: message.actor_token_id,
+        },
+        action: value_of(&ACTIONS, message.action, "action")?,
+        target_token_ids,
+        kind: kind_of(message.kind),
+        outcome: value_of(&OUTCOMES, message.outcome, "outcome")?,
+        method: value_of(&METHODS, message.method, "method")?,
+        detail: message.detail,
+        peer: message.peer,
+        request_id: message.request_id,
+    })
+}
+
 pub fn encode_token(record: &TokenRecord) -> Vec<u8> {
     let message = TokenV1 {
         id: record.id.to_bytes().to_vec(),
-        kind: match record.kind {
-            TokenKind::Personal => 1,
-            TokenKind::Service => 2,
-        },
+        kind: kind_number(record.kind),
         org_id: record.org_id.clone(),
         workspace_id: record.workspace_id.clone(),
         name: record.name.clone(),
@@ -100,11 +287,7 @@ pub fn decode_token(bytes: &[u8]) -> Result<TokenRecord, StoreError> {
         .as_slice()
         .try_into()
         .map_err(|_| corrupt("id"))?;
-    let kind = match message.kind {
-        1 => TokenKind::Personal,
-        2 => TokenKind::Service,
-        other => return Err(corrupt(&format!("kind {other}"))),
-    };
+    let kind = kind_of(message.kind).ok_or_else(|| corrupt(&format!("kind {}", message.kind)))?;
     let secrets = message
         .secrets
         .into_iter()
@@ -164,6 +347,35 @@ mod tests {
                 hint: "tkpat_abcd".into(),
                 retired_at: Some(Timestamp::from_micros(-3)),
             }],
+        }
+    }
+
+    #[test]
+    fn audit_events_round_trip_with_every_enum_value() {
+        for (i, action) in ACTIONS.iter().enumerate() {
+            let event = AuditEvent {
+                id: EventId::from_bytes([i as u8; 16]),
+                time: Timestamp::from_micros(42),
+                org_id: "org".into(),
+                workspace_id: "ws".into(),
+                actor: ActorRef {
+                    user_id: "alice".into(),
+                    credential: "dashboard".into(),
+                    token_id: String::new(),
+                },
+                action: *action,
+                target_token_ids: vec![TokenId::from_bytes([9; 16])],
+                kind: Some(TokenKind::Service),
+                outcome: OUTCOMES[i % OUTCOMES.len()],
+                method: METHODS[i % METHODS.len()],
+                detail: "d".into(),
+                peer: "127.0.0.1:1".into(),
+                request_id: "r".into(),
+            };
+            assert_eq!(decode_audit(&encode_audit(&event)).unwrap(), event);
+        }
+        for method in METHODS {
+            assert_ne!(number_of(&METHODS, &method), 0);
         }
     }
 

@@ -1,18 +1,20 @@
 //! The embedded sled store.
 //!
-//! Trees: `tokens` (id -> record), `digests` (digest -> id), three indexes
-//! (by org; by org and workspace; by org and owner) so that listing and bulk
-//! revocation read one prefix instead of the whole database, `last_used`
-//! (id -> microseconds), and `meta`.
+//! Trees (key layouts in `keys`): `tokens` (id -> record), `digests`
+//! (digest -> id), three token indexes (by org; by org and workspace; by org
+//! and owner) so that listing and bulk revocation read one prefix instead of
+//! the whole database, `audit` and `audit_by_time`, three usage trees,
+//! `last_used` and `meta`.
 //!
-//! Token writes take one process-wide write lock while they apply (they are
-//! in-memory and take microseconds), so that RevokeAll's scan and its writes
-//! are one atomic step with respect to every other write, and commit through a
-//! multi-tree sled transaction so that a crash never leaves half a change.
-//! The flush that makes them durable happens after the lock is released and is
-//! shared between concurrent writers (see `durability`).
+//! Token writes take one process-wide write lock while they apply (in memory,
+//! microseconds), so that RevokeAll's scan and its writes are one atomic step
+//! with respect to every other write, and commit through one multi-tree sled
+//! transaction with their audit event, so that a crash never leaves a change
+//! without its event or half a change. The flush that makes them durable
+//! happens after the lock is released and is shared between concurrent
+//! writers (see `durability`).
 
-use std::{path::Path, sync::Arc};
+use std::{ops::Bound, path::Path, sync::Arc};
 
 use async_trait::async_trait;
 use sled::{
@@ -21,15 +23,25 @@ use sled::{
 };
 
 use super::{
-    Page, PageRequest, Revocation, Store, StoreError, TokenQuery,
+    AuditPage, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store, StoreError,
+    TokenQuery, UsagePage,
     durability::GroupCommit,
     keys::{self, index_key, prefix},
-    records::{decode_token, encode_token},
+    records::{decode_audit, decode_token, encode_audit, encode_token, reason_number, reason_of},
 };
-use crate::domain::{ids::TokenId, secret::Digest, time::Timestamp, token::TokenRecord};
+use crate::domain::{
+    audit::{AuditEvent, AuditQuery},
+    ids::{EventId, TokenId},
+    secret::Digest,
+    time::Timestamp,
+    token::TokenRecord,
+    usage::{UsageQuery, UsageRecord},
+};
 
 /// Most index entries one list call examines before returning a short page.
 const MAX_SCAN_PER_PAGE: usize = 5_000;
+/// Most secrets a record keeps (the current one and recently replaced ones).
+const MAX_SECRETS: usize = 8;
 
 struct Trees {
     db: sled::Db,
@@ -38,9 +50,23 @@ struct Trees {
     by_org: Tree,
     by_workspace: Tree,
     by_owner: Tree,
+    audit: Tree,
+    audit_by_time: Tree,
+    usage_by_time: Tree,
+    usage_by_org: Tree,
+    usage_by_token: Tree,
     last_used: Tree,
     meta: Tree,
     write_lock: std::sync::Mutex<()>,
+}
+
+/// The trees one token change touches, inside a transaction.
+struct Tx<'a> {
+    tokens: &'a TransactionalTree,
+    digests: &'a TransactionalTree,
+    indexes: [&'a TransactionalTree; 3],
+    audit: &'a TransactionalTree,
+    audit_by_time: &'a TransactionalTree,
 }
 
 /// A [`Store`] in an embedded sled database.
@@ -71,6 +97,12 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
+type Abortable<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort(error: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(error)
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -82,82 +114,149 @@ impl SledStore {
             by_org: open(keys::BY_ORG)?,
             by_workspace: open(keys::BY_WORKSPACE)?,
             by_owner: open(keys::BY_OWNER)?,
+            audit: open(keys::AUDIT)?,
+            audit_by_time: open(keys::AUDIT_BY_TIME)?,
+            usage_by_time: open(keys::USAGE_BY_TIME)?,
+            usage_by_org: open(keys::USAGE_BY_ORG)?,
+            usage_by_token: open(keys::USAGE_BY_TOKEN)?,
             last_used: open(keys::LAST_USED)?,
             meta: open(keys::META)?,
             write_lock: std::sync::Mutex::new(()),
             db,
         });
+        // sled's flush ends in sync_file_range, which persists neither the
+        // log file's size nor the drive's write cache (sled issue #1452); an
+        // fdatasync of the log file after it does both. Group commit shares
+        // that cost between concurrent writers.
+        let log = std::fs::File::open(dir.join("db")).map_err(unavailable)?;
         let flush_db = trees.db.clone();
-        let commit =
-            GroupCommit::start(move || flush_db.flush().map(drop).map_err(|e| e.to_string()))
-                .map_err(unavailable)?;
+        let commit = GroupCommit::start(move || {
+            flush_db.flush().map_err(|e| e.to_string())?;
+            log.sync_data().map_err(|e| e.to_string())
+        })
+        .map_err(unavailable)?;
         Ok(Self { trees, commit })
     }
 
-    /// Runs `apply` under the write lock on a blocking thread, then waits for durability.
+    /// Runs `apply` under the write lock on a blocking thread.
     async fn write<T, F>(&self, apply: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
     {
         let trees = Arc::clone(&self.trees);
-        let value = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _guard = trees.write_lock.lock().unwrap_or_else(|e| e.into_inner());
             apply(&trees)
         })
         .await
-        .map_err(unavailable)??;
-        self.commit.durable().await?;
-        Ok(value)
+        .map_err(unavailable)?
+    }
+
+    /// Runs `read` on a blocking thread (for scans that may take a while).
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    {
+        let trees = Arc::clone(&self.trees);
+        tokio::task::spawn_blocking(move || read(&trees))
+            .await
+            .map_err(unavailable)?
     }
 }
 
-fn index_entries(record: &TokenRecord) -> [(usize, Vec<u8>); 3] {
-    let mut entries = [
-        (0, index_key(&[&record.org_id], record.id)),
-        (
-            1,
-            index_key(&[&record.org_id, &record.workspace_id], record.id),
-        ),
-        (2, Vec::new()),
-    ];
-    if !record.owner_user_id.is_empty() {
-        entries[2].1 = index_key(&[&record.org_id, &record.owner_user_id], record.id);
+fn index_entries(record: &TokenRecord) -> [Vec<u8>; 3] {
+    [
+        index_key(&[&record.org_id], record.id),
+        index_key(&[&record.org_id, &record.workspace_id], record.id),
+        if record.owner_user_id.is_empty() {
+            Vec::new()
+        } else {
+            index_key(&[&record.org_id, &record.owner_user_id], record.id)
+        },
+    ]
+}
+
+fn audit_key(org_id: &str, id: EventId) -> Vec<u8> {
+    let mut key = prefix(&[org_id]);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+fn audit_time_key(id: EventId, org_id: &str) -> Vec<u8> {
+    let mut key = id.to_bytes().to_vec();
+    keys::push_parts(&mut key, &[org_id]);
+    key
+}
+
+impl Tx<'_> {
+    fn append_audit(&self, event: &AuditEvent) -> Abortable<()> {
+        self.audit
+            .insert(audit_key(&event.org_id, event.id), encode_audit(event))?;
+        self.audit_by_time
+            .insert(audit_time_key(event.id, &event.org_id), &[])?;
+        Ok(())
     }
-    entries
-}
 
-type Abortable<T> = Result<T, ConflictableTransactionError<StoreError>>;
+    fn record(&self, id: TokenId) -> Abortable<Option<TokenRecord>> {
+        self.tokens
+            .get(id.to_bytes())?
+            .map(|bytes| decode_token(&bytes).map_err(abort))
+            .transpose()
+    }
 
-fn abort(error: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(error)
-}
+    fn put(&self, record: &TokenRecord) -> Abortable<()> {
+        self.tokens
+            .insert(&record.id.to_bytes(), encode_token(record))?;
+        Ok(())
+    }
 
-/// Sets `revoked_at` on the token `id` inside a transaction; `None` if absent.
-fn revoke_in(
-    tokens: &TransactionalTree,
-    id: TokenId,
-    at: Timestamp,
-) -> Abortable<Option<Revocation>> {
-    let Some(bytes) = tokens.get(id.to_bytes())? else {
-        return Ok(None);
-    };
-    let mut record = decode_token(&bytes).map_err(abort)?;
-    if record.revoked_at.is_some() {
-        return Ok(Some(Revocation {
+    /// Sets `revoked_at` on the token `id`; `None` if absent.
+    fn revoke(&self, id: TokenId, at: Timestamp) -> Abortable<Option<Revocation>> {
+        let Some(mut record) = self.record(id)? else {
+            return Ok(None);
+        };
+        if record.revoked_at.is_some() {
+            return Ok(Some(Revocation {
+                record,
+                newly_revoked: false,
+            }));
+        }
+        record.revoked_at = Some(at);
+        self.put(&record)?;
+        Ok(Some(Revocation {
             record,
-            newly_revoked: false,
-        }));
+            newly_revoked: true,
+        }))
     }
-    record.revoked_at = Some(at);
-    tokens.insert(&id.to_bytes(), encode_token(&record))?;
-    Ok(Some(Revocation {
-        record,
-        newly_revoked: true,
-    }))
 }
 
 impl Trees {
+    /// Runs `change` in one transaction over every tree a token change touches.
+    fn transaction<T>(&self, change: impl Fn(&Tx<'_>) -> Abortable<T>) -> Result<T, StoreError> {
+        let trees: [&Tree; 7] = [
+            &self.tokens,
+            &self.digests,
+            &self.by_org,
+            &self.by_workspace,
+            &self.by_owner,
+            &self.audit,
+            &self.audit_by_time,
+        ];
+        trees[..]
+            .transaction(|t| {
+                change(&Tx {
+                    tokens: &t[0],
+                    digests: &t[1],
+                    indexes: [&t[2], &t[3], &t[4]],
+                    audit: &t[5],
+                    audit_by_time: &t[6],
+                })
+            })
+            .map_err(StoreError::from)
+    }
+
     fn record(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
         self.tokens
             .get(id.to_bytes())?
@@ -218,36 +317,139 @@ impl Trees {
         }
         Ok(Page { tokens, next: None })
     }
+
+    fn scan_audit(
+        &self,
+        query: &AuditQuery,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let low = audit_key(
+            &query.org_id,
+            query
+                .start
+                .map_or(EventId::from_bytes([0; 16]), EventId::first_at),
+        );
+        let mut upper = query.end.map(EventId::first_at);
+        if let Some(after) = after {
+            upper = Some(upper.map_or(after, |end| end.min(after)));
+        }
+        let range = match upper {
+            Some(upper) => self.audit.range(low..audit_key(&query.org_id, upper)),
+            None => self
+                .audit
+                .range(low..=audit_key(&query.org_id, EventId::from_bytes([0xFF; 16]))),
+        };
+        let mut events = Vec::new();
+        let mut last_examined = None;
+        for (scanned, entry) in range.rev().enumerate() {
+            let (_, value) = entry?;
+            if events.len() == limit || scanned == MAX_SCAN_PER_PAGE {
+                return Ok(AuditPage {
+                    events,
+                    next: last_examined,
+                });
+            }
+            let event = decode_audit(&value)?;
+            last_examined = Some(event.id);
+            if query.matches(&event) {
+                events.push(event);
+            }
+        }
+        Ok(AuditPage { events, next: None })
+    }
+}
+
+/// The three keys of one usage record: by time, by org, by token.
+fn usage_keys(record: &UsageRecord) -> [Vec<u8>; 3] {
+    let minute = keys::sortable_i64(record.minute.as_micros());
+    let token = record.token_id.to_bytes();
+    let reason = reason_number(record.decision);
+    let mut by_time = minute.to_vec();
+    keys::push_parts(&mut by_time, &[&record.org_id]);
+    by_time.extend_from_slice(&token);
+    keys::push_parts(&mut by_time, &[&record.permission]);
+    by_time.push(reason);
+
+    let mut by_org = prefix(&[&record.org_id]);
+    by_org.extend_from_slice(&minute);
+    by_org.extend_from_slice(&token);
+    keys::push_parts(&mut by_org, &[&record.permission]);
+    by_org.push(reason);
+
+    let mut by_token = token.to_vec();
+    by_token.extend_from_slice(&minute);
+    keys::push_parts(&mut by_token, &[&record.permission]);
+    by_token.push(reason);
+    [by_time, by_org, by_token]
+}
+
+/// Reads `[minute][token?][permission][decision]`, the tail shared by the
+/// by-org and by-token keys (the by-token key has no token in its tail).
+fn decode_usage_tail(
+    org_id: &str,
+    token: Option<TokenId>,
+    tail: &[u8],
+    count: &[u8],
+) -> Result<UsageRecord, StoreError> {
+    let corrupt = || StoreError::Corrupt("usage key".into());
+    let minute: [u8; 8] = tail
+        .get(..8)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    let mut rest = &tail[8..];
+    let token_id = match token {
+        Some(id) => id,
+        None => {
+            let bytes: [u8; 16] = rest
+                .get(..16)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?;
+            rest = &rest[16..];
+            TokenId::from_bytes(bytes)
+        }
+    };
+    let (permission, rest) = keys::take_part(rest).ok_or_else(corrupt)?;
+    let [reason] = rest else {
+        return Err(corrupt());
+    };
+    let count: [u8; 8] = count.try_into().map_err(|_| corrupt())?;
+    Ok(UsageRecord {
+        org_id: org_id.to_owned(),
+        token_id,
+        permission: permission.to_owned(),
+        decision: reason_of(*reason)?,
+        minute: Timestamp::from_micros(keys::i64_from_sortable(minute)),
+        count: u64::from_be_bytes(count),
+    })
 }
 
 #[async_trait]
 impl Store for SledStore {
-    async fn insert_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
-        let record = record.clone();
+    async fn insert_token(
+        &self,
+        record: &TokenRecord,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let (record, event) = (record.clone(), event.clone());
         self.write(move |t| {
             let encoded = encode_token(&record);
             let indexes = index_entries(&record);
-            (
-                &t.tokens,
-                &t.digests,
-                &t.by_org,
-                &t.by_workspace,
-                &t.by_owner,
-            )
-                .transaction(|(tokens, digests, by_org, by_ws, by_owner)| {
-                    tokens.insert(&record.id.to_bytes(), encoded.as_slice())?;
-                    for secret in &record.secrets {
-                        digests.insert(&secret.digest.0, &record.id.to_bytes())?;
+            t.transaction(|tx| {
+                tx.tokens
+                    .insert(&record.id.to_bytes(), encoded.as_slice())?;
+                for secret in &record.secrets {
+                    tx.digests.insert(&secret.digest.0, &record.id.to_bytes())?;
+                }
+                for (tree, key) in tx.indexes.iter().zip(&indexes) {
+                    if !key.is_empty() {
+                        tree.insert(key.as_slice(), &[])?;
                     }
-                    for (which, key) in &indexes {
-                        let tree = [by_org, by_ws, by_owner][*which];
-                        if !key.is_empty() {
-                            tree.insert(key.as_slice(), &[])?;
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(StoreError::from)
+                }
+                tx.append_audit(&event)
+            })
         })
         .await
     }
@@ -270,22 +472,26 @@ impl Store for SledStore {
     }
 
     async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError> {
-        let trees = Arc::clone(&self.trees);
         let query = query.clone();
-        tokio::task::spawn_blocking(move || trees.scan(&query, page, MAX_SCAN_PER_PAGE))
+        self.read(move |t| t.scan(&query, page, MAX_SCAN_PER_PAGE))
             .await
-            .map_err(unavailable)?
     }
 
     async fn revoke_token(
         &self,
         id: TokenId,
         at: Timestamp,
+        event: &AuditEvent,
     ) -> Result<Option<Revocation>, StoreError> {
+        let event = event.clone();
         self.write(move |t| {
-            t.tokens
-                .transaction(|tokens| revoke_in(tokens, id, at))
-                .map_err(StoreError::from)
+            t.transaction(|tx| {
+                let outcome = tx.revoke(id, at)?;
+                if outcome.as_ref().is_some_and(|o| o.newly_revoked) {
+                    tx.append_audit(&event)?;
+                }
+                Ok(outcome)
+            })
         })
         .await
     }
@@ -294,11 +500,14 @@ impl Store for SledStore {
         &self,
         query: &TokenQuery,
         at: Timestamp,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
+        event: &AuditEvent,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        // Already-revoked matches are returned too (see the trait).
         let query = TokenQuery {
-            include_revoked: false,
+            include_revoked: true,
             ..query.clone()
         };
+        let event = event.clone();
         self.write(move |t| {
             // Under the write lock no token can be issued or revoked between
             // this scan and the transaction below.
@@ -312,19 +521,226 @@ impl Store for SledStore {
                 .iter()
                 .map(|r| r.id)
                 .collect();
-            t.tokens
-                .transaction(|tokens| {
-                    let mut revoked = Vec::with_capacity(ids.len());
-                    for &id in &ids {
-                        if let Some(outcome) = revoke_in(tokens, id, at)?
-                            && outcome.newly_revoked
-                        {
-                            revoked.push(outcome.record);
+            t.transaction(|tx| {
+                let mut outcomes = Vec::with_capacity(ids.len());
+                for &id in &ids {
+                    outcomes.extend(tx.revoke(id, at)?);
+                }
+                let mut event = event.clone();
+                event.target_token_ids = outcomes
+                    .iter()
+                    .filter(|o| o.newly_revoked)
+                    .map(|o| o.record.id)
+                    .collect();
+                tx.append_audit(&event)?;
+                Ok(outcomes)
+            })
+        })
+        .await
+    }
+
+    async fn rotate_token(
+        &self,
+        id: TokenId,
+        rotation: &Rotation,
+        event: &AuditEvent,
+    ) -> Result<RotateOutcome, StoreError> {
+        let (rotation, event) = (rotation.clone(), event.clone());
+        self.write(move |t| {
+            t.transaction(|tx| {
+                let Some(mut record) = tx.record(id)? else {
+                    return Ok(RotateOutcome::NotFound);
+                };
+                if record.revoked_at.is_some() {
+                    return Ok(RotateOutcome::Revoked);
+                }
+                for secret in &mut record.secrets {
+                    // A rotation may shorten an earlier grace period, never extend it.
+                    if secret
+                        .retired_at
+                        .is_none_or(|at| at > rotation.old_retired_at)
+                    {
+                        secret.retired_at = Some(rotation.old_retired_at);
+                    }
+                }
+                // Newest grace end first; forget the long-expired and the surplus.
+                record
+                    .secrets
+                    .sort_by_key(|s| std::cmp::Reverse(s.retired_at));
+                let mut forgotten = Vec::new();
+                let mut kept = vec![rotation.new_secret.clone()];
+                for secret in record.secrets.drain(..) {
+                    let stale = secret
+                        .retired_at
+                        .is_some_and(|at| at < rotation.forget_retired_before);
+                    if stale || kept.len() == MAX_SECRETS {
+                        forgotten.push(secret.digest);
+                    } else {
+                        kept.push(secret);
+                    }
+                }
+                record.secrets = kept;
+                for digest in &forgotten {
+                    tx.digests.remove(&digest.0)?;
+                }
+                tx.digests
+                    .insert(&rotation.new_secret.digest.0, &id.to_bytes())?;
+                tx.put(&record)?;
+                tx.append_audit(&event)?;
+                Ok(RotateOutcome::Rotated {
+                    record: Box::new(record.clone()),
+                    forgotten: forgotten.clone(),
+                })
+            })
+        })
+        .await
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.read(move |t| {
+            (&t.audit, &t.audit_by_time)
+                .transaction(|(audit, by_time)| {
+                    audit.insert(audit_key(&event.org_id, event.id), encode_audit(&event))?;
+                    by_time.insert(audit_time_key(event.id, &event.org_id), &[])?;
+                    Ok(())
+                })
+                .map_err(|e: TransactionError<StoreError>| e.into())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let query = query.clone();
+        self.read(move |t| t.scan_audit(&query, after, limit)).await
+    }
+
+    async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.read(move |t| {
+            let end = EventId::first_at(before).to_bytes();
+            let mut pruned = 0;
+            for entry in t.audit_by_time.range(..end.to_vec()) {
+                let (key, _) = entry?;
+                let corrupt = || StoreError::Corrupt("audit time key".into());
+                let id: [u8; 16] = key
+                    .get(..16)
+                    .ok_or_else(corrupt)?
+                    .try_into()
+                    .map_err(|_| corrupt())?;
+                let (org, _) = keys::take_part(&key[16..]).ok_or_else(corrupt)?;
+                // The event first: a crash in between leaves the time entry, and
+                // the next prune finishes the job.
+                t.audit.remove(audit_key(org, EventId::from_bytes(id)))?;
+                t.audit_by_time.remove(&key)?;
+                pruned += 1;
+            }
+            Ok(pruned)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.read(move |t| {
+            (&t.usage_by_time, &t.usage_by_org, &t.usage_by_token)
+                .transaction(|(by_time, by_org, by_token)| {
+                    for record in &records {
+                        let keys = usage_keys(record);
+                        for (tree, key) in [by_time, by_org, by_token].iter().zip(&keys) {
+                            let old = tree
+                                .get(key)?
+                                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                                .map_or(0, u64::from_be_bytes);
+                            tree.insert(
+                                key.as_slice(),
+                                &old.saturating_add(record.count).to_be_bytes(),
+                            )?;
                         }
                     }
-                    Ok(revoked)
+                    Ok(())
                 })
-                .map_err(StoreError::from)
+                .map_err(|e: TransactionError<StoreError>| e.into())
+        })
+        .await
+    }
+
+    async fn list_usage(
+        &self,
+        query: &UsageQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<UsagePage, StoreError> {
+        let query = query.clone();
+        let after = after.map(<[u8]>::to_vec);
+        self.read(move |t| {
+            let (tree, prefix) = match query.token_id {
+                Some(id) => (&t.usage_by_token, id.to_bytes().to_vec()),
+                None => (&t.usage_by_org, prefix(&[&query.org_id])),
+            };
+            let bound = |at: Option<Timestamp>, default: i64| {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&keys::sortable_i64(
+                    at.map_or(default, Timestamp::as_micros),
+                ));
+                key
+            };
+            let low = bound(query.start, i64::MIN);
+            let high = bound(query.end, i64::MAX);
+            // A cursor outside this listing's range (tampered) just starts at its beginning.
+            let start = match after {
+                Some(after) if after >= low && after < high => Bound::Excluded(after),
+                _ => Bound::Included(low),
+            };
+            let mut records = Vec::new();
+            for entry in tree.range((start, Bound::Excluded(high))) {
+                let (key, value) = entry?;
+                if records.len() == limit {
+                    let next = records
+                        .last()
+                        .map(|(k, _): &(Vec<u8>, UsageRecord)| k.clone());
+                    return Ok(UsagePage {
+                        records: records.into_iter().map(|(_, r)| r).collect(),
+                        next,
+                    });
+                }
+                let record =
+                    decode_usage_tail(&query.org_id, query.token_id, &key[prefix.len()..], &value)?;
+                records.push((key.to_vec(), record));
+            }
+            Ok(UsagePage {
+                records: records.into_iter().map(|(_, r)| r).collect(),
+                next: None,
+            })
+        })
+        .await
+    }
+
+    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.read(move |t| {
+            let end = keys::sortable_i64(before.as_micros());
+            let mut pruned = 0;
+            for entry in t.usage_by_time.range(..end.to_vec()) {
+                let (key, value) = entry?;
+                let corrupt = || StoreError::Corrupt("usage time key".into());
+                let minute = key.get(..8).ok_or_else(corrupt)?;
+                let (org, tail) = keys::take_part(&key[8..]).ok_or_else(corrupt)?;
+                let mut tail_with_minute = minute.to_vec();
+                tail_with_minute.extend_from_slice(tail);
+                let record = decode_usage_tail(org, None, &tail_with_minute, &value)?;
+                let [_, by_org, by_token] = usage_keys(&record);
+                // The indexes first: a crash in between leaves the time entry,
+                // and the next prune finishes the job.
+                t.usage_by_org.remove(by_org)?;
+                t.usage_by_token.remove(by_token)?;
+                t.usage_by_time.remove(&key)?;
+                pruned += 1;
+            }
+            Ok(pruned)
         })
         .await
     }
@@ -343,12 +759,11 @@ impl Store for SledStore {
     }
 
     async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
-        let trees = Arc::clone(&self.trees);
         let uses = uses.to_vec();
-        tokio::task::spawn_blocking(move || {
+        self.read(move |t| {
             for (id, at) in uses {
                 // Keep the latest: a slow flush must not move last-use backwards.
-                trees.last_used.fetch_and_update(id.to_bytes(), |old| {
+                t.last_used.fetch_and_update(id.to_bytes(), |old| {
                     let old = old
                         .and_then(|v| <[u8; 8]>::try_from(v).ok())
                         .map_or(i64::MIN, i64::from_be_bytes);
@@ -358,7 +773,6 @@ impl Store for SledStore {
             Ok(())
         })
         .await
-        .map_err(unavailable)?
     }
 
     async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
@@ -395,7 +809,7 @@ impl Store for SledStore {
                 .is_none())
     }
 
-    async fn flush(&self) -> Result<(), StoreError> {
+    async fn durable(&self) -> Result<(), StoreError> {
         self.commit.durable().await
     }
 }

@@ -4,7 +4,9 @@
 use tokenauth::proto::{CheckRequest, GetTokenRequest, IssueTokenRequest, ListTokensRequest};
 use tonic::{Code, Request, metadata::MetadataValue};
 
-use crate::harness::{TestServer, check, issue, personal_token, service_token, workspace_token};
+use crate::harness::{
+    TestServer, admin, check, issue, personal_token, service_token, workspace_token,
+};
 
 fn timestamp_in(seconds: i64) -> prost_types::Timestamp {
     let now = std::time::SystemTime::now()
@@ -205,6 +207,7 @@ async fn refused_issue_requests_name_the_field_and_create_nothing() {
     let listed = server
         .tokens()
         .list_tokens(ListTokensRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             include_revoked: true,
             ..Default::default()
@@ -225,7 +228,10 @@ async fn malformed_ids_are_invalid_argument() {
     for id in ["", "tok_short", "not-an-id", &"x".repeat(10_000)] {
         let status = server
             .tokens()
-            .get_token(GetTokenRequest { id: id.to_owned() })
+            .get_token(GetTokenRequest {
+                actor: admin("org-1"),
+                id: id.to_owned(),
+            })
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);

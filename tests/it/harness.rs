@@ -3,20 +3,62 @@
 
 use std::{sync::Arc, time::Duration};
 
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokenauth::{
-    config::Config,
+    config::{Config, CredentialConfig},
+    domain::secret::Secret,
     proto::{
-        IssueTokenRequest, IssueTokenResponse, TokenKind, check_service_client::CheckServiceClient,
+        Actor, IssueTokenRequest, IssueTokenResponse, OrgRole, TokenKind,
+        audit_service_client::AuditServiceClient, check_service_client::CheckServiceClient,
         token_service_client::TokenServiceClient,
     },
     server::{self, RunningServer},
     store::Store,
 };
-use tonic::transport::Channel;
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+/// The name of the control-plane credential every test server accepts.
+pub const CONTROL_PLANE: &str = "test-control-plane";
+
+/// Adds `authorization: Bearer <credential>` to every call (or nothing).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The control plane acting for an ADMIN of `org`.
+pub fn admin(org: &str) -> Option<Actor> {
+    member("admin", org, OrgRole::Admin)
+}
+
+/// The control plane acting for `user`, with `role` in `org`.
+pub fn member(user: &str, org: &str, role: OrgRole) -> Option<Actor> {
+    Some(Actor {
+        user_id: user.to_owned(),
+        org_id: org.to_owned(),
+        org_role: role as i32,
+    })
+}
 
 /// A running server with its own data directory.
 pub struct TestServer {
@@ -24,6 +66,8 @@ pub struct TestServer {
     pub config: Config,
     running: Option<RunningServer>,
     pub channel: Channel,
+    /// The control-plane credential (its hash is in `config`).
+    pub control_plane: String,
 }
 
 impl TestServer {
@@ -42,17 +86,34 @@ impl TestServer {
         wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let credential = Secret::generate_control_plane()
+            .unwrap()
+            .expose()
+            .to_owned();
+        let hash: String = Sha256::digest(credential.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        config.control_plane.credentials = vec![CredentialConfig {
+            name: CONTROL_PLANE.into(),
+            sha256: hash,
+        }];
         configure(&mut config);
         let store = wrap(server::open_store(&config).unwrap());
-        Self::start_in(dir, config, store).await
+        Self::start_in(dir, config, store, credential).await
     }
 
-    async fn start_in(dir: TempDir, config: Config, store: Arc<dyn Store>) -> Self {
+    async fn start_in(
+        dir: TempDir,
+        config: Config,
+        store: Arc<dyn Store>,
+        control_plane: String,
+    ) -> Self {
         let running = server::start_with_store(config.clone(), store)
             .await
             .unwrap();
@@ -67,11 +128,28 @@ impl TestServer {
             config,
             running: Some(running),
             channel,
+            control_plane,
         }
     }
 
-    pub fn tokens(&self) -> TokenServiceClient<Channel> {
-        TokenServiceClient::new(self.channel.clone())
+    /// The token service, called with the control-plane credential.
+    pub fn tokens(&self) -> TokenServiceClient<Authed> {
+        self.tokens_with(Some(&self.control_plane))
+    }
+
+    /// The token service, called with `bearer` (or no credential).
+    pub fn tokens_with(&self, bearer: Option<&str>) -> TokenServiceClient<Authed> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), bearer_of(bearer))
+    }
+
+    /// The audit service, called with `bearer` (or no credential).
+    pub fn audit_with(&self, bearer: Option<&str>) -> AuditServiceClient<Authed> {
+        AuditServiceClient::with_interceptor(self.channel.clone(), bearer_of(bearer))
+    }
+
+    /// The audit service, called with the control-plane credential.
+    pub fn audit(&self) -> AuditServiceClient<Authed> {
+        self.audit_with(Some(&self.control_plane))
     }
 
     pub fn check(&self) -> CheckServiceClient<Channel> {
@@ -88,7 +166,7 @@ impl TestServer {
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
         let store = server::open_store(&config).unwrap();
-        Self::start_in(self.dir, config, store).await
+        Self::start_in(self.dir, config, store, self.control_plane).await
     }
 
     /// Stops the server cleanly; the data directory lives as long as the returned handle.
@@ -96,6 +174,10 @@ impl TestServer {
         self.running.take().unwrap().shutdown().await.unwrap();
         self.dir
     }
+}
+
+pub fn bearer_of(bearer: Option<&str>) -> Bearer {
+    Bearer(bearer.map(|b| MetadataValue::try_from(format!("Bearer {b}")).unwrap()))
 }
 
 /// Polls gRPC health until the server reports SERVING (never a fixed sleep).
@@ -126,6 +208,7 @@ pub fn service_token(org: &str, permissions: &[&str]) -> IssueTokenRequest {
         permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
         expires_at: None,
         owner_user_id: String::new(),
+        actor: admin(org),
     }
 }
 
@@ -143,6 +226,8 @@ pub fn personal_token(org: &str, user: &str, permissions: &[&str]) -> IssueToken
         kind: TokenKind::Personal as i32,
         owner_user_id: user.to_owned(),
         name: format!("{user}'s laptop"),
+        // Members create their own personal tokens; ADMIN may grant any permission.
+        actor: member(user, org, OrgRole::Admin),
         ..service_token(org, permissions)
     }
 }

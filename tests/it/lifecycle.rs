@@ -4,7 +4,7 @@ use prost::Message;
 use tokenauth::proto::{GetTokenRequest, ListTokensRequest, Reason, RevokeTokenRequest, TokenKind};
 
 use crate::harness::{
-    TestServer, check, id_of, issue, personal_token, service_token, workspace_token,
+    TestServer, admin, check, id_of, issue, personal_token, service_token, workspace_token,
 };
 
 #[tokio::test]
@@ -37,6 +37,7 @@ async fn issue_get_list_revoke_a_personal_token() {
     let got = server
         .tokens()
         .get_token(GetTokenRequest {
+            actor: admin("org-1"),
             id: token.id.clone(),
         })
         .await
@@ -47,6 +48,7 @@ async fn issue_get_list_revoke_a_personal_token() {
     let listed = server
         .tokens()
         .list_tokens(ListTokensRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             ..Default::default()
         })
@@ -65,6 +67,7 @@ async fn issue_get_list_revoke_a_personal_token() {
     let revoked = server
         .tokens()
         .revoke_token(RevokeTokenRequest {
+            actor: admin("org-1"),
             id: token.id.clone(),
         })
         .await
@@ -80,6 +83,7 @@ async fn issue_get_list_revoke_a_personal_token() {
     let again = server
         .tokens()
         .revoke_token(RevokeTokenRequest {
+            actor: admin("org-1"),
             id: token.id.clone(),
         })
         .await
@@ -93,6 +97,7 @@ async fn issue_get_list_revoke_a_personal_token() {
     let live = server
         .tokens()
         .list_tokens(ListTokensRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             ..Default::default()
         })
@@ -103,6 +108,7 @@ async fn issue_get_list_revoke_a_personal_token() {
     let all = server
         .tokens()
         .list_tokens(ListTokensRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             include_revoked: true,
             ..Default::default()
@@ -152,6 +158,7 @@ async fn get_of_an_unknown_id_is_not_found() {
     let status = server
         .tokens()
         .get_token(GetTokenRequest {
+            actor: admin("org-1"),
             id: "tok_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
         })
         .await
@@ -160,6 +167,7 @@ async fn get_of_an_unknown_id_is_not_found() {
     let status = server
         .tokens()
         .revoke_token(RevokeTokenRequest {
+            actor: admin("org-1"),
             id: "tok_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
         })
         .await

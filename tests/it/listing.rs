@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use tokenauth::proto::{ListTokensRequest, RevokeTokenRequest, Token, TokenKind};
 use tonic::Code;
 
-use crate::harness::{TestServer, id_of, issue, personal_token, service_token, workspace_token};
+use crate::harness::{
+    TestServer, admin, id_of, issue, personal_token, service_token, workspace_token,
+};
 
 async fn list_all(server: &TestServer, request: ListTokensRequest) -> Vec<Token> {
     let mut tokens = Vec::new();
@@ -43,6 +45,7 @@ async fn pages_cover_every_token_once_newest_first() {
     issue(&server, service_token("org-2", &["scim:read"])).await;
 
     let request = ListTokensRequest {
+        actor: admin("org-1"),
         org_id: "org-1".into(),
         page_size: 3,
         ..Default::default()
@@ -90,13 +93,17 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
     let ws2_sat = id_of(&issue(&server, workspace_token("org-1", "ws-2", &["test_api:run"])).await);
     server
         .tokens()
-        .revoke_token(RevokeTokenRequest { id: bob.clone() })
+        .revoke_token(RevokeTokenRequest {
+            actor: admin("org-1"),
+            id: bob.clone(),
+        })
         .await
         .unwrap();
 
     let ids = |tokens: Vec<Token>| tokens.into_iter().map(|t| t.id).collect::<HashSet<_>>();
     let set = |items: &[&String]| items.iter().map(|s| (*s).clone()).collect::<HashSet<_>>();
     let base = ListTokensRequest {
+        actor: admin("org-1"),
         org_id: "org-1".into(),
         ..Default::default()
     };
@@ -108,6 +115,7 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 include_revoked: true,
                 ..base.clone()
             },
@@ -115,6 +123,7 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 owner_user_id: "alice".into(),
                 ..base.clone()
             },
@@ -122,6 +131,7 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 workspace_id: "ws-1".into(),
                 ..base.clone()
             },
@@ -129,6 +139,7 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 workspace_id: "ws-1".into(),
                 kind: TokenKind::Service as i32,
                 ..base.clone()
@@ -137,6 +148,7 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 kind: TokenKind::Service as i32,
                 ..base.clone()
             },
@@ -144,6 +156,7 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 owner_user_id: "bob".into(),
                 include_revoked: true,
                 ..base.clone()
@@ -152,6 +165,7 @@ async fn filters_by_workspace_owner_kind_and_revocation() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-9"),
                 org_id: "org-9".into(),
                 ..base.clone()
             },
@@ -175,6 +189,7 @@ async fn bad_page_tokens_and_sizes_are_refused() {
         issue(&server, service_token("org-1", &["scim:read"])).await;
     }
     let request = ListTokensRequest {
+        actor: admin("org-1"),
         org_id: "org-1".into(),
         page_size: 1,
         ..Default::default()
@@ -189,6 +204,7 @@ async fn bad_page_tokens_and_sizes_are_refused() {
     for (bad, field) in [
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 page_token: "garbage".into(),
                 ..request.clone()
             },
@@ -197,6 +213,7 @@ async fn bad_page_tokens_and_sizes_are_refused() {
         (
             // A page token is only good for the filters it was made with.
             ListTokensRequest {
+                actor: admin("org-1"),
                 page_token: page.next_page_token.clone(),
                 kind: TokenKind::Service as i32,
                 ..request.clone()
@@ -205,6 +222,7 @@ async fn bad_page_tokens_and_sizes_are_refused() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 page_size: -1,
                 ..request.clone()
             },
@@ -212,6 +230,7 @@ async fn bad_page_tokens_and_sizes_are_refused() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 org_id: String::new(),
                 ..request.clone()
             },
@@ -219,6 +238,7 @@ async fn bad_page_tokens_and_sizes_are_refused() {
         ),
         (
             ListTokensRequest {
+                actor: admin("org-1"),
                 kind: 7,
                 ..request.clone()
             },
@@ -234,6 +254,7 @@ async fn bad_page_tokens_and_sizes_are_refused() {
     let big = server
         .tokens()
         .list_tokens(ListTokensRequest {
+            actor: admin("org-1"),
             page_size: 1_000_000,
             ..request
         })

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use tokenauth::proto::{GetTokenRequest, Reason, RevokeAllRequest, RevokeTokenRequest};
 
-use crate::harness::{TestServer, check, id_of, issue, personal_token, service_token};
+use crate::harness::{TestServer, admin, check, id_of, issue, personal_token, service_token};
 
 #[tokio::test]
 async fn tokens_and_revocations_survive_a_restart() {
     let server = TestServer::start_with(|config| {
-        config.tokens.last_used_flush_interval = Duration::from_secs(3600);
+        config.usage.flush_interval = Duration::from_secs(3600);
     })
     .await;
     let live = issue(&server, service_token("org-1", &["scim:read"])).await;
@@ -18,6 +18,7 @@ async fn tokens_and_revocations_survive_a_restart() {
     server
         .tokens()
         .revoke_token(RevokeTokenRequest {
+            actor: admin("org-1"),
             id: id_of(&revoked),
         })
         .await
@@ -25,6 +26,7 @@ async fn tokens_and_revocations_survive_a_restart() {
     server
         .tokens()
         .revoke_all(RevokeAllRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             owner_user_id: "alice".into(),
             ..Default::default()
@@ -66,7 +68,10 @@ async fn tokens_and_revocations_survive_a_restart() {
     // written by the clean shutdown.
     let token = server
         .tokens()
-        .get_token(GetTokenRequest { id: id_of(&live) })
+        .get_token(GetTokenRequest {
+            actor: admin("org-1"),
+            id: id_of(&live),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -84,7 +89,7 @@ async fn tokens_and_revocations_survive_a_restart() {
 #[tokio::test]
 async fn last_used_is_visible_before_it_is_written() {
     let server = TestServer::start_with(|config| {
-        config.tokens.last_used_flush_interval = Duration::from_secs(3600);
+        config.usage.flush_interval = Duration::from_secs(3600);
     })
     .await;
     let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
@@ -92,7 +97,10 @@ async fn last_used_is_visible_before_it_is_written() {
     check(&server, &issued.secret, "scim:read", "org-1", "").await;
     let token = server
         .tokens()
-        .get_token(GetTokenRequest { id: id_of(&issued) })
+        .get_token(GetTokenRequest {
+            actor: admin("org-1"),
+            id: id_of(&issued),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -138,6 +146,7 @@ async fn pepper_rotation_keeps_old_tokens_valid() {
     let server = TestServer::start().await;
     let before = issue(&server, service_token("org-1", &["scim:read"])).await;
     let config = server.config.clone();
+    let control_plane = crate::harness::bearer_of(Some(&server.control_plane));
     let dir = server.stop().await;
 
     assert_eq!(tokenauth::pepper::rotate(&config.pepper_path()).unwrap(), 2);
@@ -149,8 +158,10 @@ async fn pepper_rotation_keeps_old_tokens_valid() {
             .await
             .unwrap();
     crate::harness::wait_until_serving(channel.clone()).await;
-    let mut tokens =
-        tokenauth::proto::token_service_client::TokenServiceClient::new(channel.clone());
+    let mut tokens = tokenauth::proto::token_service_client::TokenServiceClient::with_interceptor(
+        channel.clone(),
+        control_plane,
+    );
     let mut checks = tokenauth::proto::check_service_client::CheckServiceClient::new(channel);
     let after = tokens
         .issue_token(service_token("org-1", &["scim:read"]))

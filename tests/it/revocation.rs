@@ -10,16 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
-use tokenauth::{
-    domain::{ids::TokenId, secret::Digest, time::Timestamp, token::TokenRecord},
-    proto::{Reason, RevokeAllRequest, RevokeTokenRequest, TokenKind},
-    store::{Page, PageRequest, Revocation, Store, StoreError, TokenQuery},
-};
+use tokenauth::proto::{Reason, RevokeAllRequest, RevokeTokenRequest, TokenKind};
 use tonic::Code;
 
+use crate::faults::SlowDigestReads;
 use crate::harness::{
-    TestServer, check, id_of, issue, personal_token, service_token, workspace_token,
+    TestServer, admin, check, id_of, issue, personal_token, service_token, workspace_token,
 };
 
 #[tokio::test]
@@ -34,6 +30,7 @@ async fn revoke_all_of_a_user_leaves_everyone_else() {
     let revoked = server
         .tokens()
         .revoke_all(RevokeAllRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             owner_user_id: "alice".into(),
             ..Default::default()
@@ -58,6 +55,7 @@ async fn revoke_all_of_a_user_leaves_everyone_else() {
     let again = server
         .tokens()
         .revoke_all(RevokeAllRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             owner_user_id: "alice".into(),
             ..Default::default()
@@ -79,6 +77,7 @@ async fn revoke_all_service_tokens_of_a_workspace_then_of_the_organization() {
     let pat = issue(&server, personal_token("org-1", "alice", &["scim:read"])).await;
 
     let service_in = |workspace: &str| RevokeAllRequest {
+        actor: admin("org-1"),
         org_id: "org-1".into(),
         workspace_id: workspace.into(),
         kind: TokenKind::Service as i32,
@@ -146,6 +145,7 @@ async fn revoke_all_needs_a_selector() {
     for (request, field) in [
         (
             RevokeAllRequest {
+                actor: admin("org-1"),
                 org_id: "org-1".into(),
                 ..Default::default()
             },
@@ -153,6 +153,7 @@ async fn revoke_all_needs_a_selector() {
         ),
         (
             RevokeAllRequest {
+                actor: admin("org-1"),
                 kind: TokenKind::Service as i32,
                 ..Default::default()
             },
@@ -160,6 +161,7 @@ async fn revoke_all_needs_a_selector() {
         ),
         (
             RevokeAllRequest {
+                actor: admin("org-1"),
                 org_id: "org-1".into(),
                 owner_user_id: "alice".into(),
                 kind: TokenKind::Service as i32,
@@ -175,61 +177,6 @@ async fn revoke_all_needs_a_selector() {
     server.stop().await;
 }
 
-/// The real sled store, with Check's read by digest held back for a moment
-/// after it has read: the window in which a revoke can commit while a Check
-/// still carries the old record towards the cache.
-struct SlowDigestReads(Arc<dyn Store>);
-
-#[async_trait]
-impl Store for SlowDigestReads {
-    async fn insert_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
-        self.0.insert_token(record).await
-    }
-    async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
-        let record = self.0.token_by_digest(digest).await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        record
-    }
-    async fn token_by_id(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.0.token_by_id(id).await
-    }
-    async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError> {
-        self.0.list_tokens(query, page).await
-    }
-    async fn revoke_token(
-        &self,
-        id: TokenId,
-        at: Timestamp,
-    ) -> Result<Option<Revocation>, StoreError> {
-        self.0.revoke_token(id, at).await
-    }
-    async fn revoke_all(
-        &self,
-        query: &TokenQuery,
-        at: Timestamp,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.0.revoke_all(query, at).await
-    }
-    async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
-        self.0.last_used(ids).await
-    }
-    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
-        self.0.record_last_used(uses).await
-    }
-    async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
-        self.0.pepper_checks().await
-    }
-    async fn add_pepper_check(&self, key_id: u32, check: [u8; 32]) -> Result<(), StoreError> {
-        self.0.add_pepper_check(key_id, check).await
-    }
-    async fn is_empty(&self) -> Result<bool, StoreError> {
-        self.0.is_empty().await
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.0.flush().await
-    }
-}
-
 /// Checkers hammer every token while revocations land. A tiny cache forces
 /// constant cache misses, and slow digest reads keep many Checks between their
 /// store read and their cache fill while a revoke commits: the case where a
@@ -239,7 +186,7 @@ async fn no_check_allows_a_token_after_its_revoke_is_acknowledged() {
     let server = Arc::new(
         TestServer::start_wrapped(
             |config| config.cache.capacity = 4,
-            |store| Arc::new(SlowDigestReads(store)),
+            |store| Arc::new(SlowDigestReads::new(store, Duration::from_millis(2))),
         )
         .await,
     );
@@ -285,7 +232,10 @@ async fn no_check_allows_a_token_after_its_revoke_is_acknowledged() {
     for (index, id) in ids.iter().enumerate().take(SINGLES) {
         server
             .tokens()
-            .revoke_token(RevokeTokenRequest { id: id.clone() })
+            .revoke_token(RevokeTokenRequest {
+                actor: admin("org-1"),
+                id: id.clone(),
+            })
             .await
             .unwrap();
         acked.lock().unwrap().insert(index, Instant::now());
@@ -294,6 +244,7 @@ async fn no_check_allows_a_token_after_its_revoke_is_acknowledged() {
     let bulk = server
         .tokens()
         .revoke_all(RevokeAllRequest {
+            actor: admin("org-1"),
             org_id: "org-1".into(),
             workspace_id: "ws-bulk".into(),
             kind: TokenKind::Service as i32,

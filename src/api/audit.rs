@@ -1,0 +1,47 @@
+//! `tokenauth.v1.AuditService`: an organization's audit log, newest first.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{convert::audit_to_proto, credentials_of};
+use crate::{
+    domain::{caller::Method, service::TokenService},
+    proto::{self, audit_service_server},
+};
+
+/// The gRPC face of the audit log.
+pub struct AuditApi {
+    service: Arc<TokenService>,
+}
+
+impl AuditApi {
+    pub fn new(service: Arc<TokenService>) -> Self {
+        Self { service }
+    }
+}
+
+#[tonic::async_trait]
+impl audit_service_server::AuditService for AuditApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().caller_actor.as_ref());
+        let org = request.get_ref().org_id.clone();
+        let caller = self
+            .service
+            .authenticate(credentials, Method::ListAuditEvents, &org, None)
+            .await?;
+        let query = request.get_ref().try_into()?;
+        let request = request.into_inner();
+        let (events, next_page_token) = self
+            .service
+            .list_audit(&caller, query, request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(proto::ListAuditEventsResponse {
+            events: events.into_iter().map(audit_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}

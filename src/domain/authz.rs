@@ -1,0 +1,632 @@
+//! Who may do what: the management rules, as pure functions of the verified
+//! caller and the target. Enforced by the service, never left to the caller.
+//!
+//! | caller | may |
+//! |---|---|
+//! | member (any role), via the control plane | list, read, revoke, rotate their own personal tokens; RevokeAll of their own |
+//! | READ_WRITE or ADMIN member | also create personal tokens for themselves, with permissions within their role |
+//! | ADMIN member | everything in their organization: every token, service tokens, RevokeAll, audit, usage |
+//! | control plane without an actor | RevokeAll of one user's tokens (a removed user), nothing else |
+//! | org-level service token with `tokens:manage` | service tokens of its own organization; never a permission or lifetime it does not hold |
+//! | org-level service token with `audit_logs:read` | its organization's audit log |
+
+use super::{
+    caller::{Actor, OrgRole, Principal},
+    permissions::{Catalogue, grants},
+    service::RevokeAllSelector,
+    token::{TokenKind, TokenRecord, ValidNewToken},
+};
+use crate::store::TokenQuery;
+
+/// The permissions each organization role may put in its own personal tokens.
+#[derive(Clone, Debug)]
+pub struct Roles {
+    pub read_only: Vec<String>,
+    pub read_write: Vec<String>,
+    pub admin: Vec<String>,
+}
+
+impl Roles {
+    /// Checks that every permission is grantable in `catalogue`.
+    pub fn validate(&self, catalogue: &Catalogue) -> Result<(), String> {
+        for (role, permissions) in [
+            ("read_only", &self.read_only),
+            ("read_write", &self.read_write),
+            ("admin", &self.admin),
+        ] {
+            for permission in permissions {
+                catalogue
+                    .grant_level(permission)
+                    .map_err(|_| format!("roles.{role}: unknown permission {permission:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn permissions(&self, role: OrgRole) -> &[String] {
+        match role {
+            OrgRole::ReadOnly => &self.read_only,
+            OrgRole::ReadWrite => &self.read_write,
+            OrgRole::Admin => &self.admin,
+        }
+    }
+}
+
+/// An authorization decision.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refused; the text says why (it reaches the caller and the audit log).
+    Deny(String),
+    /// The target belongs to another organization: answer as if it did not exist.
+    Hide,
+}
+
+fn deny(reason: impl Into<String>) -> Verdict {
+    Verdict::Deny(reason.into())
+}
+
+fn role_name(role: OrgRole) -> &'static str {
+    match role {
+        OrgRole::ReadOnly => "READ_ONLY",
+        OrgRole::ReadWrite => "READ_WRITE",
+        OrgRole::Admin => "ADMIN",
+    }
+}
+
+const NEEDS_ACTOR: &str = "the control plane must name the actor it acts for";
+
+/// Whether `held` covers granting `requested`: an exact permission through
+/// any grant of it; a wildcard only through the same wildcard (so a role or a
+/// token never passes on actions a catalogue change adds later).
+pub fn covers(held: &[String], requested: &str) -> bool {
+    if requested.ends_with(":*") {
+        held.iter().any(|p| p == requested)
+    } else {
+        grants(held, requested)
+    }
+}
+
+fn actor_in(actor: &Actor, org_id: &str) -> Result<(), Verdict> {
+    if actor.org_id == org_id {
+        Ok(())
+    } else {
+        Err(deny(format!(
+            "the actor acts in organization {:?}, not {org_id:?}",
+            actor.org_id
+        )))
+    }
+}
+
+/// May `caller` issue `new`?
+pub fn issue(caller: &Principal, new: &ValidNewToken, roles: &Roles) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if let Err(verdict) = actor_in(actor, &new.org_id) {
+                return verdict;
+            }
+            match new.kind {
+                TokenKind::Service if actor.role != OrgRole::Admin => {
+                    deny("only an organization ADMIN creates service tokens")
+                }
+                TokenKind::Service => Verdict::Allow,
+                TokenKind::Personal if actor.role < OrgRole::ReadWrite => {
+                    deny("a READ_ONLY member cannot create personal tokens")
+                }
+                TokenKind::Personal if new.owner_user_id != actor.user_id => {
+                    deny("members create personal tokens for themselves only")
+                }
+                TokenKind::Personal => {
+                    let allowed = roles.permissions(actor.role);
+                    match new.permissions.iter().find(|p| !covers(allowed, p)) {
+                        Some(beyond) => deny(format!(
+                            "{beyond:?} is beyond what the {} role may grant",
+                            role_name(actor.role)
+                        )),
+                        None => Verdict::Allow,
+                    }
+                }
+            }
+        }
+        Principal::ServiceToken(token) => {
+            if new.org_id != token.org_id {
+                return deny("a service token manages its own organization only");
+            }
+            if new.kind != TokenKind::Service {
+                return deny("a service token cannot create personal tokens");
+            }
+            if let Some(beyond) = new
+                .permissions
+                .iter()
+                .find(|p| !covers(&token.permissions, p))
+            {
+                return deny(format!("{beyond:?} is not held by the calling token"));
+            }
+            match (token.expires_at, new.expires_at) {
+                (Some(limit), Some(asked)) if asked > limit => {
+                    deny("a token cannot outlive the service token that creates it")
+                }
+                (Some(_), None) => deny("a token cannot outlive the service token that creates it"),
+                _ => Verdict::Allow,
+            }
+        }
+    }
+}
+
+/// May `caller` read, revoke or rotate `token` (or read its usage)?
+pub fn manage(caller: &Principal, token: &TokenRecord) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if actor.org_id != token.org_id {
+                Verdict::Hide
+            } else if actor.role == OrgRole::Admin
+                || (token.kind == TokenKind::Personal && token.owner_user_id == actor.user_id)
+            {
+                Verdict::Allow
+            } else if token.kind == TokenKind::Service {
+                deny("only an organization ADMIN manages service tokens")
+            } else {
+                deny("members manage their own personal tokens only")
+            }
+        }
+        Principal::ServiceToken(caller_token) => {
+            if caller_token.org_id != token.org_id {
+                Verdict::Hide
+            } else if token.kind != TokenKind::Service {
+                deny("a service token manages service tokens only")
+            } else {
+                Verdict::Allow
+            }
+        }
+    }
+}
+
+/// May `caller` list `query`? Narrows the query to what a member may see.
+pub fn list(caller: &Principal, query: &mut TokenQuery) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if let Err(verdict) = actor_in(actor, &query.org_id) {
+                return verdict;
+            }
+            if actor.role == OrgRole::Admin {
+                return Verdict::Allow;
+            }
+            if query
+                .owner_user_id
+                .as_ref()
+                .is_some_and(|o| o != &actor.user_id)
+            {
+                return deny("members list their own personal tokens only");
+            }
+            if query.kind == Some(TokenKind::Service) {
+                return deny("only an organization ADMIN lists service tokens");
+            }
+            query.owner_user_id = Some(actor.user_id.clone());
+            query.kind = Some(TokenKind::Personal);
+            Verdict::Allow
+        }
+        Principal::ServiceToken(token) => {
+            if token.org_id != query.org_id {
+                return deny("a service token manages its own organization only");
+            }
+            if query.kind == Some(TokenKind::Personal) || query.owner_user_id.is_some() {
+                return deny("a service token manages service tokens only");
+            }
+            query.kind = Some(TokenKind::Service);
+            Verdict::Allow
+        }
+    }
+}
+
+/// May `caller` revoke everything `selector` names?
+pub fn revoke_all(caller: &Principal, selector: &RevokeAllSelector) -> Verdict {
+    let of_a_user = selector.owner_user_id.is_some();
+    match caller {
+        Principal::ControlPlane { actor: None, .. } if of_a_user => Verdict::Allow,
+        Principal::ControlPlane { actor: None, .. } => {
+            deny("without an actor, the control plane may only revoke all of one user's tokens")
+        }
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if let Err(verdict) = actor_in(actor, &selector.org_id) {
+                return verdict;
+            }
+            let own = selector.owner_user_id.as_deref() == Some(actor.user_id.as_str());
+            if actor.role == OrgRole::Admin || own {
+                Verdict::Allow
+            } else if of_a_user {
+                deny("members revoke their own tokens only")
+            } else {
+                deny("only an organization ADMIN revokes service tokens in bulk")
+            }
+        }
+        Principal::ServiceToken(token) => {
+            if token.org_id != selector.org_id {
+                deny("a service token manages its own organization only")
+            } else if of_a_user || selector.kind != Some(TokenKind::Service) {
+                deny("a service token manages service tokens only")
+            } else {
+                Verdict::Allow
+            }
+        }
+    }
+}
+
+/// May `caller` read organization-wide records (audit events, usage) of `org_id`?
+pub fn read_org(caller: &Principal, org_id: &str) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if let Err(verdict) = actor_in(actor, org_id) {
+                verdict
+            } else if actor.role == OrgRole::Admin {
+                Verdict::Allow
+            } else {
+                deny("only an organization ADMIN reads this")
+            }
+        }
+        Principal::ServiceToken(token) if token.org_id == org_id => Verdict::Allow,
+        Principal::ServiceToken(_) => deny("a service token reads its own organization only"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{
+        ids::TokenId,
+        secret::{Digest, PepperKey},
+        time::Timestamp,
+        token::StoredSecret,
+    };
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn roles() -> Roles {
+        Roles {
+            read_only: strings(&["transformations:read"]),
+            read_write: strings(&["transformations:*", "test_api:run"]),
+            admin: strings(&[
+                "transformations:*",
+                "test_api:run",
+                "scim:*",
+                "audit_logs:read",
+            ]),
+        }
+    }
+
+    fn member(user: &str, role: OrgRole) -> Principal {
+        Principal::ControlPlane {
+            credential: "dashboard".into(),
+            actor: Some(Actor {
+                user_id: user.into(),
+                org_id: "org-1".into(),
+                role,
+            }),
+        }
+    }
+
+    fn record(kind: TokenKind, org: &str, owner: &str, permissions: &[&str]) -> TokenRecord {
+        TokenRecord {
+            id: TokenId::from_bytes([1; 16]),
+            kind,
+            org_id: org.into(),
+            workspace_id: String::new(),
+            name: "n".into(),
+            owner_user_id: owner.into(),
+            created_by: "x".into(),
+            permissions: strings(permissions),
+            created_at: Timestamp::from_micros(0),
+            expires_at: Some(Timestamp::from_micros(1_000)),
+            revoked_at: None,
+            secrets: vec![StoredSecret {
+                key_id: 1,
+                digest: Digest(PepperKey::new(1, b"k").digest("s").0),
+                hint: String::new(),
+                retired_at: None,
+            }],
+        }
+    }
+
+    fn manager(org: &str, permissions: &[&str]) -> Principal {
+        Principal::ServiceToken(Arc::new(record(TokenKind::Service, org, "", permissions)))
+    }
+
+    fn new_token(
+        kind: TokenKind,
+        owner: &str,
+        permissions: &[&str],
+        expires: i64,
+    ) -> ValidNewToken {
+        ValidNewToken {
+            kind,
+            org_id: "org-1".into(),
+            workspace_id: String::new(),
+            name: "n".into(),
+            permissions: strings(permissions),
+            expires_at: Some(Timestamp::from_micros(expires)),
+            owner_user_id: owner.into(),
+        }
+    }
+
+    #[test]
+    fn who_may_issue_what() {
+        let pat = |perms: &[&str]| new_token(TokenKind::Personal, "alice", perms, 500);
+        let sat = |perms: &[&str], exp| new_token(TokenKind::Service, "", perms, exp);
+        let cases = [
+            (
+                member("alice", OrgRole::ReadWrite),
+                pat(&["transformations:write"]),
+                true,
+            ),
+            (
+                member("alice", OrgRole::ReadWrite),
+                pat(&["transformations:*"]),
+                true,
+            ),
+            (
+                member("alice", OrgRole::ReadWrite),
+                pat(&["scim:read"]),
+                false,
+            ),
+            (
+                member("alice", OrgRole::ReadOnly),
+                pat(&["transformations:read"]),
+                false,
+            ),
+            (
+                member("bob", OrgRole::Admin),
+                pat(&["transformations:read"]),
+                false,
+            ),
+            (member("alice", OrgRole::Admin), pat(&["scim:write"]), true),
+            (
+                member("alice", OrgRole::ReadWrite),
+                sat(&["scim:read"], 500),
+                false,
+            ),
+            (
+                member("alice", OrgRole::Admin),
+                sat(&["scim:read"], 500),
+                true,
+            ),
+            (
+                Principal::ControlPlane {
+                    credential: "cp".into(),
+                    actor: None,
+                },
+                sat(&["scim:read"], 500),
+                false,
+            ),
+            (
+                manager("org-1", &["tokens:manage", "scim:read"]),
+                sat(&["scim:read"], 500),
+                true,
+            ),
+            (
+                manager("org-1", &["tokens:manage", "scim:read"]),
+                sat(&["scim:write"], 500),
+                false,
+            ),
+            (
+                manager("org-1", &["tokens:manage", "scim:*"]),
+                sat(&["scim:*"], 500),
+                true,
+            ),
+            (
+                manager("org-1", &["tokens:manage", "scim:read", "scim:write"]),
+                sat(&["scim:*"], 500),
+                false,
+            ),
+            (
+                manager("org-1", &["tokens:manage", "scim:read"]),
+                sat(&["scim:read"], 5_000),
+                false,
+            ),
+            (
+                manager("org-2", &["tokens:manage", "scim:read"]),
+                sat(&["scim:read"], 500),
+                false,
+            ),
+            (
+                manager("org-1", &["tokens:manage", "scim:read"]),
+                pat(&["scim:read"]),
+                false,
+            ),
+        ];
+        for (caller, new, allowed) in cases {
+            let verdict = issue(&caller, &new, &roles());
+            assert_eq!(
+                verdict == Verdict::Allow,
+                allowed,
+                "{caller:?} {new:?}: {verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn who_may_manage_a_token() {
+        let alices = record(TokenKind::Personal, "org-1", "alice", &["scim:read"]);
+        let service = record(TokenKind::Service, "org-1", "", &["scim:read"]);
+        let foreign = record(TokenKind::Service, "org-2", "", &["scim:read"]);
+        let cases = [
+            (member("alice", OrgRole::ReadOnly), &alices, Verdict::Allow),
+            (
+                member("bob", OrgRole::ReadWrite),
+                &alices,
+                deny("members manage their own personal tokens only"),
+            ),
+            (member("bob", OrgRole::Admin), &alices, Verdict::Allow),
+            (
+                member("alice", OrgRole::ReadWrite),
+                &service,
+                deny("only an organization ADMIN manages service tokens"),
+            ),
+            (member("bob", OrgRole::Admin), &service, Verdict::Allow),
+            (member("bob", OrgRole::Admin), &foreign, Verdict::Hide),
+            (
+                manager("org-1", &["tokens:manage"]),
+                &service,
+                Verdict::Allow,
+            ),
+            (
+                manager("org-1", &["tokens:manage"]),
+                &alices,
+                deny("a service token manages service tokens only"),
+            ),
+            (
+                manager("org-1", &["tokens:manage"]),
+                &foreign,
+                Verdict::Hide,
+            ),
+        ];
+        for (caller, token, expected) in cases {
+            assert_eq!(manage(&caller, token), expected, "{caller:?}");
+        }
+    }
+
+    #[test]
+    fn members_list_only_their_own_personal_tokens() {
+        let mut query = TokenQuery {
+            org_id: "org-1".into(),
+            workspace_id: None,
+            owner_user_id: None,
+            kind: None,
+            include_revoked: false,
+        };
+        assert_eq!(
+            list(&member("alice", OrgRole::ReadWrite), &mut query),
+            Verdict::Allow
+        );
+        assert_eq!(query.owner_user_id.as_deref(), Some("alice"));
+        assert_eq!(query.kind, Some(TokenKind::Personal));
+
+        let mut others = TokenQuery {
+            owner_user_id: Some("bob".into()),
+            ..query.clone()
+        };
+        assert!(matches!(
+            list(&member("alice", OrgRole::ReadWrite), &mut others),
+            Verdict::Deny(_)
+        ));
+
+        let mut admin = TokenQuery {
+            owner_user_id: None,
+            kind: None,
+            ..query.clone()
+        };
+        assert_eq!(
+            list(&member("root", OrgRole::Admin), &mut admin),
+            Verdict::Allow
+        );
+        assert_eq!(
+            admin.owner_user_id, None,
+            "an admin's listing is not narrowed"
+        );
+
+        let mut by_token = TokenQuery {
+            owner_user_id: None,
+            kind: None,
+            ..query
+        };
+        assert_eq!(
+            list(&manager("org-1", &["tokens:manage"]), &mut by_token),
+            Verdict::Allow
+        );
+        assert_eq!(by_token.kind, Some(TokenKind::Service));
+    }
+
+    #[test]
+    fn who_may_revoke_all() {
+        let of_user = |user: &str| RevokeAllSelector {
+            org_id: "org-1".into(),
+            workspace_id: None,
+            owner_user_id: Some(user.into()),
+            kind: None,
+        };
+        let services = RevokeAllSelector {
+            org_id: "org-1".into(),
+            workspace_id: None,
+            owner_user_id: None,
+            kind: Some(TokenKind::Service),
+        };
+        let system = Principal::ControlPlane {
+            credential: "cp".into(),
+            actor: None,
+        };
+        assert_eq!(revoke_all(&system, &of_user("alice")), Verdict::Allow);
+        assert!(matches!(revoke_all(&system, &services), Verdict::Deny(_)));
+        assert_eq!(
+            revoke_all(&member("alice", OrgRole::ReadOnly), &of_user("alice")),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            revoke_all(&member("bob", OrgRole::ReadWrite), &of_user("alice")),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(
+            revoke_all(&member("bob", OrgRole::Admin), &of_user("alice")),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            revoke_all(&member("bob", OrgRole::ReadWrite), &services),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(
+            revoke_all(&member("bob", OrgRole::Admin), &services),
+            Verdict::Allow
+        );
+        assert_eq!(
+            revoke_all(&manager("org-1", &["tokens:manage"]), &services),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            revoke_all(&manager("org-1", &["tokens:manage"]), &of_user("alice")),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            revoke_all(&manager("org-2", &["tokens:manage"]), &services),
+            Verdict::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn organization_records_are_for_admins_and_own_service_tokens() {
+        assert_eq!(
+            read_org(&member("a", OrgRole::Admin), "org-1"),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            read_org(&member("a", OrgRole::ReadWrite), "org-1"),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            read_org(&member("a", OrgRole::Admin), "org-2"),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(
+            read_org(&manager("org-1", &["audit_logs:read"]), "org-1"),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            read_org(&manager("org-2", &["audit_logs:read"]), "org-1"),
+            Verdict::Deny(_)
+        ));
+    }
+}

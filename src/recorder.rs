@@ -1,0 +1,188 @@
+//! What Checks leave behind, kept without a disk write on the Check path:
+//! each token's last use, and usage counts per (token, permission, decision,
+//! minute).
+//!
+//! A Check adds to in-memory maps (sharded by token, so concurrent Checks
+//! rarely meet on a lock; last use at most once per token per second, see
+//! `CachedToken::touch`). A background task writes what gathered every flush
+//! interval, and once more at shutdown. So `last_used_at` and usage lag by up
+//! to one interval, and a crash loses at most the last interval's records,
+//! never a token or a revocation.
+
+use std::{collections::HashMap, hash::Hash, sync::Arc, sync::Mutex, time::Duration};
+
+use crate::{
+    cache::CachedToken,
+    domain::{
+        ids::TokenId,
+        permissions::Catalogue,
+        time::Timestamp,
+        token::Reason,
+        usage::{UsageRecord, minute_of},
+    },
+    store::{Store, StoreError},
+};
+
+const SHARDS: usize = 16;
+
+/// A map split into independently locked shards, chosen by token id.
+struct Sharded<K, V> {
+    shards: Vec<Mutex<HashMap<K, V>>>,
+}
+
+impl<K: Eq + Hash, V> Sharded<K, V> {
+    fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, token: TokenId) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+        // Token ids end in 80 random bits; their last byte spreads evenly.
+        let index = usize::from(token.to_bytes()[15]) % SHARDS;
+        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Empties every shard, returning what they held.
+    fn take(&self) -> Vec<(K, V)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                std::mem::take(&mut *shard).into_iter()
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct UsageKey {
+    token: TokenId,
+    permission: u16,
+    decision: Reason,
+    minute: Timestamp,
+}
+
+struct UsageCount {
+    count: u64,
+    /// The token, for its organization when the count is written.
+    token: Arc<CachedToken>,
+}
+
+/// The in-memory records of Checks, and their writer.
+pub struct Recorder {
+    catalogue: Catalogue,
+    last_used: Sharded<TokenId, Timestamp>,
+    usage: Sharded<UsageKey, UsageCount>,
+}
+
+impl Recorder {
+    pub fn new(catalogue: Catalogue) -> Self {
+        Self {
+            catalogue,
+            last_used: Sharded::new(),
+            usage: Sharded::new(),
+        }
+    }
+
+    /// Notes one Check decision on a found token.
+    pub fn note_check(
+        &self,
+        token: &Arc<CachedToken>,
+        permission: u16,
+        decision: Reason,
+        now: Timestamp,
+    ) {
+        let id = token.record.id;
+        if token.touch(now.as_secs()) {
+            let mut shard = self.last_used.shard(id);
+            let slot = shard.entry(id).or_insert(now);
+            *slot = (*slot).max(now);
+        }
+        let key = UsageKey {
+            token: id,
+            permission,
+            decision,
+            minute: minute_of(now),
+        };
+        self.usage
+            .shard(id)
+            .entry(key)
+            .or_insert_with(|| UsageCount {
+                count: 0,
+                token: Arc::clone(token),
+            })
+            .count += 1;
+    }
+
+    /// A use noted but not yet written, if any.
+    pub fn pending_last_used(&self, id: TokenId) -> Option<Timestamp> {
+        self.last_used.shard(id).get(&id).copied()
+    }
+
+    /// Writes everything noted so far; on failure keeps it for the next try.
+    pub async fn flush(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let uses = self.last_used.take();
+        let wrote_uses = !uses.is_empty();
+        if wrote_uses && let Err(error) = store.record_last_used(&uses).await {
+            for (id, at) in uses {
+                let mut shard = self.last_used.shard(id);
+                let slot = shard.entry(id).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+            return Err(error);
+        }
+        let counts = self.usage.take();
+        if counts.is_empty() {
+            return if wrote_uses {
+                store.durable().await
+            } else {
+                Ok(())
+            };
+        }
+        let records: Vec<UsageRecord> = counts
+            .iter()
+            .map(|(key, value)| UsageRecord {
+                org_id: value.token.record.org_id.clone(),
+                token_id: key.token,
+                permission: self
+                    .catalogue
+                    .name(key.permission)
+                    .unwrap_or("unknown")
+                    .to_owned(),
+                decision: key.decision,
+                minute: key.minute,
+                count: value.count,
+            })
+            .collect();
+        if let Err(error) = store.record_usage(&records).await {
+            // Nothing was applied: keep the counts for the next try.
+            for (key, value) in counts {
+                self.usage
+                    .shard(key.token)
+                    .entry(key)
+                    .or_insert_with(|| UsageCount {
+                        count: 0,
+                        token: Arc::clone(&value.token),
+                    })
+                    .count += value.count;
+            }
+            return Err(error);
+        }
+        // Applied; if this flush fails the next one carries them to disk.
+        store.durable().await
+    }
+
+    /// Flushes every `interval`, forever (the task is aborted at shutdown,
+    /// which then flushes once more).
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.flush(store.as_ref()).await {
+                tracing::warn!(%error, "writing usage and last-used records failed; will retry");
+            }
+        }
+    }
+}

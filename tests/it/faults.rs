@@ -1,0 +1,127 @@
+//! A wrapper around the real store that widens race windows, for tests that
+//! must catch what a fast machine would hide. Everything else is delegated.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use tokenauth::{
+    domain::{
+        audit::{AuditEvent, AuditQuery},
+        ids::{EventId, TokenId},
+        secret::Digest,
+        time::Timestamp,
+        token::TokenRecord,
+        usage::{UsageQuery, UsageRecord},
+    },
+    store::{
+        AuditPage, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store, StoreError,
+        TokenQuery, UsagePage,
+    },
+};
+
+/// The real store, with Check's read by digest held back for a moment after
+/// it has read: the window in which a revoke can commit while a Check still
+/// carries the old record towards the cache.
+pub struct SlowDigestReads {
+    inner: Arc<dyn Store>,
+    delay: Duration,
+}
+
+impl SlowDigestReads {
+    pub fn new(inner: Arc<dyn Store>, delay: Duration) -> Self {
+        Self { inner, delay }
+    }
+}
+
+#[async_trait]
+impl Store for SlowDigestReads {
+    async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        let record = self.inner.token_by_digest(digest).await;
+        tokio::time::sleep(self.delay).await;
+        record
+    }
+
+    async fn insert_token(
+        &self,
+        record: &TokenRecord,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_token(record, event).await
+    }
+    async fn token_by_id(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.token_by_id(id).await
+    }
+    async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError> {
+        self.inner.list_tokens(query, page).await
+    }
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<Revocation>, StoreError> {
+        self.inner.revoke_token(id, at, event).await
+    }
+    async fn revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        self.inner.revoke_all(query, at, event).await
+    }
+    async fn rotate_token(
+        &self,
+        id: TokenId,
+        rotation: &Rotation,
+        event: &AuditEvent,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.inner.rotate_token(id, rotation, event).await
+    }
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.append_audit(event).await
+    }
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        self.inner.list_audit(query, after, limit).await
+    }
+    async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.inner.prune_audit(before).await
+    }
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        self.inner.record_usage(records).await
+    }
+    async fn list_usage(
+        &self,
+        query: &UsageQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<UsagePage, StoreError> {
+        self.inner.list_usage(query, after, limit).await
+    }
+    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.inner.prune_usage(before).await
+    }
+    async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
+        self.inner.last_used(ids).await
+    }
+    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.record_last_used(uses).await
+    }
+    async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
+        self.inner.pepper_checks().await
+    }
+    async fn add_pepper_check(&self, key_id: u32, check: [u8; 32]) -> Result<(), StoreError> {
+        self.inner.add_pepper_check(key_id, check).await
+    }
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.inner.is_empty().await
+    }
+    async fn durable(&self) -> Result<(), StoreError> {
+        self.inner.durable().await
+    }
+}
