@@ -175,10 +175,33 @@ pub fn validate_name(value: &str) -> Result<String, Error> {
             format!("is longer than {MAX_NAME_CHARS} characters"),
         ));
     }
-    if trimmed.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "contains control characters"));
+    if trimmed
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+    {
+        return Err(Error::invalid(
+            "name",
+            "contains control or invisible formatting characters",
+        ));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Format characters (Unicode category Cf) that can hide or reorder text, so
+/// that a name shown in a dashboard is what it seems.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 #[cfg(test)]
@@ -247,6 +270,12 @@ mod tests {
         assert_eq!(validate_name("  CI deploy key ").unwrap(), "CI deploy key");
         assert!(validate_name("   ").is_err());
         assert!(validate_name("a\u{0}b").is_err());
+        assert!(
+            validate_name("deploy\u{202E}yek").is_err(),
+            "right-to-left override"
+        );
+        assert!(validate_name("a\u{200B}b").is_err(), "zero-width space");
+        assert!(validate_name("Zürich CI 🚀").is_ok());
         assert!(validate_name(&"é".repeat(MAX_NAME_CHARS)).is_ok());
         assert!(validate_name(&"é".repeat(MAX_NAME_CHARS + 1)).is_err());
     }

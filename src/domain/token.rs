@@ -205,6 +205,8 @@ pub struct CheckQuery<'a> {
     pub permission: &'a str,
     /// The permission's index in the catalogue (for usage records).
     pub permission_index: u16,
+    /// The permission's level in the catalogue as configured now.
+    pub level: Level,
     pub org_id: &'a str,
     pub workspace_id: &'a str,
 }
@@ -237,6 +239,7 @@ pub fn validate_check_query<'a>(
     Ok(CheckQuery {
         permission,
         permission_index,
+        level,
         org_id,
         workspace_id,
     })
@@ -248,7 +251,6 @@ fn truncate(text: &str, max_chars: usize) -> String {
 
 /// The decision for a token found by the digest of `secret`, at `now`.
 /// Order matters: a revoked token says so even once it has also expired.
-/// A query's `permission_index` is not consulted.
 pub fn evaluate(
     record: &TokenRecord,
     secret: &StoredSecret,
@@ -268,7 +270,16 @@ pub fn evaluate(
     {
         return Reason::WrongScope;
     }
-    if !grants(&record.permissions, query.permission) {
+    // The catalogue is configuration: if a resource has moved level since the
+    // token was issued, its old grant must not reach across scopes.
+    let token_level = match (record.kind, record.workspace_id.is_empty()) {
+        (_, false) => Some(Level::Workspace),
+        (TokenKind::Service, true) => Some(Level::Organization),
+        (TokenKind::Personal, true) => None,
+    };
+    if token_level.is_some_and(|level| level != query.level)
+        || !grants(&record.permissions, query.permission)
+    {
         return Reason::InsufficientPermission;
     }
     Reason::Ok
@@ -333,6 +344,9 @@ mod tests {
         CheckQuery {
             permission,
             permission_index: 0,
+            level: Catalogue::default()
+                .check_level(permission)
+                .map_or(Level::Workspace, |(level, _)| level),
             org_id: "org-1",
             workspace_id: workspace,
         }
@@ -483,6 +497,24 @@ mod tests {
                 now
             ),
             Reason::Revoked
+        );
+    }
+
+    #[test]
+    fn a_grant_whose_resource_moved_level_no_longer_applies() {
+        let (record, secret) = record("", &["scim:*"]);
+        let moved = CheckQuery {
+            level: Level::Workspace,
+            ..query("scim:read", "ws-1")
+        };
+        let now = Timestamp::from_micros(0);
+        assert_eq!(
+            evaluate(&record, &secret, &query("scim:read", ""), now),
+            Reason::Ok
+        );
+        assert_eq!(
+            evaluate(&record, &secret, &moved, now),
+            Reason::InsufficientPermission
         );
     }
 

@@ -58,6 +58,9 @@ struct Trees {
     last_used: Tree,
     meta: Tree,
     write_lock: std::sync::Mutex<()>,
+    /// Test-only fault: make the audit write of a change fail.
+    #[cfg(test)]
+    fail_audit: std::sync::atomic::AtomicBool,
 }
 
 /// The trees one token change touches, inside a transaction.
@@ -67,6 +70,8 @@ struct Tx<'a> {
     indexes: [&'a TransactionalTree; 3],
     audit: &'a TransactionalTree,
     audit_by_time: &'a TransactionalTree,
+    #[cfg(test)]
+    fail_audit: bool,
 }
 
 /// A [`Store`] in an embedded sled database.
@@ -122,6 +127,8 @@ impl SledStore {
             last_used: open(keys::LAST_USED)?,
             meta: open(keys::META)?,
             write_lock: std::sync::Mutex::new(()),
+            #[cfg(test)]
+            fail_audit: std::sync::atomic::AtomicBool::new(false),
             db,
         });
         // sled's flush ends in sync_file_range, which persists neither the
@@ -192,6 +199,12 @@ fn audit_time_key(id: EventId, org_id: &str) -> Vec<u8> {
 
 impl Tx<'_> {
     fn append_audit(&self, event: &AuditEvent) -> Abortable<()> {
+        #[cfg(test)]
+        if self.fail_audit {
+            return Err(abort(StoreError::Unavailable(
+                "injected audit failure".into(),
+            )));
+        }
         self.audit
             .insert(audit_key(&event.org_id, event.id), encode_audit(event))?;
         self.audit_by_time
@@ -252,6 +265,8 @@ impl Trees {
                     indexes: [&t[2], &t[3], &t[4]],
                     audit: &t[5],
                     audit_by_time: &t[6],
+                    #[cfg(test)]
+                    fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst),
                 })
             })
             .map_err(StoreError::from)
@@ -811,5 +826,236 @@ impl Store for SledStore {
 
     async fn durable(&self) -> Result<(), StoreError> {
         self.commit.durable().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::domain::{
+        audit::{AuditAction, AuditOutcome},
+        caller::{ActorRef, Method},
+        secret::PepperKey,
+        token::{Reason, StoredSecret, TokenKind},
+    };
+
+    fn record(id: u8, org: &str) -> TokenRecord {
+        TokenRecord {
+            id: TokenId::from_bytes([id; 16]),
+            kind: TokenKind::Service,
+            org_id: org.into(),
+            workspace_id: "ws".into(),
+            name: "n".into(),
+            owner_user_id: String::new(),
+            created_by: "test".into(),
+            permissions: vec!["test_api:run".into()],
+            created_at: Timestamp::from_micros(0),
+            expires_at: None,
+            revoked_at: None,
+            secrets: vec![StoredSecret {
+                key_id: 1,
+                digest: PepperKey::new(1, b"k").digest(&format!("secret {id}")),
+                hint: String::new(),
+                retired_at: None,
+            }],
+        }
+    }
+
+    fn event(at_micros: i64, org: &str, target: Option<TokenId>) -> AuditEvent {
+        AuditEvent {
+            id: EventId::generate(Timestamp::from_micros(at_micros)).unwrap(),
+            time: Timestamp::from_micros(at_micros),
+            org_id: org.into(),
+            workspace_id: String::new(),
+            actor: ActorRef::default(),
+            action: AuditAction::Issued,
+            target_token_ids: target.into_iter().collect(),
+            kind: None,
+            outcome: AuditOutcome::Succeeded,
+            method: Method::IssueToken,
+            detail: String::new(),
+            peer: String::new(),
+            request_id: String::new(),
+        }
+    }
+
+    fn all_of(org: &str) -> AuditQuery {
+        AuditQuery {
+            org_id: org.into(),
+            ..AuditQuery::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn no_change_without_its_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let token = record(1, "org");
+        store.trees.fail_audit.store(true, Ordering::SeqCst);
+        assert!(
+            store
+                .insert_token(&token, &event(1, "org", Some(token.id)))
+                .await
+                .is_err()
+        );
+        assert!(store.token_by_id(token.id).await.unwrap().is_none());
+        assert!(
+            store
+                .token_by_digest(&token.secrets[0].digest)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.trees.by_org.is_empty() && store.trees.by_workspace.is_empty());
+        assert!(
+            store
+                .list_audit(&all_of("org"), None, 10)
+                .await
+                .unwrap()
+                .events
+                .is_empty()
+        );
+
+        store.trees.fail_audit.store(false, Ordering::SeqCst);
+        store
+            .insert_token(&token, &event(2, "org", Some(token.id)))
+            .await
+            .unwrap();
+        store.trees.fail_audit.store(true, Ordering::SeqCst);
+        assert!(
+            store
+                .revoke_token(
+                    token.id,
+                    Timestamp::from_micros(3),
+                    &event(3, "org", Some(token.id))
+                )
+                .await
+                .is_err()
+        );
+        let after = store.token_by_id(token.id).await.unwrap().unwrap();
+        assert!(
+            after.revoked_at.is_none(),
+            "a revoke whose event failed did not happen"
+        );
+        assert_eq!(
+            store
+                .list_audit(&all_of("org"), None, 10)
+                .await
+                .unwrap()
+                .events
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_only_what_is_past_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for (micros, org) in [(1_000_000, "a"), (2_000_000, "b"), (9_000_000, "a")] {
+            store.append_audit(&event(micros, org, None)).await.unwrap();
+        }
+        assert_eq!(
+            store
+                .prune_audit(Timestamp::from_micros(5_000_000))
+                .await
+                .unwrap(),
+            2
+        );
+        let left = store
+            .list_audit(&all_of("a"), None, 10)
+            .await
+            .unwrap()
+            .events;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].time.as_micros(), 9_000_000);
+        assert!(
+            store
+                .list_audit(&all_of("b"), None, 10)
+                .await
+                .unwrap()
+                .events
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .prune_audit(Timestamp::from_micros(5_000_000))
+                .await
+                .unwrap(),
+            0
+        );
+
+        let usage = |minute: i64, count| UsageRecord {
+            org_id: "a".into(),
+            token_id: TokenId::from_bytes([7; 16]),
+            permission: "test_api:run".into(),
+            decision: Reason::Ok,
+            minute: Timestamp::from_micros(minute * 60_000_000),
+            count,
+        };
+        store
+            .record_usage(&[usage(1, 2), usage(1, 3), usage(10, 1)])
+            .await
+            .unwrap();
+        let query = UsageQuery {
+            org_id: "a".into(),
+            token_id: None,
+            start: None,
+            end: None,
+        };
+        let listed = store.list_usage(&query, None, 10).await.unwrap().records;
+        assert_eq!(
+            listed.iter().map(|r| r.count).collect::<Vec<_>>(),
+            vec![5, 1],
+            "counts add up per minute"
+        );
+        assert_eq!(
+            store
+                .prune_usage(Timestamp::from_micros(5 * 60_000_000))
+                .await
+                .unwrap(),
+            1
+        );
+        let by_token = UsageQuery {
+            token_id: Some(TokenId::from_bytes([7; 16])),
+            ..query.clone()
+        };
+        for query in [query, by_token] {
+            let left = store.list_usage(&query, None, 10).await.unwrap().records;
+            assert_eq!(left, vec![usage(10, 1)]);
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_pages_resume_where_they_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let records: Vec<UsageRecord> = (0..5)
+            .map(|minute| UsageRecord {
+                org_id: "a".into(),
+                token_id: TokenId::from_bytes([1; 16]),
+                permission: "p:x".into(),
+                decision: Reason::Ok,
+                minute: Timestamp::from_micros(minute * 60_000_000),
+                count: 1,
+            })
+            .collect();
+        store.record_usage(&records).await.unwrap();
+        let query = UsageQuery {
+            org_id: "a".into(),
+            token_id: None,
+            start: Some(Timestamp::from_micros(60_000_000)),
+            end: Some(Timestamp::from_micros(4 * 60_000_000)),
+        };
+        let first = store.list_usage(&query, None, 2).await.unwrap();
+        assert_eq!(first.records, records[1..3].to_vec());
+        let second = store
+            .list_usage(&query, first.next.as_deref(), 2)
+            .await
+            .unwrap();
+        assert_eq!(second.records, records[3..4].to_vec());
+        assert!(second.next.is_none());
     }
 }

@@ -19,25 +19,34 @@ use tokenauth::{
     },
 };
 
-/// The real store, with Check's read by digest held back for a moment after
-/// it has read: the window in which a revoke can commit while a Check still
-/// carries the old record towards the cache.
-pub struct SlowDigestReads {
-    inner: Arc<dyn Store>,
-    delay: Duration,
+/// The real store, with some operations held back for a moment after they
+/// have done their work.
+#[derive(Default)]
+pub struct Delays {
+    /// After Check's read by digest: the window in which a revoke can commit
+    /// while a Check still carries the old record towards the cache.
+    pub after_digest_read: Duration,
+    /// After a RevokeAll has been applied: the window in which a client may
+    /// give up on the call.
+    pub after_revoke_all: Duration,
 }
 
-impl SlowDigestReads {
-    pub fn new(inner: Arc<dyn Store>, delay: Duration) -> Self {
-        Self { inner, delay }
+pub struct Delayed {
+    inner: Arc<dyn Store>,
+    delays: Delays,
+}
+
+impl Delayed {
+    pub fn new(inner: Arc<dyn Store>, delays: Delays) -> Self {
+        Self { inner, delays }
     }
 }
 
 #[async_trait]
-impl Store for SlowDigestReads {
+impl Store for Delayed {
     async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
         let record = self.inner.token_by_digest(digest).await;
-        tokio::time::sleep(self.delay).await;
+        tokio::time::sleep(self.delays.after_digest_read).await;
         record
     }
 
@@ -68,7 +77,9 @@ impl Store for SlowDigestReads {
         at: Timestamp,
         event: &AuditEvent,
     ) -> Result<Vec<Revocation>, StoreError> {
-        self.inner.revoke_all(query, at, event).await
+        let revoked = self.inner.revoke_all(query, at, event).await;
+        tokio::time::sleep(self.delays.after_revoke_all).await;
+        revoked
     }
     async fn rotate_token(
         &self,

@@ -534,3 +534,58 @@ async fn the_audit_log_is_for_admins_and_audit_tokens_of_the_organization() {
     assert_eq!(code_of(member), Code::PermissionDenied);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn lifetime_policy_is_per_kind() {
+    let server = TestServer::start_with(|config| {
+        config.tokens.personal.max_lifetime = std::time::Duration::from_secs(86_400);
+        config.tokens.personal.require_expiry = true;
+        config.tokens.service.max_lifetime = std::time::Duration::from_secs(30 * 86_400);
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let at = |seconds| {
+        Some(prost_types::Timestamp {
+            seconds: now + seconds,
+            nanos: 0,
+        })
+    };
+
+    let without_expiry = server
+        .tokens()
+        .issue_token(personal_token("org-1", "alice", &["scim:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(without_expiry.code(), Code::InvalidArgument);
+    assert!(
+        without_expiry.message().starts_with("expires_at"),
+        "{}",
+        without_expiry.message()
+    );
+    let too_long = server
+        .tokens()
+        .issue_token(IssueTokenRequest {
+            expires_at: at(2 * 86_400),
+            ..personal_token("org-1", "alice", &["scim:read"])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), Code::InvalidArgument);
+    server
+        .tokens()
+        .issue_token(IssueTokenRequest {
+            expires_at: at(3_600),
+            ..personal_token("org-1", "alice", &["scim:read"])
+        })
+        .await
+        .unwrap();
+
+    // Service tokens follow their own limit, and get it when none is asked.
+    let sat = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let expires = sat.token.unwrap().expires_at.unwrap().seconds;
+    assert!((expires - (now + 30 * 86_400)).abs() < 60, "{expires}");
+    server.stop().await;
+}

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod faults;
 mod governance;
 mod harness;
@@ -15,3 +16,5 @@ mod listing;
 mod persistence;
 mod reflection;
 mod revocation;
+mod rotation;
+mod usage;

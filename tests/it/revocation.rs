@@ -13,7 +13,7 @@ use std::{
 use tokenauth::proto::{Reason, RevokeAllRequest, RevokeTokenRequest, TokenKind};
 use tonic::Code;
 
-use crate::faults::SlowDigestReads;
+use crate::faults::{Delayed, Delays};
 use crate::harness::{
     TestServer, admin, check, id_of, issue, personal_token, service_token, workspace_token,
 };
@@ -186,7 +186,15 @@ async fn no_check_allows_a_token_after_its_revoke_is_acknowledged() {
     let server = Arc::new(
         TestServer::start_wrapped(
             |config| config.cache.capacity = 4,
-            |store| Arc::new(SlowDigestReads::new(store, Duration::from_millis(2))),
+            |store| {
+                Arc::new(Delayed::new(
+                    store,
+                    Delays {
+                        after_digest_read: Duration::from_millis(2),
+                        ..Delays::default()
+                    },
+                ))
+            },
         )
         .await,
     );
@@ -287,4 +295,59 @@ async fn no_check_allows_a_token_after_its_revoke_is_acknowledged() {
         denied_after > 100,
         "{denied_after} denied checks after the revokes"
     );
+}
+
+/// A client that gives up on a RevokeAll does not leave the token cached as
+/// live: the revocation finishes on its own, cache included.
+#[tokio::test]
+async fn an_abandoned_revoke_all_still_takes_effect() {
+    let server = TestServer::start_wrapped(
+        |_| {},
+        |store| {
+            Arc::new(Delayed::new(
+                store,
+                Delays {
+                    after_revoke_all: Duration::from_millis(300),
+                    ..Delays::default()
+                },
+            ))
+        },
+    )
+    .await;
+    let issued = issue(&server, personal_token("org-1", "alice", &["scim:read"])).await;
+    assert!(
+        check(&server, &issued.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+
+    let mut impatient = tonic::Request::new(RevokeAllRequest {
+        org_id: "org-1".into(),
+        owner_user_id: "alice".into(),
+        actor: admin("org-1"),
+        ..Default::default()
+    });
+    impatient.set_timeout(Duration::from_millis(50));
+    let status = server.tokens().revoke_all(impatient).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+
+    // The retry finds nothing left to revoke, and the token is denied.
+    let retry = server
+        .tokens()
+        .revoke_all(RevokeAllRequest {
+            org_id: "org-1".into(),
+            owner_user_id: "alice".into(),
+            actor: admin("org-1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.revoked_count, 0);
+    let response = check(&server, &issued.secret, "scim:read", "org-1", "").await;
+    assert_eq!(response.reason, Reason::Revoked as i32);
+    server.stop().await;
 }
