@@ -50,6 +50,7 @@ pub struct Config {
     pub control_plane: ControlPlaneConfig,
     pub audit: AuditConfig,
     pub usage: UsageConfig,
+    pub health: HealthConfig,
 }
 
 impl Default for Config {
@@ -66,6 +67,7 @@ impl Default for Config {
             control_plane: ControlPlaneConfig::default(),
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -260,7 +262,7 @@ impl Default for CacheConfig {
     }
 }
 
-/// `[limits]`: bounds on what a client may send.
+/// `[limits]`: bounds on what clients may send and hold.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -268,6 +270,23 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// Largest total size of a request's headers (metadata), in bytes. Default 16384.
     pub max_header_list_bytes: u32,
+    /// Most requests served at once, over all connections; beyond it requests
+    /// are refused at once with RESOURCE_EXHAUSTED rather than queued. Default 1024.
+    pub max_concurrent_requests: usize,
+    /// Most concurrent streams (calls) on one HTTP/2 connection. Default 256.
+    pub max_concurrent_streams: u32,
+    /// Longest a call may run; a client's shorter `grpc-timeout` wins. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings to idle clients. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection is closed. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// How long in-flight calls may run on after SIGTERM before the server stops anyway. Default `"20s"`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -275,6 +294,30 @@ impl Default for LimitsConfig {
         Self {
             max_request_bytes: 64 * 1024,
             max_header_list_bytes: 16 * 1024,
+            max_concurrent_requests: 1024,
+            max_concurrent_streams: 256,
+            request_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `[health]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often the store is probed with a durable write; while it fails,
+    /// the services that write report NOT_SERVING. Default `"5s"`.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(5),
         }
     }
 }
@@ -341,7 +384,29 @@ impl Config {
         if self.cache.negative_ttl.is_zero() {
             return Err(invalid("cache.negative_ttl", "must be longer than 0s"));
         }
+        if self.limits.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "limits.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "limits.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
         for (field, duration) in [
+            ("limits.request_timeout", self.limits.request_timeout),
+            (
+                "limits.http2_keepalive_interval",
+                self.limits.http2_keepalive_interval,
+            ),
+            (
+                "limits.http2_keepalive_timeout",
+                self.limits.http2_keepalive_timeout,
+            ),
+            ("health.probe_interval", self.health.probe_interval),
             ("usage.flush_interval", self.usage.flush_interval),
             ("usage.retention", self.usage.retention),
             ("audit.prune_interval", self.audit.prune_interval),

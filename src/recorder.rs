@@ -173,13 +173,22 @@ impl Recorder {
         store.durable().await
     }
 
-    /// Flushes every `interval`, forever (the task is aborted at shutdown,
-    /// which then flushes once more).
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, interval: Duration) {
+    /// Flushes every `interval` until `stop` turns true. A flush under way
+    /// is never cut short (its records are out of the maps while it runs),
+    /// so the caller awaits this and then flushes once more.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
             if let Err(error) = self.flush(store.as_ref()).await {
                 tracing::warn!(%error, "writing usage and last-used records failed; will retry");
             }

@@ -4,14 +4,14 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::server::TcpIncoming;
-use tonic_health::server::HealthReporter;
+use tonic::{server::NamedService, transport::server::TcpIncoming};
 
 use crate::{
-    api::{audit::AuditApi, check::CheckApi, tokens::TokenApi},
+    api::{audit::AuditApi, check::CheckApi, request_id::RequestIdLayer, tokens::TokenApi},
     cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError},
     domain::{service::TokenService, time::Timestamp},
+    health::Health,
     pepper::{self, PepperError},
     proto::{
         audit_service_server::AuditServiceServer, check_service_server::CheckServiceServer,
@@ -146,22 +146,6 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {
         })
 }
 
-async fn set_serving(reporter: &HealthReporter, serving: bool) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    reporter.set_service_status("", status).await;
-    for name in [
-        <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
-        <CheckServiceServer<CheckApi> as tonic::server::NamedService>::NAME,
-        <AuditServiceServer<AuditApi> as tonic::server::NamedService>::NAME,
-    ] {
-        reporter.set_service_status(name, status).await;
-    }
-}
-
 async fn serve(
     config: Config,
     service: Arc<TokenService>,
@@ -190,15 +174,49 @@ async fn serve(
     let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&service)))
         .max_decoding_message_size(max_request);
 
-    let flusher =
-        tokio::spawn(Arc::clone(&recorder).run(Arc::clone(&store), config.usage.flush_interval));
+    let health = Health::new(
+        health,
+        vec![<CheckServiceServer<CheckApi> as NamedService>::NAME],
+        vec![
+            <TokenServiceServer<TokenApi> as NamedService>::NAME,
+            <AuditServiceServer<AuditApi> as NamedService>::NAME,
+        ],
+    )
+    .await;
+    let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(Arc::clone(&recorder).run(
+        Arc::clone(&store),
+        config.usage.flush_interval,
+        flusher_stopped,
+    ));
     let pruner = tokio::spawn(prune_forever(Arc::clone(&store), config.clone()));
-    set_serving(&health, true).await;
+    let prober = tokio::spawn(
+        Arc::clone(&health).probe_forever(Arc::clone(&store), config.health.probe_interval),
+    );
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let draining_health = health.clone();
-    let served = tonic::transport::Server::builder()
-        .http2_max_header_list_size(config.limits.max_header_list_bytes)
+    let limits = &config.limits;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(limits.http2_keepalive_interval));
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining_health = Arc::clone(&health);
+    let serving = tonic::transport::Server::builder()
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .timeout(limits.request_timeout)
+        // Over the limit, refuse at once (RESOURCE_EXHAUSTED) instead of
+        // queueing without bound: the caller can retry elsewhere.
+        .load_shed(true)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(RequestIdLayer)
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                ))
+                .into_inner(),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -207,15 +225,37 @@ async fn serve(
         .add_service(audit)
         .serve_with_incoming_shutdown(incoming, async move {
             stop.await;
-            set_serving(&draining_health, false).await;
+            draining_health.draining().await;
+            let _ = draining_tx.send(());
             tracing::info!("draining: no new connections; waiting for in-flight calls");
-        })
-        .await;
+        });
+    health.set_writable(store.probe_write().await.is_ok()).await;
+    health.started().await;
+    // In-flight calls get `shutdown_grace` after the stop signal; then the
+    // server stops anyway (their clients see the connection close).
+    let grace = limits.shutdown_grace;
+    let deadline = async move {
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = deadline => {
+            tracing::warn!("in-flight calls outlived the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    };
 
-    for task in [flusher, pruner] {
+    // Pruning and probing may stop anywhere; the flusher finishes its flush.
+    for task in [pruner, prober] {
         task.abort();
         let _ = task.await;
     }
+    let _ = stop_flusher.send(true);
+    let _ = flusher.await;
     if let Err(error) = recorder.flush(store.as_ref()).await {
         tracing::warn!(%error, "writing usage and last-used records at shutdown failed");
     }

@@ -4,10 +4,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{kind_to_proto, reason_to_proto};
+use super::{
+    convert::{kind_to_proto, reason_to_proto},
+    request_id,
+};
 use crate::{
     domain::{
-        service::{Decision, TokenService},
+        service::{CheckOrigin, Decision, TokenService},
         token::validate_check_query,
     },
     proto::{self, check_service_server},
@@ -47,14 +50,21 @@ impl check_service_server::CheckService for CheckApi {
         &self,
         request: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
-        let request = request.into_inner();
+        let origin = CheckOrigin {
+            peer: request.remote_addr(),
+            request_id: request
+                .metadata()
+                .get(request_id::HEADER)
+                .and_then(|v| v.to_str().ok()),
+        };
+        let message = request.get_ref();
         let query = validate_check_query(
             self.service.catalogue(),
-            &request.permission,
-            &request.org_id,
-            &request.workspace_id,
+            &message.permission,
+            &message.org_id,
+            &message.workspace_id,
         )?;
-        let decision = self.service.check(&request.token, &query).await?;
+        let decision = self.service.check(&message.token, &query, &origin).await?;
         Ok(Response::new(decision_to_proto(&decision)))
     }
 }

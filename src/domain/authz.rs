@@ -7,7 +7,7 @@
 //! | READ_WRITE or ADMIN member | also create personal tokens for themselves, with permissions within their role |
 //! | ADMIN member | everything in their organization: every token, service tokens, RevokeAll, audit, usage |
 //! | control plane without an actor | RevokeAll of one user's tokens (a removed user), nothing else |
-//! | org-level service token with `tokens:manage` | service tokens of its own organization; never a permission or lifetime it does not hold |
+//! | org-level service token with `tokens:manage` | service tokens of its own organization; never a permission or lifetime it does not hold (minting or rotating) |
 //! | org-level service token with `audit_logs:read` | its organization's audit log |
 
 use super::{
@@ -184,6 +184,48 @@ pub fn manage(caller: &Principal, token: &TokenRecord) -> Verdict {
                 Verdict::Allow
             }
         }
+    }
+}
+
+/// May `caller` rotate `token`? Rotation hands out a working secret, so it is
+/// issuance in disguise: nobody may rotate their way into a member's personal
+/// token, and a service token may rotate only tokens it could have minted.
+pub fn rotate(caller: &Principal, token: &TokenRecord) -> Verdict {
+    match (manage(caller, token), caller) {
+        (
+            Verdict::Allow,
+            Principal::ControlPlane {
+                actor: Some(actor), ..
+            },
+        ) if token.kind == TokenKind::Personal && token.owner_user_id != actor.user_id => {
+            deny("only its owner rotates a personal token (an ADMIN may revoke it)")
+        }
+        (Verdict::Allow, Principal::ServiceToken(rotator)) => {
+            if let Some(beyond) = token
+                .permissions
+                .iter()
+                .find(|p| !covers(&rotator.permissions, p))
+            {
+                return deny(format!("{beyond:?} is not held by the calling token"));
+            }
+            match (rotator.expires_at, token.expires_at) {
+                (Some(limit), Some(target)) if target <= limit => Verdict::Allow,
+                (None, _) => Verdict::Allow,
+                _ => deny("the token outlives the service token that would rotate it"),
+            }
+        }
+        (verdict, _) => verdict,
+    }
+}
+
+/// May `caller` read the usage of every token of `org_id`? A service token
+/// manages service tokens only, so it reads usage one token at a time.
+pub fn read_org_usage(caller: &Principal, org_id: &str) -> Verdict {
+    match caller {
+        Principal::ServiceToken(_) => {
+            deny("a service token reads the usage of one service token at a time (token_id)")
+        }
+        _ => read_org(caller, org_id),
     }
 }
 
@@ -499,6 +541,50 @@ mod tests {
         for (caller, token, expected) in cases {
             assert_eq!(manage(&caller, token), expected, "{caller:?}");
         }
+    }
+
+    #[test]
+    fn rotation_is_issuance_in_disguise() {
+        let alices = record(TokenKind::Personal, "org-1", "alice", &["scim:read"]);
+        let powerful = record(
+            TokenKind::Service,
+            "org-1",
+            "",
+            &["scim:write", "audit_logs:read"],
+        );
+        let modest = record(TokenKind::Service, "org-1", "", &["scim:read"]);
+        assert_eq!(
+            rotate(&member("alice", OrgRole::ReadOnly), &alices),
+            Verdict::Allow
+        );
+        assert!(matches!(
+            rotate(&member("bob", OrgRole::Admin), &alices),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(
+            rotate(&member("bob", OrgRole::Admin), &powerful),
+            Verdict::Allow
+        );
+        let manager = manager("org-1", &["tokens:manage", "scim:read"]);
+        assert!(matches!(rotate(&manager, &powerful), Verdict::Deny(_)));
+        assert_eq!(
+            rotate(&manager, &modest),
+            Verdict::Allow,
+            "same expiry, held permissions"
+        );
+        let longer = TokenRecord {
+            expires_at: None,
+            ..modest
+        };
+        assert!(matches!(rotate(&manager, &longer), Verdict::Deny(_)));
+        assert!(matches!(
+            read_org_usage(&manager, "org-1"),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(
+            read_org_usage(&member("a", OrgRole::Admin), "org-1"),
+            Verdict::Allow
+        );
     }
 
     #[test]

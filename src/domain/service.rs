@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU32, Ordering},
+        atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -60,6 +60,13 @@ impl Decision {
     }
 }
 
+/// Where a Check came from, for the audit events a Check can cause.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckOrigin<'a> {
+    pub peer: Option<std::net::SocketAddr>,
+    pub request_id: Option<&'a str>,
+}
+
 /// Which tokens a RevokeAll is about.
 #[derive(Clone, Debug)]
 pub struct RevokeAllSelector {
@@ -97,14 +104,26 @@ pub struct TokenService {
     keyring: Keyring,
     policy: Policy,
     recorder: Arc<Recorder>,
-    denied: RateLimit,
+    refusals: RefusalBudgets,
 }
 
-/// At most `max` events per wall-clock second.
+/// Separate budgets, so that a flood of one kind of refusal (say, garbage
+/// credentials from anywhere) cannot crowd another out of the audit log.
+struct RefusalBudgets {
+    /// Refusals of verified callers (each tied to a credential).
+    known: RateLimit,
+    /// Calls whose credentials did not verify.
+    anonymous: RateLimit,
+    /// Checks presenting a secret whose rotation grace has ended.
+    retired: RateLimit,
+}
+
+/// At most `max` events per wall-clock second; the rest are counted.
 struct RateLimit {
     max: u32,
     second: AtomicI64,
     used: AtomicU32,
+    dropped: AtomicU64,
 }
 
 impl RateLimit {
@@ -113,15 +132,23 @@ impl RateLimit {
             max,
             second: AtomicI64::new(i64::MIN),
             used: AtomicU32::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 
-    fn allow(&self, now: Timestamp) -> bool {
+    /// `Some(n)` if this event may be recorded, `n` being how many were
+    /// dropped since the last one that was; `None` if it must be dropped.
+    fn allow(&self, now: Timestamp) -> Option<u64> {
         let second = now.as_secs();
         if self.second.swap(second, Ordering::Relaxed) != second {
             self.used.store(0, Ordering::Relaxed);
         }
-        self.used.fetch_add(1, Ordering::Relaxed) < self.max
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.max {
+            Some(self.dropped.swap(0, Ordering::Relaxed))
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -149,14 +176,19 @@ impl TokenService {
         policy: Policy,
         recorder: Arc<Recorder>,
     ) -> Self {
-        let denied = RateLimit::new(policy.max_denied_events_per_second);
+        let per_second = policy.max_denied_events_per_second;
+        let refusals = RefusalBudgets {
+            known: RateLimit::new(per_second),
+            anonymous: RateLimit::new(per_second),
+            retired: RateLimit::new(per_second),
+        };
         Self {
             store,
             cache: Arc::new(cache),
             keyring,
             policy,
             recorder,
-            denied,
+            refusals,
         }
     }
 
@@ -179,6 +211,13 @@ impl TokenService {
         org_hint: &str,
         token_hint: Option<TokenId>,
     ) -> Result<Caller, Error> {
+        // The hint comes straight from the request, before any validation:
+        // only a well-formed id may reach the audit log or the logs.
+        let org_hint = if require_id("org_id", org_hint).is_ok() {
+            org_hint
+        } else {
+            ""
+        };
         let credentials = &credentials;
         let refuse = |detail: String| async move {
             self.refuse_anonymous(credentials, method, org_hint, token_hint, &detail)
@@ -281,14 +320,15 @@ impl TokenService {
         kind: Option<TokenKind>,
         detail: &str,
     ) -> Error {
-        tracing::warn!(
-            method = method.name(), actor = %caller.actor_ref().label(), org_id, peer = ?caller.peer,
-            request_id = %caller.request_id, detail, "management call refused"
-        );
         let now = Timestamp::now();
-        if self.denied.allow(now)
+        if let Some(dropped) = self.refusals.known.allow(now)
             && let Ok(id) = EventId::generate(now)
         {
+            tracing::warn!(
+                method = method.name(), actor = %caller.actor_ref().label(), org_id, peer = ?caller.peer,
+                request_id = %caller.request_id, detail, dropped_since_last = dropped,
+                "management call refused"
+            );
             let event = AuditEvent {
                 id,
                 time: now,
@@ -318,14 +358,15 @@ impl TokenService {
         token_hint: Option<TokenId>,
         detail: &str,
     ) -> Error {
-        tracing::warn!(
-            method = method.name(), org_id = org_hint, peer = ?credentials.peer,
-            request_id = %credentials.request_id, detail, "management call unauthenticated"
-        );
         let now = Timestamp::now();
-        if self.denied.allow(now)
+        if let Some(dropped) = self.refusals.anonymous.allow(now)
             && let Ok(id) = EventId::generate(now)
         {
+            tracing::warn!(
+                method = method.name(), org_id = org_hint, peer = ?credentials.peer,
+                request_id = %credentials.request_id, detail, dropped_since_last = dropped,
+                "management call unauthenticated"
+            );
             let mut org_id = org_hint.to_owned();
             if org_id.is_empty()
                 && let Some(id) = token_hint
@@ -704,6 +745,14 @@ impl TokenService {
         id: TokenId,
         grace: Duration,
     ) -> Result<(TokenView, Secret, Timestamp), Error> {
+        let record = self.existing(id).await?;
+        self.authorize_token(
+            caller,
+            Method::RotateToken,
+            &record,
+            authz::rotate(&caller.principal, &record),
+        )
+        .await?;
         if grace > self.policy.max_rotation_grace {
             return Err(Error::invalid(
                 "grace_period",
@@ -713,14 +762,6 @@ impl TokenService {
                 ),
             ));
         }
-        let record = self.existing(id).await?;
-        self.authorize_token(
-            caller,
-            Method::RotateToken,
-            &record,
-            authz::manage(&caller.principal, &record),
-        )
-        .await?;
         let now = Timestamp::now();
         if record.revoked_at.is_some() {
             return Err(Error::FailedPrecondition("the token is revoked".into()));
@@ -732,6 +773,7 @@ impl TokenService {
         let key = self.keyring.current();
         let old_expires_at = now.saturating_add(grace);
         let rotation = Rotation {
+            now,
             new_secret: StoredSecret {
                 key_id: key.id(),
                 digest: key.digest(secret.expose()),
@@ -776,6 +818,13 @@ impl TokenService {
             RotateOutcome::Revoked => {
                 return Err(Error::FailedPrecondition("the token is revoked".into()));
             }
+            RotateOutcome::TooManySecrets => {
+                return Err(Error::FailedPrecondition(
+                    "too many replaced secrets are still in their grace periods; \
+                     rotate with a zero grace period, or wait"
+                        .into(),
+                ));
+            }
         };
         tracing::info!(
             token_id = %id, grace = %humantime::format_duration(grace),
@@ -797,15 +846,16 @@ impl TokenService {
         match query.token_id {
             Some(id) => {
                 let record = self.existing(id).await?;
-                if record.org_id != query.org_id {
-                    return Err(Error::NotFound(id.to_string()));
-                }
-                let verdict = authz::manage(&caller.principal, &record);
+                let verdict = if record.org_id == query.org_id {
+                    authz::manage(&caller.principal, &record)
+                } else {
+                    Verdict::Hide
+                };
                 self.authorize_token(caller, Method::ListTokenUsage, &record, verdict)
                     .await?;
             }
             None => {
-                let verdict = authz::read_org(&caller.principal, &query.org_id);
+                let verdict = authz::read_org_usage(&caller.principal, &query.org_id);
                 self.authorize_org(caller, Method::ListTokenUsage, &query.org_id, "", verdict)
                     .await?;
             }
@@ -909,7 +959,12 @@ impl TokenService {
 
     /// Decides whether `presented` may do `query`. A deny is a decision, not
     /// an error; only a store failure on a cache miss is an error.
-    pub async fn check(&self, presented: &str, query: &CheckQuery<'_>) -> Result<Decision, Error> {
+    pub async fn check(
+        &self,
+        presented: &str,
+        query: &CheckQuery<'_>,
+        origin: &CheckOrigin<'_>,
+    ) -> Result<Decision, Error> {
         if secret::parse(presented).is_none() {
             return Ok(Decision::without_token(Reason::Malformed));
         }
@@ -926,7 +981,7 @@ impl TokenService {
             && token.record.revoked_at.is_none()
             && secret.retired_at.is_some_and(|at| at <= now)
         {
-            self.report_retired_secret(&token.record, now);
+            self.report_retired_secret(&token.record, now, origin);
         }
         self.recorder
             .note_check(&token, query.permission_index, reason, now);
@@ -938,9 +993,14 @@ impl TokenService {
 
     /// Audits the use of a secret whose rotation grace period has ended,
     /// off the Check path.
-    fn report_retired_secret(&self, record: &TokenRecord, now: Timestamp) {
+    fn report_retired_secret(
+        &self,
+        record: &TokenRecord,
+        now: Timestamp,
+        origin: &CheckOrigin<'_>,
+    ) {
         tracing::warn!(token_id = %record.id, org_id = %record.org_id, "a secret replaced by rotation was presented after its grace period");
-        if !self.denied.allow(now) {
+        if self.refusals.retired.allow(now).is_none() {
             return;
         }
         let Ok(id) = EventId::generate(now) else {
@@ -961,8 +1021,8 @@ impl TokenService {
             outcome: AuditOutcome::RetiredSecretPresented,
             method: Method::Check,
             detail: "a secret replaced by rotation was presented after its grace period".into(),
-            peer: String::new(),
-            request_id: String::new(),
+            peer: origin.peer.map(|p| p.to_string()).unwrap_or_default(),
+            request_id: origin.request_id.unwrap_or_default().to_owned(),
         };
         let store = Arc::clone(&self.store);
         tokio::spawn(async move { append_refusal(store.as_ref(), &event).await });
@@ -1063,12 +1123,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_refusal_rate_limit_resets_every_second() {
+    fn the_refusal_rate_limit_resets_every_second_and_counts_what_it_drops() {
         let limit = RateLimit::new(2);
         let t0 = Timestamp::from_micros(5_000_000);
-        assert!(limit.allow(t0));
-        assert!(limit.allow(t0));
-        assert!(!limit.allow(t0));
-        assert!(limit.allow(Timestamp::from_micros(6_000_000)));
+        assert_eq!(limit.allow(t0), Some(0));
+        assert_eq!(limit.allow(t0), Some(0));
+        assert_eq!(limit.allow(t0), None);
+        assert_eq!(limit.allow(t0), None);
+        assert_eq!(limit.allow(Timestamp::from_micros(6_000_000)), Some(2));
     }
 }

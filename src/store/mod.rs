@@ -94,6 +94,7 @@ pub struct Revocation {
 /// A new secret for a token, replacing the current one.
 #[derive(Clone, Debug)]
 pub struct Rotation {
+    pub now: Timestamp,
     pub new_secret: StoredSecret,
     /// When the secrets being replaced stop working (now, for no grace period).
     pub old_retired_at: Timestamp,
@@ -113,6 +114,9 @@ pub enum RotateOutcome {
     NotFound,
     /// Revoked tokens cannot be rotated (checked in the same atomic step).
     Revoked,
+    /// So many replaced secrets are still in their grace periods that one
+    /// would have to be forgotten early.
+    TooManySecrets,
 }
 
 /// One page of audit events, newest first.
@@ -224,6 +228,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store holds no tokens and no pepper checks (a new database).
     async fn is_empty(&self) -> Result<bool, StoreError>;
+
+    /// Writes and flushes a small marker: whether the store can take writes now.
+    async fn probe_write(&self) -> Result<(), StoreError>;
 
     /// Returns once every write applied before the call is durable.
     /// Concurrent callers share one flush.

@@ -345,7 +345,12 @@ impl Trees {
                 .start
                 .map_or(EventId::from_bytes([0; 16]), EventId::first_at),
         );
-        let mut upper = query.end.map(EventId::first_at);
+        // Ids carry milliseconds only: bound the scan by the first id of the
+        // millisecond after `end`'s and let `matches` cut at `end` exactly.
+        let mut upper = query.end.map(|end| {
+            let ceil_millis = end.as_micros().saturating_add(999).div_euclid(1000);
+            EventId::first_at(Timestamp::from_micros(ceil_millis.saturating_mul(1000)))
+        });
         if let Some(after) = after {
             upper = Some(upper.map_or(after, |end| end.min(after)));
         }
@@ -578,13 +583,18 @@ impl Store for SledStore {
                         secret.retired_at = Some(rotation.old_retired_at);
                     }
                 }
-                // Newest grace end first; forget the long-expired and the surplus.
+                // Newest grace end first; forget the long-expired, then the
+                // surplus, but never a secret still in its grace period.
                 record
                     .secrets
                     .sort_by_key(|s| std::cmp::Reverse(s.retired_at));
                 let mut forgotten = Vec::new();
                 let mut kept = vec![rotation.new_secret.clone()];
                 for secret in record.secrets.drain(..) {
+                    let in_grace = secret.retired_at.is_some_and(|at| at > rotation.now);
+                    if in_grace && kept.len() == MAX_SECRETS {
+                        return Ok(RotateOutcome::TooManySecrets);
+                    }
                     let stale = secret
                         .retired_at
                         .is_some_and(|at| at < rotation.forget_retired_before);
@@ -822,6 +832,16 @@ impl Store for SledStore {
                 .scan_prefix(keys::PEPPER_CHECK_PREFIX)
                 .next()
                 .is_none())
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let now = Timestamp::now().as_micros().to_be_bytes();
+        self.write(move |t| {
+            t.meta.insert(b"health_probe", &now)?;
+            Ok(())
+        })
+        .await?;
+        self.commit.durable().await
     }
 
     async fn durable(&self) -> Result<(), StoreError> {

@@ -29,15 +29,22 @@ pub struct Delays {
     /// After a RevokeAll has been applied: the window in which a client may
     /// give up on the call.
     pub after_revoke_all: Duration,
+    /// While set, write probes fail as a full or read-only disk would.
+    pub refuse_writes: std::sync::atomic::AtomicBool,
 }
 
 pub struct Delayed {
     inner: Arc<dyn Store>,
-    delays: Delays,
+    delays: Arc<Delays>,
 }
 
 impl Delayed {
     pub fn new(inner: Arc<dyn Store>, delays: Delays) -> Self {
+        Self::shared(inner, Arc::new(delays))
+    }
+
+    /// With `delays` shared, so that a test can change them while the server runs.
+    pub fn shared(inner: Arc<dyn Store>, delays: Arc<Delays>) -> Self {
         Self { inner, delays }
     }
 }
@@ -131,6 +138,18 @@ impl Store for Delayed {
     }
     async fn is_empty(&self) -> Result<bool, StoreError> {
         self.inner.is_empty().await
+    }
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        if self
+            .delays
+            .refuse_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Unavailable(
+                "injected: no space left on device".into(),
+            ));
+        }
+        self.inner.probe_write().await
     }
     async fn durable(&self) -> Result<(), StoreError> {
         self.inner.durable().await

@@ -99,6 +99,8 @@ impl TestServer {
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        // A stream left open by a test must not hold its shutdown for long.
+        config.limits.shutdown_grace = Duration::from_millis(500);
         config.control_plane.credentials = vec![CredentialConfig {
             name: CONTROL_PLANE.into(),
             sha256: hash,

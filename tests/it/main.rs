@@ -11,10 +11,14 @@ mod harness;
 
 mod bad_input;
 mod check;
+mod child;
 mod lifecycle;
 mod listing;
+mod logs;
+mod operations;
 mod persistence;
 mod reflection;
 mod revocation;
 mod rotation;
+mod shutdown;
 mod usage;

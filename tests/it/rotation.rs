@@ -236,3 +236,96 @@ async fn rotation_refusals() {
     assert_eq!(revoked.code(), Code::FailedPrecondition);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn secrets_in_their_grace_period_are_never_forgotten_early() {
+    let server = TestServer::start().await;
+    let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let rotate = || RotateTokenRequest {
+        id: id_of(&issued),
+        grace_period: grace(Duration::from_secs(3600)),
+        actor: admin("org-1"),
+    };
+    // A record keeps 8 secrets: the current one and 7 in their grace periods.
+    for _ in 0..7 {
+        server.tokens().rotate_token(rotate()).await.unwrap();
+    }
+    let refused = server.tokens().rotate_token(rotate()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        check(&server, &issued.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    // A zero grace period ends them all, so rotation works again.
+    server
+        .tokens()
+        .rotate_token(RotateTokenRequest {
+            grace_period: None,
+            ..rotate()
+        })
+        .await
+        .unwrap();
+    // Denied; past the 7 most recent replaced secrets it is not even recognised.
+    assert!(
+        !check(&server, &issued.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    server.tokens().rotate_token(rotate()).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_cannot_be_used_to_take_over_a_token() {
+    let server = TestServer::start().await;
+    let alice = issue(
+        &server,
+        crate::harness::personal_token("org-1", "alice", &["scim:read"]),
+    )
+    .await;
+    let powerful = issue(
+        &server,
+        service_token("org-1", &["scim:write", "audit_logs:read"]),
+    )
+    .await;
+    let manager = issue(
+        &server,
+        service_token("org-1", &["tokens:manage", "scim:read"]),
+    )
+    .await;
+
+    // An admin may revoke alice's token, but not mint himself a secret for it.
+    let by_admin = server
+        .tokens()
+        .rotate_token(RotateTokenRequest {
+            id: id_of(&alice),
+            grace_period: None,
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(by_admin.code(), Code::PermissionDenied);
+    // A token manager may not rotate a token holding more than it does.
+    let by_manager = server
+        .tokens_with(Some(&manager.secret))
+        .rotate_token(RotateTokenRequest {
+            id: id_of(&powerful),
+            grace_period: None,
+            actor: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(by_manager.code(), Code::PermissionDenied);
+    assert!(
+        check(&server, &powerful.secret, "scim:write", "org-1", "")
+            .await
+            .allowed
+    );
+    assert!(
+        check(&server, &alice.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    server.stop().await;
+}

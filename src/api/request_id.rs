@@ -1,0 +1,108 @@
+//! Gives every request an id, and runs its handling inside a span that
+//! carries it, so that every log line of a request names it.
+//!
+//! The id is the caller's `x-request-id` when it is a sane one (at most 128
+//! printable ASCII characters), or a fresh one; either way it is set on the
+//! request (where the handlers read it for audit events) and echoed on the
+//! response.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tonic::codegen::http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::domain::ids::MAX_ID_BYTES;
+
+pub const HEADER: &str = "x-request-id";
+
+/// Whether a caller's request id is acceptable as it is.
+pub fn is_valid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && id.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// A fresh request id.
+pub fn generate() -> String {
+    let mut bytes = [0u8; 8];
+    // An all-zero id if the OS random source fails: it only correlates logs.
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The tower layer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestId { inner }
+    }
+}
+
+/// The service the layer wraps around the server's routes.
+#[derive(Clone, Debug)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<Request<B>> for RequestId<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let given = request
+            .headers()
+            .get(HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| is_valid(id))
+            .map(str::to_owned);
+        let id = given.unwrap_or_else(generate);
+        // Valid ids are printable ASCII, so this cannot fail.
+        let value = HeaderValue::from_str(&id).ok();
+        if let Some(value) = &value {
+            request.headers_mut().insert(HEADER, value.clone());
+        }
+        let span = tracing::info_span!("request", request_id = %id, rpc = %request.uri().path());
+        let response = self.inner.call(request);
+        Box::pin(
+            async move {
+                let mut response = response.await?;
+                if let Some(value) = value {
+                    response.headers_mut().insert(HEADER, value);
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sane_ids_are_kept() {
+        assert!(is_valid("req-42"));
+        assert!(!is_valid(""));
+        assert!(!is_valid("has space"));
+        assert!(!is_valid(&"x".repeat(MAX_ID_BYTES + 1)));
+        assert_eq!(generate().len(), 16);
+        assert_ne!(generate(), generate());
+    }
+}

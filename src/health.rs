@@ -1,0 +1,118 @@
+//! Health that tells the truth: what gRPC health reports follows what the
+//! service can actually do.
+//!
+//! - While starting and while draining, every service is NOT_SERVING.
+//! - Services that only read (Check) are SERVING otherwise: they answer from
+//!   the cache and the store's reads even when the disk refuses writes.
+//! - Services that write (token management, audit) are SERVING only while the
+//!   store takes a durable write: a probe writes and flushes a marker every
+//!   `health.probe_interval`.
+//! - The overall status (service "") follows the reading services, so a
+//!   readiness check keeps routing Checks to an instance whose disk is full.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Mutex;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::store::Store;
+
+#[derive(Clone, Copy)]
+struct State {
+    started: bool,
+    draining: bool,
+    writable: bool,
+}
+
+/// The health of the server's services.
+pub struct Health {
+    reporter: HealthReporter,
+    reading: Vec<&'static str>,
+    writing: Vec<&'static str>,
+    state: Mutex<State>,
+}
+
+fn status(serving: bool) -> ServingStatus {
+    if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+impl Health {
+    /// Every service starts NOT_SERVING.
+    pub async fn new(
+        reporter: HealthReporter,
+        reading: Vec<&'static str>,
+        writing: Vec<&'static str>,
+    ) -> Arc<Self> {
+        let health = Arc::new(Self {
+            reporter,
+            reading,
+            writing,
+            state: Mutex::new(State {
+                started: false,
+                draining: false,
+                writable: false,
+            }),
+        });
+        health.update(|_| {}).await;
+        health
+    }
+
+    async fn update(&self, change: impl FnOnce(&mut State)) {
+        // Held across the publication so that two updates cannot interleave
+        // their statuses.
+        let mut state = self.state.lock().await;
+        let before = *state;
+        change(&mut state);
+        if before.writable != state.writable && state.started {
+            if state.writable {
+                tracing::info!("the store takes writes again");
+            } else {
+                tracing::error!("the store refuses writes: management reports NOT_SERVING");
+            }
+        }
+        let reads = state.started && !state.draining;
+        let writes = reads && state.writable;
+        self.reporter.set_service_status("", status(reads)).await;
+        for name in &self.reading {
+            self.reporter.set_service_status(*name, status(reads)).await;
+        }
+        for name in &self.writing {
+            self.reporter
+                .set_service_status(*name, status(writes))
+                .await;
+        }
+    }
+
+    pub async fn started(&self) {
+        self.update(|s| s.started = true).await;
+    }
+
+    pub async fn draining(&self) {
+        self.update(|s| s.draining = true).await;
+    }
+
+    pub async fn set_writable(&self, writable: bool) {
+        self.update(|s| s.writable = writable).await;
+    }
+
+    /// Probes the store every `interval`, forever.
+    pub async fn probe_forever(self: Arc<Self>, store: Arc<dyn Store>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let writable = match store.probe_write().await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "store write probe failed");
+                    false
+                }
+            };
+            self.set_writable(writable).await;
+        }
+    }
+}

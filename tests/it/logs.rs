@@ -1,0 +1,173 @@
+//! Logs: one JSON object per line with the request id, and, at every level,
+//! no token secret, pepper or control-plane credential, ever.
+
+use tokenauth::proto::{
+    CheckRequest, GetTokenRequest, ListAuditEventsRequest, ListTokenUsageRequest,
+    ListTokensRequest, RevokeAllRequest, RevokeTokenRequest, RotateTokenRequest,
+};
+use tonic::Request;
+
+use crate::{
+    child::ChildSetup,
+    harness::{admin, personal_token, service_token},
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    let setup = ChildSetup::new("");
+    let server = setup.start("trace").await;
+    let mut tokens = server.tokens(&setup.control_plane);
+    let mut checks = server.check();
+    let mut secrets = vec![setup.control_plane.clone()];
+
+    let mut with_id = Request::new(service_token("org-1", &["scim:read", "tokens:manage"]));
+    with_id
+        .metadata_mut()
+        .insert("x-request-id", "leak-test-1".parse().unwrap());
+    let sat = tokens.issue_token(with_id).await.unwrap().into_inner();
+    let pat = tokens
+        .issue_token(personal_token("org-1", "alice", &["scim:read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.push(sat.secret.clone());
+    secrets.push(pat.secret.clone());
+    let sat_id = sat.token.unwrap().id;
+    let pat_id = pat.token.unwrap().id;
+
+    for (token, permission) in [(&sat.secret, "scim:read"), (&pat.secret, "scim:write")] {
+        checks
+            .check(CheckRequest {
+                token: token.clone(),
+                permission: permission.into(),
+                org_id: "org-1".into(),
+                workspace_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    // The service token as a management credential, and a wrong credential.
+    let mut as_sat = tokenauth::proto::token_service_client::TokenServiceClient::with_interceptor(
+        server.channel.clone(),
+        crate::harness::bearer_of(Some(&sat.secret)),
+    );
+    as_sat
+        .list_tokens(ListTokensRequest {
+            org_id: "org-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let wrong = tokenauth::domain::secret::Secret::generate_control_plane().unwrap();
+    secrets.push(wrong.expose().to_owned());
+    let mut as_wrong = tokenauth::proto::token_service_client::TokenServiceClient::with_interceptor(
+        server.channel.clone(),
+        crate::harness::bearer_of(Some(wrong.expose())),
+    );
+    assert!(
+        as_wrong
+            .list_tokens(ListTokensRequest {
+                org_id: "org-1".into(),
+                ..Default::default()
+            })
+            .await
+            .is_err()
+    );
+
+    tokens
+        .get_token(GetTokenRequest {
+            id: pat_id.clone(),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    let rotated = tokens
+        .rotate_token(RotateTokenRequest {
+            id: sat_id.clone(),
+            grace_period: None,
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.push(rotated.secret.clone());
+    tokens
+        .list_token_usage(ListTokenUsageRequest {
+            org_id: "org-1".into(),
+            actor: admin("org-1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut audit = tokenauth::proto::audit_service_client::AuditServiceClient::with_interceptor(
+        server.channel.clone(),
+        crate::harness::bearer_of(Some(&setup.control_plane)),
+    );
+    audit
+        .list_audit_events(ListAuditEventsRequest {
+            org_id: "org-1".into(),
+            caller_actor: admin("org-1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokens
+        .revoke_token(RevokeTokenRequest {
+            id: sat_id,
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    tokens
+        .revoke_all(RevokeAllRequest {
+            org_id: "org-1".into(),
+            owner_user_id: "alice".into(),
+            actor: admin("org-1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    server.signal("TERM");
+    let logs = server.logs.clone();
+    assert_eq!(server.wait().await, Some(0));
+    let logs = logs.lock().unwrap().clone();
+    assert!(
+        logs.len() > 50,
+        "trace level logs plenty: {} lines",
+        logs.len()
+    );
+
+    // Everything the pepper file holds: every key's hex.
+    let pepper = std::fs::read_to_string(setup.data_dir().join("pepper")).unwrap();
+    for line in pepper
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        secrets.push(line.split_whitespace().nth(1).unwrap().to_owned());
+    }
+    let all = logs.join("\n");
+    for secret in &secrets {
+        // Also the secret's random body alone, in case a prefix was cut.
+        let body = &secret[6..secret.len() - 6];
+        assert!(
+            !all.contains(body),
+            "a secret ({}...) appears in the logs",
+            &secret[..6]
+        );
+    }
+
+    // Production logs are JSON, one object per line, and request lines carry the id.
+    let request_lines: Vec<&String> = logs.iter().filter(|l| l.contains("leak-test-1")).collect();
+    assert!(
+        !request_lines.is_empty(),
+        "the request id is on the request's lines"
+    );
+    for line in &logs {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not a JSON line: {line}"
+        );
+    }
+    assert!(request_lines.iter().any(|l| l.contains("token issued")));
+}

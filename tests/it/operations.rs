@@ -1,0 +1,201 @@
+//! Operating the server: health that tells the truth, load shedding, per-call
+//! timeouts, and draining on shutdown.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tokenauth::{
+    domain::{secret::Secret, token::TokenKind},
+    proto::CheckRequest,
+};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    faults::{Delayed, Delays},
+    harness::{TestServer, check, issue, service_token},
+};
+
+async fn status_of(server: &TestServer, service: &str) -> i32 {
+    HealthClient::new(server.channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+const SERVING: i32 = ServingStatus::Serving as i32;
+const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+
+/// Polls until `service` reports `wanted` (the probe runs on its own schedule).
+async fn wait_for_status(server: &TestServer, service: &str, wanted: i32) {
+    for _ in 0..200 {
+        if status_of(server, service).await == wanted {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{service:?} never reported {wanted}");
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_writes_takes_management_out_of_service_but_not_check() {
+    let delays = Arc::new(Delays::default());
+    let shared = Arc::clone(&delays);
+    let server = TestServer::start_wrapped(
+        |config| config.health.probe_interval = Duration::from_millis(50),
+        move |store| Arc::new(Delayed::shared(store, shared)),
+    )
+    .await;
+    let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
+    for service in [
+        "",
+        "tokenauth.v1.CheckService",
+        "tokenauth.v1.TokenService",
+        "tokenauth.v1.AuditService",
+    ] {
+        assert_eq!(status_of(&server, service).await, SERVING, "{service}");
+    }
+
+    delays.refuse_writes.store(true, Ordering::SeqCst);
+    wait_for_status(&server, "tokenauth.v1.TokenService", NOT_SERVING).await;
+    assert_eq!(
+        status_of(&server, "tokenauth.v1.AuditService").await,
+        NOT_SERVING
+    );
+    assert_eq!(
+        status_of(&server, "tokenauth.v1.CheckService").await,
+        SERVING
+    );
+    assert_eq!(
+        status_of(&server, "").await,
+        SERVING,
+        "readiness keeps routing Checks"
+    );
+    assert!(
+        check(&server, &issued.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+
+    delays.refuse_writes.store(false, Ordering::SeqCst);
+    wait_for_status(&server, "tokenauth.v1.TokenService", SERVING).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_goes_not_serving_when_draining() {
+    let server = TestServer::start().await;
+    let mut watch = HealthClient::new(server.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, SERVING);
+    let stopping = tokio::spawn(server.stop());
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status, NOT_SERVING);
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_concurrency_limit_calls_are_shed_not_queued() {
+    let server = TestServer::start_wrapped(
+        |config| config.limits.max_concurrent_requests = 2,
+        |store| {
+            Arc::new(Delayed::new(
+                store,
+                Delays {
+                    after_digest_read: Duration::from_millis(400),
+                    ..Delays::default()
+                },
+            ))
+        },
+    )
+    .await;
+    // Unknown tokens, each read from the (slowed) store: every call holds its
+    // slot for the whole delay.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = server.check();
+            let token = Secret::generate(TokenKind::Service)
+                .unwrap()
+                .expose()
+                .to_owned();
+            tokio::spawn(async move {
+                client
+                    .check(CheckRequest {
+                        token,
+                        permission: "scim:read".into(),
+                        org_id: "org-1".into(),
+                        workspace_id: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().allowed)
+                    .map_err(|s| s.code())
+            })
+        })
+        .collect();
+    let mut shed = 0;
+    let mut served = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(allowed) => {
+                assert!(!allowed);
+                served += 1;
+            }
+            Err(code) => {
+                assert_eq!(code, Code::ResourceExhausted);
+                shed += 1;
+            }
+        }
+    }
+    assert!(shed >= 1, "{shed} shed, {served} served");
+    assert!(served >= 1, "{shed} shed, {served} served");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn calls_longer_than_the_request_timeout_are_cut_off() {
+    let server = TestServer::start_wrapped(
+        |config| config.limits.request_timeout = Duration::from_millis(100),
+        |store| {
+            Arc::new(Delayed::new(
+                store,
+                Delays {
+                    after_digest_read: Duration::from_secs(2),
+                    ..Delays::default()
+                },
+            ))
+        },
+    )
+    .await;
+    let token = Secret::generate(TokenKind::Service)
+        .unwrap()
+        .expose()
+        .to_owned();
+    let status = server
+        .check()
+        .check(CheckRequest {
+            token,
+            permission: "scim:read".into(),
+            org_id: "org-1".into(),
+            workspace_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    server.stop().await;
+}
