@@ -1,7 +1,12 @@
 //! Configuration: one struct, read from an optional TOML file, then overridden
-//! by `TOKENAUTH_*` environment variables and command-line flags (see
+//! by `TOKENAUTH_*` environment variables, then by command-line flags (see
 //! `main.rs`). Every field has a default, so no file is needed; unknown keys
-//! are refused, and every error names the field.
+//! are refused, and every error names the field (or the variable).
+//!
+//! Any field can be set from the environment: `TOKENAUTH_` followed by its
+//! path with `__` between levels, in any case: `TOKENAUTH_CACHE__CAPACITY=5000`,
+//! `TOKENAUTH_TOKENS__PERSONAL__MAX_LIFETIME=90days`. A value is read as a
+//! TOML value when it parses as one (numbers, booleans, arrays), else as a string.
 
 use std::{
     net::SocketAddr,
@@ -9,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     authz::Roles,
@@ -30,10 +35,21 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config field `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("environment variable {variable}: {reason}")]
+    Environment { variable: String, reason: String },
+    #[error("config (from {source_description}): {message}")]
+    Merged {
+        source_description: String,
+        message: String,
+    },
 }
 
+/// Variables that configure the command line rather than the config file.
+const NOT_CONFIG_VARIABLES: &[&str] =
+    &["TOKENAUTH_CONFIG", "TOKENAUTH_LOG", "TOKENAUTH_LOG_FORMAT"];
+
 /// The whole configuration. TOML keys are the field names below.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address of the gRPC server. Default `127.0.0.1:50051` (loopback only).
@@ -75,7 +91,7 @@ impl Default for Config {
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// `[tokens]`: token lifetimes and rotation.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
     pub personal: PersonalTokensConfig,
@@ -96,7 +112,7 @@ impl Default for TokensConfig {
 }
 
 /// `[tokens.personal]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PersonalTokensConfig {
     /// Longest lifetime of a personal token, and the lifetime of one issued
@@ -117,7 +133,7 @@ impl Default for PersonalTokensConfig {
 }
 
 /// `[tokens.service]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceTokensConfig {
     /// As for personal tokens. Default `"365days"`.
@@ -139,7 +155,7 @@ fn limit(duration: Duration) -> Option<Duration> {
 
 /// `[roles]`: the permissions each organization role may put in its members'
 /// own personal tokens.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RolesConfig {
     /// Default: the read actions of the workspace APIs. (READ_ONLY members
@@ -173,7 +189,7 @@ impl Default for RolesConfig {
 }
 
 /// `[control_plane]`: the credentials the control plane authenticates with.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlPlaneConfig {
     /// `[[control_plane.credentials]]` entries, each `name` and `sha256` (hex
@@ -183,7 +199,7 @@ pub struct ControlPlaneConfig {
 }
 
 /// One control-plane credential: never the credential itself, only its hash.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     /// Recorded as the actor's credential in audit events.
@@ -193,7 +209,7 @@ pub struct CredentialConfig {
 }
 
 /// `[audit]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// How long audit events are kept. Default `"400days"`.
@@ -218,7 +234,7 @@ impl Default for AuditConfig {
 }
 
 /// `[usage]`: Check usage records and last-use times.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
     /// How often usage counts and last-use times are written; they lag, and a
@@ -240,7 +256,7 @@ impl Default for UsageConfig {
 }
 
 /// `[cache]`: the Check cache.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Most tokens kept in memory. Default 100000.
@@ -263,7 +279,7 @@ impl Default for CacheConfig {
 }
 
 /// `[limits]`: bounds on what clients may send and hold.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request message accepted, in bytes. Default 65536.
@@ -305,7 +321,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[health]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// How often the store is probed with a durable write; while it fails,
@@ -323,7 +339,7 @@ impl Default for HealthConfig {
 }
 
 /// `[permissions]`: the catalogue of grantable permissions, by level.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PermissionsConfig {
     /// Organization-level permissions. Default: `audit_logs:read`, `scim:read`, `scim:write`.
@@ -345,21 +361,66 @@ impl Default for PermissionsConfig {
 }
 
 impl Config {
-    /// Reads a TOML file; absent fields keep their defaults.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
-    }
-
     /// Parses TOML text (the error names the key and line).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The file (if any), overridden by the `TOKENAUTH_*` variables in `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut variables = Vec::new();
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("TOKENAUTH_") else {
+                continue;
+            };
+            if NOT_CONFIG_VARIABLES.contains(&name.as_str()) {
+                continue;
+            }
+            set_path(&mut table, path, &value).map_err(|reason| ConfigError::Environment {
+                variable: name.clone(),
+                reason,
+            })?;
+            variables.push(name);
+        }
+        let source_description = match (file, variables.is_empty()) {
+            (Some(path), true) => path.display().to_string(),
+            (Some(path), false) => format!("{} and {}", path.display(), variables.join(", ")),
+            (None, false) => variables.join(", "),
+            (None, true) => "defaults".to_owned(),
+        };
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Merged {
+                source_description,
+                message: e.to_string(),
+            })
+    }
+
+    /// A copy fit to print: nothing that could help an attacker.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        for credential in &mut copy.control_plane.credentials {
+            let shown: String = credential.sha256.chars().take(8).collect();
+            credential.sha256 = format!("{shown}... (redacted)");
+        }
+        copy
     }
 
     /// The pepper file's path.
@@ -482,6 +543,34 @@ impl Config {
     }
 }
 
+/// Sets `table[a][b]... = value` for the variable path `A__B`.
+fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    if keys.iter().any(String::is_empty) {
+        return Err("is not of the form TOKENAUTH_SECTION__FIELD".into());
+    }
+    let (last, sections) = keys.split_last().ok_or("names no field")?;
+    let mut current = table;
+    for key in sections {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}` is not a section"))?;
+    }
+    // A TOML value when it is one (5, true, ["a"]); otherwise the text itself.
+    let parsed = format!("value = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("value"));
+    current.insert(
+        last.clone(),
+        parsed.unwrap_or_else(|| toml::Value::String(value.to_owned())),
+    );
+    Ok(())
+}
+
 fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
     if hex.len() != 64 || !hex.is_ascii() {
@@ -520,6 +609,62 @@ mod tests {
         );
         let unlimited = Config::from_toml("[tokens.service]\nmax_lifetime = \"0s\"\n").unwrap();
         assert_eq!(unlimited.policy().unwrap().lifetime.service_max, None);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_field_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokenauth.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[cache]\ncapacity = 10\nnegative_capacity = 20\n",
+        )
+        .unwrap();
+        let env = [
+            ("TOKENAUTH_CACHE__CAPACITY", "30"),
+            ("TOKENAUTH_TOKENS__PERSONAL__MAX_LIFETIME", "90days"),
+            ("TOKENAUTH_TOKENS__PERSONAL__REQUIRE_EXPIRY", "true"),
+            ("TOKENAUTH_LOG", "debug"),
+            ("UNRELATED", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = Config::load(Some(&file), env).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(config.cache.capacity, 30);
+        assert_eq!(config.cache.negative_capacity, 20);
+        assert!(config.tokens.personal.require_expiry);
+        assert_eq!(
+            config.tokens.personal.max_lifetime,
+            Duration::from_secs(90 * 86400)
+        );
+
+        let wrong = [("TOKENAUTH_CACHE__CAPACTY".to_owned(), "1".to_owned())];
+        let err = Config::load(None, wrong).unwrap_err().to_string();
+        assert!(
+            err.contains("capacty") && err.contains("TOKENAUTH_CACHE__CAPACTY"),
+            "{err}"
+        );
+        let bad = [("TOKENAUTH_LISTEN__PORT".to_owned(), "1".to_owned())];
+        assert!(Config::load(None, bad).is_err());
+    }
+
+    #[test]
+    fn the_effective_config_prints_without_credential_hashes() {
+        let mut config = Config::default();
+        config.control_plane.credentials.push(CredentialConfig {
+            name: "cp".into(),
+            sha256: "ab".repeat(32),
+        });
+        let printed = toml::to_string(&config.redacted()).unwrap();
+        assert!(!printed.contains(&"ab".repeat(32)));
+        assert!(printed.contains("[tokens.personal]"), "{printed}");
+        // What is printed reads back as the same configuration.
+        let reparsed = Config::from_toml(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        assert_eq!(reparsed.cache.capacity, Config::default().cache.capacity);
+        assert_eq!(
+            reparsed.tokens.personal.max_lifetime,
+            Config::default().tokens.personal.max_lifetime
+        );
     }
 
     #[test]

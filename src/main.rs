@@ -31,6 +31,21 @@ enum Command {
         #[command(subcommand)]
         action: CredentialAction,
     },
+    /// Work with the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the file (and the TOKENAUTH_* variables over it) and print
+    /// the effective configuration, with credential hashes redacted.
+    Check {
+        /// The TOML file; without it, the defaults and the environment are checked.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -48,11 +63,11 @@ struct ServeArgs {
     /// TOML configuration file (optional: every setting has a default).
     #[arg(long, env = "TOKENAUTH_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:50051].
-    #[arg(long, env = "TOKENAUTH_LISTEN")]
+    /// Address to listen on [default: 127.0.0.1:50051; variable: TOKENAUTH_LISTEN].
+    #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Data directory [default: ./data].
-    #[arg(long, env = "TOKENAUTH_DATA_DIR")]
+    /// Data directory [default: ./data; variable: TOKENAUTH_DATA_DIR].
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Log filter, e.g. `info` or `tokenauth=debug` (RUST_LOG syntax).
     #[arg(long, env = "TOKENAUTH_LOG", default_value = "info")]
@@ -90,6 +105,9 @@ fn main() -> ExitCode {
         Command::Credential {
             action: CredentialAction::Generate { name },
         } => generate_credential(&name),
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => check_config(file.as_deref()),
         Command::Pepper {
             action: PepperAction::Rotate { file, data_dir },
         } => {
@@ -130,6 +148,30 @@ fn init_logs(filter: &str, format: LogFormat) {
     }
 }
 
+fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+    let config = match Config::load(file, std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = config.policy() {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
+    match toml::to_string(&config.redacted()) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: printing the configuration: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn generate_credential(name: &str) -> ExitCode {
     use sha2::{Digest, Sha256};
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
@@ -159,15 +201,12 @@ fn generate_credential(name: &str) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logs(&args.log, args.log_format);
-    let mut config = match &args.config {
-        Some(path) => match Config::from_file(path) {
-            Ok(config) => config,
-            Err(error) => {
-                tracing::error!(%error, "invalid configuration");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::default(),
+    let mut config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
     };
     if let Some(listen) = args.listen {
         config.listen = listen;

@@ -199,3 +199,36 @@ async fn calls_longer_than_the_request_timeout_are_cut_off() {
     );
     server.stop().await;
 }
+
+#[test]
+fn config_check_prints_the_effective_config_or_names_the_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokenauth.toml");
+    let hash = "cd".repeat(32);
+    std::fs::write(
+        &file,
+        format!("[cache]\ncapacity = 7\n[[control_plane.credentials]]\nname = \"cp\"\nsha256 = \"{hash}\"\n"),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (code, stdout, _) = crate::child::run_command(
+        &["config", "check", path],
+        &[("TOKENAUTH_CACHE__NEGATIVE_CAPACITY", "9")],
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("capacity = 7") && stdout.contains("negative_capacity = 9"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&hash), "hashes are redacted");
+
+    let (code, _, stderr) = crate::child::run_command(
+        &["config", "check", path],
+        &[("TOKENAUTH_LIMITS__MAX_CONCURRENT_REQUESTS", "0")],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("limits.max_concurrent_requests"),
+        "{stderr}"
+    );
+}
