@@ -67,6 +67,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub usage: UsageConfig,
     pub health: HealthConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -84,6 +85,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
             health: HealthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -320,6 +322,19 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[tls]`: serve over TLS, and with `client_ca_file`, admit only clients
+/// presenting a certificate issued by that CA (mTLS). Default: plaintext.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server (keep it mode 0600).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificate(s); when set, a client certificate from it is required.
+    pub client_ca_file: Option<PathBuf>,
+}
+
 /// `[health]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -485,6 +500,21 @@ impl Config {
                 "limits.max_header_list_bytes",
                 "must be at least 1024",
             ));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid("tls.key_file", "is required with tls.cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert_file", "is required with tls.key_file"));
+            }
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                return Err(invalid(
+                    "tls.client_ca_file",
+                    "needs tls.cert_file and tls.key_file",
+                ));
+            }
+            _ => {}
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));

@@ -42,6 +42,11 @@ pub enum ServerError {
     },
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS file {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A started server. Drop it or call [`RunningServer::shutdown`] to stop.
@@ -123,9 +128,18 @@ pub async fn start_with_store(
         source,
     })?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(config, service, store, recorder, listener, async {
-        let _ = stopped.await;
-    }));
+    let tls = tls_config(&config)?;
+    let task = tokio::spawn(serve(
+        config,
+        tls,
+        service,
+        store,
+        recorder,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     tracing::info!(%local_addr, "tokenauth listening");
     Ok(RunningServer {
         local_addr,
@@ -148,6 +162,7 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {
 
 async fn serve(
     config: Config,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     service: Arc<TokenService>,
     store: Arc<dyn Store>,
     recorder: Arc<Recorder>,
@@ -200,7 +215,11 @@ async fn serve(
         .with_keepalive(Some(limits.http2_keepalive_interval));
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let draining_health = Arc::clone(&health);
-    let serving = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let serving = builder
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
@@ -262,6 +281,26 @@ async fn serve(
     store.durable().await?;
     tracing::info!("stopped; database flushed");
     served.map_err(ServerError::from)
+}
+
+/// The TLS settings of `config.tls`, read from their files; `None` for plaintext.
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServerError::TlsFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls.client_ca_file {
+        // With a client CA, tonic requires a client certificate from it.
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Deletes audit events and usage records past their retention, every

@@ -21,4 +21,5 @@ mod reflection;
 mod revocation;
 mod rotation;
 mod shutdown;
+mod tls;
 mod usage;
