@@ -68,6 +68,8 @@ pub struct Config {
     pub usage: UsageConfig,
     pub health: HealthConfig,
     pub tls: TlsConfig,
+    pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -86,6 +88,8 @@ impl Default for Config {
             usage: UsageConfig::default(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
+            admin: AdminConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -335,6 +339,49 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// `[admin]`: the HTTP port operators scrape, separate from the gRPC port.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP server (`GET /metrics`, Prometheus text
+    /// format). Default: none (off); e.g. `"127.0.0.1:9464"`.
+    pub listen: Option<SocketAddr>,
+    /// How often stored tokens are counted by kind and state (a full scan
+    /// of the tokens). Default `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub token_count_interval: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token_count_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry export. Off by default.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint (e.g. `"http://otel-collector:4317"`) for traces and
+    /// metrics. Default: none (nothing is exported).
+    pub otlp_endpoint: Option<String>,
+    /// How often metrics are pushed over OTLP. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub otlp_metrics_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_metrics_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[health]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -483,6 +530,14 @@ impl Config {
                 self.limits.http2_keepalive_timeout,
             ),
             ("health.probe_interval", self.health.probe_interval),
+            (
+                "admin.token_count_interval",
+                self.admin.token_count_interval,
+            ),
+            (
+                "telemetry.otlp_metrics_interval",
+                self.telemetry.otlp_metrics_interval,
+            ),
             ("usage.flush_interval", self.usage.flush_interval),
             ("usage.retention", self.usage.retention),
             ("audit.prune_interval", self.audit.prune_interval),

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tokenauth::{config::Config, pepper, server};
+use tokenauth::{config::Config, pepper, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -129,25 +129,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; every line of a request carries its request id (the
-/// `request` span).
-fn init_logs(filter: &str, format: LogFormat) {
-    use std::io::IsTerminal;
-    let terminal = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr);
-    match (format, terminal) {
-        (LogFormat::Text, _) | (LogFormat::Auto, true) => builder.with_ansi(terminal).init(),
-        (LogFormat::Json, _) | (LogFormat::Auto, false) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
-}
-
 fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     let config = match Config::load(file, std::env::vars()) {
         Ok(config) => config,
@@ -200,11 +181,10 @@ fn generate_credential(name: &str) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logs(&args.log, args.log_format);
     let mut config = match Config::load(args.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(error) => {
-            tracing::error!(%error, "invalid configuration");
+            eprintln!("error: invalid configuration: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -220,16 +200,42 @@ fn serve(args: ServeArgs) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "starting the async runtime failed");
+            eprintln!("error: starting the async runtime failed: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    // Inside the runtime: the OTLP exporters spawn onto it.
+    let _entered = runtime.enter();
+    let telemetry = match telemetry::init(
+        &args.log,
+        log_format(args.log_format),
+        config.telemetry.otlp_endpoint.as_deref(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: starting logs and traces: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(config));
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "tokenauth stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn log_format(format: LogFormat) -> telemetry::LogFormat {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    match (format, terminal) {
+        (LogFormat::Text, _) | (LogFormat::Auto, true) => {
+            telemetry::LogFormat::Text { ansi: terminal }
+        }
+        (LogFormat::Json, _) | (LogFormat::Auto, false) => telemetry::LogFormat::Json,
     }
 }
 

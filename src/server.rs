@@ -12,13 +12,14 @@ use crate::{
     config::{Config, ConfigError},
     domain::{service::TokenService, time::Timestamp},
     health::Health,
+    metrics::Metrics,
     pepper::{self, PepperError},
     proto::{
         audit_service_server::AuditServiceServer, check_service_server::CheckServiceServer,
         token_service_server::TokenServiceServer,
     },
     recorder::Recorder,
-    store::{SledStore, Store, StoreError},
+    store::{SledStore, Store, StoreError, metered::MeteredStore},
 };
 
 /// Why the server could not start or stopped with an error.
@@ -42,6 +43,8 @@ pub enum ServerError {
     },
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("TLS file {path}: {source}")]
     TlsFile {
         path: std::path::PathBuf,
@@ -52,6 +55,7 @@ pub enum ServerError {
 /// A started server. Drop it or call [`RunningServer::shutdown`] to stop.
 pub struct RunningServer {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -60,6 +64,11 @@ impl RunningServer {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin HTTP address actually bound, when the admin port is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Stops accepting, lets in-flight calls finish, writes pending last-use
@@ -102,6 +111,11 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     let policy = config.policy()?;
+    let metrics = Metrics::new(
+        config.telemetry.otlp_endpoint.as_deref(),
+        config.telemetry.otlp_metrics_interval,
+    )?;
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
     let keyring = pepper::open(&config.pepper_path(), store.as_ref()).await?;
     let recorder = Arc::new(Recorder::new(policy.catalogue.clone()));
     let cache = TokenCache::new(&CacheSettings {
@@ -115,6 +129,7 @@ pub async fn start_with_store(
         keyring,
         policy,
         Arc::clone(&recorder),
+        Arc::clone(&metrics),
     ));
 
     let listener = TcpListener::bind(config.listen)
@@ -127,22 +142,34 @@ pub async fn start_with_store(
         addr: config.listen,
         source,
     })?;
+    let admin = match config.admin.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let (stop, stopped) = oneshot::channel::<()>();
     let tls = tls_config(&config)?;
-    let task = tokio::spawn(serve(
+    let parts = Parts {
         config,
         tls,
         service,
         store,
         recorder,
+        metrics,
         listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    tracing::info!(%local_addr, "tokenauth listening");
+        admin,
+    };
+    let task = tokio::spawn(serve(parts, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%local_addr, admin_addr = ?admin_addr, "tokenauth listening");
     Ok(RunningServer {
         local_addr,
+        admin_addr,
         stop: Some(stop),
         task,
     })
@@ -160,15 +187,29 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {
         })
 }
 
-async fn serve(
+/// Everything `serve` runs, built by `start_with_store`.
+struct Parts {
     config: Config,
     tls: Option<tonic::transport::ServerTlsConfig>,
     service: Arc<TokenService>,
     store: Arc<dyn Store>,
     recorder: Arc<Recorder>,
+    metrics: Arc<Metrics>,
     listener: TcpListener,
-    stop: impl Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
+    admin: Option<TcpListener>,
+}
+
+async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+    let Parts {
+        config,
+        tls,
+        service,
+        store,
+        recorder,
+        metrics,
+        listener,
+        admin,
+    } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -208,6 +249,17 @@ async fn serve(
     let prober = tokio::spawn(
         Arc::clone(&health).probe_forever(Arc::clone(&store), config.health.probe_interval),
     );
+    let counter = tokio::spawn(count_tokens_forever(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        config.admin.token_count_interval,
+    ));
+    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+    let admin_server = admin.map(|listener| {
+        tokio::spawn(serve_admin(listener, Arc::clone(&metrics), async {
+            let _ = admin_stopped.await;
+        }))
+    });
 
     let limits = &config.limits;
     let incoming = TcpIncoming::from(listener)
@@ -230,7 +282,7 @@ async fn serve(
         .load_shed(true)
         .layer(
             tower::ServiceBuilder::new()
-                .layer(RequestIdLayer)
+                .layer(RequestIdLayer::new(Arc::clone(&metrics)))
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                     limits.max_concurrent_requests,
                 ))
@@ -268,10 +320,14 @@ async fn serve(
         }
     };
 
-    // Pruning and probing may stop anywhere; the flusher finishes its flush.
-    for task in [pruner, prober] {
+    // Pruning, probing and counting may stop anywhere; the flusher finishes its flush.
+    for task in [pruner, prober, counter] {
         task.abort();
         let _ = task.await;
+    }
+    let _ = stop_admin.send(());
+    if let Some(admin_server) = admin_server {
+        let _ = admin_server.await;
     }
     let _ = stop_flusher.send(true);
     let _ = flusher.await;
@@ -279,8 +335,60 @@ async fn serve(
         tracing::warn!(%error, "writing usage and last-used records at shutdown failed");
     }
     store.durable().await?;
+    metrics.shutdown();
     tracing::info!("stopped; database flushed");
     served.map_err(ServerError::from)
+}
+
+/// Serves `GET /metrics` (Prometheus text format) until `stop`.
+async fn serve_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    use axum::{http::StatusCode, response::IntoResponse, routing::get};
+    let router = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                match metrics.render_prometheus() {
+                    Ok(text) => (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        text,
+                    )
+                        .into_response(),
+                    Err(error) => {
+                        tracing::error!(%error, "rendering metrics failed");
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }
+        }),
+    );
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(%error, "the admin HTTP server failed");
+    }
+}
+
+/// Refreshes the count of tokens by kind and state every `interval`.
+async fn count_tokens_forever(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    interval: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.count_tokens(Timestamp::now()).await {
+            Ok(counts) => metrics.set_token_counts(counts),
+            Err(error) => tracing::warn!(%error, "counting tokens for metrics failed"),
+        }
+    }
 }
 
 /// The TLS settings of `config.tls`, read from their files; `None` for plaintext.

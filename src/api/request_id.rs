@@ -4,19 +4,23 @@
 //! The id is the caller's `x-request-id` when it is a sane one (at most 128
 //! printable ASCII characters), or a fresh one; either way it is set on the
 //! request (where the handlers read it for audit events) and echoed on the
-//! response.
+//! response. Each RPC is counted (by path and status) and timed, and when
+//! traces are exported, the caller's W3C `traceparent` becomes the parent of
+//! the request's span.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
+    time::Instant,
 };
 
 use tonic::codegen::http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::domain::ids::MAX_ID_BYTES;
+use crate::{domain::ids::MAX_ID_BYTES, metrics::Metrics};
 
 pub const HEADER: &str = "x-request-id";
 
@@ -33,15 +37,26 @@ pub fn generate() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The tower layer.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RequestIdLayer;
+/// The tower layer; it also counts and times every RPC.
+#[derive(Clone, Debug)]
+pub struct RequestIdLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RequestIdLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<S> Layer<S> for RequestIdLayer {
     type Service = RequestId<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestId { inner }
+        RequestId {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 }
 
@@ -49,6 +64,20 @@ impl<S> Layer<S> for RequestIdLayer {
 #[derive(Clone, Debug)]
 pub struct RequestId<S> {
     inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a tonic::codegen::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 impl<S, B, R> Service<Request<B>> for RequestId<S>
@@ -77,11 +106,31 @@ where
         if let Some(value) = &value {
             request.headers_mut().insert(HEADER, value.clone());
         }
-        let span = tracing::info_span!("request", request_id = %id, rpc = %request.uri().path());
+        let rpc = request.uri().path().to_owned();
+        let span = tracing::info_span!("request", request_id = %id, rpc = %rpc);
+        if crate::telemetry::tracing_enabled() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&HeaderExtractor(request.headers()))
+            });
+            // A span outside the OpenTelemetry layer cannot take a parent; no harm.
+            let _ = span.set_parent(parent);
+        }
+        let metrics = Arc::clone(&self.metrics);
+        let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(
             async move {
                 let mut response = response.await?;
+                // A failed unary call's status is in the headers
+                // (trailers-only); a successful one's is OK.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                metrics.record_rpc(&rpc, &format!("{code:?}"), started.elapsed().as_secs_f64());
                 if let Some(value) = value {
                     response.headers_mut().insert(HEADER, value);
                 }

@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     cache::{CachedToken, Lookup, TokenCache},
+    metrics::{CacheOutcome, Metrics},
     recorder::Recorder,
     store::{PageRequest, RotateOutcome, Rotation, Store, StoreError, TokenQuery},
 };
@@ -105,6 +106,7 @@ pub struct TokenService {
     policy: Policy,
     recorder: Arc<Recorder>,
     refusals: RefusalBudgets,
+    metrics: Arc<Metrics>,
 }
 
 /// Separate budgets, so that a flood of one kind of refusal (say, garbage
@@ -175,6 +177,7 @@ impl TokenService {
         keyring: Keyring,
         policy: Policy,
         recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let per_second = policy.max_denied_events_per_second;
         let refusals = RefusalBudgets {
@@ -189,6 +192,7 @@ impl TokenService {
             policy,
             recorder,
             refusals,
+            metrics,
         }
     }
 
@@ -929,22 +933,38 @@ impl TokenService {
         if secret::parse(presented).is_none() {
             return Ok(None);
         }
+        self.find_well_formed(presented).await
+    }
+
+    /// [`Self::find`] for a secret already known to be well formed.
+    async fn find_well_formed(
+        &self,
+        presented: &str,
+    ) -> Result<Option<(Arc<CachedToken>, Digest)>, Error> {
         let keys = self.keyring.keys();
         let current = keys[0].digest(presented);
         match self.cache.get(&current) {
-            Lookup::Found(token) => return Ok(Some((token, current))),
+            Lookup::Found(token) => {
+                self.metrics.record_cache(CacheOutcome::Hit);
+                return Ok(Some((token, current)));
+            }
             // Negative entries are made under the current key only, after
             // every key was tried: the token is unknown under all of them.
-            Lookup::Unknown => return Ok(None),
+            Lookup::Unknown => {
+                self.metrics.record_cache(CacheOutcome::NegativeHit);
+                return Ok(None);
+            }
             Lookup::Miss => {}
         }
         // Tokens issued before a pepper rotation are cached under their own key's digest.
         let older: Vec<Digest> = keys[1..].iter().map(|k| k.digest(presented)).collect();
         for digest in &older {
             if let Lookup::Found(token) = self.cache.get(digest) {
+                self.metrics.record_cache(CacheOutcome::Hit);
                 return Ok(Some((token, *digest)));
             }
         }
+        self.metrics.record_cache(CacheOutcome::Miss);
         let _fill = self.cache.fill_guard().await;
         for digest in std::iter::once(&current).chain(&older) {
             if let Some(record) = self.store.token_by_digest(digest).await? {
@@ -965,10 +985,23 @@ impl TokenService {
         query: &CheckQuery<'_>,
         origin: &CheckOrigin<'_>,
     ) -> Result<Decision, Error> {
+        let started = std::time::Instant::now();
+        let decision = self.decide(presented, query, origin).await?;
+        self.metrics
+            .record_check(decision.reason, started.elapsed().as_secs_f64());
+        Ok(decision)
+    }
+
+    async fn decide(
+        &self,
+        presented: &str,
+        query: &CheckQuery<'_>,
+        origin: &CheckOrigin<'_>,
+    ) -> Result<Decision, Error> {
         if secret::parse(presented).is_none() {
             return Ok(Decision::without_token(Reason::Malformed));
         }
-        let Some((token, digest)) = self.find(presented).await? else {
+        let Some((token, digest)) = self.find_well_formed(presented).await? else {
             return Ok(Decision::without_token(Reason::NotFound));
         };
         let Some(secret) = token.record.secret_matching(&digest) else {

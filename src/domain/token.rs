@@ -20,6 +20,14 @@ pub enum TokenKind {
     Service,
 }
 
+/// Where a token stands at some instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenState {
+    Live,
+    Revoked,
+    Expired,
+}
+
 /// One secret of a token, in the only form we keep it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSecret {
@@ -58,6 +66,17 @@ impl TokenRecord {
     /// The hint of the current secret.
     pub fn hint(&self) -> &str {
         self.secrets.first().map_or("", |s| s.hint.as_str())
+    }
+
+    /// Whether the token is live, revoked or expired at `now`.
+    pub fn state(&self, now: Timestamp) -> TokenState {
+        if self.revoked_at.is_some() {
+            TokenState::Revoked
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            TokenState::Expired
+        } else {
+            TokenState::Live
+        }
     }
 
     /// The secret (of this token) whose digest is `digest`, compared in constant time.

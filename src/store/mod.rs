@@ -12,6 +12,7 @@
 
 mod durability;
 mod keys;
+pub mod metered;
 mod records;
 pub mod sled;
 
@@ -22,7 +23,7 @@ use crate::domain::{
     ids::{EventId, TokenId},
     secret::Digest,
     time::Timestamp,
-    token::{StoredSecret, TokenKind, TokenRecord},
+    token::{StoredSecret, TokenKind, TokenRecord, TokenState},
     usage::{UsageQuery, UsageRecord},
 };
 
@@ -134,6 +135,9 @@ pub struct UsagePage {
     pub next: Option<Vec<u8>>,
 }
 
+/// How many tokens there are of each kind in each state.
+pub type TokenCounts = Vec<(TokenKind, TokenState, u64)>;
+
 /// A persistent token store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -228,6 +232,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store holds no tokens and no pepper checks (a new database).
     async fn is_empty(&self) -> Result<bool, StoreError>;
+
+    /// Counts every token by kind and state at `now` (a full scan: for
+    /// occasional metrics, never on a request path).
+    async fn count_tokens(&self, now: Timestamp) -> Result<TokenCounts, StoreError>;
 
     /// Writes and flushes a small marker: whether the store can take writes now.
     async fn probe_write(&self) -> Result<(), StoreError>;

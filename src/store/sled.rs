@@ -834,6 +834,22 @@ impl Store for SledStore {
                 .is_none())
     }
 
+    async fn count_tokens(&self, now: Timestamp) -> Result<super::TokenCounts, StoreError> {
+        self.read(move |t| {
+            let mut counts: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
+            for entry in t.tokens.iter() {
+                let (_, value) = entry?;
+                let record = decode_token(&value)?;
+                *counts.entry((record.kind, record.state(now))).or_default() += 1;
+            }
+            Ok(counts
+                .into_iter()
+                .map(|((kind, state), n)| (kind, state, n))
+                .collect())
+        })
+        .await
+    }
+
     async fn probe_write(&self) -> Result<(), StoreError> {
         let now = Timestamp::now().as_micros().to_be_bytes();
         self.write(move |t| {

@@ -139,6 +139,12 @@ impl Store for Delayed {
     async fn is_empty(&self) -> Result<bool, StoreError> {
         self.inner.is_empty().await
     }
+    async fn count_tokens(
+        &self,
+        now: Timestamp,
+    ) -> Result<tokenauth::store::TokenCounts, StoreError> {
+        self.inner.count_tokens(now).await
+    }
     async fn probe_write(&self) -> Result<(), StoreError> {
         if self
             .delays

@@ -158,6 +158,10 @@ impl TestServer {
         CheckServiceClient::new(self.channel.clone())
     }
 
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().unwrap().admin_addr()
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         self.running.as_ref().unwrap().local_addr()
     }

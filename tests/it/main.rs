@@ -22,4 +22,5 @@ mod revocation;
 mod rotation;
 mod shutdown;
 mod tls;
+mod traces;
 mod usage;

@@ -232,3 +232,75 @@ fn config_check_prints_the_effective_config_or_names_the_bad_field() {
         "{stderr}"
     );
 }
+
+/// A plain HTTP/1.1 GET, as a Prometheus scraper would do it.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: tokenauth\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok();
+    let mut response = Vec::new();
+    // The gRPC port answers HTTP/1.1 by closing: keep whatever came.
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_from_the_admin_port() {
+    let server = TestServer::start_with(|config| {
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        config.admin.token_count_interval = Duration::from_millis(50);
+    })
+    .await;
+    let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
+    for _ in 0..3 {
+        assert!(
+            check(&server, &issued.secret, "scim:read", "org-1", "")
+                .await
+                .allowed
+        );
+    }
+    assert!(
+        !check(&server, &issued.secret, "scim:write", "org-1", "")
+            .await
+            .allowed
+    );
+    assert!(
+        !check(&server, "garbage", "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+
+    let admin = server.admin_addr().expect("the admin port is on");
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = http_get(admin, "/metrics").await;
+        if body.contains(r#"tokenauth_tokens{kind="service",state="live"} 1"#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for expected in [
+        r#"tokenauth_checks_total{decision="allow",reason="OK"} 3"#,
+        r#"tokenauth_checks_total{decision="deny",reason="INSUFFICIENT_PERMISSION"} 1"#,
+        r#"tokenauth_checks_total{decision="deny",reason="MALFORMED"} 1"#,
+        r#"tokenauth_cache_lookups_total{result="miss"} 1"#,
+        r#"tokenauth_cache_lookups_total{result="hit"} 3"#,
+        "tokenauth_check_duration_seconds_bucket",
+        r#"tokenauth_store_duration_seconds_count{operation="insert_token"} 1"#,
+        r#"tokenauth_rpc_calls_total{code="Ok",rpc="/tokenauth.v1.TokenService/IssueToken"} 1"#,
+        r#"tokenauth_tokens{kind="service",state="live"} 1"#,
+    ] {
+        assert!(body.contains(expected), "missing {expected}:\n{body}");
+    }
+    // Metrics live on the admin port only, never on the gRPC port.
+    let on_grpc = http_get(server.addr(), "/metrics").await;
+    assert!(!on_grpc.contains("tokenauth_checks_total"));
+    server.stop().await;
+}

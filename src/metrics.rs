@@ -1,0 +1,302 @@
+//! Metrics: one set of OpenTelemetry instruments per server, read by a
+//! Prometheus registry (served on the admin port) and, when an OTLP endpoint
+//! is configured, pushed over OTLP as well.
+//!
+//! What the Check path counts goes into plain atomics, read by observable
+//! instruments at collection time: the hot path pays an atomic add, not an
+//! attribute-set lookup.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry::{
+    KeyValue,
+    metrics::{Histogram, Meter, MeterProvider as _},
+};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+use crate::{
+    domain::token::{Reason, TokenKind, TokenState},
+    store::TokenCounts,
+};
+
+/// Histogram buckets for latencies, in seconds: 10 µs to 5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+const REASONS: [Reason; 7] = [
+    Reason::Ok,
+    Reason::Malformed,
+    Reason::NotFound,
+    Reason::Revoked,
+    Reason::Expired,
+    Reason::WrongScope,
+    Reason::InsufficientPermission,
+];
+
+fn reason_label(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Ok => "OK",
+        Reason::Malformed => "MALFORMED",
+        Reason::NotFound => "NOT_FOUND",
+        Reason::Revoked => "REVOKED",
+        Reason::Expired => "EXPIRED",
+        Reason::WrongScope => "WRONG_SCOPE",
+        Reason::InsufficientPermission => "INSUFFICIENT_PERMISSION",
+    }
+}
+
+fn reason_index(reason: Reason) -> usize {
+    REASONS.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// How a Check found its token.
+#[derive(Clone, Copy, Debug)]
+pub enum CacheOutcome {
+    Hit,
+    NegativeHit,
+    Miss,
+}
+
+#[derive(Default)]
+struct CheckCounters {
+    by_reason: [AtomicU64; 7],
+    cache: [AtomicU64; 3],
+}
+
+/// The server's instruments.
+pub struct Metrics {
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+    checks: Arc<CheckCounters>,
+    tokens: Arc<Mutex<TokenCounts>>,
+    check_duration: Histogram<f64>,
+    store_duration: Histogram<f64>,
+    rpc_duration: Histogram<f64>,
+    rpc_calls: opentelemetry::metrics::Counter<u64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Why metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(String);
+
+impl Metrics {
+    /// Instruments reported to a fresh Prometheus registry, and pushed to
+    /// `otlp_endpoint` every `otlp_interval` when one is given.
+    pub fn new(
+        otlp_endpoint: Option<&str>,
+        otlp_interval: Duration,
+    ) -> Result<Arc<Self>, MetricsError> {
+        let registry = prometheus::Registry::new();
+        let prometheus_reader = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            // One meter only: a scope label on every series would be noise.
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|e| MetricsError(e.to_string()))?;
+        let mut builder = SdkMeterProvider::builder()
+            .with_reader(prometheus_reader)
+            .with_resource(crate::telemetry::resource());
+        if let Some(endpoint) = otlp_endpoint {
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| MetricsError(e.to_string()))?;
+            builder = builder.with_reader(
+                opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+                    .with_interval(otlp_interval)
+                    .build(),
+            );
+        }
+        let provider = builder.build();
+        let meter = provider.meter("tokenauth");
+        let checks = Arc::new(CheckCounters::default());
+        let tokens = Arc::new(Mutex::new(TokenCounts::default()));
+        register_observers(&meter, &checks, &tokens);
+        let latency = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build()
+        };
+        Ok(Arc::new(Self {
+            check_duration: latency("tokenauth.check.duration", "Time to decide a Check"),
+            store_duration: latency(
+                "tokenauth.store.duration",
+                "Time of store operations, by operation",
+            ),
+            rpc_duration: latency("tokenauth.rpc.duration", "Time to serve an RPC, by RPC"),
+            rpc_calls: meter
+                .u64_counter("tokenauth.rpc.calls")
+                .with_description("RPCs served, by RPC and gRPC status code")
+                .build(),
+            provider,
+            registry,
+            checks,
+            tokens,
+        }))
+    }
+
+    /// Counts one Check decision and its duration.
+    pub fn record_check(&self, reason: Reason, seconds: f64) {
+        self.checks.by_reason[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.check_duration.record(seconds, &[]);
+    }
+
+    pub fn record_cache(&self, outcome: CacheOutcome) {
+        self.checks.cache[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_store(&self, operation: &'static str, seconds: f64) {
+        self.store_duration
+            .record(seconds, &[KeyValue::new("operation", operation)]);
+    }
+
+    pub fn record_rpc(&self, rpc: &str, code: &str, seconds: f64) {
+        let rpc = KeyValue::new("rpc", rpc.to_owned());
+        self.rpc_duration
+            .record(seconds, std::slice::from_ref(&rpc));
+        self.rpc_calls
+            .add(1, &[rpc, KeyValue::new("code", code.to_owned())]);
+    }
+
+    pub fn set_token_counts(&self, counts: TokenCounts) {
+        *self.tokens.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn render_prometheus(&self) -> Result<String, MetricsError> {
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut text)
+            .map_err(|e| MetricsError(e.to_string()))?;
+        String::from_utf8(text).map_err(|e| MetricsError(e.to_string()))
+    }
+
+    /// Pushes what is pending to OTLP (at shutdown).
+    pub fn shutdown(&self) {
+        if let Err(error) = self.provider.shutdown() {
+            tracing::debug!(%error, "shutting the meter provider down");
+        }
+    }
+}
+
+fn register_observers(
+    meter: &Meter,
+    checks: &Arc<CheckCounters>,
+    tokens: &Arc<Mutex<TokenCounts>>,
+) {
+    let by_reason = Arc::clone(checks);
+    meter
+        .u64_observable_counter("tokenauth.checks")
+        .with_description("Check decisions, by decision and reason")
+        .with_callback(move |observer| {
+            for reason in REASONS {
+                let decision = if reason == Reason::Ok {
+                    "allow"
+                } else {
+                    "deny"
+                };
+                observer.observe(
+                    by_reason.by_reason[reason_index(reason)].load(Ordering::Relaxed),
+                    &[
+                        KeyValue::new("decision", decision),
+                        KeyValue::new("reason", reason_label(reason)),
+                    ],
+                );
+            }
+        })
+        .build();
+    let cache = Arc::clone(checks);
+    meter
+        .u64_observable_counter("tokenauth.cache.lookups")
+        .with_description(
+            "Check cache lookups, by result (hit, negative_hit for a known-unknown token, miss)",
+        )
+        .with_callback(move |observer| {
+            for (index, result) in ["hit", "negative_hit", "miss"].into_iter().enumerate() {
+                observer.observe(
+                    cache.cache[index].load(Ordering::Relaxed),
+                    &[KeyValue::new("result", result)],
+                );
+            }
+        })
+        .build();
+    let tokens = Arc::clone(tokens);
+    meter
+        .u64_observable_gauge("tokenauth.tokens")
+        .with_description("Stored tokens, by kind and state (refreshed periodically)")
+        .with_callback(move |observer| {
+            let counts = tokens.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (kind, state, count) in counts {
+                let kind = match kind {
+                    TokenKind::Personal => "personal",
+                    TokenKind::Service => "service",
+                };
+                let state = match state {
+                    TokenState::Live => "live",
+                    TokenState::Revoked => "revoked",
+                    TokenState::Expired => "expired",
+                };
+                observer.observe(
+                    count,
+                    &[KeyValue::new("kind", kind), KeyValue::new("state", state)],
+                );
+            }
+        })
+        .build();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_and_cache_lookups_appear_in_the_text_format() {
+        let metrics = Metrics::new(None, Duration::from_secs(60)).unwrap();
+        metrics.record_check(Reason::Ok, 0.000_01);
+        metrics.record_check(Reason::Revoked, 0.000_02);
+        metrics.record_check(Reason::Revoked, 0.000_02);
+        metrics.record_cache(CacheOutcome::Miss);
+        metrics.record_rpc("/tokenauth.v1.CheckService/Check", "OK", 0.001);
+        metrics.set_token_counts(vec![(TokenKind::Service, TokenState::Live, 3)]);
+        let text = metrics.render_prometheus().unwrap();
+        assert!(
+            text.contains(r#"tokenauth_checks_total{decision="deny",reason="REVOKED"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tokenauth_cache_lookups_total{result="miss"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokenauth_check_duration_seconds_count 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tokenauth_tokens{kind="service",state="live"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains("tokenauth_rpc_calls_total"), "{text}");
+    }
+}
