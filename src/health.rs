@@ -22,6 +22,9 @@ struct State {
     started: bool,
     draining: bool,
     writable: bool,
+    /// The (reading, writing) statuses last published, so that watchers see
+    /// changes only, not every probe.
+    published: Option<(bool, bool)>,
 }
 
 /// The health of the server's services.
@@ -55,6 +58,7 @@ impl Health {
                 started: false,
                 draining: false,
                 writable: false,
+                published: None,
             }),
         });
         health.update(|_| {}).await;
@@ -76,6 +80,10 @@ impl Health {
         }
         let reads = state.started && !state.draining;
         let writes = reads && state.writable;
+        if state.published == Some((reads, writes)) {
+            return;
+        }
+        state.published = Some((reads, writes));
         self.reporter.set_service_status("", status(reads)).await;
         for name in &self.reading {
             self.reporter.set_service_status(*name, status(reads)).await;
