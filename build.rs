@@ -28,12 +28,22 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.skip_debug(SECRET_BEARING);
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
+
+    // The benchmark's floor service, compiled apart so that it stays out of
+    // the descriptor set that reflection serves.
+    let bench = "proto/tokenauth/bench/v1/bench.proto";
+    println!("cargo:rerun-if-changed={bench}");
+    let mut bench_config = prost_build::Config::new();
+    bench_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(
+        bench_config,
+        &[PathBuf::from(bench)],
+        &includes,
+    )?;
+
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("tokenauth_descriptor.bin"))
-        .compile_with_config(
-            config,
-            &protos.map(PathBuf::from),
-            &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],
-        )?;
+        .compile_with_config(config, &protos.map(PathBuf::from), &includes)?;
     Ok(())
 }

@@ -16,6 +16,17 @@ mod generated {
 
 pub use generated::*;
 
+/// The benchmark harness's empty RPC (`benches/grpc.rs`); not served by tokenauth.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod bench {
+    tonic::include_proto!("tokenauth.bench.v1");
+}
+
 /// The descriptor set of every file in `proto/`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokenauth_descriptor");
 

@@ -9,7 +9,7 @@ use tonic::{server::NamedService, transport::server::TcpIncoming};
 use crate::{
     api::{audit::AuditApi, check::CheckApi, request_id::RequestIdLayer, tokens::TokenApi},
     cache::{CacheSettings, TokenCache},
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, LimitsConfig},
     domain::{service::TokenService, time::Timestamp},
     health::Health,
     metrics::Metrics,
@@ -262,32 +262,10 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     });
 
     let limits = &config.limits;
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(limits.http2_keepalive_interval));
+    let incoming = incoming(listener, limits);
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let draining_health = Arc::clone(&health);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let serving = builder
-        .http2_max_header_list_size(limits.max_header_list_bytes)
-        .max_concurrent_streams(Some(limits.max_concurrent_streams))
-        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-        .timeout(limits.request_timeout)
-        // Over the limit, refuse at once (RESOURCE_EXHAUSTED) instead of
-        // queueing without bound: the caller can retry elsewhere.
-        .load_shed(true)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(RequestIdLayer::new(Arc::clone(&metrics)))
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                    limits.max_concurrent_requests,
-                ))
-                .into_inner(),
-        )
+    let serving = grpc_server(limits, Arc::clone(&metrics), tls)?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -338,6 +316,54 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     metrics.shutdown();
     tracing::info!("stopped; database flushed");
     served.map_err(ServerError::from)
+}
+
+/// The layers every gRPC server of ours runs: the request id (outermost)
+/// and the global concurrency limit.
+pub type Layers = tower::layer::util::Stack<
+    tower::layer::util::Stack<
+        tower::limit::GlobalConcurrencyLimitLayer,
+        tower::layer::util::Stack<RequestIdLayer, tower::layer::util::Identity>,
+    >,
+    tower::layer::util::Identity,
+>;
+
+/// A tonic server with the settings of `limits`. The service is built with
+/// it, and so is the benchmark's empty-RPC floor, so that both are served
+/// the same way.
+pub fn grpc_server(
+    limits: &LimitsConfig,
+    metrics: Arc<Metrics>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<tonic::transport::Server<Layers>, ServerError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .timeout(limits.request_timeout)
+        // Over the limit, refuse at once (RESOURCE_EXHAUSTED) instead of
+        // queueing without bound: the caller can retry elsewhere.
+        .load_shed(true)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(RequestIdLayer::new(metrics))
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                ))
+                .into_inner(),
+        ))
+}
+
+/// Accepted connections as the server takes them: no Nagle delay, TCP keepalive.
+pub fn incoming(listener: TcpListener, limits: &LimitsConfig) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(limits.http2_keepalive_interval))
 }
 
 /// Serves `GET /metrics` (Prometheus text format) until `stop`.

@@ -1,0 +1,366 @@
+//! Load generator over gRPC on loopback: closed loop, N connections x M calls
+//! in flight, reporting p50/p90/p99/p99.9 and calls per second, each figure
+//! next to its floor measured in the same run (an empty RPC served by a
+//! server built exactly like tokenauth's). Not a test: run it with
+//! `cargo bench --bench grpc` (BENCH_SECONDS, BENCH_RUNS and BENCH_TOKENS
+//! tune it); it prints a Markdown report.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use tokenauth::{
+    config::Config,
+    metrics::Metrics,
+    proto::{
+        Actor, CheckRequest, IssueTokenRequest, OrgRole, RevokeAllRequest, TokenKind,
+        bench::{
+            Nothing,
+            floor_client::FloorClient,
+            floor_server::{Floor, FloorServer},
+        },
+        check_service_client::CheckServiceClient,
+        token_service_client::TokenServiceClient,
+    },
+    server,
+};
+use tonic::{Request, Response, Status, metadata::MetadataValue, transport::Channel};
+
+struct EmptyFloor;
+
+#[tonic::async_trait]
+impl Floor for EmptyFloor {
+    async fn empty(&self, _: Request<Nothing>) -> Result<Response<Nothing>, Status> {
+        Ok(Response::new(Nothing {}))
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One scenario's outcome.
+#[derive(Clone, Copy)]
+struct Figures {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    per_second: f64,
+}
+
+fn micros(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Runs `call` in a closed loop on every channel with `in_flight` calls each,
+/// for `seconds`, and returns latency percentiles (µs) and throughput.
+async fn closed_loop<C, F>(channels: &[Channel], in_flight: usize, seconds: u64, call: C) -> Figures
+where
+    C: Fn(Channel, u64) -> F + Send + Sync + 'static + Clone,
+    F: Future<Output = ()> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (c, channel) in channels.iter().enumerate() {
+        for slot in 0..in_flight {
+            let (channel, call) = (channel.clone(), call.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut histogram =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+                let mut n = (c * 1000 + slot) as u64 * 7919;
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    call(channel.clone(), n).await;
+                    histogram
+                        .record(started.elapsed().as_nanos() as u64)
+                        .unwrap();
+                    n += 1;
+                }
+                histogram
+            }));
+        }
+    }
+    let started = Instant::now();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for task in tasks {
+        all.add(task.await.unwrap()).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Figures {
+        p50: micros(&all, 0.5),
+        p90: micros(&all, 0.9),
+        p99: micros(&all, 0.99),
+        p999: micros(&all, 0.999),
+        per_second: all.len() as f64 / elapsed,
+    }
+}
+
+fn median(runs: Vec<Figures>) -> Figures {
+    let pick = |values: &mut Vec<f64>| {
+        values.sort_by(|a, b| a.total_cmp(b));
+        values[values.len() / 2]
+    };
+    let take = |f: fn(&Figures) -> f64| pick(&mut runs.iter().map(f).collect());
+    Figures {
+        p50: take(|f| f.p50),
+        p90: take(|f| f.p90),
+        p99: take(|f| f.p99),
+        p999: take(|f| f.p999),
+        per_second: take(|f| f.per_second),
+    }
+}
+
+fn row(name: &str, f: Figures) {
+    println!(
+        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+        f.p50, f.p90, f.p99, f.p999, f.per_second
+    );
+}
+
+async fn connect(addr: SocketAddr, count: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    channels
+}
+
+fn check_request(token: &str) -> CheckRequest {
+    CheckRequest {
+        token: token.to_owned(),
+        permission: "test_api:run".into(),
+        org_id: "org-bench".into(),
+        workspace_id: "ws-1".into(),
+    }
+}
+
+fn admin() -> Option<Actor> {
+    Some(Actor {
+        user_id: "bench".into(),
+        org_id: "org-bench".into(),
+        org_role: OrgRole::Admin as i32,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let seconds = env_or("BENCH_SECONDS", 3);
+    let runs = env_or("BENCH_RUNS", 3) as usize;
+    let stored = env_or("BENCH_TOKENS", 100_000) as usize;
+
+    // tokenauth, over its real store, with `stored` tokens and a cache far
+    // smaller than that, so random tokens are mostly cache misses.
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    support::write_pepper(&data_dir);
+    let credential = tokenauth::domain::secret::Secret::generate_control_plane().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.clone(),
+        ..Config::default()
+    };
+    config.control_plane.credentials = vec![tokenauth::config::CredentialConfig {
+        name: "bench".into(),
+        sha256: {
+            use sha2::Digest;
+            sha2::Sha256::digest(credential.expose().as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        },
+    }];
+    config.limits.max_concurrent_requests = 100_000;
+    let store = server::open_store(&config).unwrap();
+    let filled = Instant::now();
+    let secrets = Arc::new(support::fill(store.as_ref(), stored, "ws-1").await);
+    let fill_seconds = filled.elapsed().as_secs_f64();
+    let running = server::start_with_store(config.clone(), store)
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+
+    // The floor: an empty RPC, on a server built by the same function.
+    let floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let floor_addr = floor_listener.local_addr().unwrap();
+    let floor_metrics = Metrics::new(None, Duration::from_secs(60)).unwrap();
+    let mut floor_server = server::grpc_server(&config.limits, floor_metrics, None).unwrap();
+    tokio::spawn(
+        floor_server
+            .add_service(FloorServer::new(EmptyFloor))
+            .serve_with_incoming(server::incoming(floor_listener, &config.limits)),
+    );
+
+    println!("## gRPC on loopback ({runs} runs of {seconds}s each, medians; latencies in µs)\n");
+    println!("| scenario | p50 | p90 | p99 | p99.9 | calls/s |");
+    println!("|---|---|---|---|---|---|");
+
+    let hot = secrets[0].clone();
+    for (label, connections, in_flight) in
+        [("1 connection x 1", 1, 1), ("4 connections x 32", 4, 32)]
+    {
+        let floor_channels = connect(floor_addr, connections).await;
+        let channels = connect(addr, connections).await;
+        let (mut floors, mut checks) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            // Interleaved, so that both see the same machine.
+            floors.push(
+                closed_loop(
+                    &floor_channels,
+                    in_flight,
+                    seconds,
+                    |channel, _| async move {
+                        FloorClient::new(channel).empty(Nothing {}).await.unwrap();
+                    },
+                )
+                .await,
+            );
+            let token = hot.clone();
+            checks.push(
+                closed_loop(&channels, in_flight, seconds, move |channel, _| {
+                    let token = token.clone();
+                    async move {
+                        let r = CheckServiceClient::new(channel)
+                            .check(check_request(&token))
+                            .await
+                            .unwrap();
+                        assert!(r.into_inner().allowed);
+                    }
+                })
+                .await,
+            );
+        }
+        let (floor, check) = (median(floors), median(checks));
+        row(&format!("floor: empty RPC, {label}"), floor);
+        row(&format!("Check, cache hit, {label}"), check);
+        println!(
+            "| ratio Check / floor, {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            check.p50 / floor.p50,
+            check.p90 / floor.p90,
+            check.p99 / floor.p99,
+            check.p999 / floor.p999,
+            check.per_second / floor.per_second
+        );
+    }
+
+    // Cache misses: random tokens among `stored`, with a 100k-entry cache
+    // warmed by nothing: the first touch of each token reads sled.
+    let channels = connect(addr, 4).await;
+    let pool = Arc::clone(&secrets);
+    let miss = closed_loop(&channels, 8, seconds, move |channel, n| {
+        let token = pool[(n as usize * 2_654_435_761) % pool.len()].clone();
+        async move {
+            let r = CheckServiceClient::new(channel)
+                .check(check_request(&token))
+                .await
+                .unwrap();
+            assert!(r.into_inner().allowed);
+        }
+    })
+    .await;
+    row(
+        &format!("Check, mostly cache misses, {stored} tokens stored, 4 x 8"),
+        miss,
+    );
+
+    // Issue with durable acknowledgement: one writer, then 64 sharing flushes.
+    let bearer = MetadataValue::try_from(format!("Bearer {}", credential.expose())).unwrap();
+    for in_flight in [1usize, 64] {
+        let channels = connect(addr, 1).await;
+        let bearer = bearer.clone();
+        let issue = closed_loop(&channels, in_flight, seconds, move |channel, _| {
+            let bearer = bearer.clone();
+            async move {
+                let mut request = Request::new(IssueTokenRequest {
+                    kind: TokenKind::Service as i32,
+                    org_id: "org-bench".into(),
+                    workspace_id: "ws-issue".into(),
+                    name: "bench".into(),
+                    permissions: vec!["test_api:run".into()],
+                    expires_at: None,
+                    owner_user_id: String::new(),
+                    actor: admin(),
+                });
+                request.metadata_mut().insert("authorization", bearer);
+                TokenServiceClient::new(channel)
+                    .issue_token(request)
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        row(
+            &format!("IssueToken, durable, 1 connection x {in_flight}"),
+            issue,
+        );
+    }
+
+    // RevokeAll of 10,000 tokens, and the Checks right after it.
+    let bulk_dir = tempfile::tempdir().unwrap();
+    let mut bulk_config = config.clone();
+    bulk_config.data_dir = bulk_dir.path().join("data");
+    support::write_pepper(&bulk_config.data_dir);
+    let bulk_store = server::open_store(&bulk_config).unwrap();
+    let bulk_secrets = support::fill(bulk_store.as_ref(), 10_000, "ws-bulk").await;
+    let bulk = server::start_with_store(bulk_config, bulk_store)
+        .await
+        .unwrap();
+    let channel = connect(bulk.local_addr(), 1).await.remove(0);
+    let mut checks = CheckServiceClient::new(channel.clone());
+    for secret in bulk_secrets.iter().take(1000) {
+        let mut r = check_request(secret);
+        r.workspace_id = "ws-bulk".into();
+        assert!(checks.check(r).await.unwrap().into_inner().allowed);
+    }
+    let mut revoke = Request::new(RevokeAllRequest {
+        org_id: "org-bench".into(),
+        workspace_id: "ws-bulk".into(),
+        owner_user_id: String::new(),
+        kind: TokenKind::Service as i32,
+        actor: admin(),
+    });
+    revoke
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    let started = Instant::now();
+    let revoked = TokenServiceClient::new(channel)
+        .revoke_all(revoke)
+        .await
+        .unwrap()
+        .into_inner()
+        .revoked_count;
+    let revoke_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut allowed_after = 0;
+    for secret in &bulk_secrets {
+        let mut r = check_request(secret);
+        r.workspace_id = "ws-bulk".into();
+        if checks.check(r).await.unwrap().into_inner().allowed {
+            allowed_after += 1;
+        }
+    }
+    println!();
+    println!(
+        "RevokeAll of {revoked} tokens: {revoke_ms:.0} ms; Checks of all 10,000 right after it (1,000 of them cached as allowed before): {allowed_after} allowed."
+    );
+    println!("Filling {stored} tokens through the store took {fill_seconds:.1} s.");
+    bulk.shutdown().await.unwrap();
+    running.shutdown().await.unwrap();
+}

@@ -1,0 +1,132 @@
+//! What both benchmarks need: a token service over a real sled store in a
+//! temporary directory, with a known pepper, filled with tokens.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use tokenauth::{
+    cache::{CacheSettings, TokenCache},
+    config::Config,
+    domain::{
+        audit::{AuditAction, AuditEvent},
+        caller::{Caller, Method, Principal},
+        ids::{EventId, TokenId},
+        secret::{PepperKey, Secret},
+        time::Timestamp,
+        token::{StoredSecret, TokenKind, TokenRecord},
+    },
+    metrics::Metrics,
+    recorder::Recorder,
+    store::{SledStore, Store},
+};
+
+/// The pepper every benchmark uses (written to the data dir before start).
+pub const PEPPER: [u8; 32] = [7; 32];
+
+pub fn pepper_key() -> PepperKey {
+    PepperKey::new(1, &PEPPER)
+}
+
+/// Writes the known pepper file into `data_dir` (as `tokenauth serve` expects it).
+pub fn write_pepper(data_dir: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir).unwrap();
+    let hex: String = PEPPER.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(data_dir.join("pepper"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, format!("1 {hex}\n").as_bytes()).unwrap();
+}
+
+/// A service token record for `secret`, issued now.
+pub fn record_for(secret: &Secret, workspace: &str) -> TokenRecord {
+    let now = Timestamp::now();
+    TokenRecord {
+        id: TokenId::generate(now).unwrap(),
+        kind: TokenKind::Service,
+        org_id: "org-bench".into(),
+        workspace_id: workspace.into(),
+        name: "bench".into(),
+        owner_user_id: String::new(),
+        created_by: "bench".into(),
+        permissions: vec!["test_api:run".into()],
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+        secrets: vec![StoredSecret {
+            key_id: 1,
+            digest: pepper_key().digest(secret.expose()),
+            hint: secret.hint(),
+            retired_at: None,
+        }],
+    }
+}
+
+/// Stores `count` workspace-level service tokens directly (much faster than
+/// issuing them one RPC at a time) and returns their secrets.
+pub async fn fill(store: &dyn Store, count: usize, workspace: &str) -> Vec<String> {
+    let caller = Caller {
+        principal: Principal::ControlPlane {
+            credential: "bench".into(),
+            actor: None,
+        },
+        peer: None,
+        request_id: String::new(),
+    };
+    let mut secrets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let secret = Secret::generate(TokenKind::Service).unwrap();
+        let record = record_for(&secret, workspace);
+        let now = Timestamp::now();
+        let event = AuditEvent::change(
+            EventId::generate(now).unwrap(),
+            now,
+            &caller,
+            Method::IssueToken,
+            AuditAction::Issued,
+            Some(&record),
+        );
+        store.insert_token(&record, &event).await.unwrap();
+        secrets.push(secret.expose().to_owned());
+    }
+    store.durable().await.unwrap();
+    secrets
+}
+
+/// A token service over a fresh sled store in `dir`, with the known pepper.
+pub async fn service(
+    dir: &std::path::Path,
+    cache_capacity: u64,
+) -> (
+    Arc<tokenauth::domain::service::TokenService>,
+    Arc<dyn Store>,
+) {
+    write_pepper(dir);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db")).unwrap());
+    let keyring = tokenauth::pepper::open(&dir.join("pepper"), store.as_ref())
+        .await
+        .unwrap();
+    let config = Config::default();
+    let policy = config.policy().unwrap();
+    let metrics = Metrics::new(None, std::time::Duration::from_secs(60)).unwrap();
+    let recorder = Arc::new(Recorder::new(policy.catalogue.clone()));
+    let cache = TokenCache::new(&CacheSettings {
+        capacity: cache_capacity,
+        negative_capacity: config.cache.negative_capacity,
+        negative_ttl: config.cache.negative_ttl,
+    });
+    let service = tokenauth::domain::service::TokenService::new(
+        Arc::clone(&store),
+        cache,
+        keyring,
+        policy,
+        recorder,
+        metrics,
+    );
+    (Arc::new(service), store)
+}
