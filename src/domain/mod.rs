@@ -8,6 +8,7 @@ pub mod caller;
 pub mod ids;
 pub mod pagination;
 pub mod permissions;
+pub mod routes;
 pub mod secret;
 pub mod service;
 pub mod time;
