@@ -11,6 +11,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod ext_authz;
+
 use crate::domain::{
     authz::Roles,
     permissions::{Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS},
@@ -50,6 +52,8 @@ pub struct Config {
     pub control_plane: ControlPlaneConfig,
     pub audit: AuditConfig,
     pub usage: UsageConfig,
+    /// `[ext_authz]`: the Envoy ext_authz endpoint's route rules (see `config/ext_authz.rs`).
+    pub ext_authz: ext_authz::ExtAuthzConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             control_plane: ControlPlaneConfig::default(),
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
+            ext_authz: ext_authz::ExtAuthzConfig::default(),
         }
     }
 }
