@@ -7,11 +7,13 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
 use crate::{
-    api::{audit::AuditApi, check::CheckApi, tokens::TokenApi},
+    api::{audit::AuditApi, check::CheckApi, ext_authz::ExtAuthzApi, tokens::TokenApi},
     cache::{CacheSettings, TokenCache},
-    config::{Config, ConfigError},
-    domain::{service::TokenService, time::Timestamp},
+    config::{Config, ConfigError, ext_authz::ExtAuthzConfigError},
+    domain::{ext_authz::ExtAuthz, service::TokenService, time::Timestamp},
     pepper::{self, PepperError},
     proto::{
         audit_service_server::AuditServiceServer, check_service_server::CheckServiceServer,
@@ -26,6 +28,8 @@ use crate::{
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    ExtAuthzConfig(#[from] ExtAuthzConfigError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -97,6 +101,7 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     let policy = config.policy()?;
+    let ext_authz_policy = config.ext_authz.compile(&policy.catalogue)?;
     let keyring = pepper::open(&config.pepper_path(), store.as_ref()).await?;
     let recorder = Arc::new(Recorder::new(policy.catalogue.clone()));
     let cache = TokenCache::new(&CacheSettings {
@@ -111,6 +116,7 @@ pub async fn start_with_store(
         policy,
         Arc::clone(&recorder),
     ));
+    let ext_authz = ExtAuthz::new(Arc::clone(&service), ext_authz_policy);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -123,9 +129,17 @@ pub async fn start_with_store(
         source,
     })?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(config, service, store, recorder, listener, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(serve(
+        config,
+        service,
+        ext_authz,
+        store,
+        recorder,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     tracing::info!(%local_addr, "tokenauth listening");
     Ok(RunningServer {
         local_addr,
@@ -157,6 +171,7 @@ async fn set_serving(reporter: &HealthReporter, serving: bool) {
         <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
         <CheckServiceServer<CheckApi> as tonic::server::NamedService>::NAME,
         <AuditServiceServer<AuditApi> as tonic::server::NamedService>::NAME,
+        <AuthorizationServer<ExtAuthzApi> as tonic::server::NamedService>::NAME,
     ] {
         reporter.set_service_status(name, status).await;
     }
@@ -165,6 +180,7 @@ async fn set_serving(reporter: &HealthReporter, serving: bool) {
 async fn serve(
     config: Config,
     service: Arc<TokenService>,
+    ext_authz: ExtAuthz,
     store: Arc<dyn Store>,
     recorder: Arc<Recorder>,
     listener: TcpListener,
@@ -174,11 +190,13 @@ async fn serve(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::api::ext_authz::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StoreError::Unavailable(format!("reflection: {e}")))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::api::ext_authz::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StoreError::Unavailable(format!("reflection: {e}")))?;
 
@@ -188,6 +206,8 @@ async fn serve(
     let check = CheckServiceServer::new(CheckApi::new(Arc::clone(&service)))
         .max_decoding_message_size(max_request);
     let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&service)))
+        .max_decoding_message_size(max_request);
+    let mesh = AuthorizationServer::new(ExtAuthzApi::new(ext_authz))
         .max_decoding_message_size(max_request);
 
     let flusher =
@@ -205,6 +225,7 @@ async fn serve(
         .add_service(tokens)
         .add_service(check)
         .add_service(audit)
+        .add_service(mesh)
         .serve_with_incoming_shutdown(incoming, async move {
             stop.await;
             set_serving(&draining_health, false).await;
