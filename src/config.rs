@@ -16,6 +16,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub mod ext_authz;
+
 use crate::domain::{
     authz::Roles,
     permissions::{Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS},
@@ -70,6 +72,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub telemetry: TelemetryConfig,
+    /// `[ext_authz]`: the Envoy ext_authz endpoint's route rules (see `config/ext_authz.rs`).
+    pub ext_authz: ext_authz::ExtAuthzConfig,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
             telemetry: TelemetryConfig::default(),
+            ext_authz: ext_authz::ExtAuthzConfig::default(),
         }
     }
 }

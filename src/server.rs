@@ -6,11 +6,16 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{server::NamedService, transport::server::TcpIncoming};
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
 use crate::{
-    api::{audit::AuditApi, check::CheckApi, request_id::RequestIdLayer, tokens::TokenApi},
+    api::{
+        audit::AuditApi, check::CheckApi, ext_authz::ExtAuthzApi, request_id::RequestIdLayer,
+        tokens::TokenApi,
+    },
     cache::{CacheSettings, TokenCache},
-    config::{Config, ConfigError, LimitsConfig},
-    domain::{service::TokenService, time::Timestamp},
+    config::{Config, ConfigError, LimitsConfig, ext_authz::ExtAuthzConfigError},
+    domain::{ext_authz::ExtAuthz, service::TokenService, time::Timestamp},
     health::Health,
     metrics::Metrics,
     pepper::{self, PepperError},
@@ -27,6 +32,8 @@ use crate::{
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    ExtAuthzConfig(#[from] ExtAuthzConfigError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -111,6 +118,7 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     let policy = config.policy()?;
+    let ext_authz_policy = config.ext_authz.compile(&policy.catalogue)?;
     let metrics = Metrics::new(
         config.telemetry.otlp_endpoint.as_deref(),
         config.telemetry.otlp_metrics_interval,
@@ -131,6 +139,7 @@ pub async fn start_with_store(
         Arc::clone(&recorder),
         Arc::clone(&metrics),
     ));
+    let ext_authz = ExtAuthz::new(Arc::clone(&service), ext_authz_policy);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -157,6 +166,7 @@ pub async fn start_with_store(
         config,
         tls,
         service,
+        ext_authz,
         store,
         recorder,
         metrics,
@@ -192,6 +202,7 @@ struct Parts {
     config: Config,
     tls: Option<tonic::transport::ServerTlsConfig>,
     service: Arc<TokenService>,
+    ext_authz: ExtAuthz,
     store: Arc<dyn Store>,
     recorder: Arc<Recorder>,
     metrics: Arc<Metrics>,
@@ -204,6 +215,7 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         config,
         tls,
         service,
+        ext_authz,
         store,
         recorder,
         metrics,
@@ -214,11 +226,13 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::api::ext_authz::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StoreError::Unavailable(format!("reflection: {e}")))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::api::ext_authz::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StoreError::Unavailable(format!("reflection: {e}")))?;
 
@@ -229,10 +243,15 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         .max_decoding_message_size(max_request);
     let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&service)))
         .max_decoding_message_size(max_request);
+    let mesh = AuthorizationServer::new(ExtAuthzApi::new(ext_authz))
+        .max_decoding_message_size(max_request);
 
     let health = Health::new(
         health,
-        vec![<CheckServiceServer<CheckApi> as NamedService>::NAME],
+        vec![
+            <CheckServiceServer<CheckApi> as NamedService>::NAME,
+            <AuthorizationServer<ExtAuthzApi> as NamedService>::NAME,
+        ],
         vec![
             <TokenServiceServer<TokenApi> as NamedService>::NAME,
             <AuditServiceServer<AuditApi> as NamedService>::NAME,
@@ -272,6 +291,7 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         .add_service(tokens)
         .add_service(check)
         .add_service(audit)
+        .add_service(mesh)
         .serve_with_incoming_shutdown(incoming, async move {
             stop.await;
             draining_health.draining().await;

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod check;
 mod convert;
+pub mod ext_authz;
 pub mod request_id;
 pub mod status;
 pub mod tokens;

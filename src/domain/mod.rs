@@ -5,9 +5,11 @@
 pub mod audit;
 pub mod authz;
 pub mod caller;
+pub mod ext_authz;
 pub mod ids;
 pub mod pagination;
 pub mod permissions;
+pub mod routes;
 pub mod secret;
 pub mod service;
 pub mod time;

@@ -1,7 +1,14 @@
 //! A wrapper around the real store that widens race windows, for tests that
-//! must catch what a fast machine would hide. Everything else is delegated.
+//! must catch what a fast machine would hide, or fails reads on demand.
+//! Everything else is delegated.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use tokenauth::{
@@ -31,6 +38,8 @@ pub struct Delays {
     pub after_revoke_all: Duration,
     /// While set, write probes fail as a full or read-only disk would.
     pub refuse_writes: std::sync::atomic::AtomicBool,
+    /// While set, reads by digest (Check's cache misses) fail as an unavailable store would.
+    pub fail_digest_reads: Arc<AtomicBool>,
 }
 
 pub struct Delayed {
@@ -52,6 +61,9 @@ impl Delayed {
 #[async_trait]
 impl Store for Delayed {
     async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        if self.delays.fail_digest_reads.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected failure".into()));
+        }
         let record = self.inner.token_by_digest(digest).await;
         tokio::time::sleep(self.delays.after_digest_read).await;
         record

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod deploy;
+mod ext_authz;
 mod faults;
 mod governance;
 mod harness;

@@ -1,0 +1,357 @@
+//! `envoy.service.auth.v3.Authorization`: Envoy's (and Istio's) ext_authz
+//! Check, on the same port as the rest. Converts Envoy's attribute context
+//! into a domain `HttpRequest`, asks `domain::ext_authz`, and converts the
+//! verdict back: an allow as an `OkHttpResponse` (identity headers set,
+//! reserved and credential headers removed), a deny as a
+//! `DeniedHttpResponse` (status, `WWW-Authenticate`, a JSON body). Both carry
+//! the decision in `dynamic_metadata` for Envoy's access logs. Only an
+//! internal fault is an RPC error, so that Envoy's `failure_mode_allow` and
+//! `status_on_error` apply to faults and to nothing else.
+
+use std::collections::HashMap;
+
+use envoy_types::{
+    ext_authz::v3::pb::{
+        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+        HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    },
+    pb::{
+        envoy::config::core::v3::HeaderValue,
+        google::{
+            protobuf::{Struct, Value, value::Kind},
+            rpc,
+        },
+    },
+};
+use tonic::{Code, Request, Response, Status};
+
+use crate::domain::ext_authz::{Allow, Denial, ExtAuthz, HttpRequest, Identity, Verdict};
+
+/// The descriptor set of `envoy/service/auth/v3/external_auth.proto` and its
+/// imports, for reflection (built from `proto/third_party` by build.rs).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("envoy_ext_authz_descriptor");
+
+/// The gRPC face of the mesh authorizer.
+pub struct ExtAuthzApi {
+    authz: ExtAuthz,
+}
+
+impl ExtAuthzApi {
+    pub fn new(authz: ExtAuthz) -> Self {
+        Self { authz }
+    }
+}
+
+/// The HTTP request Envoy describes, if it describes one. Header names are
+/// lower-cased (Envoy already does; a hand-written client may not), and taken
+/// from `header_map` when Envoy sends raw headers (`encode_raw_headers`).
+fn http_request(request: &CheckRequest) -> Option<HttpRequest> {
+    let attributes = request.attributes.as_ref()?;
+    let http = attributes.request.as_ref()?.http.as_ref()?;
+    let mut headers: Vec<(String, String)> = if http.headers.is_empty() {
+        http.header_map
+            .iter()
+            .flat_map(|map| &map.headers)
+            .map(|header| {
+                let value = if header.raw_value.is_empty() {
+                    header.value.clone()
+                } else {
+                    String::from_utf8_lossy(&header.raw_value).into_owned()
+                };
+                (header.key.to_ascii_lowercase(), value)
+            })
+            .collect()
+    } else {
+        http.headers
+            .iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+            .collect()
+    };
+    // A map's order is random; a stable order keeps responses reproducible.
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    let pseudo = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let method = if http.method.is_empty() {
+        pseudo(":method")
+    } else {
+        http.method.clone()
+    };
+    let path = if http.path.is_empty() {
+        pseudo(":path")
+    } else {
+        http.path.clone()
+    };
+    Some(HttpRequest {
+        method,
+        path,
+        headers,
+        context_extensions: attributes.context_extensions.clone(),
+    })
+}
+
+fn header(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
+        // With the deprecated `append` unset, OVERWRITE_IF_EXISTS_OR_ADD is
+        // honoured by every Envoy since v3: the header is set, not appended.
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
+fn string(value: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(value.to_owned())),
+    }
+}
+
+/// What Envoy stores under `envoy.filters.http.ext_authz` for its access logs.
+fn metadata(
+    decision: &str,
+    identity: Option<&Identity>,
+    permission: Option<&str>,
+    route: Option<&str>,
+) -> Struct {
+    let mut fields = HashMap::new();
+    fields.insert("decision".to_owned(), string(decision));
+    for (key, value) in [("permission", permission), ("route", route)] {
+        if let Some(value) = value {
+            fields.insert(key.to_owned(), string(value));
+        }
+    }
+    if let Some(identity) = identity {
+        for (key, value) in [
+            ("token_id", identity.token_id.as_str()),
+            ("kind", identity.kind_name()),
+            ("owner_user_id", identity.owner_user_id.as_str()),
+            ("org_id", identity.org_id.as_str()),
+            ("workspace_id", identity.workspace_id.as_str()),
+        ] {
+            if !value.is_empty() {
+                fields.insert(key.to_owned(), string(value));
+            }
+        }
+    }
+    Struct { fields }
+}
+
+fn allowed(allow: &Allow, permission: Option<&str>, route: Option<&str>) -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: Code::Ok as i32,
+            message: String::new(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: Some(metadata(
+            "allow",
+            allow.identity.as_ref(),
+            permission,
+            route,
+        )),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: allow
+                .set
+                .iter()
+                .map(|(name, value)| header(name, value))
+                .collect(),
+            headers_to_remove: allow.remove.clone(),
+            ..OkHttpResponse::default()
+        })),
+    }
+}
+
+fn denied(
+    denial: &Denial,
+    identity: Option<&Identity>,
+    permission: Option<&str>,
+    route: Option<&str>,
+) -> CheckResponse {
+    let code = match denial.http_status() {
+        401 => Code::Unauthenticated,
+        400 => Code::InvalidArgument,
+        _ => Code::PermissionDenied,
+    };
+    let body = serde_json::json!({
+        "code": denial.code(),
+        "message": denial.message(permission),
+    })
+    .to_string();
+    let mut headers = vec![header("content-type", "application/json")];
+    if let Some(challenge) = denial.www_authenticate() {
+        headers.push(header("www-authenticate", challenge));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code as i32,
+            message: denial.code().to_owned(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: Some(metadata(denial.code(), identity, permission, route)),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(denial.http_status()),
+            }),
+            headers,
+            body,
+        })),
+    }
+}
+
+fn verdict_to_proto(verdict: &Verdict) -> CheckResponse {
+    match verdict {
+        Verdict::Allow {
+            allow,
+            permission,
+            route,
+        } => allowed(allow, permission.as_deref(), route.as_deref()),
+        Verdict::Deny {
+            denial,
+            identity,
+            permission,
+            route,
+        } => {
+            tracing::debug!(
+                code = denial.code(), permission = ?permission, route = ?route,
+                token_id = ?identity.as_ref().map(|i| &i.token_id), "ext_authz denied"
+            );
+            denied(
+                denial,
+                identity.as_ref(),
+                permission.as_deref(),
+                route.as_deref(),
+            )
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzApi {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let http = http_request(request.get_ref());
+        let verdict = self.authz.authorize(http.as_ref()).await?;
+        Ok(Response::new(verdict_to_proto(&verdict)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::{
+        config::core::v3::HeaderMap,
+        service::auth::v3::{AttributeContext, attribute_context},
+    };
+
+    fn check_request(http: attribute_context::HttpRequest) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(http),
+                }),
+                context_extensions: HashMap::from([("org_id".to_owned(), "org-1".to_owned())]),
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn requests_are_read_from_headers_or_raw_header_maps() {
+        let from_map = check_request(attribute_context::HttpRequest {
+            method: "GET".into(),
+            path: "/v2?x=1".into(),
+            headers: HashMap::from([("Authorization".to_owned(), "Bearer t".to_owned())]),
+            ..Default::default()
+        });
+        let request = http_request(&from_map).unwrap();
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.path, "/v2?x=1");
+        assert_eq!(
+            request.headers,
+            vec![("authorization".into(), "Bearer t".into())]
+        );
+        assert_eq!(request.context_extensions["org_id"], "org-1");
+
+        let raw = check_request(attribute_context::HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    HeaderValue {
+                        key: ":method".into(),
+                        value: String::new(),
+                        raw_value: b"POST".to_vec(),
+                    },
+                    HeaderValue {
+                        key: ":path".into(),
+                        value: String::new(),
+                        raw_value: b"/v2".to_vec(),
+                    },
+                    HeaderValue {
+                        key: "x-tokenauth-org-id".into(),
+                        value: String::new(),
+                        raw_value: b"a".to_vec(),
+                    },
+                    HeaderValue {
+                        key: "x-tokenauth-org-id".into(),
+                        value: String::new(),
+                        raw_value: b"b".to_vec(),
+                    },
+                ],
+            }),
+            ..Default::default()
+        });
+        let request = http_request(&raw).unwrap();
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("POST", "/v2")
+        );
+        assert_eq!(
+            request
+                .headers
+                .iter()
+                .filter(|(n, _)| n == "x-tokenauth-org-id")
+                .count(),
+            2,
+            "repeated raw headers stay separate"
+        );
+        assert!(http_request(&CheckRequest::default()).is_none());
+    }
+
+    #[test]
+    fn denials_carry_status_challenge_and_json_body() {
+        let response = denied(
+            &Denial::MissingCredential,
+            None,
+            Some("test_api:run"),
+            Some("/v2/test"),
+        );
+        assert_eq!(response.status.unwrap().code, Code::Unauthenticated as i32);
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+            panic!("not a denial");
+        };
+        assert_eq!(denied.status.unwrap().code, 401);
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(body["code"], "missing_credential");
+        let headers: Vec<(String, String)> = denied
+            .headers
+            .into_iter()
+            .map(|h| {
+                let h = h.header.unwrap();
+                (h.key, h.value)
+            })
+            .collect();
+        assert!(headers.contains(&("content-type".into(), "application/json".into())));
+        assert!(headers.contains(&("www-authenticate".into(), "Bearer".into())));
+    }
+}

@@ -1,0 +1,746 @@
+//! The mesh's authorization decision (Envoy ext_authz), as plain values: an
+//! HTTP request in, a verdict out (allow with the headers the upstream gets,
+//! or deny with an HTTP status, a code and a message). The decision itself is
+//! `TokenService::check`, so usage recording, exact expiry and the revocation
+//! guarantees apply unchanged; this module only finds the credential, the
+//! route and the ids, and shapes the answer.
+//!
+//! Identity headers: Envoy applies a response's header mutations before its
+//! `headers_to_remove`, and an overwrite replaces only the *first* copy of a
+//! header. So a header we set must never be in `headers_to_remove` (that
+//! would remove ours), and a client copy of a header we set can only be made
+//! harmless by refusing the request when it differs from ours; identity
+//! headers we do not set are removed, every copy.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::{
+    Error,
+    caller::parse_bearer,
+    routes::{IdProblem, PathError, RequestView, Route, RouteTable},
+    service::{CheckOrigin, TokenService},
+    token::{Reason, TokenKind, TokenRecord, validate_check_query},
+};
+
+/// The identity headers the upstream receives, in a fixed order.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-tokenauth-token-id",
+    "x-tokenauth-kind",
+    "x-tokenauth-owner",
+    "x-tokenauth-org-id",
+    "x-tokenauth-workspace-id",
+];
+
+/// Every client header with this prefix is removed (or, for one we set,
+/// checked): the prefix is ours, so future identity headers are covered too.
+pub const RESERVED_HEADER_PREFIX: &str = "x-tokenauth-";
+
+/// What happens to a request that no route matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmatched {
+    /// Denied with 403 (`no_route`).
+    Deny,
+    /// Forwarded without a Check and without identity headers.
+    Allow,
+}
+
+/// The rules of the mesh endpoint, from configuration (validated).
+#[derive(Clone, Debug)]
+pub struct ExtAuthzPolicy {
+    pub routes: RouteTable,
+    pub unmatched: Unmatched,
+    /// A lower-case header that may carry the token instead of `authorization: Bearer`.
+    pub api_key_header: Option<String>,
+    /// Remove `authorization` (and the API-key header) from allowed requests.
+    pub strip_credentials: bool,
+}
+
+/// An HTTP request as the proxy describes it.
+#[derive(Clone, Debug, Default)]
+pub struct HttpRequest {
+    /// Upper-case, as the proxy sends it.
+    pub method: String,
+    /// The request target: path and query string, not decoded.
+    pub path: String,
+    /// Names lower-case; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// Envoy's per-route `context_extensions` (set by the operator, not the client).
+    pub context_extensions: HashMap<String, String>,
+}
+
+impl RequestView for HttpRequest {
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn context_extension(&self, key: &str) -> Option<&str> {
+        self.context_extensions.get(key).map(String::as_str)
+    }
+}
+
+/// Who a found token is, for the upstream and the proxy's logs. Never the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub token_id: String,
+    pub kind: TokenKind,
+    pub owner_user_id: String,
+    pub org_id: String,
+    /// Empty for an organization-level token.
+    pub workspace_id: String,
+}
+
+impl Identity {
+    pub fn of(record: &TokenRecord) -> Self {
+        Self {
+            token_id: record.id.to_string(),
+            kind: record.kind,
+            owner_user_id: record.owner_user_id.clone(),
+            org_id: record.org_id.clone(),
+            workspace_id: record.workspace_id.clone(),
+        }
+    }
+
+    /// `PERSONAL` or `SERVICE`, as the gRPC API spells the kinds.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            TokenKind::Personal => "PERSONAL",
+            TokenKind::Service => "SERVICE",
+        }
+    }
+
+    /// The identity headers with their values (empty: not applicable).
+    pub fn headers(&self) -> [(&'static str, &str); 5] {
+        let [token_id, kind, owner, org_id, workspace_id] = IDENTITY_HEADERS;
+        [
+            (token_id, self.token_id.as_str()),
+            (kind, self.kind_name()),
+            (owner, self.owner_user_id.as_str()),
+            (org_id, self.org_id.as_str()),
+            (workspace_id, self.workspace_id.as_str()),
+        ]
+    }
+}
+
+/// Why a request is refused. Each has an HTTP status, a stable code for the
+/// JSON body and logs, and a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// The check request describes no HTTP request (e.g. a network filter).
+    NotHttp,
+    InvalidPath(PathError),
+    /// No route matches, and unmatched routes are denied.
+    NoRoute,
+    MissingCredential,
+    /// Both `authorization` and the API-key header, or either one twice.
+    MultipleCredentials,
+    /// `authorization` is not `Bearer <token>`.
+    MalformedCredential(&'static str),
+    /// The route's org or workspace id is not in the request.
+    MissingId {
+        field: &'static str,
+        problem: IdProblem,
+    },
+    /// The id found is not a valid id.
+    InvalidId {
+        field: &'static str,
+        reason: String,
+    },
+    /// The token's own decision.
+    Token(Reason),
+    /// A client copy of an identity header we set disagrees with ours.
+    IdentityHeaderConflict(&'static str),
+}
+
+/// The `WWW-Authenticate` challenges (RFC 6750).
+const CHALLENGE: &str = "Bearer";
+const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+const INSUFFICIENT_SCOPE: &str = "Bearer error=\"insufficient_scope\"";
+const INVALID_REQUEST: &str = "Bearer error=\"invalid_request\"";
+
+impl Denial {
+    /// The HTTP status the client receives.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Denial::NotHttp
+            | Denial::InvalidPath(_)
+            | Denial::MultipleCredentials
+            | Denial::IdentityHeaderConflict(_) => 400,
+            Denial::MissingCredential | Denial::MalformedCredential(_) => 401,
+            Denial::Token(
+                Reason::Malformed | Reason::NotFound | Reason::Revoked | Reason::Expired,
+            ) => 401,
+            Denial::NoRoute
+            | Denial::MissingId { .. }
+            | Denial::InvalidId { .. }
+            | Denial::Token(Reason::WrongScope | Reason::InsufficientPermission | Reason::Ok) => {
+                403
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` value, for credential problems only. A missing
+    /// credential gets a bare challenge: RFC 6750 §3.1 asks for no error code
+    /// when the request carried no authentication at all.
+    pub fn www_authenticate(&self) -> Option<&'static str> {
+        match self {
+            Denial::MissingCredential => Some(CHALLENGE),
+            Denial::MultipleCredentials => Some(INVALID_REQUEST),
+            Denial::MalformedCredential(_) => Some(INVALID_TOKEN),
+            Denial::Token(
+                Reason::Malformed | Reason::NotFound | Reason::Revoked | Reason::Expired,
+            ) => Some(INVALID_TOKEN),
+            Denial::Token(Reason::WrongScope | Reason::InsufficientPermission) => {
+                Some(INSUFFICIENT_SCOPE)
+            }
+            _ => None,
+        }
+    }
+
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::NotHttp | Denial::MultipleCredentials => "invalid_request",
+            Denial::InvalidPath(_) => "invalid_path",
+            Denial::NoRoute => "no_route",
+            Denial::MissingCredential => "missing_credential",
+            Denial::MalformedCredential(_) | Denial::Token(Reason::Malformed) => "malformed_token",
+            Denial::Token(Reason::NotFound) => "unknown_token",
+            Denial::Token(Reason::Revoked) => "revoked_token",
+            Denial::Token(Reason::Expired) => "expired_token",
+            Denial::Token(Reason::WrongScope) => "wrong_scope",
+            Denial::Token(Reason::InsufficientPermission | Reason::Ok) => "insufficient_permission",
+            Denial::MissingId {
+                field: "org_id", ..
+            } => "missing_org_id",
+            Denial::MissingId { .. } => "missing_workspace_id",
+            Denial::InvalidId {
+                field: "org_id", ..
+            } => "invalid_org_id",
+            Denial::InvalidId { .. } => "invalid_workspace_id",
+            Denial::IdentityHeaderConflict(_) => "identity_header_conflict",
+        }
+    }
+
+    /// A sentence for the client. Never the token.
+    pub fn message(&self, permission: Option<&str>) -> String {
+        let needed = permission.unwrap_or("the route's permission");
+        match self {
+            Denial::NotHttp => "the check request describes no HTTP request".into(),
+            Denial::InvalidPath(why) => format!("{why}"),
+            Denial::NoRoute => "no route rule matches this method and path".into(),
+            Denial::MissingCredential => {
+                "a credential is required (authorization: Bearer <token>)".into()
+            }
+            Denial::MultipleCredentials => "present exactly one credential".into(),
+            Denial::MalformedCredential(why) => (*why).to_owned(),
+            Denial::Token(Reason::Malformed) => "the token is malformed".into(),
+            Denial::Token(Reason::NotFound) => "the token is not known".into(),
+            Denial::Token(Reason::Revoked) => "the token has been revoked".into(),
+            Denial::Token(Reason::Expired) => "the token has expired".into(),
+            Denial::Token(Reason::WrongScope) => {
+                "the token belongs to another organization or workspace".into()
+            }
+            Denial::Token(Reason::InsufficientPermission | Reason::Ok) => {
+                format!("the token does not hold {needed}")
+            }
+            Denial::MissingId { field, problem } => match problem {
+                IdProblem::Missing(source) => format!("no {field} in the request ({source})"),
+                IdProblem::Ambiguous(source) => {
+                    format!("{field}: {source} appears more than once")
+                }
+            },
+            Denial::InvalidId { field, reason } => format!("{field}: {reason}"),
+            Denial::IdentityHeaderConflict(name) => format!(
+                "the request carries its own {name} header, which tokenauth sets: remove it"
+            ),
+        }
+    }
+}
+
+/// An allowed request: what the proxy changes before forwarding it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allow {
+    /// Headers to set, overwriting.
+    pub set: Vec<(&'static str, String)>,
+    /// Headers to remove, every copy. Never one of `set`.
+    pub remove: Vec<String>,
+    pub identity: Option<Identity>,
+}
+
+/// The answer, with what the proxy may log about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow {
+        allow: Allow,
+        /// The permission checked and the route pattern (none when unmatched).
+        permission: Option<String>,
+        route: Option<String>,
+    },
+    Deny {
+        denial: Denial,
+        identity: Option<Identity>,
+        permission: Option<String>,
+        route: Option<String>,
+    },
+}
+
+impl Verdict {
+    fn deny(denial: Denial) -> Self {
+        Verdict::Deny {
+            denial,
+            identity: None,
+            permission: None,
+            route: None,
+        }
+    }
+
+    fn deny_on(denial: Denial, route: &Route, identity: Option<Identity>) -> Self {
+        Verdict::Deny {
+            denial,
+            identity,
+            permission: Some(route.permission.clone()),
+            route: Some(route.pattern.as_str().to_owned()),
+        }
+    }
+}
+
+/// The mesh authorizer: route rules over the token service.
+pub struct ExtAuthz {
+    service: Arc<TokenService>,
+    policy: ExtAuthzPolicy,
+}
+
+impl ExtAuthz {
+    pub fn new(service: Arc<TokenService>, policy: ExtAuthzPolicy) -> Self {
+        Self { service, policy }
+    }
+
+    /// Decides on `request`. A deny is a verdict; only an internal fault (the
+    /// store failing on a cache miss) is an error.
+    pub async fn authorize(&self, request: Option<&HttpRequest>) -> Result<Verdict, Error> {
+        let Some(request) = request else {
+            return Ok(Verdict::deny(Denial::NotHttp));
+        };
+        let path = match self.policy.routes.normalize(&request.path) {
+            Ok(path) => path,
+            Err(why) => return Ok(Verdict::deny(Denial::InvalidPath(why))),
+        };
+        let Some(matched) = self.policy.routes.find(&request.method, &path) else {
+            return Ok(match self.policy.unmatched {
+                Unmatched::Deny => Verdict::deny(Denial::NoRoute),
+                Unmatched::Allow => Verdict::Allow {
+                    // With no identity there is nothing to conflict with.
+                    allow: upstream_headers(&self.policy, request, None)
+                        .map_err(|name| Error::Internal(format!("conflict on {name}")))?,
+                    permission: None,
+                    route: None,
+                },
+            });
+        };
+        let route = matched.route;
+        let presented = match credential(&self.policy, request) {
+            Ok(presented) => presented,
+            Err(denial) => return Ok(Verdict::deny_on(denial, route, None)),
+        };
+        let ids = route_ids(route, &matched.captures, request);
+        let (org_id, workspace_id) = match ids {
+            Ok(ids) => ids,
+            Err(denial) => return Ok(Verdict::deny_on(denial, route, None)),
+        };
+        let query = match validate_check_query(
+            self.service.catalogue(),
+            &route.permission,
+            &org_id,
+            &workspace_id,
+        ) {
+            Ok(query) => query,
+            Err(Error::InvalidArgument {
+                field: field @ ("org_id" | "workspace_id"),
+                reason,
+            }) => {
+                return Ok(Verdict::deny_on(
+                    Denial::InvalidId { field, reason },
+                    route,
+                    None,
+                ));
+            }
+            // The permission was validated against this catalogue at startup.
+            Err(other) => {
+                return Err(Error::Internal(format!(
+                    "route {}: {other}",
+                    route.pattern.as_str()
+                )));
+            }
+        };
+        // Envoy sets x-request-id on every request it proxies.
+        let origin = CheckOrigin {
+            peer: None,
+            request_id: request.header_values("x-request-id").first().copied(),
+        };
+        let decision = self.service.check(presented, &query, &origin).await?;
+        let identity = decision.token.as_ref().map(|t| Identity::of(&t.record));
+        if !decision.allowed() {
+            return Ok(Verdict::deny_on(
+                Denial::Token(decision.reason),
+                route,
+                identity,
+            ));
+        }
+        Ok(
+            match upstream_headers(&self.policy, request, identity.as_ref()) {
+                Ok(allow) => Verdict::Allow {
+                    allow,
+                    permission: Some(route.permission.clone()),
+                    route: Some(route.pattern.as_str().to_owned()),
+                },
+                Err(name) => {
+                    Verdict::deny_on(Denial::IdentityHeaderConflict(name), route, identity)
+                }
+            },
+        )
+    }
+}
+
+/// The token the request presents, from `authorization: Bearer` or the API-key header.
+fn credential<'r>(policy: &ExtAuthzPolicy, request: &'r HttpRequest) -> Result<&'r str, Denial> {
+    let bearer = request.header_values("authorization");
+    let api_key = policy
+        .api_key_header
+        .as_deref()
+        .map(|name| request.header_values(name))
+        .unwrap_or_default();
+    match (bearer.as_slice(), api_key.as_slice()) {
+        ([], []) => Err(Denial::MissingCredential),
+        ([header], []) => parse_bearer(header).map_err(Denial::MalformedCredential),
+        ([], [key]) => match key.trim_matches([' ', '\t']) {
+            "" => Err(Denial::MissingCredential),
+            key => Ok(key),
+        },
+        _ => Err(Denial::MultipleCredentials),
+    }
+}
+
+/// The organization and workspace ids a matched route names.
+fn route_ids(
+    route: &Route,
+    captures: &[(&str, &str)],
+    request: &HttpRequest,
+) -> Result<(String, String), Denial> {
+    let org_id = Route::resolve_id(&route.org_id, captures, request).map_err(|problem| {
+        Denial::MissingId {
+            field: "org_id",
+            problem,
+        }
+    })?;
+    let workspace_id = match &route.workspace_id {
+        None => String::new(),
+        Some(source) => {
+            Route::resolve_id(source, captures, request).map_err(|problem| Denial::MissingId {
+                field: "workspace_id",
+                problem,
+            })?
+        }
+    };
+    Ok((org_id, workspace_id))
+}
+
+/// The header changes of an allowed request, or the identity header a client
+/// copy of conflicts with ours.
+pub fn upstream_headers(
+    policy: &ExtAuthzPolicy,
+    request: &HttpRequest,
+    identity: Option<&Identity>,
+) -> Result<Allow, &'static str> {
+    let mut set: Vec<(&'static str, String)> = Vec::new();
+    if let Some(identity) = identity {
+        for (name, value) in identity.headers() {
+            if value.is_empty() {
+                continue;
+            }
+            // An overwrite replaces only the first copy: any copy that is not
+            // exactly ours could reach the upstream beside it.
+            let theirs = request.header_values(name);
+            if !theirs.is_empty() && theirs != [value] {
+                return Err(name);
+            }
+            set.push((name, value.to_owned()));
+        }
+    }
+    let is_set = |name: &str| set.iter().any(|(n, _)| *n == name);
+    let mut remove: Vec<String> = Vec::new();
+    let mut push = |name: &str| {
+        if !is_set(name) && !remove.iter().any(|r| r == name) {
+            remove.push(name.to_owned());
+        }
+    };
+    for name in IDENTITY_HEADERS {
+        push(name);
+    }
+    for (name, _) in &request.headers {
+        if name.starts_with(RESERVED_HEADER_PREFIX) {
+            push(name);
+        }
+    }
+    if policy.strip_credentials {
+        push("authorization");
+        if let Some(name) = &policy.api_key_header {
+            push(name);
+        }
+    }
+    Ok(Allow {
+        set,
+        remove,
+        identity: identity.cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::routes::{DotSegments, RouteTable};
+
+    fn policy(api_key: Option<&str>, strip: bool) -> ExtAuthzPolicy {
+        ExtAuthzPolicy {
+            routes: RouteTable::new(Vec::new(), DotSegments::Reject),
+            unmatched: Unmatched::Deny,
+            api_key_header: api_key.map(str::to_owned),
+            strip_credentials: strip,
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            context_extensions: HashMap::new(),
+        }
+    }
+
+    fn identity(workspace: &str, owner: &str) -> Identity {
+        Identity {
+            token_id: "tok_1".into(),
+            kind: TokenKind::Service,
+            owner_user_id: owner.into(),
+            org_id: "org-1".into(),
+            workspace_id: workspace.into(),
+        }
+    }
+
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+
+    #[test]
+    fn credentials_come_from_one_place_only() {
+        let bearer = policy(None, false);
+        let keyed = policy(Some("x-api-key"), false);
+        let cases: &[(&ExtAuthzPolicy, Headers, Result<&str, &str>)] = &[
+            (&bearer, &[], Err("missing_credential")),
+            (&bearer, &[("authorization", "Bearer tok")], Ok("tok")),
+            (&bearer, &[("authorization", "  bEaReR \t tok ")], Ok("tok")),
+            (
+                &bearer,
+                &[("authorization", "Basic dXNlcjpwYXNz")],
+                Err("malformed_token"),
+            ),
+            (
+                &bearer,
+                &[("authorization", "Bearer a, Bearer b")],
+                Err("malformed_token"),
+            ),
+            (
+                &bearer,
+                &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+                Err("invalid_request"),
+            ),
+            // Without an API-key header configured, x-api-key means nothing.
+            (&bearer, &[("x-api-key", "tok")], Err("missing_credential")),
+            (&keyed, &[("x-api-key", " tok ")], Ok("tok")),
+            (&keyed, &[("x-api-key", "")], Err("missing_credential")),
+            (
+                &keyed,
+                &[("x-api-key", "a"), ("authorization", "Bearer a")],
+                Err("invalid_request"),
+            ),
+            (
+                &keyed,
+                &[("x-api-key", "a"), ("x-api-key", "b")],
+                Err("invalid_request"),
+            ),
+        ];
+        for (policy, headers, expected) in cases {
+            let request = request(headers);
+            let got = credential(policy, &request).map_err(|d| d.code());
+            assert_eq!(got, *expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn identity_headers_are_set_or_removed_never_both() {
+        let policy = policy(None, false);
+        let spoofed = request(&[
+            ("x-tokenauth-workspace-id", "ws-evil"),
+            ("x-tokenauth-owner", "mallory"),
+            ("x-tokenauth-admin", "true"),
+            ("x-other", "kept"),
+        ]);
+        let allow = upstream_headers(&policy, &spoofed, Some(&identity("", ""))).unwrap();
+        assert_eq!(
+            allow.set,
+            vec![
+                ("x-tokenauth-token-id", "tok_1".to_owned()),
+                ("x-tokenauth-kind", "SERVICE".to_owned()),
+                ("x-tokenauth-org-id", "org-1".to_owned()),
+            ]
+        );
+        assert_eq!(
+            allow.remove,
+            vec![
+                "x-tokenauth-owner",
+                "x-tokenauth-workspace-id",
+                "x-tokenauth-admin"
+            ]
+        );
+        for (name, _) in &allow.set {
+            assert!(!allow.remove.iter().any(|r| r == name));
+        }
+    }
+
+    #[test]
+    fn a_client_copy_of_a_header_we_set_must_equal_ours() {
+        let policy = policy(None, false);
+        let identity = identity("ws-1", "");
+        let same = request(&[("x-tokenauth-org-id", "org-1")]);
+        assert!(upstream_headers(&policy, &same, Some(&identity)).is_ok());
+        for headers in [
+            &[("x-tokenauth-org-id", "org-2")][..],
+            &[("x-tokenauth-org-id", "org-1,org-2")][..],
+            &[
+                ("x-tokenauth-org-id", "org-1"),
+                ("x-tokenauth-org-id", "org-1"),
+            ][..],
+            &[("x-tokenauth-workspace-id", "ws-2")][..],
+        ] {
+            let conflict = upstream_headers(&policy, &request(headers), Some(&identity));
+            assert!(conflict.is_err(), "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn without_identity_every_identity_header_is_removed_and_credentials_optionally() {
+        let stripping = policy(Some("x-api-key"), true);
+        let allow = upstream_headers(&stripping, &request(&[]), None).unwrap();
+        assert!(allow.set.is_empty());
+        let mut expected: Vec<String> = IDENTITY_HEADERS.iter().map(|h| (*h).to_owned()).collect();
+        expected.push("authorization".into());
+        expected.push("x-api-key".into());
+        assert_eq!(allow.remove, expected);
+        let keeping = policy(Some("x-api-key"), false);
+        let allow = upstream_headers(&keeping, &request(&[]), None).unwrap();
+        assert!(!allow.remove.iter().any(|h| h == "authorization"));
+    }
+
+    #[test]
+    fn denials_map_to_statuses_challenges_and_codes() {
+        let cases = [
+            (
+                Denial::MissingCredential,
+                401,
+                Some("Bearer"),
+                "missing_credential",
+            ),
+            (
+                Denial::MalformedCredential("x"),
+                401,
+                Some(INVALID_TOKEN),
+                "malformed_token",
+            ),
+            (
+                Denial::Token(Reason::Malformed),
+                401,
+                Some(INVALID_TOKEN),
+                "malformed_token",
+            ),
+            (
+                Denial::Token(Reason::NotFound),
+                401,
+                Some(INVALID_TOKEN),
+                "unknown_token",
+            ),
+            (
+                Denial::Token(Reason::Revoked),
+                401,
+                Some(INVALID_TOKEN),
+                "revoked_token",
+            ),
+            (
+                Denial::Token(Reason::Expired),
+                401,
+                Some(INVALID_TOKEN),
+                "expired_token",
+            ),
+            (
+                Denial::Token(Reason::WrongScope),
+                403,
+                Some(INSUFFICIENT_SCOPE),
+                "wrong_scope",
+            ),
+            (
+                Denial::Token(Reason::InsufficientPermission),
+                403,
+                Some(INSUFFICIENT_SCOPE),
+                "insufficient_permission",
+            ),
+            (
+                Denial::MultipleCredentials,
+                400,
+                Some(INVALID_REQUEST),
+                "invalid_request",
+            ),
+            (
+                Denial::InvalidPath(PathError::EncodedSlash),
+                400,
+                None,
+                "invalid_path",
+            ),
+            (Denial::NoRoute, 403, None, "no_route"),
+            (
+                Denial::MissingId {
+                    field: "workspace_id",
+                    problem: IdProblem::Missing("path capture {workspace_id}".into()),
+                },
+                403,
+                None,
+                "missing_workspace_id",
+            ),
+            (
+                Denial::InvalidId {
+                    field: "org_id",
+                    reason: "bad".into(),
+                },
+                403,
+                None,
+                "invalid_org_id",
+            ),
+            (
+                Denial::IdentityHeaderConflict("x-tokenauth-org-id"),
+                400,
+                None,
+                "identity_header_conflict",
+            ),
+            (Denial::NotHttp, 400, None, "invalid_request"),
+        ];
+        for (denial, status, challenge, code) in cases {
+            assert_eq!(denial.http_status(), status, "{denial:?}");
+            assert_eq!(denial.www_authenticate(), challenge, "{denial:?}");
+            assert_eq!(denial.code(), code, "{denial:?}");
+            assert!(!denial.message(Some("test_api:run")).is_empty());
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! deploy/ cannot run here (no container engine, no Envoy, no cluster), so
+//! these tests keep it from rotting: every YAML file parses, the example
+//! config loads through the real config code, and the settings tokenauth
+//! relies on (single writer, probes, non-root, fail-closed ext_authz over
+//! HTTP/2, names and ports that agree across files) are where they must be.
+
+use std::path::{Path, PathBuf};
+
+use tokenauth::{config::Config, domain::ext_authz::IDENTITY_HEADERS};
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(deploy().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+fn yaml(relative: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&read(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// The single document of a YAML file.
+fn document(relative: &str) -> Yaml {
+    let mut docs = yaml(relative);
+    assert_eq!(docs.len(), 1, "{relative} holds one document");
+    docs.remove(0)
+}
+
+fn str_at<'a>(node: &'a Yaml, path: &[&str]) -> &'a str {
+    let mut node = node;
+    for key in path {
+        node = &node[*key];
+    }
+    node.as_str()
+        .unwrap_or_else(|| panic!("{path:?} is not a string: {node:?}"))
+}
+
+fn yaml_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_yaml_file_parses_and_kubernetes_objects_say_what_they_are() {
+    let mut files = Vec::new();
+    yaml_files(&deploy(), &mut files);
+    assert!(files.len() >= 9, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let docs =
+            YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(!docs.is_empty(), "{}", file.display());
+        for doc in &docs {
+            assert!(doc.as_hash().is_some(), "{}: not a mapping", file.display());
+            if !file.ends_with("envoy/envoy.yaml") {
+                assert!(doc["apiVersion"].as_str().is_some(), "{}", file.display());
+                assert!(doc["kind"].as_str().is_some(), "{}", file.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_example_config_loads_through_the_real_config_code() {
+    let path = deploy().join("kubernetes/tokenauth.toml");
+    let config = Config::load(Some(&path), Vec::new()).unwrap();
+    let policy = config.policy().unwrap();
+    let ext_authz = config.ext_authz.compile(&policy.catalogue).unwrap();
+    let permissions: Vec<&str> = ext_authz
+        .routes
+        .routes()
+        .iter()
+        .map(|r| r.permission.as_str())
+        .collect();
+    // The Transformations, Data Catalog (tracking plans) and Test APIs at least.
+    for needed in [
+        "transformations:read",
+        "transformations:write",
+        "data_catalog:read",
+        "data_catalog:write",
+        "tracking_plans:read",
+        "tracking_plans:write",
+        "test_api:run",
+    ] {
+        assert!(permissions.contains(&needed), "{needed} in {permissions:?}");
+    }
+    // The pepper comes from the Secret the Deployment mounts.
+    let deployment = document("kubernetes/deployment.yaml");
+    let pepper_mount = mount_path(&deployment, "pepper");
+    assert_eq!(
+        config.pepper_file.as_deref(),
+        Some(Path::new(&format!("{pepper_mount}/pepper")))
+    );
+}
+
+fn container(deployment: &Yaml) -> &Yaml {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn mount_path<'a>(deployment: &'a Yaml, volume: &str) -> &'a str {
+    container(deployment)["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"].as_str() == Some(volume))
+        .and_then(|m| m["mountPath"].as_str())
+        .unwrap_or_else(|| panic!("no mount of {volume}"))
+}
+
+#[test]
+fn kubernetes_runs_one_non_root_writer_with_probes() {
+    let kustomization = document("kubernetes/kustomization.yaml");
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    for file in [
+        "namespace.yaml",
+        "pvc.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "pdb.yaml",
+    ] {
+        assert!(resources.contains(&file), "{file} in {resources:?}");
+        assert!(deploy().join("kubernetes").join(file).exists());
+    }
+    let generator = &kustomization["configMapGenerator"][0];
+    assert_eq!(generator["files"][0].as_str(), Some("tokenauth.toml"));
+    let config_map = generator["name"].as_str().unwrap();
+
+    let deployment = document("kubernetes/deployment.yaml");
+    assert_eq!(str_at(&deployment, &["kind"]), "Deployment");
+    // sled is single-writer: one replica, never two pods at once.
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(1));
+    assert_eq!(
+        str_at(&deployment, &["spec", "strategy", "type"]),
+        "Recreate"
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_ne!(pod["securityContext"]["runAsUser"].as_i64(), Some(0));
+    let container = container(&deployment);
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            container[probe]["grpc"]["port"].as_i64(),
+            Some(50051),
+            "{probe}"
+        );
+    }
+    assert!(
+        container["resources"]["requests"]["memory"]
+            .as_str()
+            .is_some()
+    );
+    assert!(
+        container["resources"]["limits"]["memory"]
+            .as_str()
+            .is_some()
+    );
+
+    // The config file the args name is the one the ConfigMap mounts.
+    let args: Vec<&str> = container["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let config_path = format!("{}/tokenauth.toml", mount_path(&deployment, "config"));
+    assert!(args.contains(&config_path.as_str()), "{args:?}");
+    let volumes = pod["volumes"].as_vec().unwrap();
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    };
+    assert_eq!(
+        volume("config")["configMap"]["name"].as_str(),
+        Some(config_map)
+    );
+    assert_eq!(
+        volume("data")["persistentVolumeClaim"]["claimName"].as_str(),
+        document("kubernetes/pvc.yaml")["metadata"]["name"].as_str()
+    );
+    assert_eq!(
+        volume("pepper")["secret"]["secretName"].as_str(),
+        Some("tokenauth-pepper")
+    );
+    assert_eq!(mount_path(&deployment, "data"), "/var/lib/tokenauth");
+    assert!(read("Dockerfile").contains("TOKENAUTH_DATA_DIR=/var/lib/tokenauth/data"));
+
+    let service = document("kubernetes/service.yaml");
+    assert_eq!(service["spec"]["ports"][0]["port"].as_i64(), Some(50051));
+    assert_eq!(service["spec"]["ports"][0]["name"].as_str(), Some("grpc"));
+    let pdb = document("kubernetes/pdb.yaml");
+    assert_eq!(str_at(&pdb, &["kind"]), "PodDisruptionBudget");
+}
+
+#[test]
+fn the_dockerfile_builds_in_two_stages_and_runs_as_non_root() {
+    let dockerfile = read("Dockerfile");
+    let stages = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .count();
+    assert!(stages >= 2, "multi-stage");
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "{user}"
+    );
+    assert!(dockerfile.contains("VOLUME [\"/var/lib/tokenauth\"]"));
+    assert!(dockerfile.contains("EXPOSE 50051"));
+    assert!(dockerfile.contains("--locked"));
+}
+
+/// The HTTP filters of the first listener's connection manager.
+fn http_filters(envoy: &Yaml) -> &Vec<Yaml> {
+    envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"]
+        .as_vec()
+        .unwrap()
+}
+
+#[test]
+fn envoy_asks_tokenauth_fail_closed_over_http2() {
+    let envoy = document("envoy/envoy.yaml");
+    let manager = &envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(manager["normalize_path"].as_bool(), Some(true));
+    assert_eq!(manager["merge_slashes"].as_bool(), Some(true));
+    assert_eq!(
+        manager["path_with_escaped_slashes_action"].as_str(),
+        Some("REJECT_REQUEST")
+    );
+
+    let filters = http_filters(&envoy);
+    let names: Vec<&str> = filters.iter().filter_map(|f| f["name"].as_str()).collect();
+    let position = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or_else(|| panic!("{name} in {names:?}"))
+    };
+    let ext_authz = &filters[position("envoy.filters.http.ext_authz")]["typed_config"];
+    assert_eq!(
+        ext_authz["@type"].as_str(),
+        Some("type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz")
+    );
+    assert_eq!(ext_authz["transport_api_version"].as_str(), Some("V3"));
+    assert_eq!(ext_authz["failure_mode_allow"].as_bool(), Some(false));
+    assert!(ext_authz["grpc_service"]["timeout"].as_str().is_some());
+    assert_eq!(position("envoy.filters.http.router"), names.len() - 1);
+
+    // Client copies of the identity headers go before ext_authz runs.
+    let mutation = position("envoy.filters.http.header_mutation");
+    assert!(mutation < position("envoy.filters.http.ext_authz"));
+    let removed: Vec<&str> = filters[mutation]["typed_config"]["mutations"]["request_mutations"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["remove"].as_str())
+        .collect();
+    assert_eq!(removed, IDENTITY_HEADERS);
+
+    // The cluster it names speaks HTTP/2 to tokenauth's port.
+    let cluster_name = str_at(ext_authz, &["grpc_service", "envoy_grpc", "cluster_name"]);
+    let cluster = envoy["static_resources"]["clusters"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some(cluster_name))
+        .unwrap_or_else(|| panic!("no cluster {cluster_name}"));
+    let options = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    assert!(!options["explicit_http_config"]["http2_protocol_options"].is_badvalue());
+    let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"];
+    assert_eq!(address["port_value"].as_i64(), Some(50051));
+    assert_eq!(address["address"].as_str(), Some(service_host().as_str()));
+
+    // One route without the check, and one that gives tokenauth an org id.
+    let routes: Vec<&Yaml> =
+        envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .flat_map(|host| host["routes"].as_vec().unwrap())
+            .collect();
+    let per_route =
+        |route: &&Yaml| route["typed_per_filter_config"]["envoy.filters.http.ext_authz"].clone();
+    assert!(
+        routes
+            .iter()
+            .map(per_route)
+            .any(|c| c["disabled"].as_bool() == Some(true))
+    );
+    let context: Vec<Yaml> = routes
+        .iter()
+        .map(per_route)
+        .filter(|c| !c["check_settings"]["context_extensions"].is_badvalue())
+        .collect();
+    assert!(!context.is_empty());
+    // ...under the key the example config reads.
+    let config = read("kubernetes/tokenauth.toml");
+    for extensions in &context {
+        for key in extensions["check_settings"]["context_extensions"]
+            .as_hash()
+            .unwrap()
+            .keys()
+        {
+            let key = key.as_str().unwrap();
+            assert!(
+                config.contains(&format!("context_extension = \"{key}\"")),
+                "{key}"
+            );
+        }
+    }
+}
+
+/// tokenauth's address in the cluster: the Service in the kustomization's namespace.
+fn service_host() -> String {
+    let namespace = document("kubernetes/kustomization.yaml")["namespace"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let service = document("kubernetes/service.yaml")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    format!("{service}.{namespace}.svc.cluster.local")
+}
+
+#[test]
+fn istio_names_tokenauth_as_a_custom_provider() {
+    let mesh = document("istio/mesh-config.yaml");
+    let provider = &mesh["spec"]["meshConfig"]["extensionProviders"][0];
+    let grpc = &provider["envoyExtAuthzGrpc"];
+    assert_eq!(grpc["service"].as_str(), Some(service_host().as_str()));
+    assert_eq!(grpc["port"].as_i64(), Some(50051));
+    assert_eq!(grpc["failOpen"].as_bool(), Some(false));
+    assert!(grpc["timeout"].as_str().is_some());
+
+    let policy = document("istio/authorization-policy.yaml");
+    assert_eq!(str_at(&policy, &["kind"]), "AuthorizationPolicy");
+    assert_eq!(str_at(&policy, &["spec", "action"]), "CUSTOM");
+    assert_eq!(
+        policy["spec"]["provider"]["name"].as_str(),
+        provider["name"].as_str()
+    );
+}
