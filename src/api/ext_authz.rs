@@ -352,6 +352,9 @@ mod tests {
             })
             .collect();
         assert!(headers.contains(&("content-type".into(), "application/json".into())));
-        assert!(headers.contains(&("www-authenticate".into(), "Bearer".into())));
+        assert!(headers.contains(&(
+            "www-authenticate".into(),
+            "Bearer error=\"invalid_token\"".into()
+        )));
     }
 }

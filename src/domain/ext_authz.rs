@@ -156,7 +156,6 @@ pub enum Denial {
 }
 
 /// The `WWW-Authenticate` challenges (RFC 6750).
-const CHALLENGE: &str = "Bearer";
 const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
 const INSUFFICIENT_SCOPE: &str = "Bearer error=\"insufficient_scope\"";
 const INVALID_REQUEST: &str = "Bearer error=\"invalid_request\"";
@@ -182,12 +181,13 @@ impl Denial {
         }
     }
 
-    /// The `WWW-Authenticate` value, for credential problems only. A missing
-    /// credential gets a bare challenge: RFC 6750 §3.1 asks for no error code
-    /// when the request carried no authentication at all.
+    /// The `WWW-Authenticate` value, for credential problems only.
     pub fn www_authenticate(&self) -> Option<&'static str> {
         match self {
-            Denial::MissingCredential => Some(CHALLENGE),
+            // The contract names invalid_token for a missing credential too
+            // (RFC 6750 would send a bare challenge), so that every 401 reads
+            // the same to a client.
+            Denial::MissingCredential => Some(INVALID_TOKEN),
             Denial::MultipleCredentials => Some(INVALID_REQUEST),
             Denial::MalformedCredential(_) => Some(INVALID_TOKEN),
             Denial::Token(
@@ -652,7 +652,7 @@ mod tests {
             (
                 Denial::MissingCredential,
                 401,
-                Some("Bearer"),
+                Some("Bearer error=\"invalid_token\""),
                 "missing_credential",
             ),
             (

@@ -52,7 +52,7 @@ fn yaml_files(dir: &Path, found: &mut Vec<PathBuf>) {
 fn every_yaml_file_parses_and_kubernetes_objects_say_what_they_are() {
     let mut files = Vec::new();
     yaml_files(&deploy(), &mut files);
-    assert!(files.len() >= 9, "{files:?}");
+    assert!(files.len() >= 8, "{files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let docs =
@@ -92,8 +92,8 @@ fn the_example_config_loads_through_the_real_config_code() {
     ] {
         assert!(permissions.contains(&needed), "{needed} in {permissions:?}");
     }
-    // The pepper comes from the Secret the Deployment mounts.
-    let deployment = document("kubernetes/deployment.yaml");
+    // The pepper comes from the Secret the StatefulSet mounts.
+    let deployment = document("kubernetes/statefulset.yaml");
     let pepper_mount = mount_path(&deployment, "pepper");
     assert_eq!(
         config.pepper_file.as_deref(),
@@ -126,8 +126,7 @@ fn kubernetes_runs_one_non_root_writer_with_probes() {
         .collect();
     for file in [
         "namespace.yaml",
-        "pvc.yaml",
-        "deployment.yaml",
+        "statefulset.yaml",
         "service.yaml",
         "pdb.yaml",
     ] {
@@ -138,13 +137,15 @@ fn kubernetes_runs_one_non_root_writer_with_probes() {
     assert_eq!(generator["files"][0].as_str(), Some("tokenauth.toml"));
     let config_map = generator["name"].as_str().unwrap();
 
-    let deployment = document("kubernetes/deployment.yaml");
-    assert_eq!(str_at(&deployment, &["kind"]), "Deployment");
-    // sled is single-writer: one replica, never two pods at once.
+    let deployment = document("kubernetes/statefulset.yaml");
+    // sled is single-writer: a StatefulSet of one, never two pods at once.
+    assert_eq!(str_at(&deployment, &["kind"]), "StatefulSet");
     assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(1));
     assert_eq!(
-        str_at(&deployment, &["spec", "strategy", "type"]),
-        "Recreate"
+        str_at(&deployment, &["spec", "serviceName"]),
+        document("kubernetes/service.yaml")["metadata"]["name"]
+            .as_str()
+            .unwrap()
     );
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
@@ -191,9 +192,12 @@ fn kubernetes_runs_one_non_root_writer_with_probes() {
         volume("config")["configMap"]["name"].as_str(),
         Some(config_map)
     );
+    // The data volume is the StatefulSet's own claim.
+    let claim = &deployment["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"].as_str(), Some("data"));
     assert_eq!(
-        volume("data")["persistentVolumeClaim"]["claimName"].as_str(),
-        document("kubernetes/pvc.yaml")["metadata"]["name"].as_str()
+        claim["spec"]["accessModes"][0].as_str(),
+        Some("ReadWriteOnce")
     );
     assert_eq!(
         volume("pepper")["secret"]["secretName"].as_str(),

@@ -398,7 +398,12 @@ async fn bad_credentials_are_401_with_invalid_token() {
 
     let missing = authorize(&server, &Http::new("GET", path)).await;
     // RFC 6750 3.1: no error code when no credential was presented.
-    assert_denied(&missing, 401, Some("Bearer"), "missing_credential");
+    assert_denied(
+        &missing,
+        401,
+        Some("Bearer error=\"invalid_token\""),
+        "missing_credential",
+    );
 
     let cases = [
         (Http::new("GET", path).bearer("garbage"), "malformed_token"),
@@ -551,7 +556,7 @@ async fn an_api_key_header_carries_the_token_when_configured() {
     assert_denied(
         &authorize(&server, &keyed).await,
         401,
-        Some("Bearer"),
+        Some("Bearer error=\"invalid_token\""),
         "missing_credential",
     );
     server.stop().await;
@@ -834,7 +839,7 @@ async fn unmatched_routes_are_denied_unless_configured_otherwise() {
     assert_denied(
         &authorize(&server, &Http::new("GET", "/v2/admin/events")).await,
         401,
-        Some("Bearer"),
+        Some("Bearer error=\"invalid_token\""),
         "missing_credential",
     );
     server.stop().await;
