@@ -31,6 +31,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// One Check in this many is timed for the latency histogram.
+pub const CHECK_LATENCY_SAMPLING: u32 = 8;
+
 const REASONS: [Reason; 7] = [
     Reason::Ok,
     Reason::Malformed,
@@ -139,7 +142,10 @@ impl Metrics {
                 .build()
         };
         Ok(Arc::new(Self {
-            check_duration: latency("tokenauth.check.duration", "Time to decide a Check"),
+            check_duration: latency(
+                "tokenauth.check.duration",
+                "Time to decide a Check (one Check in eight is timed)",
+            ),
             store_duration: latency(
                 "tokenauth.store.duration",
                 "Time of store operations, by operation",
@@ -156,10 +162,24 @@ impl Metrics {
         }))
     }
 
-    /// Counts one Check decision and its duration.
-    pub fn record_check(&self, reason: Reason, seconds: f64) {
+    /// Whether this Check's latency should be measured (one in eight, per thread).
+    pub fn sample_check_latency(&self) -> bool {
+        thread_local! {
+            static SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        }
+        SEEN.with(|seen| {
+            let n = seen.get().wrapping_add(1);
+            seen.set(n);
+            n % CHECK_LATENCY_SAMPLING == 0
+        })
+    }
+
+    /// Counts one Check decision, and its duration when it was sampled.
+    pub fn record_check(&self, reason: Reason, seconds: Option<f64>) {
         self.checks.by_reason[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
-        self.check_duration.record(seconds, &[]);
+        if let Some(seconds) = seconds {
+            self.check_duration.record(seconds, &[]);
+        }
     }
 
     pub fn record_cache(&self, outcome: CacheOutcome) {
@@ -274,9 +294,9 @@ mod tests {
     #[test]
     fn checks_and_cache_lookups_appear_in_the_text_format() {
         let metrics = Metrics::new(None, Duration::from_secs(60)).unwrap();
-        metrics.record_check(Reason::Ok, 0.000_01);
-        metrics.record_check(Reason::Revoked, 0.000_02);
-        metrics.record_check(Reason::Revoked, 0.000_02);
+        metrics.record_check(Reason::Ok, Some(0.000_01));
+        metrics.record_check(Reason::Revoked, Some(0.000_02));
+        metrics.record_check(Reason::Revoked, None);
         metrics.record_cache(CacheOutcome::Miss);
         metrics.record_rpc("/tokenauth.v1.CheckService/Check", "OK", 0.001);
         metrics.set_token_counts(vec![(TokenKind::Service, TokenState::Live, 3)]);

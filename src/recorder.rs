@@ -25,19 +25,48 @@ use crate::{
 
 const SHARDS: usize = 16;
 
+/// A multiply-and-fold hasher for the recorder's own keys (token ids, small
+/// integers): none is chosen by a client in a way that could aim collisions
+/// (token ids end in 80 random bits), and SipHash would cost more than the
+/// rest of the bookkeeping on the Check path.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// A map split into independently locked shards, chosen by token id.
 struct Sharded<K, V> {
-    shards: Vec<Mutex<HashMap<K, V>>>,
+    shards: Vec<Mutex<FastMap<K, V>>>,
 }
 
 impl<K: Eq + Hash, V> Sharded<K, V> {
     fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
         }
     }
 
-    fn shard(&self, token: TokenId) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    fn shard(&self, token: TokenId) -> std::sync::MutexGuard<'_, FastMap<K, V>> {
         // Token ids end in 80 random bits; their last byte spreads evenly.
         let index = usize::from(token.to_bytes()[15]) % SHARDS;
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())

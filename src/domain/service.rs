@@ -985,10 +985,14 @@ impl TokenService {
         query: &CheckQuery<'_>,
         origin: &CheckOrigin<'_>,
     ) -> Result<Decision, Error> {
-        let started = std::time::Instant::now();
+        // Every decision is counted; one in eight is timed, which keeps the
+        // latency histogram honest at a fraction of its cost (two clock
+        // reads and a histogram update are a fifth of a cache hit).
+        let timed = self.metrics.sample_check_latency();
+        let started = timed.then(std::time::Instant::now);
         let decision = self.decide(presented, query, origin).await?;
         self.metrics
-            .record_check(decision.reason, started.elapsed().as_secs_f64());
+            .record_check(decision.reason, started.map(|s| s.elapsed().as_secs_f64()));
         Ok(decision)
     }
 
