@@ -310,7 +310,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("tokenauth_check_duration_seconds_count 3"),
+            text.contains("tokenauth_check_duration_seconds_count 2"),
             "{text}"
         );
         assert!(

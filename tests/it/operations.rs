@@ -258,7 +258,8 @@ async fn metrics_are_scraped_from_the_admin_port() {
     })
     .await;
     let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
-    for _ in 0..3 {
+    // Latency is sampled one Check in eight per thread: 24 make a sample certain.
+    for _ in 0..24 {
         assert!(
             check(&server, &issued.secret, "scim:read", "org-1", "")
                 .await
@@ -287,11 +288,11 @@ async fn metrics_are_scraped_from_the_admin_port() {
     }
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for expected in [
-        r#"tokenauth_checks_total{decision="allow",reason="OK"} 3"#,
+        r#"tokenauth_checks_total{decision="allow",reason="OK"} 24"#,
         r#"tokenauth_checks_total{decision="deny",reason="INSUFFICIENT_PERMISSION"} 1"#,
         r#"tokenauth_checks_total{decision="deny",reason="MALFORMED"} 1"#,
         r#"tokenauth_cache_lookups_total{result="miss"} 1"#,
-        r#"tokenauth_cache_lookups_total{result="hit"} 3"#,
+        r#"tokenauth_cache_lookups_total{result="hit"} 24"#,
         "tokenauth_check_duration_seconds_bucket",
         r#"tokenauth_store_duration_seconds_count{operation="insert_token"} 1"#,
         r#"tokenauth_rpc_calls_total{code="Ok",rpc="/tokenauth.v1.TokenService/IssueToken"} 1"#,
