@@ -14,6 +14,7 @@ mod harness;
 mod bad_input;
 mod check;
 mod child;
+mod crash;
 mod lifecycle;
 mod listing;
 mod logs;
