@@ -44,7 +44,7 @@ async fn drive(
             .wrapping_add(1_442_695_040_888_963_407);
         let target = {
             let acked = acked.lock().unwrap();
-            (n % 3 == 0 && !acked.issued.is_empty()).then(|| {
+            (n.is_multiple_of(3) && !acked.issued.is_empty()).then(|| {
                 acked.issued[(n >> 33) as usize % acked.issued.len()]
                     .0
                     .clone()
