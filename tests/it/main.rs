@@ -20,6 +20,7 @@ mod listing;
 mod logs;
 mod operations;
 mod persistence;
+mod races;
 mod reflection;
 mod revocation;
 mod rotation;
