@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "proto/tokenauth/v1/tokens.proto",
         "proto/tokenauth/v1/check.proto",
         "proto/tokenauth/v1/audit.proto",
+        "proto/tokenauth/v1/admin.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -36,6 +36,27 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Take a consistent backup from a running server (the pepper is not in it).
+    Backup {
+        /// The server, e.g. http://127.0.0.1:50051.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// A file holding the control-plane credential.
+        #[arg(long, env = "TOKENAUTH_CREDENTIAL_FILE")]
+        credential_file: PathBuf,
+        /// Where to write the backup.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new data directory (with the server stopped).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create; it must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +129,12 @@ fn main() -> ExitCode {
         Command::Config {
             action: ConfigAction::Check { file },
         } => check_config(file.as_deref()),
+        Command::Backup {
+            server,
+            credential_file,
+            out,
+        } => backup(&server, &credential_file, &out),
+        Command::Restore { from, data_dir } => restore(&from, &data_dir),
         Command::Pepper {
             action: PepperAction::Rotate { file, data_dir },
         } => {
@@ -125,6 +152,86 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn backup(server: &str, credential_file: &std::path::Path, out: &std::path::Path) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| runtime.block_on(take_backup(server, credential_file, out)));
+    match outcome {
+        Ok(bytes) => {
+            println!(
+                "wrote {bytes} bytes to {}. It holds no secret, but is useless without the \
+                 pepper file: back that up separately, as a secret.",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn take_backup(
+    server: &str,
+    credential_file: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<u64, String> {
+    use std::io::Write;
+    let credential = std::fs::read_to_string(credential_file)
+        .map_err(|e| format!("{}: {e}", credential_file.display()))?;
+    let bearer = format!("Bearer {}", credential.trim())
+        .parse()
+        .map_err(|_| format!("{}: not a credential", credential_file.display()))?;
+    let channel = tonic::transport::Channel::from_shared(server.to_owned())
+        .map_err(|e| format!("{server}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("{server}: {e}"))?;
+    let mut request = tonic::Request::new(tokenauth::proto::BackupRequest {});
+    request.metadata_mut().insert("authorization", bearer);
+    let mut stream = tokenauth::proto::admin_service_client::AdminServiceClient::new(channel)
+        .backup(request)
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    // Written beside the target and renamed at the end: a failed backup
+    // never leaves a plausible-looking partial file.
+    let partial = out.with_extension("partial");
+    let mut file =
+        std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.message().await.map_err(|s| s.message().to_owned())? {
+        file.write_all(&chunk.data)
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        bytes += chunk.data.len() as u64;
+    }
+    file.sync_all()
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    std::fs::rename(&partial, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(bytes)
+}
+
+fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
+    match tokenauth::store::backup::restore(from, &data_dir.join("db")) {
+        Ok(entries) => {
+            println!(
+                "restored {entries} entries into {}. Put the pepper file that belongs with this \
+                 backup at {} (mode 0600) before starting the server: it refuses any other.",
+                data_dir.display(),
+                data_dir.join("pepper").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -10,8 +10,8 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 use crate::{
     api::{
-        audit::AuditApi, check::CheckApi, ext_authz::ExtAuthzApi, request_id::RequestIdLayer,
-        tokens::TokenApi,
+        admin::AdminApi, audit::AuditApi, check::CheckApi, ext_authz::ExtAuthzApi,
+        request_id::RequestIdLayer, tokens::TokenApi,
     },
     cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError, LimitsConfig, ext_authz::ExtAuthzConfigError},
@@ -20,8 +20,8 @@ use crate::{
     metrics::Metrics,
     pepper::{self, PepperError},
     proto::{
-        audit_service_server::AuditServiceServer, check_service_server::CheckServiceServer,
-        token_service_server::TokenServiceServer,
+        admin_service_server::AdminServiceServer, audit_service_server::AuditServiceServer,
+        check_service_server::CheckServiceServer, token_service_server::TokenServiceServer,
     },
     recorder::Recorder,
     store::{SledStore, Store, StoreError, metered::MeteredStore},
@@ -243,6 +243,9 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         .max_decoding_message_size(max_request);
     let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(&service)))
         .max_decoding_message_size(max_request);
+    let admin_api =
+        AdminServiceServer::new(AdminApi::new(Arc::clone(&service), config.data_dir.clone()))
+            .max_decoding_message_size(max_request);
     let mesh = AuthorizationServer::new(ExtAuthzApi::new(ext_authz))
         .max_decoding_message_size(max_request);
 
@@ -255,6 +258,7 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         vec![
             <TokenServiceServer<TokenApi> as NamedService>::NAME,
             <AuditServiceServer<AuditApi> as NamedService>::NAME,
+            <AdminServiceServer<AdminApi> as NamedService>::NAME,
         ],
     )
     .await;
@@ -291,6 +295,7 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         .add_service(tokens)
         .add_service(check)
         .add_service(audit)
+        .add_service(admin_api)
         .add_service(mesh)
         .serve_with_incoming_shutdown(incoming, async move {
             stop.await;

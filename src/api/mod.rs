@@ -2,6 +2,7 @@
 //! credentials, validates and converts its request into domain types, calls
 //! the domain, and converts back.
 
+pub mod admin;
 pub mod audit;
 pub mod check;
 mod convert;

@@ -304,6 +304,18 @@ pub fn revoke_all(caller: &Principal, selector: &RevokeAllSelector) -> Verdict {
     }
 }
 
+/// May `caller` take a backup? It spans every organization, so only the
+/// control plane on its own behalf may.
+pub fn backup(caller: &Principal) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => Verdict::Allow,
+        Principal::ControlPlane { actor: Some(_), .. } => deny(
+            "a backup spans every organization: the control plane asks for it on its own behalf, without an actor",
+        ),
+        Principal::ServiceToken(_) => deny("a service token cannot take a backup"),
+    }
+}
+
 /// May `caller` read organization-wide records (audit events, usage) of `org_id`?
 pub fn read_org(caller: &Principal, org_id: &str) -> Verdict {
     match caller {

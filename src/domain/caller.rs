@@ -39,6 +39,7 @@ pub enum Method {
     ListTokenUsage,
     ListAuditEvents,
     Check,
+    Backup,
 }
 
 impl Method {
@@ -53,6 +54,7 @@ impl Method {
             Method::ListTokenUsage => "ListTokenUsage",
             Method::ListAuditEvents => "ListAuditEvents",
             Method::Check => "Check",
+            Method::Backup => "Backup",
         }
     }
 

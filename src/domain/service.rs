@@ -925,6 +925,24 @@ impl TokenService {
         Ok((page.events, next))
     }
 
+    /// Writes a consistent snapshot of the store to `path` (see `Store::backup`).
+    pub async fn backup(&self, caller: &Caller, path: &std::path::Path) -> Result<u64, Error> {
+        self.authorize_org(
+            caller,
+            Method::Backup,
+            "",
+            "",
+            authz::backup(&caller.principal),
+        )
+        .await?;
+        let entries = self.store.backup(path).await?;
+        tracing::info!(
+            entries, actor = %caller.actor_ref().label(), peer = ?caller.peer,
+            request_id = %caller.request_id, "backup taken"
+        );
+        Ok(entries)
+    }
+
     // ----- Check -----
 
     /// The cached token `presented` is a secret of, with the digest it

@@ -145,6 +145,9 @@ impl Store for MeteredStore {
     async fn is_empty(&self) -> Result<bool, StoreError> {
         timed!(self, "is_empty", self.inner.is_empty())
     }
+    async fn backup(&self, path: &std::path::Path) -> Result<u64, StoreError> {
+        timed!(self, "backup", self.inner.backup(path))
+    }
     async fn count_tokens(&self, now: Timestamp) -> Result<TokenCounts, StoreError> {
         timed!(self, "count_tokens", self.inner.count_tokens(now))
     }

@@ -10,6 +10,7 @@
 //!   that the cache can forget a revoked token the moment the revocation is
 //!   applied, before the flush that makes it durable.
 
+pub mod backup;
 mod durability;
 mod keys;
 pub mod metered;
@@ -232,6 +233,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store holds no tokens and no pepper checks (a new database).
     async fn is_empty(&self) -> Result<bool, StoreError>;
+
+    /// Writes a consistent snapshot of the whole store to `path` (writers of
+    /// tokens wait meanwhile); returns how many entries it holds.
+    async fn backup(&self, path: &std::path::Path) -> Result<u64, StoreError>;
 
     /// Counts every token by kind and state at `now` (a full scan: for
     /// occasional metrics, never on a request path).

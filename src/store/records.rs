@@ -106,7 +106,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 9] = [
+const METHODS: [Method; 10] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -116,6 +116,7 @@ const METHODS: [Method; 9] = [
     Method::ListTokenUsage,
     Method::ListAuditEvents,
     Method::Check,
+    Method::Backup,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

@@ -834,6 +834,14 @@ impl Store for SledStore {
                 .is_none())
     }
 
+    async fn backup(&self, path: &Path) -> Result<u64, StoreError> {
+        let path = path.to_owned();
+        // Under the write lock: no token change lands while the trees are
+        // read, so the file is one moment's state.
+        self.write(move |t| super::backup::write(&t.db, &path))
+            .await
+    }
+
     async fn count_tokens(&self, now: Timestamp) -> Result<super::TokenCounts, StoreError> {
         self.read(move |t| {
             let mut counts: std::collections::HashMap<_, u64> = std::collections::HashMap::new();

@@ -18,6 +18,8 @@ use crate::harness::{Authed, bearer_of, wait_until_serving};
 /// A running `tokenauth serve` child.
 pub struct ChildServer {
     child: Child,
+    /// `http://host:port` of the gRPC server.
+    pub url: String,
     pub channel: Channel,
     /// Everything the child wrote to stderr (its logs), line by line.
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -57,6 +59,24 @@ impl ChildSetup {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// A setup sharing this one's credential, over another data directory.
+    pub fn with_data_dir(&self, data_dir: &Path) -> ChildSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let old = format!("data_dir = {:?}", self.data_dir());
+        let config = dir.path().join("tokenauth.toml");
+        std::fs::write(
+            &config,
+            text.replace(&old, &format!("data_dir = {data_dir:?}")),
+        )
+        .unwrap();
+        ChildSetup {
+            dir,
+            config,
+            control_plane: self.control_plane.clone(),
+        }
     }
 
     pub async fn start(&self, log_filter: &str) -> ChildServer {
@@ -108,6 +128,7 @@ impl ChildServer {
         wait_until_serving(channel.clone()).await;
         ChildServer {
             child,
+            url: format!("http://{addr}"),
             channel,
             logs,
         }

@@ -151,6 +151,9 @@ impl Store for Delayed {
     async fn is_empty(&self) -> Result<bool, StoreError> {
         self.inner.is_empty().await
     }
+    async fn backup(&self, path: &std::path::Path) -> Result<u64, StoreError> {
+        self.inner.backup(path).await
+    }
     async fn count_tokens(
         &self,
         now: Timestamp,
