@@ -354,6 +354,89 @@ async fn main() {
         );
     }
 
+    // Floods: valid cache-hit Checks at one call in flight, measured while
+    // 2 connections x 16 calls send garbage, well-formed unknown tokens, or
+    // oversized messages, and while 500 connections sit idle.
+    let calm = {
+        let channels = connect(addr, 1).await;
+        let token = hot.clone();
+        closed_loop(&channels, 1, seconds, move |channel, _| {
+            let token = token.clone();
+            async move {
+                let r = CheckServiceClient::new(channel)
+                    .check(check_request(&token))
+                    .await
+                    .unwrap();
+                assert!(r.into_inner().allowed);
+            }
+        })
+        .await
+    };
+    row("valid Check, 1 x 1, no flood", calm);
+    for flood in [
+        "garbage tokens",
+        "well-formed unknown tokens",
+        "oversized messages",
+        "500 idle connections",
+    ] {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut flooders = Vec::new();
+        let mut idle = Vec::new();
+        if flood == "500 idle connections" {
+            for _ in 0..500 {
+                idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+        } else {
+            for channel in connect(addr, 2).await {
+                for slot in 0..16u64 {
+                    let (channel, stop) = (channel.clone(), Arc::clone(&stop));
+                    flooders.push(tokio::spawn(async move {
+                        let mut client = CheckServiceClient::new(channel);
+                        let mut n = slot;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            n += 1;
+                            let token = match flood {
+                                "garbage tokens" => format!("garbage-{n}"),
+                                "well-formed unknown tokens" => {
+                                    tokenauth::domain::secret::Secret::generate(
+                                        tokenauth::domain::token::TokenKind::Service,
+                                    )
+                                    .unwrap()
+                                    .expose()
+                                    .to_owned()
+                                }
+                                _ => "x".repeat(1 << 20),
+                            };
+                            let _ = client.check(check_request(&token)).await;
+                        }
+                    }));
+                }
+            }
+        }
+        let channels = connect(addr, 1).await;
+        let token = hot.clone();
+        let during = closed_loop(&channels, 1, seconds, move |channel, _| {
+            let token = token.clone();
+            async move {
+                let r = CheckServiceClient::new(channel)
+                    .check(check_request(&token))
+                    .await
+                    .unwrap();
+                assert!(r.into_inner().allowed);
+            }
+        })
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for flooder in flooders {
+            flooder.await.unwrap();
+        }
+        drop(idle);
+        row(
+            &format!("valid Check, 1 x 1, during a flood of {flood}"),
+            during,
+        );
+    }
+
     // Issue with durable acknowledgement: one writer, then 64 sharing flushes.
     let bearer = MetadataValue::try_from(format!("Bearer {}", credential.expose())).unwrap();
     for in_flight in [1usize, 64] {

@@ -246,8 +246,10 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     let admin_api =
         AdminServiceServer::new(AdminApi::new(Arc::clone(&service), config.data_dir.clone()))
             .max_decoding_message_size(max_request);
+    // Its own limit: Envoy's CheckRequest carries the client's whole
+    // request head, and an oversized one must be a deny, not an RPC error.
     let mesh = AuthorizationServer::new(ExtAuthzApi::new(ext_authz))
-        .max_decoding_message_size(max_request);
+        .max_decoding_message_size(config.ext_authz.max_request_bytes);
 
     let health = Health::new(
         health,

@@ -33,9 +33,15 @@ pub struct ExtAuthzConfigError {
 }
 
 /// `[ext_authz]`: how `envoy.service.auth.v3.Authorization/Check` decides.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExtAuthzConfig {
+    /// Largest CheckRequest accepted from Envoy, in bytes. Envoy sends the
+    /// whole request line and headers (the path twice), up to its own header
+    /// limits, so this must stay above what a client can make Envoy send:
+    /// a message over it is an RPC error, which Envoy may fail open on.
+    /// Default 16777216 (16 MiB).
+    pub max_request_bytes: usize,
     /// A request no route matches: `"deny"` (403, code `no_route`) or
     /// `"allow"` (forwarded unchecked, without identity headers). Default `"deny"`.
     pub unmatched: UnmatchedConfig,
@@ -52,6 +58,20 @@ pub struct ExtAuthzConfig {
     pub org_id: Option<IdSourceConfig>,
     /// `[[ext_authz.routes]]`, tried in order: the first match wins. Default: none.
     pub routes: Vec<RouteConfig>,
+}
+
+impl Default for ExtAuthzConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 16 * 1024 * 1024,
+            unmatched: UnmatchedConfig::default(),
+            dot_segments: DotSegmentsConfig::default(),
+            api_key_header: None,
+            strip_credentials: false,
+            org_id: None,
+            routes: Vec::new(),
+        }
+    }
 }
 
 /// See [`ExtAuthzConfig::unmatched`].

@@ -35,6 +35,15 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
 /// checked): the prefix is ours, so future identity headers are covered too.
 pub const RESERVED_HEADER_PREFIX: &str = "x-tokenauth-";
 
+/// Whether a (lower-case) header name is ours, reading `_` as `-`.
+fn is_reserved(name: &str) -> bool {
+    name.len() >= RESERVED_HEADER_PREFIX.len()
+        && name
+            .bytes()
+            .zip(RESERVED_HEADER_PREFIX.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
 /// What happens to a request that no route matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unmatched {
@@ -321,6 +330,21 @@ impl ExtAuthz {
 
     /// Decides on `request`. A deny is a verdict; only an internal fault (the
     /// store failing on a cache miss) is an error.
+    /// Denies a request whose ids are missing or invalid, unless its
+    /// credential is bad in itself: then the client hears 401 about the
+    /// credential, not 403 about the request.
+    async fn deny_request(
+        &self,
+        presented: &str,
+        denial: Denial,
+        route: &Route,
+    ) -> Result<Verdict, Error> {
+        Ok(match self.service.unusable(presented).await? {
+            Some(reason) => Verdict::deny_on(Denial::Token(reason), route, None),
+            None => Verdict::deny_on(denial, route, None),
+        })
+    }
+
     pub async fn authorize(&self, request: Option<&HttpRequest>) -> Result<Verdict, Error> {
         let Some(request) = request else {
             return Ok(Verdict::deny(Denial::NotHttp));
@@ -349,7 +373,7 @@ impl ExtAuthz {
         let ids = route_ids(route, &matched.captures, request);
         let (org_id, workspace_id) = match ids {
             Ok(ids) => ids,
-            Err(denial) => return Ok(Verdict::deny_on(denial, route, None)),
+            Err(denial) => return Ok(self.deny_request(presented, denial, route).await?),
         };
         let query = match validate_check_query(
             self.service.catalogue(),
@@ -362,11 +386,8 @@ impl ExtAuthz {
                 field: field @ ("org_id" | "workspace_id"),
                 reason,
             }) => {
-                return Ok(Verdict::deny_on(
-                    Denial::InvalidId { field, reason },
-                    route,
-                    None,
-                ));
+                let denial = Denial::InvalidId { field, reason };
+                return self.deny_request(presented, denial, route).await;
             }
             // The permission was validated against this catalogue at startup.
             Err(other) => {
@@ -481,7 +502,9 @@ pub fn upstream_headers(
         push(name);
     }
     for (name, _) in &request.headers {
-        if name.starts_with(RESERVED_HEADER_PREFIX) {
+        // Also `x_tokenauth_*`: CGI-style servers read `_` and `-` alike
+        // (both become HTTP_X_TOKENAUTH_...), so those spell our headers too.
+        if is_reserved(name) {
             push(name);
         }
     }
@@ -588,6 +611,7 @@ mod tests {
             ("x-tokenauth-workspace-id", "ws-evil"),
             ("x-tokenauth-owner", "mallory"),
             ("x-tokenauth-admin", "true"),
+            ("x_tokenauth_owner", "mallory"),
             ("x-other", "kept"),
         ]);
         let allow = upstream_headers(&policy, &spoofed, Some(&identity("", ""))).unwrap();
@@ -604,7 +628,8 @@ mod tests {
             vec![
                 "x-tokenauth-owner",
                 "x-tokenauth-workspace-id",
-                "x-tokenauth-admin"
+                "x-tokenauth-admin",
+                "x_tokenauth_owner"
             ]
         );
         for (name, _) in &allow.set {

@@ -160,9 +160,8 @@ pub fn normalize_path(target: &str, dots: DotSegments) -> Result<NormalPath, Pat
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
     };
-    // Empty segments are kept until dot segments are resolved, because RFC
-    // 3986 (and so a normalizing proxy) lets `..` remove an empty segment:
-    // `/a//../b` is `/a/b`, not `/b`.
+    // Empty segments are kept until dot segments are resolved, so that a
+    // `..` over one can be seen (and refused, below).
     let mut segments: Vec<String> = Vec::new();
     for raw in rest.split('/') {
         let segment = decode_segment(raw)?;
@@ -175,11 +174,15 @@ pub fn normalize_path(target: &str, dots: DotSegments) -> Result<NormalPath, Pat
             (false, _) => segments.push(segment),
             (true, DotSegments::Reject) => return Err(PathError::DotSegment),
             (true, DotSegments::Resolve) if segment == "." => {}
-            (true, DotSegments::Resolve) => {
-                if segments.pop().is_none() {
-                    return Err(PathError::AboveRoot);
-                }
-            }
+            (true, DotSegments::Resolve) => match segments.pop() {
+                None => return Err(PathError::AboveRoot),
+                // A `..` over an empty segment means different things to
+                // a proxy that merges slashes first and to one that does not
+                // (`/a//../b` is `/a/b` or `/b`): refuse rather than guess
+                // which the upstream does.
+                Some(popped) if popped.is_empty() => return Err(PathError::DotSegment),
+                Some(_) => {}
+            },
         }
     }
     segments.retain(|segment| !segment.is_empty());
@@ -510,8 +513,13 @@ mod tests {
                 "/v2/workspaces/ws-1/.%2e/ws-2",
                 Ok(&["v2", "workspaces", "ws-2"]),
             ),
-            // `..` removes the empty segment, as a normalizing proxy does.
-            ("/a//../b", Ok(&["a", "b"])),
+            // A `..` over an empty segment is read differently by proxies
+            // that merge slashes first: refused.
+            ("/a//../b", Err(PathError::DotSegment)),
+            (
+                "/v2/workspaces/ws-1/transformations///../../ws-2/x",
+                Err(PathError::DotSegment),
+            ),
             ("/..", Err(PathError::AboveRoot)),
             ("/a/../..", Err(PathError::AboveRoot)),
             ("/a/../../b", Err(PathError::AboveRoot)),

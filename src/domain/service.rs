@@ -995,6 +995,22 @@ impl TokenService {
         Ok(None)
     }
 
+    /// Why `presented` cannot be used for anything (malformed, unknown,
+    /// revoked, expired), or `None` when it is live. For callers that must
+    /// tell a bad credential from a bad request before they can form a query.
+    pub async fn unusable(&self, presented: &str) -> Result<Option<Reason>, Error> {
+        if secret::parse(presented).is_none() {
+            return Ok(Some(Reason::Malformed));
+        }
+        let Some((token, digest)) = self.find_well_formed(presented).await? else {
+            return Ok(Some(Reason::NotFound));
+        };
+        let Some(secret) = token.record.secret_matching(&digest) else {
+            return Ok(Some(Reason::NotFound));
+        };
+        Ok(evaluate_liveness(&token.record, secret, Timestamp::now()))
+    }
+
     /// Decides whether `presented` may do `query`. A deny is a decision, not
     /// an error; only a store failure on a cache miss is an error.
     pub async fn check(

@@ -1009,3 +1009,49 @@ async fn reflection_and_health_know_the_authorization_service() {
     }
     server.stop().await;
 }
+
+/// A bad credential is a 401 about the credential even when the request also
+/// lacks an id: the client must learn that its token is the problem.
+#[tokio::test]
+async fn a_bad_credential_is_401_even_without_the_ids() {
+    let server = start("").await;
+    let revoked = issue(&server, workspace_token("org-1", "ws-1", &["test_api:run"])).await;
+    server
+        .tokens()
+        .revoke_token(tokenauth::proto::RevokeTokenRequest {
+            id: id_of(&revoked),
+            actor: crate::harness::admin("org-1"),
+        })
+        .await
+        .unwrap();
+    for (token, code) in [
+        ("garbage", "malformed_token"),
+        (revoked.secret.as_str(), "revoked_token"),
+    ] {
+        let no_workspace = Http::new("POST", "/v2/test/run").bearer(token);
+        assert_denied(
+            &authorize(&server, &no_workspace).await,
+            401,
+            Some("Bearer error=\"invalid_token\""),
+            code,
+        );
+    }
+    server.stop().await;
+}
+
+/// Envoy sends the client's whole request head, the path twice: a request
+/// head Envoy accepts must yield a decision, never an RPC error that Envoy
+/// might fail open on.
+#[tokio::test]
+async fn a_huge_request_head_is_a_deny_not_an_rpc_error() {
+    let server = start("").await;
+    let path = format!("/v2/test/run?{}", "q".repeat(30_000));
+    let huge = Http::new("POST", &path).header("x-padding", &"p".repeat(29_000));
+    assert_denied(
+        &authorize(&server, &huge).await,
+        401,
+        Some("Bearer error=\"invalid_token\""),
+        "missing_credential",
+    );
+    server.stop().await;
+}
