@@ -373,7 +373,7 @@ impl ExtAuthz {
         let ids = route_ids(route, &matched.captures, request);
         let (org_id, workspace_id) = match ids {
             Ok(ids) => ids,
-            Err(denial) => return Ok(self.deny_request(presented, denial, route).await?),
+            Err(denial) => return self.deny_request(presented, denial, route).await,
         };
         let query = match validate_check_query(
             self.service.catalogue(),
