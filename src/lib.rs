@@ -14,6 +14,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod pepper;

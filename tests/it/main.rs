@@ -9,6 +9,7 @@ mod backup;
 mod deploy;
 mod ext_authz;
 mod faults;
+mod fuzz_replay;
 mod governance;
 mod harness;
 
