@@ -92,7 +92,30 @@ fn http_request(request: &CheckRequest) -> Option<HttpRequest> {
         path,
         headers,
         context_extensions: attributes.context_extensions.clone(),
+        source: source_address(attributes),
     })
+}
+
+/// The downstream client's address, as Envoy reports it, for audit events.
+fn source_address(
+    attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+) -> Option<std::net::SocketAddr> {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    let address::Address::SocketAddress(socket) = attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?
+    else {
+        return None;
+    };
+    let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else {
+        return None;
+    };
+    let ip: std::net::IpAddr = socket.address.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 
 fn header(name: &str, value: &str) -> HeaderValueOption {
@@ -265,6 +288,29 @@ mod tests {
                 ..AttributeContext::default()
             }),
         }
+    }
+
+    #[test]
+    fn the_client_address_is_read_from_the_source_peer() {
+        use envoy_types::pb::envoy::config::core::v3::{
+            Address, SocketAddress, address, socket_address,
+        };
+        let mut request = check_request(attribute_context::HttpRequest::default());
+        assert_eq!(http_request(&request).unwrap().source, None);
+        request.attributes.as_mut().unwrap().source = Some(attribute_context::Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: "203.0.113.7".into(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(44321)),
+                    ..SocketAddress::default()
+                })),
+            }),
+            ..attribute_context::Peer::default()
+        });
+        assert_eq!(
+            http_request(&request).unwrap().source,
+            Some("203.0.113.7:44321".parse().unwrap())
+        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     /// Envoy's per-route `context_extensions` (set by the operator, not the client).
     pub context_extensions: HashMap<String, String>,
+    /// The downstream client's address, when Envoy reports it.
+    pub source: Option<std::net::SocketAddr>,
 }
 
 impl RequestView for HttpRequest {
@@ -399,7 +401,7 @@ impl ExtAuthz {
         };
         // Envoy sets x-request-id on every request it proxies.
         let origin = CheckOrigin {
-            peer: None,
+            peer: request.source,
             request_id: request.header_values("x-request-id").first().copied(),
         };
         let decision = self.service.check(presented, &query, &origin).await?;
@@ -544,6 +546,7 @@ mod tests {
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
             context_extensions: HashMap::new(),
+            source: None,
         }
     }
 
