@@ -153,6 +153,15 @@ fn check_request(token: &str) -> CheckRequest {
     }
 }
 
+/// One Check of `token`, which must be allowed.
+async fn expect_allowed(channel: Channel, token: &str) {
+    let response = CheckServiceClient::new(channel)
+        .check(check_request(token))
+        .await
+        .unwrap();
+    assert!(response.into_inner().allowed);
+}
+
 fn admin() -> Option<Actor> {
     Some(Actor {
         user_id: "bench".into(),
@@ -303,13 +312,7 @@ async fn main() {
             checks.push(
                 closed_loop(&channels, in_flight, seconds, move |channel, _| {
                     let token = token.clone();
-                    async move {
-                        let r = CheckServiceClient::new(channel)
-                            .check(check_request(&token))
-                            .await
-                            .unwrap();
-                        assert!(r.into_inner().allowed);
-                    }
+                    async move { expect_allowed(channel, &token).await }
                 })
                 .await,
             );
@@ -338,11 +341,7 @@ async fn main() {
             let index = ((n + offset).wrapping_mul(2_654_435_761) as usize) % pool.len();
             let token = pool[index].clone();
             async move {
-                let r = CheckServiceClient::new(channel)
-                    .check(check_request(&token))
-                    .await
-                    .unwrap();
-                assert!(r.into_inner().allowed);
+                expect_allowed(channel, &token).await;
             }
         })
         .await;
@@ -363,11 +362,7 @@ async fn main() {
         closed_loop(&channels, 1, seconds, move |channel, _| {
             let token = token.clone();
             async move {
-                let r = CheckServiceClient::new(channel)
-                    .check(check_request(&token))
-                    .await
-                    .unwrap();
-                assert!(r.into_inner().allowed);
+                expect_allowed(channel, &token).await;
             }
         })
         .await
@@ -418,11 +413,7 @@ async fn main() {
         let during = closed_loop(&channels, 1, seconds, move |channel, _| {
             let token = token.clone();
             async move {
-                let r = CheckServiceClient::new(channel)
-                    .check(check_request(&token))
-                    .await
-                    .unwrap();
-                assert!(r.into_inner().allowed);
+                expect_allowed(channel, &token).await;
             }
         })
         .await;

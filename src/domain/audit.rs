@@ -74,6 +74,36 @@ impl AuditEvent {
     }
 }
 
+impl AuditEvent {
+    /// A refusal (action `Denied`), with no organization, actor or target
+    /// yet: callers fill in what they know.
+    pub fn refusal(
+        id: EventId,
+        time: Timestamp,
+        method: Method,
+        outcome: AuditOutcome,
+        detail: &str,
+        peer: Option<std::net::SocketAddr>,
+        request_id: &str,
+    ) -> Self {
+        Self {
+            id,
+            time,
+            org_id: String::new(),
+            workspace_id: String::new(),
+            actor: ActorRef::default(),
+            action: AuditAction::Denied,
+            target_token_ids: Vec::new(),
+            kind: None,
+            outcome,
+            method,
+            detail: detail.to_owned(),
+            peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+            request_id: request_id.to_owned(),
+        }
+    }
+}
+
 /// Which events a listing is about.
 #[derive(Clone, Debug, Default)]
 pub struct AuditQuery {

@@ -334,19 +334,20 @@ impl TokenService {
                 "management call refused"
             );
             let event = AuditEvent {
-                id,
-                time: now,
                 org_id: org_id.to_owned(),
                 workspace_id: workspace_id.to_owned(),
                 actor: caller.actor_ref(),
-                action: AuditAction::Denied,
                 target_token_ids: targets,
                 kind,
-                outcome: AuditOutcome::PermissionDenied,
-                method,
-                detail: detail.to_owned(),
-                peer: caller.peer.map(|p| p.to_string()).unwrap_or_default(),
-                request_id: caller.request_id.clone(),
+                ..AuditEvent::refusal(
+                    id,
+                    now,
+                    method,
+                    AuditOutcome::PermissionDenied,
+                    detail,
+                    caller.peer,
+                    &caller.request_id,
+                )
             };
             append_refusal(self.store.as_ref(), &event).await;
         }
@@ -379,19 +380,17 @@ impl TokenService {
                 org_id = record.org_id;
             }
             let event = AuditEvent {
-                id,
-                time: now,
                 org_id,
-                workspace_id: String::new(),
-                actor: ActorRef::default(),
-                action: AuditAction::Denied,
                 target_token_ids: token_hint.into_iter().collect(),
-                kind: None,
-                outcome: AuditOutcome::Unauthenticated,
-                method,
-                detail: detail.to_owned(),
-                peer: credentials.peer.map(|p| p.to_string()).unwrap_or_default(),
-                request_id: credentials.request_id.clone(),
+                ..AuditEvent::refusal(
+                    id,
+                    now,
+                    method,
+                    AuditOutcome::Unauthenticated,
+                    detail,
+                    credentials.peer,
+                    &credentials.request_id,
+                )
             };
             append_refusal(self.store.as_ref(), &event).await;
         }
@@ -1078,22 +1077,23 @@ impl TokenService {
             return;
         };
         let event = AuditEvent {
-            id,
-            time: now,
             org_id: record.org_id.clone(),
             workspace_id: record.workspace_id.clone(),
             actor: ActorRef {
                 token_id: record.id.to_string(),
                 ..ActorRef::default()
             },
-            action: AuditAction::Denied,
             target_token_ids: vec![record.id],
             kind: Some(record.kind),
-            outcome: AuditOutcome::RetiredSecretPresented,
-            method: Method::Check,
-            detail: "a secret replaced by rotation was presented after its grace period".into(),
-            peer: origin.peer.map(|p| p.to_string()).unwrap_or_default(),
-            request_id: origin.request_id.unwrap_or_default().to_owned(),
+            ..AuditEvent::refusal(
+                id,
+                now,
+                Method::Check,
+                AuditOutcome::RetiredSecretPresented,
+                "a secret replaced by rotation was presented after its grace period",
+                origin.peer,
+                origin.request_id.unwrap_or_default(),
+            )
         };
         let store = Arc::clone(&self.store);
         tokio::spawn(async move { append_refusal(store.as_ref(), &event).await });
