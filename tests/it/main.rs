@@ -16,6 +16,7 @@ mod harness;
 mod bad_input;
 mod check;
 mod child;
+mod corruption;
 mod crash;
 mod lifecycle;
 mod listing;
