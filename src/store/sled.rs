@@ -43,6 +43,10 @@ use crate::domain::{
 const WATERMARK_FILE: &str = "tokenauth.flushed";
 /// The `meta` key each flush writes its own number under, before flushing.
 const FLUSH_SEQ: &[u8] = b"flush_seq";
+/// How much a data directory must take, and sync, before a store stuck on an
+/// I/O error is worth a restart: two of sled's 512 KiB log segments, so that
+/// a restart does not find the disk full again at its first write.
+const DISK_PROBE_BYTES: usize = 1 << 20;
 /// Most index entries one list call examines before returning a short page.
 const MAX_SCAN_PER_PAGE: usize = 5_000;
 /// Most secrets a record keeps (the current one and recently replaced ones).
@@ -83,6 +87,7 @@ struct Tx<'a> {
 pub struct SledStore {
     trees: Arc<Trees>,
     commit: GroupCommit,
+    dir: std::path::PathBuf,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -155,6 +160,19 @@ fn be_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
     <[u8; 8]>::try_from(bytes)
         .map(u64::from_be_bytes)
         .map_err(|_| StoreError::Corrupt(format!("{what} is not 8 bytes long")))
+}
+
+/// Whether the file system under `dir` takes a write of
+/// [`DISK_PROBE_BYTES`] and syncs it (the probe file is removed either way).
+fn disk_takes_writes(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join("tokenauth.disk-probe");
+    let outcome = std::fs::File::create(&path).and_then(|mut file| {
+        file.write_all(&vec![0u8; DISK_PROBE_BYTES])?;
+        file.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    outcome.and(removed)
 }
 
 impl SledStore {
@@ -237,7 +255,22 @@ impl SledStore {
                 .map_err(|e| format!("writing the flush watermark: {e}"))
         })
         .map_err(unavailable)?;
-        Ok(Self { trees, commit })
+        Ok(Self {
+            trees,
+            commit,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Writes the health probe's marker and waits for it to be durable.
+    async fn write_marker(&self) -> Result<(), StoreError> {
+        let now = Timestamp::now().as_micros().to_be_bytes();
+        self.write(move |t| {
+            t.meta.insert(b"health_probe", &now)?;
+            Ok(())
+        })
+        .await?;
+        self.commit.durable().await
     }
 
     /// Runs `apply` under the write lock on a blocking thread.
@@ -994,13 +1027,27 @@ impl Store for SledStore {
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
-        let now = Timestamp::now().as_micros().to_be_bytes();
-        self.write(move |t| {
-            t.meta.insert(b"health_probe", &now)?;
-            Ok(())
+        let Err(error) = self.write_marker().await else {
+            return Ok(());
+        };
+        // sled keeps the first I/O error it meets (a full or read-only disk)
+        // and fails every later write with it until it is reopened, even once
+        // the disk is fine again. When the disk itself takes writes and the
+        // store still does not, only a restart helps: reopening in place
+        // could acknowledge a write applied to the old instance and lost
+        // with it.
+        let dir = self.dir.clone();
+        let disk = tokio::task::spawn_blocking(move || disk_takes_writes(&dir))
+            .await
+            .map_err(unavailable)?;
+        if disk.is_err() {
+            return Err(error);
+        }
+        self.write_marker().await.map_err(|again| {
+            StoreError::NeedsRestart(format!(
+                "the disk takes writes again, but the store still fails them ({again})"
+            ))
         })
-        .await?;
-        self.commit.durable().await
     }
 
     async fn durable(&self) -> Result<(), StoreError> {

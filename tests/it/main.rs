@@ -7,6 +7,7 @@
 mod audit;
 mod backup;
 mod deploy;
+mod disk_faults;
 mod ext_authz;
 mod faults;
 mod fuzz_replay;
