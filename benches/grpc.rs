@@ -262,7 +262,7 @@ async fn main() {
         },
     }];
     config.limits.max_concurrent_requests = 100_000;
-    let store = server::open_store(&config).unwrap();
+    let store = server::open_store(&config).await.unwrap();
     let filled = Instant::now();
     let secrets = Arc::new(support::fill(store.as_ref(), stored, "ws-1").await);
     let fill_seconds = filled.elapsed().as_secs_f64();
@@ -465,7 +465,7 @@ async fn main() {
     let mut bulk_config = config.clone();
     bulk_config.data_dir = bulk_dir.path().join("data");
     support::write_pepper(&bulk_config.data_dir);
-    let bulk_store = server::open_store(&bulk_config).unwrap();
+    let bulk_store = server::open_store(&bulk_config).await.unwrap();
     let bulk_secrets = support::fill(bulk_store.as_ref(), 10_000, "ws-bulk").await;
     let bulk = server::start_with_store(bulk_config, bulk_store)
         .await

@@ -108,7 +108,7 @@ pub async fn service(
 ) {
     write_pepper(dir);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db")).unwrap());
-    let keyring = tokenauth::pepper::open(&dir.join("pepper"), store.as_ref())
+    let keyring = tokenauth::pepper::open(&dir.join("pepper"), store.as_ref(), true)
         .await
         .unwrap();
     let config = Config::default();

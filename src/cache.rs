@@ -19,7 +19,7 @@ use std::{
     hash::{BuildHasherDefault, Hasher},
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -94,6 +94,9 @@ pub struct TokenCache {
     positive: DigestMap<Arc<CachedToken>>,
     negative: DigestMap<()>,
     gate: RwLock<()>,
+    /// Set while changes made by other replicas may be missing (see
+    /// [`TokenCache::suspend`]): every lookup is then a miss.
+    suspended: AtomicBool,
 }
 
 impl TokenCache {
@@ -107,10 +110,14 @@ impl TokenCache {
                 .time_to_live(settings.negative_ttl)
                 .build_with_hasher(BuildHasherDefault::default()),
             gate: RwLock::new(()),
+            suspended: AtomicBool::new(false),
         }
     }
 
     pub fn get(&self, digest: &Digest) -> Lookup {
+        if self.suspended.load(Ordering::Acquire) {
+            return Lookup::Miss;
+        }
         if let Some(token) = self.positive.get(digest) {
             Lookup::Found(token)
         } else if self.negative.contains_key(digest) {
@@ -143,6 +150,23 @@ impl TokenCache {
             self.positive.invalidate(digest);
             self.negative.invalidate(digest);
         }
+    }
+
+    /// Stops answering from memory and forgets everything, once every
+    /// in-flight fill has finished: for when this replica can no longer
+    /// prove that it knows every revocation (Checks then read the store,
+    /// and fail if it is down).
+    pub async fn suspend(&self) {
+        self.suspended.store(true, Ordering::Release);
+        let _exclusive = self.gate.write().await;
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
+    }
+
+    /// Answers from memory again (after [`TokenCache::suspend`]), once every
+    /// revocation up to now has been applied.
+    pub fn resume(&self) {
+        self.suspended.store(false, Ordering::Release);
     }
 
     /// Forgets a negative entry (a digest that now has a token).

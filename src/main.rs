@@ -108,6 +108,13 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum PepperAction {
+    /// Create a new pepper file (refuses to replace one). For servers that
+    /// share a PostgreSQL store: create it once, and give every replica a copy.
+    Create {
+        /// Where to write it (mode 0600).
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Add a new pepper key. New tokens use it after the next start; existing tokens keep working.
     Rotate {
         /// The pepper file [default: <data dir>/pepper].
@@ -135,6 +142,21 @@ fn main() -> ExitCode {
             out,
         } => backup(&server, &credential_file, &out),
         Command::Restore { from, data_dir } => restore(&from, &data_dir),
+        Command::Pepper {
+            action: PepperAction::Create { file },
+        } => match pepper::create(&file) {
+            Ok(()) => {
+                println!(
+                    "created {}: a secret. Give every replica the same file, and back it up",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Pepper {
             action: PepperAction::Rotate { file, data_dir },
         } => {

@@ -26,8 +26,8 @@ use super::{
     AuditPage, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store, StoreError,
     TokenQuery, UsagePage,
     durability::GroupCommit,
-    keys::{self, index_key, prefix},
-    records::{decode_audit, decode_token, encode_audit, encode_token, reason_number, reason_of},
+    keys::{self, audit_key, audit_time_key, decode_usage_tail, index_key, prefix, usage_keys},
+    records::{decode_audit, decode_token, encode_audit, encode_token},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
@@ -41,7 +41,7 @@ use crate::domain::{
 /// Most index entries one list call examines before returning a short page.
 const MAX_SCAN_PER_PAGE: usize = 5_000;
 /// Most secrets a record keeps (the current one and recently replaced ones).
-const MAX_SECRETS: usize = 8;
+pub(super) const MAX_SECRETS: usize = 8;
 
 struct Trees {
     db: sled::Db,
@@ -183,18 +183,6 @@ fn index_entries(record: &TokenRecord) -> [Vec<u8>; 3] {
             index_key(&[&record.org_id, &record.owner_user_id], record.id)
         },
     ]
-}
-
-fn audit_key(org_id: &str, id: EventId) -> Vec<u8> {
-    let mut key = prefix(&[org_id]);
-    key.extend_from_slice(&id.to_bytes());
-    key
-}
-
-fn audit_time_key(id: EventId, org_id: &str) -> Vec<u8> {
-    let mut key = id.to_bytes().to_vec();
-    keys::push_parts(&mut key, &[org_id]);
-    key
 }
 
 impl Tx<'_> {
@@ -380,72 +368,6 @@ impl Trees {
     }
 }
 
-/// The three keys of one usage record: by time, by org, by token.
-fn usage_keys(record: &UsageRecord) -> [Vec<u8>; 3] {
-    let minute = keys::sortable_i64(record.minute.as_micros());
-    let token = record.token_id.to_bytes();
-    let reason = reason_number(record.decision);
-    let mut by_time = minute.to_vec();
-    keys::push_parts(&mut by_time, &[&record.org_id]);
-    by_time.extend_from_slice(&token);
-    keys::push_parts(&mut by_time, &[&record.permission]);
-    by_time.push(reason);
-
-    let mut by_org = prefix(&[&record.org_id]);
-    by_org.extend_from_slice(&minute);
-    by_org.extend_from_slice(&token);
-    keys::push_parts(&mut by_org, &[&record.permission]);
-    by_org.push(reason);
-
-    let mut by_token = token.to_vec();
-    by_token.extend_from_slice(&minute);
-    keys::push_parts(&mut by_token, &[&record.permission]);
-    by_token.push(reason);
-    [by_time, by_org, by_token]
-}
-
-/// Reads `[minute][token?][permission][decision]`, the tail shared by the
-/// by-org and by-token keys (the by-token key has no token in its tail).
-fn decode_usage_tail(
-    org_id: &str,
-    token: Option<TokenId>,
-    tail: &[u8],
-    count: &[u8],
-) -> Result<UsageRecord, StoreError> {
-    let corrupt = || StoreError::Corrupt("usage key".into());
-    let minute: [u8; 8] = tail
-        .get(..8)
-        .ok_or_else(corrupt)?
-        .try_into()
-        .map_err(|_| corrupt())?;
-    let mut rest = &tail[8..];
-    let token_id = match token {
-        Some(id) => id,
-        None => {
-            let bytes: [u8; 16] = rest
-                .get(..16)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .map_err(|_| corrupt())?;
-            rest = &rest[16..];
-            TokenId::from_bytes(bytes)
-        }
-    };
-    let (permission, rest) = keys::take_part(rest).ok_or_else(corrupt)?;
-    let [reason] = rest else {
-        return Err(corrupt());
-    };
-    let count: [u8; 8] = count.try_into().map_err(|_| corrupt())?;
-    Ok(UsageRecord {
-        org_id: org_id.to_owned(),
-        token_id,
-        permission: permission.to_owned(),
-        decision: reason_of(*reason)?,
-        minute: Timestamp::from_micros(keys::i64_from_sortable(minute)),
-        count: u64::from_be_bytes(count),
-    })
-}
-
 #[async_trait]
 impl Store for SledStore {
     async fn insert_token(
@@ -568,54 +490,20 @@ impl Store for SledStore {
         let (rotation, event) = (rotation.clone(), event.clone());
         self.write(move |t| {
             t.transaction(|tx| {
-                let Some(mut record) = tx.record(id)? else {
+                let Some(record) = tx.record(id)? else {
                     return Ok(RotateOutcome::NotFound);
                 };
-                if record.revoked_at.is_some() {
-                    return Ok(RotateOutcome::Revoked);
-                }
-                for secret in &mut record.secrets {
-                    // A rotation may shorten an earlier grace period, never extend it.
-                    if secret
-                        .retired_at
-                        .is_none_or(|at| at > rotation.old_retired_at)
-                    {
-                        secret.retired_at = Some(rotation.old_retired_at);
+                let outcome = super::rotate_record(record, &rotation, MAX_SECRETS);
+                if let RotateOutcome::Rotated { record, forgotten } = &outcome {
+                    for digest in forgotten {
+                        tx.digests.remove(&digest.0)?;
                     }
+                    tx.digests
+                        .insert(&rotation.new_secret.digest.0, &id.to_bytes())?;
+                    tx.put(record)?;
+                    tx.append_audit(&event)?;
                 }
-                // Newest grace end first; forget the long-expired, then the
-                // surplus, but never a secret still in its grace period.
-                record
-                    .secrets
-                    .sort_by_key(|s| std::cmp::Reverse(s.retired_at));
-                let mut forgotten = Vec::new();
-                let mut kept = vec![rotation.new_secret.clone()];
-                for secret in record.secrets.drain(..) {
-                    let in_grace = secret.retired_at.is_some_and(|at| at > rotation.now);
-                    if in_grace && kept.len() == MAX_SECRETS {
-                        return Ok(RotateOutcome::TooManySecrets);
-                    }
-                    let stale = secret
-                        .retired_at
-                        .is_some_and(|at| at < rotation.forget_retired_before);
-                    if stale || kept.len() == MAX_SECRETS {
-                        forgotten.push(secret.digest);
-                    } else {
-                        kept.push(secret);
-                    }
-                }
-                record.secrets = kept;
-                for digest in &forgotten {
-                    tx.digests.remove(&digest.0)?;
-                }
-                tx.digests
-                    .insert(&rotation.new_secret.digest.0, &id.to_bytes())?;
-                tx.put(&record)?;
-                tx.append_audit(&event)?;
-                Ok(RotateOutcome::Rotated {
-                    record: Box::new(record.clone()),
-                    forgotten: forgotten.clone(),
-                })
+                Ok(outcome)
             })
         })
         .await

@@ -20,7 +20,7 @@ use crate::{
     harness::{TestServer, check, issue, service_token},
 };
 
-async fn status_of(server: &TestServer, service: &str) -> i32 {
+pub async fn status_of(server: &TestServer, service: &str) -> i32 {
     HealthClient::new(server.channel.clone())
         .check(HealthCheckRequest {
             service: service.into(),
@@ -31,11 +31,11 @@ async fn status_of(server: &TestServer, service: &str) -> i32 {
         .status
 }
 
-const SERVING: i32 = ServingStatus::Serving as i32;
-const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+pub const SERVING: i32 = ServingStatus::Serving as i32;
+pub const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
 
 /// Polls until `service` reports `wanted` (the probe runs on its own schedule).
-async fn wait_for_status(server: &TestServer, service: &str, wanted: i32) {
+pub async fn wait_for_status(server: &TestServer, service: &str, wanted: i32) {
     for _ in 0..200 {
         if status_of(server, service).await == wanted {
             return;
