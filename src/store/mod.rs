@@ -14,6 +14,7 @@ pub mod backup;
 mod durability;
 mod keys;
 pub mod metered;
+pub mod migrate;
 pub mod postgres;
 mod records;
 pub mod sled;

@@ -145,6 +145,12 @@ impl SledStore {
         Ok(Self { trees, commit })
     }
 
+    /// The entries of tree `name` under `prefix`, in key order (for
+    /// `tokenauth migrate`, with the server stopped).
+    pub(super) fn scan_tree(&self, name: &str, prefix: &[u8]) -> Result<sled::Iter, StoreError> {
+        Ok(self.trees.db.open_tree(name)?.scan_prefix(prefix))
+    }
+
     /// Runs `apply` under the write lock on a blocking thread.
     async fn write<T, F>(&self, apply: F) -> Result<T, StoreError>
     where

@@ -71,14 +71,14 @@ pub struct TestServer {
     /// The control-plane credential (its hash is in `config`).
     pub control_plane: String,
     /// The PostgreSQL cluster of a server that the environment put on one
-    /// (`TOKENAUTH_TEST_STORE=postgres`); `None` on sled or a test's own cluster.
+    /// (`TEST_STORE=postgres`); `None` on sled or a test's own cluster.
     cluster: Option<PgCluster>,
 }
 
 /// Whether the suite runs its servers on PostgreSQL instead of sled
-/// (`TOKENAUTH_TEST_STORE=postgres`, set by `scripts/test` for a second pass).
+/// (`TEST_STORE=postgres`, set by `scripts/test` for a second pass).
 pub fn on_postgres() -> bool {
-    std::env::var("TOKENAUTH_TEST_STORE").is_ok_and(|v| v == "postgres")
+    std::env::var("TEST_STORE").is_ok_and(|v| v == "postgres")
 }
 
 /// Points `config` at the PostgreSQL database `url`, with the shared pepper

@@ -14,12 +14,14 @@ use std::{
 
 use tempfile::TempDir;
 use tokenauth::proto::{
-    Reason, RevokeAllRequest, RevokeTokenRequest, RotateTokenRequest, TokenKind,
+    BackupRequest, ListAuditEventsRequest, ListTokenUsageRequest, Reason, RevokeAllRequest,
+    RevokeTokenRequest, RotateTokenRequest, TokenKind, admin_service_client::AdminServiceClient,
 };
 use tonic::Code;
 
 use crate::{
-    harness::{TestServer, admin, check, id_of, issue, service_token},
+    child::run_command,
+    harness::{TestServer, admin, bearer_of, check, id_of, issue, service_token},
     operations::{NOT_SERVING, SERVING, wait_for_status},
     pg::PgCluster,
 };
@@ -332,4 +334,149 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
             id_of(issued)
         );
     }
+}
+
+#[tokio::test]
+async fn a_backup_of_a_postgresql_store_points_at_postgresqls_own_tools() {
+    let shared = Shared::new();
+    let server = shared.replica().await;
+    let mut client = AdminServiceClient::with_interceptor(
+        server.channel.clone(),
+        bearer_of(Some(&server.control_plane)),
+    );
+    let status = client
+        .backup(BackupRequest {})
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("pg_dump"), "{}", status.message());
+}
+
+/// Every event of `org` that `server` lists, newest first.
+async fn audit_ids(server: &TestServer, org: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = server
+            .audit()
+            .list_audit_events(ListAuditEventsRequest {
+                org_id: org.into(),
+                page_size: 7,
+                page_token: page_token.clone(),
+                caller_actor: admin(org),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.events.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every usage record of `org` that `server` lists, as (token, permission, count).
+async fn usage_of(server: &TestServer, org: &str) -> Vec<(String, String, u64)> {
+    server
+        .tokens()
+        .list_token_usage(ListTokenUsageRequest {
+            org_id: org.into(),
+            page_size: 1000,
+            actor: admin(org),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .into_iter()
+        .map(|r| (r.token_id, r.permission, r.count))
+        .collect()
+}
+
+#[tokio::test]
+async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
+    // A sled server with live, revoked and used tokens, stopped.
+    let sled = TestServer::start_with(|config| {
+        config.store = "sled".into();
+        config.usage.flush_interval = Duration::from_millis(50);
+    })
+    .await;
+    let live = issue(&sled, service_token("org-1", &["scim:read"])).await;
+    let revoked = issue(&sled, service_token("org-1", &["scim:read"])).await;
+    sled.tokens()
+        .revoke_token(RevokeTokenRequest {
+            id: id_of(&revoked),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert!(
+            check(&sled, &live.secret, "scim:read", "org-1", "")
+                .await
+                .allowed
+        );
+    }
+    let events = audit_ids(&sled, "org-1").await;
+    let usage = loop {
+        let usage = usage_of(&sled, "org-1").await;
+        if usage.iter().map(|(_, _, count)| count).sum::<u64>() == 3 {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dir = sled.stop().await;
+    let data_dir = dir.path().join("data");
+
+    let cluster = PgCluster::start();
+    let url = cluster.url();
+    let from = data_dir.to_str().unwrap();
+    let (code, first, stderr) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
+    assert_eq!(code, Some(0), "{first}{stderr}");
+    assert!(first.contains("verified"), "{first}");
+    assert!(first.contains("tokens"), "{first}");
+
+    // Run again: nothing changes, and it still verifies.
+    let (code, second, stderr) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
+    assert_eq!(code, Some(0), "{second}{stderr}");
+    assert_eq!(first, second);
+
+    // A replica on the copy, with the sled server's pepper, knows everything.
+    let pepper = data_dir.join("pepper");
+    let replica = TestServer::start_replica(&url, &pepper, |_| {}).await;
+    assert!(
+        check(&replica, &live.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    assert_eq!(
+        check(&replica, &revoked.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::Revoked as i32
+    );
+    assert_eq!(audit_ids(&replica, "org-1").await, events);
+    assert_eq!(usage_of(&replica, "org-1").await, usage);
+
+    // Once the target is in use, a new run says the copy differs and fails.
+    issue(&replica, service_token("org-1", &["scim:read"])).await;
+    let (code, third, _) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
+    assert_eq!(code, Some(1), "{third}");
+    assert!(third.contains("DIFFERS"), "{third}");
+
+    // A replica with another pepper refuses to start on the copy.
+    let other = tempfile::tempdir().unwrap();
+    let foreign = other.path().join("pepper");
+    tokenauth::pepper::create(&foreign).unwrap();
+    let mut config = replica.config.clone();
+    config.pepper_file = Some(foreign);
+    let error = match tokenauth::server::start(config).await {
+        Ok(_) => panic!("a replica with a foreign pepper started"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("does not match"), "{error}");
 }
