@@ -23,6 +23,9 @@ pub const USER: &str = "tokenauth";
 pub struct PgCluster {
     dir: TempDir,
     port: u16,
+    /// Whether PostgreSQL flushes its WAL to disk (off for tests, which
+    /// never crash the machine; on for benchmarks of durable writes).
+    fsync: bool,
 }
 
 /// The directory of PostgreSQL's server programs.
@@ -150,6 +153,7 @@ impl PgCluster {
         let cluster = Self {
             dir,
             port: free_port(),
+            fsync: false,
         };
         cluster.start_again();
         cluster
@@ -158,9 +162,10 @@ impl PgCluster {
     /// Starts the (stopped) cluster on its port, and waits until it accepts connections.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.fsync { "on" } else { "off" }
         );
         let mut pg_ctl = command("pg_ctl");
         pg_ctl
@@ -180,6 +185,14 @@ impl PgCluster {
             .arg(self.dir.path().join("data"))
             .args(["-m", "fast", "-w", "stop"]);
         run(pg_ctl);
+    }
+
+    /// Restarts the cluster with WAL flushes on (as in production).
+    #[allow(dead_code)] // for the benchmarks, which share this file
+    pub fn restart_durable(&mut self) {
+        self.stop();
+        self.fsync = true;
+        self.start_again();
     }
 
     /// A URL of the cluster's `postgres` database.
