@@ -33,7 +33,12 @@ pub fn micros(h: &Histogram<u64>, q: f64) -> f64 {
 
 /// Runs `call` in a closed loop on every channel with `in_flight` calls each,
 /// for `seconds`, and returns latency percentiles (µs) and throughput.
-pub async fn closed_loop<C, F>(channels: &[Channel], in_flight: usize, seconds: u64, call: C) -> Figures
+pub async fn closed_loop<C, F>(
+    channels: &[Channel],
+    in_flight: usize,
+    seconds: u64,
+    call: C,
+) -> Figures
 where
     C: Fn(Channel, u64) -> F + Send + Sync + 'static + Clone,
     F: Future<Output = ()> + Send,
@@ -110,4 +115,3 @@ pub async fn connect(addr: SocketAddr, count: usize) -> Vec<Channel> {
     }
     channels
 }
-

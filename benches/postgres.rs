@@ -181,11 +181,8 @@ async fn main() {
         let channels = connect(miss_server.local_addr(), connections).await;
         let (mut floors, mut misses) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let (client, statement, id) = (
-                Arc::clone(&floor_client),
-                lookup.clone(),
-                some_id.clone(),
-            );
+            let (client, statement, id) =
+                (Arc::clone(&floor_client), lookup.clone(), some_id.clone());
             // One client connection serves the floor's in-flight calls
             // (tokio-postgres pipelines them), as one pool serves the server's.
             floors.push(
