@@ -412,10 +412,10 @@ pub struct PostgresConfig {
     /// notification came (the safety net under LISTEN/NOTIFY). Default `"200ms"`.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How long cached tokens are trusted after the last successful read of
-    /// the revocation log; beyond it the cache is emptied and Checks read the
-    /// database (failing closed if it is down). Default `"700ms"`, which
-    /// with `poll_interval` bounds cross-replica revocation to 1 s.
+    /// How long cached tokens are trusted after the start of the last
+    /// successful read of the revocation log; beyond it Checks read the
+    /// database (failing closed if it is down). This bounds how long a
+    /// revocation on another replica can go unnoticed. Default `"700ms"`.
     #[serde(with = "humantime_serde")]
     pub max_staleness: Duration,
     /// How long revocation log entries are kept; a replica cut off for

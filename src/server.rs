@@ -246,8 +246,8 @@ async fn apply_invalidations(
     while let Some(invalidation) = invalidations.recv().await {
         match invalidation {
             Invalidation::Digests(digests) => cache.invalidate(&digests).await,
-            Invalidation::Stale => cache.suspend().await,
-            Invalidation::Fresh => cache.resume(),
+            Invalidation::TrustUntil(until) => cache.trust_until(until),
+            Invalidation::Stale => cache.forget_all().await,
         }
     }
 }

@@ -46,17 +46,22 @@ pub enum StoreError {
     Unsupported(&'static str),
 }
 
-/// What a store shared with other replicas tells this one's cache.
+/// What a store shared with other replicas tells this one's cache, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalidation {
     /// Another replica (or this one) took these digests out of service.
     Digests(Vec<Digest>),
-    /// Changes may have been missed (the database cannot be reached, or its
-    /// log of changes no longer reaches back far enough): forget everything,
-    /// and trust no cached entry until [`Invalidation::Fresh`].
+    /// Every change committed before some instant has been sent, so cached
+    /// entries may be trusted until this instant (that one plus the
+    /// store's staleness bound). Past it, every lookup is a miss until the
+    /// next such message: a replica that cannot follow the other replicas'
+    /// changes, for whatever reason (the database is down, or the task that
+    /// follows them is starved of CPU), stops answering from memory.
+    TrustUntil(std::time::Instant),
+    /// Changes may have been missed (the log of changes no longer reaches
+    /// back far enough, or could not be read for the staleness bound):
+    /// forget every cached entry.
     Stale,
-    /// Every change up to now is known again.
-    Fresh,
 }
 
 /// Which tokens a listing or a bulk revocation is about.

@@ -14,8 +14,8 @@
 //! row serialises them, so log entries become visible in sequence order with
 //! no gaps, and a reader that has seen every entry up to `n` knows it missed
 //! none. Replicas learn of entries by LISTEN/NOTIFY, and independently by
-//! reading the log every `poll_interval`; a replica that cannot read the log
-//! for `max_staleness` stops trusting its cache (see [`Invalidation`]).
+//! reading the log every `poll_interval`; a replica whose cache has not been
+//! proven fresh for `max_staleness` stops trusting it (see [`Invalidation`]).
 //!
 //! Every transaction commits with PostgreSQL's default `synchronous_commit`,
 //! so a returned write is durable and [`Store::durable`] has nothing to wait
@@ -1060,9 +1060,12 @@ async fn listen_forever(
 }
 
 /// Follows the revocation log for this replica's cache: wakes on NOTIFY and
-/// every `poll_interval`, sends what other replicas revoked, and says
-/// [`Invalidation::Stale`] once the log has not been read for
-/// `max_staleness` (and [`Invalidation::Fresh`] when it has been again).
+/// every `poll_interval`, and after each successful read sends what other
+/// replicas revoked, then how long the cache may be trusted (the start of the
+/// read plus `max_staleness`). When reads keep failing, the cache stops
+/// trusting itself at that moment anyway; the follower also empties it then
+/// ([`Invalidation::Stale`]), so that nothing cached before the outage
+/// survives it.
 async fn follow_revocations(
     pool: Pool,
     config: tokio_postgres::Config,
@@ -1077,7 +1080,16 @@ async fn follow_revocations(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A read can take at most this long, so that staleness is noticed in time.
     let read_timeout = timing.poll_interval.min(Duration::from_millis(250));
+    // `seen` was read when the store opened, just now.
     let mut proven = Instant::now();
+    if cache
+        .send(Invalidation::TrustUntil(
+            (proven + timing.max_staleness).into_std(),
+        ))
+        .is_err()
+    {
+        return;
+    }
     let mut stale = false;
     let mut last_prune = Instant::now();
     loop {
@@ -1101,7 +1113,7 @@ async fn follow_revocations(
         let started = Instant::now();
         match timeout(read_timeout, catch_up(&pool, seen)).await {
             Ok(Ok(found)) => {
-                let mut sent = Ok(());
+                let mut messages = Vec::new();
                 if found.gap {
                     tracing::warn!(
                         seen,
@@ -1109,21 +1121,22 @@ async fn follow_revocations(
                         "revocation log entries this replica had not read are gone; \
                          emptying the token cache"
                     );
-                    sent = sent.and(cache.send(Invalidation::Stale));
-                    stale = true;
+                    messages.push(Invalidation::Stale);
                 }
                 if !found.digests.is_empty() {
-                    sent = sent.and(cache.send(Invalidation::Digests(found.digests)));
+                    messages.push(Invalidation::Digests(found.digests));
+                }
+                messages.push(Invalidation::TrustUntil(
+                    (started + timing.max_staleness).into_std(),
+                ));
+                if messages.into_iter().any(|m| cache.send(m).is_err()) {
+                    return;
                 }
                 seen = found.clock;
                 proven = started;
                 if stale {
                     tracing::info!("the revocation log is readable again; trusting the cache");
-                    sent = sent.and(cache.send(Invalidation::Fresh));
                     stale = false;
-                }
-                if sent.is_err() {
-                    return;
                 }
             }
             Ok(Err(error)) => tracing::debug!(%error, "reading the revocation log failed"),
