@@ -402,6 +402,11 @@ pub struct PostgresConfig {
     /// A file holding the database password (its first line). Default: none
     /// (the URL's password, or none).
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that sign the database server's certificate.
+    /// When set, every connection uses TLS and verifies the server's
+    /// certificate and host name; when not, connections are plaintext (and a
+    /// URL with `sslmode=require` is refused). Default: none.
+    pub ca_file: Option<PathBuf>,
     /// Most connections this replica opens for requests. Default 16.
     pub pool_size: usize,
     /// How long to wait for a connection (to open, or from a busy pool)
@@ -428,6 +433,7 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         Self {
             password_file: None,
+            ca_file: None,
             pool_size: 16,
             connect_timeout: Duration::from_secs(2),
             poll_interval: Duration::from_millis(200),

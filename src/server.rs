@@ -43,6 +43,11 @@ pub enum ServerError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("reading {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("opening the database: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -129,7 +134,7 @@ pub fn postgres_settings(config: &Config, url: String) -> Result<PostgresSetting
     let password = match &pg.password_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
-                .map_err(|source| ServerError::DataDir {
+                .map_err(|source| ServerError::File {
                     path: path.clone(),
                     source,
                 })?
@@ -140,9 +145,17 @@ pub fn postgres_settings(config: &Config, url: String) -> Result<PostgresSetting
         ),
         None => None,
     };
+    let ca_pem = match &pg.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| ServerError::File {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
     Ok(PostgresSettings {
         url,
         password,
+        ca_pem,
         pool_size: pg.pool_size,
         connect_timeout: pg.connect_timeout,
         feed: FeedTiming {

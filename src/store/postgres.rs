@@ -23,16 +23,24 @@
 //! `synchronous_commit = off`, so a flood of refusals cannot cost a WAL flush
 //! each.
 
-use std::{collections::HashMap, path::Path, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::{
     sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
     task::JoinHandle,
     time::{Instant, timeout},
 };
-use tokio_postgres::{NoTls, Row, types::ToSql};
+use tokio_postgres::{NoTls, Row, config::SslMode, types::ToSql};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     AuditPage, Invalidation, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store,
@@ -132,6 +140,11 @@ pub struct FeedTiming {
 pub struct PostgresSettings {
     pub url: String,
     pub password: Option<String>,
+    /// PEM certificates of the CA(s) that sign the database server's
+    /// certificate. With them, every connection is TLS and the server's
+    /// certificate and name are verified; without them, connections are
+    /// plaintext and a URL that asks for TLS (`sslmode=require`) is refused.
+    pub ca_pem: Option<Vec<u8>>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub feed: FeedTiming,
@@ -176,19 +189,56 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-/// The connection settings of `settings`, ready for the pool and LISTEN.
-fn connection_config(settings: &PostgresSettings) -> Result<tokio_postgres::Config, StoreError> {
+/// The connection settings of `settings`, ready for the pool and LISTEN,
+/// and the TLS connector when the database is reached over TLS.
+fn connection_config(
+    settings: &PostgresSettings,
+) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), StoreError> {
+    let invalid = |reason: &str| StoreError::Unavailable(format!("store: {reason}"));
     // Never echo the URL: it may hold a password.
     let mut config: tokio_postgres::Config = settings
         .url
         .parse()
-        .map_err(|_| StoreError::Unavailable("store: the PostgreSQL URL is not valid".into()))?;
+        .map_err(|_| invalid("the PostgreSQL URL is not valid"))?;
     if let Some(password) = &settings.password {
         config.password(password);
     }
     config.connect_timeout(settings.connect_timeout);
     config.application_name("tokenauth");
-    Ok(config)
+    let tls = match &settings.ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|_| invalid("postgres.ca_file is not PEM"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(&format!("postgres.ca_file: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid("postgres.ca_file holds no certificate"));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| invalid(&format!("TLS: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.ssl_mode(SslMode::Require);
+            Some(MakeRustlsConnect::new(client))
+        }
+        None if config.get_ssl_mode() == SslMode::Require => {
+            return Err(invalid(
+                "the PostgreSQL URL asks for TLS (sslmode=require): set postgres.ca_file to \
+                 the CA that signs the database server's certificate",
+            ));
+        }
+        None => {
+            // Prefer would silently fall back to plaintext; say what happens.
+            config.ssl_mode(SslMode::Disable);
+            None
+        }
+    };
+    Ok((config, tls))
 }
 
 fn bytes16(value: &[u8], what: &str) -> Result<[u8; 16], StoreError> {
@@ -214,14 +264,14 @@ impl PostgresStore {
     /// Connects, brings the schema up to date, and starts following the
     /// revocation log.
     pub async fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
-        let config = connection_config(settings)?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let (config, tls) = connection_config(settings)?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
@@ -235,7 +285,7 @@ impl PostgresStore {
         let (sender, receiver) = unbounded_channel();
         let feed = tokio::spawn(follow_revocations(
             pool.clone(),
-            config,
+            (config, tls),
             seq,
             sender,
             settings.feed.clone(),
@@ -1008,54 +1058,67 @@ async fn catch_up(pool: &Pool, seen: i64) -> Result<CatchUp, StoreError> {
 /// follower on every notification, and on every (re)connection, since
 /// notifications sent while disconnected are lost.
 async fn listen_forever(
-    config: tokio_postgres::Config,
+    (config, tls): (tokio_postgres::Config, Option<MakeRustlsConnect>),
     wake: UnboundedSender<()>,
     retry: Duration,
 ) {
     loop {
-        match config.connect(NoTls).await {
-            Ok((client, mut connection)) => {
-                let listening = async {
-                    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-                    Ok::<_, tokio_postgres::Error>(())
-                };
-                let messages = std::future::poll_fn(|cx| {
-                    loop {
-                        match connection.poll_message(cx) {
-                            std::task::Poll::Ready(Some(Ok(
-                                tokio_postgres::AsyncMessage::Notification(_),
-                            ))) => {
-                                if wake.send(()).is_err() {
-                                    return std::task::Poll::Ready(());
-                                }
-                            }
-                            std::task::Poll::Ready(Some(Ok(_))) => {}
-                            std::task::Poll::Ready(Some(Err(error))) => {
-                                tracing::debug!(%error, "the LISTEN connection failed");
-                                return std::task::Poll::Ready(());
-                            }
-                            std::task::Poll::Ready(None) => return std::task::Poll::Ready(()),
-                            std::task::Poll::Pending => return std::task::Poll::Pending,
-                        }
-                    }
-                });
-                tokio::pin!(messages);
-                tokio::select! {
-                    () = &mut messages => {}
-                    listened = listening => {
-                        if listened.is_ok() {
-                            let _ = wake.send(());
-                            (&mut messages).await;
-                        }
-                    }
-                }
-            }
-            Err(error) => tracing::debug!(%error, "connecting for LISTEN failed"),
+        let outcome = match &tls {
+            Some(tls) => match config.connect(tls.clone()).await {
+                Ok((client, connection)) => listen_on(client, connection, &wake).await,
+                Err(error) => Err(error),
+            },
+            None => match config.connect(NoTls).await {
+                Ok((client, connection)) => listen_on(client, connection, &wake).await,
+                Err(error) => Err(error),
+            },
+        };
+        if let Err(error) = outcome {
+            tracing::debug!(%error, "the LISTEN connection failed");
         }
         if wake.is_closed() {
             return;
         }
         tokio::time::sleep(retry).await;
+    }
+}
+
+/// LISTENs on one connection until it fails.
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: &UnboundedSender<()>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    use std::task::Poll;
+    let messages = std::future::poll_fn(|cx| {
+        loop {
+            match connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(tokio_postgres::AsyncMessage::Notification(_)))) => {
+                    if wake.send(()).is_err() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
+    tokio::pin!(messages);
+    let listen = format!("LISTEN {CHANNEL}");
+    tokio::select! {
+        ended = &mut messages => ended,
+        listened = client.batch_execute(&listen) => {
+            listened?;
+            // Anything revoked while this connection was down is in the log.
+            let _ = wake.send(());
+            (&mut messages).await
+        }
     }
 }
 
@@ -1068,13 +1131,13 @@ async fn listen_forever(
 /// survives it.
 async fn follow_revocations(
     pool: Pool,
-    config: tokio_postgres::Config,
+    connection: (tokio_postgres::Config, Option<MakeRustlsConnect>),
     mut seen: i64,
     cache: UnboundedSender<Invalidation>,
     timing: FeedTiming,
 ) {
     let (wake_tx, mut wake) = unbounded_channel();
-    let listener = tokio::spawn(listen_forever(config, wake_tx, timing.poll_interval));
+    let listener = tokio::spawn(listen_forever(connection, wake_tx, timing.poll_interval));
     let _stop_listener = AbortOnDrop(listener);
     let mut tick = tokio::time::interval(timing.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

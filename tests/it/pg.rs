@@ -26,6 +26,8 @@ pub struct PgCluster {
     /// Whether PostgreSQL flushes its WAL to disk (off for tests, which
     /// never crash the machine; on for benchmarks of durable writes).
     fsync: bool,
+    /// Whether the server offers TLS (with `server.crt` and `server.key`).
+    ssl: bool,
 }
 
 /// The directory of PostgreSQL's server programs.
@@ -154,6 +156,7 @@ impl PgCluster {
             dir,
             port: free_port(),
             fsync: false,
+            ssl: false,
         };
         cluster.start_again();
         cluster
@@ -162,10 +165,12 @@ impl PgCluster {
     /// Starts the (stopped) cluster on its port, and waits until it accepts connections.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c ssl={} \
+             -c max_connections=200",
             self.port,
             self.dir.path().display(),
-            if self.fsync { "on" } else { "off" }
+            if self.fsync { "on" } else { "off" },
+            if self.ssl { "on" } else { "off" }
         );
         let mut pg_ctl = command("pg_ctl");
         pg_ctl
@@ -192,6 +197,22 @@ impl PgCluster {
     pub fn restart_durable(&mut self) {
         self.stop();
         self.fsync = true;
+        self.start_again();
+    }
+
+    /// Restarts the cluster offering TLS with this certificate and key (PEM).
+    #[allow(dead_code)] // for the tests, not the benchmarks, which share this file
+    pub fn restart_with_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        self.stop();
+        let data = self.dir.path().join("data");
+        for (name, contents) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            give_to_postgres(&path);
+        }
+        self.ssl = true;
         self.start_again();
     }
 

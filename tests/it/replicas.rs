@@ -24,6 +24,7 @@ use crate::{
     harness::{TestServer, admin, bearer_of, check, id_of, issue, service_token},
     operations::{NOT_SERVING, SERVING, wait_for_status},
     pg::PgCluster,
+    tls::Pki,
 };
 
 /// A database and the pepper file its replicas share.
@@ -479,4 +480,62 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
         Err(error) => error.to_string(),
     };
     assert!(error.contains("does not match"), "{error}");
+}
+
+#[tokio::test]
+async fn over_tls_the_database_certificate_is_verified() {
+    let mut shared = Shared::new();
+    let pki = Pki::new("database CA");
+    let (cert, key) = pki.issue(&["127.0.0.1"]);
+    shared.cluster.restart_with_tls(&cert, &key);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    let server = TestServer::start_replica(&shared.cluster.url(), &shared.pepper, |config| {
+        config.postgres.ca_file = Some(ca_file.clone());
+    })
+    .await;
+    let token = issue(&server, service_token("org-1", &["scim:read"])).await;
+    assert!(
+        check(&server, &token.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    // Every connection the replica holds (pool and LISTEN) is encrypted.
+    let client = shared.cluster.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'tokenauth'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (encrypted, plain): (i64, i64) = (row.get(0), row.get(1));
+    assert!(encrypted >= 2, "pool and LISTEN: {encrypted}");
+    assert_eq!(plain, 0);
+
+    // A server certificate from another CA is refused.
+    let other = Pki::new("someone else");
+    let wrong_ca = dir.path().join("wrong.pem");
+    std::fs::write(&wrong_ca, &other.ca_pem).unwrap();
+    let mut config = server.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.postgres.ca_file = Some(wrong_ca);
+    let error = match tokenauth::server::start(config.clone()).await {
+        Ok(_) => panic!("a database with an unknown certificate was trusted"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("opening the database"), "{error}");
+
+    // A URL asking for TLS without a CA to verify it with is refused.
+    config.postgres.ca_file = None;
+    config.store = format!("{}?sslmode=require", shared.cluster.url());
+    let error = match tokenauth::server::start(config).await {
+        Ok(_) => panic!("sslmode=require without a CA started"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("postgres.ca_file"), "{error}");
 }
