@@ -17,6 +17,14 @@ use tokenauth::proto::{
     BackupRequest, ListAuditEventsRequest, ListTokenUsageRequest, Reason, RevokeAllRequest,
     RevokeTokenRequest, RotateTokenRequest, TokenKind, admin_service_client::AdminServiceClient,
 };
+use tokenauth::{
+    domain::secret::Digest,
+    store::{
+        Invalidation, Store,
+        postgres::{FeedTiming, PostgresSettings, PostgresStore},
+    },
+};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::Code;
 
 use crate::{
@@ -538,4 +546,87 @@ async fn over_tls_the_database_certificate_is_verified() {
         Err(error) => error.to_string(),
     };
     assert!(error.contains("postgres.ca_file"), "{error}");
+}
+
+fn settings(url: &str) -> PostgresSettings {
+    PostgresSettings {
+        url: url.to_owned(),
+        password: None,
+        ca_pem: None,
+        pool_size: 2,
+        connect_timeout: Duration::from_secs(1),
+        feed: FeedTiming {
+            poll_interval: Duration::from_millis(50),
+            max_staleness: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+        },
+    }
+}
+
+/// The next message of `feed` that is not a renewal of trust.
+async fn next_change(feed: &mut UnboundedReceiver<Invalidation>) -> Invalidation {
+    loop {
+        let message = tokio::time::timeout(GIVE_UP, feed.recv())
+            .await
+            .expect("the feed went quiet")
+            .expect("the feed ended");
+        if !matches!(message, Invalidation::TrustUntil(_)) {
+            return message;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_log_entries_forgets_its_whole_cache() {
+    let cluster = PgCluster::start();
+    let store = PostgresStore::open(&settings(&cluster.url()))
+        .await
+        .unwrap();
+    let mut feed = store.take_invalidations().unwrap();
+    assert!(
+        store.take_invalidations().is_none(),
+        "the feed is taken once"
+    );
+    // Entries this replica never read are gone (as after pruning, or a
+    // database restored from an older backup): the counter moved on alone.
+    let client = cluster.client().await;
+    client
+        .execute("UPDATE revocation_clock SET seq = seq + 3", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut feed).await, Invalidation::Stale);
+    // Later entries are read normally again.
+    client
+        .execute(
+            "WITH c AS (UPDATE revocation_clock SET seq = seq + 1 RETURNING seq) \
+             INSERT INTO revocations (seq, digests) SELECT seq, ARRAY[$1::bytea] FROM c",
+            &[&[7u8; 32].as_slice()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Invalidation::Digests(vec![Digest([7; 32])])
+    );
+}
+
+#[tokio::test]
+async fn a_database_with_a_newer_schema_is_refused() {
+    let cluster = PgCluster::start();
+    drop(
+        PostgresStore::open(&settings(&cluster.url()))
+            .await
+            .unwrap(),
+    );
+    cluster
+        .client()
+        .await
+        .execute("INSERT INTO tokenauth_schema (version) VALUES (9999)", &[])
+        .await
+        .unwrap();
+    let error = match PostgresStore::open(&settings(&cluster.url())).await {
+        Ok(_) => panic!("opened a schema from the future"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("newer than this binary"), "{error}");
 }
