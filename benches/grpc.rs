@@ -7,7 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod load;
 mod support;
+
+use load::{closed_loop, connect, env_or, median, row};
 
 use std::{
     future::Future,
@@ -16,6 +19,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use envoy_types::{
+    ext_authz::v3::pb::{
+        Authorization, AuthorizationServer, CheckRequest as ExtAuthzRequest,
+        CheckResponse as ExtAuthzResponse, OkHttpResponse,
+    },
+    pb::envoy::service::auth::v3::{
+        authorization_client::AuthorizationClient,
+        check_response::HttpResponse as ExtAuthzHttpResponse,
+    },
+};
 use hdrhistogram::Histogram;
 use tokenauth::{
     config::Config,
@@ -36,6 +49,32 @@ use tonic::{Request, Response, Status, metadata::MetadataValue, transport::Chann
 
 struct EmptyFloor;
 
+/// The ext_authz floor: allows every request, with the smallest allow
+/// response Envoy accepts (an OK status and an empty OkHttpResponse).
+struct AlwaysAllow;
+
+#[tonic::async_trait]
+impl Authorization for AlwaysAllow {
+    async fn check(
+        &self,
+        _: Request<ExtAuthzRequest>,
+    ) -> Result<Response<ExtAuthzResponse>, Status> {
+        Ok(Response::new(ExtAuthzResponse {
+            status: Some(envoy_types::pb::google::rpc::Status::default()),
+            http_response: Some(ExtAuthzHttpResponse::OkResponse(OkHttpResponse::default())),
+            ..ExtAuthzResponse::default()
+        }))
+    }
+}
+
+/// Whether an ext_authz response is an allow.
+fn ext_authz_allowed(response: &ExtAuthzResponse) -> bool {
+    matches!(
+        response.http_response,
+        Some(ExtAuthzHttpResponse::OkResponse(_))
+    ) && response.status.as_ref().is_none_or(|s| s.code == 0)
+}
+
 #[tonic::async_trait]
 impl Floor for EmptyFloor {
     async fn empty(&self, _: Request<Nothing>) -> Result<Response<Nothing>, Status> {
@@ -43,105 +82,51 @@ impl Floor for EmptyFloor {
     }
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// One scenario's outcome.
-#[derive(Clone, Copy)]
-struct Figures {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    per_second: f64,
-}
-
-fn micros(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
-
-/// Runs `call` in a closed loop on every channel with `in_flight` calls each,
-/// for `seconds`, and returns latency percentiles (µs) and throughput.
-async fn closed_loop<C, F>(channels: &[Channel], in_flight: usize, seconds: u64, call: C) -> Figures
-where
-    C: Fn(Channel, u64) -> F + Send + Sync + 'static + Clone,
-    F: Future<Output = ()> + Send,
+/// Runs `floor_call` against `floor_addr` and `call` against `addr`,
+/// interleaved run by run, at `connections` x `in_flight`, and prints both
+/// medians and their ratio.
+#[allow(clippy::too_many_arguments)]
+async fn compare<CF, FF, CC, FC>(
+    (floor_name, name): (&str, &str),
+    label: &str,
+    (floor_addr, floor_call): (SocketAddr, CF),
+    (addr, call): (SocketAddr, CC),
+    connections: usize,
+    in_flight: usize,
+    runs: usize,
+    seconds: u64,
+) where
+    CF: Fn(Channel, u64) -> FF + Send + Sync + 'static + Clone,
+    FF: Future<Output = ()> + Send,
+    CC: Fn(Channel, u64) -> FC + Send + Sync + 'static + Clone,
+    FC: Future<Output = ()> + Send,
 {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for (c, channel) in channels.iter().enumerate() {
-        for slot in 0..in_flight {
-            let (channel, call) = (channel.clone(), call.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut histogram =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-                let mut n = (c * 1000 + slot) as u64 * 7919;
-                while Instant::now() < deadline {
-                    let started = Instant::now();
-                    call(channel.clone(), n).await;
-                    histogram
-                        .record(started.elapsed().as_nanos() as u64)
-                        .unwrap();
-                    n += 1;
-                }
-                histogram
-            }));
-        }
+    let floor_channels = connect(floor_addr, connections).await;
+    let channels = connect(addr, connections).await;
+    let (mut floors, mut checks) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        // Interleaved, so that both see the same machine.
+        floors.push(closed_loop(&floor_channels, in_flight, seconds, floor_call.clone()).await);
+        checks.push(closed_loop(&channels, in_flight, seconds, call.clone()).await);
     }
-    let started = Instant::now();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-    for task in tasks {
-        all.add(task.await.unwrap()).unwrap();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    Figures {
-        p50: micros(&all, 0.5),
-        p90: micros(&all, 0.9),
-        p99: micros(&all, 0.99),
-        p999: micros(&all, 0.999),
-        per_second: all.len() as f64 / elapsed,
-    }
-}
-
-fn median(runs: Vec<Figures>) -> Figures {
-    let pick = |values: &mut Vec<f64>| {
-        values.sort_by(|a, b| a.total_cmp(b));
-        values[values.len() / 2]
-    };
-    let take = |f: fn(&Figures) -> f64| pick(&mut runs.iter().map(f).collect());
-    Figures {
-        p50: take(|f| f.p50),
-        p90: take(|f| f.p90),
-        p99: take(|f| f.p99),
-        p999: take(|f| f.p999),
-        per_second: take(|f| f.per_second),
-    }
-}
-
-fn row(name: &str, f: Figures) {
+    let (floor, check) = (median(floors), median(checks));
+    row(&format!("{floor_name}, {label}"), floor);
+    row(&format!("{name}, {label}"), check);
     println!(
-        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
-        f.p50, f.p90, f.p99, f.p999, f.per_second
+        "| ratio {name} / floor, {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        check.p50 / floor.p50,
+        check.p90 / floor.p90,
+        check.p99 / floor.p99,
+        check.p999 / floor.p999,
+        check.per_second / floor.per_second
     );
 }
 
-async fn connect(addr: SocketAddr, count: usize) -> Vec<Channel> {
-    let mut channels = Vec::new();
-    for _ in 0..count {
-        channels.push(
-            Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .unwrap(),
-        );
-    }
-    channels
+/// Whether the scenario group `name` is selected by BENCH_SCENARIOS (a
+/// comma-separated list; all when unset): in_process, check, ext_authz,
+/// misses, floods, issue, revoke_all.
+fn selected(name: &str) -> bool {
+    std::env::var("BENCH_SCENARIOS").map_or(true, |list| list.split(',').any(|s| s.trim() == name))
 }
 
 fn check_request(token: &str) -> CheckRequest {
@@ -262,7 +247,10 @@ async fn main() {
         },
     }];
     config.limits.max_concurrent_requests = 100_000;
-    let store = server::open_store(&config).unwrap();
+    config.ext_authz = Config::from_toml(support::EXT_AUTHZ_ROUTES)
+        .unwrap()
+        .ext_authz;
+    let store = server::open_store(&config).await.unwrap();
     let filled = Instant::now();
     let secrets = Arc::new(support::fill(store.as_ref(), stored, "ws-1").await);
     let fill_seconds = filled.elapsed().as_secs_f64();
@@ -282,7 +270,25 @@ async fn main() {
             .serve_with_incoming(server::incoming(floor_listener, &config.limits)),
     );
 
-    in_process_percentiles(&data_dir).await;
+    // The ext_authz floor: an always-allow handler, served the same way,
+    // with the same decoding limit as tokenauth's ext_authz service.
+    let ext_authz_floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ext_authz_floor_addr = ext_authz_floor_listener.local_addr().unwrap();
+    let ext_authz_floor_metrics = Metrics::new(None, Duration::from_secs(60)).unwrap();
+    let mut ext_authz_floor_server =
+        server::grpc_server(&config.limits, ext_authz_floor_metrics, None).unwrap();
+    tokio::spawn(
+        ext_authz_floor_server
+            .add_service(
+                AuthorizationServer::new(AlwaysAllow)
+                    .max_decoding_message_size(config.ext_authz.max_request_bytes),
+            )
+            .serve_with_incoming(server::incoming(ext_authz_floor_listener, &config.limits)),
+    );
+
+    if selected("in_process") {
+        in_process_percentiles(&data_dir).await;
+    }
 
     println!("## gRPC on loopback ({runs} runs of {seconds}s each, medians; latencies in µs)\n");
     println!("| scenario | p50 | p90 | p99 | p99.9 | calls/s |");
@@ -292,222 +298,250 @@ async fn main() {
     for (label, connections, in_flight) in
         [("1 connection x 1", 1, 1), ("4 connections x 32", 4, 32)]
     {
-        let floor_channels = connect(floor_addr, connections).await;
-        let channels = connect(addr, connections).await;
-        let (mut floors, mut checks) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            // Interleaved, so that both see the same machine.
-            floors.push(
-                closed_loop(
-                    &floor_channels,
-                    in_flight,
-                    seconds,
-                    |channel, _| async move {
-                        FloorClient::new(channel).empty(Nothing {}).await.unwrap();
-                    },
-                )
-                .await,
-            );
+        if selected("check") {
             let token = hot.clone();
-            checks.push(
-                closed_loop(&channels, in_flight, seconds, move |channel, _| {
+            compare(
+                ("floor: empty RPC", "Check, cache hit"),
+                label,
+                (floor_addr, |channel, _| async move {
+                    FloorClient::new(channel).empty(Nothing {}).await.unwrap();
+                }),
+                (addr, move |channel, _| {
                     let token = token.clone();
                     async move { expect_allowed(channel, &token).await }
-                })
-                .await,
+                }),
+                connections,
+                in_flight,
+                runs,
+                seconds,
+            )
+            .await;
+        }
+        if selected("ext_authz") {
+            // The same request to both: the floor ignores it, but decodes it.
+            let request = Arc::new(support::ext_authz_request(&hot));
+            let floor_request = Arc::clone(&request);
+            compare(
+                (
+                    "floor: always-allow ext_authz",
+                    "ext_authz Check, cache hit",
+                ),
+                label,
+                (ext_authz_floor_addr, move |channel, _| {
+                    let request = ExtAuthzRequest::clone(&floor_request);
+                    async move {
+                        let response = AuthorizationClient::new(channel)
+                            .check(request)
+                            .await
+                            .unwrap();
+                        assert!(ext_authz_allowed(response.get_ref()));
+                    }
+                }),
+                (addr, move |channel, _| {
+                    let request = ExtAuthzRequest::clone(&request);
+                    async move {
+                        let response = AuthorizationClient::new(channel)
+                            .check(request)
+                            .await
+                            .unwrap();
+                        assert!(ext_authz_allowed(response.get_ref()));
+                    }
+                }),
+                connections,
+                in_flight,
+                runs,
+                seconds,
+            )
+            .await;
+        }
+    }
+
+    if selected("misses") {
+        // Cache misses: random tokens among `stored`, through a 100k-entry cache
+        // that starts cold: the first touch of each token reads sled. At one call
+        // in flight the figure is the miss's latency; at 4 x 8 it includes queueing.
+        for (connections, in_flight) in [(1usize, 1usize), (4, 8)] {
+            let channels = connect(addr, connections).await;
+            let pool = Arc::clone(&secrets);
+            let offset = connections as u64 * 1_000_003;
+            let miss = closed_loop(&channels, in_flight, seconds, move |channel, n| {
+                let index = ((n + offset).wrapping_mul(2_654_435_761) as usize) % pool.len();
+                let token = pool[index].clone();
+                async move {
+                    expect_allowed(channel, &token).await;
+                }
+            })
+            .await;
+            row(
+                &format!(
+                    "Check, mostly cache misses, {stored} tokens stored, {connections} connection(s) x {in_flight}"
+                ),
+                miss,
             );
         }
-        let (floor, check) = (median(floors), median(checks));
-        row(&format!("floor: empty RPC, {label}"), floor);
-        row(&format!("Check, cache hit, {label}"), check);
-        println!(
-            "| ratio Check / floor, {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            check.p50 / floor.p50,
-            check.p90 / floor.p90,
-            check.p99 / floor.p99,
-            check.p999 / floor.p999,
-            check.per_second / floor.per_second
-        );
     }
 
-    // Cache misses: random tokens among `stored`, through a 100k-entry cache
-    // that starts cold: the first touch of each token reads sled. At one call
-    // in flight the figure is the miss's latency; at 4 x 8 it includes queueing.
-    for (connections, in_flight) in [(1usize, 1usize), (4, 8)] {
-        let channels = connect(addr, connections).await;
-        let pool = Arc::clone(&secrets);
-        let offset = connections as u64 * 1_000_003;
-        let miss = closed_loop(&channels, in_flight, seconds, move |channel, n| {
-            let index = ((n + offset).wrapping_mul(2_654_435_761) as usize) % pool.len();
-            let token = pool[index].clone();
-            async move {
-                expect_allowed(channel, &token).await;
-            }
-        })
-        .await;
-        row(
-            &format!(
-                "Check, mostly cache misses, {stored} tokens stored, {connections} connection(s) x {in_flight}"
-            ),
-            miss,
-        );
-    }
-
-    // Floods: valid cache-hit Checks at one call in flight, measured while
-    // 2 connections x 16 calls send garbage, well-formed unknown tokens, or
-    // oversized messages, and while 500 connections sit idle.
-    let calm = {
-        let channels = connect(addr, 1).await;
-        let token = hot.clone();
-        closed_loop(&channels, 1, seconds, move |channel, _| {
-            let token = token.clone();
-            async move {
-                expect_allowed(channel, &token).await;
-            }
-        })
-        .await
-    };
-    row("valid Check, 1 x 1, no flood", calm);
-    for flood in [
-        "garbage tokens",
-        "well-formed unknown tokens",
-        "oversized messages",
-        "500 idle connections",
-    ] {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut flooders = Vec::new();
-        let mut idle = Vec::new();
-        if flood == "500 idle connections" {
-            for _ in 0..500 {
-                idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-            }
-        } else {
-            for channel in connect(addr, 2).await {
-                for slot in 0..16u64 {
-                    let (channel, stop) = (channel.clone(), Arc::clone(&stop));
-                    flooders.push(tokio::spawn(async move {
-                        let mut client = CheckServiceClient::new(channel);
-                        let mut n = slot;
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            n += 1;
-                            let token = match flood {
-                                "garbage tokens" => format!("garbage-{n}"),
-                                "well-formed unknown tokens" => {
-                                    tokenauth::domain::secret::Secret::generate(
-                                        tokenauth::domain::token::TokenKind::Service,
-                                    )
-                                    .unwrap()
-                                    .expose()
-                                    .to_owned()
-                                }
-                                _ => "x".repeat(1 << 20),
-                            };
-                            let _ = client.check(check_request(&token)).await;
-                        }
-                    }));
+    if selected("floods") {
+        // Floods: valid cache-hit Checks at one call in flight, measured while
+        // 2 connections x 16 calls send garbage, well-formed unknown tokens, or
+        // oversized messages, and while 500 connections sit idle.
+        let calm = {
+            let channels = connect(addr, 1).await;
+            let token = hot.clone();
+            closed_loop(&channels, 1, seconds, move |channel, _| {
+                let token = token.clone();
+                async move {
+                    expect_allowed(channel, &token).await;
+                }
+            })
+            .await
+        };
+        row("valid Check, 1 x 1, no flood", calm);
+        for flood in [
+            "garbage tokens",
+            "well-formed unknown tokens",
+            "oversized messages",
+            "500 idle connections",
+        ] {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut flooders = Vec::new();
+            let mut idle = Vec::new();
+            if flood == "500 idle connections" {
+                for _ in 0..500 {
+                    idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+                }
+            } else {
+                for channel in connect(addr, 2).await {
+                    for slot in 0..16u64 {
+                        let (channel, stop) = (channel.clone(), Arc::clone(&stop));
+                        flooders.push(tokio::spawn(async move {
+                            let mut client = CheckServiceClient::new(channel);
+                            let mut n = slot;
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                n += 1;
+                                let token = match flood {
+                                    "garbage tokens" => format!("garbage-{n}"),
+                                    "well-formed unknown tokens" => {
+                                        tokenauth::domain::secret::Secret::generate(
+                                            tokenauth::domain::token::TokenKind::Service,
+                                        )
+                                        .unwrap()
+                                        .expose()
+                                        .to_owned()
+                                    }
+                                    _ => "x".repeat(1 << 20),
+                                };
+                                let _ = client.check(check_request(&token)).await;
+                            }
+                        }));
+                    }
                 }
             }
-        }
-        let channels = connect(addr, 1).await;
-        let token = hot.clone();
-        let during = closed_loop(&channels, 1, seconds, move |channel, _| {
-            let token = token.clone();
-            async move {
-                expect_allowed(channel, &token).await;
+            let channels = connect(addr, 1).await;
+            let token = hot.clone();
+            let during = closed_loop(&channels, 1, seconds, move |channel, _| {
+                let token = token.clone();
+                async move {
+                    expect_allowed(channel, &token).await;
+                }
+            })
+            .await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for flooder in flooders {
+                flooder.await.unwrap();
             }
-        })
-        .await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for flooder in flooders {
-            flooder.await.unwrap();
+            drop(idle);
+            row(
+                &format!("valid Check, 1 x 1, during a flood of {flood}"),
+                during,
+            );
         }
-        drop(idle);
-        row(
-            &format!("valid Check, 1 x 1, during a flood of {flood}"),
-            during,
-        );
     }
 
-    // Issue with durable acknowledgement: one writer, then 64 sharing flushes.
     let bearer = MetadataValue::try_from(format!("Bearer {}", credential.expose())).unwrap();
-    for in_flight in [1usize, 64] {
-        let channels = connect(addr, 1).await;
-        let bearer = bearer.clone();
-        let issue = closed_loop(&channels, in_flight, seconds, move |channel, _| {
+    if selected("issue") {
+        // Issue with durable acknowledgement: one writer, then 64 sharing flushes.
+        for in_flight in [1usize, 64] {
+            let channels = connect(addr, 1).await;
             let bearer = bearer.clone();
-            async move {
-                let mut request = Request::new(IssueTokenRequest {
-                    kind: TokenKind::Service as i32,
-                    org_id: "org-bench".into(),
-                    workspace_id: "ws-issue".into(),
-                    name: "bench".into(),
-                    permissions: vec!["test_api:run".into()],
-                    expires_at: None,
-                    owner_user_id: String::new(),
-                    actor: admin(),
-                });
-                request.metadata_mut().insert("authorization", bearer);
-                TokenServiceClient::new(channel)
-                    .issue_token(request)
-                    .await
-                    .unwrap();
-            }
-        })
-        .await;
-        row(
-            &format!("IssueToken, durable, 1 connection x {in_flight}"),
-            issue,
-        );
-    }
-
-    // RevokeAll of 10,000 tokens, and the Checks right after it.
-    let bulk_dir = tempfile::tempdir().unwrap();
-    let mut bulk_config = config.clone();
-    bulk_config.data_dir = bulk_dir.path().join("data");
-    support::write_pepper(&bulk_config.data_dir);
-    let bulk_store = server::open_store(&bulk_config).unwrap();
-    let bulk_secrets = support::fill(bulk_store.as_ref(), 10_000, "ws-bulk").await;
-    let bulk = server::start_with_store(bulk_config, bulk_store)
-        .await
-        .unwrap();
-    let channel = connect(bulk.local_addr(), 1).await.remove(0);
-    let mut checks = CheckServiceClient::new(channel.clone());
-    for secret in bulk_secrets.iter().take(1000) {
-        let mut r = check_request(secret);
-        r.workspace_id = "ws-bulk".into();
-        assert!(checks.check(r).await.unwrap().into_inner().allowed);
-    }
-    let mut revoke = Request::new(RevokeAllRequest {
-        org_id: "org-bench".into(),
-        workspace_id: "ws-bulk".into(),
-        owner_user_id: String::new(),
-        kind: TokenKind::Service as i32,
-        actor: admin(),
-    });
-    revoke
-        .metadata_mut()
-        .insert("authorization", bearer.clone());
-    let started = Instant::now();
-    let revoked = TokenServiceClient::new(channel)
-        .revoke_all(revoke)
-        .await
-        .unwrap()
-        .into_inner()
-        .revoked_count;
-    let revoke_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut allowed_after = 0;
-    for secret in &bulk_secrets {
-        let mut r = check_request(secret);
-        r.workspace_id = "ws-bulk".into();
-        if checks.check(r).await.unwrap().into_inner().allowed {
-            allowed_after += 1;
+            let issue = closed_loop(&channels, in_flight, seconds, move |channel, _| {
+                let bearer = bearer.clone();
+                async move {
+                    let mut request = Request::new(IssueTokenRequest {
+                        kind: TokenKind::Service as i32,
+                        org_id: "org-bench".into(),
+                        workspace_id: "ws-issue".into(),
+                        name: "bench".into(),
+                        permissions: vec!["test_api:run".into()],
+                        expires_at: None,
+                        owner_user_id: String::new(),
+                        actor: admin(),
+                    });
+                    request.metadata_mut().insert("authorization", bearer);
+                    TokenServiceClient::new(channel)
+                        .issue_token(request)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await;
+            row(
+                &format!("IssueToken, durable, 1 connection x {in_flight}"),
+                issue,
+            );
         }
     }
-    println!();
-    println!(
-        "RevokeAll of {revoked} tokens: {revoke_ms:.0} ms; Checks of all 10,000 right after it (1,000 of them cached as allowed before): {allowed_after} allowed."
-    );
-    println!("Filling {stored} tokens through the store took {fill_seconds:.1} s.");
-    bulk.shutdown().await.unwrap();
+
+    if selected("revoke_all") {
+        // RevokeAll of 10,000 tokens, and the Checks right after it.
+        let bulk_dir = tempfile::tempdir().unwrap();
+        let mut bulk_config = config.clone();
+        bulk_config.data_dir = bulk_dir.path().join("data");
+        support::write_pepper(&bulk_config.data_dir);
+        let bulk_store = server::open_store(&bulk_config).await.unwrap();
+        let bulk_secrets = support::fill(bulk_store.as_ref(), 10_000, "ws-bulk").await;
+        let bulk = server::start_with_store(bulk_config, bulk_store)
+            .await
+            .unwrap();
+        let channel = connect(bulk.local_addr(), 1).await.remove(0);
+        let mut checks = CheckServiceClient::new(channel.clone());
+        for secret in bulk_secrets.iter().take(1000) {
+            let mut r = check_request(secret);
+            r.workspace_id = "ws-bulk".into();
+            assert!(checks.check(r).await.unwrap().into_inner().allowed);
+        }
+        let mut revoke = Request::new(RevokeAllRequest {
+            org_id: "org-bench".into(),
+            workspace_id: "ws-bulk".into(),
+            owner_user_id: String::new(),
+            kind: TokenKind::Service as i32,
+            actor: admin(),
+        });
+        revoke
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        let started = Instant::now();
+        let revoked = TokenServiceClient::new(channel)
+            .revoke_all(revoke)
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked_count;
+        let revoke_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut allowed_after = 0;
+        for secret in &bulk_secrets {
+            let mut r = check_request(secret);
+            r.workspace_id = "ws-bulk".into();
+            if checks.check(r).await.unwrap().into_inner().allowed {
+                allowed_after += 1;
+            }
+        }
+        println!();
+        println!(
+            "RevokeAll of {revoked} tokens: {revoke_ms:.0} ms; Checks of all 10,000 right after it (1,000 of them cached as allowed before): {allowed_after} allowed."
+        );
+        println!("Filling {stored} tokens through the store took {fill_seconds:.1} s.");
+        bulk.shutdown().await.unwrap();
+    }
     running.shutdown().await.unwrap();
 }

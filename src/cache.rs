@@ -19,9 +19,9 @@ use std::{
     hash::{BuildHasherDefault, Hasher},
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use moka::sync::Cache;
@@ -94,6 +94,12 @@ pub struct TokenCache {
     positive: DigestMap<Arc<CachedToken>>,
     negative: DigestMap<()>,
     gate: RwLock<()>,
+    /// The zero of `trusted_until`.
+    origin: Instant,
+    /// Nanoseconds after `origin` past which no entry is served (see
+    /// [`TokenCache::trust_until`]); `u64::MAX` (the default, for a store
+    /// only this process writes) when entries never need proving fresh.
+    trusted_until: AtomicU64,
 }
 
 impl TokenCache {
@@ -107,10 +113,17 @@ impl TokenCache {
                 .time_to_live(settings.negative_ttl)
                 .build_with_hasher(BuildHasherDefault::default()),
             gate: RwLock::new(()),
+            origin: Instant::now(),
+            trusted_until: AtomicU64::new(u64::MAX),
         }
     }
 
     pub fn get(&self, digest: &Digest) -> Lookup {
+        let until = self.trusted_until.load(Ordering::Acquire);
+        // One monotonic clock read, only on a store that replicas share.
+        if until != u64::MAX && self.nanos_since_origin(Instant::now()) > until {
+            return Lookup::Miss;
+        }
         if let Some(token) = self.positive.get(digest) {
             Lookup::Found(token)
         } else if self.negative.contains_key(digest) {
@@ -145,6 +158,26 @@ impl TokenCache {
         }
     }
 
+    fn nanos_since_origin(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Serves entries until `until` and no longer (unless told again): for
+    /// a store shared with other replicas, whose changes this cache learns
+    /// of only as fast as they can be read. Call after applying every
+    /// invalidation the new bound vouches for.
+    pub fn trust_until(&self, until: Instant) {
+        self.trusted_until
+            .store(self.nanos_since_origin(until), Ordering::Release);
+    }
+
+    /// Forgets everything, once every in-flight fill has finished.
+    pub async fn forget_all(&self) {
+        let _exclusive = self.gate.write().await;
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
+    }
+
     /// Forgets a negative entry (a digest that now has a token).
     pub fn forget_unknown(&self, digest: &Digest) {
         self.negative.invalidate(digest);
@@ -153,5 +186,64 @@ impl TokenCache {
     /// Entries currently held (approximate; for metrics and tests).
     pub fn entry_counts(&self) -> (u64, u64) {
         (self.positive.entry_count(), self.negative.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        ids::TokenId,
+        secret::PepperKey,
+        time::Timestamp,
+        token::{StoredSecret, TokenKind},
+    };
+
+    fn token(digest: Digest) -> Arc<CachedToken> {
+        Arc::new(CachedToken::new(TokenRecord {
+            id: TokenId::from_bytes([1; 16]),
+            kind: TokenKind::Service,
+            org_id: "org".into(),
+            workspace_id: String::new(),
+            name: "n".into(),
+            owner_user_id: String::new(),
+            created_by: "test".into(),
+            permissions: vec![],
+            created_at: Timestamp::from_micros(0),
+            expires_at: None,
+            revoked_at: None,
+            secrets: vec![StoredSecret {
+                key_id: 1,
+                digest,
+                hint: String::new(),
+                retired_at: None,
+            }],
+        }))
+    }
+
+    #[test]
+    fn entries_are_served_only_while_trusted() {
+        let cache = TokenCache::new(&CacheSettings {
+            capacity: 10,
+            negative_capacity: 10,
+            negative_ttl: Duration::from_secs(60),
+        });
+        let digest = PepperKey::new(1, b"k").digest("secret");
+        cache.fill(digest, token(digest));
+        cache.fill_unknown(PepperKey::new(1, b"k").digest("unknown"));
+        // A store only this process writes: trusted without being told.
+        assert!(matches!(cache.get(&digest), Lookup::Found(_)));
+
+        cache.trust_until(Instant::now() + Duration::from_secs(60));
+        assert!(matches!(cache.get(&digest), Lookup::Found(_)));
+
+        // Not proven fresh any more: neither positive nor negative entries count.
+        cache.trust_until(Instant::now() - Duration::from_millis(1));
+        assert!(matches!(cache.get(&digest), Lookup::Miss));
+        let unknown = PepperKey::new(1, b"k").digest("unknown");
+        assert!(matches!(cache.get(&unknown), Lookup::Miss));
+
+        cache.trust_until(Instant::now() + Duration::from_secs(60));
+        assert!(matches!(cache.get(&digest), Lookup::Found(_)));
     }
 }

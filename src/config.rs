@@ -60,6 +60,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The pepper file (secret). Default `<data_dir>/pepper`.
     pub pepper_file: Option<PathBuf>,
+    /// Where tokens are kept: `"sled"` (the embedded database in `data_dir`,
+    /// the default) or a PostgreSQL URL (`postgres://user@host:5432/dbname`)
+    /// that several replicas share. Put the password in
+    /// `postgres.password_file`, not in the URL.
+    pub store: String,
+    pub postgres: PostgresConfig,
     pub tokens: TokensConfig,
     pub cache: CacheConfig,
     pub limits: LimitsConfig,
@@ -82,6 +88,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("data"),
             pepper_file: None,
+            store: "sled".to_owned(),
+            postgres: PostgresConfig::default(),
             tokens: TokensConfig::default(),
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
@@ -387,6 +395,61 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// `[postgres]`: the shared PostgreSQL store (with `store = "postgres://..."`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// A file holding the database password (its first line). Default: none
+    /// (the URL's password, or none).
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that sign the database server's certificate.
+    /// When set, every connection uses TLS and verifies the server's
+    /// certificate and host name; when not, connections are plaintext (and a
+    /// URL with `sslmode=require` is refused). Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// Most connections this replica opens for requests. Default 16.
+    pub pool_size: usize,
+    /// How long to wait for a connection (to open, or from a busy pool)
+    /// before a request fails with UNAVAILABLE. Default `"2s"`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often the log of revocations is read, whether or not a
+    /// notification came (the safety net under LISTEN/NOTIFY). Default `"200ms"`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long cached tokens are trusted after the start of the last
+    /// successful read of the revocation log; beyond it Checks read the
+    /// database (failing closed if it is down). This bounds how long a
+    /// revocation on another replica can go unnoticed. Default `"700ms"`.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+    /// How long revocation log entries are kept; a replica cut off for
+    /// longer empties its whole cache when it reconnects. Default `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub revocation_log_retention: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            password_file: None,
+            ca_file: None,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(200),
+            max_staleness: Duration::from_millis(700),
+            revocation_log_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Which store the configuration names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sled,
+    Postgres(String),
+}
+
 /// `[health]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -483,11 +546,28 @@ impl Config {
     /// A copy fit to print: nothing that could help an attacker.
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
+        copy.store = redact_url_password(&copy.store);
         for credential in &mut copy.control_plane.credentials {
             let shown: String = credential.sha256.chars().take(8).collect();
             credential.sha256 = format!("{shown}... (redacted)");
         }
         copy
+    }
+
+    /// The store `store` names.
+    pub fn store_kind(&self) -> Result<StoreKind, ConfigError> {
+        let url = self.store.trim();
+        if url == "sled" {
+            Ok(StoreKind::Sled)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreKind::Postgres(url.to_owned()))
+        } else {
+            Err(ConfigError::Invalid {
+                field: "store",
+                reason: "must be \"sled\" or a PostgreSQL URL (postgres://user@host:5432/dbname)"
+                    .to_owned(),
+            })
+        }
     }
 
     /// The pepper file's path.
@@ -578,6 +658,24 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
+        }
+        if let StoreKind::Postgres(_) = self.store_kind()? {
+            let pg = &self.postgres;
+            if pg.pool_size == 0 {
+                return Err(invalid("postgres.pool_size", "must be at least 1"));
+            }
+            if pg.poll_interval.is_zero() || pg.poll_interval >= pg.max_staleness {
+                return Err(invalid(
+                    "postgres.poll_interval",
+                    "must be longer than 0s and shorter than postgres.max_staleness",
+                ));
+            }
+            if pg.revocation_log_retention < 60 * pg.max_staleness {
+                return Err(invalid(
+                    "postgres.revocation_log_retention",
+                    "must be at least 60 times postgres.max_staleness",
+                ));
+            }
         }
         let catalogue = Catalogue::new(&self.permissions.organization, &self.permissions.workspace)
             .map_err(|reason| invalid("permissions", &reason))?;
@@ -671,6 +769,39 @@ fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(out)
+}
+
+/// `url` with its password (in the user part or a `password=` parameter)
+/// replaced, for printing.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:(redacted)@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}=(redacted)")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -799,5 +930,35 @@ mod tests {
             !in_clear.contains("tkcpl_secret"),
             "never echo what may be a secret"
         );
+    }
+
+    #[test]
+    fn printed_store_urls_never_show_a_password() {
+        for (url, shown) in [
+            ("sled", "sled"),
+            ("postgres://u@db:5432/t", "postgres://u@db:5432/t"),
+            ("postgres://u:s3cret@db/t", "postgres://u:(redacted)@db/t"),
+            (
+                "postgresql://db/t?sslmode=disable&password=s3cret",
+                "postgresql://db/t?sslmode=disable&password=(redacted)",
+            ),
+        ] {
+            assert_eq!(redact_url_password(url), shown);
+        }
+        let config = Config {
+            store: "postgres://u:s3cret@db/t".into(),
+            ..Config::default()
+        };
+        let printed = toml::to_string(&config.redacted()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert_eq!(
+            config.store_kind().unwrap(),
+            StoreKind::Postgres("postgres://u:s3cret@db/t".into())
+        );
+        let wrong = Config {
+            store: "mysql://db".into(),
+            ..Config::default()
+        };
+        assert!(wrong.store_kind().is_err());
     }
 }

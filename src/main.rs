@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Copy a sled data directory into PostgreSQL and verify the copy
+    /// (counts and SHA-256 per table). Safe to run again.
+    Migrate(MigrateArgs),
     /// Restore a backup into a new data directory (with the server stopped).
     Restore {
         /// The backup file.
@@ -57,6 +60,19 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The sled data directory to copy (its server must be stopped).
+    #[arg(long)]
+    from: PathBuf,
+    /// The PostgreSQL URL to copy into (without a password; see --password-file).
+    #[arg(long)]
+    to: String,
+    /// A file holding the database password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +124,13 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum PepperAction {
+    /// Create a new pepper file (refuses to replace one). For servers that
+    /// share a PostgreSQL store: create it once, and give every replica a copy.
+    Create {
+        /// Where to write it (mode 0600).
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Add a new pepper key. New tokens use it after the next start; existing tokens keep working.
     Rotate {
         /// The pepper file [default: <data dir>/pepper].
@@ -135,6 +158,22 @@ fn main() -> ExitCode {
             out,
         } => backup(&server, &credential_file, &out),
         Command::Restore { from, data_dir } => restore(&from, &data_dir),
+        Command::Migrate(args) => migrate(&args),
+        Command::Pepper {
+            action: PepperAction::Create { file },
+        } => match pepper::create(&file) {
+            Ok(()) => {
+                println!(
+                    "created {}: a secret. Give every replica the same file, and back it up",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Pepper {
             action: PepperAction::Rotate { file, data_dir },
         } => {
@@ -234,6 +273,83 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn migrate(args: &MigrateArgs) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| runtime.block_on(run_migration(args)));
+    match outcome {
+        Ok(reports) => {
+            println!("table          rows  sha256 (source = target)");
+            let mut verified = true;
+            for report in &reports {
+                if report.verified() {
+                    println!(
+                        "{:<13} {:>5}  {}",
+                        report.name, report.rows, report.source_sha256
+                    );
+                } else {
+                    verified = false;
+                    println!(
+                        "{:<13} {:>5}  {}  DIFFERS: the target has {} rows, sha256 {}",
+                        report.name,
+                        report.rows,
+                        report.source_sha256,
+                        report.target_rows,
+                        report.target_sha256
+                    );
+                }
+            }
+            if verified {
+                println!(
+                    "verified: the target holds exactly what {} holds. Give the replicas the \
+                     pepper file of this data directory.",
+                    args.from.display()
+                );
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error: the copy differs from the source (was the target already in use, or \
+                     the source server still running?)"
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_migration(
+    args: &MigrateArgs,
+) -> Result<Vec<tokenauth::store::migrate::TableReport>, String> {
+    let source = args.from.join("db");
+    if !source.exists() {
+        return Err(format!("{}: no database here", source.display()));
+    }
+    let from = tokenauth::store::SledStore::open(&source)
+        .map_err(|e| format!("{}: {e} (is its server still running?)", source.display()))?;
+    let mut config = Config {
+        store: args.to.clone(),
+        ..Config::default()
+    };
+    config.postgres.password_file = args.password_file.clone();
+    let url = match config.store_kind().map_err(|e| e.to_string())? {
+        tokenauth::config::StoreKind::Postgres(url) => url,
+        tokenauth::config::StoreKind::Sled => return Err("--to must be a PostgreSQL URL".into()),
+    };
+    let settings = server::postgres_settings(&config, url).map_err(|e| e.to_string())?;
+    let to = tokenauth::store::postgres::PostgresStore::open(&settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokenauth::store::migrate::migrate(&from, &to)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn check_config(file: Option<&std::path::Path>) -> ExitCode {

@@ -53,6 +53,12 @@ pub enum PepperError {
          belongs with this database"
     )]
     Mismatch { path: PathBuf, reason: String },
+    #[error(
+        "pepper file {path} is missing. With a shared (PostgreSQL) store every replica must be \
+         given the same pepper file: create one with `tokenauth pepper create --file <path>` \
+         and distribute it as a secret"
+    )]
+    MissingForSharedStore { path: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -185,26 +191,9 @@ pub fn rotate(path: &Path) -> Result<u32, PepperError> {
     Ok(id)
 }
 
-/// Loads the pepper for `store`, creating it only for a new database, and
-/// verifies that it is the pepper the database's tokens were issued under.
-pub async fn open(path: &Path, store: &dyn Store) -> Result<Keyring, PepperError> {
-    let keyring = if path.exists() {
-        read(path)?
-    } else if store.is_empty().await? {
-        let text = format!(
-            "{HEADER}{}",
-            key_line(1, &random_key().map_err(io_error(path))?)
-        );
-        write_private(path, &text)?;
-        tracing::info!(path = %path.display(), "created a new pepper file");
-        read(path)?
-    } else {
-        return Err(PepperError::MissingForExistingDatabase {
-            path: path.to_owned(),
-        });
-    };
-    let known = store.pepper_checks().await?;
-    for (id, expected) in &known {
+/// Fails unless every key id the database knows is in `keyring` with the same value.
+fn verify(path: &Path, keyring: &Keyring, known: &[(u32, [u8; 32])]) -> Result<(), PepperError> {
+    for (id, expected) in known {
         let key = keyring.get(*id).ok_or_else(|| PepperError::Mismatch {
             path: path.to_owned(),
             reason: format!("the database uses key id {id}, which the file lacks"),
@@ -216,10 +205,62 @@ pub async fn open(path: &Path, store: &dyn Store) -> Result<Keyring, PepperError
             });
         }
     }
+    Ok(())
+}
+
+/// Creates a new pepper file with one key; refuses to replace an existing one.
+pub fn create(path: &Path) -> Result<(), PepperError> {
+    if path.exists() {
+        return Err(PepperError::Io {
+            path: path.to_owned(),
+            source: io::Error::new(io::ErrorKind::AlreadyExists, "already exists; not replaced"),
+        });
+    }
+    let text = format!(
+        "{HEADER}{}",
+        key_line(1, &random_key().map_err(io_error(path))?)
+    );
+    write_private(path, &text)
+}
+
+/// Loads the pepper for `store`, creating it only for a new database, and
+/// verifies that it is the pepper the database's tokens were issued under.
+///
+/// `may_create` is false for a store that several replicas share: each must
+/// be given the same pepper file, and one made up here would differ.
+pub async fn open(
+    path: &Path,
+    store: &dyn Store,
+    may_create: bool,
+) -> Result<Keyring, PepperError> {
+    let keyring = if path.exists() {
+        read(path)?
+    } else if !may_create {
+        return Err(PepperError::MissingForSharedStore {
+            path: path.to_owned(),
+        });
+    } else if store.is_empty().await? {
+        create(path)?;
+        tracing::info!(path = %path.display(), "created a new pepper file");
+        read(path)?
+    } else {
+        return Err(PepperError::MissingForExistingDatabase {
+            path: path.to_owned(),
+        });
+    };
+    let known = store.pepper_checks().await?;
+    verify(path, &keyring, &known)?;
+    let mut added = false;
     for key in keyring.keys() {
         if !known.iter().any(|(id, _)| *id == key.id()) {
             store.add_pepper_check(key.id(), check_value(key)).await?;
+            added = true;
         }
+    }
+    if added {
+        // Another replica may have recorded a different key under the same
+        // id at the same moment: only one of the two values was kept.
+        verify(path, &keyring, &store.pepper_checks().await?)?;
     }
     store.durable().await?;
     Ok(keyring)

@@ -14,7 +14,7 @@ use crate::{
         request_id::RequestIdLayer, tokens::TokenApi,
     },
     cache::{CacheSettings, TokenCache},
-    config::{Config, ConfigError, LimitsConfig, ext_authz::ExtAuthzConfigError},
+    config::{Config, ConfigError, LimitsConfig, StoreKind, ext_authz::ExtAuthzConfigError},
     domain::{ext_authz::ExtAuthz, service::TokenService, time::Timestamp},
     health::Health,
     metrics::Metrics,
@@ -24,7 +24,11 @@ use crate::{
         check_service_server::CheckServiceServer, token_service_server::TokenServiceServer,
     },
     recorder::Recorder,
-    store::{SledStore, Store, StoreError, metered::MeteredStore},
+    store::{
+        Invalidation, SledStore, Store, StoreError,
+        metered::MeteredStore,
+        postgres::{FeedTiming, PostgresSettings, PostgresStore},
+    },
 };
 
 /// Why the server could not start or stopped with an error.
@@ -36,6 +40,11 @@ pub enum ServerError {
     ExtAuthzConfig(#[from] ExtAuthzConfigError),
     #[error("data directory {path}: {source}")]
     DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    File {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
@@ -103,14 +112,60 @@ impl RunningServer {
 /// Opens the store, verifies the pepper, binds `config.listen`, and serves
 /// until [`RunningServer::shutdown`].
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     start_with_store(config, store).await
 }
 
-/// Opens the store `config` names (creating the data directory, mode 0700).
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
-    create_private_dir(&config.data_dir)?;
-    Ok(Arc::new(SledStore::open(&config.data_dir.join("db"))?))
+/// Opens the store `config` names: sled in the data directory (created with
+/// mode 0700), or PostgreSQL (connecting and bringing its schema up to date).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    match config.store_kind()? {
+        StoreKind::Sled => {
+            create_private_dir(&config.data_dir)?;
+            Ok(Arc::new(SledStore::open(&config.data_dir.join("db"))?))
+        }
+        StoreKind::Postgres(url) => Ok(Arc::new(
+            PostgresStore::open(&postgres_settings(config, url)?).await?,
+        )),
+    }
+}
+
+/// The PostgreSQL settings of `config`, with the password read from its file.
+pub fn postgres_settings(config: &Config, url: String) -> Result<PostgresSettings, ServerError> {
+    let pg = &config.postgres;
+    let password = match &pg.password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| ServerError::File {
+                    path: path.clone(),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let ca_pem = match &pg.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| ServerError::File {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok(PostgresSettings {
+        url,
+        password,
+        ca_pem,
+        pool_size: pg.pool_size,
+        connect_timeout: pg.connect_timeout,
+        feed: FeedTiming {
+            poll_interval: pg.poll_interval,
+            max_staleness: pg.max_staleness,
+            retention: pg.revocation_log_retention,
+        },
+    })
 }
 
 /// Like [`start`], over a store opened by the caller (tests wrap the real
@@ -125,8 +180,12 @@ pub async fn start_with_store(
         config.telemetry.otlp_endpoint.as_deref(),
         config.telemetry.otlp_metrics_interval,
     )?;
+    let invalidations = store.take_invalidations();
+    let shared = invalidations.is_some();
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
-    let keyring = pepper::open(&config.pepper_path(), store.as_ref()).await?;
+    // A store that replicas share needs every replica to bring the same
+    // pepper: one made up here would differ from the others'.
+    let keyring = pepper::open(&config.pepper_path(), store.as_ref(), !shared).await?;
     let recorder = Arc::new(Recorder::new(policy.catalogue.clone()));
     let cache = TokenCache::new(&CacheSettings {
         capacity: config.cache.capacity,
@@ -142,6 +201,12 @@ pub async fn start_with_store(
         Arc::clone(&metrics),
     ));
     let ext_authz = ExtAuthz::new(Arc::clone(&service), ext_authz_policy);
+    if let Some(invalidations) = invalidations {
+        tokio::spawn(apply_invalidations(
+            invalidations,
+            Arc::clone(service.cache()),
+        ));
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -185,6 +250,21 @@ pub async fn start_with_store(
         stop: Some(stop),
         task,
     })
+}
+
+/// Applies what other replicas changed to this replica's cache, in order.
+/// Ends when the store stops sending (it is dropped with the server).
+async fn apply_invalidations(
+    mut invalidations: tokio::sync::mpsc::UnboundedReceiver<Invalidation>,
+    cache: Arc<TokenCache>,
+) {
+    while let Some(invalidation) = invalidations.recv().await {
+        match invalidation {
+            Invalidation::Digests(digests) => cache.invalidate(&digests).await,
+            Invalidation::TrustUntil(until) => cache.trust_until(until),
+            Invalidation::Stale => cache.forget_all().await,
+        }
+    }
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {

@@ -46,26 +46,29 @@ impl ExtAuthzApi {
 /// The HTTP request Envoy describes, if it describes one. Header names are
 /// lower-cased (Envoy already does; a hand-written client may not), and taken
 /// from `header_map` when Envoy sends raw headers (`encode_raw_headers`).
-fn http_request(request: &CheckRequest) -> Option<HttpRequest> {
-    let attributes = request.attributes.as_ref()?;
-    let http = attributes.request.as_ref()?.http.as_ref()?;
+/// Takes the request by value: its strings move into the domain request
+/// instead of being copied (this runs on every mesh request).
+fn http_request(request: CheckRequest) -> Option<HttpRequest> {
+    let attributes = request.attributes?;
+    let source = source_address(&attributes);
+    let http = attributes.request?.http?;
     let mut headers: Vec<(String, String)> = if http.headers.is_empty() {
         http.header_map
-            .iter()
-            .flat_map(|map| &map.headers)
+            .into_iter()
+            .flat_map(|map| map.headers)
             .map(|header| {
                 let value = if header.raw_value.is_empty() {
-                    header.value.clone()
+                    header.value
                 } else {
                     String::from_utf8_lossy(&header.raw_value).into_owned()
                 };
-                (header.key.to_ascii_lowercase(), value)
+                (lowercase(header.key), value)
             })
             .collect()
     } else {
         http.headers
-            .iter()
-            .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+            .into_iter()
+            .map(|(name, value)| (lowercase(name), value))
             .collect()
     };
     // A map's order is random; a stable order keeps responses reproducible.
@@ -80,20 +83,25 @@ fn http_request(request: &CheckRequest) -> Option<HttpRequest> {
     let method = if http.method.is_empty() {
         pseudo(":method")
     } else {
-        http.method.clone()
+        http.method
     };
     let path = if http.path.is_empty() {
         pseudo(":path")
     } else {
-        http.path.clone()
+        http.path
     };
     Some(HttpRequest {
         method,
         path,
         headers,
-        context_extensions: attributes.context_extensions.clone(),
-        source: source_address(attributes),
+        context_extensions: attributes.context_extensions,
+        source,
     })
+}
+
+fn lowercase(mut name: String) -> String {
+    name.make_ascii_lowercase();
+    name
 }
 
 /// The downstream client's address, as Envoy reports it, for audit events.
@@ -145,7 +153,9 @@ fn metadata(
     permission: Option<&str>,
     route: Option<&str>,
 ) -> Struct {
-    let mut fields = HashMap::new();
+    // Sized for every field at once: growing the map twice was a tenth of
+    // the handler's instructions.
+    let mut fields = HashMap::with_capacity(8);
     fields.insert("decision".to_owned(), string(decision));
     for (key, value) in [("permission", permission), ("route", route)] {
         if let Some(value) = value {
@@ -263,7 +273,7 @@ impl Authorization for ExtAuthzApi {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let http = http_request(request.get_ref());
+        let http = http_request(request.into_inner());
         let verdict = self.authz.authorize(http.as_ref()).await?;
         Ok(Response::new(verdict_to_proto(&verdict)))
     }
@@ -296,7 +306,7 @@ mod tests {
             Address, SocketAddress, address, socket_address,
         };
         let mut request = check_request(attribute_context::HttpRequest::default());
-        assert_eq!(http_request(&request).unwrap().source, None);
+        assert_eq!(http_request(request.clone()).unwrap().source, None);
         request.attributes.as_mut().unwrap().source = Some(attribute_context::Peer {
             address: Some(Address {
                 address: Some(address::Address::SocketAddress(SocketAddress {
@@ -308,7 +318,7 @@ mod tests {
             ..attribute_context::Peer::default()
         });
         assert_eq!(
-            http_request(&request).unwrap().source,
+            http_request(request.clone()).unwrap().source,
             Some("203.0.113.7:44321".parse().unwrap())
         );
     }
@@ -321,7 +331,7 @@ mod tests {
             headers: HashMap::from([("Authorization".to_owned(), "Bearer t".to_owned())]),
             ..Default::default()
         });
-        let request = http_request(&from_map).unwrap();
+        let request = http_request(from_map).unwrap();
         assert_eq!(request.method, "GET");
         assert_eq!(request.path, "/v2?x=1");
         assert_eq!(
@@ -357,7 +367,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let request = http_request(&raw).unwrap();
+        let request = http_request(raw).unwrap();
         assert_eq!(
             (request.method.as_str(), request.path.as_str()),
             ("POST", "/v2")
@@ -371,7 +381,7 @@ mod tests {
             2,
             "repeated raw headers stay separate"
         );
-        assert!(http_request(&CheckRequest::default()).is_none());
+        assert!(http_request(CheckRequest::default()).is_none());
     }
 
     #[test]

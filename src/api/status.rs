@@ -20,6 +20,7 @@ impl From<Error> for Status {
                 tracing::error!(%cause, "store unavailable");
                 Status::unavailable("the token store is unavailable; retry later")
             }
+            Error::Store(StoreError::Unsupported(what)) => Status::failed_precondition(what),
             Error::Store(StoreError::Corrupt(cause)) => {
                 tracing::error!(%cause, "store data is corrupt");
                 Status::internal("internal error")

@@ -200,7 +200,7 @@ impl TokenService {
         &self.policy.catalogue
     }
 
-    pub fn cache(&self) -> &TokenCache {
+    pub fn cache(&self) -> &Arc<TokenCache> {
         &self.cache
     }
 

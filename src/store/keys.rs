@@ -1,11 +1,20 @@
-//! Key layout of the sled trees.
+//! Key layout of the sled trees (the PostgreSQL store keys its audit and
+//! usage rows the same way, so that both give the same order and cursors).
 //!
 //! Index keys are built from length-prefixed parts (one length byte, then the
 //! bytes; ids are at most 128 bytes) followed by the 16-byte token id, so no
 //! choice of org, workspace or user id can make two index prefixes overlap,
 //! and a prefix scan finds exactly one org's (or workspace's, or owner's) tokens.
 
-use crate::domain::ids::{MAX_ID_BYTES, TokenId};
+use super::{
+    StoreError,
+    records::{reason_number, reason_of},
+};
+use crate::domain::{
+    ids::{EventId, MAX_ID_BYTES, TokenId},
+    time::Timestamp,
+    usage::UsageRecord,
+};
 
 /// Names of the trees.
 pub const TOKENS: &str = "tokens";
@@ -95,6 +104,85 @@ pub fn pepper_check_key(key_id: u32) -> Vec<u8> {
 }
 
 pub const PEPPER_CHECK_PREFIX: &[u8] = b"pepper_check/";
+
+/// [org][event id]: an event's key in the audit tree.
+pub fn audit_key(org_id: &str, id: EventId) -> Vec<u8> {
+    let mut key = prefix(&[org_id]);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+pub fn audit_time_key(id: EventId, org_id: &str) -> Vec<u8> {
+    let mut key = id.to_bytes().to_vec();
+    push_parts(&mut key, &[org_id]);
+    key
+}
+
+/// The three keys of one usage record: by time, by org, by token.
+pub fn usage_keys(record: &UsageRecord) -> [Vec<u8>; 3] {
+    let minute = sortable_i64(record.minute.as_micros());
+    let token = record.token_id.to_bytes();
+    let reason = reason_number(record.decision);
+    let mut by_time = minute.to_vec();
+    push_parts(&mut by_time, &[&record.org_id]);
+    by_time.extend_from_slice(&token);
+    push_parts(&mut by_time, &[&record.permission]);
+    by_time.push(reason);
+
+    let mut by_org = prefix(&[&record.org_id]);
+    by_org.extend_from_slice(&minute);
+    by_org.extend_from_slice(&token);
+    push_parts(&mut by_org, &[&record.permission]);
+    by_org.push(reason);
+
+    let mut by_token = token.to_vec();
+    by_token.extend_from_slice(&minute);
+    push_parts(&mut by_token, &[&record.permission]);
+    by_token.push(reason);
+    [by_time, by_org, by_token]
+}
+
+/// Reads `[minute][token?][permission][decision]`, the tail shared by the
+/// by-org and by-token keys (the by-token key has no token in its tail).
+pub fn decode_usage_tail(
+    org_id: &str,
+    token: Option<TokenId>,
+    tail: &[u8],
+    count: &[u8],
+) -> Result<UsageRecord, StoreError> {
+    let corrupt = || StoreError::Corrupt("usage key".into());
+    let minute: [u8; 8] = tail
+        .get(..8)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    let mut rest = &tail[8..];
+    let token_id = match token {
+        Some(id) => id,
+        None => {
+            let bytes: [u8; 16] = rest
+                .get(..16)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?;
+            rest = &rest[16..];
+            TokenId::from_bytes(bytes)
+        }
+    };
+    let (permission, rest) = take_part(rest).ok_or_else(corrupt)?;
+    let [reason] = rest else {
+        return Err(corrupt());
+    };
+    let count: [u8; 8] = count.try_into().map_err(|_| corrupt())?;
+    Ok(UsageRecord {
+        org_id: org_id.to_owned(),
+        token_id,
+        permission: permission.to_owned(),
+        decision: reason_of(*reason)?,
+        minute: Timestamp::from_micros(i64_from_sortable(minute)),
+        count: u64::from_be_bytes(count),
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -157,4 +157,9 @@ impl Store for MeteredStore {
     async fn durable(&self) -> Result<(), StoreError> {
         timed!(self, "durable", self.inner.durable())
     }
+    fn take_invalidations(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<super::Invalidation>> {
+        self.inner.take_invalidations()
+    }
 }

@@ -14,6 +14,8 @@ pub mod backup;
 mod durability;
 mod keys;
 pub mod metered;
+pub mod migrate;
+pub mod postgres;
 mod records;
 pub mod sled;
 
@@ -44,6 +46,27 @@ pub enum StoreError {
     /// it meets until it is reopened.
     #[error("store needs a restart: {0}")]
     NeedsRestart(String),
+    /// This backend does not do this (the reason says what to use instead).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// What a store shared with other replicas tells this one's cache, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Another replica (or this one) took these digests out of service.
+    Digests(Vec<Digest>),
+    /// Every change committed before some instant has been sent, so cached
+    /// entries may be trusted until this instant (that one plus the
+    /// store's staleness bound). Past it, every lookup is a miss until the
+    /// next such message: a replica that cannot follow the other replicas'
+    /// changes, for whatever reason (the database is down, or the task that
+    /// follows them is starved of CPU), stops answering from memory.
+    TrustUntil(std::time::Instant),
+    /// Changes may have been missed (the log of changes no longer reaches
+    /// back far enough, or could not be read for the staleness bound):
+    /// forget every cached entry.
+    Stale,
 }
 
 /// Which tokens a listing or a bulk revocation is about.
@@ -253,4 +276,56 @@ pub trait Store: Send + Sync + 'static {
     /// Returns once every write applied before the call is durable.
     /// Concurrent callers share one flush.
     async fn durable(&self) -> Result<(), StoreError>;
+
+    /// For a store that other replicas write too: the feed of their changes
+    /// that this replica's cache must apply. Taken once; `None` for a store
+    /// that only this process writes.
+    fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
+        None
+    }
+}
+
+/// Applies `rotation` to `record` (read in the same atomic step that will
+/// write the result): the replaced secrets get their end of grace, secrets
+/// whose grace ended long ago are forgotten, and the new secret comes first.
+pub(crate) fn rotate_record(
+    mut record: TokenRecord,
+    rotation: &Rotation,
+    max_secrets: usize,
+) -> RotateOutcome {
+    if record.revoked_at.is_some() {
+        return RotateOutcome::Revoked;
+    }
+    for secret in &mut record.secrets {
+        if secret
+            .retired_at
+            .is_none_or(|at| at > rotation.old_retired_at)
+        {
+            secret.retired_at = Some(rotation.old_retired_at);
+        }
+    }
+    record
+        .secrets
+        .sort_by_key(|s| std::cmp::Reverse(s.retired_at));
+    let mut forgotten = Vec::new();
+    let mut kept = vec![rotation.new_secret.clone()];
+    for secret in record.secrets.drain(..) {
+        let in_grace = secret.retired_at.is_some_and(|at| at > rotation.now);
+        if in_grace && kept.len() == max_secrets {
+            return RotateOutcome::TooManySecrets;
+        }
+        let stale = secret
+            .retired_at
+            .is_some_and(|at| at < rotation.forget_retired_before);
+        if stale || kept.len() == max_secrets {
+            forgotten.push(secret.digest);
+        } else {
+            kept.push(secret);
+        }
+    }
+    record.secrets = kept;
+    RotateOutcome::Rotated {
+        record: Box::new(record),
+        forgotten,
+    }
 }

@@ -135,14 +135,14 @@ fn value_of<T: Copy>(table: &[T], number: u32, what: &str) -> Result<T, StoreErr
         .ok_or_else(|| StoreError::Corrupt(format!("audit event: {what} {number}")))
 }
 
-fn kind_number(kind: TokenKind) -> u32 {
+pub fn kind_number(kind: TokenKind) -> u32 {
     match kind {
         TokenKind::Personal => 1,
         TokenKind::Service => 2,
     }
 }
 
-fn kind_of(number: u32) -> Option<TokenKind> {
+pub fn kind_of(number: u32) -> Option<TokenKind> {
     match number {
         1 => Some(TokenKind::Personal),
         2 => Some(TokenKind::Service),

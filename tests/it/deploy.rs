@@ -369,3 +369,84 @@ fn istio_names_tokenauth_as_a_custom_provider() {
         provider["name"].as_str()
     );
 }
+
+/// The value of environment variable `name` in the first container.
+fn env_value<'a>(deployment: &'a Yaml, name: &str) -> &'a str {
+    container(deployment)["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+#[test]
+fn the_postgresql_variant_runs_several_replicas_without_volumes() {
+    let kustomization = document("kubernetes-postgres/kustomization.yaml");
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(resources, ["../kubernetes", "deployment.yaml"]);
+    let patches: Vec<&str> = kustomization["patches"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["patch"].as_str())
+        .collect();
+    assert!(
+        patches
+            .iter()
+            .any(|p| p.contains("$patch: delete") && p.contains("kind: StatefulSet")),
+        "the single-writer StatefulSet is removed"
+    );
+
+    let deployment = document("kubernetes-postgres/deployment.yaml");
+    assert_eq!(str_at(&deployment, &["kind"]), "Deployment");
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() >= 2);
+    assert!(deployment["spec"]["volumeClaimTemplates"].is_badvalue());
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    // The same labels and port as the Service built from the base selects.
+    let sled = document("kubernetes/statefulset.yaml");
+    assert_eq!(
+        deployment["spec"]["selector"], sled["spec"]["selector"],
+        "the base Service selects these pods"
+    );
+    assert_eq!(container(&deployment)["ports"], container(&sled)["ports"]);
+
+    // The base config file, with the variables the Deployment sets, names a
+    // PostgreSQL store and the mounted password and pepper files.
+    let env: Vec<(String, String)> = ["TOKENAUTH_STORE", "TOKENAUTH_POSTGRES__PASSWORD_FILE"]
+        .iter()
+        .map(|name| ((*name).to_owned(), env_value(&deployment, name).to_owned()))
+        .collect();
+    assert_eq!(
+        tokenauth::config::redact_url_password(&env[0].1),
+        env[0].1,
+        "no password in the URL"
+    );
+    let config = Config::load(Some(&deploy().join("kubernetes/tokenauth.toml")), env).unwrap();
+    config.policy().unwrap();
+    assert!(matches!(
+        config.store_kind().unwrap(),
+        tokenauth::config::StoreKind::Postgres(_)
+    ));
+    assert_eq!(
+        config.postgres.password_file.as_deref(),
+        Some(Path::new(&format!(
+            "{}/password",
+            mount_path(&deployment, "db")
+        )))
+    );
+    assert_eq!(
+        config.pepper_file.as_deref(),
+        Some(Path::new(&format!(
+            "{}/pepper",
+            mount_path(&deployment, "pepper")
+        )))
+    );
+}

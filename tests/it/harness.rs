@@ -1,10 +1,12 @@
 //! Starts and stops real servers for the tests, and small helpers for
 //! issuing tokens.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+
+use crate::pg::PgCluster;
 use tokenauth::{
     config::{Config, CredentialConfig},
     domain::secret::Secret,
@@ -68,6 +70,24 @@ pub struct TestServer {
     pub channel: Channel,
     /// The control-plane credential (its hash is in `config`).
     pub control_plane: String,
+    /// The PostgreSQL cluster of a server that the environment put on one
+    /// (`TEST_STORE=postgres`); `None` on sled or a test's own cluster.
+    cluster: Option<PgCluster>,
+}
+
+/// Whether the suite runs its servers on PostgreSQL instead of sled
+/// (`TEST_STORE=postgres`, set by `scripts/test` for a second pass).
+pub fn on_postgres() -> bool {
+    std::env::var("TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// Points `config` at the PostgreSQL database `url`, with the shared pepper
+/// file `pepper`, and timeouts short enough for tests.
+pub fn use_postgres(config: &mut Config, url: &str, pepper: &Path) {
+    config.store = url.to_owned();
+    config.pepper_file = Some(pepper.to_owned());
+    config.postgres.connect_timeout = Duration::from_millis(500);
+    config.health.probe_interval = Duration::from_millis(100);
 }
 
 impl TestServer {
@@ -106,8 +126,29 @@ impl TestServer {
             sha256: hash,
         }];
         configure(&mut config);
-        let store = wrap(server::open_store(&config).unwrap());
-        Self::start_in(dir, config, store, credential).await
+        let cluster = (on_postgres() && config.store == "sled").then(|| {
+            let cluster = PgCluster::start();
+            let pepper = dir.path().join("pepper");
+            tokenauth::pepper::create(&pepper).unwrap();
+            use_postgres(&mut config, &cluster.url(), &pepper);
+            cluster
+        });
+        let store = wrap(server::open_store(&config).await.unwrap());
+        Self::start_in(dir, config, store, credential, cluster).await
+    }
+
+    /// A replica on the PostgreSQL database at `url`, with the pepper file
+    /// every replica of it shares.
+    pub async fn start_replica(
+        url: &str,
+        pepper: &Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::start_with(|config| {
+            use_postgres(config, url, pepper);
+            configure(config);
+        })
+        .await
     }
 
     async fn start_in(
@@ -115,6 +156,7 @@ impl TestServer {
         config: Config,
         store: Arc<dyn Store>,
         control_plane: String,
+        cluster: Option<PgCluster>,
     ) -> Self {
         let running = server::start_with_store(config.clone(), store)
             .await
@@ -131,6 +173,7 @@ impl TestServer {
             running: Some(running),
             channel,
             control_plane,
+            cluster,
         }
     }
 
@@ -171,8 +214,9 @@ impl TestServer {
         self.running.take().unwrap().shutdown().await.unwrap();
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let store = server::open_store(&config).unwrap();
-        Self::start_in(self.dir, config, store, self.control_plane).await
+        let store = server::open_store(&config).await.unwrap();
+        let cluster = self.cluster.take();
+        Self::start_in(self.dir, config, store, self.control_plane, cluster).await
     }
 
     /// Stops the server cleanly; the data directory lives as long as the returned handle.

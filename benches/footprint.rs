@@ -1,0 +1,169 @@
+//! Start-up time, resident memory and bytes on disk of the real release
+//! binary over a data directory holding many tokens. Not a test: run
+//! `cargo bench --bench footprint` (BENCH_TOKENS, default 1,000,000;
+//! BENCH_RUNS starts, default 3; BENCH_WARM Checks to warm the cache,
+//! default 100,000, the default cache capacity). The data directory is
+//! filled once under `target/bench-data` (or BENCH_DATA_ROOT) and reused.
+//!
+//! Start-up is the time from spawning `tokenauth serve` to the first
+//! health answer SERVING for the Check service, polled every millisecond.
+//! RSS is VmRSS from /proc after start, and again after BENCH_WARM
+//! distinct tokens were checked over gRPC (each a cache miss that fills it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokenauth::proto::{CheckRequest, check_service_client::CheckServiceClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// (apparent bytes, allocated bytes) of every file under `dir`.
+fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            let (a, b) = disk_usage(&entry.path());
+            total = (total.0 + a, total.1 + b);
+        } else {
+            total = (total.0 + meta.len(), total.1 + meta.blocks() * 512);
+        }
+    }
+    total
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM, so that the server shuts down as in production.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+async fn serving(addr: &str) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(addr.to_owned())
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "tokenauth.v1.CheckService".into(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+#[tokio::main]
+async fn main() {
+    let tokens = env_or("BENCH_TOKENS", 1_000_000) as usize;
+    let runs = env_or("BENCH_RUNS", 3);
+    let warm = env_or("BENCH_WARM", 100_000) as usize;
+    let dir = support::data_root().join(format!("tokens-{tokens}"));
+    let secrets = support::prepared_data_dir(&dir, tokens).await;
+    let (apparent, allocated) = disk_usage(&dir.join("db"));
+    println!("## Footprint with {tokens} tokens stored\n");
+    println!(
+        "Data directory (`db`): {:.1} MiB apparent, {:.1} MiB allocated on disk.\n",
+        apparent as f64 / 1048576.0,
+        allocated as f64 / 1048576.0
+    );
+    println!(
+        "| run | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) |"
+    );
+    println!("|---|---|---|---|");
+    for run in 1..=runs {
+        let port = free_port();
+        let addr = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        let server = Server(
+            Command::new(env!("CARGO_BIN_EXE_tokenauth"))
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                ])
+                .arg(&dir)
+                .env("TOKENAUTH_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        while !serving(&addr).await {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "no SERVING in 10 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let startup = started.elapsed();
+        let pid = server.0.id();
+        let rss_started = rss_kib(pid);
+        let channel = tonic::transport::Channel::from_shared(addr)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = CheckServiceClient::new(channel);
+        for secret in secrets.iter().take(warm) {
+            let response = client
+                .check(CheckRequest {
+                    token: secret.clone(),
+                    permission: "test_api:run".into(),
+                    org_id: "org-bench".into(),
+                    workspace_id: "ws-1".into(),
+                })
+                .await
+                .unwrap();
+            assert!(response.into_inner().allowed);
+        }
+        let rss_warm = rss_kib(pid);
+        println!(
+            "| {run} | {:.0} | {:.1} | {:.1} |",
+            startup.as_secs_f64() * 1000.0,
+            rss_started as f64 / 1024.0,
+            rss_warm as f64 / 1024.0
+        );
+        drop(server);
+    }
+}

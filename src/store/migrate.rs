@@ -1,0 +1,287 @@
+//! `tokenauth migrate`: copies a sled database into PostgreSQL, verifiably.
+//!
+//! Every table is copied in key order in batches; rows already in the target
+//! are left as they are (so the command can be run again after an
+//! interruption). Then each table is read back from PostgreSQL in the same
+//! order and its count and SHA-256 compared with the source's: the copy is
+//! verified only if every table matches exactly.
+
+use deadpool_postgres::GenericClient;
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    StoreError,
+    keys::{self, decode_usage_tail, usage_keys},
+    postgres::PostgresStore,
+    records::{decode_token, kind_number},
+    sled::SledStore,
+};
+use crate::domain::time::Timestamp;
+
+/// Rows per INSERT.
+const BATCH: usize = 1000;
+
+/// One table's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableReport {
+    pub name: &'static str,
+    pub rows: u64,
+    pub source_sha256: String,
+    pub target_rows: u64,
+    pub target_sha256: String,
+}
+
+impl TableReport {
+    pub fn verified(&self) -> bool {
+        self.rows == self.target_rows && self.source_sha256 == self.target_sha256
+    }
+}
+
+/// Count and SHA-256 of a sequence of (key, value) pairs.
+#[derive(Default)]
+struct Fingerprint {
+    rows: u64,
+    hash: Sha256,
+}
+
+impl Fingerprint {
+    fn add(&mut self, key: &[u8], value: &[u8]) {
+        self.rows += 1;
+        for part in [key, value] {
+            self.hash
+                .update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            self.hash.update(part);
+        }
+    }
+
+    fn finish(self) -> (u64, String) {
+        let digest = self.hash.finalize();
+        (
+            self.rows,
+            digest.iter().map(|b| format!("{b:02x}")).collect(),
+        )
+    }
+}
+
+/// The tables, as (name, sled tree, key prefix, the target's rows as
+/// (key, value) in key order).
+const TABLES: &[(&str, &str, &[u8], &str)] = &[
+    (
+        "tokens",
+        keys::TOKENS,
+        b"",
+        "SELECT id, record FROM tokens ORDER BY id",
+    ),
+    (
+        "digests",
+        keys::DIGESTS,
+        b"",
+        "SELECT digest, token_id FROM digests ORDER BY digest",
+    ),
+    (
+        "audit",
+        keys::AUDIT,
+        b"",
+        "SELECT key, event FROM audit ORDER BY key",
+    ),
+    (
+        "usage",
+        keys::USAGE_BY_ORG,
+        b"",
+        "SELECT org_key, int8send(count) FROM usage ORDER BY org_key",
+    ),
+    (
+        "last_used",
+        keys::LAST_USED,
+        b"",
+        "SELECT token_id, int8send(at_us) FROM last_used ORDER BY token_id",
+    ),
+    (
+        "pepper_checks",
+        keys::META,
+        keys::PEPPER_CHECK_PREFIX,
+        "SELECT int4send(key_id::int4), check_value FROM pepper_checks ORDER BY key_id",
+    ),
+];
+
+/// Copies everything in `from` into `to`, then verifies the copy table by table.
+pub async fn migrate(from: &SledStore, to: &PostgresStore) -> Result<Vec<TableReport>, StoreError> {
+    let mut reports = Vec::new();
+    for &(name, tree, prefix, select) in TABLES {
+        let mut source = Fingerprint::default();
+        let mut batch = Vec::with_capacity(BATCH);
+        for entry in from.scan_tree(tree, prefix)? {
+            let (key, value) = entry?;
+            // The sled meta tree keys pepper checks by a prefix and the id.
+            let key = key[prefix.len()..].to_vec();
+            source.add(&key, &value);
+            batch.push((key, value.to_vec()));
+            if batch.len() == BATCH {
+                insert(to, name, &batch).await?;
+                batch.clear();
+            }
+        }
+        insert(to, name, &batch).await?;
+        let mut target = Fingerprint::default();
+        let client = to.client().await?;
+        for row in client.query(select, &[]).await? {
+            target.add(row.try_get(0)?, row.try_get(1)?);
+        }
+        let (rows, source_sha256) = source.finish();
+        let (target_rows, target_sha256) = target.finish();
+        reports.push(TableReport {
+            name,
+            rows,
+            source_sha256,
+            target_rows,
+            target_sha256,
+        });
+    }
+    Ok(reports)
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("source {what}"))
+}
+
+fn i64_of(bytes: &[u8], what: &str) -> Result<i64, StoreError> {
+    Ok(i64::from_be_bytes(
+        bytes.try_into().map_err(|_| corrupt(what))?,
+    ))
+}
+
+/// Inserts one batch of `table`'s (key, value) pairs, keeping rows that exist.
+async fn insert(
+    to: &PostgresStore,
+    table: &str,
+    batch: &[(Vec<u8>, Vec<u8>)],
+) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut client = to.client().await?;
+    let tx = client.transaction().await?;
+    let column = |i: usize| -> Vec<Vec<u8>> {
+        batch
+            .iter()
+            .map(|(k, v)| if i == 0 { k.clone() } else { v.clone() })
+            .collect()
+    };
+    let (keys, values) = (column(0), column(1));
+    match table {
+        "tokens" => {
+            let mut orgs = Vec::new();
+            let mut workspaces = Vec::new();
+            let mut owners = Vec::new();
+            let mut kinds = Vec::new();
+            let mut expires = Vec::new();
+            let mut revoked = Vec::new();
+            for value in &values {
+                let record = decode_token(value)?;
+                orgs.push(record.org_id);
+                workspaces.push(record.workspace_id);
+                owners.push(record.owner_user_id);
+                kinds.push(kind_number(record.kind) as i16);
+                expires.push(record.expires_at.map(Timestamp::as_micros));
+                revoked.push(record.revoked_at.map(Timestamp::as_micros));
+            }
+            tx.execute(
+                "INSERT INTO tokens (id, record, org_id, workspace_id, owner_user_id, kind, \
+                 expires_at_us, revoked_at_us) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::text[], \
+                 $5::text[], $6::int2[], $7::int8[], $8::int8[]) ON CONFLICT DO NOTHING",
+                &[
+                    &keys,
+                    &values,
+                    &orgs,
+                    &workspaces,
+                    &owners,
+                    &kinds,
+                    &expires,
+                    &revoked,
+                ],
+            )
+            .await?;
+        }
+        "digests" => {
+            tx.execute(
+                "INSERT INTO digests (digest, token_id) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                &[&keys, &values],
+            )
+            .await?;
+        }
+        "audit" => {
+            let ids = keys
+                .iter()
+                .map(|k| {
+                    k.len()
+                        .checked_sub(16)
+                        .map(|start| k[start..].to_vec())
+                        .ok_or_else(|| corrupt("audit key"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.execute(
+                "INSERT INTO audit (key, event, id) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&keys, &values, &ids],
+            )
+            .await?;
+        }
+        "usage" => {
+            let mut token_keys = Vec::new();
+            let mut minutes = Vec::new();
+            let mut counts = Vec::new();
+            for (key, value) in batch {
+                let (org, tail) = keys::take_part(key).ok_or_else(|| corrupt("usage key"))?;
+                let record = decode_usage_tail(org, None, tail, value)?;
+                let [_, _, by_token] = usage_keys(&record);
+                token_keys.push(by_token);
+                minutes.push(record.minute.as_micros());
+                counts.push(i64::try_from(record.count).unwrap_or(i64::MAX));
+            }
+            tx.execute(
+                "INSERT INTO usage (org_key, token_key, minute_us, count) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&keys, &token_keys, &minutes, &counts],
+            )
+            .await?;
+        }
+        "last_used" => {
+            let times = values
+                .iter()
+                .map(|v| i64_of(v, "last-used time"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if keys.iter().any(|k| k.len() != 16) {
+                return Err(corrupt("last-used token id"));
+            }
+            tx.execute(
+                "INSERT INTO last_used (token_id, at_us) \
+                 SELECT * FROM unnest($1::bytea[], $2::int8[]) ON CONFLICT DO NOTHING",
+                &[&keys, &times],
+            )
+            .await?;
+        }
+        "pepper_checks" => {
+            let ids = keys
+                .iter()
+                .map(|k| {
+                    <[u8; 4]>::try_from(k.as_slice())
+                        .map(|b| i64::from(u32::from_be_bytes(b)))
+                        .map_err(|_| corrupt("pepper key id"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.execute(
+                "INSERT INTO pepper_checks (key_id, check_value) \
+                 SELECT * FROM unnest($1::int8[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                &[&ids, &values],
+            )
+            .await?;
+        }
+        other => return Err(StoreError::Corrupt(format!("unknown table {other}"))),
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,1240 @@
+//! The PostgreSQL store, shared by several replicas.
+//!
+//! Tables (see `MIGRATIONS`): `tokens` (the record in the same encoding as
+//! sled's, plus the columns that listing filters on), `digests` (digest ->
+//! token), `audit` and `usage` (keyed by the same byte keys as sled's trees,
+//! so that order and cursors are the same on both backends), `last_used`,
+//! `pepper_checks`, and the revocation log: `revocation_clock` (one row, a
+//! counter) and `revocations` (seq -> the digests a change took out of
+//! service).
+//!
+//! Each change runs in one transaction with its audit event. Changes that
+//! take secrets out of service (revoke, revoke-all, rotate) also bump the
+//! clock and append to the log in that transaction. Bumping the clock's one
+//! row serialises them, so log entries become visible in sequence order with
+//! no gaps, and a reader that has seen every entry up to `n` knows it missed
+//! none. Replicas learn of entries by LISTEN/NOTIFY, and independently by
+//! reading the log every `poll_interval`; a replica whose cache has not been
+//! proven fresh for `max_staleness` stops trusting it (see [`Invalidation`]).
+//!
+//! Every transaction commits with PostgreSQL's default `synchronous_commit`,
+//! so a returned write is durable and [`Store::durable`] has nothing to wait
+//! for. Refusal events, which callers do not wait for, are written with
+//! `synchronous_commit = off`, so a flood of refusals cannot cost a WAL flush
+//! each.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    task::JoinHandle,
+    time::{Instant, timeout},
+};
+use tokio_postgres::{NoTls, Row, config::SslMode, types::ToSql};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{
+    AuditPage, Invalidation, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store,
+    StoreError, TokenCounts, TokenQuery, UsagePage,
+    keys::{audit_key, decode_usage_tail, prefix, sortable_i64, usage_keys},
+    records::{decode_audit, decode_token, encode_audit, encode_token, kind_number, kind_of},
+    sled::MAX_SECRETS,
+};
+use crate::domain::{
+    audit::{AuditEvent, AuditQuery},
+    ids::{EventId, TokenId},
+    secret::Digest,
+    time::Timestamp,
+    token::{TokenRecord, TokenState},
+    usage::{UsageQuery, UsageRecord},
+};
+
+/// The channel NOTIFY wakes replicas on.
+const CHANNEL: &str = "tokenauth_revocations";
+/// Most audit rows one list call examines before returning a short page.
+const MAX_SCAN_PER_PAGE: usize = 5_000;
+/// Rows fetched per round trip while scanning the audit log.
+const AUDIT_BATCH: i64 = 500;
+
+/// Schema versions, applied in order, each once, in one transaction that
+/// holds an advisory lock (replicas starting together do not race). Never
+/// edit a released migration: add one.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r"
+CREATE TABLE tokens (
+    id            bytea PRIMARY KEY,
+    org_id        text NOT NULL,
+    workspace_id  text NOT NULL,
+    owner_user_id text NOT NULL,
+    kind          smallint NOT NULL,
+    expires_at_us bigint,
+    revoked_at_us bigint,
+    record        bytea NOT NULL
+);
+CREATE INDEX tokens_by_org ON tokens (org_id, id);
+CREATE INDEX tokens_by_workspace ON tokens (org_id, workspace_id, id);
+CREATE INDEX tokens_by_owner ON tokens (org_id, owner_user_id, id);
+CREATE TABLE digests (
+    digest   bytea PRIMARY KEY,
+    token_id bytea NOT NULL REFERENCES tokens (id)
+);
+CREATE INDEX digests_by_token ON digests (token_id);
+CREATE TABLE audit (
+    key   bytea PRIMARY KEY,
+    id    bytea NOT NULL,
+    event bytea NOT NULL
+);
+CREATE INDEX audit_by_id ON audit (id);
+CREATE TABLE usage (
+    org_key   bytea PRIMARY KEY,
+    token_key bytea NOT NULL UNIQUE,
+    minute_us bigint NOT NULL,
+    count     bigint NOT NULL
+);
+CREATE INDEX usage_by_minute ON usage (minute_us);
+CREATE TABLE last_used (
+    token_id bytea PRIMARY KEY,
+    at_us    bigint NOT NULL
+);
+CREATE TABLE pepper_checks (
+    key_id      bigint PRIMARY KEY,
+    check_value bytea NOT NULL
+);
+CREATE TABLE revocation_clock (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    seq      bigint NOT NULL
+);
+INSERT INTO revocation_clock (seq) VALUES (0);
+CREATE TABLE revocations (
+    seq     bigint PRIMARY KEY,
+    at      timestamptz NOT NULL DEFAULT now(),
+    digests bytea[] NOT NULL
+);
+CREATE TABLE health_probe (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    at       timestamptz NOT NULL
+);
+",
+)];
+
+/// How a replica follows the revocation log.
+#[derive(Clone, Debug)]
+pub struct FeedTiming {
+    pub poll_interval: Duration,
+    pub max_staleness: Duration,
+    pub retention: Duration,
+}
+
+/// How to reach the database.
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    pub url: String,
+    pub password: Option<String>,
+    /// PEM certificates of the CA(s) that sign the database server's
+    /// certificate. With them, every connection is TLS and the server's
+    /// certificate and name are verified; without them, connections are
+    /// plaintext and a URL that asks for TLS (`sslmode=require`) is refused.
+    pub ca_pem: Option<Vec<u8>>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub feed: FeedTiming,
+}
+
+/// A [`Store`] in a PostgreSQL database shared by several replicas.
+pub struct PostgresStore {
+    pool: Pool,
+    invalidations: Mutex<Option<UnboundedReceiver<Invalidation>>>,
+    feed: JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.feed.abort();
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        // The Display of a database error is only its severity and message;
+        // the detail is where PostgreSQL says what went wrong.
+        match error.as_db_error() {
+            Some(db) => StoreError::Unavailable(format!(
+                "postgres: {} ({}){}",
+                db.message(),
+                db.code().code(),
+                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+            )),
+            None => StoreError::Unavailable(format!("postgres: {error}")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(format!("postgres connection pool: {error}"))
+    }
+}
+
+/// The connection settings of `settings`, ready for the pool and LISTEN,
+/// and the TLS connector when the database is reached over TLS.
+fn connection_config(
+    settings: &PostgresSettings,
+) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), StoreError> {
+    let invalid = |reason: &str| StoreError::Unavailable(format!("store: {reason}"));
+    // Never echo the URL: it may hold a password.
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|_| invalid("the PostgreSQL URL is not valid"))?;
+    if let Some(password) = &settings.password {
+        config.password(password);
+    }
+    config.connect_timeout(settings.connect_timeout);
+    config.application_name("tokenauth");
+    let tls = match &settings.ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|_| invalid("postgres.ca_file is not PEM"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(&format!("postgres.ca_file: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid("postgres.ca_file holds no certificate"));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| invalid(&format!("TLS: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.ssl_mode(SslMode::Require);
+            Some(MakeRustlsConnect::new(client))
+        }
+        None if config.get_ssl_mode() == SslMode::Require => {
+            return Err(invalid(
+                "the PostgreSQL URL asks for TLS (sslmode=require): set postgres.ca_file to \
+                 the CA that signs the database server's certificate",
+            ));
+        }
+        None => {
+            // Prefer would silently fall back to plaintext; say what happens.
+            config.ssl_mode(SslMode::Disable);
+            None
+        }
+    };
+    Ok((config, tls))
+}
+
+fn bytes16(value: &[u8], what: &str) -> Result<[u8; 16], StoreError> {
+    value
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what}: expected 16 bytes")))
+}
+
+fn record_of(row: &Row) -> Result<TokenRecord, StoreError> {
+    decode_token(row.try_get::<_, &[u8]>("record")?)
+}
+
+/// Everything the revocation log must say about `records`: the digests of
+/// their secrets.
+fn digests_of<'a>(records: impl IntoIterator<Item = &'a TokenRecord>) -> Vec<Vec<u8>> {
+    records
+        .into_iter()
+        .flat_map(|r| r.secrets.iter().map(|s| s.digest.0.to_vec()))
+        .collect()
+}
+
+impl PostgresStore {
+    /// Connects, brings the schema up to date, and starts following the
+    /// revocation log.
+    pub async fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
+        let (config, tls) = connection_config(settings)?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.connect_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .build()
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        let seq = clock(&pool).await?;
+        let (sender, receiver) = unbounded_channel();
+        let feed = tokio::spawn(follow_revocations(
+            pool.clone(),
+            (config, tls),
+            seq,
+            sender,
+            settings.feed.clone(),
+        ));
+        Ok(Self {
+            pool,
+            invalidations: Mutex::new(Some(receiver)),
+            feed,
+        })
+    }
+
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// The schema version this binary knows.
+pub fn schema_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('tokenauth schema'));
+         CREATE TABLE IF NOT EXISTS tokenauth_schema (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tokenauth_schema",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if current > schema_version() {
+        return Err(StoreError::Unavailable(format!(
+            "the database's schema is version {current}, newer than this binary's ({}): \
+             run a newer tokenauth",
+            schema_version()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO tokenauth_schema (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tracing::info!(version, "applied a database schema migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn clock(pool: &Pool) -> Result<i64, StoreError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_one("SELECT seq FROM revocation_clock", &[])
+        .await?
+        .try_get(0)?)
+}
+
+/// Inserts `event` within a transaction.
+async fn insert_audit(client: &impl GenericClient, event: &AuditEvent) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached("INSERT INTO audit (key, id, event) VALUES ($1, $2, $3)")
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &audit_key(&event.org_id, event.id),
+                &event.id.to_bytes().as_slice(),
+                &encode_audit(event),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Appends the digests that a change took out of service to the revocation
+/// log, and wakes the other replicas when the transaction commits.
+async fn log_revocation(
+    client: &impl GenericClient,
+    digests: Vec<Vec<u8>>,
+) -> Result<(), StoreError> {
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let seq: i64 = client
+        .query_one(
+            "UPDATE revocation_clock SET seq = seq + 1 RETURNING seq",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    client
+        .execute(
+            "INSERT INTO revocations (seq, digests) VALUES ($1, $2)",
+            &[&seq, &digests],
+        )
+        .await?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
+        .await?;
+    Ok(())
+}
+
+async fn update_record(
+    client: &impl GenericClient,
+    record: &TokenRecord,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE tokens SET record = $2, revoked_at_us = $3 WHERE id = $1",
+            &[
+                &record.id.to_bytes().as_slice(),
+                &encode_token(record),
+                &record.revoked_at.map(Timestamp::as_micros),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The WHERE clause (after `org_id = $1`) and parameters of `query`.
+struct Filter {
+    sql: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Filter {
+    fn new(query: &TokenQuery) -> Self {
+        let mut filter = Self {
+            sql: "org_id = $1".to_owned(),
+            params: vec![Box::new(query.org_id.clone())],
+        };
+        if let Some(ws) = &query.workspace_id {
+            filter.push("workspace_id =", Box::new(ws.clone()));
+        }
+        if let Some(owner) = &query.owner_user_id {
+            filter.push("owner_user_id =", Box::new(owner.clone()));
+        }
+        if let Some(kind) = query.kind {
+            filter.push("kind =", Box::new(kind_number(kind) as i16));
+        }
+        if !query.include_revoked {
+            filter.sql.push_str(" AND revoked_at_us IS NULL");
+        }
+        filter
+    }
+
+    fn push(&mut self, condition: &str, value: Box<dyn ToSql + Sync + Send>) {
+        self.params.push(value);
+        self.sql
+            .push_str(&format!(" AND {condition} ${}", self.params.len()));
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_token(
+        &self,
+        record: &TokenRecord,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO tokens (id, org_id, workspace_id, owner_user_id, kind, \
+                 expires_at_us, revoked_at_us, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await?;
+        let id = record.id.to_bytes();
+        tx.execute(
+            &insert,
+            &[
+                &id.as_slice(),
+                &record.org_id,
+                &record.workspace_id,
+                &record.owner_user_id,
+                &(kind_number(record.kind) as i16),
+                &record.expires_at.map(Timestamp::as_micros),
+                &record.revoked_at.map(Timestamp::as_micros),
+                &encode_token(record),
+            ],
+        )
+        .await?;
+        let digest = tx
+            .prepare_cached("INSERT INTO digests (digest, token_id) VALUES ($1, $2)")
+            .await?;
+        for secret in &record.secrets {
+            tx.execute(&digest, &[&secret.digest.0.as_slice(), &id.as_slice()])
+                .await?;
+        }
+        insert_audit(&tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT t.record FROM digests d JOIN tokens t ON t.id = d.token_id \
+                 WHERE d.digest = $1",
+            )
+            .await?;
+        client
+            .query_opt(&statement, &[&digest.0.as_slice()])
+            .await?
+            .map(|row| record_of(&row))
+            .transpose()
+    }
+
+    async fn token_by_id(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT record FROM tokens WHERE id = $1")
+            .await?;
+        client
+            .query_opt(&statement, &[&id.to_bytes().as_slice()])
+            .await?
+            .map(|row| record_of(&row))
+            .transpose()
+    }
+
+    async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError> {
+        let client = self.client().await?;
+        let mut filter = Filter::new(query);
+        if let Some(after) = page.after {
+            filter.push("id <", Box::new(after.to_bytes().to_vec()));
+        }
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX - 1);
+        filter.params.push(Box::new(limit + 1));
+        let sql = format!(
+            "SELECT record FROM tokens WHERE {} ORDER BY id DESC LIMIT ${}",
+            filter.sql,
+            filter.params.len()
+        );
+        let rows = client.query(&sql, &filter.params()).await?;
+        let more = rows.len() > page.limit;
+        let mut tokens = Vec::with_capacity(rows.len().min(page.limit));
+        for row in rows.iter().take(page.limit) {
+            let record = record_of(row)?;
+            if query.matches(&record) {
+                tokens.push(record);
+            }
+        }
+        let next = if more {
+            tokens.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(Page { tokens, next })
+    }
+
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<Revocation>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT record FROM tokens WHERE id = $1 FOR UPDATE",
+                &[&id.to_bytes().as_slice()],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut record = record_of(&row)?;
+        if record.revoked_at.is_some() {
+            return Ok(Some(Revocation {
+                record,
+                newly_revoked: false,
+            }));
+        }
+        record.revoked_at = Some(at);
+        update_record(&tx, &record).await?;
+        insert_audit(&tx, event).await?;
+        log_revocation(&tx, digests_of([&record])).await?;
+        tx.commit().await?;
+        Ok(Some(Revocation {
+            record,
+            newly_revoked: true,
+        }))
+    }
+
+    async fn revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let query = TokenQuery {
+            include_revoked: true,
+            ..query.clone()
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let filter = Filter::new(&query);
+        // Locking in id order, so that two bulk revocations cannot deadlock.
+        let sql = format!(
+            "SELECT record FROM tokens WHERE {} ORDER BY id FOR UPDATE",
+            filter.sql
+        );
+        let rows = tx.query(&sql, &filter.params()).await?;
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut record = record_of(row)?;
+            if !query.matches(&record) {
+                continue;
+            }
+            let newly_revoked = record.revoked_at.is_none();
+            if newly_revoked {
+                record.revoked_at = Some(at);
+            }
+            outcomes.push(Revocation {
+                record,
+                newly_revoked,
+            });
+        }
+        let newly: Vec<&TokenRecord> = outcomes
+            .iter()
+            .filter(|o| o.newly_revoked)
+            .map(|o| &o.record)
+            .collect();
+        let ids: Vec<Vec<u8>> = newly.iter().map(|r| r.id.to_bytes().to_vec()).collect();
+        let encoded: Vec<Vec<u8>> = newly.iter().map(|r| encode_token(r)).collect();
+        tx.execute(
+            "UPDATE tokens AS t SET record = u.record, revoked_at_us = $3 \
+             FROM unnest($1::bytea[], $2::bytea[]) AS u(id, record) WHERE t.id = u.id",
+            &[&ids, &encoded, &at.as_micros()],
+        )
+        .await?;
+        let mut event = event.clone();
+        event.target_token_ids = newly.iter().map(|r| r.id).collect();
+        insert_audit(&tx, &event).await?;
+        log_revocation(&tx, digests_of(newly)).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn rotate_token(
+        &self,
+        id: TokenId,
+        rotation: &Rotation,
+        event: &AuditEvent,
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let key = id.to_bytes();
+        let Some(row) = tx
+            .query_opt(
+                "SELECT record FROM tokens WHERE id = $1 FOR UPDATE",
+                &[&key.as_slice()],
+            )
+            .await?
+        else {
+            return Ok(RotateOutcome::NotFound);
+        };
+        let before = record_of(&row)?;
+        let replaced = digests_of([&before]);
+        let outcome = super::rotate_record(before, rotation, MAX_SECRETS);
+        if let RotateOutcome::Rotated { record, forgotten } = &outcome {
+            let forgotten: Vec<Vec<u8>> = forgotten.iter().map(|d| d.0.to_vec()).collect();
+            tx.execute("DELETE FROM digests WHERE digest = ANY($1)", &[&forgotten])
+                .await?;
+            tx.execute(
+                "INSERT INTO digests (digest, token_id) VALUES ($1, $2)",
+                &[&rotation.new_secret.digest.0.as_slice(), &key.as_slice()],
+            )
+            .await?;
+            update_record(&tx, record).await?;
+            insert_audit(&tx, event).await?;
+            // Replicas holding the record must read it again: its old secrets
+            // now have an end (or are gone).
+            log_revocation(&tx, replaced).await?;
+            tx.commit().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+            .await?;
+        insert_audit(&tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let client = self.client().await?;
+        let low = audit_key(
+            &query.org_id,
+            query
+                .start
+                .map_or(EventId::from_bytes([0; 16]), EventId::first_at),
+        );
+        // The same bounds as the sled store's scan: ids carry milliseconds.
+        let mut upper = query.end.map(|end| {
+            let ceil_millis = end.as_micros().saturating_add(999).div_euclid(1000);
+            EventId::first_at(Timestamp::from_micros(ceil_millis.saturating_mul(1000)))
+        });
+        if let Some(after) = after {
+            upper = Some(upper.map_or(after, |end| end.min(after)));
+        }
+        let mut high = match upper {
+            Some(upper) => audit_key(&query.org_id, upper),
+            None => {
+                let mut key = audit_key(&query.org_id, EventId::from_bytes([0xFF; 16]));
+                key.push(0);
+                key
+            }
+        };
+        let statement = client
+            .prepare_cached(
+                "SELECT key, event FROM audit WHERE key >= $1 AND key < $2 \
+                 ORDER BY key DESC LIMIT $3",
+            )
+            .await?;
+        let mut events = Vec::new();
+        let mut last_examined = None;
+        let mut scanned = 0;
+        loop {
+            let rows = client
+                .query(&statement, &[&low, &high, &AUDIT_BATCH])
+                .await?;
+            for row in &rows {
+                if events.len() == limit || scanned == MAX_SCAN_PER_PAGE {
+                    return Ok(AuditPage {
+                        events,
+                        next: last_examined,
+                    });
+                }
+                let event = decode_audit(row.try_get::<_, &[u8]>("event")?)?;
+                scanned += 1;
+                last_examined = Some(event.id);
+                if query.matches(&event) {
+                    events.push(event);
+                }
+            }
+            match rows.last() {
+                Some(row) if rows.len() as i64 == AUDIT_BATCH => {
+                    high = row.try_get::<_, Vec<u8>>("key")?;
+                }
+                _ => return Ok(AuditPage { events, next: None }),
+            }
+        }
+    }
+
+    async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let end = EventId::first_at(before).to_bytes();
+        let pruned = client
+            .execute("DELETE FROM audit WHERE id < $1", &[&end.as_slice()])
+            .await?;
+        Ok(usize::try_from(pruned).unwrap_or(usize::MAX))
+    }
+
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        // One upsert may not touch a row twice: merge repeats first.
+        let mut merged: HashMap<Vec<u8>, (Vec<u8>, i64, u64)> = HashMap::new();
+        for record in records {
+            let [_, by_org, by_token] = usage_keys(record);
+            let entry = merged
+                .entry(by_org)
+                .or_insert((by_token, record.minute.as_micros(), 0));
+            entry.2 = entry.2.saturating_add(record.count);
+        }
+        let mut org_keys = Vec::with_capacity(merged.len());
+        let mut token_keys = Vec::with_capacity(merged.len());
+        let mut minutes = Vec::with_capacity(merged.len());
+        let mut counts = Vec::with_capacity(merged.len());
+        for (org_key, (token_key, minute, count)) in merged {
+            org_keys.push(org_key);
+            token_keys.push(token_key);
+            minutes.push(minute);
+            counts.push(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO usage (org_key, token_key, minute_us, count) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
+                 ON CONFLICT (org_key) DO UPDATE SET count = CASE \
+                   WHEN usage.count > 9223372036854775807 - EXCLUDED.count \
+                   THEN 9223372036854775807 ELSE usage.count + EXCLUDED.count END",
+                &[&org_keys, &token_keys, &minutes, &counts],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn list_usage(
+        &self,
+        query: &UsageQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<UsagePage, StoreError> {
+        let (column, prefix) = match query.token_id {
+            Some(id) => ("token_key", id.to_bytes().to_vec()),
+            None => ("org_key", prefix(&[&query.org_id])),
+        };
+        let bound = |at: Option<Timestamp>, default: i64| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&sortable_i64(at.map_or(default, Timestamp::as_micros)));
+            key
+        };
+        let low = bound(query.start, i64::MIN);
+        let high = bound(query.end, i64::MAX);
+        let (start, start_op) = match after {
+            Some(after) if after >= low.as_slice() && after < high.as_slice() => (after, ">"),
+            _ => (low.as_slice(), ">="),
+        };
+        let sql = format!(
+            "SELECT {column}, count FROM usage WHERE {column} {start_op} $1 AND {column} < $2 \
+             ORDER BY {column} LIMIT $3"
+        );
+        let client = self.client().await?;
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let rows = client.query(&sql, &[&start, &high, &fetch]).await?;
+        let mut records = Vec::with_capacity(rows.len().min(limit));
+        let mut last_key = None;
+        for row in rows.iter().take(limit) {
+            let key: &[u8] = row.try_get(0)?;
+            let count: i64 = row.try_get(1)?;
+            let tail = key
+                .get(prefix.len()..)
+                .ok_or_else(|| StoreError::Corrupt("usage key".into()))?;
+            let count = u64::try_from(count).unwrap_or(0).to_be_bytes();
+            records.push(decode_usage_tail(
+                &query.org_id,
+                query.token_id,
+                tail,
+                &count,
+            )?);
+            last_key = Some(key.to_vec());
+        }
+        let next = if rows.len() > limit { last_key } else { None };
+        Ok(UsagePage { records, next })
+    }
+
+    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let pruned = client
+            .execute(
+                "DELETE FROM usage WHERE minute_us < $1",
+                &[&before.as_micros()],
+            )
+            .await?;
+        Ok(usize::try_from(pruned).unwrap_or(usize::MAX))
+    }
+
+    async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| id.to_bytes().to_vec()).collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT token_id, at_us FROM last_used WHERE token_id = ANY($1)")
+            .await?;
+        let mut found = HashMap::new();
+        for row in client.query(&statement, &[&keys]).await? {
+            let id = bytes16(row.try_get(0)?, "last_used token id")?;
+            let at: i64 = row.try_get(1)?;
+            found.insert(id, Timestamp::from_micros(at));
+        }
+        Ok(ids
+            .iter()
+            .map(|id| found.get(&id.to_bytes()).copied())
+            .collect())
+    }
+
+    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
+        let mut latest: HashMap<[u8; 16], i64> = HashMap::new();
+        for (id, at) in uses {
+            let entry = latest.entry(id.to_bytes()).or_insert(i64::MIN);
+            *entry = (*entry).max(at.as_micros());
+        }
+        let (ids, times): (Vec<Vec<u8>>, Vec<i64>) =
+            latest.into_iter().map(|(id, at)| (id.to_vec(), at)).unzip();
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO last_used (token_id, at_us) \
+                 SELECT * FROM unnest($1::bytea[], $2::int8[]) \
+                 ON CONFLICT (token_id) DO UPDATE \
+                 SET at_us = GREATEST(last_used.at_us, EXCLUDED.at_us)",
+                &[&ids, &times],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query("SELECT key_id, check_value FROM pepper_checks", &[])
+            .await?
+            .iter()
+            .map(|row| {
+                let corrupt = || StoreError::Corrupt("pepper check row".into());
+                let id: i64 = row.try_get(0)?;
+                let check: &[u8] = row.try_get(1)?;
+                Ok((
+                    u32::try_from(id).map_err(|_| corrupt())?,
+                    check.try_into().map_err(|_| corrupt())?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn add_pepper_check(&self, key_id: u32, check: [u8; 32]) -> Result<(), StoreError> {
+        // Another replica may add the same key id at the same moment; the
+        // caller reads the checks back and compares.
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO pepper_checks (key_id, check_value) VALUES ($1, $2) \
+                 ON CONFLICT (key_id) DO NOTHING",
+                &[&i64::from(key_id), &check.as_slice()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM tokens) \
+                 AND NOT EXISTS (SELECT 1 FROM pepper_checks)",
+                &[],
+            )
+            .await?
+            .try_get(0)?)
+    }
+
+    async fn backup(&self, _path: &Path) -> Result<u64, StoreError> {
+        Err(StoreError::Unsupported(
+            "this server keeps its tokens in PostgreSQL: back it up with PostgreSQL's own tools \
+             (pg_dump, or base backups with WAL archiving), and keep the pepper file with it",
+        ))
+    }
+
+    async fn count_tokens(&self, now: Timestamp) -> Result<TokenCounts, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT kind, CASE \
+                   WHEN revoked_at_us IS NOT NULL THEN 1 \
+                   WHEN expires_at_us IS NOT NULL AND expires_at_us <= $1 THEN 2 \
+                   ELSE 0 END AS state, count(*) \
+                 FROM tokens GROUP BY 1, 2",
+                &[&now.as_micros()],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: i16 = row.try_get(0)?;
+                let state: i32 = row.try_get(1)?;
+                let count: i64 = row.try_get(2)?;
+                let kind = u32::try_from(kind)
+                    .ok()
+                    .and_then(kind_of)
+                    .ok_or_else(|| StoreError::Corrupt(format!("token kind {kind}")))?;
+                let state = match state {
+                    1 => TokenState::Revoked,
+                    2 => TokenState::Expired,
+                    _ => TokenState::Live,
+                };
+                Ok((kind, state, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO health_probe (at) VALUES (now()) \
+                 ON CONFLICT (only_row) DO UPDATE SET at = now()",
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn durable(&self) -> Result<(), StoreError> {
+        // Every write committed synchronously before it returned.
+        Ok(())
+    }
+
+    fn take_invalidations(&self) -> Option<UnboundedReceiver<Invalidation>> {
+        self.invalidations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// What one read of the revocation log found.
+struct CatchUp {
+    clock: i64,
+    digests: Vec<Digest>,
+    /// Entries between the last one seen and the first one read are gone
+    /// (pruned, or the database was replaced): changes may have been missed.
+    gap: bool,
+}
+
+/// Reads the log entries after `seen`, in one snapshot.
+async fn catch_up(pool: &Pool, seen: i64) -> Result<CatchUp, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT c.seq, r.seq, r.digests FROM revocation_clock c \
+             LEFT JOIN revocations r ON r.seq > $1 ORDER BY r.seq",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&seen]).await?;
+    let mut clock = seen;
+    let mut digests = Vec::new();
+    let mut entries = 0i64;
+    for row in &rows {
+        clock = row.try_get(0)?;
+        let Some(_seq): Option<i64> = row.try_get(1)? else {
+            continue;
+        };
+        entries += 1;
+        let list: Vec<&[u8]> = row.try_get(2)?;
+        for digest in list {
+            let bytes: [u8; 32] = digest
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("revocation log digest".into()))?;
+            digests.push(Digest(bytes));
+        }
+    }
+    let gap = clock < seen || entries != clock - seen;
+    Ok(CatchUp {
+        clock,
+        digests,
+        gap,
+    })
+}
+
+/// Keeps a LISTEN connection open (reconnecting as needed) and wakes the
+/// follower on every notification, and on every (re)connection, since
+/// notifications sent while disconnected are lost.
+async fn listen_forever(
+    (config, tls): (tokio_postgres::Config, Option<MakeRustlsConnect>),
+    wake: UnboundedSender<()>,
+    retry: Duration,
+) {
+    loop {
+        let outcome = match &tls {
+            Some(tls) => match config.connect(tls.clone()).await {
+                Ok((client, connection)) => listen_on(client, connection, &wake).await,
+                Err(error) => Err(error),
+            },
+            None => match config.connect(NoTls).await {
+                Ok((client, connection)) => listen_on(client, connection, &wake).await,
+                Err(error) => Err(error),
+            },
+        };
+        if let Err(error) = outcome {
+            tracing::debug!(%error, "the LISTEN connection failed");
+        }
+        if wake.is_closed() {
+            return;
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+/// LISTENs on one connection until it fails.
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: &UnboundedSender<()>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    use std::task::Poll;
+    let messages = std::future::poll_fn(|cx| {
+        loop {
+            match connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(tokio_postgres::AsyncMessage::Notification(_)))) => {
+                    if wake.send(()).is_err() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
+    tokio::pin!(messages);
+    let listen = format!("LISTEN {CHANNEL}");
+    tokio::select! {
+        ended = &mut messages => ended,
+        listened = client.batch_execute(&listen) => {
+            listened?;
+            // Anything revoked while this connection was down is in the log.
+            let _ = wake.send(());
+            (&mut messages).await
+        }
+    }
+}
+
+/// Follows the revocation log for this replica's cache: wakes on NOTIFY and
+/// every `poll_interval`, and after each successful read sends what other
+/// replicas revoked, then how long the cache may be trusted (the start of the
+/// read plus `max_staleness`). When reads keep failing, the cache stops
+/// trusting itself at that moment anyway; the follower also empties it then
+/// ([`Invalidation::Stale`]), so that nothing cached before the outage
+/// survives it.
+async fn follow_revocations(
+    pool: Pool,
+    connection: (tokio_postgres::Config, Option<MakeRustlsConnect>),
+    mut seen: i64,
+    cache: UnboundedSender<Invalidation>,
+    timing: FeedTiming,
+) {
+    let (wake_tx, mut wake) = unbounded_channel();
+    let listener = tokio::spawn(listen_forever(connection, wake_tx, timing.poll_interval));
+    let _stop_listener = AbortOnDrop(listener);
+    let mut tick = tokio::time::interval(timing.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A read can take at most this long, so that staleness is noticed in time.
+    let read_timeout = timing.poll_interval.min(Duration::from_millis(250));
+    // `seen` was read when the store opened, just now.
+    let mut proven = Instant::now();
+    if cache
+        .send(Invalidation::TrustUntil(
+            (proven + timing.max_staleness).into_std(),
+        ))
+        .is_err()
+    {
+        return;
+    }
+    let mut stale = false;
+    let mut last_prune = Instant::now();
+    loop {
+        let deadline = proven + timing.max_staleness;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(()) = wake.recv() => while wake.try_recv().is_ok() {},
+            () = tokio::time::sleep_until(deadline), if !stale => {
+                tracing::warn!(
+                    "the revocation log could not be read for {:?}: the token cache is \
+                     emptied and not trusted until it can be",
+                    timing.max_staleness
+                );
+                stale = true;
+                if cache.send(Invalidation::Stale).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let started = Instant::now();
+        match timeout(read_timeout, catch_up(&pool, seen)).await {
+            Ok(Ok(found)) => {
+                let mut messages = Vec::new();
+                if found.gap {
+                    tracing::warn!(
+                        seen,
+                        clock = found.clock,
+                        "revocation log entries this replica had not read are gone; \
+                         emptying the token cache"
+                    );
+                    messages.push(Invalidation::Stale);
+                }
+                if !found.digests.is_empty() {
+                    messages.push(Invalidation::Digests(found.digests));
+                }
+                messages.push(Invalidation::TrustUntil(
+                    (started + timing.max_staleness).into_std(),
+                ));
+                if messages.into_iter().any(|m| cache.send(m).is_err()) {
+                    return;
+                }
+                seen = found.clock;
+                proven = started;
+                if stale {
+                    tracing::info!("the revocation log is readable again; trusting the cache");
+                    stale = false;
+                }
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "reading the revocation log failed"),
+            Err(_) => tracing::debug!("reading the revocation log timed out"),
+        }
+        if last_prune.elapsed() >= timing.retention / 60 {
+            last_prune = Instant::now();
+            prune_log(&pool, timing.retention).await;
+        }
+    }
+}
+
+/// Deletes log entries older than `retention` (every replica may; the
+/// deletes are idempotent).
+async fn prune_log(pool: &Pool, retention: Duration) {
+    let pruned = async {
+        let client = pool.get().await?;
+        let seconds = retention.as_secs_f64();
+        client
+            .execute(
+                "DELETE FROM revocations WHERE at < now() - make_interval(secs => $1)",
+                &[&seconds],
+            )
+            .await
+            .map_err(StoreError::from)
+    };
+    if let Err(error) = pruned.await {
+        tracing::debug!(%error, "pruning the revocation log failed");
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
