@@ -9,13 +9,16 @@
 //!   `health.probe_interval`.
 //! - The overall status (service "") follows the reading services, so a
 //!   readiness check keeps routing Checks to an instance whose disk is full.
+//! - When the store says only a restart will let it write again (the disk
+//!   recovered, sled did not), the prober stops and the server stops with
+//!   an error, for its supervisor to restart it.
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::sync::Mutex;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 #[derive(Clone, Copy)]
 struct State {
@@ -107,14 +110,24 @@ impl Health {
         self.update(|s| s.writable = writable).await;
     }
 
-    /// Probes the store every `interval`, forever.
-    pub async fn probe_forever(self: Arc<Self>, store: Arc<dyn Store>, interval: Duration) {
+    /// Probes the store every `interval` until it says that only a restart
+    /// will make it take writes again ([`StoreError::NeedsRestart`]), and
+    /// returns that error.
+    pub async fn probe_forever(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        interval: Duration,
+    ) -> StoreError {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             let writable = match store.probe_write().await {
                 Ok(()) => true,
+                Err(error @ StoreError::NeedsRestart(_)) => {
+                    self.set_writable(false).await;
+                    return error;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "store write probe failed");
                     false

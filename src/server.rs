@@ -57,6 +57,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("stopping so that a restart reopens the database: {0}")]
+    StoreNeedsRestart(StoreError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
@@ -351,9 +353,15 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         flusher_stopped,
     ));
     let pruner = tokio::spawn(prune_forever(Arc::clone(&store), config.clone()));
-    let prober = tokio::spawn(
-        Arc::clone(&health).probe_forever(Arc::clone(&store), config.health.probe_interval),
-    );
+    let (restart_tx, restart_rx) = oneshot::channel::<StoreError>();
+    let probing =
+        Arc::clone(&health).probe_forever(Arc::clone(&store), config.health.probe_interval);
+    let prober = tokio::spawn(async move {
+        let _ = restart_tx.send(probing.await);
+    });
+    // Set when the store asks for a restart: the server then drains and stops with it.
+    let restart = Arc::new(std::sync::Mutex::new(None::<StoreError>));
+    let restart_slot = Arc::clone(&restart);
     let counter = tokio::spawn(count_tokens_forever(
         Arc::clone(&store),
         Arc::clone(&metrics),
@@ -380,7 +388,13 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         .add_service(admin_api)
         .add_service(mesh)
         .serve_with_incoming_shutdown(incoming, async move {
-            stop.await;
+            tokio::select! {
+                () = stop => {}
+                Ok(cause) = restart_rx => {
+                    tracing::error!(error = %cause, "the store takes no writes until it is reopened: stopping for a restart");
+                    *restart_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause);
+                }
+            }
             draining_health.draining().await;
             let _ = draining_tx.send(());
             tracing::info!("draining: no new connections; waiting for in-flight calls");
@@ -418,6 +432,11 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     let _ = flusher.await;
     if let Err(error) = recorder.flush(store.as_ref()).await {
         tracing::warn!(%error, "writing usage and last-used records at shutdown failed");
+    }
+    let restart = restart.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(cause) = restart {
+        metrics.shutdown();
+        return Err(ServerError::StoreNeedsRestart(cause));
     }
     store.durable().await?;
     metrics.shutdown();

@@ -41,6 +41,11 @@ pub enum StoreError {
     /// Stored data could not be decoded: a bug or a damaged database.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The disk takes writes again but the store does not, and only
+    /// reopening it (a restart) clears that: sled keeps the first I/O error
+    /// it meets until it is reopened.
+    #[error("store needs a restart: {0}")]
+    NeedsRestart(String),
     /// This backend does not do this (the reason says what to use instead).
     #[error("{0}")]
     Unsupported(&'static str),

@@ -162,6 +162,19 @@ impl ChildServer {
         assert!(status.success());
     }
 
+    /// Polls until the child exits on its own and returns its exit code
+    /// (None if killed by a signal); panics saying `why` if it keeps running
+    /// for minutes (a guard against a hung test, not a timing assertion).
+    pub async fn exits_on_its_own(&mut self, why: &str) -> Option<i32> {
+        for _ in 0..1200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the child kept running: {why}");
+    }
+
     /// Waits for the child to exit and returns its exit code (None if killed by a signal).
     pub async fn wait(mut self) -> Option<i32> {
         tokio::task::spawn_blocking(move || self.child.wait().unwrap().code())

@@ -248,6 +248,32 @@ pub async fn wait_until_serving(channel: Channel) {
     panic!("server never reported SERVING");
 }
 
+pub const SERVING: i32 = ServingStatus::Serving as i32;
+pub const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+
+/// The health status `service` reports now.
+pub async fn status_of(channel: &Channel, service: &str) -> i32 {
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// Polls until `service` reports `wanted` (the probe runs on its own schedule).
+pub async fn wait_for_status(channel: &Channel, service: &str, wanted: i32) {
+    for _ in 0..400 {
+        if status_of(channel, service).await == wanted {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{service:?} never reported {wanted}");
+}
+
 /// A request for an organization-level service token in `org`.
 pub fn service_token(org: &str, permissions: &[&str]) -> IssueTokenRequest {
     IssueTokenRequest {

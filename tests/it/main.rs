@@ -7,6 +7,7 @@
 mod audit;
 mod backup;
 mod deploy;
+mod disk_faults;
 mod ext_authz;
 mod faults;
 mod fuzz_replay;
@@ -16,6 +17,7 @@ mod harness;
 mod bad_input;
 mod check;
 mod child;
+mod corruption;
 mod crash;
 mod lifecycle;
 mod listing;

@@ -11,39 +11,13 @@ use tokenauth::{
     proto::CheckRequest,
 };
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     faults::{Delayed, Delays},
-    harness::{TestServer, check, issue, service_token},
+    harness::{NOT_SERVING, SERVING, TestServer, check, issue, service_token},
+    harness::{status_of, wait_for_status},
 };
-
-pub async fn status_of(server: &TestServer, service: &str) -> i32 {
-    HealthClient::new(server.channel.clone())
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
-
-pub const SERVING: i32 = ServingStatus::Serving as i32;
-pub const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
-
-/// Polls until `service` reports `wanted` (the probe runs on its own schedule).
-pub async fn wait_for_status(server: &TestServer, service: &str, wanted: i32) {
-    for _ in 0..200 {
-        if status_of(server, service).await == wanted {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{service:?} never reported {wanted}");
-}
 
 #[tokio::test]
 async fn a_store_that_refuses_writes_takes_management_out_of_service_but_not_check() {
@@ -61,21 +35,25 @@ async fn a_store_that_refuses_writes_takes_management_out_of_service_but_not_che
         "tokenauth.v1.TokenService",
         "tokenauth.v1.AuditService",
     ] {
-        assert_eq!(status_of(&server, service).await, SERVING, "{service}");
+        assert_eq!(
+            status_of(&server.channel, service).await,
+            SERVING,
+            "{service}"
+        );
     }
 
     delays.refuse_writes.store(true, Ordering::SeqCst);
-    wait_for_status(&server, "tokenauth.v1.TokenService", NOT_SERVING).await;
+    wait_for_status(&server.channel, "tokenauth.v1.TokenService", NOT_SERVING).await;
     assert_eq!(
-        status_of(&server, "tokenauth.v1.AuditService").await,
+        status_of(&server.channel, "tokenauth.v1.AuditService").await,
         NOT_SERVING
     );
     assert_eq!(
-        status_of(&server, "tokenauth.v1.CheckService").await,
+        status_of(&server.channel, "tokenauth.v1.CheckService").await,
         SERVING
     );
     assert_eq!(
-        status_of(&server, "").await,
+        status_of(&server.channel, "").await,
         SERVING,
         "readiness keeps routing Checks"
     );
@@ -86,7 +64,7 @@ async fn a_store_that_refuses_writes_takes_management_out_of_service_but_not_che
     );
 
     delays.refuse_writes.store(false, Ordering::SeqCst);
-    wait_for_status(&server, "tokenauth.v1.TokenService", SERVING).await;
+    wait_for_status(&server.channel, "tokenauth.v1.TokenService", SERVING).await;
     server.stop().await;
 }
 

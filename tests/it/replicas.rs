@@ -29,8 +29,10 @@ use tonic::Code;
 
 use crate::{
     child::run_command,
-    harness::{TestServer, admin, bearer_of, check, id_of, issue, service_token},
-    operations::{NOT_SERVING, SERVING, wait_for_status},
+    harness::{
+        NOT_SERVING, SERVING, TestServer, admin, bearer_of, check, id_of, issue, service_token,
+        wait_for_status,
+    },
     pg::PgCluster,
     tls::Pki,
 };
@@ -280,7 +282,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
         .await
         .unwrap_err();
     assert_eq!(issue_now.code(), Code::Unavailable);
-    wait_for_status(&server, "tokenauth.v1.TokenService", NOT_SERVING).await;
+    wait_for_status(&server.channel, "tokenauth.v1.TokenService", NOT_SERVING).await;
 
     // Past the bound, Checks fail closed: an error, never an allow.
     let closed = loop {
@@ -309,7 +311,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
 
     // The database comes back: the replica reconnects by itself.
     shared.cluster.start_again();
-    wait_for_status(&server, "tokenauth.v1.TokenService", SERVING).await;
+    wait_for_status(&server.channel, "tokenauth.v1.TokenService", SERVING).await;
     let recovered = Instant::now();
     loop {
         let outcome = server
