@@ -1046,8 +1046,8 @@ async fn catch_up(pool: &Pool, seen: Seen) -> Result<CatchUp, StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT c.seq, r.seq, r.digests, r.at FROM revocation_clock c \
-             LEFT JOIN revocations r ON r.seq >= $1 ORDER BY r.seq",
+            "SELECT c.seq, r.seq, CASE WHEN r.seq > $1 THEN r.digests END, r.at \
+             FROM revocation_clock c LEFT JOIN revocations r ON r.seq >= $1 ORDER BY r.seq",
         )
         .await?;
     let rows = client.query(&statement, &[&seen.seq]).await?;
@@ -1190,6 +1190,7 @@ async fn follow_revocations(
         return;
     }
     let mut stale = false;
+    let mut behind = false;
     let mut last_prune = Instant::now();
     loop {
         let deadline = proven + timing.max_staleness;
@@ -1210,10 +1211,34 @@ async fn follow_revocations(
             }
         }
         let started = Instant::now();
-        match timeout(read_timeout, catch_up(&pool, seen)).await {
+        // After a read that timed out, the entries to read may be too many
+        // to read in time, ever: skip to the end of the log, emptying the
+        // cache instead of applying them.
+        let skip = behind;
+        let read = async {
+            if skip {
+                Ok(CatchUp {
+                    last: clock(&pool).await?,
+                    digests: Vec::new(),
+                    gap: true,
+                })
+            } else {
+                catch_up(&pool, seen).await
+            }
+        };
+        match timeout(read_timeout, read).await {
             Ok(Ok(found)) => {
+                behind = false;
                 let mut messages = Vec::new();
-                if found.gap {
+                if skip {
+                    tracing::warn!(
+                        seen = seen.seq,
+                        clock = found.last.seq,
+                        "the revocation log could not be read in time; emptying the token \
+                         cache and following the log from its end"
+                    );
+                    messages.push(Invalidation::Stale);
+                } else if found.gap {
                     tracing::warn!(
                         seen = seen.seq,
                         clock = found.last.seq,
@@ -1239,7 +1264,10 @@ async fn follow_revocations(
                 }
             }
             Ok(Err(error)) => tracing::debug!(%error, "reading the revocation log failed"),
-            Err(_) => tracing::debug!("reading the revocation log timed out"),
+            Err(_) => {
+                tracing::debug!("reading the revocation log timed out");
+                behind = true;
+            }
         }
         if last_prune.elapsed() >= timing.retention / 60 {
             last_prune = Instant::now();

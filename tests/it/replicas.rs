@@ -744,3 +744,75 @@ async fn a_log_renumbered_after_a_restore_is_not_mistaken_for_one_already_read()
          {staleness:?})"
     );
 }
+
+/// Review: a replica reads every log entry after the last one it read in
+/// one query, under a timeout of `min(poll_interval, 250 ms)`. An entry (or
+/// a backlog of them) too large to read in that time, such as a RevokeAll
+/// of a large organisation, is retried from the same place at every poll
+/// and times out every time: the replica never trusts its cache again (or
+/// learns of any later revocation through the log) until the entry is
+/// pruned an hour later.
+#[tokio::test]
+async fn a_large_log_entry_does_not_stop_a_replica_following_the_log() {
+    let cluster = PgCluster::start();
+    let mut timing = settings(&cluster.url());
+    timing.feed.max_staleness = Duration::from_secs(1);
+    let store = PostgresStore::open(&timing).await.unwrap();
+    let mut feed = store.take_invalidations().unwrap();
+    // One RevokeAll's worth of digests (32 bytes each), written as the
+    // store writes an entry.
+    let count = 1_000_000i64;
+    cluster
+        .client()
+        .await
+        .execute(
+            "WITH c AS (UPDATE revocation_clock SET seq = seq + 1 RETURNING seq) \
+             INSERT INTO revocations (seq, digests) \
+             SELECT c.seq, (SELECT array_agg(sha256(int8send(g))) \
+                            FROM generate_series(1, $1::int8) g) FROM c",
+            &[&count],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (mut stale, mut trusted) = (0, 0);
+    // Delivered, or skipped: the cache is emptied and trusted again.
+    let mut emptied = false;
+    let delivered = loop {
+        let Ok(message) = tokio::time::timeout_at((started + GIVE_UP).into(), feed.recv()).await
+        else {
+            break false;
+        };
+        match message.expect("the feed ended") {
+            Invalidation::Digests(digests) => {
+                assert_eq!(digests.len() as i64, count);
+                break true;
+            }
+            Invalidation::Stale => {
+                stale += 1;
+                emptied = true;
+            }
+            Invalidation::TrustUntil(_) if emptied => break true,
+            Invalidation::TrustUntil(_) => trusted += 1,
+        }
+    };
+    assert!(
+        delivered,
+        "the replica did not catch up in {GIVE_UP:?}: {stale} Stale, {trusted} renewals of trust"
+    );
+    // Later entries arrive as usual.
+    cluster
+        .client()
+        .await
+        .execute(
+            "WITH c AS (UPDATE revocation_clock SET seq = seq + 1 RETURNING seq) \
+             INSERT INTO revocations (seq, digests) SELECT seq, ARRAY[$1::bytea] FROM c",
+            &[&[7u8; 32].as_slice()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Invalidation::Digests(vec![Digest([7; 32])])
+    );
+}
