@@ -185,7 +185,12 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
-        StoreError::Unavailable(format!("postgres connection pool: {error}"))
+        match error {
+            // The database's own reason (no such database, authentication
+            // failed...), which the pool's Display reduces to "db error".
+            deadpool_postgres::PoolError::Backend(error) => StoreError::from(error),
+            other => StoreError::Unavailable(format!("postgres connection pool: {other}")),
+        }
     }
 }
 
@@ -1110,6 +1115,7 @@ async fn listen_forever(
             },
         };
         if let Err(error) = outcome {
+            let error = StoreError::from(error);
             tracing::debug!(%error, "the LISTEN connection failed");
         }
         if wake.is_closed() {

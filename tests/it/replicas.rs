@@ -910,3 +910,51 @@ async fn migrate_reaches_a_database_over_verified_tls() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("verified"), "{out}");
 }
+
+/// Review: the database's reason for refusing a connection (no such
+/// database, wrong password...) must reach the operator; the pool's error
+/// wraps it, and only "db error" was shown.
+#[tokio::test]
+async fn a_refused_connection_says_why() {
+    let cluster = PgCluster::start();
+    let url = cluster.url().replace("/postgres", "/no_such_database");
+    let error = match PostgresStore::open(&settings(&url)).await {
+        Ok(_) => panic!("opened a database that does not exist"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("does not exist"), "{error}");
+}
+
+/// Review: a pepper key id above 2^31 (ids are any positive u32) made the
+/// migration's read-back of `pepper_checks` fail ("integer out of range").
+#[tokio::test]
+async fn migrate_copies_pepper_key_ids_above_i32() {
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("pepper");
+    std::fs::write(&pepper, format!("3000000000 {}\n", "ab".repeat(32))).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pepper, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let sled = TestServer::start_with(|config| {
+        config.store = "sled".into();
+        config.pepper_file = Some(pepper.clone());
+    })
+    .await;
+    issue(&sled, service_token("org-1", &["scim:read"])).await;
+    let data = sled.stop().await;
+    let cluster = PgCluster::start();
+    let from = data.path().join("data");
+    let (code, out, err) = run_command(
+        &[
+            "migrate",
+            "--from",
+            from.to_str().unwrap(),
+            "--to",
+            &cluster.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("verified"), "{out}");
+}
