@@ -314,6 +314,24 @@ pub fn schema_version() -> i32 {
 
 async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
+    // The usual start: the schema is up to date, and nothing is created
+    // (so replicas may run as a role without rights to change the schema).
+    let exists: bool = client
+        .query_one("SELECT to_regclass('tokenauth_schema') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if exists {
+        let current: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM tokenauth_schema",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if current == schema_version() {
+            return Ok(());
+        }
+    }
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SELECT pg_advisory_xact_lock(hashtext('tokenauth schema'));
@@ -1196,7 +1214,7 @@ async fn follow_revocations(
         return;
     }
     let mut stale = false;
-    let mut behind = false;
+    let mut timeouts = 0u32;
     let mut last_prune = Instant::now();
     loop {
         let deadline = proven + timing.max_staleness;
@@ -1217,10 +1235,10 @@ async fn follow_revocations(
             }
         }
         let started = Instant::now();
-        // After a read that timed out, the entries to read may be too many
+        // After reads that timed out, the entries to read may be too many
         // to read in time, ever: skip to the end of the log, emptying the
         // cache instead of applying them.
-        let skip = behind;
+        let skip = timeouts >= 2;
         let read = async {
             if skip {
                 Ok(CatchUp {
@@ -1234,7 +1252,7 @@ async fn follow_revocations(
         };
         match timeout(read_timeout, read).await {
             Ok(Ok(found)) => {
-                behind = false;
+                timeouts = 0;
                 let mut messages = Vec::new();
                 if skip {
                     tracing::warn!(
@@ -1272,7 +1290,7 @@ async fn follow_revocations(
             Ok(Err(error)) => tracing::debug!(%error, "reading the revocation log failed"),
             Err(_) => {
                 tracing::debug!("reading the revocation log timed out");
-                behind = true;
+                timeouts += 1;
             }
         }
         if last_prune.elapsed() >= timing.retention / 60 {
