@@ -777,14 +777,24 @@ pub fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:(redacted)@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
+    // As the PostgreSQL client reads the URL: the user part runs to the
+    // first `@` (whatever comes before it, `/` and `?` included), and the
+    // password from the user part's first `:`.
+    let (authority, tail) = match rest.split_once('@') {
+        Some((userinfo, after)) => {
+            let userinfo = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:(redacted)"),
+                None => userinfo.to_owned(),
+            };
+            let host_end = after.find(['/', '?']).unwrap_or(after.len());
+            let (host, tail) = after.split_at(host_end);
+            (format!("{userinfo}@{host}"), tail)
+        }
+        None => {
+            let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (host, tail) = rest.split_at(host_end);
+            (host.to_owned(), tail)
+        }
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -960,5 +970,18 @@ mod tests {
             ..Config::default()
         };
         assert!(wrong.store_kind().is_err());
+    }
+    /// Review: the PostgreSQL client takes everything up to the last `@`
+    /// as the user part, so a password may hold `/`, `?` or `#`; the
+    /// redaction must hide it wherever the client would find it.
+    #[test]
+    fn printed_store_urls_hide_passwords_with_url_delimiters() {
+        for password in ["s3/cret", "s3?cret", "s3#cret", "s3/c?r#et"] {
+            let url = format!("postgres://u:{password}@db:5432/t");
+            let parsed: tokio_postgres::Config = url.parse().unwrap();
+            assert_eq!(parsed.get_password(), Some(password.as_bytes()), "{url}");
+            let shown = redact_url_password(&url);
+            assert!(!shown.contains(password), "{url} printed as {shown}");
+        }
     }
 }

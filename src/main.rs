@@ -73,6 +73,10 @@ struct MigrateArgs {
     /// A file holding the database password.
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that sign the database server's certificate:
+    /// connect over TLS and verify the server (as `postgres.ca_file`).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -339,6 +343,7 @@ async fn run_migration(
         ..Config::default()
     };
     config.postgres.password_file = args.password_file.clone();
+    config.postgres.ca_file = args.ca_file.clone();
     let url = match config.store_kind().map_err(|e| e.to_string())? {
         tokenauth::config::StoreKind::Postgres(url) => url,
         tokenauth::config::StoreKind::Sled => return Err("--to must be a PostgreSQL URL".into()),

@@ -100,7 +100,10 @@ const TABLES: &[(&str, &str, &[u8], &str)] = &[
         "pepper_checks",
         keys::META,
         keys::PEPPER_CHECK_PREFIX,
-        "SELECT int4send(key_id::int4), check_value FROM pepper_checks ORDER BY key_id",
+        // The id as sled keys it: four bytes, big-endian (ids are u32, so
+        // not every one fits an int4).
+        "SELECT substring(int8send(key_id) FROM 5), check_value FROM pepper_checks \
+         ORDER BY key_id",
     ),
 ];
 

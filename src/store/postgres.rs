@@ -185,7 +185,12 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
-        StoreError::Unavailable(format!("postgres connection pool: {error}"))
+        match error {
+            // The database's own reason (no such database, authentication
+            // failed...), which the pool's Display reduces to "db error".
+            deadpool_postgres::PoolError::Backend(error) => StoreError::from(error),
+            other => StoreError::Unavailable(format!("postgres connection pool: {other}")),
+        }
     }
 }
 
@@ -281,12 +286,12 @@ impl PostgresStore {
             .build()
             .map_err(unavailable)?;
         migrate(&pool).await?;
-        let seq = clock(&pool).await?;
+        let seen = clock(&pool).await?;
         let (sender, receiver) = unbounded_channel();
         let feed = tokio::spawn(follow_revocations(
             pool.clone(),
             (config, tls),
-            seq,
+            seen,
             sender,
             settings.feed.clone(),
         ));
@@ -309,6 +314,24 @@ pub fn schema_version() -> i32 {
 
 async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
+    // The usual start: the schema is up to date, and nothing is created
+    // (so replicas may run as a role without rights to change the schema).
+    let exists: bool = client
+        .query_one("SELECT to_regclass('tokenauth_schema') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if exists {
+        let current: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM tokenauth_schema",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if current == schema_version() {
+            return Ok(());
+        }
+    }
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SELECT pg_advisory_xact_lock(hashtext('tokenauth schema'));
@@ -345,12 +368,21 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn clock(pool: &Pool) -> Result<i64, StoreError> {
+/// The last log entry: its number, and when it was written if it is still
+/// there (see [`Seen`]).
+async fn clock(pool: &Pool) -> Result<Seen, StoreError> {
     let client = pool.get().await?;
-    Ok(client
-        .query_one("SELECT seq FROM revocation_clock", &[])
-        .await?
-        .try_get(0)?)
+    let row = client
+        .query_one(
+            "SELECT c.seq, r.at FROM revocation_clock c \
+             LEFT JOIN revocations r ON r.seq = c.seq",
+            &[],
+        )
+        .await?;
+    Ok(Seen {
+        seq: row.try_get(0)?,
+        at: row.try_get(1)?,
+    })
 }
 
 /// Inserts `event` within a transaction.
@@ -1010,33 +1042,56 @@ impl Store for PostgresStore {
     }
 }
 
+/// The last log entry a replica has read: its number, and when it was
+/// written (`None` if it was not there to read). The time tells that entry
+/// from another one given the same number later: after a failover to a
+/// standby that lacked the newest entries, or a restored backup, numbers
+/// are handed out again, and counting alone would take the new entries up
+/// to the old number for ones already read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    seq: i64,
+    at: Option<std::time::SystemTime>,
+}
+
 /// What one read of the revocation log found.
 struct CatchUp {
-    clock: i64,
+    last: Seen,
     digests: Vec<Digest>,
     /// Entries between the last one seen and the first one read are gone
     /// (pruned, or the database was replaced): changes may have been missed.
     gap: bool,
 }
 
-/// Reads the log entries after `seen`, in one snapshot.
-async fn catch_up(pool: &Pool, seen: i64) -> Result<CatchUp, StoreError> {
+/// Reads the log entries after `seen` (and `seen` itself, to see that it is
+/// still the entry that was read), in one snapshot.
+async fn catch_up(pool: &Pool, seen: Seen) -> Result<CatchUp, StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT c.seq, r.seq, r.digests FROM revocation_clock c \
-             LEFT JOIN revocations r ON r.seq > $1 ORDER BY r.seq",
+            "SELECT c.seq, r.seq, CASE WHEN r.seq > $1 THEN r.digests END, r.at \
+             FROM revocation_clock c LEFT JOIN revocations r ON r.seq >= $1 ORDER BY r.seq",
         )
         .await?;
-    let rows = client.query(&statement, &[&seen]).await?;
-    let mut clock = seen;
+    let rows = client.query(&statement, &[&seen.seq]).await?;
+    let mut clock = seen.seq;
     let mut digests = Vec::new();
     let mut entries = 0i64;
+    let mut seen_again = None;
+    let mut last_at = None;
     for row in &rows {
         clock = row.try_get(0)?;
-        let Some(_seq): Option<i64> = row.try_get(1)? else {
+        let Some(seq): Option<i64> = row.try_get(1)? else {
             continue;
         };
+        let at: std::time::SystemTime = row.try_get(3)?;
+        if seq == clock {
+            last_at = Some(at);
+        }
+        if seq == seen.seq {
+            seen_again = Some(at);
+            continue;
+        }
         entries += 1;
         let list: Vec<&[u8]> = row.try_get(2)?;
         for digest in list {
@@ -1046,9 +1101,13 @@ async fn catch_up(pool: &Pool, seen: i64) -> Result<CatchUp, StoreError> {
             digests.push(Digest(bytes));
         }
     }
-    let gap = clock < seen || entries != clock - seen;
+    let replaced = seen.seq > 0 && seen_again != seen.at;
+    let gap = clock < seen.seq || entries != clock - seen.seq || replaced;
     Ok(CatchUp {
-        clock,
+        last: Seen {
+            seq: clock,
+            at: last_at,
+        },
         digests,
         gap,
     })
@@ -1074,6 +1133,7 @@ async fn listen_forever(
             },
         };
         if let Err(error) = outcome {
+            let error = StoreError::from(error);
             tracing::debug!(%error, "the LISTEN connection failed");
         }
         if wake.is_closed() {
@@ -1132,7 +1192,7 @@ where
 async fn follow_revocations(
     pool: Pool,
     connection: (tokio_postgres::Config, Option<MakeRustlsConnect>),
-    mut seen: i64,
+    mut seen: Seen,
     cache: UnboundedSender<Invalidation>,
     timing: FeedTiming,
 ) {
@@ -1154,6 +1214,7 @@ async fn follow_revocations(
         return;
     }
     let mut stale = false;
+    let mut timeouts = 0u32;
     let mut last_prune = Instant::now();
     loop {
         let deadline = proven + timing.max_staleness;
@@ -1174,13 +1235,37 @@ async fn follow_revocations(
             }
         }
         let started = Instant::now();
-        match timeout(read_timeout, catch_up(&pool, seen)).await {
+        // After reads that timed out, the entries to read may be too many
+        // to read in time, ever: skip to the end of the log, emptying the
+        // cache instead of applying them.
+        let skip = timeouts >= 2;
+        let read = async {
+            if skip {
+                Ok(CatchUp {
+                    last: clock(&pool).await?,
+                    digests: Vec::new(),
+                    gap: true,
+                })
+            } else {
+                catch_up(&pool, seen).await
+            }
+        };
+        match timeout(read_timeout, read).await {
             Ok(Ok(found)) => {
+                timeouts = 0;
                 let mut messages = Vec::new();
-                if found.gap {
+                if skip {
                     tracing::warn!(
-                        seen,
-                        clock = found.clock,
+                        seen = seen.seq,
+                        clock = found.last.seq,
+                        "the revocation log could not be read in time; emptying the token \
+                         cache and following the log from its end"
+                    );
+                    messages.push(Invalidation::Stale);
+                } else if found.gap {
+                    tracing::warn!(
+                        seen = seen.seq,
+                        clock = found.last.seq,
                         "revocation log entries this replica had not read are gone; \
                          emptying the token cache"
                     );
@@ -1195,7 +1280,7 @@ async fn follow_revocations(
                 if messages.into_iter().any(|m| cache.send(m).is_err()) {
                     return;
                 }
-                seen = found.clock;
+                seen = found.last;
                 proven = started;
                 if stale {
                     tracing::info!("the revocation log is readable again; trusting the cache");
@@ -1203,7 +1288,10 @@ async fn follow_revocations(
                 }
             }
             Ok(Err(error)) => tracing::debug!(%error, "reading the revocation log failed"),
-            Err(_) => tracing::debug!("reading the revocation log timed out"),
+            Err(_) => {
+                tracing::debug!("reading the revocation log timed out");
+                timeouts += 1;
+            }
         }
         if last_prune.elapsed() >= timing.retention / 60 {
             last_prune = Instant::now();
@@ -1213,14 +1301,16 @@ async fn follow_revocations(
 }
 
 /// Deletes log entries older than `retention` (every replica may; the
-/// deletes are idempotent).
+/// deletes are idempotent), except the newest: replicas that have read it
+/// look it up to make sure the log was not replaced meanwhile.
 async fn prune_log(pool: &Pool, retention: Duration) {
     let pruned = async {
         let client = pool.get().await?;
         let seconds = retention.as_secs_f64();
         client
             .execute(
-                "DELETE FROM revocations WHERE at < now() - make_interval(secs => $1)",
+                "DELETE FROM revocations WHERE at < now() - make_interval(secs => $1) \
+                 AND seq < (SELECT seq FROM revocation_clock)",
                 &[&seconds],
             )
             .await
