@@ -270,26 +270,34 @@ impl PostgresStore {
     /// revocation log.
     pub async fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
         let (config, tls) = connection_config(settings)?;
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+        let new_pool = |size: usize| {
+            let manager_config = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+                None => Manager::from_config(config.clone(), NoTls, manager_config),
+            };
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(settings.connect_timeout))
+                .create_timeout(Some(settings.connect_timeout))
+                .recycle_timeout(Some(settings.connect_timeout))
+                .build()
+                .map_err(unavailable)
         };
-        let manager = match &tls {
-            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
-            None => Manager::from_config(config.clone(), NoTls, manager_config),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(settings.connect_timeout))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.connect_timeout))
-            .build()
-            .map_err(unavailable)?;
+        let pool = new_pool(settings.pool_size)?;
+        // The revocation log is read over a connection of its own: requests
+        // that hold every pooled connection (writes waiting on row locks, a
+        // burst of cache misses) must not stop this replica from proving its
+        // cache fresh, or every Check would then queue for the pool as well.
+        let feed_pool = new_pool(1)?;
         migrate(&pool).await?;
         let seen = clock(&pool).await?;
         let (sender, receiver) = unbounded_channel();
         let feed = tokio::spawn(follow_revocations(
-            pool.clone(),
+            feed_pool,
             (config, tls),
             seen,
             sender,
