@@ -10,7 +10,7 @@
 mod load;
 mod support;
 
-use load::{closed_loop, connect, env_or, median, row};
+use load::{closed_loop, connect, env_or, median, ratio_row, row};
 
 use std::{
     future::Future,
@@ -112,14 +112,7 @@ async fn compare<CF, FF, CC, FC>(
     let (floor, check) = (median(floors), median(checks));
     row(&format!("{floor_name}, {label}"), floor);
     row(&format!("{name}, {label}"), check);
-    println!(
-        "| ratio {name} / floor, {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-        check.p50 / floor.p50,
-        check.p90 / floor.p90,
-        check.p99 / floor.p99,
-        check.p999 / floor.p999,
-        check.per_second / floor.per_second
-    );
+    ratio_row(&format!("ratio {name} / floor, {label}"), check, floor);
 }
 
 /// Whether the scenario group `name` is selected by BENCH_SCENARIOS (a

@@ -94,6 +94,18 @@ pub fn median(runs: Vec<Figures>) -> Figures {
     }
 }
 
+/// A table row of `measured`'s ratios to `floor`, figure by figure.
+pub fn ratio_row(name: &str, measured: Figures, floor: Figures) {
+    println!(
+        "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        measured.p50 / floor.p50,
+        measured.p90 / floor.p90,
+        measured.p99 / floor.p99,
+        measured.p999 / floor.p999,
+        measured.per_second / floor.per_second
+    );
+}
+
 pub fn row(name: &str, f: Figures) {
     println!(
         "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",

@@ -19,7 +19,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use load::{closed_loop, connect, env_or, median, row};
+use load::{closed_loop, connect, env_or, median, ratio_row, row};
 use tokenauth::{
     config::{Config, CredentialConfig},
     domain::secret::Secret,
@@ -207,14 +207,7 @@ async fn main() {
         let (floor, miss) = (median(floors), median(misses));
         row(&format!("floor: point SELECT, {label}"), floor);
         row(&format!("Check, cache miss, {label}"), miss);
-        println!(
-            "| ratio miss / floor, {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            miss.p50 / floor.p50,
-            miss.p90 / floor.p90,
-            miss.p99 / floor.p99,
-            miss.p999 / floor.p999,
-            miss.per_second / floor.per_second
-        );
+        ratio_row(&format!("ratio miss / floor, {label}"), miss, floor);
     }
     miss_server.shutdown().await.unwrap();
 

@@ -11,6 +11,7 @@ use super::{
     records::{reason_number, reason_of},
 };
 use crate::domain::{
+    audit::AuditQuery,
     ids::{EventId, MAX_ID_BYTES, TokenId},
     time::Timestamp,
     usage::UsageRecord,
@@ -110,6 +111,37 @@ pub fn audit_key(org_id: &str, id: EventId) -> Vec<u8> {
     let mut key = prefix(&[org_id]);
     key.extend_from_slice(&id.to_bytes());
     key
+}
+
+/// The keys that bound a scan of `query`'s audit events strictly older than
+/// `after`: `low` inclusive, `high` exclusive. Ids carry milliseconds only,
+/// so `end` bounds the scan by the first id of the millisecond after its
+/// own, and the caller's `AuditQuery::matches` cuts at `end` exactly.
+pub fn audit_scan_range(query: &AuditQuery, after: Option<EventId>) -> (Vec<u8>, Vec<u8>) {
+    let low = audit_key(
+        &query.org_id,
+        query
+            .start
+            .map_or(EventId::from_bytes([0; 16]), EventId::first_at),
+    );
+    let mut upper = query.end.map(|end| {
+        let ceil_millis = end.as_micros().saturating_add(999).div_euclid(1000);
+        EventId::first_at(Timestamp::from_micros(ceil_millis.saturating_mul(1000)))
+    });
+    if let Some(after) = after {
+        upper = Some(upper.map_or(after, |end| end.min(after)));
+    }
+    let high = match upper {
+        Some(upper) => audit_key(&query.org_id, upper),
+        None => {
+            // Just above the org's last possible key: every key of the org
+            // has the same length, so none lies between the two.
+            let mut key = audit_key(&query.org_id, EventId::from_bytes([0xFF; 16]));
+            key.push(0);
+            key
+        }
+    };
+    (low, high)
 }
 
 pub fn audit_time_key(id: EventId, org_id: &str) -> Vec<u8> {

@@ -45,7 +45,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{
     AuditPage, Invalidation, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store,
     StoreError, TokenCounts, TokenQuery, UsagePage,
-    keys::{audit_key, decode_usage_tail, prefix, sortable_i64, usage_keys},
+    keys::{audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, usage_keys},
     records::{decode_audit, decode_token, encode_audit, encode_token, kind_number, kind_of},
     sled::MAX_SECRETS,
 };
@@ -743,28 +743,7 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<AuditPage, StoreError> {
         let client = self.client().await?;
-        let low = audit_key(
-            &query.org_id,
-            query
-                .start
-                .map_or(EventId::from_bytes([0; 16]), EventId::first_at),
-        );
-        // The same bounds as the sled store's scan: ids carry milliseconds.
-        let mut upper = query.end.map(|end| {
-            let ceil_millis = end.as_micros().saturating_add(999).div_euclid(1000);
-            EventId::first_at(Timestamp::from_micros(ceil_millis.saturating_mul(1000)))
-        });
-        if let Some(after) = after {
-            upper = Some(upper.map_or(after, |end| end.min(after)));
-        }
-        let mut high = match upper {
-            Some(upper) => audit_key(&query.org_id, upper),
-            None => {
-                let mut key = audit_key(&query.org_id, EventId::from_bytes([0xFF; 16]));
-                key.push(0);
-                key
-            }
-        };
+        let (low, mut high) = audit_scan_range(query, after);
         let statement = client
             .prepare_cached(
                 "SELECT key, event FROM audit WHERE key >= $1 AND key < $2 \

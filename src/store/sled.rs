@@ -28,7 +28,10 @@ use super::{
     AuditPage, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store, StoreError,
     TokenQuery, UsagePage,
     durability::GroupCommit,
-    keys::{self, audit_key, audit_time_key, decode_usage_tail, index_key, prefix, usage_keys},
+    keys::{
+        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, index_key, prefix,
+        usage_keys,
+    },
     records::{decode_audit, decode_token, encode_audit, encode_token},
 };
 use crate::domain::{
@@ -598,27 +601,8 @@ impl Trees {
         after: Option<EventId>,
         limit: usize,
     ) -> Result<AuditPage, StoreError> {
-        let low = audit_key(
-            &query.org_id,
-            query
-                .start
-                .map_or(EventId::from_bytes([0; 16]), EventId::first_at),
-        );
-        // Ids carry milliseconds only: bound the scan by the first id of the
-        // millisecond after `end`'s and let `matches` cut at `end` exactly.
-        let mut upper = query.end.map(|end| {
-            let ceil_millis = end.as_micros().saturating_add(999).div_euclid(1000);
-            EventId::first_at(Timestamp::from_micros(ceil_millis.saturating_mul(1000)))
-        });
-        if let Some(after) = after {
-            upper = Some(upper.map_or(after, |end| end.min(after)));
-        }
-        let range = match upper {
-            Some(upper) => self.audit.range(low..audit_key(&query.org_id, upper)),
-            None => self
-                .audit
-                .range(low..=audit_key(&query.org_id, EventId::from_bytes([0xFF; 16]))),
-        };
+        let (low, high) = audit_scan_range(query, after);
+        let range = self.audit.range(low..high);
         let mut events = Vec::new();
         let mut last_examined = None;
         for (scanned, entry) in range.rev().enumerate() {
