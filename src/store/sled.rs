@@ -72,6 +72,10 @@ struct Trees {
     last_used: Tree,
     meta: Tree,
     write_lock: std::sync::Mutex<()>,
+    /// Held shared by the writes that do not take `write_lock` (audit events
+    /// of refusals, usage, last use, pruning), and exclusively by a backup, so
+    /// that a backup sees no write half-done across trees.
+    side_writes: std::sync::RwLock<()>,
     /// Issued tokens waiting to be written, and whether a writer is draining them.
     inserts: std::sync::Mutex<InsertQueue>,
     /// Test-only fault: make the audit write of a change fail.
@@ -240,6 +244,7 @@ impl SledStore {
             last_used: open(keys::LAST_USED)?,
             meta: open(keys::META)?,
             write_lock: std::sync::Mutex::new(()),
+            side_writes: std::sync::RwLock::new(()),
             inserts: std::sync::Mutex::new(InsertQueue::default()),
             #[cfg(test)]
             fail_audit: std::sync::atomic::AtomicBool::new(false),
@@ -329,6 +334,20 @@ impl SledStore {
         })
         .await
         .map_err(unavailable)?
+    }
+
+    /// Runs `apply`, a write that needs no ordering with token changes, on a
+    /// blocking thread; only a backup waits for it (see `Trees::side_writes`).
+    async fn side_write<T, F>(&self, apply: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.read(move |trees| {
+            let _shared = trees.side_writes.read().unwrap_or_else(|e| e.into_inner());
+            apply(trees)
+        })
+        .await
     }
 
     /// Runs `read` on a blocking thread (for scans that may take a while).
@@ -775,7 +794,7 @@ impl Store for SledStore {
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let event = event.clone();
-        self.read(move |t| {
+        self.side_write(move |t| {
             (&t.audit, &t.audit_by_time)
                 .transaction(|(audit, by_time)| {
                     audit.insert(audit_key(&event.org_id, event.id), encode_audit(&event))?;
@@ -798,7 +817,7 @@ impl Store for SledStore {
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
-        self.read(move |t| {
+        self.side_write(move |t| {
             let end = EventId::first_at(before).to_bytes();
             let mut pruned = 0;
             for entry in t.audit_by_time.range(..end.to_vec()) {
@@ -823,7 +842,7 @@ impl Store for SledStore {
 
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         let records = records.to_vec();
-        self.read(move |t| {
+        self.side_write(move |t| {
             (&t.usage_by_time, &t.usage_by_org, &t.usage_by_token)
                 .transaction(|(by_time, by_org, by_token)| {
                     for record in &records {
@@ -898,7 +917,7 @@ impl Store for SledStore {
     }
 
     async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
-        self.read(move |t| {
+        self.side_write(move |t| {
             let end = keys::sortable_i64(before.as_micros());
             let mut pruned = 0;
             for entry in t.usage_by_time.range(..end.to_vec()) {
@@ -937,7 +956,7 @@ impl Store for SledStore {
 
     async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
         let uses = uses.to_vec();
-        self.read(move |t| {
+        self.side_write(move |t| {
             for (id, at) in uses {
                 // Keep the latest: a slow flush must not move last-use backwards.
                 t.last_used.fetch_and_update(id.to_bytes(), |old| {
@@ -988,10 +1007,13 @@ impl Store for SledStore {
 
     async fn backup(&self, path: &Path) -> Result<u64, StoreError> {
         let path = path.to_owned();
-        // Under the write lock: no token change lands while the trees are
-        // read, so the file is one moment's state.
-        self.write(move |t| super::backup::write(&t.db, &path))
-            .await
+        // Under the write lock and with side writes held off: no change lands
+        // while the trees are read, so the file is one moment's state.
+        self.write(move |t| {
+            let _exclusive = t.side_writes.write().unwrap_or_else(|e| e.into_inner());
+            super::backup::write(&t.db, &path)
+        })
+        .await
     }
 
     async fn count_tokens(&self, now: Timestamp) -> Result<super::TokenCounts, StoreError> {
@@ -1404,6 +1426,64 @@ mod tests {
             let left = store.list_usage(&query, None, 10).await.unwrap().records;
             assert_eq!(left, vec![usage(10, 1)]);
         }
+    }
+
+    /// Every backup, taken while usage and audit events are being written,
+    /// holds each of those writes in all of its trees or in none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_taken_during_usage_and_audit_writes_is_one_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut minute = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    minute += 1;
+                    let records: Vec<UsageRecord> = (0..2u8)
+                        .map(|t| UsageRecord {
+                            org_id: "a".into(),
+                            token_id: TokenId::from_bytes([t; 16]),
+                            permission: "p:x".into(),
+                            decision: Reason::Ok,
+                            minute: Timestamp::from_micros(minute * 60_000_000),
+                            count: 1,
+                        })
+                        .collect();
+                    store.record_usage(&records).await.unwrap();
+                    store.append_audit(&event(minute, "a", None)).await.unwrap();
+                }
+                minute
+            })
+        };
+        let sum = |tree: &sled::Tree| -> u64 {
+            tree.iter()
+                .map(|e| u64::from_be_bytes(e.unwrap().1.as_ref().try_into().unwrap()))
+                .sum()
+        };
+        // Few backups: the writer never pauses, so each one is larger.
+        for n in 0..5 {
+            let file = dir.path().join(format!("backup-{n}"));
+            store.backup(&file).await.unwrap();
+            let restored = dir.path().join(format!("restored-{n}"));
+            super::super::backup::restore(&file, &restored).unwrap();
+            let db = sled::open(&restored).unwrap();
+            let tree = |name: &str| db.open_tree(name).unwrap();
+            let by_time = sum(&tree(keys::USAGE_BY_TIME));
+            assert_eq!(by_time, sum(&tree(keys::USAGE_BY_ORG)), "backup {n}");
+            assert_eq!(by_time, sum(&tree(keys::USAGE_BY_TOKEN)), "backup {n}");
+            assert_eq!(
+                tree(keys::AUDIT).len(),
+                tree(keys::AUDIT_BY_TIME).len(),
+                "backup {n}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            writer.await.unwrap() > 5,
+            "the writes ran alongside the backups"
+        );
     }
 
     #[tokio::test]
