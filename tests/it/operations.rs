@@ -8,7 +8,7 @@ use std::{
 
 use tokenauth::{
     domain::{secret::Secret, token::TokenKind},
-    proto::CheckRequest,
+    proto::{CheckRequest, Reason},
 };
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -226,6 +226,39 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     // The gRPC port answers HTTP/1.1 by closing: keep whatever came.
     let _ = stream.read_to_end(&mut response).await;
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A client hammering tokens the store does not hold (revoked and deleted
+/// long ago, or made up) costs one store read per token, not one per Check:
+/// the negative cache answers the rest.
+#[tokio::test]
+async fn repeated_unknown_tokens_reach_the_store_once_each() {
+    let server = TestServer::start_with(|config| {
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let strangers: Vec<_> = (0..5)
+        .map(|_| Secret::generate(TokenKind::Service).unwrap())
+        .collect();
+    for _ in 0..20 {
+        for stranger in &strangers {
+            let response = check(&server, stranger.expose(), "scim:read", "org-1", "").await;
+            assert_eq!(response.reason, Reason::NotFound as i32);
+        }
+    }
+    let body = http_get(
+        server.admin_addr().expect("the admin port is on"),
+        "/metrics",
+    )
+    .await;
+    for expected in [
+        r#"tokenauth_store_duration_seconds_count{operation="token_by_digest"} 5"#,
+        r#"tokenauth_cache_lookups_total{result="miss"} 5"#,
+        r#"tokenauth_cache_lookups_total{result="negative_hit"} 95"#,
+    ] {
+        assert!(body.contains(expected), "missing {expected}:\n{body}");
+    }
+    server.stop().await;
 }
 
 #[tokio::test]
