@@ -65,6 +65,7 @@ pub struct Config {
     /// that several replicas share. Put the password in
     /// `postgres.password_file`, not in the URL.
     pub store: String,
+    pub sled: SledConfig,
     pub postgres: PostgresConfig,
     pub tokens: TokensConfig,
     pub cache: CacheConfig,
@@ -89,6 +90,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             pepper_file: None,
             store: "sled".to_owned(),
+            sled: SledConfig::default(),
             postgres: PostgresConfig::default(),
             tokens: TokensConfig::default(),
             cache: CacheConfig::default(),
@@ -391,6 +393,25 @@ impl Default for TelemetryConfig {
         Self {
             otlp_endpoint: None,
             otlp_metrics_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[sled]`: the embedded store (with `store = "sled"`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SledConfig {
+    /// Bytes of database pages sled keeps in memory. A Check that misses the
+    /// Check cache reads pages from here or from disk, so this is what keeps
+    /// misses fast after a restart, and most of the process's memory once
+    /// misses have filled it. Default 1073741824 (1 GiB, sled's own default).
+    pub cache_capacity: u64,
+}
+
+impl Default for SledConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: crate::store::SLED_DEFAULT_CACHE_CAPACITY,
         }
     }
 }
@@ -824,6 +845,22 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
         assert!(config.policy().is_ok());
         assert_eq!(config.pepper_path(), PathBuf::from("data/pepper"));
+    }
+
+    /// The README's "whole file, with every default" is what the code defaults to.
+    #[test]
+    fn the_readme_lists_the_defaults() {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split_once("The whole file, with every default:\n\n```toml\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(block, _)| block)
+            .expect("the README's configuration block");
+        let documented = Config::from_toml(block).unwrap();
+        assert_eq!(
+            serde_json::to_value(&documented).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
     }
 
     #[test]

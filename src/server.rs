@@ -122,7 +122,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
     match config.store_kind()? {
         StoreKind::Sled => {
             create_private_dir(&config.data_dir)?;
-            Ok(Arc::new(SledStore::open(&config.data_dir.join("db"))?))
+            Ok(Arc::new(SledStore::open_with_cache(
+                &config.data_dir.join("db"),
+                config.sled.cache_capacity,
+            )?))
         }
         StoreKind::Postgres(url) => Ok(Arc::new(
             PostgresStore::open(&postgres_settings(config, url)?).await?,

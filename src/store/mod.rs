@@ -30,7 +30,7 @@ use crate::domain::{
     usage::{UsageQuery, UsageRecord},
 };
 
-pub use self::sled::SledStore;
+pub use self::sled::{SLED_DEFAULT_CACHE_CAPACITY, SledStore};
 
 /// A store failure. The cause is for logs; callers only learn the category.
 #[derive(Debug, thiserror::Error)]

@@ -123,6 +123,9 @@ impl Drop for DrainGuard<'_> {
     }
 }
 
+/// Bytes of pages sled keeps in memory unless told otherwise (sled's own default).
+pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
+
 /// A [`Store`] in an embedded sled database.
 pub struct SledStore {
     trees: Arc<Trees>,
@@ -161,8 +164,13 @@ fn abort(error: StoreError) -> ConflictableTransactionError<StoreError> {
 /// Opens sled's database in `dir`. sled 0.34.7 panics on some damaged logs
 /// instead of returning an error ("tried to serialize Uninitialized", for a
 /// byte flipped early in some logs): that becomes an error naming the damage.
-fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    let opened = std::panic::catch_unwind(|| sled::Config::new().path(dir).open());
+fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
+    let opened = std::panic::catch_unwind(|| {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .open()
+    });
     let damaged = |cause: &dyn std::fmt::Display| {
         StoreError::Corrupt(format!(
             "the database in {} is damaged and cannot be read ({cause}); restore it from a backup",
@@ -228,7 +236,13 @@ impl SledStore {
     /// detection), never raise a false one. The trees are then checked
     /// against each other ([`Trees::verify`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_db(dir)?;
+        Self::open_with_cache(dir, SLED_DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// [`SledStore::open`], keeping at most `cache_capacity` bytes of pages
+    /// in memory (`[sled] cache_capacity`).
+    pub fn open_with_cache(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+        let db = open_db(dir, cache_capacity)?;
         let open = |name: &str| db.open_tree(name);
         let trees = Arc::new(Trees {
             tokens: open(keys::TOKENS)?,
