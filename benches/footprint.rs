@@ -9,6 +9,9 @@
 //! health answer SERVING for the Check service, polled every millisecond.
 //! RSS is VmRSS from /proc after start, and again after BENCH_WARM
 //! distinct tokens were checked over gRPC (each a cache miss that fills it).
+//! Each run starts the server once per sled page-cache size in
+//! BENCH_SLED_CACHE_MIB (comma-separated MiB, default `1024,128`: sled's
+//! default and a bounded one), through `TOKENAUTH_SLED__CACHE_CAPACITY`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -97,6 +100,15 @@ async fn main() {
     let tokens = env_or("BENCH_TOKENS", 1_000_000) as usize;
     let runs = env_or("BENCH_RUNS", 3);
     let warm = env_or("BENCH_WARM", 100_000) as usize;
+    let sled_caches: Vec<u64> = std::env::var("BENCH_SLED_CACHE_MIB")
+        .unwrap_or_else(|_| "1024,128".into())
+        .split(',')
+        .map(|mib| {
+            mib.trim()
+                .parse()
+                .expect("BENCH_SLED_CACHE_MIB: MiB, comma-separated")
+        })
+        .collect();
     let dir = support::data_root().join(format!("tokens-{tokens}"));
     let secrets = support::prepared_data_dir(&dir, tokens).await;
     let (apparent, allocated) = disk_usage(&dir.join("db"));
@@ -107,10 +119,10 @@ async fn main() {
         allocated as f64 / 1048576.0
     );
     println!(
-        "| run | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) |"
+        "| run | sled cache_capacity (MiB) | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) | those Checks, mean (µs) |"
     );
-    println!("|---|---|---|---|");
-    for run in 1..=runs {
+    println!("|---|---|---|---|---|---|");
+    for (run, sled_cache) in (1..=runs).flat_map(|run| sled_caches.iter().map(move |c| (run, *c))) {
         let port = free_port();
         let addr = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
@@ -124,6 +136,10 @@ async fn main() {
                 ])
                 .arg(&dir)
                 .env("TOKENAUTH_LOG", "warn")
+                .env(
+                    "TOKENAUTH_SLED__CACHE_CAPACITY",
+                    (sled_cache * 1024 * 1024).to_string(),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -145,6 +161,7 @@ async fn main() {
             .await
             .unwrap();
         let mut client = CheckServiceClient::new(channel);
+        let checks_started = Instant::now();
         for secret in secrets.iter().take(warm) {
             let response = client
                 .check(CheckRequest {
@@ -157,12 +174,14 @@ async fn main() {
                 .unwrap();
             assert!(response.into_inner().allowed);
         }
+        let checks_mean = checks_started.elapsed() / u32::try_from(warm.max(1)).unwrap();
         let rss_warm = rss_kib(pid);
         println!(
-            "| {run} | {:.0} | {:.1} | {:.1} |",
+            "| {run} | {sled_cache} | {:.0} | {:.1} | {:.1} | {:.0} |",
             startup.as_secs_f64() * 1000.0,
             rss_started as f64 / 1024.0,
-            rss_warm as f64 / 1024.0
+            rss_warm as f64 / 1024.0,
+            checks_mean.as_secs_f64() * 1e6
         );
         drop(server);
     }

@@ -34,7 +34,7 @@ use tokenauth::{
     config::Config,
     metrics::Metrics,
     proto::{
-        Actor, CheckRequest, IssueTokenRequest, OrgRole, RevokeAllRequest, TokenKind,
+        Actor, CheckRequest, IssueTokenRequest, OrgRole, Reason, RevokeAllRequest, TokenKind,
         bench::{
             Nothing,
             floor_client::FloorClient,
@@ -390,9 +390,26 @@ async fn main() {
             .await
         };
         row("valid Check, 1 x 1, no flood", calm);
+        // The same 1,000 unknown tokens over and over (a client retrying
+        // deleted tokens, a scanner replaying a leak) are what the negative
+        // cache is for; a new token every call is the worst case, a store
+        // read each, since anyone can compute a valid checksum.
+        let repeated_unknown: Arc<Vec<String>> = Arc::new(
+            (0..1_000)
+                .map(|_| {
+                    tokenauth::domain::secret::Secret::generate(
+                        tokenauth::domain::token::TokenKind::Service,
+                    )
+                    .unwrap()
+                    .expose()
+                    .to_owned()
+                })
+                .collect(),
+        );
         for flood in [
             "garbage tokens",
-            "well-formed unknown tokens",
+            "the same 1,000 well-formed unknown tokens",
+            "distinct well-formed unknown tokens",
             "oversized messages",
             "500 idle connections",
         ] {
@@ -407,24 +424,44 @@ async fn main() {
                 for channel in connect(addr, 2).await {
                     for slot in 0..16u64 {
                         let (channel, stop) = (channel.clone(), Arc::clone(&stop));
+                        let repeated_unknown = Arc::clone(&repeated_unknown);
                         flooders.push(tokio::spawn(async move {
                             let mut client = CheckServiceClient::new(channel);
-                            let mut n = slot;
+                            let mut n = slot * 61;
                             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                                 n += 1;
-                                let token = match flood {
-                                    "garbage tokens" => format!("garbage-{n}"),
-                                    "well-formed unknown tokens" => {
+                                let (token, expected) = match flood {
+                                    "garbage tokens" => (format!("garbage-{n}"), Reason::Malformed),
+                                    "the same 1,000 well-formed unknown tokens" => (
+                                        repeated_unknown[n as usize % repeated_unknown.len()]
+                                            .clone(),
+                                        Reason::NotFound,
+                                    ),
+                                    "distinct well-formed unknown tokens" => (
                                         tokenauth::domain::secret::Secret::generate(
                                             tokenauth::domain::token::TokenKind::Service,
                                         )
                                         .unwrap()
                                         .expose()
-                                        .to_owned()
-                                    }
-                                    _ => "x".repeat(1 << 20),
+                                        .to_owned(),
+                                        Reason::NotFound,
+                                    ),
+                                    _ => ("x".repeat(1 << 20), Reason::Unspecified),
                                 };
-                                let _ = client.check(check_request(&token)).await;
+                                // The flood is answered as it should be: a
+                                // denial, or a refusal of the oversized message.
+                                match client.check(check_request(&token)).await {
+                                    Ok(response) => {
+                                        let response = response.into_inner();
+                                        assert!(!response.allowed, "{flood}");
+                                        assert_eq!(response.reason, expected as i32, "{flood}");
+                                    }
+                                    Err(status) => assert_eq!(
+                                        expected,
+                                        Reason::Unspecified,
+                                        "{flood}: {status}"
+                                    ),
+                                }
                             }
                         }));
                     }
