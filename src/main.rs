@@ -266,7 +266,8 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
         Ok(entries) => {
             println!(
                 "restored {entries} entries into {}. Put the pepper file that belongs with this \
-                 backup at {} (mode 0600) before starting the server: it refuses any other.",
+                 backup where the server reads it (its pepper_file; by default {}, mode 0600) \
+                 before starting the server: it refuses any other.",
                 data_dir.display(),
                 data_dir.join("pepper").display()
             );
