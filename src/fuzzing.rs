@@ -1,19 +1,40 @@
 //! Entry points for the fuzz targets in `fuzz/` and for the replay of their
 //! corpora as ordinary tests (`tests/it/fuzz_replay.rs`): each takes
-//! arbitrary bytes and must neither panic nor break the invariant it states.
+//! arbitrary bytes and must neither panic nor break the invariants it states.
+//!
+//! The `request` target goes through the very functions the handlers call
+//! (`api::credentials_of`, the `TryFrom` conversions of `api::convert`,
+//! `api::ext_authz::http_request`, the domain's validation, pagination and
+//! authorization rules), so an invariant broken here is broken in the server.
 
-use std::sync::OnceLock;
+use std::{fmt::Debug, sync::OnceLock, time::Duration};
 
+use envoy_types::ext_authz::v3::pb::CheckRequest as EnvoyCheckRequest;
 use prost::Message;
 
 use crate::{
+    api::{convert::grace_from_proto, credentials_of, ext_authz::http_request, request_id},
     config::Config,
     domain::{
-        permissions::Catalogue,
+        audit::AuditQuery,
+        authz::{self, Verdict},
+        caller::{Actor, OrgRole, Principal},
+        ext_authz::{
+            ExtAuthzPolicy, HttpRequest, IDENTITY_HEADERS, Identity, RESERVED_HEADER_PREFIX,
+            credential, route_ids, upstream_headers,
+        },
+        ids::{TokenId, optional_id, parse_token_id, require_id, validate_name},
+        pagination::{self, MAX_PAGE_SIZE},
+        permissions::{Catalogue, Level},
         routes::{DotSegments, RouteTable},
         secret,
+        service::{
+            Policy, RevokeAllSelector, audit_fingerprint, list_fingerprint, usage_fingerprint,
+            validate_actor,
+        },
         time::Timestamp,
-        token::{LifetimePolicy, NewToken, validate_check_query},
+        token::{NewToken, TokenKind, validate_check_query},
+        usage::UsageQuery,
     },
     proto,
     store::TokenQuery,
@@ -31,13 +52,19 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// Route rules like the ones the README shows, in both dot-segment modes.
-fn tables() -> &'static [RouteTable; 2] {
-    static TABLES: OnceLock<[RouteTable; 2]> = OnceLock::new();
-    TABLES.get_or_init(|| {
+/// The API-key header of the fuzzed ext_authz policy.
+const API_KEY_HEADER: &str = "x-api-key";
+
+/// Route rules like the ones the README shows, with an API-key header and
+/// credential stripping, in both dot-segment modes.
+fn policies() -> &'static [ExtAuthzPolicy; 2] {
+    static POLICIES: OnceLock<[ExtAuthzPolicy; 2]> = OnceLock::new();
+    POLICIES.get_or_init(|| {
         let text = r#"
 [ext_authz]
 org_id = { header = "x-org-id" }
+api_key_header = "x-api-key"
+strip_credentials = true
 [[ext_authz.routes]]
 methods = ["GET"]
 path = "/v2/workspaces/{ws}/transformations/**"
@@ -56,8 +83,12 @@ permission = "audit_logs:read"
             config
                 .ext_authz
                 .compile(&catalogue)
-                .map(|policy| policy.routes)
-                .unwrap_or_else(|_| RouteTable::new(Vec::new(), DotSegments::Reject))
+                .unwrap_or_else(|_| ExtAuthzPolicy {
+                    routes: RouteTable::new(Vec::new(), DotSegments::Reject),
+                    unmatched: crate::domain::ext_authz::Unmatched::Deny,
+                    api_key_header: None,
+                    strip_credentials: false,
+                })
         };
         [compile("reject"), compile("resolve")]
     })
@@ -72,7 +103,7 @@ pub fn route(data: &[u8]) {
     let Ok(target) = std::str::from_utf8(rest) else {
         return;
     };
-    let table = &tables()[usize::from(selector & 1)];
+    let table = &policies()[usize::from(selector & 1)].routes;
     let method = if selector & 2 == 0 { "GET" } else { "POST" };
     if let Ok(path) = table.normalize(target) {
         // A normalized path never carries what could mean something else
@@ -90,45 +121,586 @@ pub fn route(data: &[u8]) {
     }
 }
 
+/// The request messages the `request` target covers, by selector (its
+/// first byte, modulo their number): every request of every service in
+/// `proto/tokenauth/v1/`, and Envoy's ext_authz `CheckRequest`.
+pub const REQUEST_MESSAGES: [&str; 11] = [
+    "tokenauth.v1.IssueTokenRequest",
+    "tokenauth.v1.GetTokenRequest",
+    "tokenauth.v1.ListTokensRequest",
+    "tokenauth.v1.RevokeTokenRequest",
+    "tokenauth.v1.RevokeAllRequest",
+    "tokenauth.v1.RotateTokenRequest",
+    "tokenauth.v1.ListTokenUsageRequest",
+    "tokenauth.v1.ListAuditEventsRequest",
+    "tokenauth.v1.CheckRequest",
+    "tokenauth.v1.BackupRequest",
+    "envoy.service.auth.v3.CheckRequest",
+];
+
 /// Every request message, decoded from wire bytes and converted into domain
-/// types as the handlers do: the first byte picks the message.
-pub fn request(data: &[u8]) {
-    let Some((&selector, bytes)) = data.split_first() else {
-        return;
+/// types as its handler does: the first byte picks the message (see
+/// [`REQUEST_MESSAGES`]), the rest is its encoding. Returns the message's
+/// name when it decoded and every conversion accepted it, so that the
+/// replay can tell that the corpus reaches each message's invariants.
+pub fn request(data: &[u8]) -> Option<&'static str> {
+    let (&selector, bytes) = data.split_first()?;
+    let index = usize::from(selector) % REQUEST_MESSAGES.len();
+    let accepted = match index {
+        0 => issue_token(bytes),
+        1 => token_by_id(bytes, |m: &proto::GetTokenRequest| {
+            (&m.id, m.actor.as_ref())
+        }),
+        2 => list_tokens(bytes),
+        3 => token_by_id(bytes, |m: &proto::RevokeTokenRequest| {
+            (&m.id, m.actor.as_ref())
+        }),
+        4 => revoke_all(bytes),
+        5 => rotate_token(bytes),
+        6 => list_token_usage(bytes),
+        7 => list_audit_events(bytes),
+        8 => check(bytes),
+        9 => backup(bytes),
+        _ => ext_authz_check(bytes),
     };
-    let catalogue = Catalogue::default();
-    match selector % 4 {
-        0 => {
-            if let Ok(message) = proto::IssueTokenRequest::decode(bytes)
-                && let Ok(new) = NewToken::try_from(message)
-            {
-                let policy = LifetimePolicy {
-                    personal_max: None,
-                    service_max: None,
-                    personal_requires_expiry: false,
+    accepted.map(|()| REQUEST_MESSAGES[index])
+}
+
+/// The service's rules with the default configuration.
+// A fuzz harness states what must hold by panicking; the default
+// configuration's validity is also a unit test of `config`.
+#[allow(clippy::expect_used)]
+fn service_policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        Config::default()
+            .policy()
+            .expect("the default configuration is valid")
+    })
+}
+
+/// Decodes a message; what decodes re-encodes to a message that decodes
+/// equal (unknown fields are dropped once, then stable).
+fn decode<M: Message + Default + PartialEq + Debug>(bytes: &[u8]) -> Option<M> {
+    let message = M::decode(bytes).ok()?;
+    let again = M::decode(message.encode_to_vec().as_slice()).ok();
+    assert_eq!(
+        again.as_ref(),
+        Some(&message),
+        "re-encoding changed the message"
+    );
+    Some(message)
+}
+
+/// The actor a control-plane call asserts, read by `credentials_of` (as
+/// every management handler reads it) and validated as `authenticate`
+/// validates it. `None` when none is asserted or it is invalid.
+fn asserted_actor(asserted: Option<&proto::Actor>) -> Option<Actor> {
+    let mut request = tonic::Request::new(());
+    request.metadata_mut().insert(
+        request_id::HEADER,
+        tonic::metadata::MetadataValue::from_static("fuzz"),
+    );
+    let credentials = credentials_of(&request, asserted);
+    assert!(credentials.bearer.is_none());
+    assert_eq!(credentials.request_id, "fuzz");
+    // An empty Actor message is the same as none.
+    let empty = asserted.is_none_or(|a| *a == proto::Actor::default());
+    assert_eq!(credentials.actor.is_none(), empty);
+    let (asserted, claim) = (asserted?, credentials.actor?);
+    let actor = validate_actor(&claim).ok()?;
+    assert!(require_id("user_id", &actor.user_id).is_ok());
+    assert!(require_id("org_id", &actor.org_id).is_ok());
+    assert_eq!(
+        (actor.user_id.as_str(), actor.org_id.as_str()),
+        (asserted.user_id.as_str(), asserted.org_id.as_str())
+    );
+    let role = match actor.role {
+        OrgRole::ReadOnly => proto::OrgRole::ReadOnly,
+        OrgRole::ReadWrite => proto::OrgRole::ReadWrite,
+        OrgRole::Admin => proto::OrgRole::Admin,
+    };
+    assert_eq!(role as i32, asserted.org_role);
+    Some(actor)
+}
+
+fn control_plane(actor: Option<Actor>) -> Principal {
+    Principal::ControlPlane {
+        credential: "fuzz".into(),
+        actor,
+    }
+}
+
+/// An allow by the control plane for an actor is always within the actor's
+/// own organization.
+fn assert_within_actor_org(verdict: &Verdict, principal: &Principal, org_id: &str) {
+    if *verdict == Verdict::Allow
+        && let Principal::ControlPlane {
+            actor: Some(actor), ..
+        } = principal
+    {
+        assert_eq!(
+            actor.org_id, org_id,
+            "allowed outside the actor's organization"
+        );
+    }
+}
+
+/// A token id from a request field, as the handlers parse it (and hint it to
+/// `authenticate`): it prints back as the text, in canonical case.
+fn token_id(text: &str) -> Option<TokenId> {
+    let hint = TokenId::parse(text);
+    let id = parse_token_id("id", text).ok();
+    assert_eq!(hint, id);
+    let id = id?;
+    let printed = id.to_string();
+    assert_eq!(TokenId::parse(&printed), Some(id));
+    assert_eq!(TokenId::from_bytes(id.to_bytes()), id);
+    assert!(printed.eq_ignore_ascii_case(text));
+    assert_eq!(printed.len(), text.len());
+    Some(id)
+}
+
+/// An optional id filter: `None` exactly when empty, otherwise the request's
+/// value, a valid id.
+fn assert_filter(filter: Option<&String>, requested: &str) {
+    assert_eq!(
+        filter.map(String::as_str),
+        (!requested.is_empty()).then_some(requested)
+    );
+    if let Some(value) = filter {
+        assert!(require_id("filter", value).is_ok());
+    }
+}
+
+/// The page size served for a requested one: refused only when negative,
+/// otherwise 1 to `MAX_PAGE_SIZE`, and what was asked when that is allowed.
+fn page_size(requested: i32) -> Option<usize> {
+    let served = pagination::page_size(requested);
+    assert_eq!(served.is_err(), requested < 0);
+    let served = served.ok()?;
+    assert!((1..=MAX_PAGE_SIZE).contains(&served));
+    if let Ok(asked @ 1..) = usize::try_from(requested) {
+        assert_eq!(served, asked.min(MAX_PAGE_SIZE));
+    }
+    Some(served)
+}
+
+/// A page token accepted for a listing is the encoding of the cursor it
+/// decodes to (hex, in either case): no other text continues a listing.
+fn page_token(token: &str, fingerprint: [u8; 8]) -> Option<Option<Vec<u8>>> {
+    let cursor = pagination::decode(token, fingerprint).ok()?;
+    match &cursor {
+        None => assert!(token.is_empty()),
+        Some(cursor) => assert!(
+            pagination::encode(fingerprint, cursor).eq_ignore_ascii_case(token),
+            "a page token that is not the encoding of its cursor was accepted"
+        ),
+    }
+    Some(cursor)
+}
+
+/// An optional time bound: the request's instant, to the microsecond.
+fn assert_bound(bound: Option<Timestamp>, requested: Option<&prost_types::Timestamp>) {
+    assert_eq!(bound.is_some(), requested.is_some());
+    if let (Some(bound), Some(requested)) = (bound, requested) {
+        let micros = requested.nanos - requested.nanos % 1_000;
+        assert_eq!(bound.to_parts(), (requested.seconds, micros));
+    }
+}
+
+fn assert_range(start: Option<Timestamp>, end: Option<Timestamp>) {
+    if let (Some(start), Some(end)) = (start, end) {
+        assert!(start < end, "an empty or inverted time range was accepted");
+    }
+}
+
+fn issue_token(bytes: &[u8]) -> Option<()> {
+    let message: proto::IssueTokenRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.actor.as_ref()));
+    let policy = service_policy();
+    let now = Timestamp::now();
+    let new = NewToken::try_from(message).ok()?;
+    let valid = new
+        .validate(&policy.catalogue, &policy.lifetime, now)
+        .ok()?;
+    assert!(require_id("org_id", &valid.org_id).is_ok());
+    assert!(optional_id("workspace_id", &valid.workspace_id).is_ok());
+    assert_eq!(validate_name(&valid.name).ok().as_ref(), Some(&valid.name));
+    let workspace_level = !valid.workspace_id.is_empty();
+    for permission in &valid.permissions {
+        let level = policy.catalogue.grant_level(permission);
+        assert!(level.is_ok(), "an unknown permission was granted");
+        if workspace_level || valid.kind == TokenKind::Service {
+            let wanted = if workspace_level {
+                Level::Workspace
+            } else {
+                Level::Organization
+            };
+            assert_eq!(level.ok(), Some(wanted), "a permission of the wrong level");
+        }
+    }
+    let max = match valid.kind {
+        TokenKind::Personal => {
+            assert!(require_id("owner_user_id", &valid.owner_user_id).is_ok());
+            policy.lifetime.personal_max
+        }
+        TokenKind::Service => {
+            assert!(valid.owner_user_id.is_empty());
+            policy.lifetime.service_max
+        }
+    };
+    // The default configuration bounds every lifetime.
+    assert!(max.is_some());
+    let latest = now.saturating_add(max.unwrap_or_default());
+    assert!(
+        valid.expires_at.is_some_and(|at| now < at && at <= latest),
+        "an expiry in the past or beyond the maximum lifetime"
+    );
+    let verdict = authz::issue(&principal, &valid, &policy.roles);
+    assert_within_actor_org(&verdict, &principal, &valid.org_id);
+    if verdict == Verdict::Allow
+        && let Principal::ControlPlane {
+            actor: Some(actor), ..
+        } = &principal
+    {
+        match valid.kind {
+            TokenKind::Service => assert_eq!(actor.role, OrgRole::Admin),
+            TokenKind::Personal => assert_eq!(actor.user_id, valid.owner_user_id),
+        }
+    }
+    Some(())
+}
+
+/// GetToken and RevokeToken: a token id and an actor.
+fn token_by_id<M: Message + Default + PartialEq + Debug>(
+    bytes: &[u8],
+    fields: fn(&M) -> (&String, Option<&proto::Actor>),
+) -> Option<()> {
+    let message: M = decode(bytes)?;
+    let (id, actor) = fields(&message);
+    asserted_actor(actor);
+    token_id(id)?;
+    Some(())
+}
+
+fn list_tokens(bytes: &[u8]) -> Option<()> {
+    let message: proto::ListTokensRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.actor.as_ref()));
+    let (size, token) = (message.page_size, message.page_token.clone());
+    let mut query = TokenQuery::try_from(message.clone()).ok()?;
+    assert_eq!(query.org_id, message.org_id);
+    assert!(require_id("org_id", &query.org_id).is_ok());
+    assert_filter(query.workspace_id.as_ref(), &message.workspace_id);
+    assert_filter(query.owner_user_id.as_ref(), &message.owner_user_id);
+    assert_eq!(query.include_revoked, message.include_revoked);
+    page_size(size)?;
+    let verdict = authz::list(&principal, &mut query);
+    assert_within_actor_org(&verdict, &principal, &query.org_id);
+    if verdict == Verdict::Allow
+        && let Principal::ControlPlane {
+            actor: Some(actor), ..
+        } = &principal
+        && actor.role != OrgRole::Admin
+    {
+        // A member lists their own personal tokens, whatever was asked.
+        assert_eq!(query.owner_user_id.as_ref(), Some(&actor.user_id));
+        assert_eq!(query.kind, Some(TokenKind::Personal));
+    }
+    // The page token is bound to the query as authorization narrowed it.
+    let fingerprint = list_fingerprint(&query);
+    page_token(&token, fingerprint)?;
+    pagination::decode_id(&token, fingerprint).ok()?;
+    Some(())
+}
+
+fn revoke_all(bytes: &[u8]) -> Option<()> {
+    let message: proto::RevokeAllRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.actor.as_ref()));
+    let selector = RevokeAllSelector::try_from(message.clone()).ok()?;
+    assert_eq!(selector.org_id, message.org_id);
+    assert!(require_id("org_id", &selector.org_id).is_ok());
+    assert_filter(selector.workspace_id.as_ref(), &message.workspace_id);
+    assert_filter(selector.owner_user_id.as_ref(), &message.owner_user_id);
+    let verdict = authz::revoke_all(&principal, &selector);
+    assert_within_actor_org(&verdict, &principal, &selector.org_id);
+    if verdict == Verdict::Allow
+        && let Principal::ControlPlane { actor: None, .. } = &principal
+    {
+        // On its own behalf, the control plane revokes one user's tokens only.
+        assert!(selector.owner_user_id.is_some());
+    }
+    Some(())
+}
+
+fn rotate_token(bytes: &[u8]) -> Option<()> {
+    let message: proto::RotateTokenRequest = decode(bytes)?;
+    asserted_actor(message.actor.as_ref());
+    token_id(&message.id)?;
+    let grace = grace_from_proto(message.grace_period.as_ref()).ok()?;
+    match &message.grace_period {
+        None => assert_eq!(grace, Duration::ZERO),
+        Some(asked) => {
+            assert_eq!(u64::try_from(asked.seconds).ok(), Some(grace.as_secs()));
+            assert_eq!(u32::try_from(asked.nanos).ok(), Some(grace.subsec_nanos()));
+        }
+    }
+    // When the old secret stops working: never before the rotation.
+    let now = Timestamp::now();
+    assert!(now.saturating_add(grace) >= now);
+    Some(())
+}
+
+fn list_token_usage(bytes: &[u8]) -> Option<()> {
+    let message: proto::ListTokenUsageRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.actor.as_ref()));
+    let query = UsageQuery::try_from(&message).ok()?;
+    assert_eq!(query.org_id, message.org_id);
+    assert!(require_id("org_id", &query.org_id).is_ok());
+    match query.token_id {
+        None => assert!(message.token_id.is_empty()),
+        Some(id) => assert_eq!(token_id(&message.token_id), Some(id)),
+    }
+    assert_bound(query.start, message.start_time.as_ref());
+    assert_bound(query.end, message.end_time.as_ref());
+    assert_range(query.start, query.end);
+    page_size(message.page_size)?;
+    if query.token_id.is_none() {
+        let verdict = authz::read_org_usage(&principal, &query.org_id);
+        assert_within_actor_org(&verdict, &principal, &query.org_id);
+    }
+    page_token(&message.page_token, usage_fingerprint(&query))?;
+    Some(())
+}
+
+fn list_audit_events(bytes: &[u8]) -> Option<()> {
+    let message: proto::ListAuditEventsRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.caller_actor.as_ref()));
+    let query = AuditQuery::try_from(&message).ok()?;
+    assert_eq!(query.org_id, message.org_id);
+    assert!(require_id("org_id", &query.org_id).is_ok());
+    assert_filter(query.workspace_id.as_ref(), &message.workspace_id);
+    assert_filter(query.actor.as_ref(), &message.actor);
+    match query.token_id {
+        None => assert!(message.token_id.is_empty()),
+        Some(id) => assert_eq!(token_id(&message.token_id), Some(id)),
+    }
+    assert_eq!(query.action.is_none(), message.action == 0);
+    assert_bound(query.start, message.start_time.as_ref());
+    assert_bound(query.end, message.end_time.as_ref());
+    assert_range(query.start, query.end);
+    page_size(message.page_size)?;
+    let verdict = authz::read_org(&principal, &query.org_id);
+    assert_within_actor_org(&verdict, &principal, &query.org_id);
+    page_token(&message.page_token, audit_fingerprint(&query))?;
+    Some(())
+}
+
+fn check(bytes: &[u8]) -> Option<()> {
+    let message: proto::CheckRequest = decode(bytes)?;
+    if secret::parse(&message.token).is_some() {
+        assert_eq!(message.token.len(), secret::SECRET_LEN);
+    }
+    let catalogue = &service_policy().catalogue;
+    let query = validate_check_query(
+        catalogue,
+        &message.permission,
+        &message.org_id,
+        &message.workspace_id,
+    )
+    .ok()?;
+    // An exact permission of the catalogue, indexed as usage records name it.
+    assert_eq!(
+        catalogue.name(query.permission_index),
+        Some(query.permission)
+    );
+    assert!(require_id("org_id", query.org_id).is_ok());
+    assert!(optional_id("workspace_id", query.workspace_id).is_ok());
+    if query.level == Level::Workspace {
+        assert!(!query.workspace_id.is_empty());
+    }
+    Some(())
+}
+
+fn backup(bytes: &[u8]) -> Option<()> {
+    let message: proto::BackupRequest = decode(bytes)?;
+    // No fields: nothing of the request reaches the domain.
+    assert!(message.encode_to_vec().is_empty());
+    // The handler asserts no actor: the control plane acts on its own behalf.
+    assert!(asserted_actor(None).is_none());
+    assert_eq!(authz::backup(&control_plane(None)), Verdict::Allow);
+    Some(())
+}
+
+/// Envoy's ext_authz Check: `http_request` (as the handler calls it), then
+/// the domain's credential, route and header rules.
+fn ext_authz_check(bytes: &[u8]) -> Option<()> {
+    // Not through `decode`: a google.protobuf.Struct may hold a NaN, which
+    // compares unequal to itself after any round trip.
+    let message = EnvoyCheckRequest::decode(bytes).ok()?;
+    let described = message
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.clone());
+    let extensions = message
+        .attributes
+        .as_ref()
+        .map(|a| a.context_extensions.clone());
+    let request = http_request(message);
+    assert_eq!(request.is_some(), described.is_some());
+    let (request, http) = (request?, described?);
+    assert_eq!(Some(&request.context_extensions), extensions.as_ref());
+
+    // Every header is kept (a dropped copy could hide a second credential),
+    // its name lower-cased, in a stable order, with the value Envoy sent.
+    let sent: Vec<(String, Vec<String>)> = if http.headers.is_empty() {
+        http.header_map
+            .iter()
+            .flat_map(|map| &map.headers)
+            .map(|h| {
+                let raw = String::from_utf8_lossy(&h.raw_value).into_owned();
+                (h.key.to_ascii_lowercase(), vec![h.value.clone(), raw])
+            })
+            .collect()
+    } else {
+        http.headers
+            .iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), vec![value.clone()]))
+            .collect()
+    };
+    assert_eq!(request.headers.len(), sent.len());
+    assert!(request.headers.windows(2).all(|w| w[0].0 <= w[1].0));
+    for (name, value) in &request.headers {
+        assert!(!name.bytes().any(|b| b.is_ascii_uppercase()));
+        assert!(
+            sent.iter()
+                .any(|(n, values)| n == name && values.contains(value)),
+            "a header Envoy did not send"
+        );
+    }
+    let pseudo = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let method = if http.method.is_empty() {
+        pseudo(":method")
+    } else {
+        &http.method
+    };
+    let path = if http.path.is_empty() {
+        pseudo(":path")
+    } else {
+        &http.path
+    };
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        (method, path)
+    );
+
+    for policy in policies() {
+        ext_authz_rules(policy, &request);
+    }
+    Some(())
+}
+
+/// The synchronous half of `ExtAuthz::authorize` on a converted request.
+fn ext_authz_rules(policy: &ExtAuthzPolicy, request: &HttpRequest) {
+    let credential_headers = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "authorization" || n == API_KEY_HEADER)
+        .count();
+    if let Ok(presented) = credential(policy, request) {
+        // Exactly one credential, as it appears in its header, never blank.
+        assert_eq!(credential_headers, 1, "a credential picked among several");
+        assert!(!presented.is_empty());
+        assert_eq!(presented, presented.trim_matches([' ', '\t']));
+        assert!(request.headers.iter().any(|(_, v)| v.contains(presented)));
+    }
+    if let Ok(path) = policy.routes.normalize(&request.path)
+        && let Some(matched) = policy.routes.find(&request.method, &path)
+        && let Ok((org_id, workspace_id)) = route_ids(matched.route, &matched.captures, request)
+    {
+        assert!(!org_id.is_empty());
+        assert_eq!(
+            workspace_id.is_empty(),
+            matched.route.workspace_id.is_none()
+        );
+        // `authorize` answers any other refusal with an internal error: only
+        // the ids taken from the request may be what is wrong.
+        if let Err(error) = validate_check_query(
+            &service_policy().catalogue,
+            &matched.route.permission,
+            &org_id,
+            &workspace_id,
+        ) {
+            assert!(
+                matches!(
+                    error,
+                    crate::domain::Error::InvalidArgument {
+                        field: "org_id" | "workspace_id",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+    }
+    let identity = Identity {
+        token_id: "tok_01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+        kind: TokenKind::Service,
+        owner_user_id: String::new(),
+        org_id: "org-1".into(),
+        workspace_id: "ws-1".into(),
+    };
+    for identity in [None, Some(&identity)] {
+        match upstream_headers(policy, request, identity) {
+            Ok(allow) => {
+                // Envoy removes after it sets: a header we set is never removed.
+                for (name, _) in &allow.set {
+                    assert!(!allow.remove.iter().any(|r| r == name));
+                }
+                let handled = |name: &str| {
+                    allow.set.iter().any(|(n, _)| *n == name)
+                        || allow.remove.iter().any(|r| r == name)
                 };
-                let _ = new.validate(&catalogue, &policy, Timestamp::now());
+                for name in IDENTITY_HEADERS {
+                    assert!(handled(name), "{name} reaches the upstream unchecked");
+                }
+                for (name, _) in &request.headers {
+                    let ours = name.len() >= RESERVED_HEADER_PREFIX.len()
+                        && name.as_bytes()[..RESERVED_HEADER_PREFIX.len()]
+                            .iter()
+                            .map(|&b| if b == b'_' { b'-' } else { b })
+                            .eq(RESERVED_HEADER_PREFIX.bytes());
+                    if ours {
+                        assert!(handled(name), "{name} reaches the upstream unchecked");
+                    }
+                }
+                if policy.strip_credentials {
+                    assert!(handled("authorization") && handled(API_KEY_HEADER));
+                }
             }
-        }
-        1 => {
-            if let Ok(message) = proto::ListTokensRequest::decode(bytes) {
-                let _ = TokenQuery::try_from(message);
-            }
-        }
-        2 => {
-            if let Ok(message) = proto::CheckRequest::decode(bytes) {
-                let _ = secret::parse(&message.token);
-                let _ = validate_check_query(
-                    &catalogue,
-                    &message.permission,
-                    &message.org_id,
-                    &message.workspace_id,
-                );
-            }
-        }
-        _ => {
-            if let Ok(message) = proto::RevokeAllRequest::decode(bytes) {
-                let _ = crate::domain::service::RevokeAllSelector::try_from(message);
+            Err(name) => {
+                // Refused only over a client copy of a header we set that is not ours.
+                let ours = identity
+                    .map(|i| i.headers())
+                    .into_iter()
+                    .flatten()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v);
+                assert!(ours.is_some_and(|ours| !ours.is_empty()));
+                let theirs: Vec<&str> = request
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                assert!(!theirs.is_empty() && ours.is_some_and(|ours| theirs != [ours]));
             }
         }
     }
@@ -136,19 +708,332 @@ pub fn request(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use envoy_types::pb::envoy::{
+        config::core::v3::{
+            Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address,
+        },
+        service::auth::v3::{AttributeContext, attribute_context},
+    };
+
     use super::*;
+    use crate::domain::secret::Secret;
+
+    const ID: &str = "tok_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    fn actor(user: &str, role: proto::OrgRole) -> Option<proto::Actor> {
+        Some(proto::Actor {
+            user_id: user.into(),
+            org_id: "org-1".into(),
+            org_role: role as i32,
+        })
+    }
+
+    fn admin() -> Option<proto::Actor> {
+        actor("root", proto::OrgRole::Admin)
+    }
+
+    fn at(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos: 0 })
+    }
+
+    fn input(message: &str, encoded: Vec<u8>) -> Vec<u8> {
+        let selector = REQUEST_MESSAGES.iter().position(|m| *m == message).unwrap();
+        let mut data = vec![u8::try_from(selector).unwrap()];
+        data.extend(encoded);
+        data
+    }
+
+    fn secret() -> String {
+        Secret::generate(TokenKind::Service)
+            .unwrap()
+            .expose()
+            .to_owned()
+    }
+
+    /// Valid encodings of every request message: the seeds of the corpus.
+    fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let cursor = TokenId::parse(ID).unwrap().to_bytes();
+        let listing = proto::ListTokensRequest {
+            org_id: "org-1".into(),
+            workspace_id: "ws-1".into(),
+            kind: proto::TokenKind::Service as i32,
+            page_size: 10,
+            actor: admin(),
+            ..Default::default()
+        };
+        let fingerprint = list_fingerprint(&TokenQuery::try_from(listing.clone()).unwrap());
+        let usage = proto::ListTokenUsageRequest {
+            org_id: "org-1".into(),
+            token_id: ID.into(),
+            start_time: at(1_700_000_000),
+            end_time: at(1_700_003_600),
+            page_size: 100,
+            actor: admin(),
+            ..Default::default()
+        };
+        let usage_cursor =
+            pagination::encode(usage_fingerprint(&(&usage).try_into().unwrap()), &[1, 2, 3]);
+        let audit = proto::ListAuditEventsRequest {
+            org_id: "org-1".into(),
+            workspace_id: "ws-1".into(),
+            actor: "alice".into(),
+            action: proto::AuditAction::Revoked as i32,
+            start_time: at(1_700_000_000),
+            page_size: 20,
+            caller_actor: admin(),
+            ..Default::default()
+        };
+        let audit_cursor =
+            pagination::encode(audit_fingerprint(&(&audit).try_into().unwrap()), &cursor);
+        let envoy = |http: attribute_context::HttpRequest| {
+            EnvoyCheckRequest {
+                attributes: Some(AttributeContext {
+                    source: Some(attribute_context::Peer {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: "203.0.113.7".into(),
+                                port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                                    44321,
+                                )),
+                                ..SocketAddress::default()
+                            })),
+                        }),
+                        ..attribute_context::Peer::default()
+                    }),
+                    request: Some(attribute_context::Request {
+                        time: None,
+                        http: Some(http),
+                    }),
+                    context_extensions: HashMap::from([("org_id".into(), "org-1".into())]),
+                    ..AttributeContext::default()
+                }),
+            }
+            .encode_to_vec()
+        };
+        let raw = |key: &str, value: &str| HeaderValue {
+            key: key.into(),
+            value: String::new(),
+            raw_value: value.as_bytes().to_vec(),
+        };
+        vec![
+            (
+                "tokenauth.v1.IssueTokenRequest",
+                proto::IssueTokenRequest {
+                    kind: proto::TokenKind::Service as i32,
+                    org_id: "org-1".into(),
+                    name: "ci deploy".into(),
+                    permissions: vec!["scim:read".into()],
+                    actor: admin(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.IssueTokenRequest",
+                proto::IssueTokenRequest {
+                    kind: proto::TokenKind::Personal as i32,
+                    org_id: "org-1".into(),
+                    workspace_id: "ws-1".into(),
+                    name: "laptop".into(),
+                    permissions: vec!["transformations:read".into()],
+                    owner_user_id: "alice".into(),
+                    actor: actor("alice", proto::OrgRole::ReadWrite),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.GetTokenRequest",
+                proto::GetTokenRequest {
+                    id: ID.into(),
+                    actor: admin(),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.ListTokensRequest",
+                proto::ListTokensRequest {
+                    page_token: pagination::encode(fingerprint, &cursor),
+                    ..listing
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.ListTokensRequest",
+                proto::ListTokensRequest {
+                    org_id: "org-1".into(),
+                    include_revoked: true,
+                    actor: actor("alice", proto::OrgRole::ReadOnly),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.RevokeTokenRequest",
+                proto::RevokeTokenRequest {
+                    id: ID.to_ascii_lowercase(),
+                    actor: admin(),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.RevokeAllRequest",
+                proto::RevokeAllRequest {
+                    org_id: "org-1".into(),
+                    workspace_id: "ws-1".into(),
+                    kind: proto::TokenKind::Service as i32,
+                    actor: admin(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.RevokeAllRequest",
+                proto::RevokeAllRequest {
+                    org_id: "org-1".into(),
+                    owner_user_id: "alice".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.RotateTokenRequest",
+                proto::RotateTokenRequest {
+                    id: ID.into(),
+                    grace_period: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 500,
+                    }),
+                    actor: admin(),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.RotateTokenRequest",
+                proto::RotateTokenRequest {
+                    id: ID.into(),
+                    grace_period: None,
+                    actor: actor("alice", proto::OrgRole::ReadWrite),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.ListTokenUsageRequest",
+                proto::ListTokenUsageRequest {
+                    page_token: usage_cursor,
+                    ..usage
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.ListAuditEventsRequest",
+                proto::ListAuditEventsRequest {
+                    page_token: audit_cursor,
+                    ..audit
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "tokenauth.v1.CheckRequest",
+                proto::CheckRequest {
+                    token: secret(),
+                    permission: "transformations:read".into(),
+                    org_id: "org-1".into(),
+                    workspace_id: "ws-1".into(),
+                }
+                .encode_to_vec(),
+            ),
+            ("tokenauth.v1.BackupRequest", Vec::new()),
+            (
+                "envoy.service.auth.v3.CheckRequest",
+                envoy(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/v2/workspaces/ws-1/transformations/x?y=1".into(),
+                    headers: HashMap::from([
+                        ("authorization".into(), format!("Bearer {}", secret())),
+                        ("x-org-id".into(), "org-1".into()),
+                        ("X-Tokenauth-Org-Id".into(), "org-1".into()),
+                        ("x_tokenauth_kind".into(), "PERSONAL".into()),
+                    ]),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "envoy.service.auth.v3.CheckRequest",
+                envoy(attribute_context::HttpRequest {
+                    header_map: Some(HeaderMap {
+                        headers: vec![
+                            raw(":method", "POST"),
+                            raw(":path", "/v2/admin/x"),
+                            raw("X-Api-Key", &secret()),
+                            raw("x-org-id", "org-1"),
+                            raw("x-tokenauth-workspace-id", "ws-2"),
+                        ],
+                    }),
+                    ..Default::default()
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_seed_passes_every_conversion_of_its_message() {
+        let seeds = seeds();
+        for message in REQUEST_MESSAGES {
+            assert!(
+                seeds.iter().any(|(m, _)| *m == message),
+                "no seed for {message}"
+            );
+        }
+        for (message, encoded) in seeds {
+            assert_eq!(request(&input(message, encoded)), Some(message));
+        }
+    }
+
+    #[test]
+    fn refusals_are_not_counted_as_accepted() {
+        let bad_id = proto::GetTokenRequest {
+            id: "tok_nope".into(),
+            actor: admin(),
+        };
+        assert_eq!(
+            request(&input(
+                "tokenauth.v1.GetTokenRequest",
+                bad_id.encode_to_vec()
+            )),
+            None
+        );
+        let empty_range = proto::ListTokenUsageRequest {
+            org_id: "org-1".into(),
+            start_time: at(5),
+            end_time: at(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            request(&input(
+                "tokenauth.v1.ListTokenUsageRequest",
+                empty_range.encode_to_vec()
+            )),
+            None
+        );
+        assert_eq!(request(&[10, 0xff]), None, "not an Envoy CheckRequest");
+    }
 
     #[test]
     fn the_fuzzed_route_tables_hold_their_routes() {
-        for table in tables() {
-            assert_eq!(table.routes().len(), 2);
+        for policy in policies() {
+            assert_eq!(policy.routes.routes().len(), 2);
+            assert_eq!(policy.api_key_header.as_deref(), Some(API_KEY_HEADER));
         }
         let mut data = vec![0u8];
         data.extend_from_slice(b"/v2/workspaces/ws-1/transformations/x");
         route(&data);
-        let path = tables()[0]
+        let path = policies()[0]
+            .routes
             .normalize("/v2/workspaces/ws-1/transformations/x")
             .unwrap();
-        assert!(tables()[0].find("GET", &path).is_some());
+        assert!(policies()[0].routes.find("GET", &path).is_some());
     }
 }

@@ -9,7 +9,8 @@
 //! database already holds tokens, a missing pepper means every token is
 //! unverifiable, and a fresh one would hide that, so start-up refuses. The
 //! database keeps a check value (an HMAC of a fixed label) per key id, which
-//! catches a pepper file from another installation or a damaged one.
+//! catches a pepper file from another installation or a damaged one; a
+//! database that holds tokens but no check value refuses any pepper.
 
 use std::{
     fs,
@@ -59,6 +60,12 @@ pub enum PepperError {
          and distribute it as a secret"
     )]
     MissingForSharedStore { path: PathBuf },
+    #[error(
+        "pepper file {path} cannot be verified: the database holds tokens but no pepper check \
+         values. An interrupted `tokenauth migrate` leaves a database so (run it again to \
+         complete the copy); otherwise the database is damaged (restore it from a backup)"
+    )]
+    Unverifiable { path: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -248,7 +255,18 @@ pub async fn open(
             path: path.to_owned(),
         });
     };
+    // Asked before the check values are read: a start records its check
+    // values before it serves, so tokens seen here imply check values there
+    // (also while another replica is starting on the same new database).
+    let new_database = store.is_empty().await?;
     let known = store.pepper_checks().await?;
+    if !new_database && known.is_empty() {
+        // Any pepper would pass `verify`, and its check values would then be
+        // recorded as the database's: refuse rather than guess.
+        return Err(PepperError::Unverifiable {
+            path: path.to_owned(),
+        });
+    }
     verify(path, &keyring, &known)?;
     let mut added = false;
     for key in keyring.keys() {

@@ -48,7 +48,7 @@ impl ExtAuthzApi {
 /// from `header_map` when Envoy sends raw headers (`encode_raw_headers`).
 /// Takes the request by value: its strings move into the domain request
 /// instead of being copied (this runs on every mesh request).
-fn http_request(request: CheckRequest) -> Option<HttpRequest> {
+pub(crate) fn http_request(request: CheckRequest) -> Option<HttpRequest> {
     let attributes = request.attributes?;
     let source = source_address(&attributes);
     let http = attributes.request?.http?;

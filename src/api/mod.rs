@@ -5,7 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod check;
-mod convert;
+pub(crate) mod convert;
 pub mod ext_authz;
 pub mod request_id;
 pub mod status;

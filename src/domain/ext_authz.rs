@@ -429,7 +429,10 @@ impl ExtAuthz {
 }
 
 /// The token the request presents, from `authorization: Bearer` or the API-key header.
-fn credential<'r>(policy: &ExtAuthzPolicy, request: &'r HttpRequest) -> Result<&'r str, Denial> {
+pub(crate) fn credential<'r>(
+    policy: &ExtAuthzPolicy,
+    request: &'r HttpRequest,
+) -> Result<&'r str, Denial> {
     let bearer = request.header_values("authorization");
     let api_key = policy
         .api_key_header
@@ -448,7 +451,7 @@ fn credential<'r>(policy: &ExtAuthzPolicy, request: &'r HttpRequest) -> Result<&
 }
 
 /// The organization and workspace ids a matched route names.
-fn route_ids(
+pub(crate) fn route_ids(
     route: &Route,
     captures: &[(&str, &str)],
     request: &HttpRequest,

@@ -61,10 +61,12 @@ pub fn decode(token: &str, fingerprint: [u8; FINGERPRINT_LEN]) -> Result<Option<
     }
     let invalid = || Error::invalid("page_token", "is not a page token of this listing");
     let header = 1 + FINGERPRINT_LEN;
+    // Hex digits only: `from_str_radix` alone also takes a sign ("+f"), so
+    // one cursor would have more than one token.
     if !token.len().is_multiple_of(2)
         || token.len() < 2 * header
         || token.len() > 2 * (header + MAX_CURSOR_BYTES)
-        || !token.is_ascii()
+        || !token.bytes().all(|b| b.is_ascii_hexdigit())
     {
         return Err(invalid());
     }
@@ -120,6 +122,21 @@ mod tests {
         ] {
             assert!(decode(bad, fp).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_hex_digits_continue_a_listing() {
+        let fp = fingerprint(&[b"x"]);
+        let token = encode(fp, &[0x0f, 0xab]);
+        assert_eq!(decode(&token, fp).unwrap(), Some(vec![0x0f, 0xab]));
+        assert_eq!(
+            decode(&token.to_ascii_uppercase(), fp).unwrap(),
+            Some(vec![0x0f, 0xab])
+        );
+        // `u8::from_str_radix` alone reads "+f" as 0x0f.
+        let signed = token.replace("0f", "+f");
+        assert_ne!(signed, token);
+        assert!(decode(&signed, fp).is_err(), "{signed}");
     }
 
     #[test]

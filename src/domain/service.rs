@@ -863,25 +863,7 @@ impl TokenService {
                     .await?;
             }
         }
-        let token_part = query
-            .token_id
-            .map(|id| id.to_bytes().to_vec())
-            .unwrap_or_default();
-        let start = query
-            .start
-            .map(|t| t.as_micros().to_be_bytes().to_vec())
-            .unwrap_or_default();
-        let end = query
-            .end
-            .map(|t| t.as_micros().to_be_bytes().to_vec())
-            .unwrap_or_default();
-        let fingerprint = pagination::fingerprint(&[
-            b"usage",
-            query.org_id.as_bytes(),
-            &token_part,
-            &start,
-            &end,
-        ]);
+        let fingerprint = usage_fingerprint(&query);
         let after = pagination::decode(page_token, fingerprint)?;
         let page = self
             .store
@@ -1128,7 +1110,9 @@ fn evaluate_liveness(
     }
 }
 
-fn validate_actor(claim: &ActorClaim) -> Result<Actor, Error> {
+/// The actor a control-plane credential asserts, validated: both ids well
+/// formed, and a known role.
+pub(crate) fn validate_actor(claim: &ActorClaim) -> Result<Actor, Error> {
     require_id("actor.user_id", &claim.user_id)?;
     require_id("actor.org_id", &claim.org_id)?;
     let role = claim.role.ok_or_else(|| {
@@ -1144,7 +1128,8 @@ fn validate_actor(claim: &ActorClaim) -> Result<Actor, Error> {
     })
 }
 
-fn list_fingerprint(query: &TokenQuery) -> [u8; 8] {
+/// What a ListTokens page token is bound to: the query as authorization narrowed it.
+pub(crate) fn list_fingerprint(query: &TokenQuery) -> [u8; 8] {
     fn opt(value: &Option<String>) -> &[u8] {
         // Ids are printable ASCII, so "\0none" cannot be one.
         value.as_deref().map_or(b"\0none".as_slice(), str::as_bytes)
@@ -1169,7 +1154,25 @@ fn list_fingerprint(query: &TokenQuery) -> [u8; 8] {
     ])
 }
 
-fn audit_fingerprint(query: &AuditQuery) -> [u8; 8] {
+/// What a ListTokenUsage page token is bound to.
+pub(crate) fn usage_fingerprint(query: &UsageQuery) -> [u8; 8] {
+    let token_part = query
+        .token_id
+        .map(|id| id.to_bytes().to_vec())
+        .unwrap_or_default();
+    let start = query
+        .start
+        .map(|t| t.as_micros().to_be_bytes().to_vec())
+        .unwrap_or_default();
+    let end = query
+        .end
+        .map(|t| t.as_micros().to_be_bytes().to_vec())
+        .unwrap_or_default();
+    pagination::fingerprint(&[b"usage", query.org_id.as_bytes(), &token_part, &start, &end])
+}
+
+/// What a ListAuditEvents page token is bound to.
+pub(crate) fn audit_fingerprint(query: &AuditQuery) -> [u8; 8] {
     let opt = |value: &Option<String>| value.clone().unwrap_or_else(|| "\0none".to_owned());
     let time =
         |t: Option<Timestamp>| t.map_or_else(|| "\0none".to_owned(), |t| t.as_micros().to_string());

@@ -2,9 +2,12 @@
 //! points the fuzz targets use, on stable, so that every input the fuzzer
 //! found interesting, and every crash it found and we fixed, stays a test.
 
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf};
 
-fn replay(target: &str, run: fn(&[u8])) -> usize {
+use tokenauth::fuzzing::REQUEST_MESSAGES;
+
+/// Runs every input of a corpus; returns how many there were.
+fn replay(target: &str, mut run: impl FnMut(&[u8])) -> usize {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
         .join(target);
@@ -27,7 +30,24 @@ fn route_corpus() {
     assert!(replay("route", tokenauth::fuzzing::route) > 0);
 }
 
+/// Every request message has inputs in the corpus that pass all of its
+/// conversions, so that its invariants (which hold only for what is
+/// accepted) are replayed, not only its refusals.
 #[test]
 fn request_corpus() {
-    assert!(replay("request", tokenauth::fuzzing::request) > 0);
+    let mut accepted = BTreeSet::new();
+    assert!(
+        replay("request", |data| {
+            accepted.extend(tokenauth::fuzzing::request(data));
+        }) > 0
+    );
+    let missing: Vec<&str> = REQUEST_MESSAGES
+        .iter()
+        .filter(|m| !accepted.contains(*m))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no corpus input is accepted as {missing:?}"
+    );
 }

@@ -141,6 +141,157 @@ async fn a_database_without_its_pepper_refuses_to_start() {
     drop(dir);
 }
 
+/// Starts the real server on `config` and returns why it refused.
+async fn refusal(config: &tokenauth::config::Config) -> String {
+    tokenauth::server::start(config.clone())
+        .await
+        .err()
+        .expect("must refuse to start")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_damaged_pepper_file_refuses_to_start_and_is_left_as_it_was() {
+    let server = TestServer::start().await;
+    let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let config = server.config.clone();
+    let dir = server.stop().await;
+    let path = config.pepper_path();
+    let good = std::fs::read(&path).unwrap();
+    let text = String::from_utf8(good.clone()).unwrap();
+    let key = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let header_only =
+        text.lines()
+            .filter(|l| l.starts_with('#'))
+            .fold(String::new(), |mut header, line| {
+                header.push_str(line);
+                header.push('\n');
+                header
+            });
+    let damaged: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "truncated in its key",
+            good[..good.len() - 20].to_vec(),
+            "64 hex digits",
+        ),
+        (
+            "truncated to its header",
+            header_only.into_bytes(),
+            "holds no key",
+        ),
+        ("truncated to nothing", Vec::new(), "holds no key"),
+        (
+            "overwritten with text",
+            b"not a pepper\n".to_vec(),
+            "line 1",
+        ),
+        (
+            "overwritten with binary",
+            vec![0x00, 0xff, 0xfe, 0x80, 0x0a],
+            "UTF-8",
+        ),
+    ];
+    for (what, bytes, why) in damaged {
+        std::fs::write(&path, &bytes).unwrap();
+        let message = refusal(&config).await;
+        assert!(
+            message.contains(&format!("pepper file {}", path.display())),
+            "{what}: the refusal names the pepper file: {message}"
+        );
+        assert!(message.contains(why), "{what}: {message}");
+        assert!(
+            !message.contains(&key),
+            "{what}: a refusal never prints a key"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{what}: the damaged pepper file is left as it was"
+        );
+    }
+
+    // Repaired, it starts and the token verifies.
+    std::fs::write(&path, &good).unwrap();
+    let running = tokenauth::server::start(config.clone()).await.unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", running.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    crate::harness::wait_until_serving(channel.clone()).await;
+    let response = tokenauth::proto::check_service_client::CheckServiceClient::new(channel)
+        .check(tokenauth::proto::CheckRequest {
+            token: issued.secret.clone(),
+            permission: "scim:read".into(),
+            org_id: "org-1".into(),
+            workspace_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.allowed);
+    running.shutdown().await.unwrap();
+    drop(dir);
+}
+
+/// A database holding tokens but no pepper check value (what an
+/// interrupted `tokenauth migrate` leaves, or damage) cannot tell a wrong
+/// pepper from the right one, so it refuses both rather than adopt one.
+#[tokio::test]
+async fn a_database_with_tokens_but_no_pepper_check_refuses_any_pepper() {
+    let server = TestServer::start().await;
+    issue(&server, service_token("org-1", &["scim:read"])).await;
+    let config = server.config.clone();
+    let dir = server.stop().await;
+    let db_path = config.data_dir.join("db");
+    let pepper_checks = |db: &sled::Db| -> Vec<sled::IVec> {
+        db.open_tree("meta")
+            .unwrap()
+            .scan_prefix(b"pepper_check/")
+            .keys()
+            .map(Result::unwrap)
+            .collect()
+    };
+    {
+        let db = sled::open(&db_path).unwrap();
+        let checks = pepper_checks(&db);
+        assert_eq!(checks.len(), 1, "one key, one check value");
+        for key in checks {
+            db.open_tree("meta").unwrap().remove(key).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    let right = std::fs::read(config.pepper_path()).unwrap();
+    let wrong = format!("1 {}\n", "ab".repeat(32)).into_bytes();
+    for pepper in [&right, &wrong] {
+        std::fs::write(config.pepper_path(), pepper).unwrap();
+        let message = refusal(&config).await;
+        assert!(
+            message.contains(&format!(
+                "pepper file {} cannot be verified",
+                config.pepper_path().display()
+            )),
+            "{message}"
+        );
+    }
+    let db = sled::open(&db_path).unwrap();
+    assert!(
+        pepper_checks(&db).is_empty(),
+        "no check value was recorded for a pepper that could not be verified"
+    );
+    drop(db);
+    drop(dir);
+}
+
 #[tokio::test]
 async fn pepper_rotation_keeps_old_tokens_valid() {
     let server = TestServer::start().await;
