@@ -169,15 +169,22 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // The Display of a database error is only its severity and message;
-        // the detail is where PostgreSQL says what went wrong.
+        // What the error is (its SQLSTATE, message, and the table and
+        // constraint it names), never its DETAIL or WHERE: those quote row
+        // values, such as the digest a unique violation on `digests` is
+        // about, and the cause ends up in the logs.
         match error.as_db_error() {
-            Some(db) => StoreError::Unavailable(format!(
-                "postgres: {} ({}){}",
-                db.message(),
-                db.code().code(),
-                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
-            )),
+            Some(db) => {
+                let mut cause =
+                    format!("postgres: {} (SQLSTATE {}", db.message(), db.code().code());
+                for (what, name) in [("table", db.table()), ("constraint", db.constraint())] {
+                    if let Some(name) = name {
+                        cause.push_str(&format!(", {what} {name}"));
+                    }
+                }
+                cause.push(')');
+                StoreError::Unavailable(cause)
+            }
             None => StoreError::Unavailable(format!("postgres: {error}")),
         }
     }

@@ -1074,3 +1074,78 @@ async fn writes_stuck_on_a_lock_do_not_stop_checks_of_cached_tokens() {
         Reason::Revoked as i32
     );
 }
+
+/// Review: a database error's DETAIL went into the logged cause verbatim,
+/// and for a unique violation it quotes the row (here, the digest of a
+/// secret). The cause names the SQLSTATE, table and constraint instead.
+#[tokio::test]
+async fn a_database_error_is_reported_without_the_rows_it_quotes() {
+    use tokenauth::domain::{
+        audit::{AuditAction, AuditEvent, AuditOutcome},
+        caller::{ActorRef, Method},
+        ids::{EventId, TokenId},
+        time::Timestamp,
+        token::{StoredSecret, TokenKind as Kind, TokenRecord},
+    };
+    let cluster = PgCluster::start();
+    let store = PostgresStore::open(&settings(&cluster.url()))
+        .await
+        .unwrap();
+    let now = Timestamp::from_micros(1_800_000_000_000_000);
+    let digest = Digest([0xab; 32]);
+    let record = |id: TokenId| TokenRecord {
+        id,
+        kind: Kind::Service,
+        org_id: "org-1".into(),
+        workspace_id: String::new(),
+        name: "n".into(),
+        owner_user_id: String::new(),
+        created_by: "test".into(),
+        permissions: vec!["scim:read".into()],
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+        secrets: vec![StoredSecret {
+            key_id: 1,
+            digest,
+            hint: "tksat_abcd".into(),
+            retired_at: None,
+        }],
+    };
+    let event = || AuditEvent {
+        id: EventId::generate(now).unwrap(),
+        time: now,
+        org_id: "org-1".into(),
+        workspace_id: String::new(),
+        actor: ActorRef::default(),
+        action: AuditAction::Issued,
+        target_token_ids: Vec::new(),
+        kind: None,
+        outcome: AuditOutcome::Succeeded,
+        method: Method::IssueToken,
+        detail: String::new(),
+        peer: String::new(),
+        request_id: String::new(),
+    };
+    let first = record(TokenId::generate(now).unwrap());
+    store.insert_token(&first, &event()).await.unwrap();
+    // Another token with the same digest: a unique violation on `digests`,
+    // whose DETAIL is "Key (digest)=(\xabab...) already exists."
+    let second = record(TokenId::generate(now).unwrap());
+    let cause = store
+        .insert_token(&second, &event())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(cause.contains("SQLSTATE 23505"), "{cause}");
+    assert!(cause.contains("digests_pkey"), "{cause}");
+    assert!(cause.contains("table digests"), "{cause}");
+    assert!(
+        !cause.contains("abab"),
+        "a digest reached the cause: {cause}"
+    );
+    assert!(
+        !cause.contains("Key ("),
+        "the DETAIL reached the cause: {cause}"
+    );
+}
