@@ -301,12 +301,16 @@ impl PostgresStore {
         // cache fresh, or every Check would then queue for the pool as well.
         let feed_pool = new_pool(1)?;
         migrate(&pool).await?;
+        // The first window of trust starts where the read that vouches for
+        // it does: revocations committed after this instant are in the log
+        // after `seen`, and the follower's first read applies them.
+        let read_started = Instant::now();
         let seen = clock(&pool).await?;
         let (sender, receiver) = unbounded_channel();
         let feed = tokio::spawn(follow_revocations(
             feed_pool,
             (config, tls),
-            seen,
+            (seen, read_started),
             sender,
             settings.feed.clone(),
         ));
@@ -1186,7 +1190,7 @@ where
 async fn follow_revocations(
     pool: Pool,
     connection: (tokio_postgres::Config, Option<MakeRustlsConnect>),
-    mut seen: Seen,
+    (mut seen, mut proven): (Seen, Instant),
     cache: UnboundedSender<Invalidation>,
     timing: FeedTiming,
 ) {
@@ -1197,8 +1201,7 @@ async fn follow_revocations(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A read can take at most this long, so that staleness is noticed in time.
     let read_timeout = timing.poll_interval.min(Duration::from_millis(250));
-    // `seen` was read when the store opened, just now.
-    let mut proven = Instant::now();
+    // `seen` was read when the store opened, by a read started at `proven`.
     if cache
         .send(Invalidation::TrustUntil(
             (proven + timing.max_staleness).into_std(),

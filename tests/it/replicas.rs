@@ -619,6 +619,33 @@ async fn a_replica_that_missed_log_entries_forgets_its_whole_cache() {
     );
 }
 
+/// Review: the first window of trust was measured from when the follower
+/// task first ran, not from the read of the log that vouches for it, so it
+/// reached past that read's start plus `max_staleness`. (On this test's
+/// single-threaded runtime the follower can only run once `open` has
+/// returned, so the old window always ended after `opened + max_staleness`.)
+#[tokio::test]
+async fn the_first_window_of_trust_starts_at_the_read_that_vouches_for_it() {
+    let cluster = PgCluster::start();
+    let timing = settings(&cluster.url());
+    let store = PostgresStore::open(&timing).await.unwrap();
+    let opened = Instant::now();
+    let mut feed = store.take_invalidations().unwrap();
+    let first = tokio::time::timeout(GIVE_UP, feed.recv())
+        .await
+        .expect("no message from the feed")
+        .expect("the feed ended");
+    let Invalidation::TrustUntil(until) = first else {
+        panic!("the first message is not a window of trust: {first:?}");
+    };
+    assert!(
+        until < opened + timing.feed.max_staleness,
+        "the first window ends {:?} after the store opened, beyond max_staleness ({:?})",
+        until.duration_since(opened),
+        timing.feed.max_staleness
+    );
+}
+
 #[tokio::test]
 async fn a_database_with_a_newer_schema_is_refused() {
     let cluster = PgCluster::start();
