@@ -646,6 +646,184 @@ async fn the_first_window_of_trust_starts_at_the_read_that_vouches_for_it() {
     );
 }
 
+/// Appends a log entry of one digest, as a revoking replica would; written
+/// `age` ago.
+async fn append_log_entry(client: &tokio_postgres::Client, digest: [u8; 32], age: Duration) {
+    client
+        .execute(
+            "WITH c AS (UPDATE revocation_clock SET seq = seq + 1 RETURNING seq) \
+             INSERT INTO revocations (seq, at, digests) \
+             SELECT seq, now() - make_interval(secs => $2), ARRAY[$1::bytea] FROM c",
+            &[&digest.as_slice(), &age.as_secs_f64()],
+        )
+        .await
+        .unwrap();
+}
+
+/// Review: the follower pruned the log inline, with no time limit, so a
+/// prune that waited (here on a row lock, as it could on a half-open
+/// connection) stopped every later read of the log.
+#[tokio::test]
+async fn a_prune_that_waits_does_not_stop_the_follower() {
+    let cluster = PgCluster::start();
+    let mut timing = settings(&cluster.url());
+    // A prune every 100 ms, of entries older than 6 s.
+    timing.feed.retention = Duration::from_secs(6);
+    let store = PostgresStore::open(&timing).await.unwrap();
+    let mut feed = store.take_invalidations().unwrap();
+    let mut client = cluster.client().await;
+    append_log_entry(&client, [1; 32], Duration::from_secs(3600)).await;
+    delivered_or_skipped(&mut feed, Digest([1; 32])).await;
+    // Once the old entry is not the newest any more, the next prune
+    // deletes it, and waits for the lock held here.
+    let lock = client.transaction().await.unwrap();
+    lock.execute("SELECT 1 FROM revocations WHERE seq = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let observer = cluster.client().await;
+    append_log_entry(&observer, [2; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([2; 32])).await;
+    let deadline = Instant::now() + GIVE_UP;
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'DELETE FROM revocations%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no prune waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // With the prune stuck, later entries still arrive.
+    append_log_entry(&observer, [3; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([3; 32])).await;
+    lock.rollback().await.unwrap();
+}
+
+/// A TCP proxy to `upstream` whose connections can be frozen: from then on
+/// they forward nothing and stay open, as a connection whose peer vanished
+/// without a FIN or RST looks; connections accepted later work.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    frozen_before: Arc<std::sync::atomic::AtomicU64>,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::AtomicU64;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen_before = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (frozen, count) = (Arc::clone(&frozen_before), Arc::clone(&accepted));
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let number = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                // Forward at once (Nagle would hold back small writes).
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
+                {
+                    let frozen = Arc::clone(&frozen);
+                    connections.spawn(async move {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let Ok(read) = from.read(&mut buffer).await else {
+                                return;
+                            };
+                            if number <= frozen.load(Ordering::SeqCst) {
+                                // Swallow everything, answer nothing, close nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            if read == 0 || to.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            frozen_before,
+            accepted,
+            task,
+        }
+    }
+
+    /// Freezes every connection accepted so far.
+    fn freeze(&self) {
+        self.frozen_before
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Review: a read of the log that timed out left its connection in the
+/// pool, still owing the answer, so on a half-open connection every later
+/// read queued behind it and timed out too: the replica never read the log
+/// again until TCP gave up (many minutes; with no data in flight, never).
+#[tokio::test]
+async fn a_follower_whose_connection_stops_answering_reconnects() {
+    let cluster = PgCluster::start();
+    let upstream = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), cluster.port());
+    let proxy = FreezingProxy::start(upstream).await;
+    let through = cluster.url().replace(
+        &format!(":{}/", cluster.port()),
+        &format!(":{}/", proxy.addr.port()),
+    );
+    let store = PostgresStore::open(&settings(&through)).await.unwrap();
+    let mut feed = store.take_invalidations().unwrap();
+    let client = cluster.client().await;
+    append_log_entry(&client, [1; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([1; 32])).await;
+    // Every connection the store has (the follower's, LISTEN, the pool's)
+    // now swallows what it is sent and never answers.
+    proxy.freeze();
+    append_log_entry(&client, [2; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([2; 32])).await;
+}
+
+/// Waits for the follower to apply `digest`: it delivers it, or (when
+/// reads time out on a loaded machine) skips to the log's end, emptying
+/// the cache (which covers it), and trusts it again after a read.
+async fn delivered_or_skipped(feed: &mut UnboundedReceiver<Invalidation>, digest: Digest) {
+    let deadline = tokio::time::Instant::now() + GIVE_UP;
+    let mut emptied = false;
+    loop {
+        let message = tokio::time::timeout_at(deadline, feed.recv())
+            .await
+            .expect("the follower neither delivered the entry nor skipped past it")
+            .expect("the feed ended");
+        match message {
+            Invalidation::Digests(digests) if digests.contains(&digest) => return,
+            Invalidation::Digests(_) => {}
+            Invalidation::Stale => emptied = true,
+            Invalidation::TrustUntil(_) if emptied => return,
+            Invalidation::TrustUntil(_) => {}
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_database_with_a_newer_schema_is_refused() {
     let cluster = PgCluster::start();
