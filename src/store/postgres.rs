@@ -64,6 +64,17 @@ const CHANNEL: &str = "tokenauth_revocations";
 const MAX_SCAN_PER_PAGE: usize = 5_000;
 /// Rows fetched per round trip while scanning the audit log.
 const AUDIT_BATCH: i64 = 500;
+/// An organisation's token set, as a transaction-scoped advisory lock
+/// (two int4 keys: a class of our own, then the org id's hash; the schema
+/// lock is a one-key lock, which lives apart). Issuing takes it shared and
+/// RevokeAll exclusively, so that no token of the organisation commits
+/// between a RevokeAll's selection and its commit: under READ COMMITTED,
+/// a token committed after the selection's snapshot would otherwise be
+/// issued, acknowledged and left live while the RevokeAll still runs.
+/// Orgs whose ids share a hash only wait for each other a little.
+const LOCK_ORG_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(7411, hashtext($1))";
+/// See [`LOCK_ORG_SHARED`].
+const LOCK_ORG: &str = "SELECT pg_advisory_xact_lock(7411, hashtext($1))";
 /// TCP keepalive on every connection: the first probe after this much
 /// silence (tokio-postgres' default is two hours, which leaves an idle
 /// LISTEN connection to a vanished server looking alive that long)...
@@ -558,6 +569,8 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let lock = tx.prepare_cached(LOCK_ORG_SHARED).await?;
+        tx.execute(&lock, &[&record.org_id]).await?;
         let insert = tx
             .prepare_cached(
                 "INSERT INTO tokens (id, org_id, workspace_id, owner_user_id, kind, \
@@ -695,6 +708,9 @@ impl Store for PostgresStore {
         };
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Before the selection: issuances of this org in flight commit
+        // first (and are selected), later ones wait for this commit.
+        tx.execute(LOCK_ORG, &[&query.org_id]).await?;
         let filter = Filter::new(&query);
         // Locking in id order, so that two bulk revocations cannot deadlock.
         let sql = format!(
