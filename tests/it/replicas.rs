@@ -528,6 +528,8 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     .await;
     let live = issue(&sled, service_token("org-1", &["scim:read"])).await;
     let revoked = issue(&sled, service_token("org-1", &["scim:read"])).await;
+    // Revoked on sled between two runs of the command.
+    let revoked_later = issue(&sled, service_token("org-1", &["scim:read"])).await;
     sled.tokens()
         .revoke_token(RevokeTokenRequest {
             id: id_of(&revoked),
@@ -542,7 +544,6 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
                 .allowed
         );
     }
-    let events = audit_ids(&sled, "org-1").await;
     let flushing = Instant::now();
     let usage = loop {
         let usage = usage_of(&sled, "org-1").await;
@@ -555,21 +556,40 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let (sled_config, sled_credential) = (sled.config.clone(), sled.control_plane.clone());
     let dir = sled.stop().await;
     let data_dir = dir.path().join("data");
 
     let cluster = PgCluster::start();
     let url = cluster.url();
-    let from = data_dir.to_str().unwrap();
-    let (code, first, stderr) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
+    let from = data_dir.to_str().unwrap().to_owned();
+    let migrate = || run_command(&["migrate", "--from", &from, "--to", &url], &[]);
+    let (code, first, stderr) = migrate();
     assert_eq!(code, Some(0), "{first}{stderr}");
     assert!(first.contains("verified"), "{first}");
     assert!(first.contains("tokens"), "{first}");
 
     // Run again: nothing changes, and it still verifies.
-    let (code, second, stderr) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
+    let (code, second, stderr) = migrate();
     assert_eq!(code, Some(0), "{second}{stderr}");
     assert_eq!(first, second);
+
+    // The source changes (a token revoked on sled) after a run: the next
+    // run copies the change over the stale row, and verifies.
+    let sled = TestServer::resume(dir, sled_config, sled_credential).await;
+    sled.tokens()
+        .revoke_token(RevokeTokenRequest {
+            id: id_of(&revoked_later),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    let events = audit_ids(&sled, "org-1").await;
+    let dir = sled.stop().await;
+    let (code, third, stderr) = migrate();
+    assert_eq!(code, Some(0), "{third}{stderr}");
+    assert!(third.contains("verified"), "{third}");
+    assert_ne!(third, first, "the tokens and audit tables changed");
 
     // A replica on the copy, with the sled server's pepper, knows everything.
     let pepper = data_dir.join("pepper");
@@ -579,20 +599,43 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
             .await
             .allowed
     );
-    assert_eq!(
-        check(&replica, &revoked.secret, "scim:read", "org-1", "")
-            .await
-            .reason,
-        Reason::Revoked as i32
-    );
+    for token in [&revoked, &revoked_later] {
+        assert_eq!(
+            check(&replica, &token.secret, "scim:read", "org-1", "")
+                .await
+                .reason,
+            Reason::Revoked as i32
+        );
+    }
     assert_eq!(audit_ids(&replica, "org-1").await, events);
     assert_eq!(usage_of(&replica, "org-1").await, usage);
 
     // Once the target is in use, a new run says the copy differs and fails.
     issue(&replica, service_token("org-1", &["scim:read"])).await;
-    let (code, third, _) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
-    assert_eq!(code, Some(1), "{third}");
-    assert!(third.contains("DIFFERS"), "{third}");
+    let (code, fourth, _) = migrate();
+    assert_eq!(code, Some(1), "{fourth}");
+    assert!(fourth.contains("DIFFERS"), "{fourth}");
+
+    // Once a replica has revoked there, a new run refuses to write: the
+    // source winning would bring the token back.
+    replica
+        .tokens()
+        .revoke_token(RevokeTokenRequest {
+            id: id_of(&live),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    let (code, fifth, stderr) = migrate();
+    assert_eq!(code, Some(1), "{fifth}{stderr}");
+    assert!(stderr.contains("in use"), "{fifth}{stderr}");
+    assert_eq!(
+        check(&replica, &live.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::Revoked as i32
+    );
+    drop(dir);
 
     // A replica with another pepper refuses to start on the copy.
     let other = tempfile::tempdir().unwrap();
