@@ -83,6 +83,51 @@ async fn first_denial(
 /// not a measurement (BENCHMARKS.md has the distribution).
 const GIVE_UP: Duration = Duration::from_secs(10);
 
+/// Checks sent past the bound that must all be refused before a revocation
+/// is taken as observed.
+const CHECKS_PAST_THE_BOUND: u32 = 20;
+
+/// Checks `secret` on `name` from a revocation's acknowledgement until
+/// [`CHECKS_PAST_THE_BOUND`] Checks sent later than `acknowledged +
+/// max_staleness` have been answered, and asserts that none of those was
+/// allowed: the README's revocation bound, a correctness property however
+/// slow the machine is (`acknowledged` is taken after the acknowledgement
+/// arrived and each Check's time before it is sent, so both err on the
+/// side of the replica). Returns how long after the acknowledgement the
+/// first refused Check was sent.
+async fn refused_past_the_bound(
+    name: &str,
+    replica: &TestServer,
+    secret: &str,
+    acknowledged: Instant,
+) -> Duration {
+    let bound = replica.config.postgres.max_staleness;
+    let mut first_refusal = None;
+    let mut past_the_bound = 0;
+    while past_the_bound < CHECKS_PAST_THE_BOUND {
+        let sent = Instant::now();
+        let allowed = check(replica, secret, "scim:read", "org-1", "")
+            .await
+            .allowed;
+        let after = sent.duration_since(acknowledged);
+        if !allowed {
+            first_refusal.get_or_insert(after);
+        }
+        if after > bound {
+            assert!(
+                !allowed,
+                "replica {name} allowed a Check sent {after:?} after the revocation was \
+                 acknowledged (max_staleness {bound:?})"
+            );
+            past_the_bound += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = first_refusal.unwrap_or_default();
+    println!("the revocation reached {name}: first refused Check sent after {first:?}");
+    first
+}
+
 #[tokio::test]
 async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
     let shared = Shared::new();
@@ -119,10 +164,11 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
             .reason,
         Reason::Revoked as i32
     );
-    for (name, replica) in [("a", a), ("c", c)] {
-        let took = first_denial(replica, &revoked.secret, acknowledged, GIVE_UP).await;
-        let took = took.unwrap_or_else(|| panic!("replica {name} still allows a revoked token"));
-        println!("revoke on b reached {name} after {took:?}");
+    tokio::join!(
+        refused_past_the_bound("a (revoke on b)", a, &revoked.secret, acknowledged),
+        refused_past_the_bound("c (revoke on b)", c, &revoked.secret, acknowledged),
+    );
+    for replica in [a, c] {
         assert_eq!(
             check(replica, &revoked.secret, "scim:read", "org-1", "")
                 .await
@@ -143,13 +189,11 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
         .unwrap()
         .into_inner();
     let acknowledged = Instant::now();
+    tokio::join!(
+        refused_past_the_bound("a (rotation on c)", a, &rotated.secret, acknowledged),
+        refused_past_the_bound("b (rotation on c)", b, &rotated.secret, acknowledged),
+    );
     for replica in [a, b] {
-        assert!(
-            first_denial(replica, &rotated.secret, acknowledged, GIVE_UP)
-                .await
-                .is_some(),
-            "an old secret outlived its rotation on another replica"
-        );
         let new = check(replica, &rotation.secret, "scim:read", "org-1", "").await;
         assert!(new.allowed, "the new secret works everywhere");
     }
@@ -168,22 +212,32 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
         .into_inner();
     assert_eq!(revoked_all.revoked_count, 2, "bulk and rotated");
     let acknowledged = Instant::now();
-    for replica in [b, c] {
-        for secret in [&bulk.secret, &rotation.secret] {
-            assert!(
-                first_denial(replica, secret, acknowledged, GIVE_UP)
-                    .await
-                    .is_some(),
-                "RevokeAll on one replica did not reach another"
-            );
-        }
-    }
+    tokio::join!(
+        refused_past_the_bound("b (RevokeAll on a)", b, &bulk.secret, acknowledged),
+        refused_past_the_bound("c (RevokeAll on a)", c, &bulk.secret, acknowledged),
+        refused_past_the_bound("b (RevokeAll on a)", b, &rotation.secret, acknowledged),
+        refused_past_the_bound("c (RevokeAll on a)", c, &rotation.secret, acknowledged),
+    );
 }
 
+/// The poll alone delivers a revocation: B's LISTEN connection goes silent
+/// (frozen by a proxy, so it neither fails nor reconnects, and no
+/// reconnection wakes the follower), and B trusts its cache for 15 s, so
+/// that only a read of the log on B's own schedule (every 200 ms) can
+/// explain a refusal before B's start + 15 s.
 #[tokio::test]
-async fn a_revocation_reaches_a_replica_whose_notifications_were_cut() {
+async fn a_revocation_reaches_a_replica_whose_notifications_are_lost() {
     let shared = Shared::new();
-    let (a, b) = (shared.replica().await, shared.replica().await);
+    let upstream = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), shared.cluster.port());
+    let proxy = FreezingProxy::start(upstream).await;
+    let a = shared.replica().await;
+    let staleness = Duration::from_secs(15);
+    let b_starting = Instant::now();
+    let b = TestServer::start_replica(&proxy.url_for(&shared.cluster), &shared.pepper, |config| {
+        config.postgres.max_staleness = staleness;
+    })
+    .await;
+    let poll = b.config.postgres.poll_interval;
     let token = issue(&a, service_token("org-1", &["scim:read"])).await;
     assert!(
         check(&b, &token.secret, "scim:read", "org-1", "")
@@ -191,18 +245,31 @@ async fn a_revocation_reaches_a_replica_whose_notifications_were_cut() {
             .allowed
     );
 
-    // Cut every LISTEN connection, then revoke at once: no notification
-    // reaches anyone until the listeners reconnect, so the poll must do it.
+    // B's LISTEN connection: the one through the proxy.
     let admin_client = shared.cluster.client().await;
-    let cut = admin_client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(cut, 2, "one LISTEN connection per replica");
+    let b_listeners = || async {
+        admin_client
+            .query(
+                "SELECT client_port FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| u16::try_from(row.get::<_, i32>(0)).unwrap())
+            .filter(|port| proxy.carries(*port))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + GIVE_UP;
+    let listener = loop {
+        if let [port] = b_listeners().await[..] {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "B never LISTENed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    proxy.freeze_port(listener);
+
     a.tokens()
         .revoke_token(RevokeTokenRequest {
             id: id_of(&token),
@@ -210,9 +277,33 @@ async fn a_revocation_reaches_a_replica_whose_notifications_were_cut() {
         })
         .await
         .unwrap();
-    let took = first_denial(&b, &token.secret, Instant::now(), GIVE_UP).await;
-    println!("revocation without notifications took {took:?}");
-    assert!(took.is_some(), "the poll did not deliver the revocation");
+    let acknowledged = Instant::now();
+    let explained_by_staleness = b_starting + staleness;
+    let took = loop {
+        let allowed = check(&b, &token.secret, "scim:read", "org-1", "")
+            .await
+            .allowed;
+        let answered = Instant::now();
+        assert!(
+            answered < explained_by_staleness,
+            "no refusal before B's cache could have stopped being trusted ({staleness:?} after \
+             B started): the poll did not deliver the revocation"
+        );
+        if !allowed {
+            break answered.duration_since(acknowledged);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    println!(
+        "revocation without notifications reached b {took:?} after the acknowledgement \
+         (poll_interval {poll:?}; the staleness bound could explain a refusal only {:?} after it)",
+        explained_by_staleness.saturating_duration_since(acknowledged)
+    );
+    assert_eq!(
+        b_listeners().await,
+        [listener],
+        "B's listener reconnected: the revocation may have come by its wake-up, not the poll"
+    );
 }
 
 #[tokio::test]
@@ -861,44 +952,66 @@ async fn a_prune_that_waits_does_not_stop_the_follower() {
 
 /// A TCP proxy to `upstream` whose connections can be frozen: from then on
 /// they forward nothing and stay open, as a connection whose peer vanished
-/// without a FIN or RST looks; connections accepted later work.
+/// without a FIN or RST looks (the proxy's kernel still acknowledges what
+/// it is sent, so neither keepalives nor retransmissions notice).
 struct FreezingProxy {
     addr: std::net::SocketAddr,
-    frozen_before: Arc<std::sync::atomic::AtomicU64>,
-    accepted: Arc<std::sync::atomic::AtomicU64>,
+    frozen: Arc<Mutex<Frozen>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Which of a [`FreezingProxy`]'s connections are frozen.
+#[derive(Default)]
+struct Frozen {
+    /// Connections accepted so far (numbered from 1).
+    accepted: u64,
+    /// Every connection numbered up to this one.
+    up_to: u64,
+    /// Connections whose upstream side has these local ports (as the
+    /// database sees them in `pg_stat_activity.client_port`).
+    ports: std::collections::HashSet<u16>,
+    /// The upstream local port of every connection.
+    seen: std::collections::HashSet<u16>,
 }
 
 impl FreezingProxy {
     async fn start(upstream: std::net::SocketAddr) -> Self {
-        use std::sync::atomic::AtomicU64;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let frozen_before = Arc::new(AtomicU64::new(0));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let (frozen, count) = (Arc::clone(&frozen_before), Arc::clone(&accepted));
+        let frozen = Arc::new(Mutex::new(Frozen::default()));
+        let rules = Arc::clone(&frozen);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                let number = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let number = {
+                    let mut rules = rules.lock().unwrap();
+                    rules.accepted += 1;
+                    rules.accepted
+                };
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     continue;
                 };
+                let port = server.local_addr().unwrap().port();
+                rules.lock().unwrap().seen.insert(port);
                 // Forward at once (Nagle would hold back small writes).
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
                 for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
                 {
-                    let frozen = Arc::clone(&frozen);
+                    let rules = Arc::clone(&rules);
                     connections.spawn(async move {
                         let mut buffer = vec![0u8; 64 * 1024];
                         loop {
                             let Ok(read) = from.read(&mut buffer).await else {
                                 return;
                             };
-                            if number <= frozen.load(Ordering::SeqCst) {
+                            let frozen = {
+                                let rules = rules.lock().unwrap();
+                                number <= rules.up_to || rules.ports.contains(&port)
+                            };
+                            if frozen {
                                 // Swallow everything, answer nothing, close nothing.
                                 std::future::pending::<()>().await;
                             }
@@ -910,18 +1023,31 @@ impl FreezingProxy {
                 }
             }
         });
-        Self {
-            addr,
-            frozen_before,
-            accepted,
-            task,
-        }
+        Self { addr, frozen, task }
+    }
+
+    /// `url` (of the database behind the proxy) with the proxy's port instead.
+    fn url_for(&self, cluster: &PgCluster) -> String {
+        cluster.url().replace(
+            &format!(":{}/", cluster.port()),
+            &format!(":{}/", self.addr.port()),
+        )
     }
 
     /// Freezes every connection accepted so far.
-    fn freeze(&self) {
-        self.frozen_before
-            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    fn freeze_all(&self) {
+        let mut rules = self.frozen.lock().unwrap();
+        rules.up_to = rules.accepted;
+    }
+
+    /// Whether the database sees a connection from `port` as one through the proxy.
+    fn carries(&self, port: u16) -> bool {
+        self.frozen.lock().unwrap().seen.contains(&port)
+    }
+
+    /// Freezes the connection the database sees coming from `port`.
+    fn freeze_port(&self, port: u16) {
+        self.frozen.lock().unwrap().ports.insert(port);
     }
 }
 
@@ -940,18 +1066,16 @@ async fn a_follower_whose_connection_stops_answering_reconnects() {
     let cluster = PgCluster::start();
     let upstream = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), cluster.port());
     let proxy = FreezingProxy::start(upstream).await;
-    let through = cluster.url().replace(
-        &format!(":{}/", cluster.port()),
-        &format!(":{}/", proxy.addr.port()),
-    );
-    let store = PostgresStore::open(&settings(&through)).await.unwrap();
+    let store = PostgresStore::open(&settings(&proxy.url_for(&cluster)))
+        .await
+        .unwrap();
     let mut feed = store.take_invalidations().unwrap();
     let client = cluster.client().await;
     append_log_entry(&client, [1; 32], Duration::ZERO).await;
     delivered_or_skipped(&mut feed, Digest([1; 32])).await;
     // Every connection the store has (the follower's, LISTEN, the pool's)
     // now swallows what it is sent and never answers.
-    proxy.freeze();
+    proxy.freeze_all();
     append_log_entry(&client, [2; 32], Duration::ZERO).await;
     delivered_or_skipped(&mut feed, Digest([2; 32])).await;
 }
