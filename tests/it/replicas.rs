@@ -875,6 +875,58 @@ async fn a_replica_that_missed_log_entries_forgets_its_whole_cache() {
     );
 }
 
+/// The effect of a gap, not only the message: a token the cache holds is
+/// read from the database again once the replica finds entries it never
+/// read gone. (Its digest is removed from the database behind the cache's
+/// back first, so the cache and the database tell different answers.)
+#[tokio::test]
+async fn a_replica_that_missed_log_entries_reads_every_token_from_the_database_again() {
+    let shared = Shared::new();
+    let server = TestServer::start_replica(&shared.cluster.url(), &shared.pepper, |config| {
+        // Trust never lapses during the test: only the gap can empty the cache.
+        config.postgres.max_staleness = Duration::from_secs(30);
+    })
+    .await;
+    let token = issue(&server, service_token("org-1", &["scim:read"])).await;
+    assert!(
+        check(&server, &token.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    let client = shared.cluster.client().await;
+    let id = tokenauth::domain::ids::TokenId::parse(&id_of(&token)).unwrap();
+    client
+        .execute(
+            "DELETE FROM digests WHERE token_id = $1",
+            &[&id.to_bytes().as_slice()],
+        )
+        .await
+        .unwrap();
+    assert!(
+        check(&server, &token.secret, "scim:read", "org-1", "")
+            .await
+            .allowed,
+        "answered from the cache"
+    );
+    client
+        .execute("UPDATE revocation_clock SET seq = seq + 3", &[])
+        .await
+        .unwrap();
+    let gap = Instant::now();
+    let took = first_denial(&server, &token.secret, gap, GIVE_UP).await;
+    assert!(
+        took.is_some(),
+        "the cache kept serving a token after a gap in the log"
+    );
+    assert_eq!(
+        check(&server, &token.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::NotFound as i32,
+        "read from the database"
+    );
+}
+
 /// Review: the first window of trust was measured from when the follower
 /// task first ran, not from the read of the log that vouches for it, so it
 /// reached past that read's start plus `max_staleness`. (On this test's
