@@ -96,14 +96,28 @@ pub struct TokenCache {
     gate: RwLock<()>,
     /// The zero of `trusted_until`.
     origin: Instant,
-    /// Nanoseconds after `origin` past which no entry is served (see
-    /// [`TokenCache::trust_until`]); `u64::MAX` (the default, for a store
-    /// only this process writes) when entries never need proving fresh.
+    /// Nanoseconds after `origin` from which no entry is served (see
+    /// [`TokenCache::trust_until`]); `u64::MAX` for a store only this
+    /// process writes, whose entries never need proving fresh.
     trusted_until: AtomicU64,
 }
 
 impl TokenCache {
+    /// A cache in front of a store only this process writes: its entries
+    /// are trusted until a revoke here invalidates them.
     pub fn new(settings: &CacheSettings) -> Self {
+        Self::with_trust(settings, u64::MAX)
+    }
+
+    /// A cache in front of a store other replicas write too: it serves
+    /// nothing until [`TokenCache::trust_until`] says how long its entries
+    /// are known to be fresh, so that a replica whose log follower has not
+    /// yet read the log (or never does) answers every Check from the store.
+    pub fn shared(settings: &CacheSettings) -> Self {
+        Self::with_trust(settings, 0)
+    }
+
+    fn with_trust(settings: &CacheSettings, trusted_until: u64) -> Self {
         Self {
             positive: Cache::builder()
                 .max_capacity(settings.capacity)
@@ -114,14 +128,14 @@ impl TokenCache {
                 .build_with_hasher(BuildHasherDefault::default()),
             gate: RwLock::new(()),
             origin: Instant::now(),
-            trusted_until: AtomicU64::new(u64::MAX),
+            trusted_until: AtomicU64::new(trusted_until),
         }
     }
 
     pub fn get(&self, digest: &Digest) -> Lookup {
         let until = self.trusted_until.load(Ordering::Acquire);
         // One monotonic clock read, only on a store that replicas share.
-        if until != u64::MAX && self.nanos_since_origin(Instant::now()) > until {
+        if until != u64::MAX && self.nanos_since_origin(Instant::now()) >= until {
             return Lookup::Miss;
         }
         if let Some(token) = self.positive.get(digest) {
@@ -162,7 +176,7 @@ impl TokenCache {
         u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Serves entries until `until` and no longer (unless told again): for
+    /// Serves entries until (not at) `until`, unless told again: for
     /// a store shared with other replicas, whose changes this cache learns
     /// of only as fast as they can be read. Call after applying every
     /// invalidation the new bound vouches for.
@@ -245,5 +259,24 @@ mod tests {
 
         cache.trust_until(Instant::now() + Duration::from_secs(60));
         assert!(matches!(cache.get(&digest), Lookup::Found(_)));
+    }
+
+    #[test]
+    fn a_cache_of_a_shared_store_serves_nothing_until_proven_fresh() {
+        let cache = TokenCache::shared(&CacheSettings {
+            capacity: 10,
+            negative_capacity: 10,
+            negative_ttl: Duration::from_secs(60),
+        });
+        let digest = PepperKey::new(1, b"k").digest("secret");
+        let unknown = PepperKey::new(1, b"k").digest("unknown");
+        cache.fill(digest, token(digest));
+        cache.fill_unknown(unknown);
+        assert!(matches!(cache.get(&digest), Lookup::Miss));
+        assert!(matches!(cache.get(&unknown), Lookup::Miss));
+
+        cache.trust_until(Instant::now() + Duration::from_secs(60));
+        assert!(matches!(cache.get(&digest), Lookup::Found(_)));
+        assert!(matches!(cache.get(&unknown), Lookup::Unknown));
     }
 }

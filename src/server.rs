@@ -190,11 +190,16 @@ pub async fn start_with_store(
     // pepper: one made up here would differ from the others'.
     let keyring = pepper::open(&config.pepper_path(), store.as_ref(), !shared).await?;
     let recorder = Arc::new(Recorder::new(policy.catalogue.clone()));
-    let cache = TokenCache::new(&CacheSettings {
+    let cache_settings = CacheSettings {
         capacity: config.cache.capacity,
         negative_capacity: config.cache.negative_capacity,
         negative_ttl: config.cache.negative_ttl,
-    });
+    };
+    let cache = if shared {
+        TokenCache::shared(&cache_settings)
+    } else {
+        TokenCache::new(&cache_settings)
+    };
     let service = Arc::new(TokenService::new(
         Arc::clone(&store),
         cache,

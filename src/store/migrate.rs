@@ -1,10 +1,17 @@
 //! `tokenauth migrate`: copies a sled database into PostgreSQL, verifiably.
 //!
-//! Every table is copied in key order in batches; rows already in the target
-//! are left as they are (so the command can be run again after an
-//! interruption). Then each table is read back from PostgreSQL in the same
+//! Every table is copied in key order in batches. The source wins: a row the
+//! target already holds is replaced by the source's when they differ, so
+//! the command can be run again after an interruption, or after the source
+//! changed (a token revoked on sled since), and the copy converges. Rows
+//! the source no longer holds are not deleted (the target may hold tokens
+//! of its own). Then each table is read back from PostgreSQL in the same
 //! order and its count and SHA-256 compared with the source's: the copy is
 //! verified only if every table matches exactly.
+//!
+//! A target whose revocation log has entries is refused: replicas have
+//! revoked or rotated there, and the source winning would bring revoked
+//! tokens and retired secrets back to life.
 
 use deadpool_postgres::GenericClient;
 use sha2::{Digest as _, Sha256};
@@ -109,6 +116,20 @@ const TABLES: &[(&str, &str, &[u8], &str)] = &[
 
 /// Copies everything in `from` into `to`, then verifies the copy table by table.
 pub async fn migrate(from: &SledStore, to: &PostgresStore) -> Result<Vec<TableReport>, StoreError> {
+    // Nothing but a replica writes the log (this command does not).
+    let logged: i64 = to
+        .client()
+        .await?
+        .query_one("SELECT seq FROM revocation_clock", &[])
+        .await?
+        .try_get(0)?;
+    if logged > 0 {
+        return Err(StoreError::Unsupported(
+            "the target database is in use: replicas have revoked or rotated tokens in it, and \
+             copying the source over it could bring revoked tokens and retired secrets back; \
+             migrate into an empty database",
+        ));
+    }
     let mut reports = Vec::new();
     for &(name, tree, prefix, select) in TABLES {
         let mut source = Fingerprint::default();
@@ -153,7 +174,8 @@ fn i64_of(bytes: &[u8], what: &str) -> Result<i64, StoreError> {
     ))
 }
 
-/// Inserts one batch of `table`'s (key, value) pairs, keeping rows that exist.
+/// Writes one batch of `table`'s (key, value) pairs: inserts the new ones and
+/// replaces those that differ (rows that are the same are not rewritten).
 async fn insert(
     to: &PostgresStore,
     table: &str,
@@ -192,7 +214,12 @@ async fn insert(
                 "INSERT INTO tokens (id, record, org_id, workspace_id, owner_user_id, kind, \
                  expires_at_us, revoked_at_us) \
                  SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::text[], \
-                 $5::text[], $6::int2[], $7::int8[], $8::int8[]) ON CONFLICT DO NOTHING",
+                 $5::text[], $6::int2[], $7::int8[], $8::int8[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, \
+                 org_id = EXCLUDED.org_id, workspace_id = EXCLUDED.workspace_id, \
+                 owner_user_id = EXCLUDED.owner_user_id, kind = EXCLUDED.kind, \
+                 expires_at_us = EXCLUDED.expires_at_us, revoked_at_us = EXCLUDED.revoked_at_us \
+                 WHERE ROW(tokens.*) IS DISTINCT FROM ROW(EXCLUDED.*)",
                 &[
                     &keys,
                     &values,
@@ -209,7 +236,9 @@ async fn insert(
         "digests" => {
             tx.execute(
                 "INSERT INTO digests (digest, token_id) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (digest) DO UPDATE SET token_id = EXCLUDED.token_id \
+                 WHERE digests.token_id <> EXCLUDED.token_id",
                 &[&keys, &values],
             )
             .await?;
@@ -227,7 +256,8 @@ async fn insert(
             tx.execute(
                 "INSERT INTO audit (key, event, id) \
                  SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) \
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT (key) DO UPDATE SET event = EXCLUDED.event, id = EXCLUDED.id \
+                 WHERE ROW(audit.*) IS DISTINCT FROM ROW(EXCLUDED.*)",
                 &[&keys, &values, &ids],
             )
             .await?;
@@ -247,7 +277,9 @@ async fn insert(
             tx.execute(
                 "INSERT INTO usage (org_key, token_key, minute_us, count) \
                  SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT (org_key) DO UPDATE SET token_key = EXCLUDED.token_key, \
+                 minute_us = EXCLUDED.minute_us, count = EXCLUDED.count \
+                 WHERE ROW(usage.*) IS DISTINCT FROM ROW(EXCLUDED.*)",
                 &[&keys, &token_keys, &minutes, &counts],
             )
             .await?;
@@ -262,7 +294,9 @@ async fn insert(
             }
             tx.execute(
                 "INSERT INTO last_used (token_id, at_us) \
-                 SELECT * FROM unnest($1::bytea[], $2::int8[]) ON CONFLICT DO NOTHING",
+                 SELECT * FROM unnest($1::bytea[], $2::int8[]) \
+                 ON CONFLICT (token_id) DO UPDATE SET at_us = EXCLUDED.at_us \
+                 WHERE last_used.at_us <> EXCLUDED.at_us",
                 &[&keys, &times],
             )
             .await?;
@@ -278,7 +312,9 @@ async fn insert(
                 .collect::<Result<Vec<_>, _>>()?;
             tx.execute(
                 "INSERT INTO pepper_checks (key_id, check_value) \
-                 SELECT * FROM unnest($1::int8[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                 SELECT * FROM unnest($1::int8[], $2::bytea[]) \
+                 ON CONFLICT (key_id) DO UPDATE SET check_value = EXCLUDED.check_value \
+                 WHERE pepper_checks.check_value <> EXCLUDED.check_value",
                 &[&ids, &values],
             )
             .await?;

@@ -64,6 +64,35 @@ const CHANNEL: &str = "tokenauth_revocations";
 const MAX_SCAN_PER_PAGE: usize = 5_000;
 /// Rows fetched per round trip while scanning the audit log.
 const AUDIT_BATCH: i64 = 500;
+/// An organisation's token set, as a transaction-scoped advisory lock
+/// (two int4 keys: a class of our own, then the org id's hash; the schema
+/// lock is a one-key lock, which lives apart). Issuing takes it shared and
+/// RevokeAll exclusively, so that no token of the organisation commits
+/// between a RevokeAll's selection and its commit: under READ COMMITTED,
+/// a token committed after the selection's snapshot would otherwise be
+/// issued, acknowledged and left live while the RevokeAll still runs.
+/// Orgs whose ids share a hash only wait for each other a little.
+const LOCK_ORG_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(7411, hashtext($1))";
+/// See [`LOCK_ORG_SHARED`].
+const LOCK_ORG: &str = "SELECT pg_advisory_xact_lock(7411, hashtext($1))";
+/// TCP keepalive on every connection: the first probe after this much
+/// silence (tokio-postgres' default is two hours, which leaves an idle
+/// LISTEN connection to a vanished server looking alive that long)...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// ...then one probe this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and the connection is dropped after this many unanswered ones.
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent and not acknowledged by the peer for this long closes the
+/// connection (TCP_USER_TIMEOUT): a query in flight on a half-open
+/// connection fails after this, not after the kernel's ~15 minutes of
+/// retransmissions. A query that waits on the server (for a lock, say) has
+/// had its bytes acknowledged and is not affected.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most time a prune of the revocation log may take (a tokio timeout, and
+/// the statement timeout of its transaction): it runs beside the follower,
+/// never in its way, but must not hold a pooled connection for long.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema versions, applied in order, each once, in one transaction that
 /// holds an advisory lock (replicas starting together do not race). Never
@@ -169,15 +198,22 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // The Display of a database error is only its severity and message;
-        // the detail is where PostgreSQL says what went wrong.
+        // What the error is (its SQLSTATE, message, and the table and
+        // constraint it names), never its DETAIL or WHERE: those quote row
+        // values, such as the digest a unique violation on `digests` is
+        // about, and the cause ends up in the logs.
         match error.as_db_error() {
-            Some(db) => StoreError::Unavailable(format!(
-                "postgres: {} ({}){}",
-                db.message(),
-                db.code().code(),
-                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
-            )),
+            Some(db) => {
+                let mut cause =
+                    format!("postgres: {} (SQLSTATE {}", db.message(), db.code().code());
+                for (what, name) in [("table", db.table()), ("constraint", db.constraint())] {
+                    if let Some(name) = name {
+                        cause.push_str(&format!(", {what} {name}"));
+                    }
+                }
+                cause.push(')');
+                StoreError::Unavailable(cause)
+            }
             None => StoreError::Unavailable(format!("postgres: {error}")),
         }
     }
@@ -210,6 +246,14 @@ fn connection_config(
     }
     config.connect_timeout(settings.connect_timeout);
     config.application_name("tokenauth");
+    // These replace any keepalive settings in the URL: the revocation bound
+    // and the reconnects rest on a dead connection being noticed.
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
     let tls = match &settings.ca_pem {
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -270,7 +314,7 @@ impl PostgresStore {
     /// revocation log.
     pub async fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
         let (config, tls) = connection_config(settings)?;
-        let new_pool = |size: usize| {
+        let new_pool = |size: usize, config: &tokio_postgres::Config| {
             let manager_config = ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             };
@@ -287,19 +331,39 @@ impl PostgresStore {
                 .build()
                 .map_err(unavailable)
         };
-        let pool = new_pool(settings.pool_size)?;
+        let pool = new_pool(settings.pool_size, &config)?;
         // The revocation log is read over a connection of its own: requests
         // that hold every pooled connection (writes waiting on row locks, a
         // burst of cache misses) must not stop this replica from proving its
         // cache fresh, or every Check would then queue for the pool as well.
-        let feed_pool = new_pool(1)?;
+        // Its statements also end on the server's side, well after the
+        // follower has given up on them (so that its own timeout, which
+        // counts towards skipping ahead, always fires first).
+        let mut feed_config = config.clone();
+        let options = feed_config.get_options().unwrap_or_default().to_owned();
+        let statement_timeout = 4 * read_timeout(&settings.feed);
+        feed_config.options(
+            format!(
+                "{options} -c statement_timeout={}",
+                statement_timeout.as_millis()
+            )
+            .trim_start(),
+        );
+        let feed_pool = new_pool(1, &feed_config)?;
         migrate(&pool).await?;
-        let seen = clock(&pool).await?;
+        // The first window of trust starts where the read that vouches for
+        // it does: revocations committed after this instant are in the log
+        // after `seen`, and the follower's first read applies them.
+        let read_started = Instant::now();
+        let seen = clock(&pool.get().await?).await?;
         let (sender, receiver) = unbounded_channel();
         let feed = tokio::spawn(follow_revocations(
-            feed_pool,
+            Pools {
+                feed: feed_pool,
+                prune: pool.clone(),
+            },
             (config, tls),
-            seen,
+            (seen, read_started),
             sender,
             settings.feed.clone(),
         ));
@@ -378,8 +442,7 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 
 /// The last log entry: its number, and when it was written if it is still
 /// there (see [`Seen`]).
-async fn clock(pool: &Pool) -> Result<Seen, StoreError> {
-    let client = pool.get().await?;
+async fn clock(client: &impl GenericClient) -> Result<Seen, StoreError> {
     let row = client
         .query_one(
             "SELECT c.seq, r.at FROM revocation_clock c \
@@ -506,6 +569,8 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let lock = tx.prepare_cached(LOCK_ORG_SHARED).await?;
+        tx.execute(&lock, &[&record.org_id]).await?;
         let insert = tx
             .prepare_cached(
                 "INSERT INTO tokens (id, org_id, workspace_id, owner_user_id, kind, \
@@ -643,6 +708,9 @@ impl Store for PostgresStore {
         };
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Before the selection: issuances of this org in flight commit
+        // first (and are selected), later ones wait for this commit.
+        tx.execute(LOCK_ORG, &[&query.org_id]).await?;
         let filter = Filter::new(&query);
         // Locking in id order, so that two bulk revocations cannot deadlock.
         let sql = format!(
@@ -1052,8 +1120,7 @@ struct CatchUp {
 
 /// Reads the log entries after `seen` (and `seen` itself, to see that it is
 /// still the entry that was read), in one snapshot.
-async fn catch_up(pool: &Pool, seen: Seen) -> Result<CatchUp, StoreError> {
-    let client = pool.get().await?;
+async fn catch_up(client: &impl GenericClient, seen: Seen) -> Result<CatchUp, StoreError> {
     let statement = client
         .prepare_cached(
             "SELECT c.seq, r.seq, CASE WHEN r.seq > $1 THEN r.digests END, r.at \
@@ -1169,17 +1236,57 @@ where
     }
 }
 
+/// The longest one read of the revocation log may take, so that staleness
+/// is noticed in time.
+fn read_timeout(timing: &FeedTiming) -> Duration {
+    timing.poll_interval.min(Duration::from_millis(250))
+}
+
+/// The follower's connections: its own, for reading the log, and the
+/// replica's pool, for pruning it off the reading path.
+struct Pools {
+    feed: Pool,
+    prune: Pool,
+}
+
+/// Why a bounded exchange with the database gave no answer.
+enum Unanswered {
+    Failed(StoreError),
+    TimedOut,
+}
+
+/// Runs `query` on a connection of `pool` (obtained within the pool's own
+/// wait and connect timeouts), giving up after `limit`. A connection whose
+/// query timed out leaves the pool: the answer it still owes (from a
+/// half-open connection, or a server that stopped answering) would stall
+/// every later query on it, so the next one connects afresh.
+async fn bounded<T>(
+    pool: &Pool,
+    limit: Duration,
+    query: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, StoreError>,
+) -> Result<T, Unanswered> {
+    let mut client = pool.get().await.map_err(|e| Unanswered::Failed(e.into()))?;
+    match timeout(limit, query(&mut client)).await {
+        Ok(outcome) => outcome.map_err(Unanswered::Failed),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(Unanswered::TimedOut)
+        }
+    }
+}
+
 /// Follows the revocation log for this replica's cache: wakes on NOTIFY and
 /// every `poll_interval`, and after each successful read sends what other
 /// replicas revoked, then how long the cache may be trusted (the start of the
 /// read plus `max_staleness`). When reads keep failing, the cache stops
 /// trusting itself at that moment anyway; the follower also empties it then
 /// ([`Invalidation::Stale`]), so that nothing cached before the outage
-/// survives it.
+/// survives it. Every read is bounded in time, and so is the occasional
+/// prune, which runs beside the reads rather than between them.
 async fn follow_revocations(
-    pool: Pool,
+    pools: Pools,
     connection: (tokio_postgres::Config, Option<MakeRustlsConnect>),
-    mut seen: Seen,
+    (mut seen, mut proven): (Seen, Instant),
     cache: UnboundedSender<Invalidation>,
     timing: FeedTiming,
 ) {
@@ -1188,10 +1295,8 @@ async fn follow_revocations(
     let _stop_listener = AbortOnDrop(listener);
     let mut tick = tokio::time::interval(timing.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A read can take at most this long, so that staleness is noticed in time.
-    let read_timeout = timing.poll_interval.min(Duration::from_millis(250));
-    // `seen` was read when the store opened, just now.
-    let mut proven = Instant::now();
+    let read_timeout = read_timeout(&timing);
+    // `seen` was read when the store opened, by a read started at `proven`.
     if cache
         .send(Invalidation::TrustUntil(
             (proven + timing.max_staleness).into_std(),
@@ -1203,6 +1308,7 @@ async fn follow_revocations(
     let mut stale = false;
     let mut timeouts = 0u32;
     let mut last_prune = Instant::now();
+    let mut pruning: Option<AbortOnDrop> = None;
     loop {
         let deadline = proven + timing.max_staleness;
         tokio::select! {
@@ -1226,19 +1332,19 @@ async fn follow_revocations(
         // to read in time, ever: skip to the end of the log, emptying the
         // cache instead of applying them.
         let skip = timeouts >= 2;
-        let read = async {
+        let read = bounded(&pools.feed, read_timeout, async |client| {
             if skip {
                 Ok(CatchUp {
-                    last: clock(&pool).await?,
+                    last: clock(&*client).await?,
                     digests: Vec::new(),
                     gap: true,
                 })
             } else {
-                catch_up(&pool, seen).await
+                catch_up(&*client, seen).await
             }
-        };
-        match timeout(read_timeout, read).await {
-            Ok(Ok(found)) => {
+        });
+        match read.await {
+            Ok(found) => {
                 timeouts = 0;
                 let mut messages = Vec::new();
                 if skip {
@@ -1274,37 +1380,53 @@ async fn follow_revocations(
                     stale = false;
                 }
             }
-            Ok(Err(error)) => tracing::debug!(%error, "reading the revocation log failed"),
-            Err(_) => {
-                tracing::debug!("reading the revocation log timed out");
+            Err(Unanswered::Failed(error)) => {
+                tracing::debug!(%error, "reading the revocation log failed");
+            }
+            Err(Unanswered::TimedOut) => {
+                tracing::debug!("reading the revocation log timed out; its connection is replaced");
                 timeouts += 1;
             }
         }
-        if last_prune.elapsed() >= timing.retention / 60 {
+        let idle = pruning.as_ref().is_none_or(|p| p.0.is_finished());
+        if idle && last_prune.elapsed() >= timing.retention / 60 {
             last_prune = Instant::now();
-            prune_log(&pool, timing.retention).await;
+            pruning = Some(AbortOnDrop(tokio::spawn(prune_log(
+                pools.prune.clone(),
+                timing.retention,
+            ))));
         }
     }
 }
 
 /// Deletes log entries older than `retention` (every replica may; the
 /// deletes are idempotent), except the newest: replicas that have read it
-/// look it up to make sure the log was not replaced meanwhile.
-async fn prune_log(pool: &Pool, retention: Duration) {
-    let pruned = async {
-        let client = pool.get().await?;
-        let seconds = retention.as_secs_f64();
-        client
-            .execute(
-                "DELETE FROM revocations WHERE at < now() - make_interval(secs => $1) \
-                 AND seq < (SELECT seq FROM revocation_clock)",
-                &[&seconds],
-            )
-            .await
-            .map_err(StoreError::from)
-    };
-    if let Err(error) = pruned.await {
-        tracing::debug!(%error, "pruning the revocation log failed");
+/// look it up to make sure the log was not replaced meanwhile. Bounded by
+/// [`PRUNE_TIMEOUT`], on the database's side too.
+async fn prune_log(pool: Pool, retention: Duration) {
+    let seconds = retention.as_secs_f64();
+    let pruned = bounded(&pool, PRUNE_TIMEOUT, async |client| {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            PRUNE_TIMEOUT.as_millis()
+        ))
+        .await?;
+        tx.execute(
+            "DELETE FROM revocations WHERE at < now() - make_interval(secs => $1) \
+             AND seq < (SELECT seq FROM revocation_clock)",
+            &[&seconds],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    });
+    match pruned.await {
+        Ok(()) => {}
+        Err(Unanswered::Failed(error)) => {
+            tracing::debug!(%error, "pruning the revocation log failed");
+        }
+        Err(Unanswered::TimedOut) => tracing::debug!("pruning the revocation log timed out"),
     }
 }
 
@@ -1313,5 +1435,32 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_notices_a_dead_peer_within_seconds() {
+        let settings = PostgresSettings {
+            url: "postgres://u@db/t?keepalives_idle=7200".into(),
+            password: None,
+            ca_pem: None,
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(1),
+            feed: FeedTiming {
+                poll_interval: Duration::from_millis(200),
+                max_staleness: Duration::from_millis(700),
+                retention: Duration::from_secs(3600),
+            },
+        };
+        let (config, _) = connection_config(&settings).unwrap();
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
     }
 }

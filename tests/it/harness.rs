@@ -219,6 +219,15 @@ impl TestServer {
         Self::start_in(self.dir, config, store, self.control_plane, cluster).await
     }
 
+    /// Starts a server again on the data directory `dir` that a stopped
+    /// one left, with that one's `config` and control-plane credential.
+    #[allow(dead_code)] // for the tests, not the benchmarks, which share this file
+    pub async fn resume(dir: TempDir, mut config: Config, control_plane: String) -> Self {
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let store = server::open_store(&config).await.unwrap();
+        Self::start_in(dir, config, store, control_plane, None).await
+    }
+
     /// Stops the server cleanly; the data directory lives as long as the returned handle.
     pub async fn stop(mut self) -> TempDir {
         self.running.take().unwrap().shutdown().await.unwrap();

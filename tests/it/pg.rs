@@ -221,6 +221,12 @@ impl PgCluster {
         format!("postgres://{USER}@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The port the cluster listens on (127.0.0.1).
+    #[allow(dead_code)] // for the tests, not the benchmarks, which share this file
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A client of the database, for looking at what the server wrote.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)

@@ -83,6 +83,51 @@ async fn first_denial(
 /// not a measurement (BENCHMARKS.md has the distribution).
 const GIVE_UP: Duration = Duration::from_secs(10);
 
+/// Checks sent past the bound that must all be refused before a revocation
+/// is taken as observed.
+const CHECKS_PAST_THE_BOUND: u32 = 20;
+
+/// Checks `secret` on `name` from a revocation's acknowledgement until
+/// [`CHECKS_PAST_THE_BOUND`] Checks sent later than `acknowledged +
+/// max_staleness` have been answered, and asserts that none of those was
+/// allowed: the README's revocation bound, a correctness property however
+/// slow the machine is (`acknowledged` is taken after the acknowledgement
+/// arrived and each Check's time before it is sent, so both err on the
+/// side of the replica). Returns how long after the acknowledgement the
+/// first refused Check was sent.
+async fn refused_past_the_bound(
+    name: &str,
+    replica: &TestServer,
+    secret: &str,
+    acknowledged: Instant,
+) -> Duration {
+    let bound = replica.config.postgres.max_staleness;
+    let mut first_refusal = None;
+    let mut past_the_bound = 0;
+    while past_the_bound < CHECKS_PAST_THE_BOUND {
+        let sent = Instant::now();
+        let allowed = check(replica, secret, "scim:read", "org-1", "")
+            .await
+            .allowed;
+        let after = sent.duration_since(acknowledged);
+        if !allowed {
+            first_refusal.get_or_insert(after);
+        }
+        if after > bound {
+            assert!(
+                !allowed,
+                "replica {name} allowed a Check sent {after:?} after the revocation was \
+                 acknowledged (max_staleness {bound:?})"
+            );
+            past_the_bound += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = first_refusal.unwrap_or_default();
+    println!("the revocation reached {name}: first refused Check sent after {first:?}");
+    first
+}
+
 #[tokio::test]
 async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
     let shared = Shared::new();
@@ -119,10 +164,11 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
             .reason,
         Reason::Revoked as i32
     );
-    for (name, replica) in [("a", a), ("c", c)] {
-        let took = first_denial(replica, &revoked.secret, acknowledged, GIVE_UP).await;
-        let took = took.unwrap_or_else(|| panic!("replica {name} still allows a revoked token"));
-        println!("revoke on b reached {name} after {took:?}");
+    tokio::join!(
+        refused_past_the_bound("a (revoke on b)", a, &revoked.secret, acknowledged),
+        refused_past_the_bound("c (revoke on b)", c, &revoked.secret, acknowledged),
+    );
+    for replica in [a, c] {
         assert_eq!(
             check(replica, &revoked.secret, "scim:read", "org-1", "")
                 .await
@@ -143,13 +189,11 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
         .unwrap()
         .into_inner();
     let acknowledged = Instant::now();
+    tokio::join!(
+        refused_past_the_bound("a (rotation on c)", a, &rotated.secret, acknowledged),
+        refused_past_the_bound("b (rotation on c)", b, &rotated.secret, acknowledged),
+    );
     for replica in [a, b] {
-        assert!(
-            first_denial(replica, &rotated.secret, acknowledged, GIVE_UP)
-                .await
-                .is_some(),
-            "an old secret outlived its rotation on another replica"
-        );
         let new = check(replica, &rotation.secret, "scim:read", "org-1", "").await;
         assert!(new.allowed, "the new secret works everywhere");
     }
@@ -168,22 +212,32 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
         .into_inner();
     assert_eq!(revoked_all.revoked_count, 2, "bulk and rotated");
     let acknowledged = Instant::now();
-    for replica in [b, c] {
-        for secret in [&bulk.secret, &rotation.secret] {
-            assert!(
-                first_denial(replica, secret, acknowledged, GIVE_UP)
-                    .await
-                    .is_some(),
-                "RevokeAll on one replica did not reach another"
-            );
-        }
-    }
+    tokio::join!(
+        refused_past_the_bound("b (RevokeAll on a)", b, &bulk.secret, acknowledged),
+        refused_past_the_bound("c (RevokeAll on a)", c, &bulk.secret, acknowledged),
+        refused_past_the_bound("b (RevokeAll on a)", b, &rotation.secret, acknowledged),
+        refused_past_the_bound("c (RevokeAll on a)", c, &rotation.secret, acknowledged),
+    );
 }
 
+/// The poll alone delivers a revocation: B's LISTEN connection goes silent
+/// (frozen by a proxy, so it neither fails nor reconnects, and no
+/// reconnection wakes the follower), and B trusts its cache for 15 s, so
+/// that only a read of the log on B's own schedule (every 200 ms) can
+/// explain a refusal before B's start + 15 s.
 #[tokio::test]
-async fn a_revocation_reaches_a_replica_whose_notifications_were_cut() {
+async fn a_revocation_reaches_a_replica_whose_notifications_are_lost() {
     let shared = Shared::new();
-    let (a, b) = (shared.replica().await, shared.replica().await);
+    let upstream = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), shared.cluster.port());
+    let proxy = FreezingProxy::start(upstream).await;
+    let a = shared.replica().await;
+    let staleness = Duration::from_secs(15);
+    let b_starting = Instant::now();
+    let b = TestServer::start_replica(&proxy.url_for(&shared.cluster), &shared.pepper, |config| {
+        config.postgres.max_staleness = staleness;
+    })
+    .await;
+    let poll = b.config.postgres.poll_interval;
     let token = issue(&a, service_token("org-1", &["scim:read"])).await;
     assert!(
         check(&b, &token.secret, "scim:read", "org-1", "")
@@ -191,18 +245,31 @@ async fn a_revocation_reaches_a_replica_whose_notifications_were_cut() {
             .allowed
     );
 
-    // Cut every LISTEN connection, then revoke at once: no notification
-    // reaches anyone until the listeners reconnect, so the poll must do it.
+    // B's LISTEN connection: the one through the proxy.
     let admin_client = shared.cluster.client().await;
-    let cut = admin_client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(cut, 2, "one LISTEN connection per replica");
+    let b_listeners = || async {
+        admin_client
+            .query(
+                "SELECT client_port FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| u16::try_from(row.get::<_, i32>(0)).unwrap())
+            .filter(|port| proxy.carries(*port))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + GIVE_UP;
+    let listener = loop {
+        if let [port] = b_listeners().await[..] {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "B never LISTENed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    proxy.freeze_port(listener);
+
     a.tokens()
         .revoke_token(RevokeTokenRequest {
             id: id_of(&token),
@@ -210,37 +277,75 @@ async fn a_revocation_reaches_a_replica_whose_notifications_were_cut() {
         })
         .await
         .unwrap();
-    let took = first_denial(&b, &token.secret, Instant::now(), GIVE_UP).await;
-    println!("revocation without notifications took {took:?}");
-    assert!(took.is_some(), "the poll did not deliver the revocation");
+    let acknowledged = Instant::now();
+    let explained_by_staleness = b_starting + staleness;
+    let took = loop {
+        let allowed = check(&b, &token.secret, "scim:read", "org-1", "")
+            .await
+            .allowed;
+        let answered = Instant::now();
+        assert!(
+            answered < explained_by_staleness,
+            "no refusal before B's cache could have stopped being trusted ({staleness:?} after \
+             B started): the poll did not deliver the revocation"
+        );
+        if !allowed {
+            break answered.duration_since(acknowledged);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    println!(
+        "revocation without notifications reached b {took:?} after the acknowledgement \
+         (poll_interval {poll:?}; the staleness bound could explain a refusal only {:?} after it)",
+        explained_by_staleness.saturating_duration_since(acknowledged)
+    );
+    assert_eq!(
+        b_listeners().await,
+        [listener],
+        "B's listener reconnected: the revocation may have come by its wake-up, not the poll"
+    );
+}
+
+/// One Check the load made during the outage test.
+struct Observed {
+    sent: Instant,
+    answered: Instant,
+    /// `None`: the Check failed (with UNAVAILABLE, the only error allowed).
+    allowed: Option<bool>,
 }
 
 #[tokio::test]
 async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itself() {
     let shared = Shared::new();
+    let staleness = Duration::from_secs(6);
     let server = TestServer::start_replica(&shared.cluster.url(), &shared.pepper, |config| {
-        // Long enough that the Checks right after the stop surely fall
-        // inside it even on a loaded machine.
-        config.postgres.max_staleness = Duration::from_secs(5);
+        config.postgres.max_staleness = staleness;
     })
     .await;
     let token = issue(&server, service_token("org-1", &["scim:read"])).await;
-    assert!(
-        check(&server, &token.secret, "scim:read", "org-1", "")
-            .await
-            .allowed
-    );
+    let marker = issue(&server, service_token("org-1", &["scim:read"])).await;
+    for cached in [&token, &marker] {
+        assert!(
+            check(&server, &cached.secret, "scim:read", "org-1", "")
+                .await
+                .allowed
+        );
+    }
 
-    // Load during the outage: Checks and issues, recording what was acknowledged.
+    // Load through the outage: issues and Checks, recording what was
+    // acknowledged and what each Check answered.
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let observed = Arc::new(Mutex::new(Vec::new()));
     let load = {
-        let tokens = server.tokens();
-        let checks = server.check();
-        let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
+        let (mut tokens, mut checks) = (server.tokens(), server.check());
+        let (stop, acknowledged, observed) = (
+            Arc::clone(&stop),
+            Arc::clone(&acknowledged),
+            Arc::clone(&observed),
+        );
         let secret = token.secret.clone();
         tokio::spawn(async move {
-            let (mut tokens, mut checks) = (tokens, checks);
             let mut failures = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 match tokens
@@ -253,7 +358,8 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                         failures += 1;
                     }
                 }
-                let _ = checks
+                let sent = Instant::now();
+                let outcome = checks
                     .check(tokenauth::proto::CheckRequest {
                         token: secret.clone(),
                         permission: "scim:read".into(),
@@ -261,6 +367,18 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                         workspace_id: String::new(),
                     })
                     .await;
+                let allowed = match outcome {
+                    Ok(response) => Some(response.into_inner().allowed),
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                        None
+                    }
+                };
+                observed.lock().unwrap().push(Observed {
+                    sent,
+                    answered: Instant::now(),
+                    allowed,
+                });
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             failures
@@ -268,12 +386,38 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
 
+    // A read of the log just before the stop, proven: the marker's digest
+    // goes from the database behind the cache's back, and a log entry
+    // names it. The cached marker is refused only once the follower has
+    // read that entry, and that read vouches for the cache until at least
+    // `logged + staleness`.
+    let client = shared.cluster.client().await;
+    let marker_id = tokenauth::domain::ids::TokenId::parse(&id_of(&marker)).unwrap();
+    let digest: Vec<u8> = client
+        .query_one(
+            "DELETE FROM digests WHERE token_id = $1 RETURNING digest",
+            &[&marker_id.to_bytes().as_slice()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let logged = Instant::now();
+    append_log_entry(&client, digest.try_into().unwrap(), Duration::ZERO).await;
+    assert!(
+        first_denial(&server, &marker.secret, logged, GIVE_UP)
+            .await
+            .is_some(),
+        "the follower never read the log"
+    );
+    let vouched_until = logged + staleness;
+
     shared.cluster.stop();
     let stopped = Instant::now();
-    // Within the freshness bound the cached token still answers.
+    // Inside the bound the last read vouches for, the cached token answers.
     let cached = check(&server, &token.secret, "scim:read", "org-1", "").await;
+    let answered = Instant::now();
     assert!(
-        stopped.elapsed() >= Duration::from_secs(5) || cached.allowed,
+        answered >= vouched_until || cached.allowed,
         "a cached token was refused inside the freshness bound"
     );
     let issue_now = server
@@ -284,8 +428,14 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
     assert_eq!(issue_now.code(), Code::Unavailable);
     wait_for_status(&server.channel, "tokenauth.v1.TokenService", NOT_SERVING).await;
 
-    // Past the bound, Checks fail closed: an error, never an allow.
-    let closed = loop {
+    // Past the bound (no read that succeeded can have started after the
+    // stop completed), Checks fail closed: an error or a refusal, never an
+    // allow. Checked for a second of Checks.
+    let closed_from = stopped + staleness;
+    tokio::time::sleep_until(closed_from.into()).await;
+    let mut closed = 0;
+    while Instant::now() < closed_from + Duration::from_secs(1) {
+        let sent = Instant::now();
         let outcome = server
             .check()
             .check(tokenauth::proto::CheckRequest {
@@ -296,20 +446,21 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
             })
             .await;
         match outcome {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(stopped.elapsed() < GIVE_UP + Duration::from_secs(5));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+            Ok(response) => assert!(
+                !response.into_inner().allowed,
+                "a Check sent {:?} after the database stopped was allowed (max_staleness \
+                 {staleness:?})",
+                sent.duration_since(stopped)
+            ),
         }
-    };
-    assert_eq!(closed.code(), Code::Unavailable);
-    println!(
-        "Checks failed closed {:?} after the stop",
-        stopped.elapsed()
-    );
+        closed += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed > 0);
 
     // The database comes back: the replica reconnects by itself.
+    let restarting = Instant::now();
     shared.cluster.start_again();
     wait_for_status(&server.channel, "tokenauth.v1.TokenService", SERVING).await;
     let recovered = Instant::now();
@@ -334,9 +485,67 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
     let failures = load.await.unwrap();
     assert!(failures > 0, "the load saw the outage");
 
-    // Nothing acknowledged was lost.
+    // What the load's Checks answered: allowed while the last read vouched
+    // for the cache, never allowed from the bound until the restart began.
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    let mut in_closed_window = 0;
+    for check in &observed {
+        if check.answered < vouched_until {
+            assert_eq!(
+                check.allowed,
+                Some(true),
+                "a load Check answered {:?} after the stop, inside the freshness bound, was not \
+                 allowed",
+                check.answered.saturating_duration_since(stopped)
+            );
+        }
+        if check.sent >= closed_from && check.answered < restarting {
+            in_closed_window += 1;
+            assert_ne!(
+                check.allowed,
+                Some(true),
+                "a load Check sent {:?} after the stop was allowed",
+                check.sent.duration_since(stopped)
+            );
+        }
+    }
+    assert!(in_closed_window > 0, "no load Check fell past the bound");
+    let first_closed = observed
+        .iter()
+        .find(|c| c.sent >= stopped && c.allowed != Some(true))
+        .map(|c| c.sent.duration_since(stopped));
+    println!(
+        "{} load Checks; the first not allowed was sent {first_closed:?} after the stop \
+         (max_staleness {staleness:?}); {in_closed_window} past the bound, none allowed",
+        observed.len()
+    );
+
+    // Nothing acknowledged was lost: every acknowledged issue is in the
+    // database after the restart, and allowed.
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(!acknowledged.is_empty());
+    let ids: Vec<Vec<u8>> = acknowledged
+        .iter()
+        .map(|issued| {
+            tokenauth::domain::ids::TokenId::parse(&id_of(issued))
+                .unwrap()
+                .to_bytes()
+                .to_vec()
+        })
+        .collect();
+    let stored: i64 = shared
+        .cluster
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM tokens WHERE id = ANY($1)", &[&ids])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored as usize,
+        acknowledged.len(),
+        "acknowledged issues lost"
+    );
     for issued in &acknowledged {
         let response = check(&server, &issued.secret, "scim:read", "org-1", "").await;
         assert!(
@@ -345,6 +554,10 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
             id_of(issued)
         );
     }
+    println!(
+        "{} issues acknowledged, all kept; {failures} refused with UNAVAILABLE",
+        acknowledged.len()
+    );
 }
 
 #[tokio::test]
@@ -418,6 +631,8 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     .await;
     let live = issue(&sled, service_token("org-1", &["scim:read"])).await;
     let revoked = issue(&sled, service_token("org-1", &["scim:read"])).await;
+    // Revoked on sled between two runs of the command.
+    let revoked_later = issue(&sled, service_token("org-1", &["scim:read"])).await;
     sled.tokens()
         .revoke_token(RevokeTokenRequest {
             id: id_of(&revoked),
@@ -432,7 +647,6 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
                 .allowed
         );
     }
-    let events = audit_ids(&sled, "org-1").await;
     let flushing = Instant::now();
     let usage = loop {
         let usage = usage_of(&sled, "org-1").await;
@@ -445,21 +659,40 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let (sled_config, sled_credential) = (sled.config.clone(), sled.control_plane.clone());
     let dir = sled.stop().await;
     let data_dir = dir.path().join("data");
 
     let cluster = PgCluster::start();
     let url = cluster.url();
-    let from = data_dir.to_str().unwrap();
-    let (code, first, stderr) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
+    let from = data_dir.to_str().unwrap().to_owned();
+    let migrate = || run_command(&["migrate", "--from", &from, "--to", &url], &[]);
+    let (code, first, stderr) = migrate();
     assert_eq!(code, Some(0), "{first}{stderr}");
     assert!(first.contains("verified"), "{first}");
     assert!(first.contains("tokens"), "{first}");
 
     // Run again: nothing changes, and it still verifies.
-    let (code, second, stderr) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
+    let (code, second, stderr) = migrate();
     assert_eq!(code, Some(0), "{second}{stderr}");
     assert_eq!(first, second);
+
+    // The source changes (a token revoked on sled) after a run: the next
+    // run copies the change over the stale row, and verifies.
+    let sled = TestServer::resume(dir, sled_config, sled_credential).await;
+    sled.tokens()
+        .revoke_token(RevokeTokenRequest {
+            id: id_of(&revoked_later),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    let events = audit_ids(&sled, "org-1").await;
+    let dir = sled.stop().await;
+    let (code, third, stderr) = migrate();
+    assert_eq!(code, Some(0), "{third}{stderr}");
+    assert!(third.contains("verified"), "{third}");
+    assert_ne!(third, first, "the tokens and audit tables changed");
 
     // A replica on the copy, with the sled server's pepper, knows everything.
     let pepper = data_dir.join("pepper");
@@ -469,20 +702,43 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
             .await
             .allowed
     );
-    assert_eq!(
-        check(&replica, &revoked.secret, "scim:read", "org-1", "")
-            .await
-            .reason,
-        Reason::Revoked as i32
-    );
+    for token in [&revoked, &revoked_later] {
+        assert_eq!(
+            check(&replica, &token.secret, "scim:read", "org-1", "")
+                .await
+                .reason,
+            Reason::Revoked as i32
+        );
+    }
     assert_eq!(audit_ids(&replica, "org-1").await, events);
     assert_eq!(usage_of(&replica, "org-1").await, usage);
 
     // Once the target is in use, a new run says the copy differs and fails.
     issue(&replica, service_token("org-1", &["scim:read"])).await;
-    let (code, third, _) = run_command(&["migrate", "--from", from, "--to", &url], &[]);
-    assert_eq!(code, Some(1), "{third}");
-    assert!(third.contains("DIFFERS"), "{third}");
+    let (code, fourth, _) = migrate();
+    assert_eq!(code, Some(1), "{fourth}");
+    assert!(fourth.contains("DIFFERS"), "{fourth}");
+
+    // Once a replica has revoked there, a new run refuses to write: the
+    // source winning would bring the token back.
+    replica
+        .tokens()
+        .revoke_token(RevokeTokenRequest {
+            id: id_of(&live),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    let (code, fifth, stderr) = migrate();
+    assert_eq!(code, Some(1), "{fifth}{stderr}");
+    assert!(stderr.contains("in use"), "{fifth}{stderr}");
+    assert_eq!(
+        check(&replica, &live.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::Revoked as i32
+    );
+    drop(dir);
 
     // A replica with another pepper refuses to start on the copy.
     let other = tempfile::tempdir().unwrap();
@@ -617,6 +873,296 @@ async fn a_replica_that_missed_log_entries_forgets_its_whole_cache() {
         next_change(&mut feed).await,
         Invalidation::Digests(vec![Digest([7; 32])])
     );
+}
+
+/// The effect of a gap, not only the message: a token the cache holds is
+/// read from the database again once the replica finds entries it never
+/// read gone. (Its digest is removed from the database behind the cache's
+/// back first, so the cache and the database tell different answers.)
+#[tokio::test]
+async fn a_replica_that_missed_log_entries_reads_every_token_from_the_database_again() {
+    let shared = Shared::new();
+    let server = TestServer::start_replica(&shared.cluster.url(), &shared.pepper, |config| {
+        // Trust never lapses during the test: only the gap can empty the cache.
+        config.postgres.max_staleness = Duration::from_secs(30);
+    })
+    .await;
+    let token = issue(&server, service_token("org-1", &["scim:read"])).await;
+    assert!(
+        check(&server, &token.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    let client = shared.cluster.client().await;
+    let id = tokenauth::domain::ids::TokenId::parse(&id_of(&token)).unwrap();
+    client
+        .execute(
+            "DELETE FROM digests WHERE token_id = $1",
+            &[&id.to_bytes().as_slice()],
+        )
+        .await
+        .unwrap();
+    assert!(
+        check(&server, &token.secret, "scim:read", "org-1", "")
+            .await
+            .allowed,
+        "answered from the cache"
+    );
+    client
+        .execute("UPDATE revocation_clock SET seq = seq + 3", &[])
+        .await
+        .unwrap();
+    let gap = Instant::now();
+    let took = first_denial(&server, &token.secret, gap, GIVE_UP).await;
+    assert!(
+        took.is_some(),
+        "the cache kept serving a token after a gap in the log"
+    );
+    assert_eq!(
+        check(&server, &token.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::NotFound as i32,
+        "read from the database"
+    );
+}
+
+/// Review: the first window of trust was measured from when the follower
+/// task first ran, not from the read of the log that vouches for it, so it
+/// reached past that read's start plus `max_staleness`. (On this test's
+/// single-threaded runtime the follower can only run once `open` has
+/// returned, so the old window always ended after `opened + max_staleness`.)
+#[tokio::test]
+async fn the_first_window_of_trust_starts_at_the_read_that_vouches_for_it() {
+    let cluster = PgCluster::start();
+    let timing = settings(&cluster.url());
+    let store = PostgresStore::open(&timing).await.unwrap();
+    let opened = Instant::now();
+    let mut feed = store.take_invalidations().unwrap();
+    let first = tokio::time::timeout(GIVE_UP, feed.recv())
+        .await
+        .expect("no message from the feed")
+        .expect("the feed ended");
+    let Invalidation::TrustUntil(until) = first else {
+        panic!("the first message is not a window of trust: {first:?}");
+    };
+    assert!(
+        until < opened + timing.feed.max_staleness,
+        "the first window ends {:?} after the store opened, beyond max_staleness ({:?})",
+        until.duration_since(opened),
+        timing.feed.max_staleness
+    );
+}
+
+/// Appends a log entry of one digest, as a revoking replica would; written
+/// `age` ago.
+async fn append_log_entry(client: &tokio_postgres::Client, digest: [u8; 32], age: Duration) {
+    client
+        .execute(
+            "WITH c AS (UPDATE revocation_clock SET seq = seq + 1 RETURNING seq) \
+             INSERT INTO revocations (seq, at, digests) \
+             SELECT seq, now() - make_interval(secs => $2), ARRAY[$1::bytea] FROM c",
+            &[&digest.as_slice(), &age.as_secs_f64()],
+        )
+        .await
+        .unwrap();
+}
+
+/// Review: the follower pruned the log inline, with no time limit, so a
+/// prune that waited (here on a row lock, as it could on a half-open
+/// connection) stopped every later read of the log.
+#[tokio::test]
+async fn a_prune_that_waits_does_not_stop_the_follower() {
+    let cluster = PgCluster::start();
+    let mut timing = settings(&cluster.url());
+    // A prune every 100 ms, of entries older than 6 s.
+    timing.feed.retention = Duration::from_secs(6);
+    let store = PostgresStore::open(&timing).await.unwrap();
+    let mut feed = store.take_invalidations().unwrap();
+    let mut client = cluster.client().await;
+    append_log_entry(&client, [1; 32], Duration::from_secs(3600)).await;
+    delivered_or_skipped(&mut feed, Digest([1; 32])).await;
+    // Once the old entry is not the newest any more, the next prune
+    // deletes it, and waits for the lock held here.
+    let lock = client.transaction().await.unwrap();
+    lock.execute("SELECT 1 FROM revocations WHERE seq = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let observer = cluster.client().await;
+    append_log_entry(&observer, [2; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([2; 32])).await;
+    let deadline = Instant::now() + GIVE_UP;
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'DELETE FROM revocations%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no prune waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // With the prune stuck, later entries still arrive.
+    append_log_entry(&observer, [3; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([3; 32])).await;
+    lock.rollback().await.unwrap();
+}
+
+/// A TCP proxy to `upstream` whose connections can be frozen: from then on
+/// they forward nothing and stay open, as a connection whose peer vanished
+/// without a FIN or RST looks (the proxy's kernel still acknowledges what
+/// it is sent, so neither keepalives nor retransmissions notice).
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    frozen: Arc<Mutex<Frozen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Which of a [`FreezingProxy`]'s connections are frozen.
+#[derive(Default)]
+struct Frozen {
+    /// Connections accepted so far (numbered from 1).
+    accepted: u64,
+    /// Every connection numbered up to this one.
+    up_to: u64,
+    /// Connections whose upstream side has these local ports (as the
+    /// database sees them in `pg_stat_activity.client_port`).
+    ports: std::collections::HashSet<u16>,
+    /// The upstream local port of every connection.
+    seen: std::collections::HashSet<u16>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(Mutex::new(Frozen::default()));
+        let rules = Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let number = {
+                    let mut rules = rules.lock().unwrap();
+                    rules.accepted += 1;
+                    rules.accepted
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let port = server.local_addr().unwrap().port();
+                rules.lock().unwrap().seen.insert(port);
+                // Forward at once (Nagle would hold back small writes).
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
+                {
+                    let rules = Arc::clone(&rules);
+                    connections.spawn(async move {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let Ok(read) = from.read(&mut buffer).await else {
+                                return;
+                            };
+                            let frozen = {
+                                let rules = rules.lock().unwrap();
+                                number <= rules.up_to || rules.ports.contains(&port)
+                            };
+                            if frozen {
+                                // Swallow everything, answer nothing, close nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            if read == 0 || to.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, frozen, task }
+    }
+
+    /// `url` (of the database behind the proxy) with the proxy's port instead.
+    fn url_for(&self, cluster: &PgCluster) -> String {
+        cluster.url().replace(
+            &format!(":{}/", cluster.port()),
+            &format!(":{}/", self.addr.port()),
+        )
+    }
+
+    /// Freezes every connection accepted so far.
+    fn freeze_all(&self) {
+        let mut rules = self.frozen.lock().unwrap();
+        rules.up_to = rules.accepted;
+    }
+
+    /// Whether the database sees a connection from `port` as one through the proxy.
+    fn carries(&self, port: u16) -> bool {
+        self.frozen.lock().unwrap().seen.contains(&port)
+    }
+
+    /// Freezes the connection the database sees coming from `port`.
+    fn freeze_port(&self, port: u16) {
+        self.frozen.lock().unwrap().ports.insert(port);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Review: a read of the log that timed out left its connection in the
+/// pool, still owing the answer, so on a half-open connection every later
+/// read queued behind it and timed out too: the replica never read the log
+/// again until TCP gave up (many minutes; with no data in flight, never).
+#[tokio::test]
+async fn a_follower_whose_connection_stops_answering_reconnects() {
+    let cluster = PgCluster::start();
+    let upstream = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), cluster.port());
+    let proxy = FreezingProxy::start(upstream).await;
+    let store = PostgresStore::open(&settings(&proxy.url_for(&cluster)))
+        .await
+        .unwrap();
+    let mut feed = store.take_invalidations().unwrap();
+    let client = cluster.client().await;
+    append_log_entry(&client, [1; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([1; 32])).await;
+    // Every connection the store has (the follower's, LISTEN, the pool's)
+    // now swallows what it is sent and never answers.
+    proxy.freeze_all();
+    append_log_entry(&client, [2; 32], Duration::ZERO).await;
+    delivered_or_skipped(&mut feed, Digest([2; 32])).await;
+}
+
+/// Waits for the follower to apply `digest`: it delivers it, or (when
+/// reads time out on a loaded machine) skips to the log's end, emptying
+/// the cache (which covers it), and trusts it again after a read.
+async fn delivered_or_skipped(feed: &mut UnboundedReceiver<Invalidation>, digest: Digest) {
+    let deadline = tokio::time::Instant::now() + GIVE_UP;
+    let mut emptied = false;
+    loop {
+        let message = tokio::time::timeout_at(deadline, feed.recv())
+            .await
+            .expect("the follower neither delivered the entry nor skipped past it")
+            .expect("the feed ended");
+        match message {
+            Invalidation::Digests(digests) if digests.contains(&digest) => return,
+            Invalidation::Digests(_) => {}
+            Invalidation::Stale => emptied = true,
+            Invalidation::TrustUntil(_) if emptied => return,
+            Invalidation::TrustUntil(_) => {}
+        }
+    }
 }
 
 #[tokio::test]
@@ -1072,5 +1618,80 @@ async fn writes_stuck_on_a_lock_do_not_stop_checks_of_cached_tokens() {
             .await
             .reason,
         Reason::Revoked as i32
+    );
+}
+
+/// Review: a database error's DETAIL went into the logged cause verbatim,
+/// and for a unique violation it quotes the row (here, the digest of a
+/// secret). The cause names the SQLSTATE, table and constraint instead.
+#[tokio::test]
+async fn a_database_error_is_reported_without_the_rows_it_quotes() {
+    use tokenauth::domain::{
+        audit::{AuditAction, AuditEvent, AuditOutcome},
+        caller::{ActorRef, Method},
+        ids::{EventId, TokenId},
+        time::Timestamp,
+        token::{StoredSecret, TokenKind as Kind, TokenRecord},
+    };
+    let cluster = PgCluster::start();
+    let store = PostgresStore::open(&settings(&cluster.url()))
+        .await
+        .unwrap();
+    let now = Timestamp::from_micros(1_800_000_000_000_000);
+    let digest = Digest([0xab; 32]);
+    let record = |id: TokenId| TokenRecord {
+        id,
+        kind: Kind::Service,
+        org_id: "org-1".into(),
+        workspace_id: String::new(),
+        name: "n".into(),
+        owner_user_id: String::new(),
+        created_by: "test".into(),
+        permissions: vec!["scim:read".into()],
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+        secrets: vec![StoredSecret {
+            key_id: 1,
+            digest,
+            hint: "tksat_abcd".into(),
+            retired_at: None,
+        }],
+    };
+    let event = || AuditEvent {
+        id: EventId::generate(now).unwrap(),
+        time: now,
+        org_id: "org-1".into(),
+        workspace_id: String::new(),
+        actor: ActorRef::default(),
+        action: AuditAction::Issued,
+        target_token_ids: Vec::new(),
+        kind: None,
+        outcome: AuditOutcome::Succeeded,
+        method: Method::IssueToken,
+        detail: String::new(),
+        peer: String::new(),
+        request_id: String::new(),
+    };
+    let first = record(TokenId::generate(now).unwrap());
+    store.insert_token(&first, &event()).await.unwrap();
+    // Another token with the same digest: a unique violation on `digests`,
+    // whose DETAIL is "Key (digest)=(\xabab...) already exists."
+    let second = record(TokenId::generate(now).unwrap());
+    let cause = store
+        .insert_token(&second, &event())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(cause.contains("SQLSTATE 23505"), "{cause}");
+    assert!(cause.contains("digests_pkey"), "{cause}");
+    assert!(cause.contains("table digests"), "{cause}");
+    assert!(
+        !cause.contains("abab"),
+        "a digest reached the cause: {cause}"
+    );
+    assert!(
+        !cause.contains("Key ("),
+        "the DETAIL reached the cause: {cause}"
     );
 }
