@@ -1695,3 +1695,113 @@ async fn a_database_error_is_reported_without_the_rows_it_quotes() {
         "the DETAIL reached the cause: {cause}"
     );
 }
+
+/// Waits until some session of `cluster` waits for a lock and `matches`
+/// holds of it, or until `done` holds; true in the first case.
+async fn lock_waiter_or(
+    observer: &tokio_postgres::Client,
+    matches: &str,
+    done: impl Fn() -> bool,
+) -> bool {
+    let deadline = Instant::now() + GIVE_UP;
+    loop {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {matches}"
+        );
+        let waiting: i64 = observer.query_one(&sql, &[]).await.unwrap().get(0);
+        if waiting > 0 {
+            return true;
+        }
+        if done() {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither a lock wait ({matches}) nor the end came"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Review: under READ COMMITTED, RevokeAll selects the tokens committed
+/// when its SELECT starts; a token whose issue commits after that and
+/// before the RevokeAll commits was issued, acknowledged and left live
+/// while the RevokeAll was under way, which README's "no token can be
+/// issued between its selection and its writes" rules out. The test holds
+/// a RevokeAll between its selection and its commit (by a row lock on the
+/// log's counter, which it updates last) and issues a token of the same
+/// organisation meanwhile: that issue must wait for the RevokeAll, not be
+/// acknowledged before it (the worst interleaving of the race, made
+/// certain rather than hoped for).
+#[tokio::test]
+async fn no_token_is_issued_while_a_revoke_all_is_between_its_selection_and_its_commit() {
+    let shared = Shared::new();
+    let server = shared.replica().await;
+    let before = issue(&server, service_token("org-1", &["scim:read"])).await;
+
+    let mut locker = shared.cluster.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute("SELECT seq FROM revocation_clock FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let revoke_all = {
+        let mut tokens = server.tokens();
+        tokio::spawn(async move {
+            tokens
+                .revoke_all(RevokeAllRequest {
+                    actor: admin("org-1"),
+                    org_id: "org-1".into(),
+                    kind: TokenKind::Service as i32,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().revoked_count)
+        })
+    };
+    let observer = shared.cluster.client().await;
+    assert!(
+        lock_waiter_or(&observer, "query LIKE 'UPDATE revocation_clock%'", || {
+            revoke_all.is_finished()
+        })
+        .await,
+        "the RevokeAll did not reach its last write"
+    );
+
+    // The RevokeAll has made its selection and waits to commit. An issue
+    // in the same organisation now:
+    let during = {
+        let mut tokens = server.tokens();
+        tokio::spawn(async move {
+            tokens
+                .issue_token(service_token("org-1", &["scim:read"]))
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    let waited = lock_waiter_or(&observer, "wait_event = 'advisory'", || {
+        during.is_finished()
+    })
+    .await;
+    assert!(
+        waited,
+        "a token was issued (and acknowledged: {:?}) while a RevokeAll of its organisation was \
+         between its selection and its commit",
+        during.is_finished()
+    );
+    lock.rollback().await.unwrap();
+    let count = revoke_all.await.unwrap().unwrap();
+    let during = during.await.unwrap().unwrap();
+    assert_eq!(count, 1, "the token issued before it");
+    assert_eq!(
+        check(&server, &before.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::Revoked as i32
+    );
+    // Issued after the RevokeAll (it waited for it): live.
+    assert!(
+        check(&server, &during.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+}
