@@ -116,20 +116,7 @@ const TABLES: &[(&str, &str, &[u8], &str)] = &[
 
 /// Copies everything in `from` into `to`, then verifies the copy table by table.
 pub async fn migrate(from: &SledStore, to: &PostgresStore) -> Result<Vec<TableReport>, StoreError> {
-    // Nothing but a replica writes the log (this command does not).
-    let logged: i64 = to
-        .client()
-        .await?
-        .query_one("SELECT seq FROM revocation_clock", &[])
-        .await?
-        .try_get(0)?;
-    if logged > 0 {
-        return Err(StoreError::Unsupported(
-            "the target database is in use: replicas have revoked or rotated tokens in it, and \
-             copying the source over it could bring revoked tokens and retired secrets back; \
-             migrate into an empty database",
-        ));
-    }
+    refuse_if_in_use(&to.client().await?).await?;
     let mut reports = Vec::new();
     for &(name, tree, prefix, select) in TABLES {
         let mut source = Fingerprint::default();
@@ -164,6 +151,27 @@ pub async fn migrate(from: &SledStore, to: &PostgresStore) -> Result<Vec<TableRe
     Ok(reports)
 }
 
+/// Refuses a target that replicas have revoked or rotated in: copying the
+/// source over it could bring revoked tokens and retired secrets back. Only
+/// a replica writes the revocation log (this command does not). Inside a
+/// batch's transaction, the share lock on the log's counter orders the check
+/// against a revocation committing meanwhile: either the revocation came
+/// first and is seen here, or it waits for the batch and applies over it.
+async fn refuse_if_in_use(client: &impl GenericClient) -> Result<(), StoreError> {
+    let logged: i64 = client
+        .query_one("SELECT seq FROM revocation_clock FOR SHARE", &[])
+        .await?
+        .try_get(0)?;
+    if logged > 0 {
+        return Err(StoreError::Unsupported(
+            "the target database is in use: replicas have revoked or rotated tokens in it, and \
+             copying the source over it could bring revoked tokens and retired secrets back; \
+             migrate into an empty database",
+        ));
+    }
+    Ok(())
+}
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("source {what}"))
 }
@@ -186,6 +194,7 @@ async fn insert(
     }
     let mut client = to.client().await?;
     let tx = client.transaction().await?;
+    refuse_if_in_use(&tx).await?;
     let column = |i: usize| -> Vec<Vec<u8>> {
         batch
             .iter()
