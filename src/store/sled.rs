@@ -72,10 +72,6 @@ struct Trees {
     last_used: Tree,
     meta: Tree,
     write_lock: std::sync::Mutex<()>,
-    /// Held shared by the writes that do not take `write_lock` (audit events
-    /// of refusals, usage, last use, pruning), and exclusively by a backup, so
-    /// that a backup sees no write half-done across trees.
-    side_writes: std::sync::RwLock<()>,
     /// Issued tokens waiting to be written, and whether a writer is draining them.
     inserts: std::sync::Mutex<InsertQueue>,
     /// Test-only fault: make the audit write of a change fail.
@@ -129,6 +125,13 @@ pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
 /// A [`Store`] in an embedded sled database.
 pub struct SledStore {
     trees: Arc<Trees>,
+    /// Held shared by the writes that do not take the write lock (audit
+    /// events of refusals, usage, last use, pruning), and exclusively by a
+    /// backup, so that a backup sees no write half-done across trees. Async,
+    /// so that writes waiting for a backup hold no blocking thread (Check's
+    /// store reads need those), and taken by a backup before the write lock,
+    /// so that token writes do not wait for a long prune.
+    side_writes: Arc<tokio::sync::RwLock<()>>,
     commit: GroupCommit,
     dir: std::path::PathBuf,
 }
@@ -258,7 +261,6 @@ impl SledStore {
             last_used: open(keys::LAST_USED)?,
             meta: open(keys::META)?,
             write_lock: std::sync::Mutex::new(()),
-            side_writes: std::sync::RwLock::new(()),
             inserts: std::sync::Mutex::new(InsertQueue::default()),
             #[cfg(test)]
             fail_audit: std::sync::atomic::AtomicBool::new(false),
@@ -313,6 +315,7 @@ impl SledStore {
         .map_err(unavailable)?;
         Ok(Self {
             trees,
+            side_writes: Arc::new(tokio::sync::RwLock::new(())),
             commit,
             dir: dir.to_owned(),
         })
@@ -351,14 +354,15 @@ impl SledStore {
     }
 
     /// Runs `apply`, a write that needs no ordering with token changes, on a
-    /// blocking thread; only a backup waits for it (see `Trees::side_writes`).
+    /// blocking thread; only a backup waits for it (see `side_writes`).
     async fn side_write<T, F>(&self, apply: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
     {
+        let shared = Arc::clone(&self.side_writes).read_owned().await;
         self.read(move |trees| {
-            let _shared = trees.side_writes.read().unwrap_or_else(|e| e.into_inner());
+            let _shared = shared;
             apply(trees)
         })
         .await
@@ -1021,10 +1025,11 @@ impl Store for SledStore {
 
     async fn backup(&self, path: &Path) -> Result<u64, StoreError> {
         let path = path.to_owned();
-        // Under the write lock and with side writes held off: no change lands
-        // while the trees are read, so the file is one moment's state.
+        // With side writes held off, then under the write lock: no change
+        // lands while the trees are read, so the file is one moment's state.
+        let exclusive = Arc::clone(&self.side_writes).write_owned().await;
         self.write(move |t| {
-            let _exclusive = t.side_writes.write().unwrap_or_else(|e| e.into_inner());
+            let _exclusive = exclusive;
             super::backup::write(&t.db, &path)
         })
         .await
