@@ -613,6 +613,14 @@ impl Config {
         if self.cache.negative_ttl.is_zero() {
             return Err(invalid("cache.negative_ttl", "must be longer than 0s"));
         }
+        // sled itself refuses a tiny cache by panicking at open, which would
+        // read as a damaged database; and under 1 MiB nearly every miss reads the disk.
+        if self.sled.cache_capacity < 1024 * 1024 {
+            return Err(invalid(
+                "sled.cache_capacity",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         if self.limits.max_concurrent_requests == 0 {
             return Err(invalid(
                 "limits.max_concurrent_requests",
@@ -845,6 +853,16 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
         assert!(config.policy().is_ok());
         assert_eq!(config.pepper_path(), PathBuf::from("data/pepper"));
+    }
+
+    #[test]
+    fn a_sled_cache_too_small_to_open_is_refused_by_name() {
+        let error = Config::from_toml("[sled]\ncache_capacity = 0\n")
+            .unwrap()
+            .policy()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sled.cache_capacity"), "{error}");
     }
 
     /// The README's "whole file, with every default" is what the code defaults to.

@@ -112,6 +112,9 @@ impl RunningServer {
 /// Opens the store, verifies the pepper, binds `config.listen`, and serves
 /// until [`RunningServer::shutdown`].
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    // A bad setting is named before the store is touched (a store opened
+    // with one can fail in ways that do not name it).
+    config.policy()?;
     let store = open_store(&config).await?;
     start_with_store(config, store).await
 }
