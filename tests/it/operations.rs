@@ -256,7 +256,11 @@ async fn repeated_unknown_tokens_reach_the_store_once_each() {
         r#"tokenauth_cache_lookups_total{result="miss"} 5"#,
         r#"tokenauth_cache_lookups_total{result="negative_hit"} 95"#,
     ] {
-        assert!(body.contains(expected), "missing {expected}:\n{body}");
+        // Whole lines: "} 5" must not pass for "} 55".
+        assert!(
+            body.lines().any(|line| line == expected),
+            "missing {expected}:\n{body}"
+        );
     }
     server.stop().await;
 }
