@@ -39,7 +39,11 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, timeout},
 };
-use tokio_postgres::{NoTls, Row, config::SslMode, types::ToSql};
+use tokio_postgres::{
+    NoTls, Row,
+    config::{SslMode, TargetSessionAttrs},
+    types::ToSql,
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
@@ -214,7 +218,13 @@ impl From<tokio_postgres::Error> for StoreError {
                 cause.push(')');
                 StoreError::Unavailable(cause)
             }
-            None => StoreError::Unavailable(format!("postgres: {error}")),
+            // Its Display leaves the cause out ("error connecting to
+            // server"); the cause (refused, timed out, a standby) is what
+            // an operator needs, and carries no row data.
+            None => match std::error::Error::source(&error) {
+                Some(cause) => StoreError::Unavailable(format!("postgres: {error}: {cause}")),
+                None => StoreError::Unavailable(format!("postgres: {error}")),
+            },
         }
     }
 }
@@ -246,6 +256,10 @@ fn connection_config(
     }
     config.connect_timeout(settings.connect_timeout);
     config.application_name("tokenauth");
+    // Primaries only, whatever the URL says: a URL listing several hosts
+    // could otherwise land the log follower on a lagging standby, whose log
+    // would vouch for a cache that missed revocations the primary holds.
+    config.target_session_attrs(TargetSessionAttrs::ReadWrite);
     // These replace any keepalive settings in the URL: the revocation bound
     // and the reconnects rest on a dead connection being noticed.
     config

@@ -1487,6 +1487,26 @@ async fn migrate_reaches_a_database_over_verified_tls() {
 /// Review: the database's reason for refusing a connection (no such
 /// database, wrong password...) must reach the operator; the pool's error
 /// wraps it, and only "db error" was shown.
+/// A replica connects to primaries only: a standby (here, a server that
+/// takes no writes) among the URL's hosts would otherwise serve the log
+/// follower an old log that vouches for a cache missing revocations.
+#[tokio::test]
+async fn a_server_that_takes_no_writes_is_not_connected_to() {
+    let cluster = PgCluster::start();
+    let admin = cluster.client().await;
+    for sql in [
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let error = match PostgresStore::open(&settings(&cluster.url())).await {
+        Ok(_) => panic!("connected to a server that takes no writes"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("does not allow writes"), "{error}");
+}
+
 #[tokio::test]
 async fn a_refused_connection_says_why() {
     let cluster = PgCluster::start();
