@@ -52,6 +52,10 @@ impl std::hash::Hasher for KeyHasher {
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
+/// Usage records per store write: small enough that a write (a sled
+/// transaction) holds other reads off for milliseconds, not seconds.
+pub const USAGE_RECORDS_PER_WRITE: usize = 500;
+
 /// A map split into independently locked shards, chosen by token id.
 struct Sharded<K, V> {
     shards: Vec<Mutex<FastMap<K, V>>>,
@@ -184,19 +188,29 @@ impl Recorder {
                 count: value.count,
             })
             .collect();
-        if let Err(error) = store.record_usage(&records).await {
-            // Nothing was applied: keep the counts for the next try.
-            for (key, value) in counts {
-                self.usage
-                    .shard(key.token)
-                    .entry(key)
-                    .or_insert_with(|| UsageCount {
-                        count: 0,
-                        token: Arc::clone(&value.token),
-                    })
-                    .count += value.count;
+        // In chunks, each written all or nothing: a sled transaction holds
+        // off every other read of the database while it commits, and one of
+        // the ~200,000 records a busy interval gathers held Check's store
+        // reads for seconds.
+        for (chunk, start) in records
+            .chunks(USAGE_RECORDS_PER_WRITE)
+            .zip((0..).step_by(USAGE_RECORDS_PER_WRITE))
+        {
+            if let Err(error) = store.record_usage(chunk).await {
+                // This chunk and the rest were not applied: keep their counts
+                // for the next try.
+                for (key, value) in counts.into_iter().skip(start) {
+                    self.usage
+                        .shard(key.token)
+                        .entry(key)
+                        .or_insert_with(|| UsageCount {
+                            count: 0,
+                            token: Arc::clone(&value.token),
+                        })
+                        .count += value.count;
+                }
+                return Err(error);
             }
-            return Err(error);
         }
         // Applied; if this flush fails the next one carries them to disk.
         store.durable().await
@@ -222,5 +236,86 @@ impl Recorder {
                 tracing::warn!(%error, "writing usage and last-used records failed; will retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        domain::{
+            ids::TokenId,
+            secret::PepperKey,
+            token::{StoredSecret, TokenKind, TokenRecord},
+            usage::UsageQuery,
+        },
+        store::SledStore,
+    };
+
+    /// A flush larger than one write, whose second write fails: the retry
+    /// writes what was not written, and nothing twice.
+    #[tokio::test]
+    async fn a_failed_flush_keeps_what_it_did_not_write_and_writes_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let catalogue = Config::default().policy().unwrap().catalogue;
+        let (_, permission) = catalogue.check_level("test_api:run").unwrap();
+        let token = Arc::new(CachedToken::new(TokenRecord {
+            id: TokenId::from_bytes([1; 16]),
+            kind: TokenKind::Service,
+            org_id: "org".into(),
+            workspace_id: "ws".into(),
+            name: "n".into(),
+            owner_user_id: String::new(),
+            created_by: "test".into(),
+            permissions: vec!["test_api:run".into()],
+            created_at: Timestamp::from_micros(0),
+            expires_at: None,
+            revoked_at: None,
+            secrets: vec![StoredSecret {
+                key_id: 1,
+                digest: PepperKey::new(1, b"k").digest("s"),
+                hint: String::new(),
+                retired_at: None,
+            }],
+        }));
+        let recorder = Recorder::new(catalogue);
+        // One Check in each of more minutes than two writes hold: a key each.
+        let minutes = 2 * USAGE_RECORDS_PER_WRITE + 7;
+        for minute in 0..minutes {
+            let at = Timestamp::from_micros(i64::try_from(minute).unwrap() * 60_000_000);
+            recorder.note_check(&token, permission, Reason::Ok, at);
+        }
+        store
+            .trees
+            .usage_writes_before_failure
+            .store(1, Ordering::SeqCst);
+        assert!(recorder.flush(&store).await.is_err());
+        recorder.flush(&store).await.unwrap();
+
+        let query = UsageQuery {
+            org_id: "org".into(),
+            token_id: Some(token.record.id),
+            start: None,
+            end: None,
+        };
+        let mut counts = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_usage(&query, after.as_deref(), 500)
+                .await
+                .unwrap();
+            counts.extend(page.records.iter().map(|r| r.count));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(counts.len(), minutes, "every minute's count, once");
+        assert!(counts.iter().all(|&c| c == 1), "none counted twice");
     }
 }

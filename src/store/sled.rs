@@ -57,7 +57,7 @@ const MAX_SCAN_PER_PAGE: usize = 5_000;
 /// Most secrets a record keeps (the current one and recently replaced ones).
 pub(super) const MAX_SECRETS: usize = 8;
 
-struct Trees {
+pub(crate) struct Trees {
     db: sled::Db,
     tokens: Tree,
     digests: Tree,
@@ -77,6 +77,10 @@ struct Trees {
     /// Test-only fault: make the audit write of a change fail.
     #[cfg(test)]
     fail_audit: std::sync::atomic::AtomicBool,
+    /// Test-only fault: usage writes let through before one fails (negative:
+    /// none fails).
+    #[cfg(test)]
+    pub(crate) usage_writes_before_failure: std::sync::atomic::AtomicI64,
 }
 
 /// The trees one token change touches, inside a transaction.
@@ -124,7 +128,7 @@ pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
 
 /// A [`Store`] in an embedded sled database.
 pub struct SledStore {
-    trees: Arc<Trees>,
+    pub(crate) trees: Arc<Trees>,
     /// Held shared by the writes that do not take the write lock (audit
     /// events of refusals, usage, last use, pruning), and exclusively by a
     /// backup, so that a backup sees no write half-done across trees. Async,
@@ -264,6 +268,8 @@ impl SledStore {
             inserts: std::sync::Mutex::new(InsertQueue::default()),
             #[cfg(test)]
             fail_audit: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            usage_writes_before_failure: std::sync::atomic::AtomicI64::new(-1),
             db,
         });
         let watermark_path = dir.join(WATERMARK_FILE);
@@ -859,6 +865,17 @@ impl Store for SledStore {
     }
 
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .trees
+            .usage_writes_before_failure
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            return Err(StoreError::Unavailable(
+                "injected usage write failure".into(),
+            ));
+        }
         let records = records.to_vec();
         self.side_write(move |t| {
             (&t.usage_by_time, &t.usage_by_org, &t.usage_by_token)
