@@ -414,6 +414,9 @@ async fn main() {
             "500 idle connections",
         ] {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // Flood calls answered, for the flood's own rate beside the row.
+            let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let flood_started = Instant::now();
             let mut flooders = Vec::new();
             let mut idle = Vec::new();
             if flood == "500 idle connections" {
@@ -424,6 +427,7 @@ async fn main() {
                 for channel in connect(addr, 2).await {
                     for slot in 0..16u64 {
                         let (channel, stop) = (channel.clone(), Arc::clone(&stop));
+                        let answered = Arc::clone(&answered);
                         let repeated_unknown = Arc::clone(&repeated_unknown);
                         flooders.push(tokio::spawn(async move {
                             let mut client = CheckServiceClient::new(channel);
@@ -450,7 +454,9 @@ async fn main() {
                                 };
                                 // The flood is answered as it should be: a
                                 // denial, or a refusal of the oversized message.
-                                match client.check(check_request(&token)).await {
+                                let outcome = client.check(check_request(&token)).await;
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                match outcome {
                                     Ok(response) => {
                                         let response = response.into_inner();
                                         assert!(!response.allowed, "{flood}");
@@ -481,8 +487,12 @@ async fn main() {
                 flooder.await.unwrap();
             }
             drop(idle);
+            let flood_rate = answered.load(std::sync::atomic::Ordering::Relaxed) as f64
+                / flood_started.elapsed().as_secs_f64();
             row(
-                &format!("valid Check, 1 x 1, during a flood of {flood}"),
+                &format!(
+                    "valid Check, 1 x 1, during a flood of {flood} (the flood: {flood_rate:.0} calls/s)"
+                ),
                 during,
             );
         }
