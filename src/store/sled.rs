@@ -984,16 +984,19 @@ impl Store for SledStore {
     }
 
     async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
-        ids.iter()
-            .map(|id| {
-                Ok(self
-                    .trees
-                    .last_used
-                    .get(id.to_bytes())?
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                    .map(|b| Timestamp::from_micros(i64::from_be_bytes(b))))
-            })
-            .collect()
+        // A page of listing is up to 500 reads: not on a runtime worker.
+        let ids = ids.to_vec();
+        self.read(move |t| {
+            ids.iter()
+                .map(|id| {
+                    Ok(t.last_used
+                        .get(id.to_bytes())?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                        .map(|b| Timestamp::from_micros(i64::from_be_bytes(b))))
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
