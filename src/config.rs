@@ -401,10 +401,12 @@ impl Default for TelemetryConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SledConfig {
-    /// Bytes of database pages sled keeps in memory. A Check that misses the
-    /// Check cache reads pages from here or from disk, so this is what keeps
-    /// misses fast after a restart, and most of the process's memory once
-    /// misses have filled it. Default 1073741824 (1 GiB, sled's own default).
+    /// sled's page-cache budget, in bytes, counted as the pages' size on
+    /// disk (the memory sled uses for them is several times that, and the
+    /// process's RSS did not follow this setting closely in BENCHMARKS.md's
+    /// footprint runs). A larger budget keeps more of a large store in
+    /// memory, so fewer Check cache misses read the disk. At least 1 MiB.
+    /// Default 1073741824 (1 GiB, sled's own default).
     pub cache_capacity: u64,
 }
 
