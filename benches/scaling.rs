@@ -38,8 +38,10 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// Runs `future` to completion: polled in place when it does not wait (a
-/// sled read from its page cache does not), on the runtime otherwise.
+/// cache hit does not), on the runtime otherwise (a miss reads the store on
+/// the runtime's blocking pool, which is why the first poll is inside it).
 fn run<F: Future>(runtime: &tokio::runtime::Runtime, future: F) -> F::Output {
+    let _inside = runtime.enter();
     let mut future = pin!(future);
     match future
         .as_mut()
