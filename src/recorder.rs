@@ -246,12 +246,7 @@ mod tests {
     use super::*;
     use crate::{
         config::Config,
-        domain::{
-            ids::TokenId,
-            secret::PepperKey,
-            token::{StoredSecret, TokenKind, TokenRecord},
-            usage::UsageQuery,
-        },
+        domain::{token::test_record, usage::UsageQuery},
         store::SledStore,
     };
 
@@ -263,25 +258,7 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let catalogue = Config::default().policy().unwrap().catalogue;
         let (_, permission) = catalogue.check_level("test_api:run").unwrap();
-        let token = Arc::new(CachedToken::new(TokenRecord {
-            id: TokenId::from_bytes([1; 16]),
-            kind: TokenKind::Service,
-            org_id: "org".into(),
-            workspace_id: "ws".into(),
-            name: "n".into(),
-            owner_user_id: String::new(),
-            created_by: "test".into(),
-            permissions: vec!["test_api:run".into()],
-            created_at: Timestamp::from_micros(0),
-            expires_at: None,
-            revoked_at: None,
-            secrets: vec![StoredSecret {
-                key_id: 1,
-                digest: PepperKey::new(1, b"k").digest("s"),
-                hint: String::new(),
-                retired_at: None,
-            }],
-        }));
+        let token = Arc::new(CachedToken::new(test_record(1, "org")));
         let recorder = Recorder::new(catalogue);
         // One Check in each of more minutes than two writes hold: a key each.
         let minutes = 2 * USAGE_RECORDS_PER_WRITE + 7;

@@ -304,6 +304,31 @@ pub fn evaluate(
     Reason::Ok
 }
 
+/// A workspace service token record for unit tests elsewhere in the crate:
+/// id `[id; 16]`, in `org`, one secret whose digest is of `"secret {id}"`.
+#[cfg(test)]
+pub(crate) fn test_record(id: u8, org: &str) -> TokenRecord {
+    TokenRecord {
+        id: TokenId::from_bytes([id; 16]),
+        kind: TokenKind::Service,
+        org_id: org.into(),
+        workspace_id: "ws".into(),
+        name: "n".into(),
+        owner_user_id: String::new(),
+        created_by: "test".into(),
+        permissions: vec!["test_api:run".into()],
+        created_at: Timestamp::from_micros(0),
+        expires_at: None,
+        revoked_at: None,
+        secrets: vec![StoredSecret {
+            key_id: 1,
+            digest: crate::domain::secret::PepperKey::new(1, b"k").digest(&format!("secret {id}")),
+            hint: String::new(),
+            retired_at: None,
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

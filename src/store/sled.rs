@@ -1116,30 +1116,10 @@ mod tests {
         audit::{AuditAction, AuditOutcome},
         caller::{ActorRef, Method},
         secret::PepperKey,
-        token::{Reason, StoredSecret, TokenKind},
+        token::Reason,
     };
 
-    fn record(id: u8, org: &str) -> TokenRecord {
-        TokenRecord {
-            id: TokenId::from_bytes([id; 16]),
-            kind: TokenKind::Service,
-            org_id: org.into(),
-            workspace_id: "ws".into(),
-            name: "n".into(),
-            owner_user_id: String::new(),
-            created_by: "test".into(),
-            permissions: vec!["test_api:run".into()],
-            created_at: Timestamp::from_micros(0),
-            expires_at: None,
-            revoked_at: None,
-            secrets: vec![StoredSecret {
-                key_id: 1,
-                digest: PepperKey::new(1, b"k").digest(&format!("secret {id}")),
-                hint: String::new(),
-                retired_at: None,
-            }],
-        }
-    }
+    use crate::domain::token::test_record as record;
 
     fn event(at_micros: i64, org: &str, target: Option<TokenId>) -> AuditEvent {
         AuditEvent {
