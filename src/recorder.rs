@@ -241,8 +241,6 @@ impl Recorder {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
-
     use super::*;
     use crate::{
         config::Config,
@@ -266,10 +264,7 @@ mod tests {
             let at = Timestamp::from_micros(i64::try_from(minute).unwrap() * 60_000_000);
             recorder.note_check(&token, permission, Reason::Ok, at);
         }
-        store
-            .trees
-            .usage_writes_before_failure
-            .store(1, Ordering::SeqCst);
+        store.fail_usage_write_after(1);
         assert!(recorder.flush(&store).await.is_err());
         recorder.flush(&store).await.unwrap();
 

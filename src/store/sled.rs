@@ -57,7 +57,7 @@ const MAX_SCAN_PER_PAGE: usize = 5_000;
 /// Most secrets a record keeps (the current one and recently replaced ones).
 pub(super) const MAX_SECRETS: usize = 8;
 
-pub(crate) struct Trees {
+struct Trees {
     db: sled::Db,
     tokens: Tree,
     digests: Tree,
@@ -80,7 +80,7 @@ pub(crate) struct Trees {
     /// Test-only fault: usage writes let through before one fails (negative:
     /// none fails).
     #[cfg(test)]
-    pub(crate) usage_writes_before_failure: std::sync::atomic::AtomicI64,
+    usage_writes_before_failure: std::sync::atomic::AtomicI64,
 }
 
 /// The trees one token change touches, inside a transaction.
@@ -128,7 +128,7 @@ pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
 
 /// A [`Store`] in an embedded sled database.
 pub struct SledStore {
-    pub(crate) trees: Arc<Trees>,
+    trees: Arc<Trees>,
     /// Held shared by the writes that do not take the write lock (audit
     /// events of refusals, usage, last use, pruning), and exclusively by a
     /// backup, so that a backup sees no write half-done across trees. Async,
@@ -325,6 +325,14 @@ impl SledStore {
             commit,
             dir: dir.to_owned(),
         })
+    }
+
+    /// Test-only fault: lets `writes` usage writes through, then fails one.
+    #[cfg(test)]
+    pub(crate) fn fail_usage_write_after(&self, writes: i64) {
+        self.trees
+            .usage_writes_before_failure
+            .store(writes, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Writes the health probe's marker and waits for it to be durable.
