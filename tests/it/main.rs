@@ -32,5 +32,6 @@ mod revocation;
 mod rotation;
 mod shutdown;
 mod tls;
+mod tools;
 mod traces;
 mod usage;
