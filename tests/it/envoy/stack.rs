@@ -1,0 +1,603 @@
+//! One stack per test: the real Envoy running the shipped
+//! `deploy/envoy/envoy.yaml` (only its four socket addresses rewritten to
+//! loopback), the real tokenauth with the route rules of the shipped
+//! `deploy/kubernetes/tokenauth.toml`, and an upstream in the test process
+//! that answers every request with what it received. Also the HTTP/1.1 and
+//! HTTP/2 client the tests speak through Envoy with, and readers of Envoy's
+//! admin endpoint (bound to loopback), which every wait polls.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::{
+    HeaderMap, Method,
+    body::Bytes,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokenauth::{
+    config::{Config, ext_authz::ExtAuthzConfig},
+    store::Store,
+};
+
+use crate::{harness::TestServer, tools::tool};
+
+/// The challenge of a 401 (a credential is missing or bad).
+pub const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+/// The challenge of a 403 on the token's scope or permissions.
+pub const INSUFFICIENT_SCOPE: &str = "Bearer error=\"insufficient_scope\"";
+
+/// How long a wait may take before the test gives up: a guard against a
+/// hung test, far above what a start or a health check round needs.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `[ext_authz]` section of the shipped `deploy/kubernetes/tokenauth.toml`.
+pub fn shipped_rules() -> ExtAuthzConfig {
+    let path = repository().join("deploy/kubernetes/tokenauth.toml");
+    Config::load(Some(&path), Vec::new()).unwrap().ext_authz
+}
+
+/// A wait that polls, and fails the test saying `what` once [`GUARD`] is over.
+pub struct Deadline {
+    end: Instant,
+    what: String,
+}
+
+impl Deadline {
+    pub fn new(what: impl Into<String>) -> Self {
+        Self::within(GUARD, what)
+    }
+
+    pub fn within(guard: Duration, what: impl Into<String>) -> Self {
+        Self {
+            end: Instant::now() + guard,
+            what: what.into(),
+        }
+    }
+
+    /// Waits a poll's interval, or fails the test if the time is over.
+    pub async fn tick(&self) {
+        assert!(Instant::now() < self.end, "gave up waiting: {}", self.what);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The HTTP version a client speaks to Envoy (HTTP/2 over cleartext, with
+/// prior knowledge, as a gRPC-less API client or a sidecar would).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+pub const PROTOCOLS: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        })
+    }
+}
+
+/// A request as a client sends it: the path goes out byte for byte.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: Method,
+    /// `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    pub authority: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn new(method: Method, path: &str) -> Self {
+        Self {
+            method,
+            authority: "api.example.com".to_owned(),
+            path: path.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn get(path: &str) -> Self {
+        Self::new(Method::GET, path)
+    }
+
+    pub fn post(path: &str) -> Self {
+        Self::new(Method::POST, path)
+    }
+
+    pub fn host(mut self, authority: &str) -> Self {
+        authority.clone_into(&mut self.authority);
+        self
+    }
+
+    /// Adds a header (a second call with the same name adds a second copy).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn bearer(self, secret: &str) -> Self {
+        self.header("authorization", &format!("Bearer {secret}"))
+    }
+
+    /// The `x-org-id` header the shipped rules read the organization from.
+    pub fn org(self, org: &str) -> Self {
+        self.header("x-org-id", org)
+    }
+}
+
+/// What came back through Envoy.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// What the upstream received, if this response is the upstream's.
+    pub fn upstream(&self) -> Option<Echoed> {
+        let body: Value = serde_json::from_str(&self.body).ok()?;
+        let echoed = body.get("echoed")?;
+        Some(Echoed {
+            method: echoed["method"].as_str().unwrap().to_owned(),
+            path: echoed["path"].as_str().unwrap().to_owned(),
+            headers: echoed["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pair| {
+                    (
+                        pair[0].as_str().unwrap().to_owned(),
+                        pair[1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    /// The `code` of tokenauth's deny body, if this is one.
+    pub fn deny_code(&self) -> Option<String> {
+        let body: Value = serde_json::from_str(&self.body).ok()?;
+        body.get("code")?.as_str().map(str::to_owned)
+    }
+}
+
+/// What the upstream received, as it reported it.
+#[derive(Debug)]
+pub struct Echoed {
+    pub method: String,
+    /// The path and query, as they arrived.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Echoed {
+    /// Every value of header `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of header `name` (panics if it came twice).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(
+            all.len() <= 1,
+            "{name} arrived {} times: {self:?}",
+            all.len()
+        );
+        all.first().copied()
+    }
+}
+
+/// Asserts that tokenauth refused `response` with `status` and `code` (and
+/// the challenge `challenge`, or none), and that the upstream saw nothing.
+pub fn assert_denied(
+    response: &Response,
+    status: u16,
+    code: &str,
+    challenge: Option<&str>,
+    context: &str,
+) {
+    assert_eq!(response.status, status, "{context}: {response:?}");
+    assert_eq!(
+        response.deny_code().as_deref(),
+        Some(code),
+        "{context}: {response:?}"
+    );
+    assert_eq!(
+        response.header("www-authenticate"),
+        challenge,
+        "{context}: {response:?}"
+    );
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json"),
+        "{context}"
+    );
+    assert!(response.upstream().is_none(), "{context}: reached upstream");
+}
+
+/// Asserts that `response` is the upstream's 200, and returns what it received.
+pub fn assert_allowed(response: &Response, context: &str) -> Echoed {
+    assert_eq!(response.status, 200, "{context}: {response:?}");
+    response
+        .upstream()
+        .unwrap_or_else(|| panic!("{context}: not the upstream's answer: {response:?}"))
+}
+
+/// Sends `request` to `addr` over a new connection speaking `protocol`.
+pub async fn send(
+    addr: SocketAddr,
+    protocol: Protocol,
+    request: &Request,
+) -> Result<Response, hyper::Error> {
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut builder = hyper::Request::builder().method(request.method.clone());
+    let response = match protocol {
+        Protocol::Http1 => {
+            let (mut sender, connection) = http1::handshake(io).await?;
+            tokio::spawn(connection);
+            builder = builder
+                .uri(request.path.as_str())
+                .header("host", request.authority.as_str());
+            for (name, value) in &request.headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            sender
+                .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
+                .await?
+        }
+        Protocol::Http2 => {
+            let (mut sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(connection);
+            builder = builder.uri(format!("http://{}{}", request.authority, request.path));
+            for (name, value) in &request.headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            sender
+                .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
+                .await?
+        }
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// The upstream: answers every request with a JSON account of it.
+pub struct Echo {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    pub async fn start() -> Self {
+        async fn echo(request: axum::extract::Request) -> impl axum::response::IntoResponse {
+            let headers: Vec<[String; 2]> = request
+                .headers()
+                .iter()
+                .map(|(name, value)| {
+                    [
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    ]
+                })
+                .collect();
+            let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+            let body = json!({"echoed": {
+                "method": request.method().as_str(),
+                "path": path,
+                "headers": headers,
+            }});
+            ([("content-type", "application/json")], body.to_string())
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(echo);
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, task }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The shipped Envoy config with its addresses (and only those) pointed at
+/// loopback: the listener and the admin endpoint on free ports Envoy picks,
+/// the tokenauth cluster at `tokenauth`, the API cluster at `upstream`.
+pub fn envoy_config(tokenauth: SocketAddr, upstream: SocketAddr) -> String {
+    let shipped = std::fs::read_to_string(repository().join("deploy/envoy/envoy.yaml")).unwrap();
+    let at = |addr: SocketAddr| {
+        format!(
+            "socket_address: {{ address: {}, port_value: {} }}",
+            addr.ip(),
+            addr.port()
+        )
+    };
+    let any_port = "socket_address: { address: 127.0.0.1, port_value: 0 }".to_owned();
+    let substitutions = [
+        (
+            "socket_address: { address: 0.0.0.0, port_value: 8080 }",
+            any_port.clone(),
+        ),
+        (
+            "socket_address: { address: tokenauth.tokenauth.svc.cluster.local, port_value: 50051 }",
+            at(tokenauth),
+        ),
+        (
+            "socket_address: { address: api.platform.svc.cluster.local, port_value: 8080 }",
+            at(upstream),
+        ),
+        (
+            "socket_address: { address: 127.0.0.1, port_value: 9901 }",
+            any_port,
+        ),
+    ];
+    let mut config = shipped.clone();
+    for (from, to) in &substitutions {
+        assert_eq!(
+            config.matches(from).count(),
+            1,
+            "deploy/envoy/envoy.yaml no longer reads `{from}` once: update tests/it/envoy/stack.rs"
+        );
+        config = config.replace(from, to);
+    }
+    // Exactly four lines changed, each an address: everything else is the
+    // shipped file as an operator would run it.
+    let changed: Vec<&str> = shipped
+        .lines()
+        .zip(config.lines())
+        .filter(|(before, after)| before != after)
+        .map(|(_, after)| after)
+        .collect();
+    assert_eq!(shipped.lines().count(), config.lines().count());
+    assert_eq!(changed.len(), substitutions.len(), "{changed:?}");
+    assert!(changed.iter().all(|line| line.contains("socket_address")));
+    assert!(
+        !config.contains("svc.cluster.local") && !config.contains("0.0.0.0"),
+        "an address was left unrewritten"
+    );
+    config
+}
+
+/// The real Envoy, as a child process with its own directory (config, logs,
+/// admin address file). Hot restart is off: no shared memory or domain
+/// socket exists for parallel instances to collide on.
+pub struct Envoy {
+    child: Child,
+    dir: TempDir,
+    /// The public listener (`public_api`).
+    pub listener: SocketAddr,
+    /// The admin endpoint, on loopback.
+    pub admin: SocketAddr,
+}
+
+impl Envoy {
+    /// Starts Envoy and polls its admin endpoint until it is ready and its
+    /// health check has found tokenauth healthy.
+    pub async fn start(tokenauth: SocketAddr, upstream: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, envoy_config(tokenauth, upstream)).unwrap();
+        let admin_file = dir.path().join("admin-address");
+        let child = Command::new(tool("envoy"))
+            .arg("--config-path")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            .args(["--log-level", "warning"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut envoy = Self {
+            child,
+            dir,
+            listener: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+        };
+        envoy.admin = envoy.admin_address(&admin_file).await;
+        let ready = Deadline::new("Envoy's /ready");
+        loop {
+            let (status, body) = envoy.admin_get("/ready").await;
+            if status == 200 && body.trim() == "LIVE" {
+                break;
+            }
+            envoy.still_running();
+            ready.tick().await;
+        }
+        envoy.listener = envoy.listener_address().await;
+        envoy
+            .wait_for_health("tokenauth", tokenauth, "healthy")
+            .await;
+        envoy
+    }
+
+    async fn admin_address(&mut self, file: &Path) -> SocketAddr {
+        let deadline = Deadline::new("Envoy's admin address file");
+        loop {
+            if let Ok(text) = std::fs::read_to_string(file)
+                && let Ok(addr) = text.trim().parse::<SocketAddr>()
+            {
+                assert!(addr.ip().is_loopback(), "admin on {addr}");
+                return addr;
+            }
+            self.still_running();
+            deadline.tick().await;
+        }
+    }
+
+    async fn listener_address(&self) -> SocketAddr {
+        let (status, body) = self.admin_get("/listeners?format=json").await;
+        assert_eq!(status, 200, "{body}");
+        let listeners: Value = serde_json::from_str(&body).unwrap();
+        let address = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+        let addr = SocketAddr::new(
+            address["address"].as_str().unwrap().parse().unwrap(),
+            u16::try_from(address["port_value"].as_u64().unwrap()).unwrap(),
+        );
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{listeners}");
+        addr
+    }
+
+    fn still_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("Envoy exited ({status}): {}", self.logs());
+        }
+    }
+
+    /// What Envoy wrote to stderr (its own log).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// The access log the shipped config writes to stdout.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    /// GET `path` on the admin endpoint: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let request = Request::get(path).host("localhost");
+        match send(self.admin, Protocol::Http1, &request).await {
+            Ok(response) => (response.status, response.body),
+            Err(e) => panic!("admin {path}: {e}"),
+        }
+    }
+
+    /// The value of counter or gauge `name` (0 if Envoy has not created it).
+    pub async fn stat(&self, name: &str) -> u64 {
+        let (status, body) = self.admin_get("/stats").await;
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+            .map_or(0, |value| value.parse().unwrap())
+    }
+
+    /// The `health_flags` the admin's /clusters shows for host `addr` of `cluster`.
+    pub async fn health(&self, cluster: &str, addr: SocketAddr) -> String {
+        let (status, body) = self.admin_get("/clusters").await;
+        assert_eq!(status, 200);
+        let prefix = format!("{cluster}::{addr}::health_flags::");
+        body.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {body}"))
+            .to_owned()
+    }
+
+    /// Polls /clusters until host `addr` of `cluster` has health flags `wanted`.
+    pub async fn wait_for_health(&self, cluster: &str, addr: SocketAddr, wanted: &str) {
+        let deadline = Deadline::new(format!("{cluster} {addr} to be {wanted}"));
+        while self.health(cluster, addr).await != wanted {
+            deadline.tick().await;
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Envoy, tokenauth and the upstream, wired as deploy/ describes.
+pub struct Stack {
+    tokenauth: Option<TestServer>,
+    /// Held so that the upstream runs as long as the stack.
+    _upstream: Echo,
+    pub envoy: Envoy,
+    /// The route rules tokenauth runs with (the shipped ones).
+    pub rules: ExtAuthzConfig,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_wrapped(|store| store).await
+    }
+
+    /// A stack whose tokenauth runs on its real store wrapped by `wrap`.
+    pub async fn start_wrapped(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Self {
+        let rules = shipped_rules();
+        let section = rules.clone();
+        let tokenauth =
+            TestServer::start_wrapped(move |config| config.ext_authz = section, wrap).await;
+        let upstream = Echo::start().await;
+        let envoy = Envoy::start(tokenauth.addr(), upstream.addr).await;
+        Self {
+            tokenauth: Some(tokenauth),
+            _upstream: upstream,
+            envoy,
+            rules,
+        }
+    }
+
+    pub fn tokenauth(&self) -> &TestServer {
+        self.tokenauth.as_ref().expect("tokenauth was stopped")
+    }
+
+    /// Stops tokenauth cleanly (its port then refuses connections).
+    pub async fn stop_tokenauth(&mut self) {
+        let server = self.tokenauth.take().expect("tokenauth was stopped");
+        server.stop().await;
+    }
+
+    /// The header the shipped rules accept a token in besides `authorization`.
+    pub fn api_key_header(&self) -> &str {
+        self.rules.api_key_header.as_deref().unwrap()
+    }
+
+    /// Sends `request` through Envoy; panics if no HTTP response comes back.
+    pub async fn send(&self, protocol: Protocol, request: &Request) -> Response {
+        self.try_send(protocol, request)
+            .await
+            .unwrap_or_else(|e| panic!("{protocol} {request:?}: {e}"))
+    }
+
+    /// Sends `request` through Envoy (an error if the stream was reset).
+    pub async fn try_send(
+        &self,
+        protocol: Protocol,
+        request: &Request,
+    ) -> Result<Response, hyper::Error> {
+        tokio::time::timeout(GUARD, send(self.envoy.listener, protocol, request))
+            .await
+            .unwrap_or_else(|_| panic!("no answer through Envoy: {request:?}"))
+    }
+}
