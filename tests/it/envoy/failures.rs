@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::stack::{PROTOCOLS, Request, Stack, assert_allowed};
+use super::stack::{Deadline, PROTOCOLS, Request, Stack, assert_allowed};
 use crate::{
     faults::{Delayed, Delays},
     harness::{issue, workspace_token},
@@ -81,4 +81,45 @@ async fn a_hung_tokenauth_fails_closed_with_503_at_envoys_timeout() {
         let stat = format!("http.public_api.ext_authz.{stat}");
         assert_eq!(stack.envoy.stat(&stat).await, count, "{stat}");
     }
+}
+
+#[tokio::test]
+async fn envoys_health_check_marks_tokenauth_healthy_then_failed_soon_after_it_stops() {
+    let mut stack = Stack::start().await;
+    let tokenauth = stack.tokenauth_addr();
+    // Stack::start waited for this; it is the health check's verdict.
+    assert_eq!(stack.envoy.health("tokenauth", tokenauth).await, "healthy");
+    assert_eq!(
+        stack
+            .envoy
+            .stat("cluster.tokenauth.health_check.success")
+            .await,
+        1
+    );
+    // No request has gone through ext_authz yet, so Envoy checks at its
+    // no-traffic interval: 60 s unless envoy.yaml sets it. With the shipped
+    // 5 s (two failures needed), tokenauth is marked failed within about
+    // 10 s; the guard is three times that, and half of Envoy's default.
+    stack.stop_tokenauth().await;
+    let noticed = Deadline::within(
+        Duration::from_secs(30),
+        "Envoy's health check to mark the stopped tokenauth failed",
+    );
+    while !stack
+        .envoy
+        .health("tokenauth", tokenauth)
+        .await
+        .contains("/failed_active_hc")
+    {
+        noticed.tick().await;
+    }
+    assert!(
+        stack
+            .envoy
+            .stat("cluster.tokenauth.health_check.failure")
+            .await
+            >= 2
+    );
+    let request = Request::get(CHECKED).org("org-1").bearer("tksat_any");
+    assert_fails_closed(&stack, &request, "tokenauth is marked failed").await;
 }

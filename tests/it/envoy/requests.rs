@@ -267,6 +267,41 @@ async fn header_names_with_underscores_are_refused_by_envoy() {
 }
 
 #[tokio::test]
+async fn healthz_is_not_checked_and_its_upstream_sees_no_credential_or_identity_header() {
+    let stack = Stack::start().await;
+    let issued = issue(
+        stack.tokenauth(),
+        workspace_token("org-1", "ws-1", &["transformations:read"]),
+    )
+    .await;
+    let key = stack.api_key_header().to_owned();
+    let asked = ["ok", "denied", "error"].map(|s| format!("http.public_api.ext_authz.{s}"));
+    let mut before = Vec::new();
+    for stat in &asked {
+        before.push(stack.envoy.stat(stat).await);
+    }
+    for protocol in PROTOCOLS {
+        let response = stack.send(protocol, &Request::get("/healthz")).await;
+        assert_allowed(&response, &format!("{protocol}, no credential"));
+
+        let context = format!("{protocol}, credentials and forged identity");
+        let mut request = Request::get("/healthz")
+            .bearer(&issued.secret)
+            .header(&key, &issued.secret);
+        for name in IDENTITY_HEADERS {
+            request = request.header(name, "forged");
+        }
+        let seen = assert_allowed(&stack.send(protocol, &request).await, &context);
+        assert_no_credential(&stack, &seen, &context);
+        assert_eq!(identity(&seen), Vec::new(), "{context}");
+    }
+    // Envoy never asked tokenauth about /healthz.
+    for (stat, before) in asked.iter().zip(before) {
+        assert_eq!(stack.envoy.stat(stat).await, before, "{stat}");
+    }
+}
+
+#[tokio::test]
 async fn a_revoked_token_is_refused_as_soon_as_the_revoke_is_acknowledged() {
     let stack = Stack::start().await;
     let issued = issue(

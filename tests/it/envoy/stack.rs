@@ -540,6 +540,7 @@ impl Drop for Envoy {
 /// Envoy, tokenauth and the upstream, wired as deploy/ describes.
 pub struct Stack {
     tokenauth: Option<TestServer>,
+    tokenauth_addr: SocketAddr,
     /// Held so that the upstream runs as long as the stack.
     _upstream: Echo,
     pub envoy: Envoy,
@@ -561,6 +562,7 @@ impl Stack {
         let upstream = Echo::start().await;
         let envoy = Envoy::start(tokenauth.addr(), upstream.addr).await;
         Self {
+            tokenauth_addr: tokenauth.addr(),
             tokenauth: Some(tokenauth),
             _upstream: upstream,
             envoy,
@@ -570,6 +572,11 @@ impl Stack {
 
     pub fn tokenauth(&self) -> &TestServer {
         self.tokenauth.as_ref().expect("tokenauth was stopped")
+    }
+
+    /// Where Envoy's tokenauth cluster points.
+    pub fn tokenauth_addr(&self) -> SocketAddr {
+        self.tokenauth_addr
     }
 
     /// Stops tokenauth cleanly (its port then refuses connections).
