@@ -2,7 +2,9 @@
 //! each token's last use, and usage counts per (token, permission, decision,
 //! minute). And what refused calls leave behind beyond the events recorded
 //! as they happen: the follow-up events that count alike refusals, by
-//! minute (`domain::refusals`, whose budgets live here with them).
+//! minute, and refusals deferred to keep them off a reply's timing
+//! (`domain::refusals`, whose budgets live here with them; the recorder
+//! decides, logs and writes refusals).
 //!
 //! A Check adds to in-memory maps (sharded by token, so concurrent Checks
 //! rarely meet on a lock; last use at most once per token per second, see
@@ -17,9 +19,11 @@ use std::{collections::HashMap, hash::Hash, sync::Arc, sync::Mutex, time::Durati
 use crate::{
     cache::CachedToken,
     domain::{
+        audit::{AuditEvent, AuditOutcome},
+        caller::ActorRef,
         ids::TokenId,
         permissions::Catalogue,
-        refusals::{RefusalLimits, RefusalLog},
+        refusals::{Admission, Payer, RefusalLimits, RefusalLog},
         time::Timestamp,
         token::Reason,
         usage::{UsageRecord, minute_of},
@@ -129,6 +133,36 @@ impl Recorder {
         &self.refusals
     }
 
+    /// Whether a refusal's budget lets it be recorded; if so, counts in the
+    /// drops before it and logs it. A refusal that is not recorded is
+    /// counted, and not logged either: the log takes what the audit log
+    /// takes, so that neither grows with a flood.
+    pub fn admit_refusal(&self, event: &mut AuditEvent, payer: &Payer) -> bool {
+        let Admission::Record { dropped } = self.refusals.admit(event, payer) else {
+            return false;
+        };
+        event.dropped_before = dropped;
+        let message = match event.outcome {
+            AuditOutcome::Unauthenticated => "management call unauthenticated",
+            AuditOutcome::RetiredSecretPresented => {
+                "a secret replaced by rotation was presented after its grace period"
+            }
+            AuditOutcome::PermissionDenied | AuditOutcome::Succeeded => "management call refused",
+        };
+        let actor = if event.actor == ActorRef::default() {
+            String::new()
+        } else {
+            event.actor.label()
+        };
+        tracing::warn!(
+            method = event.method.name(), org_id = %event.org_id, actor = %actor,
+            target_token_ids = ?event.target_token_ids, peer = %event.peer,
+            peer_source = ?event.peer_source, request_id = %event.request_id,
+            detail = %event.detail, dropped_before = event.dropped_before, "{message}"
+        );
+        true
+    }
+
     /// Notes one Check decision on a found token.
     pub fn note_check(
         &self,
@@ -171,9 +205,11 @@ impl Recorder {
         refusals.and(usage)
     }
 
-    /// Appends the follow-ups of ended minutes (like every refusal, without
-    /// a flush of its own).
+    /// Records the refusals deferred since the last flush, then appends the
+    /// follow-ups of ended minutes (like every refusal, without a flush of
+    /// its own).
     async fn flush_follow_ups(&self, store: &dyn Store) -> Result<(), StoreError> {
+        self.record_deferred(store).await;
         let untracked = self.refusals.take_untracked_drops();
         if untracked > 0 {
             tracing::warn!(
@@ -197,6 +233,17 @@ impl Recorder {
             );
         }
         Ok(())
+    }
+
+    /// Decides on, logs and appends the refusals deferred so far.
+    async fn record_deferred(&self, store: &dyn Store) {
+        for (mut event, payer) in self.refusals.take_deferred() {
+            if self.admit_refusal(&mut event, &payer)
+                && let Err(error) = store.append_audit(&event).await
+            {
+                tracing::error!(%error, "writing a refusal to the audit log failed");
+            }
+        }
     }
 
     async fn flush_usage(&self, store: &dyn Store) -> Result<(), StoreError> {
@@ -263,8 +310,9 @@ impl Recorder {
 
     /// Flushes every `interval` until `stop` turns true. A flush under way
     /// is never cut short (its records are out of the maps while it runs),
-    /// so the caller awaits this and then flushes once more: stopping ends
-    /// the refusals' current minute, so that flush writes its follow-ups.
+    /// so the caller awaits this and then flushes once more: stopping records
+    /// the deferred refusals and ends the refusals' current minute, so that
+    /// flush writes its follow-ups.
     pub async fn run(
         self: Arc<Self>,
         store: Arc<dyn Store>,
@@ -274,12 +322,16 @@ impl Recorder {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.wait_for(|stopped| *stopped) => {
-                    self.refusals.close_minute(Timestamp::now());
-                    return;
-                }
+            let stopping = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = stop.wait_for(|stopped| *stopped) => true,
+            };
+            if stopping {
+                // Deferred refusals first, so that their repeats too are in
+                // the minute closed here.
+                self.record_deferred(store.as_ref()).await;
+                self.refusals.close_minute(Timestamp::now());
+                return;
             }
             if let Err(error) = self.flush(store.as_ref()).await {
                 tracing::warn!(%error, "writing usage and last-used records failed; will retry");

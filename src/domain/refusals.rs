@@ -192,6 +192,8 @@ struct Window {
     alike: HashMap<u64, Alike>,
     /// Follow-ups of closed minutes, waiting to be written.
     follow_ups: Vec<AuditEvent>,
+    /// Refusals to decide on and write at the next flush.
+    deferred: Vec<(AuditEvent, Payer)>,
     /// Kept apart so that outsiders, who can name any organization, can
     /// never crowd an organization's own drop counts out of the table.
     dropped_inside: Drops,
@@ -271,6 +273,7 @@ impl RefusalLog {
                 outside_by: Counts::new(),
                 alike: HashMap::new(),
                 follow_ups: Vec::new(),
+                deferred: Vec::new(),
                 dropped_inside: Drops::default(),
                 dropped_outside: Drops::default(),
             }),
@@ -321,6 +324,25 @@ impl RefusalLog {
         Admission::Record {
             dropped: window.take_dropped(org),
         }
+    }
+
+    /// Keeps a refusal to be decided on (and written) later, by whoever
+    /// takes it with [`Self::take_deferred`]: for a refusal whose write must
+    /// not show in any reply's timing. Beyond [`CAPACITY`] waiting, it is
+    /// counted as dropped.
+    pub fn defer(&self, event: AuditEvent, payer: Payer) {
+        let mut window = self.lock();
+        if window.deferred.len() < CAPACITY {
+            window.deferred.push((event, payer));
+        } else {
+            let inside = payer.is_inside(&event.org_id);
+            window.drops(inside).add(&event.org_id, 1);
+        }
+    }
+
+    /// The refusals deferred since the last call.
+    pub fn take_deferred(&self) -> Vec<(AuditEvent, Payer)> {
+        std::mem::take(&mut self.lock().deferred)
     }
 
     /// The follow-ups due at `now` (of every minute before `now`'s).

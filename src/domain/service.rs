@@ -16,7 +16,7 @@ use super::{
     ids::{EventId, TokenId, require_id},
     pagination,
     permissions::{Catalogue, grants},
-    refusals::{Admission, Payer, RefusalLimits},
+    refusals::{Payer, RefusalLimits},
     secret::{self, Digest, Keyring, Secret},
     time::Timestamp,
     token::{
@@ -114,36 +114,6 @@ fn internal(what: &str) -> impl FnOnce(getrandom::Error) -> Error + '_ {
     move |e| Error::Internal(format!("{what}: {e}"))
 }
 
-/// Whether a refusal's budget lets it be recorded; if so, counts in the
-/// drops before it and logs it. A refusal that is not recorded is counted,
-/// and not logged either: the log takes what the audit log takes, so that
-/// neither grows with a flood.
-fn admit_refusal(recorder: &Recorder, event: &mut AuditEvent, payer: &Payer) -> bool {
-    let Admission::Record { dropped } = recorder.refusals().admit(event, payer) else {
-        return false;
-    };
-    event.dropped_before = dropped;
-    let message = match event.outcome {
-        AuditOutcome::Unauthenticated => "management call unauthenticated",
-        AuditOutcome::RetiredSecretPresented => {
-            "a secret replaced by rotation was presented after its grace period"
-        }
-        AuditOutcome::PermissionDenied | AuditOutcome::Succeeded => "management call refused",
-    };
-    let actor = if event.actor == ActorRef::default() {
-        String::new()
-    } else {
-        event.actor.label()
-    };
-    tracing::warn!(
-        method = event.method.name(), org_id = %event.org_id, actor = %actor,
-        target_token_ids = ?event.target_token_ids, peer = %event.peer,
-        peer_source = ?event.peer_source, request_id = %event.request_id,
-        detail = %event.detail, dropped_before = event.dropped_before, "{message}"
-    );
-    true
-}
-
 /// Appends a refusal without waiting for it to be flushed: refusals must
 /// never cost a disk flush each.
 async fn append_refusal(store: &dyn Store, event: &AuditEvent) {
@@ -159,7 +129,7 @@ async fn record_refusal(
     mut event: AuditEvent,
     payer: &Payer,
 ) {
-    if admit_refusal(recorder, &mut event, payer) {
+    if recorder.admit_refusal(&mut event, payer) {
         append_refusal(store, &event).await;
     }
 }
@@ -422,8 +392,9 @@ impl TokenService {
                 .await),
             Verdict::Hide => {
                 // Recorded in the token's organization, whose admins should
-                // know; but off the reply path, so that the answer takes as
-                // long as for an id that exists nowhere (its existence must
+                // know; but handed to the recorder's next flush, so that
+                // neither this answer nor the calls after it take longer
+                // than for an id that exists nowhere (its existence must
                 // not show in the timing either).
                 if let Some((event, payer)) = self.refusal_of(
                     caller,
@@ -434,11 +405,7 @@ impl TokenService {
                     Some(token.kind),
                     "the token belongs to another organization",
                 ) {
-                    let store = Arc::clone(&self.store);
-                    let recorder = Arc::clone(&self.recorder);
-                    tokio::spawn(async move {
-                        record_refusal(store.as_ref(), &recorder, event, &payer).await;
-                    });
+                    self.recorder.refusals().defer(event, payer);
                 }
                 Err(Error::NotFound(token.id.to_string()))
             }
@@ -1085,7 +1052,10 @@ impl TokenService {
                 origin.request_id.unwrap_or_default(),
             )
         };
-        if admit_refusal(&self.recorder, &mut event, &Payer::RetiredSecrets) {
+        if self
+            .recorder
+            .admit_refusal(&mut event, &Payer::RetiredSecrets)
+        {
             let store = Arc::clone(&self.store);
             tokio::spawn(async move { append_refusal(store.as_ref(), &event).await });
         }

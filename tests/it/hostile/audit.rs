@@ -268,6 +268,34 @@ async fn request_ids_that_are_not_plain_are_never_stored_and_every_event_is_boun
 }
 
 #[tokio::test]
+async fn another_organizations_token_is_not_found_and_the_attempt_is_audited_in_its_own() {
+    let server = TestServer::start().await;
+    let theirs = issue(&server, service_token("org-2", &["scim:read"])).await;
+    let status = server
+        .tokens()
+        .get_token(GetTokenRequest {
+            id: id_of(&theirs),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    // Written by the recorder's flush, off the reply's path: a restart
+    // flushes it.
+    let server = server.restart().await;
+    let refused: Vec<AuditEvent> = events_of(&server, "org-2")
+        .await
+        .into_iter()
+        .filter(|e| e.outcome == AuditOutcome::PermissionDenied as i32)
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].target_token_ids, vec![id_of(&theirs)]);
+    assert_eq!(refused[0].actor.as_ref().unwrap().user_id, "admin");
+    assert!(events_of(&server, "org-1").await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn one_organizations_flood_leaves_anothers_refusals_in_its_audit_log() {
     let server = TestServer::start().await;
     // A READ_ONLY member of org-a asks for service tokens in ever new
