@@ -326,6 +326,17 @@ impl RefusalLog {
         }
     }
 
+    /// Whether `payer`, an outsider everywhere (an unverified caller), may
+    /// still record an event this minute. When it may not, its refusals are
+    /// all dropped, so a caller can spare itself the work of finding out
+    /// which organization a refusal belongs in (a store read a flood could
+    /// otherwise multiply).
+    pub fn outsider_has_room(&self, payer: &Payer, now: Timestamp) -> bool {
+        let mut window = self.lock();
+        window.roll(minute_of(now), now);
+        window.outside_by.used(payer) < self.limits.outside
+    }
+
     /// Keeps a refusal to be decided on (and written) later, by whoever
     /// takes it with [`Self::take_deferred`]: for a refusal whose write must
     /// not show in any reply's timing. Beyond [`CAPACITY`] waiting, it is
@@ -529,6 +540,23 @@ mod tests {
             log.admit(&retired, &Payer::RetiredSecrets),
             Admission::Record { .. }
         ));
+    }
+
+    #[test]
+    fn an_outsider_that_spent_its_minute_has_no_room_until_the_next() {
+        let log = RefusalLog::new(LIMITS);
+        let payer = Payer::source(Some(SocketAddr::from(([10, 0, 0, 1], 1))));
+        let at = 3 * MINUTE;
+        for org in 0..LIMITS.outside {
+            assert!(log.outsider_has_room(&payer, Timestamp::from_micros(at)));
+            let event = refusal(&format!("org-{org}"), "x", at);
+            assert!(matches!(
+                log.admit(&event, &payer),
+                Admission::Record { .. }
+            ));
+        }
+        assert!(!log.outsider_has_room(&payer, Timestamp::from_micros(at + 1)));
+        assert!(log.outsider_has_room(&payer, Timestamp::from_micros(4 * MINUTE)));
     }
 
     #[test]

@@ -338,10 +338,14 @@ impl TokenService {
         let now = Timestamp::now();
         if let Ok(id) = EventId::generate(now) {
             // The organization whose log the refusal belongs in decides its
-            // budget, so it is looked up before the budget is asked.
+            // budget, so it is looked up before the budget is asked; but
+            // not for a caller whose budget is spent anyway: an
+            // unauthenticated flood must not become a flood of store reads.
+            let payer = Payer::source(credentials.peer);
             let mut org_id = org_hint.to_owned();
             if org_id.is_empty()
                 && let Some(id) = token_hint
+                && self.recorder.refusals().outsider_has_room(&payer, now)
                 && let Ok(Some(record)) = self.store.token_by_id(id).await
             {
                 org_id = record.org_id;
@@ -363,7 +367,6 @@ impl TokenService {
                     &credentials.request_id,
                 )
             };
-            let payer = Payer::source(credentials.peer);
             record_refusal(self.store.as_ref(), &self.recorder, event, &payer).await;
         }
         Error::Unauthenticated(format!("unauthenticated: {detail}"))
