@@ -244,7 +244,13 @@ fn main() {
         .enumerate()
         .map(|(i, s)| (key.digest(s).0, i))
         .collect();
-    let recorder = Recorder::new(service.catalogue().clone());
+    let recorder = Recorder::new(
+        service.catalogue().clone(),
+        tokenauth::config::Config::default()
+            .policy()
+            .unwrap()
+            .refusal_limits,
+    );
     let metrics = Metrics::new(None, std::time::Duration::from_secs(60)).unwrap();
 
     if std::env::args().any(|a| a == "--ratio") {

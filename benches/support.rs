@@ -124,7 +124,10 @@ pub async fn service(
     let config = Config::default();
     let policy = config.policy().unwrap();
     let metrics = Metrics::new(None, std::time::Duration::from_secs(60)).unwrap();
-    let recorder = Arc::new(Recorder::new(policy.catalogue.clone()));
+    let recorder = Arc::new(Recorder::new(
+        policy.catalogue.clone(),
+        policy.refusal_limits,
+    ));
     let cache = TokenCache::new(&CacheSettings {
         capacity: cache_capacity,
         negative_capacity: config.cache.negative_capacity,

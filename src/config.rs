@@ -21,6 +21,7 @@ pub mod ext_authz;
 use crate::domain::{
     authz::Roles,
     permissions::{Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS},
+    refusals::RefusalLimits,
     service::{ControlPlaneCredential, Policy},
     token::LifetimePolicy,
 };
@@ -239,9 +240,17 @@ pub struct AuditConfig {
     /// How often expired events (and usage records) are pruned. Default `"1h"`.
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
-    /// Most refusal events stored per second (beyond it they are only
-    /// logged), so that a flood of bad credentials cannot fill the disk. Default 100.
-    pub max_denied_events_per_second: u32,
+    /// Most distinct refusal events recorded per minute in one organization
+    /// for one caller: a verified caller's organization, an unverified
+    /// caller's address (IPv6: its /64), or the retired secrets of the
+    /// organization's tokens presented to Check. Alike refusals in a minute
+    /// are one event plus one follow-up with their count. Default 10.
+    pub max_refusal_events_per_minute: u32,
+    /// Most refusal events recorded per minute in one organization from
+    /// callers outside it (other organizations', unverified ones), all
+    /// together; and by one such caller in all organizations together.
+    /// Default 30.
+    pub max_outside_refusal_events_per_minute: u32,
 }
 
 impl Default for AuditConfig {
@@ -249,7 +258,8 @@ impl Default for AuditConfig {
         Self {
             retention: 400 * DAY,
             prune_interval: Duration::from_secs(3600),
-            max_denied_events_per_second: 100,
+            max_refusal_events_per_minute: 10,
+            max_outside_refusal_events_per_minute: 30,
         }
     }
 }
@@ -757,7 +767,10 @@ impl Config {
             },
             max_rotation_grace: self.tokens.max_rotation_grace,
             control_plane,
-            max_denied_events_per_second: self.audit.max_denied_events_per_second,
+            refusal_limits: RefusalLimits {
+                per_caller: self.audit.max_refusal_events_per_minute,
+                outside: self.audit.max_outside_refusal_events_per_minute,
+            },
         })
     }
 }

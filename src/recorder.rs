@@ -1,21 +1,29 @@
 //! What Checks leave behind, kept without a disk write on the Check path:
 //! each token's last use, and usage counts per (token, permission, decision,
-//! minute).
+//! minute). And what refused calls leave behind beyond the events recorded
+//! as they happen: the follow-up events that count alike refusals, by
+//! minute, and refusals deferred to keep them off a reply's timing
+//! (`domain::refusals`, whose budgets live here with them; the recorder
+//! decides, logs and writes refusals).
 //!
 //! A Check adds to in-memory maps (sharded by token, so concurrent Checks
 //! rarely meet on a lock; last use at most once per token per second, see
 //! `CachedToken::touch`). A background task writes what gathered every flush
 //! interval, and once more at shutdown. So `last_used_at` and usage lag by up
 //! to one interval, and a crash loses at most the last interval's records,
-//! never a token or a revocation.
+//! never a token or a revocation. A minute's follow-ups are written at the
+//! first flush after it ends, and at shutdown.
 
 use std::{collections::HashMap, hash::Hash, sync::Arc, sync::Mutex, time::Duration};
 
 use crate::{
     cache::CachedToken,
     domain::{
+        audit::{AuditEvent, AuditOutcome},
+        caller::ActorRef,
         ids::TokenId,
         permissions::Catalogue,
+        refusals::{Admission, Payer, RefusalLimits, RefusalLog},
         time::Timestamp,
         token::Reason,
         usage::{UsageRecord, minute_of},
@@ -107,15 +115,52 @@ pub struct Recorder {
     catalogue: Catalogue,
     last_used: Sharded<TokenId, Timestamp>,
     usage: Sharded<UsageKey, UsageCount>,
+    refusals: RefusalLog,
 }
 
 impl Recorder {
-    pub fn new(catalogue: Catalogue) -> Self {
+    pub fn new(catalogue: Catalogue, refusal_limits: RefusalLimits) -> Self {
         Self {
             catalogue,
             last_used: Sharded::new(),
             usage: Sharded::new(),
+            refusals: RefusalLog::new(refusal_limits),
         }
+    }
+
+    /// The refusal budgets: which refusals are recorded, and when.
+    pub fn refusals(&self) -> &RefusalLog {
+        &self.refusals
+    }
+
+    /// Whether a refusal's budget lets it be recorded; if so, counts in the
+    /// drops before it and logs it. A refusal that is not recorded is
+    /// counted, and not logged either: the log takes what the audit log
+    /// takes, so that neither grows with a flood.
+    pub fn admit_refusal(&self, event: &mut AuditEvent, payer: &Payer) -> bool {
+        let Admission::Record { dropped } = self.refusals.admit(event, payer) else {
+            return false;
+        };
+        event.dropped_before = dropped;
+        let message = match event.outcome {
+            AuditOutcome::Unauthenticated => "management call unauthenticated",
+            AuditOutcome::RetiredSecretPresented => {
+                "a secret replaced by rotation was presented after its grace period"
+            }
+            AuditOutcome::PermissionDenied | AuditOutcome::Succeeded => "management call refused",
+        };
+        let actor = if event.actor == ActorRef::default() {
+            String::new()
+        } else {
+            event.actor.label()
+        };
+        tracing::warn!(
+            method = event.method.name(), org_id = %event.org_id, actor = %actor,
+            target_token_ids = ?event.target_token_ids, peer = %event.peer,
+            peer_source = ?event.peer_source, request_id = %event.request_id,
+            detail = %event.detail, dropped_before = event.dropped_before, "{message}"
+        );
+        true
     }
 
     /// Notes one Check decision on a found token.
@@ -155,6 +200,53 @@ impl Recorder {
 
     /// Writes everything noted so far; on failure keeps it for the next try.
     pub async fn flush(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let refusals = self.flush_follow_ups(store).await;
+        let usage = self.flush_usage(store).await;
+        refusals.and(usage)
+    }
+
+    /// Records the refusals deferred since the last flush, then appends the
+    /// follow-ups of ended minutes (like every refusal, without a flush of
+    /// its own).
+    async fn flush_follow_ups(&self, store: &dyn Store) -> Result<(), StoreError> {
+        self.record_deferred(store).await;
+        let untracked = self.refusals.take_untracked_drops();
+        if untracked > 0 {
+            tracing::warn!(
+                dropped = untracked,
+                "refusals were neither recorded nor counted in an organization's audit log \
+                 (too many organizations with unreported drops)"
+            );
+        }
+        let mut due = self.refusals.take_follow_ups(Timestamp::now()).into_iter();
+        while let Some(event) = due.next() {
+            if let Err(error) = store.append_audit(&event).await {
+                self.refusals
+                    .requeue(std::iter::once(event).chain(due).collect());
+                return Err(error);
+            }
+            tracing::warn!(
+                org_id = %event.org_id, method = event.method.name(), outcome = ?event.outcome,
+                detail = %event.detail, peer = %event.peer, repeats = event.count,
+                repeat_of = ?event.repeat_of, dropped_before = event.dropped_before,
+                "refusals repeated"
+            );
+        }
+        Ok(())
+    }
+
+    /// Decides on, logs and appends the refusals deferred so far.
+    async fn record_deferred(&self, store: &dyn Store) {
+        for (mut event, payer) in self.refusals.take_deferred() {
+            if self.admit_refusal(&mut event, &payer)
+                && let Err(error) = store.append_audit(&event).await
+            {
+                tracing::error!(%error, "writing a refusal to the audit log failed");
+            }
+        }
+    }
+
+    async fn flush_usage(&self, store: &dyn Store) -> Result<(), StoreError> {
         let uses = self.last_used.take();
         let wrote_uses = !uses.is_empty();
         if wrote_uses && let Err(error) = store.record_last_used(&uses).await {
@@ -218,7 +310,9 @@ impl Recorder {
 
     /// Flushes every `interval` until `stop` turns true. A flush under way
     /// is never cut short (its records are out of the maps while it runs),
-    /// so the caller awaits this and then flushes once more.
+    /// so the caller awaits this and then flushes once more: stopping records
+    /// the deferred refusals and ends the refusals' current minute, so that
+    /// flush writes its follow-ups.
     pub async fn run(
         self: Arc<Self>,
         store: Arc<dyn Store>,
@@ -228,9 +322,16 @@ impl Recorder {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.wait_for(|stopped| *stopped) => return,
+            let stopping = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = stop.wait_for(|stopped| *stopped) => true,
+            };
+            if stopping {
+                // Deferred refusals first, so that their repeats too are in
+                // the minute closed here.
+                self.record_deferred(store.as_ref()).await;
+                self.refusals.close_minute(Timestamp::now());
+                return;
             }
             if let Err(error) = self.flush(store.as_ref()).await {
                 tracing::warn!(%error, "writing usage and last-used records failed; will retry");
@@ -257,7 +358,13 @@ mod tests {
         let catalogue = Config::default().policy().unwrap().catalogue;
         let (_, permission) = catalogue.check_level("test_api:run").unwrap();
         let token = Arc::new(CachedToken::new(test_record(1, "org")));
-        let recorder = Recorder::new(catalogue);
+        let recorder = Recorder::new(
+            catalogue,
+            RefusalLimits {
+                per_caller: 1,
+                outside: 1,
+            },
+        );
         // One Check in each of more minutes than two writes hold: a key each.
         let minutes = 2 * USAGE_RECORDS_PER_WRITE + 7;
         for minute in 0..minutes {

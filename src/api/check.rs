@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     domain::{
-        service::{CheckOrigin, Decision, TokenService},
+        service::{Decision, TokenService},
         token::validate_check_query,
     },
     proto::{self, check_service_server},
@@ -50,13 +50,7 @@ impl check_service_server::CheckService for CheckApi {
         &self,
         request: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
-        let origin = CheckOrigin {
-            peer: request.remote_addr(),
-            request_id: request
-                .metadata()
-                .get(request_id::HEADER)
-                .and_then(|v| v.to_str().ok()),
-        };
+        let origin = request_id::check_origin(&request);
         let message = request.get_ref();
         let query = validate_check_query(
             self.service.catalogue(),

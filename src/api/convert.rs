@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::{
     domain::{
         Error,
-        audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery},
+        audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery, PeerSource},
         caller::{ActorClaim, OrgRole},
         ids::{TokenId, optional_id, parse_token_id, require_id},
         time::Timestamp,
@@ -184,6 +184,16 @@ pub fn audit_to_proto(event: AuditEvent) -> proto::AuditEvent {
         detail: event.detail,
         peer: event.peer,
         request_id: event.request_id,
+        count: event.count,
+        repeat_of: event.repeat_of.map(|id| id.to_string()).unwrap_or_default(),
+        dropped_before: event.dropped_before,
+        peer_source: match event.peer_source {
+            PeerSource::Unknown => proto::PeerSource::Unspecified,
+            PeerSource::Connection => proto::PeerSource::Connection,
+            PeerSource::Proxy => proto::PeerSource::Proxy,
+        }
+        .into(),
+        proxy_peer: event.proxy_peer,
     }
 }
 

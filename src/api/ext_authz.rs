@@ -25,7 +25,10 @@ use envoy_types::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::domain::ext_authz::{Allow, Denial, ExtAuthz, HttpRequest, Identity, Verdict};
+use crate::domain::{
+    ext_authz::{Allow, Denial, ExtAuthz, HttpRequest, Identity, Verdict},
+    service::CheckOrigin,
+};
 
 /// The descriptor set of `envoy/service/auth/v3/external_auth.proto` and its
 /// imports, for reflection (built from `proto/third_party` by build.rs).
@@ -104,7 +107,9 @@ fn lowercase(mut name: String) -> String {
     name
 }
 
-/// The downstream client's address, as Envoy reports it, for audit events.
+/// The downstream client's address, as Envoy reports it, for audit events
+/// (recorded as reported by the proxy, beside the proxy's own address: a
+/// caller of ext_authz can put anything here).
 fn source_address(
     attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
 ) -> Option<std::net::SocketAddr> {
@@ -273,8 +278,16 @@ impl Authorization for ExtAuthzApi {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        // Who called us (Envoy) and its call's request id, read before the
+        // message is taken apart.
+        let CheckOrigin { origin, request_id } = super::request_id::check_origin(&request);
+        let request_id = request_id.map(str::to_owned);
         let http = http_request(request.into_inner());
-        let verdict = self.authz.authorize(http.as_ref()).await?;
+        let connection = CheckOrigin {
+            origin,
+            request_id: request_id.as_deref(),
+        };
+        let verdict = self.authz.authorize(http.as_ref(), &connection).await?;
         Ok(Response::new(verdict_to_proto(&verdict)))
     }
 }

@@ -1,8 +1,9 @@
 //! Gives every request an id, and runs its handling inside a span that
 //! carries it, so that every log line of a request names it.
 //!
-//! The id is the caller's `x-request-id` when it is a sane one (at most 128
-//! printable ASCII characters), or a fresh one; either way it is set on the
+//! The id is the caller's `x-request-id` when it is a sane one
+//! (`domain::ids::is_request_id`: short, and letters, digits and `-_.:/+=`
+//! only), or a fresh one; either way it is set on the
 //! request (where the handlers read it for audit events) and echoed on the
 //! response. Each RPC is counted (by path and status) and timed, and when
 //! traces are exported, the caller's W3C `traceparent` becomes the parent of
@@ -20,13 +21,34 @@ use tonic::codegen::http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::{domain::ids::MAX_ID_BYTES, metrics::Metrics};
+use crate::{
+    domain::{audit::Origin, ids::is_request_id, service::CheckOrigin},
+    metrics::Metrics,
+};
 
 pub const HEADER: &str = "x-request-id";
 
-/// Whether a caller's request id is acceptable as it is.
+/// Whether a caller's request id is acceptable as it is (the one rule every
+/// path applies, the mesh's included).
 pub fn is_valid(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_BYTES && id.chars().all(|c| c.is_ascii_graphic())
+    is_request_id(id)
+}
+
+/// Where a Check came from, read from the gRPC request: the connection's
+/// address, and the request id the layer set (checked again, so that no
+/// caller of this function depends on the layer having run).
+pub fn check_origin<T>(request: &tonic::Request<T>) -> CheckOrigin<'_> {
+    CheckOrigin {
+        origin: Origin {
+            connection: request.remote_addr(),
+            reported: None,
+        },
+        request_id: request
+            .metadata()
+            .get(HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| is_valid(id)),
+    }
 }
 
 /// A fresh request id.
@@ -144,13 +166,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ids::MAX_REQUEST_ID_BYTES;
 
     #[test]
     fn only_sane_ids_are_kept() {
         assert!(is_valid("req-42"));
         assert!(!is_valid(""));
         assert!(!is_valid("has space"));
-        assert!(!is_valid(&"x".repeat(MAX_ID_BYTES + 1)));
+        assert!(!is_valid("{\"json\":1}"));
+        assert!(!is_valid(&"x".repeat(MAX_REQUEST_ID_BYTES + 1)));
         assert_eq!(generate().len(), 16);
         assert_ne!(generate(), generate());
     }

@@ -1,8 +1,15 @@
 //! Audit events: what changed (or was refused), who did it, when, from where.
 //!
 //! Change events are written by the store in the same atomic write as the
-//! change; refusals are appended on their own. Events are kept for the
-//! configured retention and pruned in the background.
+//! change; refusals are appended on their own, within the budgets of
+//! `refusals`. Events are kept for the configured retention and pruned in
+//! the background.
+//!
+//! Every text field of a stored event is bounded ([`clip`] with the limits
+//! below), whatever a caller managed to put into it: the store's codec
+//! applies them, so no path can write an oversized event.
+
+use std::net::SocketAddr;
 
 use super::{
     caller::{ActorRef, Caller, Method},
@@ -11,7 +18,7 @@ use super::{
     token::{TokenKind, TokenRecord},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AuditAction {
     Issued,
     Revoked,
@@ -20,12 +27,70 @@ pub enum AuditAction {
     Denied,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AuditOutcome {
     Succeeded,
     Unauthenticated,
     PermissionDenied,
     RetiredSecretPresented,
+}
+
+/// Where an event's peer address comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PeerSource {
+    /// No address, or an event written before sources were recorded.
+    #[default]
+    Unknown,
+    /// The address of the connection the call came on.
+    Connection,
+    /// What the proxy that called ext_authz (Envoy) reported as its client's
+    /// address: not verified by tokenauth; `proxy_peer` says who reported it.
+    Proxy,
+}
+
+/// Where a call came from, as an audit event records it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The address of the connection the call came on.
+    pub connection: Option<SocketAddr>,
+    /// The client's address as a proxy reported it (Envoy's `source`).
+    pub reported: Option<SocketAddr>,
+}
+
+impl Origin {
+    /// The peer to record, where it came from, and the proxy that reported it.
+    pub fn peer(&self) -> (String, PeerSource, String) {
+        let text = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        match (self.reported, self.connection) {
+            (Some(client), proxy) => (client.to_string(), PeerSource::Proxy, text(proxy)),
+            (None, Some(connection)) => (
+                connection.to_string(),
+                PeerSource::Connection,
+                String::new(),
+            ),
+            (None, None) => (String::new(), PeerSource::Unknown, String::new()),
+        }
+    }
+}
+
+/// Most bytes of an id-like field (organization, workspace, actor, request
+/// id) in a stored event; ids are validated to this length anyway.
+pub const MAX_ID_FIELD_BYTES: usize = super::ids::MAX_ID_BYTES;
+/// Most bytes of a refusal's detail.
+pub const MAX_DETAIL_BYTES: usize = 256;
+/// Most bytes of a peer address (`[v6%scope]:port` fits).
+pub const MAX_PEER_BYTES: usize = 64;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +107,18 @@ pub struct AuditEvent {
     pub method: Method,
     pub detail: String,
     pub peer: String,
+    pub peer_source: PeerSource,
+    /// With [`PeerSource::Proxy`]: the connection's address, that is, the proxy's.
+    pub proxy_peer: String,
     pub request_id: String,
+    /// How many calls the event stands for: 1, or for a follow-up event
+    /// (`repeat_of` set) the number of alike refusals it counts.
+    pub count: u64,
+    /// On a follow-up: the event whose refusals this one counts repeats of.
+    pub repeat_of: Option<EventId>,
+    /// Refusals in this organization that were not recorded (their budget
+    /// was spent) since the previous event recorded here.
+    pub dropped_before: u64,
 }
 
 impl AuditEvent {
@@ -68,8 +144,11 @@ impl AuditEvent {
             outcome: AuditOutcome::Succeeded,
             method,
             detail: String::new(),
-            peer: caller.peer.map(|p| p.to_string()).unwrap_or_default(),
             request_id: caller.request_id.clone(),
+            ..Self::from_origin(&Origin {
+                connection: caller.peer,
+                reported: None,
+            })
         }
     }
 }
@@ -83,7 +162,7 @@ impl AuditEvent {
         method: Method,
         outcome: AuditOutcome,
         detail: &str,
-        peer: Option<std::net::SocketAddr>,
+        origin: &Origin,
         request_id: &str,
     ) -> Self {
         Self {
@@ -98,8 +177,33 @@ impl AuditEvent {
             outcome,
             method,
             detail: detail.to_owned(),
-            peer: peer.map(|p| p.to_string()).unwrap_or_default(),
             request_id: request_id.to_owned(),
+            ..Self::from_origin(origin)
+        }
+    }
+
+    /// One call's event from `origin`, with placeholders for the rest.
+    fn from_origin(origin: &Origin) -> Self {
+        let (peer, peer_source, proxy_peer) = origin.peer();
+        Self {
+            id: EventId::from_bytes([0; 16]),
+            time: Timestamp::from_micros(0),
+            org_id: String::new(),
+            workspace_id: String::new(),
+            actor: ActorRef::default(),
+            action: AuditAction::Denied,
+            target_token_ids: Vec::new(),
+            kind: None,
+            outcome: AuditOutcome::Succeeded,
+            method: Method::Check,
+            detail: String::new(),
+            peer,
+            peer_source,
+            proxy_peer,
+            request_id: String::new(),
+            count: 1,
+            repeat_of: None,
+            dropped_before: 0,
         }
     }
 }

@@ -28,7 +28,7 @@ pub struct Actor {
 }
 
 /// The management RPCs, as named in audit events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     IssueToken,
     GetToken,

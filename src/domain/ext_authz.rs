@@ -16,7 +16,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::{
     Error,
+    audit::Origin,
     caller::parse_bearer,
+    ids::is_request_id,
     routes::{IdProblem, PathError, RequestView, Route, RouteTable},
     service::{CheckOrigin, TokenService},
     token::{Reason, TokenKind, TokenRecord, validate_check_query},
@@ -347,7 +349,13 @@ impl ExtAuthz {
         })
     }
 
-    pub async fn authorize(&self, request: Option<&HttpRequest>) -> Result<Verdict, Error> {
+    /// `connection` is the ext_authz call's own origin (the proxy's address
+    /// and the call's request id).
+    pub async fn authorize(
+        &self,
+        request: Option<&HttpRequest>,
+        connection: &CheckOrigin<'_>,
+    ) -> Result<Verdict, Error> {
         let Some(request) = request else {
             return Ok(Verdict::deny(Denial::NotHttp));
         };
@@ -399,10 +407,20 @@ impl ExtAuthz {
                 )));
             }
         };
-        // Envoy sets x-request-id on every request it proxies.
+        // Envoy sets x-request-id on every request it proxies, but passes a
+        // client's own on by default: kept only if it passes the rule every
+        // path applies, else the ext_authz call's own id stands in.
         let origin = CheckOrigin {
-            peer: request.source,
-            request_id: request.header_values("x-request-id").first().copied(),
+            origin: Origin {
+                connection: connection.origin.connection,
+                reported: request.source,
+            },
+            request_id: request
+                .header_values("x-request-id")
+                .first()
+                .copied()
+                .filter(|id| is_request_id(id))
+                .or(connection.request_id),
         };
         let decision = self.service.check(presented, &query, &origin).await?;
         let identity = decision.token.as_ref().map(|t| Identity::of(&t.record));

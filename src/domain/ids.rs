@@ -14,6 +14,9 @@ use super::{Error, time::Timestamp};
 pub const MAX_ID_BYTES: usize = 128;
 /// Longest token name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
+/// Longest request id (`x-request-id`) kept as the caller sent it, in bytes:
+/// room for a UUID, a W3C trace id or a ULID with a prefix.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -162,6 +165,21 @@ pub fn optional_id(field: &'static str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether a caller's request id (gRPC metadata or, on the mesh path, the
+/// HTTP request's `x-request-id`) may be kept as it is: 1 to
+/// [`MAX_REQUEST_ID_BYTES`] characters of ASCII letters, digits and
+/// `-_.:/+=`. That covers UUIDs, trace ids and base64, and leaves out
+/// everything that could mean something to a log or JSON reader (quotes,
+/// braces, backslashes, spaces, control characters, escapes). Any other id
+/// is replaced by one the service makes up, never stored or logged.
+pub fn is_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+}
+
 /// Validates a token name: 1 to 128 characters, no control characters, not
 /// only whitespace. Returns it trimmed.
 pub fn validate_name(value: &str) -> Result<String, Error> {
@@ -263,6 +281,31 @@ mod tests {
         assert!(require_id("org_id", "é").is_err());
         assert!(require_id("org_id", &"a".repeat(MAX_ID_BYTES)).is_ok());
         assert!(require_id("org_id", &"a".repeat(MAX_ID_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn only_short_plain_request_ids_are_kept() {
+        for good in [
+            "req-42",
+            "0af7651916cd43dd8448eb211c80319c",
+            "3f1c8b9e-5d2a-4c7b-9e4f-0a1b2c3d4e5f",
+            "YWJj+/=:_.",
+        ] {
+            assert!(is_request_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "has space",
+            "a\r\nb",
+            "\u{1b}[31mred",
+            "{\"org_id\":\"x\"}",
+            "back\\slash",
+            "caf\u{e9}",
+        ] {
+            assert!(!is_request_id(bad), "{bad:?}");
+        }
+        assert!(is_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES)));
+        assert!(!is_request_id(&"a".repeat(MAX_REQUEST_ID_BYTES + 1)));
     }
 
     #[test]

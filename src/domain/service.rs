@@ -3,25 +3,20 @@
 //! event for every change and every refusal; and Check, over the cache.
 //! Handlers call these; they hold no logic of their own.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{
     Error,
-    audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery},
+    audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery, Origin},
     authz::{self, Roles, Verdict},
     caller::{Actor, ActorClaim, ActorRef, Caller, Credentials, Method, Principal},
     ids::{EventId, TokenId, require_id},
     pagination,
     permissions::{Catalogue, grants},
+    refusals::{Payer, RefusalLimits},
     secret::{self, Digest, Keyring, Secret},
     time::Timestamp,
     token::{
@@ -64,7 +59,10 @@ impl Decision {
 /// Where a Check came from, for the audit events a Check can cause.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CheckOrigin<'a> {
-    pub peer: Option<std::net::SocketAddr>,
+    /// The connection's address, and on the mesh path the client's address
+    /// as Envoy reported it.
+    pub origin: Origin,
+    /// A request id that passed `ids::is_request_id`.
     pub request_id: Option<&'a str>,
 }
 
@@ -94,8 +92,8 @@ pub struct Policy {
     /// Longest grace period a rotation may give the old secret.
     pub max_rotation_grace: Duration,
     pub control_plane: Vec<ControlPlaneCredential>,
-    /// Most refusal events written per second; more are logged, not stored.
-    pub max_denied_events_per_second: u32,
+    /// How many refusal events are recorded (see `refusals`).
+    pub refusal_limits: RefusalLimits,
 }
 
 /// Everything the token operations need.
@@ -105,53 +103,7 @@ pub struct TokenService {
     keyring: Keyring,
     policy: Policy,
     recorder: Arc<Recorder>,
-    refusals: RefusalBudgets,
     metrics: Arc<Metrics>,
-}
-
-/// Separate budgets, so that a flood of one kind of refusal (say, garbage
-/// credentials from anywhere) cannot crowd another out of the audit log.
-struct RefusalBudgets {
-    /// Refusals of verified callers (each tied to a credential).
-    known: RateLimit,
-    /// Calls whose credentials did not verify.
-    anonymous: RateLimit,
-    /// Checks presenting a secret whose rotation grace has ended.
-    retired: RateLimit,
-}
-
-/// At most `max` events per wall-clock second; the rest are counted.
-struct RateLimit {
-    max: u32,
-    second: AtomicI64,
-    used: AtomicU32,
-    dropped: AtomicU64,
-}
-
-impl RateLimit {
-    fn new(max: u32) -> Self {
-        Self {
-            max,
-            second: AtomicI64::new(i64::MIN),
-            used: AtomicU32::new(0),
-            dropped: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(n)` if this event may be recorded, `n` being how many were
-    /// dropped since the last one that was; `None` if it must be dropped.
-    fn allow(&self, now: Timestamp) -> Option<u64> {
-        let second = now.as_secs();
-        if self.second.swap(second, Ordering::Relaxed) != second {
-            self.used.store(0, Ordering::Relaxed);
-        }
-        if self.used.fetch_add(1, Ordering::Relaxed) < self.max {
-            Some(self.dropped.swap(0, Ordering::Relaxed))
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
 }
 
 fn store_error(error: StoreError) -> Error {
@@ -170,6 +122,18 @@ async fn append_refusal(store: &dyn Store, event: &AuditEvent) {
     }
 }
 
+/// Records a refusal if its budget allows.
+async fn record_refusal(
+    store: &dyn Store,
+    recorder: &Recorder,
+    mut event: AuditEvent,
+    payer: &Payer,
+) {
+    if recorder.admit_refusal(&mut event, payer) {
+        append_refusal(store, &event).await;
+    }
+}
+
 impl TokenService {
     pub fn new(
         store: Arc<dyn Store>,
@@ -179,19 +143,12 @@ impl TokenService {
         recorder: Arc<Recorder>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let per_second = policy.max_denied_events_per_second;
-        let refusals = RefusalBudgets {
-            known: RateLimit::new(per_second),
-            anonymous: RateLimit::new(per_second),
-            retired: RateLimit::new(per_second),
-        };
         Self {
             store,
             cache: Arc::new(cache),
             keyring,
             policy,
             recorder,
-            refusals,
             metrics,
         }
     }
@@ -312,6 +269,43 @@ impl TokenService {
         found
     }
 
+    /// The refusal event of a verified caller's call, and who pays for it.
+    #[allow(clippy::too_many_arguments)]
+    fn refusal_of(
+        &self,
+        caller: &Caller,
+        method: Method,
+        org_id: &str,
+        workspace_id: &str,
+        targets: Vec<TokenId>,
+        kind: Option<TokenKind>,
+        detail: &str,
+    ) -> Option<(AuditEvent, Payer)> {
+        let now = Timestamp::now();
+        let id = EventId::generate(now).ok()?;
+        let origin = Origin {
+            connection: caller.peer,
+            reported: None,
+        };
+        let event = AuditEvent {
+            org_id: org_id.to_owned(),
+            workspace_id: workspace_id.to_owned(),
+            actor: caller.actor_ref(),
+            target_token_ids: targets,
+            kind,
+            ..AuditEvent::refusal(
+                id,
+                now,
+                method,
+                AuditOutcome::PermissionDenied,
+                detail,
+                &origin,
+                &caller.request_id,
+            )
+        };
+        Some((event, Payer::of(&caller.principal)))
+    }
+
     /// Audits and logs a refused call by a verified caller; returns its error.
     #[allow(clippy::too_many_arguments)]
     async fn refuse(
@@ -324,32 +318,10 @@ impl TokenService {
         kind: Option<TokenKind>,
         detail: &str,
     ) -> Error {
-        let now = Timestamp::now();
-        if let Some(dropped) = self.refusals.known.allow(now)
-            && let Ok(id) = EventId::generate(now)
+        if let Some((event, payer)) =
+            self.refusal_of(caller, method, org_id, workspace_id, targets, kind, detail)
         {
-            tracing::warn!(
-                method = method.name(), actor = %caller.actor_ref().label(), org_id, peer = ?caller.peer,
-                request_id = %caller.request_id, detail, dropped_since_last = dropped,
-                "management call refused"
-            );
-            let event = AuditEvent {
-                org_id: org_id.to_owned(),
-                workspace_id: workspace_id.to_owned(),
-                actor: caller.actor_ref(),
-                target_token_ids: targets,
-                kind,
-                ..AuditEvent::refusal(
-                    id,
-                    now,
-                    method,
-                    AuditOutcome::PermissionDenied,
-                    detail,
-                    caller.peer,
-                    &caller.request_id,
-                )
-            };
-            append_refusal(self.store.as_ref(), &event).await;
+            record_refusal(self.store.as_ref(), &self.recorder, event, &payer).await;
         }
         Error::PermissionDenied(format!("permission denied: {detail}"))
     }
@@ -364,21 +336,24 @@ impl TokenService {
         detail: &str,
     ) -> Error {
         let now = Timestamp::now();
-        if let Some(dropped) = self.refusals.anonymous.allow(now)
-            && let Ok(id) = EventId::generate(now)
-        {
-            tracing::warn!(
-                method = method.name(), org_id = org_hint, peer = ?credentials.peer,
-                request_id = %credentials.request_id, detail, dropped_since_last = dropped,
-                "management call unauthenticated"
-            );
+        if let Ok(id) = EventId::generate(now) {
+            // The organization whose log the refusal belongs in decides its
+            // budget, so it is looked up before the budget is asked; but
+            // not for a caller whose budget is spent anyway: an
+            // unauthenticated flood must not become a flood of store reads.
+            let payer = Payer::source(credentials.peer);
             let mut org_id = org_hint.to_owned();
             if org_id.is_empty()
                 && let Some(id) = token_hint
+                && self.recorder.refusals().outsider_has_room(&payer, now)
                 && let Ok(Some(record)) = self.store.token_by_id(id).await
             {
                 org_id = record.org_id;
             }
+            let origin = Origin {
+                connection: credentials.peer,
+                reported: None,
+            };
             let event = AuditEvent {
                 org_id,
                 target_token_ids: token_hint.into_iter().collect(),
@@ -388,11 +363,11 @@ impl TokenService {
                     method,
                     AuditOutcome::Unauthenticated,
                     detail,
-                    credentials.peer,
+                    &origin,
                     &credentials.request_id,
                 )
             };
-            append_refusal(self.store.as_ref(), &event).await;
+            record_refusal(self.store.as_ref(), &self.recorder, event, &payer).await;
         }
         Error::Unauthenticated(format!("unauthenticated: {detail}"))
     }
@@ -419,8 +394,12 @@ impl TokenService {
                 )
                 .await),
             Verdict::Hide => {
-                // Recorded in the token's organization, whose admins should know.
-                self.refuse(
+                // Recorded in the token's organization, whose admins should
+                // know; but handed to the recorder's next flush, so that
+                // neither this answer nor the calls after it take longer
+                // than for an id that exists nowhere (its existence must
+                // not show in the timing either).
+                if let Some((event, payer)) = self.refusal_of(
                     caller,
                     method,
                     &token.org_id,
@@ -428,8 +407,9 @@ impl TokenService {
                     vec![token.id],
                     Some(token.kind),
                     "the token belongs to another organization",
-                )
-                .await;
+                ) {
+                    self.recorder.refusals().defer(event, payer);
+                }
                 Err(Error::NotFound(token.id.to_string()))
             }
         }
@@ -1043,22 +1023,20 @@ impl TokenService {
         })
     }
 
-    /// Audits the use of a secret whose rotation grace period has ended,
-    /// off the Check path.
+    /// Audits (and logs) the use of a secret whose rotation grace period
+    /// has ended, off the Check path, within the budget of the token's
+    /// organization for retired secrets: alike uses in a minute are one
+    /// event (and one log line) plus one follow-up with their count.
     fn report_retired_secret(
         &self,
         record: &TokenRecord,
         now: Timestamp,
         origin: &CheckOrigin<'_>,
     ) {
-        tracing::warn!(token_id = %record.id, org_id = %record.org_id, "a secret replaced by rotation was presented after its grace period");
-        if self.refusals.retired.allow(now).is_none() {
-            return;
-        }
         let Ok(id) = EventId::generate(now) else {
             return;
         };
-        let event = AuditEvent {
+        let mut event = AuditEvent {
             org_id: record.org_id.clone(),
             workspace_id: record.workspace_id.clone(),
             actor: ActorRef {
@@ -1073,12 +1051,17 @@ impl TokenService {
                 Method::Check,
                 AuditOutcome::RetiredSecretPresented,
                 "a secret replaced by rotation was presented after its grace period",
-                origin.peer,
+                &origin.origin,
                 origin.request_id.unwrap_or_default(),
             )
         };
-        let store = Arc::clone(&self.store);
-        tokio::spawn(async move { append_refusal(store.as_ref(), &event).await });
+        if self
+            .recorder
+            .admit_refusal(&mut event, &Payer::RetiredSecrets)
+        {
+            let store = Arc::clone(&self.store);
+            tokio::spawn(async move { append_refusal(store.as_ref(), &event).await });
+        }
     }
 
     async fn view(&self, record: TokenRecord) -> Result<TokenView, Error> {
@@ -1190,20 +1173,4 @@ pub(crate) fn audit_fingerprint(query: &AuditQuery) -> [u8; 8] {
         time(query.start).as_bytes(),
         time(query.end).as_bytes(),
     ])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_refusal_rate_limit_resets_every_second_and_counts_what_it_drops() {
-        let limit = RateLimit::new(2);
-        let t0 = Timestamp::from_micros(5_000_000);
-        assert_eq!(limit.allow(t0), Some(0));
-        assert_eq!(limit.allow(t0), Some(0));
-        assert_eq!(limit.allow(t0), None);
-        assert_eq!(limit.allow(t0), None);
-        assert_eq!(limit.allow(Timestamp::from_micros(6_000_000)), Some(2));
-    }
 }

@@ -6,7 +6,10 @@ use prost::Message;
 
 use super::StoreError;
 use crate::domain::{
-    audit::{AuditAction, AuditEvent, AuditOutcome},
+    audit::{
+        AuditAction, AuditEvent, AuditOutcome, MAX_DETAIL_BYTES, MAX_ID_FIELD_BYTES,
+        MAX_PEER_BYTES, PeerSource, clip,
+    },
     caller::{ActorRef, Method},
     ids::{EventId, TokenId},
     secret::Digest,
@@ -90,6 +93,18 @@ struct AuditV1 {
     peer: String,
     #[prost(string, tag = "15")]
     request_id: String,
+    /// 0 (events before counts were kept) reads as 1.
+    #[prost(uint64, tag = "16")]
+    count: u64,
+    #[prost(bytes = "vec", tag = "17")]
+    repeat_of: Vec<u8>,
+    #[prost(uint64, tag = "18")]
+    dropped_before: u64,
+    /// 0 unknown, 1 connection, 2 proxy.
+    #[prost(uint32, tag = "19")]
+    peer_source: u32,
+    #[prost(string, tag = "20")]
+    proxy_peer: String,
 }
 
 // Stored numbers of enums; never renumber.
@@ -176,15 +191,19 @@ pub fn reason_of(number: u8) -> Result<Reason, StoreError> {
     })
 }
 
+/// Encodes an event with every text field clipped to its bound, so that no
+/// path (and no future bug in one) can store an oversized event.
 pub fn encode_audit(event: &AuditEvent) -> Vec<u8> {
+    let id = |text: &str| clip(text, MAX_ID_FIELD_BYTES).to_owned();
+    let peer = |text: &str| clip(text, MAX_PEER_BYTES).to_owned();
     let message = AuditV1 {
         id: event.id.to_bytes().to_vec(),
         time: event.time.as_micros(),
-        org_id: event.org_id.clone(),
-        workspace_id: event.workspace_id.clone(),
-        actor_user_id: event.actor.user_id.clone(),
-        actor_credential: event.actor.credential.clone(),
-        actor_token_id: event.actor.token_id.clone(),
+        org_id: id(&event.org_id),
+        workspace_id: id(&event.workspace_id),
+        actor_user_id: id(&event.actor.user_id),
+        actor_credential: id(&event.actor.credential),
+        actor_token_id: id(&event.actor.token_id),
         action: number_of(&ACTIONS, &event.action),
         targets: event
             .target_token_ids
@@ -194,9 +213,21 @@ pub fn encode_audit(event: &AuditEvent) -> Vec<u8> {
         kind: event.kind.map_or(0, kind_number),
         outcome: number_of(&OUTCOMES, &event.outcome),
         method: number_of(&METHODS, &event.method),
-        detail: event.detail.clone(),
-        peer: event.peer.clone(),
-        request_id: event.request_id.clone(),
+        detail: clip(&event.detail, MAX_DETAIL_BYTES).to_owned(),
+        peer: peer(&event.peer),
+        request_id: id(&event.request_id),
+        count: event.count,
+        repeat_of: event
+            .repeat_of
+            .map(|id| id.to_bytes().to_vec())
+            .unwrap_or_default(),
+        dropped_before: event.dropped_before,
+        peer_source: match event.peer_source {
+            PeerSource::Unknown => 0,
+            PeerSource::Connection => 1,
+            PeerSource::Proxy => 2,
+        },
+        proxy_peer: peer(&event.proxy_peer),
     };
     let mut out = Vec::with_capacity(1 + message.encoded_len());
     out.push(FORMAT_V1);
@@ -242,7 +273,22 @@ pub fn decode_audit(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
         method: value_of(&METHODS, message.method, "method")?,
         detail: message.detail,
         peer: message.peer,
+        peer_source: match message.peer_source {
+            1 => PeerSource::Connection,
+            2 => PeerSource::Proxy,
+            // Unknown, or a source a newer version recorded.
+            _ => PeerSource::Unknown,
+        },
+        proxy_peer: message.proxy_peer,
         request_id: message.request_id,
+        count: message.count.max(1),
+        repeat_of: match message.repeat_of.as_slice() {
+            [] => None,
+            bytes => Some(EventId::from_bytes(
+                bytes.try_into().map_err(|_| corrupt("repeat_of"))?,
+            )),
+        },
+        dropped_before: message.dropped_before,
     })
 }
 
@@ -370,14 +416,78 @@ mod tests {
                 outcome: OUTCOMES[i % OUTCOMES.len()],
                 method: METHODS[i % METHODS.len()],
                 detail: "d".into(),
-                peer: "127.0.0.1:1".into(),
+                peer: "203.0.113.9:1".into(),
+                peer_source: [
+                    PeerSource::Unknown,
+                    PeerSource::Connection,
+                    PeerSource::Proxy,
+                ][i % 3],
+                proxy_peer: "127.0.0.1:2".into(),
                 request_id: "r".into(),
+                count: 1 + i as u64,
+                repeat_of: (i % 2 == 0).then(|| EventId::from_bytes([7; 16])),
+                dropped_before: 3 * i as u64,
             };
             assert_eq!(decode_audit(&encode_audit(&event)).unwrap(), event);
         }
         for method in METHODS {
             assert_ne!(number_of(&METHODS, &method), 0);
         }
+    }
+
+    #[test]
+    fn events_from_before_counts_read_as_one_call_from_an_unknown_source() {
+        let old = AuditV1 {
+            id: vec![1; 16],
+            action: 1,
+            outcome: 1,
+            method: 1,
+            peer: "127.0.0.1:1".into(),
+            ..AuditV1::default()
+        };
+        let mut bytes = vec![FORMAT_V1];
+        old.encode_raw(&mut bytes);
+        let event = decode_audit(&bytes).unwrap();
+        assert_eq!(
+            (event.count, event.repeat_of, event.dropped_before),
+            (1, None, 0)
+        );
+        assert_eq!(event.peer_source, PeerSource::Unknown);
+    }
+
+    #[test]
+    fn every_text_field_is_stored_within_its_bound() {
+        let huge = "\u{e9}".repeat(1 << 19); // 1 MiB of two-byte characters
+        let event = AuditEvent {
+            id: EventId::from_bytes([1; 16]),
+            time: Timestamp::from_micros(1),
+            org_id: huge.clone(),
+            workspace_id: huge.clone(),
+            actor: ActorRef {
+                user_id: huge.clone(),
+                credential: huge.clone(),
+                token_id: huge.clone(),
+            },
+            action: AuditAction::Denied,
+            target_token_ids: vec![TokenId::from_bytes([9; 16])],
+            kind: None,
+            outcome: AuditOutcome::Unauthenticated,
+            method: Method::Check,
+            detail: huge.clone(),
+            peer: huge.clone(),
+            peer_source: PeerSource::Proxy,
+            proxy_peer: huge.clone(),
+            request_id: huge,
+            count: u64::MAX,
+            repeat_of: Some(EventId::from_bytes([2; 16])),
+            dropped_before: u64::MAX,
+        };
+        let bytes = encode_audit(&event);
+        assert!(bytes.len() < 1536, "{} bytes", bytes.len());
+        let stored = decode_audit(&bytes).unwrap();
+        assert_eq!(stored.request_id.len(), MAX_ID_FIELD_BYTES);
+        assert_eq!(stored.detail.len(), MAX_DETAIL_BYTES);
+        assert!(stored.peer.len() <= MAX_PEER_BYTES);
     }
 
     #[test]

@@ -1121,7 +1121,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{
-        audit::{AuditAction, AuditOutcome},
+        audit::{AuditAction, AuditOutcome, PeerSource},
         caller::{ActorRef, Method},
         secret::PepperKey,
         token::Reason,
@@ -1143,7 +1143,12 @@ mod tests {
             method: Method::IssueToken,
             detail: String::new(),
             peer: String::new(),
+            peer_source: PeerSource::Unknown,
+            proxy_peer: String::new(),
             request_id: String::new(),
+            count: 1,
+            repeat_of: None,
+            dropped_before: 0,
         }
     }
 

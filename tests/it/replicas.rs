@@ -1647,7 +1647,7 @@ async fn writes_stuck_on_a_lock_do_not_stop_checks_of_cached_tokens() {
 #[tokio::test]
 async fn a_database_error_is_reported_without_the_rows_it_quotes() {
     use tokenauth::domain::{
-        audit::{AuditAction, AuditEvent, AuditOutcome},
+        audit::{AuditAction, AuditEvent, AuditOutcome, PeerSource},
         caller::{ActorRef, Method},
         ids::{EventId, TokenId},
         time::Timestamp,
@@ -1691,7 +1691,12 @@ async fn a_database_error_is_reported_without_the_rows_it_quotes() {
         method: Method::IssueToken,
         detail: String::new(),
         peer: String::new(),
+        peer_source: PeerSource::Unknown,
+        proxy_peer: String::new(),
         request_id: String::new(),
+        count: 1,
+        repeat_of: None,
+        dropped_before: 0,
     };
     let first = record(TokenId::generate(now).unwrap());
     store.insert_token(&first, &event()).await.unwrap();
