@@ -829,10 +829,16 @@ pub fn redact_url_password(url: &str) -> String {
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
+            // The client percent-decodes parameter names (`pass%77ord` is
+            // `password`), so they are compared decoded, as it reads them.
             let params: Vec<String> = query
                 .split('&')
                 .map(|param| match param.split_once('=') {
-                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                    Some((name, _))
+                        if percent_encoding::percent_decode_str(name)
+                            .decode_utf8_lossy()
+                            .eq_ignore_ascii_case("password") =>
+                    {
                         format!("{name}=(redacted)")
                     }
                     _ => param.to_owned(),
@@ -1028,6 +1034,38 @@ mod tests {
         };
         assert!(wrong.store_kind().is_err());
     }
+    /// Review (issue 12, item 15): a password parameter whose name is
+    /// percent-encoded, in any of its letters and in either case of hex
+    /// digit, is still a password to the client, and is hidden.
+    #[test]
+    fn printed_store_urls_hide_percent_encoded_password_parameters() {
+        for name in [
+            "pass%77ord",
+            "%70assword",
+            "passwor%64",
+            "PASS%57ORD",
+            "pa%73%73word",
+            "%70%61%73%73%77%6f%72%64",
+            "%70%61%73%73%77%6F%72%64",
+        ] {
+            let url = format!("postgres://u@db:5432/t?sslmode=disable&{name}=s3cret");
+            let shown = redact_url_password(&url);
+            assert!(!shown.contains("s3cret"), "{url} printed as {shown}");
+            assert!(shown.contains("sslmode=disable"), "{shown}");
+            // Only what the client reads as `password` (case-sensitively)
+            // configures one; the redaction hides the wider set.
+            if let Ok(parsed) = url.parse::<tokio_postgres::Config>() {
+                assert_eq!(parsed.get_password(), Some(&b"s3cret"[..]), "{url}");
+            }
+        }
+        let config = Config {
+            store: "postgres://u@db/t?pass%77ord=s3cret".into(),
+            ..Config::default()
+        };
+        let printed = toml::to_string(&config.redacted()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
     /// Review: the PostgreSQL client takes everything up to the last `@`
     /// as the user part, so a password may hold `/`, `?` or `#`; the
     /// redaction must hide it wherever the client would find it.
