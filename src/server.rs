@@ -125,6 +125,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
     match config.store_kind()? {
         StoreKind::Sled => {
             create_private_dir(&config.data_dir)?;
+            make_data_dir_private(&config.data_dir)?;
             Ok(Arc::new(SledStore::open_with_cache(
                 &config.data_dir.join("db"),
                 config.sled.cache_capacity,
@@ -279,15 +280,39 @@ async fn apply_invalidations(
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| ServerError::DataDir {
+    crate::private_fs::create_dir(path).map_err(|source| ServerError::DataDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A data directory that others can read (one copied or restored by an
+/// older version, or given group access by a volume mount) is made private
+/// rather than refused: the server owns it, nothing else should read it (a
+/// consistent copy comes from `tokenauth backup`), and a refusal would turn
+/// an exposure into an outage. One that cannot be changed stops the start.
+fn make_data_dir_private(path: &std::path::Path) -> Result<(), ServerError> {
+    match crate::private_fs::tighten_dir(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:o}"),
+                "the data directory was readable by other users; its mode is now 0700"
+            );
+            Ok(())
+        }
+        Err(source) => Err(ServerError::DataDir {
             path: path.to_owned(),
-            source,
-        })
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "other users can read it, and making it private (mode 0700) failed: \
+                     {source}; run `chmod 700` on it as its owner"
+                ),
+            ),
+        }),
+    }
 }
 
 /// Everything `serve` runs, built by `start_with_store`.
