@@ -321,9 +321,26 @@ pub struct LimitsConfig {
     /// How long a keepalive ping may go unanswered before the connection is closed. Default `"10s"`.
     #[serde(with = "humantime_serde")]
     pub http2_keepalive_timeout: Duration,
-    /// How long in-flight calls may run on after SIGTERM before the server stops anyway. Default `"20s"`.
+    /// How long in-flight calls may run on after SIGTERM before the server
+    /// stops anyway; connections with no call in flight are closed at once.
+    /// Default `"20s"`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most connections open at once on the gRPC port. A new one beyond it
+    /// takes the place of the connection idle the longest, or, when every
+    /// connection has a call in flight, is closed at once. Keep it well under
+    /// the process's file descriptor limit (`ulimit -n`, often 1024), which
+    /// the store, the admin port and refused connections also draw on.
+    /// Default 512.
+    pub max_connections: usize,
+    /// A connection with no call in flight for this long is closed, counted
+    /// from its accept, so one that never completes its handshake goes too.
+    /// Default `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest a TLS handshake may take (with `[tls]`). Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -337,6 +354,9 @@ impl Default for LimitsConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -629,6 +649,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
         if self.limits.max_concurrent_streams == 0 {
             return Err(invalid(
                 "limits.max_concurrent_streams",
@@ -637,6 +660,8 @@ impl Config {
         }
         for (field, duration) in [
             ("limits.request_timeout", self.limits.request_timeout),
+            ("limits.idle_timeout", self.limits.idle_timeout),
+            ("limits.handshake_timeout", self.limits.handshake_timeout),
             (
                 "limits.http2_keepalive_interval",
                 self.limits.http2_keepalive_interval,

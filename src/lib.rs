@@ -14,6 +14,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod fuzzing;
 pub mod health;

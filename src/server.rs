@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{server::NamedService, transport::server::TcpIncoming};
+use tonic::server::NamedService;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
@@ -15,6 +15,7 @@ use crate::{
     },
     cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError, LimitsConfig, StoreKind, ext_authz::ExtAuthzConfigError},
+    connections::{CallTrackingLayer, Connections, GuardedStream},
     domain::{ext_authz::ExtAuthz, service::TokenService, time::Timestamp},
     health::Health,
     metrics::Metrics,
@@ -411,7 +412,12 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     });
 
     let limits = &config.limits;
-    let incoming = incoming(listener, limits);
+    let connections = Connections::new(
+        limits.max_connections,
+        limits.idle_timeout,
+        Arc::clone(&metrics),
+    );
+    let incoming = incoming(listener, limits, Arc::clone(&connections));
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let draining_health = Arc::clone(&health);
     let serving = grpc_server(limits, Arc::clone(&metrics), tls)?
@@ -432,6 +438,7 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
                 }
             }
             draining_health.draining().await;
+            connections.drain();
             let _ = draining_tx.send(());
             tracing::info!("draining: no new connections; waiting for in-flight calls");
         });
@@ -480,12 +487,16 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     served.map_err(ServerError::from)
 }
 
-/// The layers every gRPC server of ours runs: the request id (outermost)
-/// and the global concurrency limit.
+/// The layers every gRPC server of ours runs: call tracking for the
+/// connection limits (outermost), the request id, and the global
+/// concurrency limit.
 pub type Layers = tower::layer::util::Stack<
     tower::layer::util::Stack<
         tower::limit::GlobalConcurrencyLimitLayer,
-        tower::layer::util::Stack<RequestIdLayer, tower::layer::util::Identity>,
+        tower::layer::util::Stack<
+            RequestIdLayer,
+            tower::layer::util::Stack<CallTrackingLayer, tower::layer::util::Identity>,
+        >,
     >,
     tower::layer::util::Identity,
 >;
@@ -513,6 +524,7 @@ pub fn grpc_server(
         .load_shed(true)
         .layer(
             tower::ServiceBuilder::new()
+                .layer(CallTrackingLayer)
                 .layer(RequestIdLayer::new(metrics))
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                     limits.max_concurrent_requests,
@@ -521,11 +533,14 @@ pub fn grpc_server(
         ))
 }
 
-/// Accepted connections as the server takes them: no Nagle delay, TCP keepalive.
-pub fn incoming(listener: TcpListener, limits: &LimitsConfig) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(limits.http2_keepalive_interval))
+/// Accepted connections as the server takes them, within `connections`'
+/// limits: no Nagle delay, TCP keepalive.
+pub fn incoming(
+    listener: TcpListener,
+    limits: &LimitsConfig,
+    connections: Arc<Connections>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<GuardedStream>> {
+    crate::connections::incoming(listener, connections, limits.http2_keepalive_interval)
 }
 
 /// Serves `GET /metrics` (Prometheus text format) until `stop`.
@@ -591,7 +606,9 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
     let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
         return Ok(None);
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(config.limits.handshake_timeout);
     if let Some(ca) = &config.tls.client_ca_file {
         // With a client CA, tonic requires a client certificate from it.
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
