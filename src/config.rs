@@ -447,8 +447,10 @@ pub struct PostgresConfig {
     pub password_file: Option<PathBuf>,
     /// PEM file of the CA(s) that sign the database server's certificate.
     /// When set, every connection uses TLS and verifies the server's
-    /// certificate and host name; when not, connections are plaintext (and a
-    /// URL with `sslmode=require` is refused). Default: none.
+    /// certificate and host name. When not, connections are plaintext: to a
+    /// database on this machine (loopback, Unix socket) that is allowed; to
+    /// one on another host only with `sslmode=disable` in the URL (else the
+    /// start is refused); `sslmode=require` is refused. Default: none.
     pub ca_file: Option<PathBuf>,
     /// Most connections this replica opens for requests. Default 16.
     pub pool_size: usize,
@@ -501,12 +503,18 @@ pub struct HealthConfig {
     /// the services that write report NOT_SERVING. Default `"5s"`.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Address of a second, plaintext port serving gRPC health alone (no
+    /// other service, no credential crosses it), for probes that cannot
+    /// speak TLS, such as Kubernetes' gRPC probes, when `[tls]` is on.
+    /// Default: none (off); e.g. `"0.0.0.0:50052"`.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             probe_interval: Duration::from_secs(5),
+            listen: None,
         }
     }
 }
@@ -715,8 +723,10 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
-        if let StoreKind::Postgres(_) = self.store_kind()? {
+        if let StoreKind::Postgres(url) = self.store_kind()? {
             let pg = &self.postgres;
+            crate::store::postgres::transport(&url, pg.ca_file.is_some())
+                .map_err(|reason| invalid("store", &reason))?;
             if pg.pool_size == 0 {
                 return Err(invalid("postgres.pool_size", "must be at least 1"));
             }

@@ -140,13 +140,14 @@ fn config_check_hides_a_password_however_its_parameter_name_is_encoded() {
     for name in [
         "password",
         "pass%77ord",
-        "Pass%77ord",
         "%70%61%73%73%77%6f%72%64",
         "%70%61%73%73%77%6F%72%64",
         "pa%73sword",
+        "passwor%64",
     ] {
-        let store =
-            format!("postgres://tokenauth@db.internal:5432/tokenauth?{name}=hunter2-s3cret");
+        let store = format!(
+            "postgres://tokenauth@db.internal:5432/tokenauth?sslmode=disable&{name}=hunter2-s3cret"
+        );
         let (code, stdout, stderr) =
             run_command(&["config", "check"], &[("TOKENAUTH_STORE", &store)]);
         assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -429,4 +430,62 @@ async fn at_the_limit_with_every_connection_busy_a_newcomer_is_refused_at_once()
         "never more than the limit"
     );
     server.stop().await;
+}
+
+/// Item 10: PostgreSQL URLs defaulted to plaintext (`sslmode=prefer` taken
+/// silently for "disable") wherever the database was. Off this machine,
+/// plaintext now needs the operator's explicit `sslmode=disable` (or TLS
+/// with `postgres.ca_file`); on it, nothing changes.
+#[test]
+fn plaintext_to_a_database_on_another_host_is_refused_unless_asked_for() {
+    let refused = [
+        "postgres://tokenauth@db.internal:5432/tokenauth",
+        "postgres://tokenauth@db.internal:5432/tokenauth?sslmode=prefer",
+        "postgresql://tokenauth:hunter2@10.0.0.5/tokenauth",
+        "postgres://tokenauth@localhost/tokenauth?hostaddr=10.0.0.5",
+        "postgres://tokenauth@127.0.0.1,db.internal/tokenauth",
+        "postgres://tokenauth@db.internal/tokenauth?sslmode=require",
+    ];
+    let accepted = [
+        "postgres://tokenauth@db.internal:5432/tokenauth?sslmode=disable",
+        "postgres://tokenauth@127.0.0.1:5432/tokenauth",
+        "postgres://tokenauth@localhost/tokenauth?sslmode=prefer",
+        "postgres://tokenauth@[::1]:5432/tokenauth",
+        "postgres://tokenauth@%2Frun%2Fpostgresql/tokenauth",
+    ];
+    for url in refused {
+        let (code, stdout, stderr) = run_command(&["config", "check"], &[("TOKENAUTH_STORE", url)]);
+        assert_eq!(code, Some(1), "{url}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("`store`") && stderr.contains("postgres.ca_file"),
+            "{url}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+        // With the CA that signs the database's certificate, it is TLS.
+        if !url.contains("sslmode=require") {
+            let (code, stdout, stderr) = run_command(
+                &["config", "check"],
+                &[
+                    ("TOKENAUTH_STORE", url),
+                    ("TOKENAUTH_POSTGRES__CA_FILE", "/etc/ssl/db-ca.pem"),
+                ],
+            );
+            assert_eq!(code, Some(0), "{url} with a CA: {stdout}{stderr}");
+        }
+    }
+    for url in accepted {
+        let (code, stdout, stderr) = run_command(&["config", "check"], &[("TOKENAUTH_STORE", url)]);
+        assert_eq!(code, Some(0), "{url}: {stdout}{stderr}");
+    }
+    // serve refuses before it connects anywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run_command(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("TOKENAUTH_STORE", refused[0]),
+            ("TOKENAUTH_DATA_DIR", dir.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("sslmode=disable"), "{stderr}");
 }
