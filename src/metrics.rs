@@ -349,7 +349,7 @@ fn register_connection_observers(meter: &Meter, connections: &Arc<ConnectionCoun
     let open = Arc::clone(connections);
     meter
         .u64_observable_gauge("tokenauth.connections.open")
-        .with_description("Open connections on the gRPC port")
+        .with_description("Open connections on the gRPC port and the health probe port")
         .with_callback(move |observer| observer.observe(open.open.load(Ordering::Relaxed), &[]))
         .build();
     let ended = Arc::clone(connections);
