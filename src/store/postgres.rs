@@ -1526,7 +1526,7 @@ mod tests {
     #[test]
     fn every_connection_notices_a_dead_peer_within_seconds() {
         let settings = PostgresSettings {
-            url: "postgres://u@db/t?keepalives_idle=7200".into(),
+            url: "postgres://u@db/t?keepalives_idle=7200&sslmode=disable".into(),
             password: None,
             ca_pem: None,
             pool_size: 1,
