@@ -256,11 +256,16 @@ async fn main() {
     let floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let floor_addr = floor_listener.local_addr().unwrap();
     let floor_metrics = Metrics::new(None, Duration::from_secs(60)).unwrap();
+    let floor_connections = connections_of(&config, &floor_metrics);
     let mut floor_server = server::grpc_server(&config.limits, floor_metrics, None).unwrap();
     tokio::spawn(
         floor_server
             .add_service(FloorServer::new(EmptyFloor))
-            .serve_with_incoming(server::incoming(floor_listener, &config.limits)),
+            .serve_with_incoming(server::incoming(
+                floor_listener,
+                &config.limits,
+                floor_connections,
+            )),
     );
 
     // The ext_authz floor: an always-allow handler, served the same way,
@@ -268,6 +273,7 @@ async fn main() {
     let ext_authz_floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ext_authz_floor_addr = ext_authz_floor_listener.local_addr().unwrap();
     let ext_authz_floor_metrics = Metrics::new(None, Duration::from_secs(60)).unwrap();
+    let ext_authz_floor_connections = connections_of(&config, &ext_authz_floor_metrics);
     let mut ext_authz_floor_server =
         server::grpc_server(&config.limits, ext_authz_floor_metrics, None).unwrap();
     tokio::spawn(
@@ -276,7 +282,11 @@ async fn main() {
                 AuthorizationServer::new(AlwaysAllow)
                     .max_decoding_message_size(config.ext_authz.max_request_bytes),
             )
-            .serve_with_incoming(server::incoming(ext_authz_floor_listener, &config.limits)),
+            .serve_with_incoming(server::incoming(
+                ext_authz_floor_listener,
+                &config.limits,
+                ext_authz_floor_connections,
+            )),
     );
 
     if selected("in_process") {
@@ -584,4 +594,16 @@ async fn main() {
         bulk.shutdown().await.unwrap();
     }
     running.shutdown().await.unwrap();
+}
+
+/// The connection limits tokenauth's own port runs with, for a floor server.
+fn connections_of(
+    config: &tokenauth::config::Config,
+    metrics: &std::sync::Arc<Metrics>,
+) -> std::sync::Arc<tokenauth::connections::Connections> {
+    tokenauth::connections::Connections::new(
+        config.limits.max_connections,
+        config.limits.idle_timeout,
+        std::sync::Arc::clone(metrics),
+    )
 }

@@ -331,9 +331,26 @@ pub struct LimitsConfig {
     /// How long a keepalive ping may go unanswered before the connection is closed. Default `"10s"`.
     #[serde(with = "humantime_serde")]
     pub http2_keepalive_timeout: Duration,
-    /// How long in-flight calls may run on after SIGTERM before the server stops anyway. Default `"20s"`.
+    /// How long in-flight calls may run on after SIGTERM before the server
+    /// stops anyway; connections with no call in flight are closed at once.
+    /// Default `"20s"`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most connections open at once on the gRPC port. A new one beyond it
+    /// takes the place of the connection idle the longest, or, when every
+    /// connection has a call in flight, is closed at once. Keep it well under
+    /// the process's file descriptor limit (`ulimit -n`, often 1024), which
+    /// the store, the admin port and refused connections also draw on.
+    /// Default 512.
+    pub max_connections: usize,
+    /// A connection with no call in flight for this long is closed, counted
+    /// from its accept, so one that never completes its handshake goes too.
+    /// Default `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest a TLS handshake may take (with `[tls]`). Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -347,6 +364,9 @@ impl Default for LimitsConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -437,8 +457,10 @@ pub struct PostgresConfig {
     pub password_file: Option<PathBuf>,
     /// PEM file of the CA(s) that sign the database server's certificate.
     /// When set, every connection uses TLS and verifies the server's
-    /// certificate and host name; when not, connections are plaintext (and a
-    /// URL with `sslmode=require` is refused). Default: none.
+    /// certificate and host name. When not, connections are plaintext: to a
+    /// database on this machine (loopback, Unix socket) that is allowed; to
+    /// one on another host only with `sslmode=disable` in the URL (else the
+    /// start is refused); `sslmode=require` is refused. Default: none.
     pub ca_file: Option<PathBuf>,
     /// Most connections this replica opens for requests. Default 16.
     pub pool_size: usize,
@@ -491,12 +513,18 @@ pub struct HealthConfig {
     /// the services that write report NOT_SERVING. Default `"5s"`.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Address of a second, plaintext port serving gRPC health alone (no
+    /// other service, no credential crosses it), for probes that cannot
+    /// speak TLS, such as Kubernetes' gRPC probes, when `[tls]` is on.
+    /// Default: none (off); e.g. `"0.0.0.0:50052"`.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             probe_interval: Duration::from_secs(5),
+            listen: None,
         }
     }
 }
@@ -639,6 +667,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
         if self.limits.max_concurrent_streams == 0 {
             return Err(invalid(
                 "limits.max_concurrent_streams",
@@ -647,6 +678,8 @@ impl Config {
         }
         for (field, duration) in [
             ("limits.request_timeout", self.limits.request_timeout),
+            ("limits.idle_timeout", self.limits.idle_timeout),
+            ("limits.handshake_timeout", self.limits.handshake_timeout),
             (
                 "limits.http2_keepalive_interval",
                 self.limits.http2_keepalive_interval,
@@ -700,8 +733,10 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
-        if let StoreKind::Postgres(_) = self.store_kind()? {
+        if let StoreKind::Postgres(url) = self.store_kind()? {
             let pg = &self.postgres;
+            crate::store::postgres::transport(&url, pg.ca_file.is_some())
+                .map_err(|reason| invalid("store", &reason))?;
             if pg.pool_size == 0 {
                 return Err(invalid("postgres.pool_size", "must be at least 1"));
             }
@@ -842,10 +877,16 @@ pub fn redact_url_password(url: &str) -> String {
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
+            // The client percent-decodes parameter names (`pass%77ord` is
+            // `password`), so they are compared decoded, as it reads them.
             let params: Vec<String> = query
                 .split('&')
                 .map(|param| match param.split_once('=') {
-                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                    Some((name, _))
+                        if percent_encoding::percent_decode_str(name)
+                            .decode_utf8_lossy()
+                            .eq_ignore_ascii_case("password") =>
+                    {
                         format!("{name}=(redacted)")
                     }
                     _ => param.to_owned(),
@@ -1041,6 +1082,38 @@ mod tests {
         };
         assert!(wrong.store_kind().is_err());
     }
+    /// Review (issue 12, item 15): a password parameter whose name is
+    /// percent-encoded, in any of its letters and in either case of hex
+    /// digit, is still a password to the client, and is hidden.
+    #[test]
+    fn printed_store_urls_hide_percent_encoded_password_parameters() {
+        for name in [
+            "pass%77ord",
+            "%70assword",
+            "passwor%64",
+            "PASS%57ORD",
+            "pa%73%73word",
+            "%70%61%73%73%77%6f%72%64",
+            "%70%61%73%73%77%6F%72%64",
+        ] {
+            let url = format!("postgres://u@db:5432/t?sslmode=disable&{name}=s3cret");
+            let shown = redact_url_password(&url);
+            assert!(!shown.contains("s3cret"), "{url} printed as {shown}");
+            assert!(shown.contains("sslmode=disable"), "{shown}");
+            // Only what the client reads as `password` (case-sensitively)
+            // configures one; the redaction hides the wider set.
+            if let Ok(parsed) = url.parse::<tokio_postgres::Config>() {
+                assert_eq!(parsed.get_password(), Some(&b"s3cret"[..]), "{url}");
+            }
+        }
+        let config = Config {
+            store: "postgres://u@db/t?pass%77ord=s3cret".into(),
+            ..Config::default()
+        };
+        let printed = toml::to_string(&config.redacted()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
     /// Review: the PostgreSQL client takes everything up to the last `@`
     /// as the user part, so a password may hold `/`, `?` or `#`; the
     /// redaction must hide it wherever the client would find it.

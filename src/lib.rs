@@ -8,16 +8,19 @@
 //! - [`domain`]: tokens, permissions and decisions, with no tonic and no sled;
 //! - [`store`]: the [`store::Store`] trait and its sled implementation;
 //! - [`cache`]: the moka layer in front of the store, and its invalidation rules;
-//! - [`config`], [`pepper`], [`server`]: loading, keys and wiring.
+//! - [`config`], [`pepper`], [`server`]: loading, keys and wiring;
+//! - [`private_fs`]: the data directory and backups, readable by their owner only.
 
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod pepper;
+pub mod private_fs;
 pub mod proto;
 pub mod recorder;
 pub mod server;

@@ -247,8 +247,9 @@ async fn take_backup(
     // Written beside the target and renamed at the end: a failed backup
     // never leaves a plausible-looking partial file.
     let partial = out.with_extension("partial");
-    let mut file =
-        std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    // Mode 0600: a backup holds every token record and audit event.
+    let mut file = tokenauth::private_fs::create_file(&partial)
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
     let mut bytes = 0u64;
     while let Some(chunk) = stream.message().await.map_err(|s| s.message().to_owned())? {
         file.write_all(&chunk.data)
@@ -262,6 +263,12 @@ async fn take_backup(
 }
 
 fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
+    let private = tokenauth::private_fs::create_dir(data_dir)
+        .and_then(|()| tokenauth::private_fs::tighten_dir(data_dir));
+    if let Err(error) = private {
+        eprintln!("error: {}: {error}", data_dir.display());
+        return ExitCode::FAILURE;
+    }
     match tokenauth::store::backup::restore(from, &data_dir.join("db")) {
         Ok(entries) => {
             println!(

@@ -68,6 +68,35 @@ pub enum CacheOutcome {
     Miss,
 }
 
+/// Why the server closed a connection on the gRPC port (see `connections`).
+#[derive(Clone, Copy, Debug)]
+pub enum ConnectionEnd {
+    /// Closed at accept: every place taken by a busy connection, or draining.
+    Refused,
+    /// Closed, idle, to make room for a new connection.
+    Evicted,
+    /// No call in flight for `limits.idle_timeout`.
+    Idle,
+    /// No call in flight when the server began to drain.
+    Drained,
+}
+
+const CONNECTION_ENDS: [(ConnectionEnd, &str); 4] = [
+    (ConnectionEnd::Refused, "refused"),
+    (ConnectionEnd::Evicted, "evicted"),
+    (ConnectionEnd::Idle, "idle"),
+    (ConnectionEnd::Drained, "drained"),
+];
+
+/// Connections of the gRPC port, and which links carry plaintext off the machine.
+#[derive(Default)]
+struct ConnectionCounters {
+    open: AtomicU64,
+    ended: [AtomicU64; 4],
+    /// (link, 1 when it is plaintext and leaves the machine), set at start.
+    plaintext: Mutex<Vec<(&'static str, u64)>>,
+}
+
 #[derive(Default)]
 struct CheckCounters {
     by_reason: [AtomicU64; 7],
@@ -80,6 +109,7 @@ pub struct Metrics {
     registry: prometheus::Registry,
     checks: Arc<CheckCounters>,
     tokens: Arc<Mutex<TokenCounts>>,
+    connections: Arc<ConnectionCounters>,
     check_duration: Histogram<f64>,
     store_duration: Histogram<f64>,
     rpc_duration: Histogram<f64>,
@@ -133,6 +163,8 @@ impl Metrics {
         let checks = Arc::new(CheckCounters::default());
         let tokens = Arc::new(Mutex::new(TokenCounts::default()));
         register_observers(&meter, &checks, &tokens);
+        let connections = Arc::new(ConnectionCounters::default());
+        register_connection_observers(&meter, &connections);
         let latency = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -159,6 +191,7 @@ impl Metrics {
             registry,
             checks,
             tokens,
+            connections,
         }))
     }
 
@@ -201,6 +234,31 @@ impl Metrics {
 
     pub fn set_token_counts(&self, counts: TokenCounts) {
         *self.tokens.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection the server closed (or refused), by why.
+    pub fn connection_ended(&self, end: ConnectionEnd) {
+        self.connections.ended[end as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records whether `link` (`"grpc"`, `"database"`) carries plaintext
+    /// off this machine.
+    pub fn set_plaintext(&self, link: &'static str, plaintext: bool) {
+        let mut links = self
+            .connections
+            .plaintext
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        links.retain(|(known, _)| *known != link);
+        links.push((link, u64::from(plaintext)));
     }
 
     /// Everything, in the Prometheus text format.
@@ -282,6 +340,49 @@ fn register_observers(
                     count,
                     &[KeyValue::new("kind", kind), KeyValue::new("state", state)],
                 );
+            }
+        })
+        .build();
+}
+
+fn register_connection_observers(meter: &Meter, connections: &Arc<ConnectionCounters>) {
+    let open = Arc::clone(connections);
+    meter
+        .u64_observable_gauge("tokenauth.connections.open")
+        .with_description("Open connections on the gRPC port and the health probe port")
+        .with_callback(move |observer| observer.observe(open.open.load(Ordering::Relaxed), &[]))
+        .build();
+    let ended = Arc::clone(connections);
+    meter
+        .u64_observable_counter("tokenauth.connections.closed")
+        .with_description(
+            "Connections the server closed: refused at the limit, evicted (idle) to make room, \
+             idle past the timeout, or idle when draining",
+        )
+        .with_callback(move |observer| {
+            for (end, label) in CONNECTION_ENDS {
+                observer.observe(
+                    ended.ended[end as usize].load(Ordering::Relaxed),
+                    &[KeyValue::new("reason", label)],
+                );
+            }
+        })
+        .build();
+    let plaintext = Arc::clone(connections);
+    meter
+        .u64_observable_gauge("tokenauth.plaintext")
+        .with_description(
+            "1 when a link carries plaintext off this machine: the gRPC port on a \
+             non-loopback address without TLS, or the database on another host without TLS",
+        )
+        .with_callback(move |observer| {
+            let links = plaintext
+                .plaintext
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for (link, value) in links {
+                observer.observe(value, &[KeyValue::new("link", link)]);
             }
         })
         .build();

@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{server::NamedService, transport::server::TcpIncoming};
+use tonic::server::NamedService;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
@@ -15,6 +15,7 @@ use crate::{
     },
     cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError, LimitsConfig, StoreKind, ext_authz::ExtAuthzConfigError},
+    connections::{CallTrackingLayer, Connections, GuardedStream},
     domain::{ext_authz::ExtAuthz, service::TokenService, time::Timestamp},
     health::Health,
     metrics::Metrics,
@@ -74,6 +75,7 @@ pub enum ServerError {
 pub struct RunningServer {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    probe_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -87,6 +89,11 @@ impl RunningServer {
     /// The admin HTTP address actually bound, when the admin port is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The health probe port actually bound, when it is on.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe_addr
     }
 
     /// Stops accepting, lets in-flight calls finish, writes pending last-use
@@ -125,6 +132,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
     match config.store_kind()? {
         StoreKind::Sled => {
             create_private_dir(&config.data_dir)?;
+            make_data_dir_private(&config.data_dir)?;
             Ok(Arc::new(SledStore::open_with_cache(
                 &config.data_dir.join("db"),
                 config.sled.cache_capacity,
@@ -241,8 +249,18 @@ pub async fn start_with_store(
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let probe = match config.health.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let probe_addr = probe.as_ref().and_then(|l| l.local_addr().ok());
     let (stop, stopped) = oneshot::channel::<()>();
     let tls = tls_config(&config)?;
+    report_plaintext(&config, local_addr, tls.is_some(), &metrics)?;
     let parts = Parts {
         config,
         tls,
@@ -253,17 +271,59 @@ pub async fn start_with_store(
         metrics,
         listener,
         admin,
+        probe,
     };
     let task = tokio::spawn(serve(parts, async {
         let _ = stopped.await;
     }));
-    tracing::info!(%local_addr, admin_addr = ?admin_addr, "tokenauth listening");
+    tracing::info!(%local_addr, admin_addr = ?admin_addr, probe_addr = ?probe_addr, "tokenauth listening");
     Ok(RunningServer {
         local_addr,
         admin_addr,
+        probe_addr,
         stop: Some(stop),
         task,
     })
+}
+
+/// Warns, once at start and for as long as the process runs (the
+/// `tokenauth_plaintext{link}` gauge), of links that carry plaintext off
+/// this machine: the gRPC port without TLS on a non-loopback address (every
+/// control-plane credential and token secret crosses it), and a database
+/// on another host reached with `sslmode=disable`.
+fn report_plaintext(
+    config: &Config,
+    local_addr: SocketAddr,
+    tls: bool,
+    metrics: &Metrics,
+) -> Result<(), ServerError> {
+    let grpc_exposed = !tls && !local_addr.ip().is_loopback();
+    metrics.set_plaintext("grpc", grpc_exposed);
+    if grpc_exposed {
+        tracing::warn!(
+            %local_addr,
+            "PLAINTEXT: the gRPC port serves without TLS on a non-loopback address, so \
+             credentials and token secrets cross the network in clear. Configure [tls], or \
+             make sure a mesh sidecar encrypts this port and nothing else can reach it"
+        );
+    }
+    if let StoreKind::Postgres(url) = config.store_kind()? {
+        let transport = crate::store::postgres::transport(&url, config.postgres.ca_file.is_some())
+            .map_err(|reason| ConfigError::Invalid {
+                field: "store",
+                reason,
+            })?;
+        let exposed = transport == crate::store::postgres::Transport::PlaintextOffHost;
+        metrics.set_plaintext("database", exposed);
+        if exposed {
+            tracing::warn!(
+                "PLAINTEXT: the database on another host is reached without TLS \
+                 (sslmode=disable in the URL): token records and revocations cross the \
+                 network in clear, and could be altered on the way. Set postgres.ca_file"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Applies what other replicas changed to this replica's cache, in order.
@@ -282,15 +342,39 @@ async fn apply_invalidations(
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| ServerError::DataDir {
+    crate::private_fs::create_dir(path).map_err(|source| ServerError::DataDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A data directory that others can read (one copied or restored by an
+/// older version, or given group access by a volume mount) is made private
+/// rather than refused: the server owns it, nothing else should read it (a
+/// consistent copy comes from `tokenauth backup`), and a refusal would turn
+/// an exposure into an outage. One that cannot be changed stops the start.
+fn make_data_dir_private(path: &std::path::Path) -> Result<(), ServerError> {
+    match crate::private_fs::tighten_dir(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:o}"),
+                "the data directory was readable by other users; its mode is now 0700"
+            );
+            Ok(())
+        }
+        Err(source) => Err(ServerError::DataDir {
             path: path.to_owned(),
-            source,
-        })
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "other users can read it, and making it private (mode 0700) failed: \
+                     {source}; run `chmod 700` on it as its owner"
+                ),
+            ),
+        }),
+    }
 }
 
 /// Everything `serve` runs, built by `start_with_store`.
@@ -304,6 +388,8 @@ struct Parts {
     metrics: Arc<Metrics>,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    /// The health-only port (`health.listen`), if on.
+    probe: Option<TcpListener>,
 }
 
 async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
@@ -317,6 +403,7 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
         metrics,
         listener,
         admin,
+        probe,
     } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -389,7 +476,24 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     });
 
     let limits = &config.limits;
-    let incoming = incoming(listener, limits);
+    let (stop_probes, probes_stopped) = oneshot::channel::<()>();
+    let probe_server = probe.map(|listener| {
+        serve_probes(
+            listener,
+            limits,
+            health_service.clone(),
+            Arc::clone(&metrics),
+            async {
+                let _ = probes_stopped.await;
+            },
+        )
+    });
+    let connections = Connections::new(
+        limits.max_connections,
+        limits.idle_timeout,
+        Arc::clone(&metrics),
+    );
+    let incoming = incoming(listener, limits, Arc::clone(&connections));
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let draining_health = Arc::clone(&health);
     let serving = grpc_server(limits, Arc::clone(&metrics), tls)?
@@ -410,6 +514,7 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
                 }
             }
             draining_health.draining().await;
+            connections.drain();
             let _ = draining_tx.send(());
             tracing::info!("draining: no new connections; waiting for in-flight calls");
         });
@@ -442,6 +547,10 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     if let Some(admin_server) = admin_server {
         let _ = admin_server.await;
     }
+    let _ = stop_probes.send(());
+    if let Some(probe_server) = probe_server {
+        let _ = probe_server.await;
+    }
     let _ = stop_flusher.send(true);
     let _ = flusher.await;
     if let Err(error) = recorder.flush(store.as_ref()).await {
@@ -458,12 +567,16 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     served.map_err(ServerError::from)
 }
 
-/// The layers every gRPC server of ours runs: the request id (outermost)
-/// and the global concurrency limit.
+/// The layers every gRPC server of ours runs: call tracking for the
+/// connection limits (outermost), the request id, and the global
+/// concurrency limit.
 pub type Layers = tower::layer::util::Stack<
     tower::layer::util::Stack<
         tower::limit::GlobalConcurrencyLimitLayer,
-        tower::layer::util::Stack<RequestIdLayer, tower::layer::util::Identity>,
+        tower::layer::util::Stack<
+            RequestIdLayer,
+            tower::layer::util::Stack<CallTrackingLayer, tower::layer::util::Identity>,
+        >,
     >,
     tower::layer::util::Identity,
 >;
@@ -491,6 +604,7 @@ pub fn grpc_server(
         .load_shed(true)
         .layer(
             tower::ServiceBuilder::new()
+                .layer(CallTrackingLayer)
                 .layer(RequestIdLayer::new(metrics))
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                     limits.max_concurrent_requests,
@@ -499,11 +613,45 @@ pub fn grpc_server(
         ))
 }
 
-/// Accepted connections as the server takes them: no Nagle delay, TCP keepalive.
-pub fn incoming(listener: TcpListener, limits: &LimitsConfig) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(limits.http2_keepalive_interval))
+/// Accepted connections as the server takes them, within `connections`'
+/// limits: no Nagle delay, TCP keepalive.
+pub fn incoming(
+    listener: TcpListener,
+    limits: &LimitsConfig,
+    connections: Arc<Connections>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<GuardedStream>> {
+    crate::connections::incoming(listener, connections, limits.http2_keepalive_interval)
+}
+
+/// Most connections open at once on the health probe port.
+const PROBE_CONNECTIONS: usize = 64;
+
+/// Serves gRPC health alone, in plaintext, on `health.listen` until `stop`:
+/// for probes that cannot speak TLS (Kubernetes' gRPC probes) when the main
+/// port does. It carries no credential, and reports what the main port's
+/// health does (NOT_SERVING while draining: it stops last).
+fn serve_probes<H: tonic_health::pb::health_server::Health>(
+    listener: TcpListener,
+    limits: &LimitsConfig,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let connections = Connections::new(PROBE_CONNECTIONS, limits.idle_timeout, metrics);
+    let incoming = incoming(listener, limits, Arc::clone(&connections));
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .layer(CallTrackingLayer)
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, async move {
+                stop.await;
+                connections.drain();
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the health probe port failed");
+        }
+    })
 }
 
 /// Serves `GET /metrics` (Prometheus text format) until `stop`.
@@ -569,7 +717,9 @@ fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
     let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
         return Ok(None);
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(config.limits.handshake_timeout);
     if let Some(ca) = &config.tls.client_ca_file {
         // With a client CA, tonic requires a client certificate from it.
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
@@ -601,5 +751,58 @@ async fn prune_forever(store: Arc<dyn Store>, config: Config) {
             Ok(pruned) => tracing::info!(pruned, "pruned usage records past retention"),
             Err(error) => tracing::warn!(%error, "pruning usage records failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges(metrics: &Metrics) -> String {
+        metrics
+            .render_prometheus()
+            .unwrap()
+            .lines()
+            .filter(|line| line.starts_with("tokenauth_plaintext{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Review (issue 12, item 10): plaintext off the machine is visible for
+    /// as long as the process runs, not only in a log line at start.
+    #[test]
+    fn plaintext_off_the_machine_shows_in_the_gauge() {
+        let metrics = Metrics::new(None, std::time::Duration::from_secs(60)).unwrap();
+        let mut config = Config::default();
+        let loopback: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let everywhere: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        for (addr, tls, shown) in [
+            (loopback, false, 0),
+            (everywhere, true, 0),
+            (everywhere, false, 1),
+        ] {
+            report_plaintext(&config, addr, tls, &metrics).unwrap();
+            let text = gauges(&metrics);
+            assert!(
+                text.contains(&format!(r#"tokenauth_plaintext{{link="grpc"}} {shown}"#)),
+                "{addr} tls={tls}: {text}"
+            );
+        }
+        for (store, shown) in [
+            ("postgres://u@db.internal/t?sslmode=disable", 1),
+            ("postgres://u@127.0.0.1/t", 0),
+        ] {
+            config.store = store.into();
+            report_plaintext(&config, loopback, false, &metrics).unwrap();
+            let text = gauges(&metrics);
+            assert!(
+                text.contains(&format!(
+                    r#"tokenauth_plaintext{{link="database"}} {shown}"#
+                )),
+                "{store}: {text}"
+            );
+        }
+        config.store = "postgres://u@db.internal/t".into();
+        assert!(report_plaintext(&config, loopback, false, &metrics).is_err());
     }
 }

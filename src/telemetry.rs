@@ -46,6 +46,32 @@ impl Telemetry {
     }
 }
 
+/// Crates whose debug and trace lines quote the data passing through them,
+/// reaching us through the `log` bridge: tokio-postgres logs every
+/// statement's parameters at debug (token records, digests, audit events),
+/// and sled every key it reads at trace (digests).
+const QUOTING_CRATES: &[&str] = &[
+    "tokio_postgres",
+    "postgres_protocol",
+    "postgres_types",
+    "sled",
+];
+
+/// A filter that every log line must also pass: it holds the crates above
+/// to INFO whatever `--log` asks for (`--log debug`, `tokio_postgres=trace`),
+/// because no log line at any level may carry a digest, a record or a
+/// credential. Everything else is left to the `--log` filter.
+fn quoting_crates_capped() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(
+            QUOTING_CRATES
+                .iter()
+                .map(|target| (*target, LevelFilter::INFO)),
+        )
+}
+
 /// Installs the global subscriber.
 pub fn init(
     filter: &str,
@@ -87,6 +113,7 @@ pub fn init(
     };
     tracing_subscriber::registry()
         .with(EnvFilter::new(filter))
+        .with(quoting_crates_capped())
         .with(fmt)
         .with(otel)
         .try_init()

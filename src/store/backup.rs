@@ -43,7 +43,7 @@ impl<W: Write> Checked<W> {
 /// Writes every tree of `db` to `path`; returns how many entries. The caller
 /// keeps writers out for the duration, so that the file is one moment's state.
 pub fn write(db: &sled::Db, path: &Path) -> Result<u64, StoreError> {
-    let file = File::create(path).map_err(io)?;
+    let file = crate::private_fs::create_file(path).map_err(io)?;
     let mut out = Checked {
         inner: BufWriter::new(file),
         crc: crc32fast::Hasher::new(),
@@ -117,6 +117,9 @@ pub fn restore(backup: &Path, dir: &Path) -> Result<u64, StoreError> {
     if input.take(MAGIC.len())? != MAGIC {
         return Err(StoreError::Corrupt("not a tokenauth backup file".into()));
     }
+    // Private from the start, and everything in it once written (sled
+    // creates its files as the umask says).
+    crate::private_fs::create_dir(dir).map_err(io)?;
     let db = sled::Config::new().path(dir).open()?;
     let mut tree: Option<sled::Tree> = None;
     let mut entries = 0u64;
@@ -153,6 +156,8 @@ pub fn restore(backup: &Path, dir: &Path) -> Result<u64, StoreError> {
         ));
     }
     db.flush()?;
+    drop(db);
+    crate::private_fs::restrict_tree(dir).map_err(io)?;
     Ok(entries)
 }
 

@@ -240,12 +240,84 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+/// How the connection to the database travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS, the server's certificate verified against `postgres.ca_file`.
+    Tls,
+    /// Plaintext to this machine (loopback, or a Unix socket).
+    PlaintextLocal,
+    /// Plaintext to another machine, which the URL asked for (`sslmode=disable`).
+    PlaintextOffHost,
+}
+
+/// How a connection to `url` travels, with a CA file (`has_ca`) or
+/// without; or why it is refused. The connection carries every token record
+/// and revocation, so plaintext that leaves the machine is not only
+/// readable: whoever sits on the path can alter what the database answers
+/// (a revoked token reported live). So without a CA it is refused for a
+/// database on another host, unless the URL says `sslmode=disable`: the
+/// operator's explicit word that the network carries it safely (a warning
+/// and the `tokenauth_plaintext{link="database"}` gauge then say so).
+/// `sslmode=prefer`, libpq's default, is refused rather than read as
+/// plaintext: it means "TLS if offered", which a client that cannot verify
+/// the server would only pretend to honour.
+pub fn transport(url: &str, has_ca: bool) -> Result<Transport, String> {
+    // Never echo the URL: it may hold a password.
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| "the PostgreSQL URL is not valid".to_owned())?;
+    if has_ca {
+        return Ok(Transport::Tls);
+    }
+    let ip_is_local = |ip: &std::net::IpAddr| ip.is_loopback();
+    let remote: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .filter_map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                let local = name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip_is_local(&ip));
+                (!local).then(|| name.clone())
+            }
+            tokio_postgres::config::Host::Unix(_) => None,
+        })
+        .chain(
+            config
+                .get_hostaddrs()
+                .iter()
+                .filter(|ip| !ip_is_local(ip))
+                .map(ToString::to_string),
+        )
+        .collect();
+    match config.get_ssl_mode() {
+        SslMode::Require => Err(
+            "the PostgreSQL URL asks for TLS (sslmode=require): set postgres.ca_file to \
+             the CA that signs the database server's certificate"
+                .to_owned(),
+        ),
+        _ if remote.is_empty() => Ok(Transport::PlaintextLocal),
+        SslMode::Disable => Ok(Transport::PlaintextOffHost),
+        _ => Err(format!(
+            "the database ({}) is on another machine, and without postgres.ca_file the \
+             connection would be plaintext, where token records and revocations can be read \
+             and altered on the way: set postgres.ca_file to the CA that signs the database \
+             server's certificate (TLS, verified), or, on a network you trust with it, accept \
+             plaintext explicitly with sslmode=disable in the URL",
+            remote.join(", ")
+        )),
+    }
+}
+
 /// The connection settings of `settings`, ready for the pool and LISTEN,
 /// and the TLS connector when the database is reached over TLS.
 fn connection_config(
     settings: &PostgresSettings,
 ) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), StoreError> {
     let invalid = |reason: &str| StoreError::Unavailable(format!("store: {reason}"));
+    transport(&settings.url, settings.ca_pem.is_some()).map_err(|reason| invalid(&reason))?;
     // Never echo the URL: it may hold a password.
     let mut config: tokio_postgres::Config = settings
         .url
@@ -289,14 +361,9 @@ fn connection_config(
             config.ssl_mode(SslMode::Require);
             Some(MakeRustlsConnect::new(client))
         }
-        None if config.get_ssl_mode() == SslMode::Require => {
-            return Err(invalid(
-                "the PostgreSQL URL asks for TLS (sslmode=require): set postgres.ca_file to \
-                 the CA that signs the database server's certificate",
-            ));
-        }
         None => {
-            // Prefer would silently fall back to plaintext; say what happens.
+            // Local, or off-host with sslmode=disable (see `transport`):
+            // plaintext, said plainly rather than "prefer".
             config.ssl_mode(SslMode::Disable);
             None
         }
@@ -1459,7 +1526,7 @@ mod tests {
     #[test]
     fn every_connection_notices_a_dead_peer_within_seconds() {
         let settings = PostgresSettings {
-            url: "postgres://u@db/t?keepalives_idle=7200".into(),
+            url: "postgres://u@db/t?keepalives_idle=7200&sslmode=disable".into(),
             password: None,
             ca_pem: None,
             pool_size: 1,

@@ -82,11 +82,33 @@ impl ChildSetup {
     pub async fn start(&self, log_filter: &str) -> ChildServer {
         ChildServer::start(&self.config, log_filter).await
     }
+
+    /// Like [`Self::start`], with the child's file descriptor limit
+    /// (`ulimit -n`) set to `max_fds`.
+    pub async fn start_with_fd_limit(&self, log_filter: &str, max_fds: u32) -> ChildServer {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_tokenauth"));
+        ChildServer::spawn(command, &self.config, log_filter).await
+    }
 }
 
 impl ChildServer {
     pub async fn start(config: &Path, log_filter: &str) -> ChildServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenauth"))
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_tokenauth")),
+            config,
+            log_filter,
+        )
+        .await
+    }
+
+    /// Runs `command serve --config <config>` (the binary, or a shell that
+    /// execs it, so that the pid is the server's).
+    async fn spawn(mut command: Command, config: &Path, log_filter: &str) -> ChildServer {
+        let mut child = command
             .args(["serve", "--config"])
             .arg(config)
             .env("TOKENAUTH_LOG", log_filter)

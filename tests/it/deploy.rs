@@ -155,13 +155,9 @@ fn kubernetes_runs_one_non_root_writer_with_probes() {
     let security = &container["securityContext"];
     assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
     assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
-    for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(
-            container[probe]["grpc"]["port"].as_i64(),
-            Some(50051),
-            "{probe}"
-        );
-    }
+    // The gRPC port serves TLS; the probes, which speak none, use the
+    // health-only port (health.listen).
+    serves_tls_with_probes_on_the_health_port(&deployment);
     assert!(
         container["resources"]["requests"]["memory"]
             .as_str()
@@ -236,6 +232,51 @@ fn the_dockerfile_builds_in_two_stages_and_runs_as_non_root() {
     assert!(dockerfile.contains("--locked"));
 }
 
+/// The container serves TLS from the mounted tokenauth-tls Secret, and its
+/// probes go to the health-only plaintext port that `health.listen` opens.
+fn serves_tls_with_probes_on_the_health_port(deployment: &Yaml) {
+    let tls = mount_path(deployment, "tls");
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some("tls"))
+        .expect("a tls volume");
+    assert_eq!(
+        volume["secret"]["secretName"].as_str(),
+        Some("tokenauth-tls")
+    );
+    let env: Vec<(String, String)> = [
+        "TOKENAUTH_TLS__CERT_FILE",
+        "TOKENAUTH_TLS__KEY_FILE",
+        "TOKENAUTH_HEALTH__LISTEN",
+    ]
+    .iter()
+    .map(|name| ((*name).to_owned(), env_value(deployment, name).to_owned()))
+    .collect();
+    let config = Config::load(Some(&deploy().join("kubernetes/tokenauth.toml")), env).unwrap();
+    config.policy().unwrap();
+    assert_eq!(
+        config.tls.cert_file.as_deref(),
+        Some(Path::new(&format!("{tls}/tls.crt")))
+    );
+    assert_eq!(
+        config.tls.key_file.as_deref(),
+        Some(Path::new(&format!("{tls}/tls.key")))
+    );
+    let health_port = i64::from(config.health.listen.expect("health.listen").port());
+    let ports = container(deployment)["ports"].as_vec().unwrap();
+    assert!(ports.iter().any(|p| p["name"].as_str() == Some("health")
+        && p["containerPort"].as_i64() == Some(health_port)));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            container(deployment)[probe]["grpc"]["port"].as_i64(),
+            Some(health_port),
+            "{probe}"
+        );
+    }
+}
+
 /// What the real Envoy cannot show (tests/it/envoy/ points it at loopback):
 /// that the shipped config points the cluster ext_authz uses at the Service
 /// the Kubernetes manifests create, on its port.
@@ -269,6 +310,19 @@ fn envoy_asks_the_tokenauth_service_of_the_kubernetes_manifests() {
         address["port_value"].as_i64(),
         service["spec"]["ports"][0]["port"].as_i64()
     );
+    // ...over TLS, verifying tokenauth's certificate and name.
+    let tls = &cluster["transport_socket"]["typed_config"];
+    assert_eq!(
+        tls["@type"].as_str(),
+        Some("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
+    );
+    assert_eq!(tls["sni"].as_str(), Some(service_host().as_str()));
+    let validation = &tls["common_tls_context"]["validation_context"];
+    assert!(validation["trusted_ca"]["filename"].as_str().is_some());
+    assert_eq!(
+        validation["match_typed_subject_alt_names"][0]["matcher"]["exact"].as_str(),
+        Some(service_host().as_str())
+    );
 }
 
 /// tokenauth's address in the cluster: the Service in the kustomization's namespace.
@@ -292,6 +346,12 @@ fn istio_names_tokenauth_as_a_custom_provider() {
     assert_eq!(grpc["service"].as_str(), Some(service_host().as_str()));
     assert_eq!(grpc["port"].as_i64(), Some(50051));
     assert_eq!(grpc["failOpen"].as_bool(), Some(false));
+    // tokenauth serves its sidecar plaintext under Istio: mutual TLS is
+    // mandatory for its namespace.
+    let mtls = document("istio/peer-authentication.yaml");
+    assert_eq!(str_at(&mtls, &["kind"]), "PeerAuthentication");
+    assert_eq!(str_at(&mtls, &["metadata", "namespace"]), "tokenauth");
+    assert_eq!(str_at(&mtls, &["spec", "mtls", "mode"]), "STRICT");
     assert!(grpc["timeout"].as_str().is_some());
 
     let policy = document("istio/authorization-policy.yaml");
@@ -353,10 +413,14 @@ fn the_postgresql_variant_runs_several_replicas_without_volumes() {
 
     // The base config file, with the variables the Deployment sets, names a
     // PostgreSQL store and the mounted password and pepper files.
-    let env: Vec<(String, String)> = ["TOKENAUTH_STORE", "TOKENAUTH_POSTGRES__PASSWORD_FILE"]
-        .iter()
-        .map(|name| ((*name).to_owned(), env_value(&deployment, name).to_owned()))
-        .collect();
+    let env: Vec<(String, String)> = [
+        "TOKENAUTH_STORE",
+        "TOKENAUTH_POSTGRES__PASSWORD_FILE",
+        "TOKENAUTH_POSTGRES__CA_FILE",
+    ]
+    .iter()
+    .map(|name| ((*name).to_owned(), env_value(&deployment, name).to_owned()))
+    .collect();
     assert_eq!(
         tokenauth::config::redact_url_password(&env[0].1),
         env[0].1,
@@ -382,4 +446,13 @@ fn the_postgresql_variant_runs_several_replicas_without_volumes() {
             mount_path(&deployment, "pepper")
         )))
     );
+    // TLS to the database, with the CA from the same Secret.
+    assert_eq!(
+        config.postgres.ca_file.as_deref(),
+        Some(Path::new(&format!(
+            "{}/ca.pem",
+            mount_path(&deployment, "db")
+        )))
+    );
+    serves_tls_with_probes_on_the_health_port(&deployment);
 }

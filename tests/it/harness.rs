@@ -22,7 +22,7 @@ use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
+    transport::{Channel, ClientTlsConfig},
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -73,6 +73,8 @@ pub struct TestServer {
     /// The PostgreSQL cluster of a server that the environment put on one
     /// (`TEST_STORE=postgres`); `None` on sled or a test's own cluster.
     cluster: Option<PgCluster>,
+    /// How the test's client verifies a server that serves TLS.
+    client_tls: Option<ClientTlsConfig>,
 }
 
 /// Whether the suite runs its servers on PostgreSQL instead of sled
@@ -105,6 +107,16 @@ impl TestServer {
         configure: impl FnOnce(&mut Config),
         wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> Self {
+        Self::start_wrapped_tls(configure, wrap, None).await
+    }
+
+    /// Like [`Self::start_wrapped`], for a server that `configure` makes
+    /// serve TLS: the test's client connects with `client_tls`.
+    pub async fn start_wrapped_tls(
+        configure: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+        client_tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let credential = Secret::generate_control_plane()
             .unwrap()
@@ -134,7 +146,7 @@ impl TestServer {
             cluster
         });
         let store = wrap(server::open_store(&config).await.unwrap());
-        Self::start_in(dir, config, store, credential, cluster).await
+        Self::start_in(dir, config, store, credential, cluster, client_tls).await
     }
 
     /// A replica on the PostgreSQL database at `url`, with the pepper file
@@ -157,15 +169,22 @@ impl TestServer {
         store: Arc<dyn Store>,
         control_plane: String,
         cluster: Option<PgCluster>,
+        client_tls: Option<ClientTlsConfig>,
     ) -> Self {
         let running = server::start_with_store(config.clone(), store)
             .await
             .unwrap();
-        let channel = Channel::from_shared(format!("http://{}", running.local_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let scheme = if client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint =
+            Channel::from_shared(format!("{scheme}://{}", running.local_addr())).unwrap();
+        if let Some(tls) = &client_tls {
+            endpoint = endpoint.tls_config(tls.clone()).unwrap();
+        }
+        let channel = endpoint.connect().await.unwrap();
         wait_until_serving(channel.clone()).await;
         Self {
             dir,
@@ -174,6 +193,7 @@ impl TestServer {
             channel,
             control_plane,
             cluster,
+            client_tls,
         }
     }
 
@@ -216,7 +236,16 @@ impl TestServer {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let store = server::open_store(&config).await.unwrap();
         let cluster = self.cluster.take();
-        Self::start_in(self.dir, config, store, self.control_plane, cluster).await
+        let client_tls = self.client_tls.take();
+        Self::start_in(
+            self.dir,
+            config,
+            store,
+            self.control_plane,
+            cluster,
+            client_tls,
+        )
+        .await
     }
 
     /// Starts a server again on the data directory `dir` that a stopped
@@ -225,7 +254,7 @@ impl TestServer {
     pub async fn resume(dir: TempDir, mut config: Config, control_plane: String) -> Self {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let store = server::open_store(&config).await.unwrap();
-        Self::start_in(dir, config, store, control_plane, None).await
+        Self::start_in(dir, config, store, control_plane, None, None).await
     }
 
     /// Stops the server cleanly; the data directory lives as long as the returned handle.

@@ -1,5 +1,6 @@
 //! Logs: one JSON object per line with the request id, and, at every level,
-//! no token secret, pepper or control-plane credential, ever.
+//! no token secret, digest, record, pepper or control-plane credential, ever,
+//! on sled and on PostgreSQL (whose client logs statement parameters).
 
 use tokenauth::proto::{
     CheckRequest, GetTokenRequest, ListAuditEventsRequest, ListTokenUsageRequest,
@@ -15,6 +16,28 @@ use crate::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let setup = ChildSetup::new("");
+    let pepper = setup.data_dir().join("pepper");
+    every_call_then_no_secret_in_the_logs(&setup, &pepper).await;
+}
+
+/// Review (issue 12, item 14): tokio-postgres logs every statement with its
+/// parameters at debug, through the `log` bridge: token records and digests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_digest_or_record_reaches_the_logs_on_postgres_at_trace_level() {
+    let cluster = crate::pg::PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("pepper");
+    tokenauth::pepper::create(&pepper).unwrap();
+    let setup = ChildSetup::new(&format!(
+        "store = {:?}\npepper_file = {pepper:?}\n",
+        cluster.url()
+    ));
+    every_call_then_no_secret_in_the_logs(&setup, &pepper).await;
+}
+
+/// Makes every kind of call on a child logging at trace level, then looks
+/// for every secret, and the digest of every token secret, in what it logged.
+async fn every_call_then_no_secret_in_the_logs(setup: &ChildSetup, pepper: &std::path::Path) {
     let server = setup.start("trace").await;
     let mut tokens = server.tokens(&setup.control_plane);
     let mut checks = server.check();
@@ -138,8 +161,28 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         logs.len()
     );
 
+    // The digests of the token secrets, as hex and as the list of numbers
+    // that a byte string's Debug prints (a record holds them that way too).
+    let keyring = tokenauth::pepper::read(pepper).unwrap();
+    let mut digests = Vec::new();
+    for secret in [&sat.secret, &pat.secret, &rotated.secret] {
+        let digest = keyring.current().digest(secret).0;
+        digests.push(
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+        digests.push(
+            digest[..12]
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
     // Everything the pepper file holds: every key's hex.
-    let pepper = std::fs::read_to_string(setup.data_dir().join("pepper")).unwrap();
+    let pepper = std::fs::read_to_string(pepper).unwrap();
     for line in pepper
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -147,6 +190,15 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         secrets.push(line.split_whitespace().nth(1).unwrap().to_owned());
     }
     let all = logs.join("\n");
+    for digest in &digests {
+        let line = all
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains(digest.as_str()));
+        assert!(
+            line.is_none(),
+            "a token digest ({digest}) appears in the logs: {line:?}"
+        );
+    }
     for secret in &secrets {
         // Also the secret's random body alone, in case a prefix was cut.
         let body = &secret[6..secret.len() - 6];

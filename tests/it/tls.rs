@@ -143,3 +143,63 @@ async fn missing_tls_files_fail_the_start_naming_the_file() {
     let error = server::start(config).await.err().expect("must not start");
     assert!(error.to_string().contains("nope.pem"), "{error}");
 }
+
+/// With TLS on the main port, Kubernetes' gRPC probes (which speak no TLS)
+/// use `health.listen`: gRPC health alone, in plaintext, reporting what the
+/// main port's health reports, and nothing else.
+#[tokio::test]
+async fn with_tls_the_health_port_answers_probes_in_plaintext_and_nothing_else() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let dir = tempfile::tempdir().unwrap();
+    let servers = Pki::new("server CA");
+    let (cert, key) = servers.issue(&["localhost"]);
+    std::fs::write(dir.path().join("server.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.tls.cert_file = Some(dir.path().join("server.pem"));
+    config.tls.key_file = Some(dir.path().join("server.key"));
+    config.health.listen = Some("127.0.0.1:0".parse().unwrap());
+    let running = server::start(config).await.unwrap();
+    let probes = Channel::from_shared(format!("http://{}", running.probe_addr().unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(probes.clone());
+    let mut serving = false;
+    for _ in 0..200 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "envoy.service.auth.v3.Authorization".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == crate::harness::SERVING {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        serving,
+        "the probe port reports the ext_authz service SERVING"
+    );
+    let status = check_over(probes).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    // The main port is TLS only.
+    let plain = Channel::from_shared(format!("http://{}", running.local_addr()))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(match plain {
+        Err(_) => true,
+        Ok(channel) => check_over(channel).await.is_err(),
+    });
+    running.shutdown().await.unwrap();
+}

@@ -1,6 +1,8 @@
 //! One stack per test: the real Envoy running the shipped
 //! `deploy/envoy/envoy.yaml` (only its four socket addresses rewritten to
-//! loopback), the real tokenauth with the route rules of the shipped
+//! loopback, and the CA file it trusts for tokenauth pointed at one made for
+//! the test), the real tokenauth serving TLS, as deploy/kubernetes does, with
+//! a certificate for the Service's name and the route rules of the shipped
 //! `deploy/kubernetes/tokenauth.toml`, and an upstream in the test process
 //! that answers every request with what it received. Also the HTTP/1.1 and
 //! HTTP/2 client the tests speak through Envoy with, and readers of Envoy's
@@ -28,8 +30,16 @@ use tokenauth::{
     config::{Config, ext_authz::ExtAuthzConfig},
     store::Store,
 };
+use tonic::transport::{Certificate, ClientTlsConfig};
 
-use crate::{harness::TestServer, tools::tool};
+use crate::{harness::TestServer, tls::Pki, tools::tool};
+
+/// The name tokenauth's certificate carries: the Service the shipped
+/// envoy.yaml sends ext_authz calls to, and verifies by name.
+pub const SERVICE_NAME: &str = "tokenauth.tokenauth.svc.cluster.local";
+
+/// Where the shipped envoy.yaml reads the CA that issued tokenauth's certificate.
+const SHIPPED_CA_FILE: &str = "/etc/envoy/tokenauth-ca.pem";
 
 /// The challenge of a 401 (a credential is missing or bad).
 pub const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
@@ -338,8 +348,9 @@ impl Drop for Echo {
 
 /// The shipped Envoy config with its addresses (and only those) pointed at
 /// loopback: the listener and the admin endpoint on free ports Envoy picks,
-/// the tokenauth cluster at `tokenauth`, the API cluster at `upstream`.
-pub fn envoy_config(tokenauth: SocketAddr, upstream: SocketAddr) -> String {
+/// the tokenauth cluster at `tokenauth`, the API cluster at `upstream`; and
+/// the CA it trusts for tokenauth read from `ca_file`.
+pub fn envoy_config(tokenauth: SocketAddr, upstream: SocketAddr, ca_file: &Path) -> String {
     let shipped = std::fs::read_to_string(repository().join("deploy/envoy/envoy.yaml")).unwrap();
     let at = |addr: SocketAddr| {
         format!(
@@ -366,6 +377,7 @@ pub fn envoy_config(tokenauth: SocketAddr, upstream: SocketAddr) -> String {
             "socket_address: { address: 127.0.0.1, port_value: 9901 }",
             any_port,
         ),
+        (SHIPPED_CA_FILE, ca_file.display().to_string()),
     ];
     let mut config = shipped.clone();
     for (from, to) in &substitutions {
@@ -376,8 +388,8 @@ pub fn envoy_config(tokenauth: SocketAddr, upstream: SocketAddr) -> String {
         );
         config = config.replace(from, to);
     }
-    // Exactly four lines changed, each an address: everything else is the
-    // shipped file as an operator would run it.
+    // Exactly five lines changed, four addresses and the CA file:
+    // everything else is the shipped file as an operator would run it.
     let changed: Vec<&str> = shipped
         .lines()
         .zip(config.lines())
@@ -386,9 +398,23 @@ pub fn envoy_config(tokenauth: SocketAddr, upstream: SocketAddr) -> String {
         .collect();
     assert_eq!(shipped.lines().count(), config.lines().count());
     assert_eq!(changed.len(), substitutions.len(), "{changed:?}");
-    assert!(changed.iter().all(|line| line.contains("socket_address")));
     assert!(
-        !config.contains("svc.cluster.local") && !config.contains("0.0.0.0"),
+        changed
+            .iter()
+            .all(|line| line.contains("socket_address") || line.contains("trusted_ca"))
+    );
+    // The Service's name stays only where TLS verifies it (SNI and the
+    // subject alternative name), which the test certificate carries.
+    assert!(
+        config
+            .lines()
+            .filter(|line| line.contains("svc.cluster.local"))
+            .all(|line| line.contains(SERVICE_NAME)
+                && (line.contains("sni:") || line.contains("exact:"))),
+        "an address was left unrewritten"
+    );
+    assert!(
+        !config.contains("0.0.0.0"),
         "an address was left unrewritten"
     );
     config
@@ -409,10 +435,12 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy and polls its admin endpoint until it is ready and its
     /// health check has found tokenauth healthy.
-    pub async fn start(tokenauth: SocketAddr, upstream: SocketAddr) -> Self {
+    pub async fn start(tokenauth: SocketAddr, upstream: SocketAddr, ca_pem: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("tokenauth-ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap();
         let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, envoy_config(tokenauth, upstream)).unwrap();
+        std::fs::write(&config, envoy_config(tokenauth, upstream, &ca_file)).unwrap();
         let admin_file = dir.path().join("admin-address");
         let child = Command::new(tool("envoy"))
             .arg("--config-path")
@@ -546,6 +574,8 @@ pub struct Stack {
     pub envoy: Envoy,
     /// The route rules tokenauth runs with (the shipped ones).
     pub rules: ExtAuthzConfig,
+    /// tokenauth's certificate and key, read when it starts.
+    _certs: TempDir,
 }
 
 impl Stack {
@@ -557,16 +587,36 @@ impl Stack {
     pub async fn start_wrapped(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Self {
         let rules = shipped_rules();
         let section = rules.clone();
-        let tokenauth =
-            TestServer::start_wrapped(move |config| config.ext_authz = section, wrap).await;
+        // tokenauth serves TLS with a certificate for the Service's name, as
+        // deploy/kubernetes has it; the test's own client verifies it too.
+        let pki = Pki::new("tokenauth test CA");
+        let (cert, key) = pki.issue(&[SERVICE_NAME]);
+        let certs = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        let client_tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+            .domain_name(SERVICE_NAME);
+        let tokenauth = TestServer::start_wrapped_tls(
+            move |config| {
+                config.ext_authz = section;
+                config.tls.cert_file = Some(cert_file);
+                config.tls.key_file = Some(key_file);
+            },
+            wrap,
+            Some(client_tls),
+        )
+        .await;
         let upstream = Echo::start().await;
-        let envoy = Envoy::start(tokenauth.addr(), upstream.addr).await;
+        let envoy = Envoy::start(tokenauth.addr(), upstream.addr, &pki.ca_pem).await;
         Self {
             tokenauth_addr: tokenauth.addr(),
             tokenauth: Some(tokenauth),
             _upstream: upstream,
             envoy,
             rules,
+            _certs: certs,
         }
     }
 
