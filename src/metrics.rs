@@ -84,6 +84,8 @@ pub struct Metrics {
     store_duration: Histogram<f64>,
     rpc_duration: Histogram<f64>,
     rpc_calls: opentelemetry::metrics::Counter<u64>,
+    ext_authz_denials: opentelemetry::metrics::Counter<u64>,
+    ext_authz_shed: opentelemetry::metrics::Counter<u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +157,16 @@ impl Metrics {
                 .u64_counter("tokenauth.rpc.calls")
                 .with_description("RPCs served, by RPC and gRPC status code")
                 .build(),
+            ext_authz_denials: meter
+                .u64_counter("tokenauth.ext_authz.denials")
+                .with_description("ext_authz requests denied, by deny code")
+                .build(),
+            ext_authz_shed: meter
+                .u64_counter("tokenauth.ext_authz.shed")
+                .with_description(
+                    "ext_authz requests refused (RESOURCE_EXHAUSTED) because requests in flight held ext_authz.max_in_flight_bytes",
+                )
+                .build(),
             provider,
             registry,
             checks,
@@ -197,6 +209,17 @@ impl Metrics {
             .record(seconds, std::slice::from_ref(&rpc));
         self.rpc_calls
             .add(1, &[rpc, KeyValue::new("code", code.to_owned())]);
+    }
+
+    /// Counts an ext_authz deny; `code` is one of the fixed deny codes.
+    pub fn record_ext_authz_denial(&self, code: &'static str) {
+        self.ext_authz_denials
+            .add(1, &[KeyValue::new("code", code)]);
+    }
+
+    /// Counts an ext_authz request refused for want of in-flight bytes.
+    pub fn record_ext_authz_shed(&self) {
+        self.ext_authz_shed.add(1, &[]);
     }
 
     pub fn set_token_counts(&self, counts: TokenCounts) {

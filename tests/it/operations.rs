@@ -212,7 +212,7 @@ fn config_check_prints_the_effective_config_or_names_the_bad_field() {
 }
 
 /// A plain HTTP/1.1 GET, as a Prometheus scraper would do it.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
