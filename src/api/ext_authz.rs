@@ -30,10 +30,7 @@ use crate::{
     metrics::Metrics,
 };
 
-/// The descriptor set of `envoy/service/auth/v3/external_auth.proto` and its
-/// imports, for reflection (built from `proto/third_party` by build.rs).
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("envoy_ext_authz_descriptor");
+pub use crate::proto::EXT_AUTHZ_FILE_DESCRIPTOR_SET as FILE_DESCRIPTOR_SET;
 
 /// The gRPC face of the mesh authorizer.
 pub struct ExtAuthzApi {
