@@ -111,10 +111,11 @@ pub fn route(data: &[u8]) {
     let method = if selector & 2 == 0 { "GET" } else { "POST" };
     if let Ok(path) = table.normalize(target) {
         // A normalized path never carries what could mean something else
-        // upstream: no empty, `.` or `..` segment, no slash inside a segment.
+        // upstream: no empty, `.` or `..` segment, no slash inside a
+        // segment, no path parameter.
         for segment in path.segments() {
             assert!(!segment.is_empty() && segment != "." && segment != "..");
-            assert!(!segment.contains('/'));
+            assert!(!segment.contains(['/', ';']));
         }
         if let Some(matched) = table.find(method, &path) {
             // A capture is a whole segment of the path.
