@@ -270,7 +270,10 @@ fn main() {
 
     let config = tokenauth::config::Config::from_toml(support::EXT_AUTHZ_ROUTES).unwrap();
     let ext_authz_policy = config.ext_authz.compile(service.catalogue()).unwrap();
-    let api = ExtAuthzApi::new(ExtAuthz::new(Arc::clone(&service), ext_authz_policy));
+    let api = ExtAuthzApi::new(
+        ExtAuthz::new(Arc::clone(&service), ext_authz_policy),
+        Arc::clone(&metrics),
+    );
     let request = support::ext_authz_request(secret);
     let response = ready(api.check(tonic::Request::new(request.clone()))).unwrap();
     assert!(matches!(

@@ -7,6 +7,7 @@
 //! attribute-set lookup.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -114,6 +115,9 @@ pub struct Metrics {
     store_duration: Histogram<f64>,
     rpc_duration: Histogram<f64>,
     rpc_calls: opentelemetry::metrics::Counter<u64>,
+    ext_authz_denials: opentelemetry::metrics::Counter<u64>,
+    ext_authz_shed: opentelemetry::metrics::Counter<u64>,
+    rpc_names: RpcNames,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -187,6 +191,17 @@ impl Metrics {
                 .u64_counter("tokenauth.rpc.calls")
                 .with_description("RPCs served, by RPC and gRPC status code")
                 .build(),
+            ext_authz_denials: meter
+                .u64_counter("tokenauth.ext_authz.denials")
+                .with_description("ext_authz requests denied, by deny code")
+                .build(),
+            ext_authz_shed: meter
+                .u64_counter("tokenauth.ext_authz.shed")
+                .with_description(
+                    "ext_authz requests refused (RESOURCE_EXHAUSTED) because requests in flight held ext_authz.max_in_flight_bytes",
+                )
+                .build(),
+            rpc_names: RpcNames::served()?,
             provider,
             registry,
             checks,
@@ -224,12 +239,26 @@ impl Metrics {
             .record(seconds, &[KeyValue::new("operation", operation)]);
     }
 
-    pub fn record_rpc(&self, rpc: &str, code: &str, seconds: f64) {
-        let rpc = KeyValue::new("rpc", rpc.to_owned());
+    /// Counts and times one RPC. `path` is the request's, as the client sent
+    /// it: only the paths of served RPCs become labels, so that junk paths
+    /// cannot grow the series without bound.
+    pub fn record_rpc(&self, path: &str, code: &str, seconds: f64) {
+        let rpc = KeyValue::new("rpc", self.rpc_names.label(path));
         self.rpc_duration
             .record(seconds, std::slice::from_ref(&rpc));
         self.rpc_calls
             .add(1, &[rpc, KeyValue::new("code", code.to_owned())]);
+    }
+
+    /// Counts an ext_authz deny; `code` is one of the fixed deny codes.
+    pub fn record_ext_authz_denial(&self, code: &'static str) {
+        self.ext_authz_denials
+            .add(1, &[KeyValue::new("code", code)]);
+    }
+
+    /// Counts an ext_authz request refused for want of in-flight bytes.
+    pub fn record_ext_authz_shed(&self) {
+        self.ext_authz_shed.add(1, &[]);
     }
 
     pub fn set_token_counts(&self, counts: TokenCounts) {
@@ -275,6 +304,45 @@ impl Metrics {
     pub fn shutdown(&self) {
         if let Err(error) = self.provider.shutdown() {
             tracing::debug!(%error, "shutting the meter provider down");
+        }
+    }
+}
+
+/// The label of each RPC the server serves, by its path (`/package.Service/Method`).
+struct RpcNames(HashMap<String, Arc<str>>);
+
+impl RpcNames {
+    /// The label of every path that is not a served RPC.
+    const UNKNOWN: &'static str = "unknown";
+
+    /// The RPCs of [`crate::proto::SERVED_FILE_DESCRIPTOR_SETS`].
+    fn served() -> Result<Self, MetricsError> {
+        use prost::Message as _;
+        let mut names = HashMap::new();
+        for encoded in crate::proto::SERVED_FILE_DESCRIPTOR_SETS {
+            let set = prost_types::FileDescriptorSet::decode(encoded)
+                .map_err(|e| MetricsError(format!("a served descriptor set: {e}")))?;
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let service_name = service.name.unwrap_or_default();
+                    for method in service.method {
+                        let path = format!(
+                            "/{package}.{service_name}/{}",
+                            method.name.unwrap_or_default()
+                        );
+                        names.insert(path.clone(), Arc::from(path));
+                    }
+                }
+            }
+        }
+        Ok(Self(names))
+    }
+
+    fn label(&self, path: &str) -> opentelemetry::Value {
+        match self.0.get(path) {
+            Some(name) => Arc::clone(name).into(),
+            None => Self::UNKNOWN.into(),
         }
     }
 }
@@ -419,5 +487,42 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tokenauth_rpc_calls_total"), "{text}");
+    }
+
+    #[test]
+    fn rpcs_are_labelled_by_served_name_or_unknown() {
+        let metrics = Metrics::new(None, Duration::from_secs(60)).unwrap();
+        let served = [
+            "/tokenauth.v1.CheckService/Check",
+            "/tokenauth.v1.TokenService/RevokeAll",
+            "/tokenauth.v1.AdminService/Backup",
+            "/envoy.service.auth.v3.Authorization/Check",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ];
+        for rpc in served {
+            metrics.record_rpc(rpc, "Ok", 0.001);
+        }
+        for junk in [
+            "/x",
+            "/tokenauth.v1.CheckService/check",
+            "/tokenauth.bench.v1.Floor/Empty",
+        ] {
+            metrics.record_rpc(junk, "Unimplemented", 0.001);
+        }
+        let text = metrics.render_prometheus().unwrap();
+        for rpc in served {
+            assert!(
+                text.contains(&format!(
+                    r#"tokenauth_rpc_calls_total{{code="Ok",rpc="{rpc}"}} 1"#
+                )),
+                "{rpc}: {text}"
+            );
+        }
+        assert!(
+            text.contains(r#"tokenauth_rpc_calls_total{code="Unimplemented",rpc="unknown"} 3"#),
+            "{text}"
+        );
     }
 }

@@ -30,6 +30,21 @@ pub mod bench {
 /// The descriptor set of every file in `proto/`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokenauth_descriptor");
 
+/// The descriptor set of `envoy/service/auth/v3/external_auth.proto` and its
+/// imports, for reflection (built from `proto/third_party` by build.rs).
+pub const EXT_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("envoy_ext_authz_descriptor");
+
+/// The descriptor sets of every service the server serves, reflection's own
+/// included: the RPCs that metrics name (any other path is `unknown`).
+pub const SERVED_FILE_DESCRIPTOR_SETS: [&[u8]; 5] = [
+    FILE_DESCRIPTOR_SET,
+    EXT_AUTHZ_FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
 /// What a redacted secret prints as.
 const REDACTED: &str = "<redacted>";
 

@@ -10,8 +10,13 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 use crate::{
     api::{
-        admin::AdminApi, audit::AuditApi, check::CheckApi, ext_authz::ExtAuthzApi,
-        request_id::RequestIdLayer, tokens::TokenApi,
+        admin::AdminApi,
+        audit::AuditApi,
+        check::CheckApi,
+        ext_authz::ExtAuthzApi,
+        ext_authz_budget::{ByteBudget, InFlightBudget},
+        request_id::RequestIdLayer,
+        tokens::TokenApi,
     },
     cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError, LimitsConfig, StoreKind, ext_authz::ExtAuthzConfigError},
@@ -429,10 +434,17 @@ async fn serve(parts: Parts, stop: impl Future<Output = ()> + Send) -> Result<()
     let admin_api =
         AdminServiceServer::new(AdminApi::new(Arc::clone(&service), config.data_dir.clone()))
             .max_decoding_message_size(max_request);
-    // Its own limit: Envoy's CheckRequest carries the client's whole
-    // request head, and an oversized one must be a deny, not an RPC error.
-    let mesh = AuthorizationServer::new(ExtAuthzApi::new(ext_authz))
-        .max_decoding_message_size(config.ext_authz.max_request_bytes);
+    // Its own limits: Envoy's CheckRequest carries the client's whole
+    // request head (a head within the header limits must be a deny, not an
+    // RPC error), and what requests in flight hold together is bounded.
+    let mesh_limits = &config.ext_authz;
+    let mesh = InFlightBudget::new(
+        AuthorizationServer::new(ExtAuthzApi::new(ext_authz, Arc::clone(&metrics)))
+            .max_decoding_message_size(mesh_limits.max_request_bytes),
+        ByteBudget::new(mesh_limits.max_in_flight_bytes),
+        mesh_limits.max_request_bytes,
+        Arc::clone(&metrics),
+    );
 
     let health = Health::new(
         health,

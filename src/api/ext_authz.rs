@@ -8,7 +8,7 @@
 //! internal fault is an RPC error, so that Envoy's `failure_mode_allow` and
 //! `status_on_error` apply to faults and to nothing else.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use envoy_types::{
     ext_authz::v3::pb::{
@@ -25,37 +25,40 @@ use envoy_types::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::domain::{
-    ext_authz::{Allow, Denial, ExtAuthz, HttpRequest, Identity, Verdict},
-    service::CheckOrigin,
+use crate::{
+    domain::{
+        ext_authz::{Allow, Denial, ExtAuthz, HttpRequest, Identity, Verdict},
+        service::CheckOrigin,
+    },
+    metrics::Metrics,
 };
 
-/// The descriptor set of `envoy/service/auth/v3/external_auth.proto` and its
-/// imports, for reflection (built from `proto/third_party` by build.rs).
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("envoy_ext_authz_descriptor");
+pub use crate::proto::EXT_AUTHZ_FILE_DESCRIPTOR_SET as FILE_DESCRIPTOR_SET;
 
 /// The gRPC face of the mesh authorizer.
 pub struct ExtAuthzApi {
     authz: ExtAuthz,
+    metrics: Arc<Metrics>,
 }
 
 impl ExtAuthzApi {
-    pub fn new(authz: ExtAuthz) -> Self {
-        Self { authz }
+    pub fn new(authz: ExtAuthz, metrics: Arc<Metrics>) -> Self {
+        Self { authz, metrics }
     }
 }
 
 /// The HTTP request Envoy describes, if it describes one. Header names are
 /// lower-cased (Envoy already does; a hand-written client may not), and taken
-/// from `header_map` when Envoy sends raw headers (`encode_raw_headers`).
-/// Takes the request by value: its strings move into the domain request
-/// instead of being copied (this runs on every mesh request).
+/// from `header_map` when Envoy sends raw headers (`encode_raw_headers`),
+/// in the order sent. Takes the request by value: its strings move into the
+/// domain request instead of being copied (this runs on every mesh request).
+/// Linear in the request's size, which the server bounds
+/// (`ext_authz.max_request_bytes`); the head limits are the domain's.
 pub(crate) fn http_request(request: CheckRequest) -> Option<HttpRequest> {
     let attributes = request.attributes?;
     let source = source_address(&attributes);
     let http = attributes.request?.http?;
-    let mut headers: Vec<(String, String)> = if http.headers.is_empty() {
+    let headers: Vec<(String, String)> = if http.headers.is_empty() {
         http.header_map
             .into_iter()
             .flat_map(|map| map.headers)
@@ -74,8 +77,6 @@ pub(crate) fn http_request(request: CheckRequest) -> Option<HttpRequest> {
             .map(|(name, value)| (lowercase(name), value))
             .collect()
     };
-    // A map's order is random; a stable order keeps responses reproducible.
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
     let pseudo = |name: &str| {
         headers
             .iter()
@@ -216,7 +217,7 @@ fn denied(
 ) -> CheckResponse {
     let code = match denial.http_status() {
         401 => Code::Unauthenticated,
-        400 => Code::InvalidArgument,
+        400 | 431 => Code::InvalidArgument,
         _ => Code::PermissionDenied,
     };
     let body = serde_json::json!({
@@ -288,6 +289,9 @@ impl Authorization for ExtAuthzApi {
             request_id: request_id.as_deref(),
         };
         let verdict = self.authz.authorize(http.as_ref(), &connection).await?;
+        if let Verdict::Deny { denial, .. } = &verdict {
+            self.metrics.record_ext_authz_denial(denial.code());
+        }
         Ok(Response::new(verdict_to_proto(&verdict)))
     }
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod check;
 pub(crate) mod convert;
 pub mod ext_authz;
+pub mod ext_authz_budget;
 pub mod request_id;
 pub mod status;
 pub mod tokens;

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    ext_authz::{ExtAuthzPolicy, RESERVED_HEADER_PREFIX, Unmatched},
+    ext_authz::{ExtAuthzPolicy, HeadLimits, RESERVED_HEADER_PREFIX, Unmatched},
     ids::require_id,
     permissions::{Catalogue, Level},
     routes::{DotSegments, IdSource, PathPattern, Route, RouteTable},
@@ -36,12 +36,35 @@ pub struct ExtAuthzConfigError {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExtAuthzConfig {
-    /// Largest CheckRequest accepted from Envoy, in bytes. Envoy sends the
-    /// whole request line and headers (the path twice), up to its own header
-    /// limits, so this must stay above what a client can make Envoy send:
-    /// a message over it is an RPC error, which Envoy may fail open on.
-    /// Default 16777216 (16 MiB).
+    /// Most headers a request may carry (each copy of a repeated header
+    /// counts); beyond it the request is denied with 431 `too_many_headers`.
+    /// Envoy refuses more than 100 by default (`max_headers_count`) and adds
+    /// a few of its own (`x-request-id`, `x-forwarded-*`), so the default
+    /// leaves room for those. Raise it with Envoy's. Default 128.
+    pub max_headers: usize,
+    /// Most bytes of header names and values together (and the longest
+    /// path); beyond it the request is denied with 431 `headers_too_large`.
+    /// Envoy refuses request headers above 60 KiB by default
+    /// (`max_request_headers_kb`); the default leaves 4 KiB for the headers
+    /// Envoy adds. Raise it with Envoy's. Default 65536.
+    pub max_header_bytes: usize,
+    /// Largest CheckRequest message, in bytes. Envoy sends the path twice
+    /// (`path` and `:path`), the headers, and the peers' addresses and
+    /// certificates; a message over this limit fails as an RPC error
+    /// (`OUT_OF_RANGE`) before any authentication, which Envoy turns into its
+    /// `status_on_error` (or an allow, with `failure_mode_allow`: never set it
+    /// in front of tokenauth). Must be at least twice `max_header_bytes`, so
+    /// that a request within the header limits is answered. With Envoy's
+    /// `with_request_body`, add its `max_request_bytes`. Default 262144
+    /// (256 KiB).
     pub max_request_bytes: usize,
+    /// Most bytes that ext_authz requests in flight may hold together, counted
+    /// as each message arrives (its declared length, from its first bytes).
+    /// A request that would go over it is refused at once with
+    /// `RESOURCE_EXHAUSTED`. It bounds the memory of requests being received
+    /// and decoded: about twice this (the message and its decoded form). At
+    /// least `max_request_bytes`. Default 33554432 (32 MiB).
+    pub max_in_flight_bytes: usize,
     /// A request no route matches: `"deny"` (403, code `no_route`) or
     /// `"allow"` (forwarded unchecked, without identity headers). Default `"deny"`.
     pub unmatched: UnmatchedConfig,
@@ -63,7 +86,10 @@ pub struct ExtAuthzConfig {
 impl Default for ExtAuthzConfig {
     fn default() -> Self {
         Self {
-            max_request_bytes: 16 * 1024 * 1024,
+            max_headers: 128,
+            max_header_bytes: 64 * 1024,
+            max_request_bytes: 256 * 1024,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             unmatched: UnmatchedConfig::default(),
             dot_segments: DotSegmentsConfig::default(),
             api_key_header: None,
@@ -144,6 +170,7 @@ fn is_method(method: &str) -> bool {
 impl ExtAuthzConfig {
     /// Validates every rule against the permission catalogue and builds the policy.
     pub fn compile(&self, catalogue: &Catalogue) -> Result<ExtAuthzPolicy, ExtAuthzConfigError> {
+        let limits = self.limits()?;
         let api_key_header = match &self.api_key_header {
             None => None,
             Some(name) => {
@@ -184,6 +211,7 @@ impl ExtAuthzConfig {
             routes.push(route);
         }
         Ok(ExtAuthzPolicy {
+            limits,
             routes: RouteTable::new(
                 routes,
                 match self.dot_segments {
@@ -197,6 +225,38 @@ impl ExtAuthzConfig {
             },
             api_key_header,
             strip_credentials: self.strip_credentials,
+        })
+    }
+
+    /// Validates the size limits against each other.
+    fn limits(&self) -> Result<HeadLimits, ExtAuthzConfigError> {
+        if self.max_headers == 0 {
+            return Err(error("ext_authz.max_headers", "must be at least 1"));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(error("ext_authz.max_header_bytes", "must be at least 1024"));
+        }
+        if self.max_request_bytes / 2 < self.max_header_bytes {
+            return Err(error(
+                "ext_authz.max_request_bytes",
+                format!(
+                    "must be at least twice ext_authz.max_header_bytes ({}): Envoy sends the path twice, and a request within the header limits must be answered",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if self.max_in_flight_bytes < self.max_request_bytes {
+            return Err(error(
+                "ext_authz.max_in_flight_bytes",
+                format!(
+                    "must be at least ext_authz.max_request_bytes ({})",
+                    self.max_request_bytes
+                ),
+            ));
+        }
+        Ok(HeadLimits {
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
         })
     }
 
@@ -398,6 +458,13 @@ mod tests {
         assert!(policy.routes.routes().is_empty());
         assert!(!policy.strip_credentials);
         assert_eq!(policy.api_key_header, None);
+        assert_eq!(
+            policy.limits,
+            HeadLimits {
+                max_headers: 128,
+                max_header_bytes: 65_536,
+            }
+        );
     }
 
     #[test]
@@ -461,6 +528,10 @@ mod tests {
                 "ext_authz.routes[1].path",
             ),
             ("[ext_authz]\napi_key_header = \"X-Api-Key\"\n".to_owned(), "ext_authz.api_key_header"),
+            ("[ext_authz]\nmax_headers = 0\n".to_owned(), "ext_authz.max_headers"),
+            ("[ext_authz]\nmax_header_bytes = 100\n".to_owned(), "ext_authz.max_header_bytes"),
+            ("[ext_authz]\nmax_header_bytes = 131073\n".to_owned(), "ext_authz.max_request_bytes"),
+            ("[ext_authz]\nmax_request_bytes = 40000000\n".to_owned(), "ext_authz.max_in_flight_bytes"),
             ("[ext_authz]\napi_key_header = \"authorization\"\n".to_owned(), "ext_authz.api_key_header"),
         ];
         for (toml, field) in cases {

@@ -12,7 +12,10 @@
 //! harmless by refusing the request when it differs from ours; identity
 //! headers we do not set are removed, every copy.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::{
     Error,
@@ -55,9 +58,43 @@ pub enum Unmatched {
     Allow,
 }
 
+/// Bounds on the request head the mesh endpoint reads. A request over them
+/// is refused (431) before any other work, so that what one request costs
+/// is bounded whatever its author sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Most headers; each copy of a repeated header counts.
+    pub max_headers: usize,
+    /// Most bytes of header names and values together (as Envoy counts its
+    /// own `max_request_headers_kb`); the path, when sent apart from
+    /// `:path`, may not be longer either.
+    pub max_header_bytes: usize,
+}
+
+impl HeadLimits {
+    /// The request, or why it is too large to read.
+    pub fn admit(&self, request: &HttpRequest) -> Result<(), Denial> {
+        if request.headers.len() > self.max_headers {
+            return Err(Denial::TooManyHeaders {
+                limit: self.max_headers,
+            });
+        }
+        let bytes = request.headers.iter().fold(0usize, |sum, (name, value)| {
+            sum.saturating_add(name.len()).saturating_add(value.len())
+        });
+        if bytes > self.max_header_bytes || request.path.len() > self.max_header_bytes {
+            return Err(Denial::HeadersTooLarge {
+                limit: self.max_header_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The rules of the mesh endpoint, from configuration (validated).
 #[derive(Clone, Debug)]
 pub struct ExtAuthzPolicy {
+    pub limits: HeadLimits,
     pub routes: RouteTable,
     pub unmatched: Unmatched,
     /// A lower-case header that may carry the token instead of `authorization: Bearer`.
@@ -144,6 +181,14 @@ impl Identity {
 pub enum Denial {
     /// The check request describes no HTTP request (e.g. a network filter).
     NotHttp,
+    /// More headers than [`HeadLimits::max_headers`].
+    TooManyHeaders {
+        limit: usize,
+    },
+    /// Headers (or the path) larger than [`HeadLimits::max_header_bytes`].
+    HeadersTooLarge {
+        limit: usize,
+    },
     InvalidPath(PathError),
     /// No route matches, and unmatched routes are denied.
     NoRoute,
@@ -181,6 +226,9 @@ impl Denial {
             | Denial::InvalidPath(_)
             | Denial::MultipleCredentials
             | Denial::IdentityHeaderConflict(_) => 400,
+            // RFC 6585: "Request Header Fields Too Large", what Envoy itself
+            // answers beyond its own header limits.
+            Denial::TooManyHeaders { .. } | Denial::HeadersTooLarge { .. } => 431,
             Denial::MissingCredential | Denial::MalformedCredential(_) => 401,
             Denial::Token(
                 Reason::Malformed | Reason::NotFound | Reason::Revoked | Reason::Expired,
@@ -217,6 +265,8 @@ impl Denial {
     pub fn code(&self) -> &'static str {
         match self {
             Denial::NotHttp | Denial::MultipleCredentials => "invalid_request",
+            Denial::TooManyHeaders { .. } => "too_many_headers",
+            Denial::HeadersTooLarge { .. } => "headers_too_large",
             Denial::InvalidPath(_) => "invalid_path",
             Denial::NoRoute => "no_route",
             Denial::MissingCredential => "missing_credential",
@@ -243,6 +293,12 @@ impl Denial {
         let needed = permission.unwrap_or("the route's permission");
         match self {
             Denial::NotHttp => "the check request describes no HTTP request".into(),
+            Denial::TooManyHeaders { limit } => {
+                format!("the request carries more than {limit} headers")
+            }
+            Denial::HeadersTooLarge { limit } => {
+                format!("the request's headers (or its path) exceed {limit} bytes")
+            }
             Denial::InvalidPath(why) => format!("{why}"),
             Denial::NoRoute => "no route rule matches this method and path".into(),
             Denial::MissingCredential => {
@@ -359,6 +415,10 @@ impl ExtAuthz {
         let Some(request) = request else {
             return Ok(Verdict::deny(Denial::NotHttp));
         };
+        // First, so that nothing below ever runs on an unbounded request.
+        if let Err(denial) = self.policy.limits.admit(request) {
+            return Ok(Verdict::deny(denial));
+        }
         let path = match self.policy.routes.normalize(&request.path) {
             Ok(path) => path,
             Err(why) => return Ok(Verdict::deny(Denial::InvalidPath(why))),
@@ -514,27 +574,27 @@ pub fn upstream_headers(
             set.push((name, value.to_owned()));
         }
     }
-    let is_set = |name: &str| set.iter().any(|(n, _)| *n == name);
+    // Each name once, found in a set: the work is linear in the number of
+    // headers (a scan of the list per header was quadratic, and a request
+    // carrying many `x-tokenauth-*` headers could hold a worker for seconds).
+    // Identity headers come first, in their fixed order; then the client's
+    // reserved headers, in the order Envoy sent them.
+    let mut listed: HashSet<&str> = set.iter().map(|(name, _)| *name).collect();
     let mut remove: Vec<String> = Vec::new();
-    let mut push = |name: &str| {
-        if !is_set(name) && !remove.iter().any(|r| r == name) {
-            remove.push(name.to_owned());
-        }
-    };
     for name in IDENTITY_HEADERS {
-        push(name);
+        remove_once(&mut listed, &mut remove, name);
     }
     for (name, _) in &request.headers {
         // Also `x_tokenauth_*`: CGI-style servers read `_` and `-` alike
         // (both become HTTP_X_TOKENAUTH_...), so those spell our headers too.
         if is_reserved(name) {
-            push(name);
+            remove_once(&mut listed, &mut remove, name);
         }
     }
     if policy.strip_credentials {
-        push("authorization");
+        remove_once(&mut listed, &mut remove, "authorization");
         if let Some(name) = &policy.api_key_header {
-            push(name);
+            remove_once(&mut listed, &mut remove, name);
         }
     }
     Ok(Allow {
@@ -544,6 +604,13 @@ pub fn upstream_headers(
     })
 }
 
+/// Adds `name` to the headers to remove unless it is listed (set or removed) already.
+fn remove_once<'a>(listed: &mut HashSet<&'a str>, remove: &mut Vec<String>, name: &'a str) {
+    if listed.insert(name) {
+        remove.push(name.to_owned());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +618,10 @@ mod tests {
 
     fn policy(api_key: Option<&str>, strip: bool) -> ExtAuthzPolicy {
         ExtAuthzPolicy {
+            limits: HeadLimits {
+                max_headers: 128,
+                max_header_bytes: 65_536,
+            },
             routes: RouteTable::new(Vec::new(), DotSegments::Reject),
             unmatched: Unmatched::Deny,
             api_key_header: api_key.map(str::to_owned),
@@ -784,6 +855,18 @@ mod tests {
                 "identity_header_conflict",
             ),
             (Denial::NotHttp, 400, None, "invalid_request"),
+            (
+                Denial::TooManyHeaders { limit: 128 },
+                431,
+                None,
+                "too_many_headers",
+            ),
+            (
+                Denial::HeadersTooLarge { limit: 65_536 },
+                431,
+                None,
+                "headers_too_large",
+            ),
         ];
         for (denial, status, challenge, code) in cases {
             assert_eq!(denial.http_status(), status, "{denial:?}");
@@ -791,5 +874,71 @@ mod tests {
             assert_eq!(denial.code(), code, "{denial:?}");
             assert!(!denial.message(Some("test_api:run")).is_empty());
         }
+    }
+
+    #[test]
+    fn a_head_at_the_limits_is_read_and_one_past_them_is_refused() {
+        let limits = HeadLimits {
+            max_headers: 4,
+            max_header_bytes: 40,
+        };
+        // 4 headers of 10 bytes each: exactly at both limits.
+        let at = request(&[
+            ("x-a", "1234567"),
+            ("x-b", "1234567"),
+            ("x-c", "1234567"),
+            ("x-d", "1234567"),
+        ]);
+        assert_eq!(limits.admit(&at), Ok(()));
+        let mut one_more = at.clone();
+        one_more.headers.push(("x-e".into(), String::new()));
+        assert_eq!(
+            limits.admit(&one_more),
+            Err(Denial::TooManyHeaders { limit: 4 })
+        );
+        let mut one_byte_more = at.clone();
+        one_byte_more.headers[3].1.push('8');
+        assert_eq!(
+            limits.admit(&one_byte_more),
+            Err(Denial::HeadersTooLarge { limit: 40 })
+        );
+        let mut long_path = at;
+        long_path.path = format!("/{}", "p".repeat(40));
+        assert_eq!(
+            limits.admit(&long_path),
+            Err(Denial::HeadersTooLarge { limit: 40 })
+        );
+    }
+
+    #[test]
+    fn many_reserved_headers_are_each_removed_once() {
+        let policy = policy(Some("x-api-key"), true);
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for i in 0..5_000 {
+            headers.push((format!("x-tokenauth-h{i}"), String::new()));
+            // Repeated copies, and the identity headers, are listed once.
+            headers.push((format!("x-tokenauth-h{i}"), String::new()));
+            headers.push(("x-tokenauth-owner".into(), String::new()));
+        }
+        headers.push(("authorization".into(), "Bearer x".into()));
+        let request = HttpRequest {
+            headers,
+            ..request(&[])
+        };
+        let allow = upstream_headers(&policy, &request, Some(&identity("ws-1", ""))).unwrap();
+        let set: Vec<&str> = allow.set.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            set,
+            [
+                "x-tokenauth-token-id",
+                "x-tokenauth-kind",
+                "x-tokenauth-org-id",
+                "x-tokenauth-workspace-id"
+            ]
+        );
+        let mut expected = vec!["x-tokenauth-owner".to_owned()];
+        expected.extend((0..5_000).map(|i| format!("x-tokenauth-h{i}")));
+        expected.extend(["authorization".to_owned(), "x-api-key".to_owned()]);
+        assert_eq!(allow.remove, expected);
     }
 }
