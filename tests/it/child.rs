@@ -86,9 +86,15 @@ impl ChildSetup {
 
 impl ChildServer {
     pub async fn start(config: &Path, log_filter: &str) -> ChildServer {
+        Self::start_with_args(config, log_filter, &[]).await
+    }
+
+    /// [`Self::start`], with `args` after `serve --config FILE`.
+    pub async fn start_with_args(config: &Path, log_filter: &str, args: &[&str]) -> ChildServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tokenauth"))
             .args(["serve", "--config"])
             .arg(config)
+            .args(args)
             .env("TOKENAUTH_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

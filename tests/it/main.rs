@@ -17,6 +17,7 @@ mod harness;
 mod bad_input;
 mod check;
 mod child;
+mod cli;
 mod corruption;
 mod crash;
 mod lifecycle;
