@@ -23,6 +23,7 @@ mod crash;
 mod lifecycle;
 mod listing;
 mod logs;
+mod manifests;
 mod operations;
 mod persistence;
 mod pg;
