@@ -8,6 +8,7 @@ mod audit;
 mod backup;
 mod deploy;
 mod disk_faults;
+mod docs;
 mod ext_authz;
 mod faults;
 mod fuzz_replay;
