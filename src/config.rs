@@ -17,6 +17,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub mod ext_authz;
+mod values;
+
+pub use values::resolve_listen;
 
 use crate::domain::{
     authz::Roles,
@@ -55,7 +58,9 @@ const NOT_CONFIG_VARIABLES: &[&str] =
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address of the gRPC server. Default `127.0.0.1:50051` (loopback only).
+    /// Address of the gRPC server: an IP address or a host name (resolved at
+    /// start), with a port. Default `127.0.0.1:50051` (loopback only).
+    #[serde(deserialize_with = "values::listen")]
     pub listen: SocketAddr,
     /// Directory of the database (created with mode 0700 if absent). Default `./data`.
     pub data_dir: PathBuf,
@@ -119,7 +124,7 @@ pub struct TokensConfig {
     pub personal: PersonalTokensConfig,
     pub service: ServiceTokensConfig,
     /// Longest grace period a rotation may give the old secret. Default `"7days"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub max_rotation_grace: Duration,
 }
 
@@ -139,7 +144,7 @@ impl Default for TokensConfig {
 pub struct PersonalTokensConfig {
     /// Longest lifetime of a personal token, and the lifetime of one issued
     /// without `expires_at`. `"0s"` allows tokens that never expire. Default `"365days"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub max_lifetime: Duration,
     /// Refuse personal tokens issued without an explicit `expires_at`. Default false.
     pub require_expiry: bool,
@@ -159,7 +164,7 @@ impl Default for PersonalTokensConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceTokensConfig {
     /// As for personal tokens. Default `"365days"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub max_lifetime: Duration,
 }
 
@@ -235,10 +240,10 @@ pub struct CredentialConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// How long audit events are kept. Default `"400days"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub retention: Duration,
     /// How often expired events (and usage records) are pruned. Default `"1h"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub prune_interval: Duration,
     /// Most distinct refusal events recorded per minute in one organization
     /// for one caller: a verified caller's organization, an unverified
@@ -270,10 +275,10 @@ impl Default for AuditConfig {
 pub struct UsageConfig {
     /// How often usage counts and last-use times are written; they lag, and a
     /// crash may lose, at most this much. Default `"10s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub flush_interval: Duration,
     /// How long usage records are kept. Default `"90days"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub retention: Duration,
 }
 
@@ -295,7 +300,7 @@ pub struct CacheConfig {
     /// Most unknown-token digests remembered. Default 100000.
     pub negative_capacity: u64,
     /// How long an unknown digest is remembered. Default `"30s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub negative_ttl: Duration,
 }
 
@@ -323,18 +328,18 @@ pub struct LimitsConfig {
     /// Most concurrent streams (calls) on one HTTP/2 connection. Default 256.
     pub max_concurrent_streams: u32,
     /// Longest a call may run; a client's shorter `grpc-timeout` wins. Default `"10s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub request_timeout: Duration,
     /// Interval of HTTP/2 keepalive pings to idle clients. Default `"30s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub http2_keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered before the connection is closed. Default `"10s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub http2_keepalive_timeout: Duration,
     /// How long in-flight calls may run on after SIGTERM before the server
     /// stops anyway; connections with no call in flight are closed at once.
     /// Default `"20s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub shutdown_grace: Duration,
     /// Most connections open at once on the gRPC port. A new one beyond it
     /// takes the place of the connection idle the longest, or, when every
@@ -346,10 +351,10 @@ pub struct LimitsConfig {
     /// A connection with no call in flight for this long is closed, counted
     /// from its accept, so one that never completes its handshake goes too.
     /// Default `"5m"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub idle_timeout: Duration,
     /// Longest a TLS handshake may take (with `[tls]`). Default `"10s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub handshake_timeout: Duration,
 }
 
@@ -390,10 +395,11 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP server (`GET /metrics`, Prometheus text
     /// format). Default: none (off); e.g. `"127.0.0.1:9464"`.
+    #[serde(deserialize_with = "values::optional_listen")]
     pub listen: Option<SocketAddr>,
     /// How often stored tokens are counted by kind and state (a full scan
     /// of the tokens). Default `"5m"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub token_count_interval: Duration,
 }
 
@@ -414,7 +420,7 @@ pub struct TelemetryConfig {
     /// metrics. Default: none (nothing is exported).
     pub otlp_endpoint: Option<String>,
     /// How often metrics are pushed over OTLP. Default `"30s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub otlp_metrics_interval: Duration,
 }
 
@@ -466,21 +472,21 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// How long to wait for a connection (to open, or from a busy pool)
     /// before a request fails with UNAVAILABLE. Default `"2s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub connect_timeout: Duration,
     /// How often the log of revocations is read, whether or not a
     /// notification came (the safety net under LISTEN/NOTIFY). Default `"200ms"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub poll_interval: Duration,
     /// How long cached tokens are trusted after the start of the last
     /// successful read of the revocation log; beyond it Checks read the
     /// database (failing closed if it is down). This bounds how long a
     /// revocation on another replica can go unnoticed. Default `"700ms"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub max_staleness: Duration,
     /// How long revocation log entries are kept; a replica cut off for
     /// longer empties its whole cache when it reconnects. Default `"1h"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub revocation_log_retention: Duration,
 }
 
@@ -511,7 +517,7 @@ pub enum StoreKind {
 pub struct HealthConfig {
     /// How often the store is probed with a durable write; while it fails,
     /// the services that write report NOT_SERVING. Default `"5s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub probe_interval: Duration,
     /// Address of a second, plaintext port serving gRPC health alone (no
     /// other service, no credential crosses it), for probes that cannot

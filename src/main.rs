@@ -96,6 +96,15 @@ enum CredentialAction {
         /// The credential's name, as audit events will show it.
         #[arg(long)]
         name: String,
+        /// Write the credential to FILE (created with mode 0600; an existing
+        /// file is left alone and the command fails) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Append the entry that admits the credential to the config file
+        /// FILE (created with mode 0600 if absent). Without it, the entry is
+        /// printed on standard error, as TOML that can be appended as it is.
+        #[arg(long, value_name = "FILE")]
+        config_entry: Option<PathBuf>,
     },
 }
 
@@ -104,8 +113,9 @@ struct ServeArgs {
     /// TOML configuration file (optional: every setting has a default).
     #[arg(long, env = "TOKENAUTH_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:50051; variable: TOKENAUTH_LISTEN].
-    #[arg(long)]
+    /// Address to listen on, HOST:PORT (an IP or a host name) [default:
+    /// 127.0.0.1:50051; variable: TOKENAUTH_LISTEN].
+    #[arg(long, value_parser = tokenauth::config::resolve_listen)]
     listen: Option<SocketAddr>,
     /// Data directory [default: ./data; variable: TOKENAUTH_DATA_DIR].
     #[arg(long)]
@@ -140,7 +150,7 @@ enum PepperAction {
         /// The pepper file [default: <data dir>/pepper].
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Data directory whose pepper file to rotate [default: ./data].
+        /// Data directory whose pepper file to rotate.
         #[arg(long, env = "TOKENAUTH_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
     },
@@ -151,8 +161,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Credential {
-            action: CredentialAction::Generate { name },
-        } => generate_credential(&name),
+            action:
+                CredentialAction::Generate {
+                    name,
+                    out,
+                    config_entry,
+                },
+        } => match generate_credential(&name, out.as_deref(), config_entry.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Config {
             action: ConfigAction::Check { file },
         } => check_config(file.as_deref()),
@@ -232,17 +253,30 @@ async fn take_backup(
     let bearer = format!("Bearer {}", credential.trim())
         .parse()
         .map_err(|_| format!("{}: not a credential", credential_file.display()))?;
+    if !server.contains("://") {
+        return Err(format!(
+            "--server {server}: give the server as a URL, e.g. http://{server}"
+        ));
+    }
     let channel = tonic::transport::Channel::from_shared(server.to_owned())
-        .map_err(|e| format!("{server}: {e}"))?
+        .map_err(|e| format!("--server {server}: not a URL: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| format!("{server}: {e}"))?;
+        .map_err(|e| format!("cannot connect to {server}: {}", causes(&e)))?;
     let mut request = tonic::Request::new(tokenauth::proto::BackupRequest {});
     request.metadata_mut().insert("authorization", bearer);
+    let refused = |status: tonic::Status| {
+        format!(
+            "{server} refused the backup: {:?}: {}",
+            status.code(),
+            status.message()
+        )
+    };
     let mut stream = tokenauth::proto::admin_service_client::AdminServiceClient::new(channel)
         .backup(request)
         .await
-        .map_err(|s| s.message().to_owned())?
+        .map_err(refused)?
         .into_inner();
     // Written beside the target and renamed at the end: a failed backup
     // never leaves a plausible-looking partial file.
@@ -251,7 +285,7 @@ async fn take_backup(
     let mut file = tokenauth::private_fs::create_file(&partial)
         .map_err(|e| format!("{}: {e}", partial.display()))?;
     let mut bytes = 0u64;
-    while let Some(chunk) = stream.message().await.map_err(|s| s.message().to_owned())? {
+    while let Some(chunk) = stream.message().await.map_err(refused)? {
         file.write_all(&chunk.data)
             .map_err(|e| format!("{}: {e}", partial.display()))?;
         bytes += chunk.data.len() as u64;
@@ -260,6 +294,22 @@ async fn take_backup(
         .map_err(|e| format!("{}: {e}", partial.display()))?;
     std::fs::rename(&partial, out).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(bytes)
+}
+
+/// An error and its causes, `outer: inner: innermost`: tonic's transport
+/// error says only "transport error", and the reason (connection refused,
+/// no such host) is in its sources.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
@@ -389,31 +439,130 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-fn generate_credential(name: &str) -> ExitCode {
+/// Makes a control-plane credential. The credential goes to `out` (mode
+/// 0600) or alone to stdout, so it can be piped into a secret store; the
+/// config entry admitting it (its hash, no secret) is appended to
+/// `config_entry`, or printed on stderr as TOML whose every other line is a
+/// comment, so that `2>> tokenauth.toml` also leaves a valid file.
+fn generate_credential(
+    name: &str,
+    out: Option<&std::path::Path>,
+    config_entry: Option<&std::path::Path>,
+) -> Result<(), String> {
     use sha2::{Digest, Sha256};
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
-        eprintln!("error: --name must be non-empty printable ASCII without spaces");
-        return ExitCode::FAILURE;
+        return Err("--name must be non-empty printable ASCII without spaces".into());
     }
-    let credential = match tokenauth::domain::secret::Secret::generate_control_plane() {
-        Ok(credential) => credential,
-        Err(error) => {
-            eprintln!("error: the OS random source failed: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let credential = tokenauth::domain::secret::Secret::generate_control_plane()
+        .map_err(|e| format!("the OS random source failed: {e}"))?;
     let hash: String = Sha256::digest(credential.expose().as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    // The credential goes to stdout alone, so it can be piped into a secret store;
-    // the config entry (no secret in it) goes to stderr.
-    println!("{}", credential.expose());
-    eprintln!(
-        "Give the line above to the control plane (it is shown once). Add this to the config:\n\n\
-         [[control_plane.credentials]]\nname = \"{name}\"\nsha256 = \"{hash}\""
+    let entry = format!(
+        "[[control_plane.credentials]]\nname = {}\nsha256 = \"{hash}\"\n",
+        toml::Value::String(name.to_owned())
     );
-    ExitCode::SUCCESS
+    // Checked before anything is written: a refused entry leaves no
+    // credential file behind that nothing admits.
+    let addition = match config_entry {
+        Some(path) => Some(appended_config(path, name, &entry)?),
+        None => None,
+    };
+    match out {
+        Some(path) => {
+            write_private(path, &format!("{}\n", credential.expose()), true)?;
+            eprintln!(
+                "# Wrote the credential to {} (mode 0600). Give it to the control plane; it is \
+                 not shown again.",
+                path.display()
+            );
+        }
+        None => {
+            println!("{}", credential.expose());
+            eprintln!(
+                "# The credential is on standard output. Give it to the control plane; it is not \
+                 shown again."
+            );
+        }
+    }
+    match (config_entry, addition) {
+        (Some(path), Some(text)) => {
+            write_private(path, &text, false)?;
+            eprintln!(
+                "# Added the entry that admits it to {}; restart the server to use it.",
+                path.display()
+            );
+        }
+        _ => eprint!("# Add this entry to the server's config, then restart the server:\n{entry}"),
+    }
+    Ok(())
+}
+
+/// What to append to `path` so that it ends with `entry`, refused unless
+/// the result is valid TOML (a file that ends inside a table array or an inline table, or that
+/// sets `control_plane.credentials = []`, cannot take the entry as is), or
+/// if it would admit two credentials of one name (the server refuses that).
+fn appended_config(path: &std::path::Path, name: &str, entry: &str) -> Result<String, String> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(format!("{}: {error}", path.display())),
+    };
+    let separator = if existing.is_empty() || existing.ends_with("\n\n") {
+        ""
+    } else if existing.ends_with('\n') {
+        "\n"
+    } else {
+        "\n\n"
+    };
+    let addition = format!("{separator}{entry}");
+    let table = toml::from_str::<toml::Table>(&format!("{existing}{addition}")).map_err(|e| {
+        format!(
+            "{}: the entry cannot be appended (the result would not be valid TOML: {}); add it \
+             by hand",
+            path.display(),
+            e.message()
+        )
+    })?;
+    let names = table
+        .get("control_plane")
+        .and_then(|c| c.get("credentials"))
+        .and_then(toml::Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e.get("name") == Some(&toml::Value::String(name.to_owned())))
+                .count()
+        });
+    if names > Some(1) {
+        return Err(format!(
+            "{}: a credential named {name:?} is already there; choose another --name (while \
+             rotating: add the new one, move the control plane to it, remove the old one)",
+            path.display()
+        ));
+    }
+    Ok(addition)
+}
+
+/// Writes `text` to `path`, creating it with mode 0600: as a new file when
+/// `new` (an existing file is an error), else appended (an existing file
+/// keeps its mode).
+fn write_private(path: &std::path::Path, text: &str, new: bool) -> Result<(), String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).append(true);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -347,6 +347,16 @@ impl RpcNames {
     }
 }
 
+/// A server that fails to start drops its metrics without `shutdown`, and
+/// the SDK's own drop then logs an INFO line ("MeterProvider.Drop") next to
+/// the real error. Shutting down here keeps that line out; after `shutdown`
+/// it is a no-op (its "already shut down" error is expected).
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
 fn register_observers(
     meter: &Meter,
     checks: &Arc<CheckCounters>,

@@ -149,16 +149,22 @@ impl Recorder {
             }
             AuditOutcome::PermissionDenied | AuditOutcome::Succeeded => "management call refused",
         };
-        let actor = if event.actor == ActorRef::default() {
-            String::new()
-        } else {
-            event.actor.label()
-        };
+        // Plain values only, and a field that does not apply is left out.
+        let actor = (event.actor != ActorRef::default()).then(|| event.actor.label());
+        let targets = (!event.target_token_ids.is_empty()).then(|| {
+            event
+                .target_token_ids
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         tracing::warn!(
-            method = event.method.name(), org_id = %event.org_id, actor = %actor,
-            target_token_ids = ?event.target_token_ids, peer = %event.peer,
-            peer_source = ?event.peer_source, request_id = %event.request_id,
-            detail = %event.detail, dropped_before = event.dropped_before, "{message}"
+            method = event.method.name(), org_id = non_empty(&event.org_id),
+            actor = actor.as_deref(), target_token_ids = targets.as_deref(),
+            peer = non_empty(&event.peer), peer_source = event.peer_source.name(),
+            request_id = non_empty(&event.request_id), detail = %event.detail,
+            dropped_before = event.dropped_before, "{message}"
         );
         true
     }
@@ -225,10 +231,12 @@ impl Recorder {
                     .requeue(std::iter::once(event).chain(due).collect());
                 return Err(error);
             }
+            let repeat_of = event.repeat_of.map(|id| id.to_string());
             tracing::warn!(
-                org_id = %event.org_id, method = event.method.name(), outcome = ?event.outcome,
-                detail = %event.detail, peer = %event.peer, repeats = event.count,
-                repeat_of = ?event.repeat_of, dropped_before = event.dropped_before,
+                org_id = non_empty(&event.org_id), method = event.method.name(),
+                outcome = event.outcome.name(), detail = %event.detail,
+                peer = non_empty(&event.peer), repeats = event.count,
+                repeat_of = repeat_of.as_deref(), dropped_before = event.dropped_before,
                 "refusals repeated"
             );
         }
@@ -338,6 +346,12 @@ impl Recorder {
             }
         }
     }
+}
+
+/// `text`, or nothing when it is empty: a log field that does not apply is
+/// left out rather than printed empty.
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
 }
 
 #[cfg(test)]

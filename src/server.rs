@@ -281,7 +281,12 @@ pub async fn start_with_store(
     let task = tokio::spawn(serve(parts, async {
         let _ = stopped.await;
     }));
-    tracing::info!(%local_addr, admin_addr = ?admin_addr, probe_addr = ?probe_addr, "tokenauth listening");
+    tracing::info!(
+        %local_addr,
+        admin_addr = admin_addr.map(tracing::field::display),
+        probe_addr = probe_addr.map(tracing::field::display),
+        "tokenauth listening"
+    );
     Ok(RunningServer {
         local_addr,
         admin_addr,

@@ -260,8 +260,11 @@ fn verdict_to_proto(verdict: &Verdict) -> CheckResponse {
             route,
         } => {
             tracing::debug!(
-                code = denial.code(), permission = ?permission, route = ?route,
-                token_id = ?identity.as_ref().map(|i| &i.token_id), "ext_authz denied"
+                code = denial.code(),
+                permission = permission.as_deref(),
+                route = route.as_deref(),
+                token_id = identity.as_ref().map(|i| i.token_id.as_str()),
+                "ext_authz denied"
             );
             denied(
                 denial,

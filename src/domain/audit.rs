@@ -35,6 +35,18 @@ pub enum AuditOutcome {
     RetiredSecretPresented,
 }
 
+impl AuditOutcome {
+    /// The name the API gives it, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Succeeded => "AUDIT_OUTCOME_SUCCEEDED",
+            Self::Unauthenticated => "AUDIT_OUTCOME_UNAUTHENTICATED",
+            Self::PermissionDenied => "AUDIT_OUTCOME_PERMISSION_DENIED",
+            Self::RetiredSecretPresented => "AUDIT_OUTCOME_RETIRED_SECRET_PRESENTED",
+        }
+    }
+}
+
 /// Where an event's peer address comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PeerSource {
@@ -46,6 +58,17 @@ pub enum PeerSource {
     /// What the proxy that called ext_authz (Envoy) reported as its client's
     /// address: not verified by tokenauth; `proxy_peer` says who reported it.
     Proxy,
+}
+
+impl PeerSource {
+    /// The name the API gives it, for logs; `None` when there is no source.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Self::Unknown => None,
+            Self::Connection => Some("PEER_SOURCE_CONNECTION"),
+            Self::Proxy => Some("PEER_SOURCE_PROXY"),
+        }
+    }
 }
 
 /// Where a call came from, as an audit event records it.

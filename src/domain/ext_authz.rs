@@ -156,10 +156,7 @@ impl Identity {
 
     /// `PERSONAL` or `SERVICE`, as the gRPC API spells the kinds.
     pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            TokenKind::Personal => "PERSONAL",
-            TokenKind::Service => "SERVICE",
-        }
+        self.kind.name()
     }
 
     /// The identity headers with their values (empty: not applicable).

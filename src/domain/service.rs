@@ -18,7 +18,7 @@ use super::{
     permissions::{Catalogue, grants},
     refusals::{Payer, RefusalLimits},
     secret::{self, Digest, Keyring, Secret},
-    time::Timestamp,
+    time::{DurationText, Timestamp},
     token::{
         CheckQuery, LifetimePolicy, NewToken, Reason, StoredSecret, TokenKind, TokenRecord,
         TokenView, evaluate,
@@ -542,9 +542,9 @@ impl TokenService {
         // impossible; dropping it costs nothing and removes the question.
         self.cache.forget_unknown(&digest);
         tracing::info!(
-            token_id = %record.id, kind = ?record.kind, org_id = %record.org_id,
+            token_id = %record.id, kind = record.kind.name(), org_id = %record.org_id,
             workspace_id = %record.workspace_id, actor = %record.created_by,
-            peer = ?caller.peer, request_id = %caller.request_id, "token issued"
+            peer = caller.peer.map(tracing::field::display), request_id = %caller.request_id, "token issued"
         );
         Ok((
             TokenView {
@@ -643,7 +643,7 @@ impl TokenService {
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         tracing::info!(
             token_id = %id, newly_revoked = outcome.newly_revoked, actor = %caller.actor_ref().label(),
-            peer = ?caller.peer, request_id = %caller.request_id, "token revoked"
+            peer = caller.peer.map(tracing::field::display), request_id = %caller.request_id, "token revoked"
         );
         self.view(outcome.record).await
     }
@@ -712,9 +712,10 @@ impl TokenService {
             })
             .await?;
         tracing::info!(
-            org_id = %query.org_id, workspace_id = ?query.workspace_id,
-            owner_user_id = ?query.owner_user_id, kind = ?query.kind, revoked,
-            actor = %caller.actor_ref().label(), peer = ?caller.peer,
+            org_id = %query.org_id, workspace_id = query.workspace_id.as_deref(),
+            owner_user_id = query.owner_user_id.as_deref(), kind = query.kind.map(TokenKind::name),
+            revoked,
+            actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
             request_id = %caller.request_id, "tokens revoked in bulk"
         );
         Ok(revoked as u64)
@@ -741,7 +742,7 @@ impl TokenService {
                 "grace_period",
                 format!(
                     "is longer than the maximum of {}",
-                    humantime::format_duration(self.policy.max_rotation_grace)
+                    DurationText(self.policy.max_rotation_grace)
                 ),
             ));
         }
@@ -778,7 +779,7 @@ impl TokenService {
             AuditAction::Rotated,
             Some(&record),
         );
-        event.detail = format!("grace period {}", humantime::format_duration(grace));
+        event.detail = format!("grace period {}", DurationText(grace));
         let store = Arc::clone(&self.store);
         let outcome = self
             .take_out_of_service(async move {
@@ -810,8 +811,8 @@ impl TokenService {
             }
         };
         tracing::info!(
-            token_id = %id, grace = %humantime::format_duration(grace),
-            actor = %caller.actor_ref().label(), peer = ?caller.peer,
+            token_id = %id, grace = %DurationText(grace),
+            actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
             request_id = %caller.request_id, "token rotated"
         );
         Ok((self.view(record).await?, secret, old_expires_at))
@@ -898,7 +899,7 @@ impl TokenService {
         .await?;
         let entries = self.store.backup(path).await?;
         tracing::info!(
-            entries, actor = %caller.actor_ref().label(), peer = ?caller.peer,
+            entries, actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
             request_id = %caller.request_id, "backup taken"
         );
         Ok(entries)

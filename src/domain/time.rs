@@ -1,7 +1,11 @@
 //! Instants as whole microseconds since the Unix epoch: totally ordered, cheap
-//! to compare on every Check, and stored as a fixed-width integer.
+//! to compare on every Check, and stored as a fixed-width integer; and
+//! durations written the way an operator configures them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// An instant, in microseconds since 1970-01-01T00:00:00Z.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,9 +61,67 @@ impl Timestamp {
     }
 }
 
+/// A duration written in the largest unit that divides it exactly
+/// (`365days`, `90m`, `200ms`, `0s`), as the configuration spells it and
+/// `humantime` parses it back. `humantime::format_duration` would print 365
+/// days as `11months 30days 3h 50m 24s`, since its month and year are
+/// averages; nobody configures that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationText(pub Duration);
+
+impl fmt::Display for DurationText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u128, &str); 7] = [
+            (86_400_000_000_000, "days"),
+            (3_600_000_000_000, "h"),
+            (60_000_000_000, "m"),
+            (1_000_000_000, "s"),
+            (1_000_000, "ms"),
+            (1_000, "us"),
+            (1, "ns"),
+        ];
+        let nanos = self.0.as_nanos();
+        if nanos == 0 {
+            return f.write_str("0s");
+        }
+        // The last unit (1 ns) divides everything, so this always finds one.
+        let (size, unit) = UNITS
+            .iter()
+            .find(|(size, _)| nanos.is_multiple_of(*size))
+            .copied()
+            .unwrap_or((1, "ns"));
+        write!(f, "{}{unit}", nanos / size)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_in_the_largest_exact_unit() {
+        let day = 86_400;
+        for (duration, text) in [
+            (Duration::from_secs(365 * day), "365days"),
+            (Duration::from_secs(400 * day), "400days"),
+            (Duration::from_secs(90 * day), "90days"),
+            (Duration::from_secs(7 * day), "7days"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(5400), "90m"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_millis(700), "700ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_micros(3), "3us"),
+            (Duration::from_nanos(1), "1ns"),
+            (Duration::ZERO, "0s"),
+        ] {
+            let printed = DurationText(duration).to_string();
+            assert_eq!(printed, text);
+            // What is printed reads back as the same duration.
+            assert_eq!(humantime::parse_duration(&printed).unwrap(), duration);
+        }
+    }
 
     #[test]
     fn parts_round_trip_including_before_the_epoch() {

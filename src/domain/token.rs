@@ -8,7 +8,7 @@ use super::{
     ids::{TokenId, optional_id, require_id, validate_name},
     permissions::{Catalogue, Level, grants, validate_grants},
     secret::Digest,
-    time::Timestamp,
+    time::{DurationText, Timestamp},
 };
 
 /// Who a token belongs to.
@@ -18,6 +18,17 @@ pub enum TokenKind {
     Personal,
     /// A service access token: an organization, or one of its workspaces.
     Service,
+}
+
+impl TokenKind {
+    /// `PERSONAL` or `SERVICE`: the kind as the gRPC API spells it, for
+    /// logs and headers that people compare with API responses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Personal => "PERSONAL",
+            Self::Service => "SERVICE",
+        }
+    }
 }
 
 /// Where a token stands at some instant.
@@ -187,7 +198,7 @@ impl NewToken {
                     "expires_at",
                     format!(
                         "is beyond the maximum token lifetime of {}",
-                        humantime::format_duration(max_lifetime.unwrap_or_default())
+                        DurationText(max_lifetime.unwrap_or_default())
                     ),
                 ));
             }

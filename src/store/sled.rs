@@ -187,6 +187,21 @@ fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(error @ sled::Error::Corruption { .. })) => Err(damaged(&error)),
+        // sled takes an exclusive lock on its directory and reports a taken
+        // one as a raw `Os { code: 11, kind: WouldBlock }`.
+        Ok(Err(sled::Error::Io(error)))
+            if error.to_string().starts_with("could not acquire lock") =>
+        {
+            let data_dir = match dir.file_name() {
+                Some(name) if name == "db" => dir.parent().unwrap_or(dir),
+                _ => dir,
+            };
+            Err(StoreError::Unavailable(format!(
+                "another tokenauth is using {}: its database is locked (stop that server, or give \
+                 this one another data directory)",
+                data_dir.display()
+            )))
+        }
         Ok(Err(error)) => Err(error.into()),
         Err(panic) => {
             let cause = panic

@@ -91,26 +91,38 @@ impl ChildSetup {
             .arg("-c")
             .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_tokenauth"));
-        ChildServer::spawn(command, &self.config, log_filter).await
+        ChildServer::spawn(command, &self.config, log_filter, &[]).await
     }
 }
 
 impl ChildServer {
     pub async fn start(config: &Path, log_filter: &str) -> ChildServer {
+        Self::start_with_args(config, log_filter, &[]).await
+    }
+
+    /// [`Self::start`], with `args` after `serve --config FILE`.
+    pub async fn start_with_args(config: &Path, log_filter: &str, args: &[&str]) -> ChildServer {
         Self::spawn(
             Command::new(env!("CARGO_BIN_EXE_tokenauth")),
             config,
             log_filter,
+            args,
         )
         .await
     }
 
-    /// Runs `command serve --config <config>` (the binary, or a shell that
-    /// execs it, so that the pid is the server's).
-    async fn spawn(mut command: Command, config: &Path, log_filter: &str) -> ChildServer {
+    /// Runs `command serve --config <config> <args>` (the binary, or a shell
+    /// that execs it, so that the pid is the server's).
+    async fn spawn(
+        mut command: Command,
+        config: &Path,
+        log_filter: &str,
+        args: &[&str],
+    ) -> ChildServer {
         let mut child = command
             .args(["serve", "--config"])
             .arg(config)
+            .args(args)
             .env("TOKENAUTH_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
