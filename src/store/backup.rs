@@ -185,6 +185,7 @@ mod tests {
 
         let restored_dir = dir.path().join("restored");
         assert_eq!(restore(&file, &restored_dir).unwrap(), 2);
+        crate::store::sled::wait_until_closed(&restored_dir);
         let restored = sled::Config::new().path(&restored_dir).open().unwrap();
         assert_eq!(
             restored
@@ -197,6 +198,7 @@ mod tests {
             b"v1"
         );
         drop(restored);
+        crate::store::sled::wait_until_closed(&restored_dir);
         assert!(
             restore(&file, &restored_dir).is_err(),
             "never over existing data"

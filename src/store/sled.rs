@@ -1130,6 +1130,27 @@ impl Store for SledStore {
     }
 }
 
+/// Waits until no sled instance in this process holds the database at
+/// `dir` (sled's lock on its `db` file). Dropping a `sled::Db` does not
+/// close it at once: work on sled's shared thread pool may keep it open for
+/// a while, more so when other tests keep that pool busy, and a test that
+/// reopens or edits the files before then sees the old instance's lock or
+/// writes.
+#[cfg(test)]
+pub(crate) fn wait_until_closed(dir: &Path) {
+    let file = std::fs::File::open(dir.join("db")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(error) = file.try_lock() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sled never let go of {}: {error}",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    file.unlock().unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -1298,6 +1319,7 @@ mod tests {
             .unwrap();
         store.durable().await.unwrap();
         drop(store);
+        wait_until_closed(dir.path());
         (dir, token)
     }
 
@@ -1317,6 +1339,7 @@ mod tests {
         db.open_tree(keys::META).unwrap().remove(FLUSH_SEQ).unwrap();
         db.flush().unwrap();
         drop(db);
+        wait_until_closed(dir.path());
         let error = open_error(dir.path());
         assert!(error.contains("lost acknowledged writes"), "{error}");
     }
@@ -1329,6 +1352,7 @@ mod tests {
             db.open_tree(tree).unwrap().clear().unwrap();
             db.flush().unwrap();
             drop(db);
+            wait_until_closed(dir.path());
             let error = open_error(dir.path());
             assert!(error.contains("is damaged"), "{tree}: {error}");
         }
@@ -1341,7 +1365,13 @@ mod tests {
     fn a_database_sled_panics_on_is_reported_as_damaged() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        // No background flusher: the log's layout then depends only on the
+        // writes and flushes below, not on how busy the machine is.
+        let db = sled::Config::new()
+            .path(dir.path())
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
         for i in 0..2_000u32 {
             db.insert(i.to_be_bytes(), vec![7u8; 200]).unwrap();
             if i % 100 == 0 {
@@ -1350,6 +1380,7 @@ mod tests {
         }
         db.flush().unwrap();
         drop(db);
+        wait_until_closed(dir.path());
         // One byte flipped early in this log makes sled 0.34.7 panic at open
         // ("tried to serialize Uninitialized").
         let log = std::fs::File::options()
@@ -1522,6 +1553,7 @@ mod tests {
             store.backup(&file).await.unwrap();
             let restored = dir.path().join(format!("restored-{n}"));
             super::super::backup::restore(&file, &restored).unwrap();
+            wait_until_closed(&restored);
             let db = sled::open(&restored).unwrap();
             let tree = |name: &str| db.open_tree(name).unwrap();
             let by_time = sum(&tree(keys::USAGE_BY_TIME));
