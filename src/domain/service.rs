@@ -22,6 +22,7 @@ use super::{
     ids::{EventId, TokenId, require_id},
     pagination,
     permissions::{Catalogue, grants},
+    quota::Quotas,
     secret::{self, Digest, Keyring, Secret},
     time::Timestamp,
     token::{
@@ -34,7 +35,7 @@ use crate::{
     cache::{CachedToken, Lookup, TokenCache},
     metrics::{CacheOutcome, Metrics},
     recorder::Recorder,
-    store::{PageRequest, RotateOutcome, Rotation, Store, StoreError, TokenQuery},
+    store::{InsertOutcome, PageRequest, RotateOutcome, Rotation, Store, StoreError, TokenQuery},
 };
 
 /// How long a secret replaced by rotation is still recognised after its
@@ -96,6 +97,8 @@ pub struct Policy {
     pub control_plane: Vec<ControlPlaneCredential>,
     /// Most refusal events written per second; more are logged, not stored.
     pub max_denied_events_per_second: u32,
+    /// Most live tokens per member, organization and workspace.
+    pub quotas: Quotas,
 }
 
 /// Everything the token operations need.
@@ -478,20 +481,24 @@ impl TokenService {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
-    /// Runs a change that takes secrets out of service so that it cannot be
-    /// cut short: it runs in its own task (a cancelled RPC does not stop it),
-    /// forgets the affected digests as soon as the change is applied (before
-    /// the flush, so a failed flush cannot leave them cached as live), and
-    /// returns once the change is durable.
+    /// Runs a change to `org`'s tokens that takes secrets out of service so
+    /// that it cannot be cut short: it runs in its own task (a cancelled RPC
+    /// does not stop it), forgets the affected digests as soon as the change
+    /// is applied (before the flush, so a failed flush cannot leave them
+    /// cached as live), and returns once the change is durable. It is
+    /// registered with the cache meanwhile (see `TokenCache::settled`).
     async fn take_out_of_service<T: Send + 'static>(
         &self,
+        org: &str,
         change: impl Future<Output = Result<(T, Vec<Digest>), StoreError>> + Send + 'static,
     ) -> Result<T, Error> {
         let cache = Arc::clone(&self.cache);
         let store = Arc::clone(&self.store);
+        let pending = cache.begin_change(org);
         tokio::spawn(async move {
             let (value, digests) = change.await?;
             cache.invalidate(&digests).await;
+            drop(pending);
             store.durable().await?;
             Ok(value)
         })
@@ -556,7 +563,13 @@ impl TokenService {
             AuditAction::Issued,
             Some(&record),
         );
-        self.store.insert_token(&record, &event).await?;
+        let outcome = self
+            .store
+            .insert_token(&record, &self.policy.quotas, &event)
+            .await?;
+        if let InsertOutcome::QuotaReached(reached) = outcome {
+            return Err(Error::ResourceExhausted(reached.to_string()));
+        }
         self.store.durable().await?;
         // A negative entry for a digest nobody could have known is all but
         // impossible; dropping it costs nothing and removes the question.
@@ -651,7 +664,7 @@ impl TokenService {
         );
         let store = Arc::clone(&self.store);
         let outcome = self
-            .take_out_of_service(async move {
+            .take_out_of_service(&record.org_id, async move {
                 let outcome = store.revoke_token(id, now, &event).await?;
                 let digests = outcome
                     .iter()
@@ -719,25 +732,21 @@ impl TokenService {
         let store = Arc::clone(&self.store);
         let bulk = query.clone();
         let revoked = self
-            .take_out_of_service(async move {
-                let outcomes = store.revoke_all(&bulk, now, &event).await?;
-                // Every match, including those revoked before: a concurrent
-                // revoke of one of them may not have cleared the cache yet.
-                let digests = outcomes
-                    .iter()
-                    .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
-                    .collect();
-                let revoked = outcomes.iter().filter(|o| o.newly_revoked).count();
-                Ok((revoked, digests))
+            .take_out_of_service(&query.org_id, async move {
+                let revoked = store.revoke_all(&bulk, now, &event).await?;
+                Ok((revoked.count, revoked.digests))
             })
             .await?;
+        // Tokens of the scope that a concurrent revoke took out before this
+        // one read them are that revoke's to forget: wait until it has.
+        self.cache.settled(&query.org_id).await;
         tracing::info!(
             org_id = %query.org_id, workspace_id = ?query.workspace_id,
             owner_user_id = ?query.owner_user_id, kind = ?query.kind, revoked,
             actor = %caller.actor_ref().label(), peer = ?caller.peer,
             request_id = %caller.request_id, "tokens revoked in bulk"
         );
-        Ok(revoked as u64)
+        Ok(revoked)
     }
 
     /// Gives the token a new secret; the old one keeps working for `grace`.
@@ -801,7 +810,7 @@ impl TokenService {
         event.detail = format!("grace period {}", humantime::format_duration(grace));
         let store = Arc::clone(&self.store);
         let outcome = self
-            .take_out_of_service(async move {
+            .take_out_of_service(&record.org_id, async move {
                 let outcome = store.rotate_token(id, &rotation, &event).await?;
                 let digests = match &outcome {
                     RotateOutcome::Rotated { record, forgotten } => record

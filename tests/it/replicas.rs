@@ -1650,6 +1650,7 @@ async fn a_database_error_is_reported_without_the_rows_it_quotes() {
         audit::{AuditAction, AuditEvent, AuditOutcome},
         caller::{ActorRef, Method},
         ids::{EventId, TokenId},
+        quota::Quotas,
         time::Timestamp,
         token::{StoredSecret, TokenKind as Kind, TokenRecord},
     };
@@ -1694,12 +1695,15 @@ async fn a_database_error_is_reported_without_the_rows_it_quotes() {
         request_id: String::new(),
     };
     let first = record(TokenId::generate(now).unwrap());
-    store.insert_token(&first, &event()).await.unwrap();
+    store
+        .insert_token(&first, &Quotas::NONE, &event())
+        .await
+        .unwrap();
     // Another token with the same digest: a unique violation on `digests`,
     // whose DETAIL is "Key (digest)=(\xabab...) already exists."
     let second = record(TokenId::generate(now).unwrap());
     let cause = store
-        .insert_token(&second, &event())
+        .insert_token(&second, &Quotas::NONE, &event())
         .await
         .unwrap_err()
         .to_string();
