@@ -13,6 +13,7 @@ mod faults;
 mod fuzz_replay;
 mod governance;
 mod harness;
+mod hostile;
 
 mod bad_input;
 mod check;
