@@ -35,7 +35,10 @@ use crate::{
     cache::{CachedToken, Lookup, TokenCache},
     metrics::{CacheOutcome, Metrics},
     recorder::Recorder,
-    store::{InsertOutcome, PageRequest, RotateOutcome, Rotation, Store, StoreError, TokenQuery},
+    store::{
+        InsertOutcome, PageRequest, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
+        TokenQuery,
+    },
 };
 
 /// How long a secret replaced by rotation is still recognised after its
@@ -487,18 +490,21 @@ impl TokenService {
     /// is applied (before the flush, so a failed flush cannot leave them
     /// cached as live), and returns once the change is durable. It is
     /// registered with the cache meanwhile (see `TokenCache::settled`).
+    /// `change` gives the digests it took out of service even when it fails
+    /// (a RevokeAll may fail after some of its transactions).
     async fn take_out_of_service<T: Send + 'static>(
         &self,
         org: &str,
-        change: impl Future<Output = Result<(T, Vec<Digest>), StoreError>> + Send + 'static,
+        change: impl Future<Output = (Result<T, StoreError>, Vec<Digest>)> + Send + 'static,
     ) -> Result<T, Error> {
         let cache = Arc::clone(&self.cache);
         let store = Arc::clone(&self.store);
         let pending = cache.begin_change(org);
         tokio::spawn(async move {
-            let (value, digests) = change.await?;
+            let (value, digests) = change.await;
             cache.invalidate(&digests).await;
             drop(pending);
+            let value = value?;
             store.durable().await?;
             Ok(value)
         })
@@ -665,12 +671,13 @@ impl TokenService {
         let store = Arc::clone(&self.store);
         let outcome = self
             .take_out_of_service(&record.org_id, async move {
-                let outcome = store.revoke_token(id, now, &event).await?;
+                let outcome = store.revoke_token(id, now, &event).await;
                 let digests = outcome
                     .iter()
+                    .flatten()
                     .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
                     .collect();
-                Ok((outcome, digests))
+                (outcome, digests)
             })
             .await?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
@@ -733,8 +740,9 @@ impl TokenService {
         let bulk = query.clone();
         let revoked = self
             .take_out_of_service(&query.org_id, async move {
-                let revoked = store.revoke_all(&bulk, now, &event).await?;
-                Ok((revoked.count, revoked.digests))
+                let mut revoked = RevokedAll::default();
+                let outcome = store.revoke_all(&bulk, now, &event, &mut revoked).await;
+                (outcome.map(|()| revoked.count), revoked.digests)
             })
             .await?;
         // Tokens of the scope that a concurrent revoke took out before this
@@ -811,9 +819,9 @@ impl TokenService {
         let store = Arc::clone(&self.store);
         let outcome = self
             .take_out_of_service(&record.org_id, async move {
-                let outcome = store.rotate_token(id, &rotation, &event).await?;
+                let outcome = store.rotate_token(id, &rotation, &event).await;
                 let digests = match &outcome {
-                    RotateOutcome::Rotated { record, forgotten } => record
+                    Ok(RotateOutcome::Rotated { record, forgotten }) => record
                         .secrets
                         .iter()
                         .map(|s| s.digest)
@@ -821,7 +829,7 @@ impl TokenService {
                         .collect(),
                     _ => Vec::new(),
                 };
-                Ok((outcome, digests))
+                (outcome, digests)
             })
             .await?;
         let record = match outcome {

@@ -81,8 +81,13 @@ impl Store for MeteredStore {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<RevokedAll, StoreError> {
-        timed!(self, "revoke_all", self.inner.revoke_all(query, at, event))
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        timed!(
+            self,
+            "revoke_all",
+            self.inner.revoke_all(query, at, event, revoked)
+        )
     }
     async fn rotate_token(
         &self,

@@ -343,12 +343,16 @@ pub trait Store: Send + Sync + 'static {
     /// of transactions of at most [`REVOKE_ALL_BATCH`] tokens, each with its
     /// events, and no token of the organization is issued from its start to
     /// its end (a crash in between leaves the transactions done so far).
+    /// Each transaction adds what it revoked to `revoked` once committed, so
+    /// that after an error the caller still knows what was, and can make
+    /// sure none of it stays cached as live.
     async fn revoke_all(
         &self,
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<RevokedAll, StoreError>;
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError>;
 
     /// Gives token `id` a new current secret, with its audit event, atomically.
     async fn rotate_token(

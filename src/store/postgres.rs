@@ -947,7 +947,8 @@ impl Store for PostgresStore {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<RevokedAll, StoreError> {
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
         if query.owner_user_id.is_none() && query.kind.is_none() {
             return Err(StoreError::Unsupported(
                 "a RevokeAll names an owner or a kind",
@@ -962,19 +963,17 @@ impl Store for PostgresStore {
             .exclusive(&format!("7411 {}", query.org_id))
             .await;
         let mut session = OrgSession::lock(self.client().await?, &query.org_id).await?;
-        let mut revoked = RevokedAll::default();
         let mut progress = RevokeAllProgress::default();
         loop {
             let step = revoke_all_step(session.client()?, &query, at, event, progress).await?;
             revoked.digests.extend(step.digests);
+            revoked.count = step.progress.revoked;
             progress = step.progress;
             if step.last {
                 break;
             }
         }
-        session.release(&query.org_id).await?;
-        revoked.count = progress.revoked;
-        Ok(revoked)
+        session.release(&query.org_id).await
     }
 
     async fn rotate_token(

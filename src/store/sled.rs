@@ -87,6 +87,10 @@ struct Trees {
     /// Test-only fault: make the audit write of a change fail.
     #[cfg(test)]
     fail_audit: std::sync::atomic::AtomicBool,
+    /// Test-only fault: token transactions let through before the audit
+    /// writes of every later one fail (negative: none fails).
+    #[cfg(test)]
+    transactions_before_failure: std::sync::atomic::AtomicI64,
     /// Test-only fault: usage writes let through before one fails (negative:
     /// none fails).
     #[cfg(test)]
@@ -283,6 +287,8 @@ impl SledStore {
             inserts: std::sync::Mutex::new(InsertQueue::default()),
             #[cfg(test)]
             fail_audit: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            transactions_before_failure: std::sync::atomic::AtomicI64::new(-1),
             #[cfg(test)]
             usage_writes_before_failure: std::sync::atomic::AtomicI64::new(-1),
             db,
@@ -641,7 +647,15 @@ impl Trees {
                     audit: &t[6],
                     audit_by_time: &t[7],
                     #[cfg(test)]
-                    fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst),
+                    fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
+                        || self
+                            .transactions_before_failure
+                            .fetch_update(
+                                std::sync::atomic::Ordering::SeqCst,
+                                std::sync::atomic::Ordering::SeqCst,
+                                |left| (left > 0).then(|| left - 1),
+                            )
+                            .is_err_and(|left| left == 0),
                 })
             })
             .map_err(StoreError::from)
@@ -1016,7 +1030,8 @@ impl Store for SledStore {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<RevokedAll, StoreError> {
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
         let scope = keys::live_scope(query).ok_or(StoreError::Unsupported(
             "a RevokeAll names an owner or a kind",
         ))?;
@@ -1025,7 +1040,6 @@ impl Store for SledStore {
         // issued; revokes of single tokens may go between steps (a token one
         // of them revokes is out of the live index before the next step).
         let _org = self.org_locks.exclusive(&query.org_id).await;
-        let mut revoked = RevokedAll::default();
         let (mut from, mut progress) = (Bound::Included(low), RevokeAllProgress::default());
         loop {
             let (query, event, range) = (query.clone(), event.clone(), (from, high.clone()));
@@ -1033,14 +1047,13 @@ impl Store for SledStore {
                 .write_handing_over(move |t| t.revoke_all_step(&query, at, &event, range, progress))
                 .await?;
             revoked.digests.extend(step.digests);
+            revoked.count = step.progress.revoked;
             progress = step.progress;
             match step.next {
                 Some(after) => from = Bound::Excluded(after),
-                None => break,
+                None => return Ok(()),
             }
         }
-        revoked.count = progress.revoked;
-        Ok(revoked)
     }
 
     async fn rotate_token(
@@ -1588,8 +1601,14 @@ mod tests {
         all[0].expires_at = Some(long_ago);
         all[1].expires_at = Some(just_now);
         insert_all(&store, &all).await;
-        let revoked = store
-            .revoke_all(&service_tokens_of("org"), now, &event(2, "org", None))
+        let mut revoked = RevokedAll::default();
+        store
+            .revoke_all(
+                &service_tokens_of("org"),
+                now,
+                &event(2, "org", None),
+                &mut revoked,
+            )
             .await
             .unwrap();
         assert_eq!(revoked.count, 2);
@@ -1597,6 +1616,24 @@ mod tests {
         assert!(still(0).await.unwrap().unwrap().revoked_at.is_none());
         assert!(still(1).await.unwrap().unwrap().revoked_at.is_some());
         assert!(still(2).await.unwrap().unwrap().revoked_at.is_some());
+    }
+
+    /// Opens the database in `dir` once the store last opened on it has let
+    /// go of it: its insert writer, not awaited, may hold it a moment longer.
+    async fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(error)
+                    if error.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
     }
 
     /// A database last written without the live index (or whose index an
@@ -1607,7 +1644,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let all = tokens(4, None);
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path()).await;
             insert_all(&store, &all).await;
             store
                 .revoke_token(all[0].id, Timestamp::from_micros(2), &event(2, "org", None))
@@ -1616,6 +1653,8 @@ mod tests {
             store.durable().await.unwrap();
         }
         for damage in ["dropped", "drifted"] {
+            // Through the store, so that it waits until the last one let go.
+            drop(reopen(dir.path()).await);
             let db = sled::Config::new().path(dir.path()).open().unwrap();
             let live = db.open_tree(keys::LIVE).unwrap();
             if damage == "dropped" {
@@ -1628,7 +1667,7 @@ mod tests {
             }
             db.flush().unwrap();
             drop((live, db));
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path()).await;
             let full = Quotas {
                 service_per_organization: Some(3),
                 ..Quotas::NONE
@@ -1646,16 +1685,64 @@ mod tests {
                 "{damage}: three live tokens count"
             );
         }
-        let store = SledStore::open(dir.path()).unwrap();
-        let revoked = store
+        let store = reopen(dir.path()).await;
+        let mut revoked = RevokedAll::default();
+        store
             .revoke_all(
                 &service_tokens_of("org"),
                 Timestamp::now(),
                 &event(4, "org", None),
+                &mut revoked,
             )
             .await
             .unwrap();
         assert_eq!(revoked.count, 3, "the three not revoked before");
+    }
+
+    /// A RevokeAll that fails after some of its transactions still reports
+    /// what those revoked (for the cache to forget), and nothing more.
+    #[tokio::test]
+    async fn a_revoke_all_that_fails_midway_reports_what_it_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let all: Vec<TokenRecord> = (0..REVOKE_ALL_BATCH + 10)
+            .map(|i| TokenRecord {
+                id: TokenId::from_bytes((i as u128 + 1).to_be_bytes()),
+                secrets: vec![crate::domain::token::StoredSecret {
+                    digest: crate::domain::secret::PepperKey::new(1, b"k").digest(&i.to_string()),
+                    ..record(0, "org").secrets[0].clone()
+                }],
+                ..record(0, "org")
+            })
+            .collect();
+        insert_all(&store, &all).await;
+        store
+            .trees
+            .transactions_before_failure
+            .store(1, Ordering::SeqCst);
+        let mut revoked = RevokedAll::default();
+        let outcome = store
+            .revoke_all(
+                &service_tokens_of("org"),
+                Timestamp::now(),
+                &event(2, "org", None),
+                &mut revoked,
+            )
+            .await;
+        assert!(outcome.is_err(), "the second transaction fails");
+        assert_eq!(revoked.count, REVOKE_ALL_BATCH as u64);
+        let expected: Vec<Digest> = all[..REVOKE_ALL_BATCH]
+            .iter()
+            .map(|r| r.secrets[0].digest)
+            .collect();
+        assert_eq!(revoked.digests, expected);
+        let first = store.token_by_id(all[0].id).await.unwrap().unwrap();
+        let last = store
+            .token_by_id(all[all.len() - 1].id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.revoked_at.is_some() && last.revoked_at.is_none());
     }
 
     /// A database with one token whose insert was made durable, closed.

@@ -97,10 +97,11 @@ impl Store for Delayed {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<RevokedAll, StoreError> {
-        let revoked = self.inner.revoke_all(query, at, event).await;
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        let outcome = self.inner.revoke_all(query, at, event, revoked).await;
         tokio::time::sleep(self.delays.after_revoke_all).await;
-        revoked
+        outcome
     }
     async fn rotate_token(
         &self,
