@@ -141,7 +141,7 @@ fn main() {
                     total += elapsed;
                     histogram.record(elapsed as u64).unwrap();
                 }
-                runtime.block_on(service.cache().invalidate(missed.iter()));
+                runtime.block_on(service.cache().invalidate(&missed));
                 let mut floor = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
                 for i in 0..calls {
                     let started = Instant::now();

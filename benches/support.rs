@@ -15,6 +15,7 @@ use tokenauth::{
         audit::{AuditAction, AuditEvent},
         caller::{Caller, Method, Principal},
         ids::{EventId, TokenId},
+        quota::Quotas,
         secret::{PepperKey, Secret},
         time::Timestamp,
         token::{StoredSecret, TokenKind, TokenRecord},
@@ -101,7 +102,10 @@ pub async fn fill(store: &dyn Store, count: usize, workspace: &str) -> Vec<Strin
             AuditAction::Issued,
             Some(&record),
         );
-        store.insert_token(&record, &event).await.unwrap();
+        store
+            .insert_token(&record, &Quotas::NONE, &event)
+            .await
+            .unwrap();
         secrets.push(secret.expose().to_owned());
     }
     store.durable().await.unwrap();

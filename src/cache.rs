@@ -14,18 +14,26 @@
 //! the cache. So a fill either started after the commit (it read the revoked
 //! record) or finished before the invalidation (which removes what it put):
 //! no stale "live" record can outlive a revoke's acknowledgement.
+//!
+//! A RevokeAll revokes only tokens that are live in the store; one that a
+//! concurrent revoke took out first is that revoke's to forget. So that a
+//! RevokeAll is not acknowledged while such a token is still cached as live,
+//! every change that takes tokens out of service is registered here before
+//! it is applied, until its digests are forgotten, and a RevokeAll waits
+//! for those of its organization ([`TokenCache::settled`]).
 
 use std::{
+    collections::BTreeMap,
     hash::{BuildHasherDefault, Hasher},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use moka::sync::Cache;
-use tokio::sync::{RwLock, RwLockReadGuard};
+use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 use crate::domain::{secret::Digest, token::TokenRecord};
 
@@ -100,7 +108,38 @@ pub struct TokenCache {
     /// [`TokenCache::trust_until`]); `u64::MAX` for a store only this
     /// process writes, whose entries never need proving fresh.
     trusted_until: AtomicU64,
+    /// Changes registered and not yet forgotten, by number, with their
+    /// organization; and who waits for them.
+    pending: Mutex<Pending>,
+    forgotten: Notify,
 }
+
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    open: BTreeMap<u64, String>,
+}
+
+/// A change to an organization's tokens, registered with the cache from
+/// before it is applied until its digests have been forgotten (its drop).
+pub struct PendingChange {
+    cache: Arc<TokenCache>,
+    number: u64,
+}
+
+impl Drop for PendingChange {
+    fn drop(&mut self) {
+        let mut pending = self.cache.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.open.remove(&self.number);
+        drop(pending);
+        self.cache.forgotten.notify_waiters();
+    }
+}
+
+/// Digests forgotten per hold of the gate: a RevokeAll of many tokens does
+/// not keep every cache fill (any organization's Check that misses) waiting
+/// for all of them at once.
+const INVALIDATE_PER_HOLD: usize = 1024;
 
 impl TokenCache {
     /// A cache in front of a store only this process writes: its entries
@@ -129,6 +168,44 @@ impl TokenCache {
             gate: RwLock::new(()),
             origin: Instant::now(),
             trusted_until: AtomicU64::new(trusted_until),
+            pending: Mutex::new(Pending::default()),
+            forgotten: Notify::new(),
+        }
+    }
+
+    /// Registers a change to `org`'s tokens about to be applied; drop what
+    /// this returns once its digests are forgotten (or it failed).
+    pub fn begin_change(self: &Arc<Self>, org: &str) -> PendingChange {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let number = pending.next;
+        pending.next += 1;
+        pending.open.insert(number, org.to_owned());
+        PendingChange {
+            cache: Arc::clone(self),
+            number,
+        }
+    }
+
+    /// Returns once every change to `org`'s tokens registered before this
+    /// call has had its digests forgotten.
+    pub async fn settled(&self, org: &str) {
+        let horizon = self.pending.lock().unwrap_or_else(|e| e.into_inner()).next;
+        loop {
+            let forgotten = self.forgotten.notified();
+            let mut forgotten = std::pin::pin!(forgotten);
+            // Registered before the check below, so no drop in between is missed.
+            forgotten.as_mut().enable();
+            let open = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .open
+                .range(..horizon)
+                .any(|(_, of)| of == org);
+            if !open {
+                return;
+            }
+            forgotten.await;
         }
     }
 
@@ -164,11 +241,15 @@ impl TokenCache {
 
     /// Forgets the given digests once every in-flight fill has finished. Call
     /// after the change is committed to the store and before acknowledging it.
-    pub async fn invalidate<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
-        let _exclusive = self.gate.write().await;
-        for digest in digests {
-            self.positive.invalidate(digest);
-            self.negative.invalidate(digest);
+    pub async fn invalidate(&self, digests: &[Digest]) {
+        // Per digest, the order above holds whether the gate is held once
+        // or once per chunk.
+        for chunk in digests.chunks(INVALIDATE_PER_HOLD) {
+            let _exclusive = self.gate.write().await;
+            for digest in chunk {
+                self.positive.invalidate(digest);
+                self.negative.invalidate(digest);
+            }
         }
     }
 
@@ -278,5 +359,40 @@ mod tests {
         cache.trust_until(Instant::now() + Duration::from_secs(60));
         assert!(matches!(cache.get(&digest), Lookup::Found(_)));
         assert!(matches!(cache.get(&unknown), Lookup::Unknown));
+    }
+
+    /// A RevokeAll that skipped a token a concurrent revoke had taken out
+    /// first waits until that revoke has forgotten it; it waits for no
+    /// change registered after it asked, nor for another organization's.
+    #[tokio::test]
+    async fn settling_waits_for_earlier_changes_of_the_same_organization_only() {
+        let cache = Arc::new(TokenCache::new(&CacheSettings {
+            capacity: 10,
+            negative_capacity: 10,
+            negative_ttl: Duration::from_secs(60),
+        }));
+        let short = Duration::from_millis(50);
+        let earlier = cache.begin_change("org-a");
+        let elsewhere = cache.begin_change("org-b");
+        {
+            let settling = cache.settled("org-a");
+            let mut settling = std::pin::pin!(settling);
+            assert!(
+                tokio::time::timeout(short, settling.as_mut())
+                    .await
+                    .is_err(),
+                "settled while a change of its organization was pending"
+            );
+            let later = cache.begin_change("org-a");
+            drop(earlier);
+            tokio::time::timeout(short, settling)
+                .await
+                .expect("still waiting once the earlier change was forgotten");
+            drop(later);
+        }
+        tokio::time::timeout(short, cache.settled("org-c"))
+            .await
+            .expect("another organization's pending change held it up");
+        drop(elsewhere);
     }
 }

@@ -24,6 +24,7 @@ pub use values::resolve_listen;
 use crate::domain::{
     authz::Roles,
     permissions::{Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS},
+    quota::Quotas,
     refusals::RefusalLimits,
     service::{ControlPlaneCredential, Policy},
     token::LifetimePolicy,
@@ -123,6 +124,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 pub struct TokensConfig {
     pub personal: PersonalTokensConfig,
     pub service: ServiceTokensConfig,
+    pub quotas: QuotasConfig,
     /// Longest grace period a rotation may give the old secret. Default `"7days"`.
     #[serde(with = "values::duration")]
     pub max_rotation_grace: Duration,
@@ -133,7 +135,33 @@ impl Default for TokensConfig {
         Self {
             personal: PersonalTokensConfig::default(),
             service: ServiceTokensConfig::default(),
+            quotas: QuotasConfig::default(),
             max_rotation_grace: 7 * DAY,
+        }
+    }
+}
+
+/// `[tokens.quotas]`: most live tokens (neither revoked nor expired) at
+/// once; an IssueToken beyond is refused with `RESOURCE_EXHAUSTED`. At
+/// least 1 each: there is no "unlimited".
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Personal tokens of one member in one organization. Default 100.
+    pub personal_per_member: u32,
+    /// Service tokens of one organization, organization- and
+    /// workspace-level together. Default 1000.
+    pub service_per_organization: u32,
+    /// Service tokens of one workspace. Default 100.
+    pub service_per_workspace: u32,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            personal_per_member: 100,
+            service_per_organization: 1000,
+            service_per_workspace: 100,
         }
     }
 }
@@ -759,6 +787,25 @@ impl Config {
                 ));
             }
         }
+        let quotas = &self.tokens.quotas;
+        for (field, value) in [
+            (
+                "tokens.quotas.personal_per_member",
+                quotas.personal_per_member,
+            ),
+            (
+                "tokens.quotas.service_per_organization",
+                quotas.service_per_organization,
+            ),
+            (
+                "tokens.quotas.service_per_workspace",
+                quotas.service_per_workspace,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
         let catalogue = Catalogue::new(&self.permissions.organization, &self.permissions.workspace)
             .map_err(|reason| invalid("permissions", &reason))?;
         let roles = Roles {
@@ -811,6 +858,11 @@ impl Config {
             refusal_limits: RefusalLimits {
                 per_caller: self.audit.max_refusal_events_per_minute,
                 outside: self.audit.max_outside_refusal_events_per_minute,
+            },
+            quotas: Quotas {
+                personal_per_member: Some(quotas.personal_per_member),
+                service_per_organization: Some(quotas.service_per_organization),
+                service_per_workspace: Some(quotas.service_per_workspace),
             },
         })
     }

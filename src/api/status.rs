@@ -16,6 +16,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             Error::PermissionDenied(_) => Status::permission_denied(error.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(error.to_string()),
             Error::Store(StoreError::Unavailable(cause) | StoreError::NeedsRestart(cause)) => {
                 tracing::error!(%cause, "store unavailable");
                 Status::unavailable("the token store is unavailable; retry later")

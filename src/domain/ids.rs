@@ -126,6 +126,15 @@ time_ordered_id!(
     "evt_"
 );
 
+impl EventId {
+    /// The `n`th id after this one in the same millisecond (carrying into
+    /// the next only if the random bits run out): the ids of the events
+    /// one change writes as a series, so that they list in series order.
+    pub const fn nth_after(self, n: u32) -> Self {
+        Self(TimeOrdered(self.0.0.wrapping_add(n as u128)))
+    }
+}
+
 /// Parses a token id from a request field.
 pub fn parse_token_id(field: &'static str, text: &str) -> Result<TokenId, Error> {
     if text.is_empty() {

@@ -9,6 +9,7 @@ pub mod ext_authz;
 pub mod ids;
 pub mod pagination;
 pub mod permissions;
+pub mod quota;
 pub mod refusals;
 pub mod routes;
 pub mod secret;
@@ -38,6 +39,9 @@ pub enum Error {
     /// The request is valid but the token's state forbids it (e.g. rotating a revoked token).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A quota is full (the message names it and its limit).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store failed; the cause is logged, never returned to the caller.
     #[error(transparent)]
     Store(#[from] StoreError),

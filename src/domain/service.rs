@@ -16,6 +16,7 @@ use super::{
     ids::{EventId, TokenId, require_id},
     pagination,
     permissions::{Catalogue, grants},
+    quota::Quotas,
     refusals::{Payer, RefusalLimits},
     secret::{self, Digest, Keyring, Secret},
     time::{DurationText, Timestamp},
@@ -29,7 +30,10 @@ use crate::{
     cache::{CachedToken, Lookup, TokenCache},
     metrics::{CacheOutcome, Metrics},
     recorder::Recorder,
-    store::{PageRequest, RotateOutcome, Rotation, Store, StoreError, TokenQuery},
+    store::{
+        InsertOutcome, PageRequest, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
+        TokenQuery,
+    },
 };
 
 /// How long a secret replaced by rotation is still recognised after its
@@ -94,6 +98,8 @@ pub struct Policy {
     pub control_plane: Vec<ControlPlaneCredential>,
     /// How many refusal events are recorded (see `refusals`).
     pub refusal_limits: RefusalLimits,
+    /// Most live tokens per member, organization and workspace.
+    pub quotas: Quotas,
 }
 
 /// Everything the token operations need.
@@ -458,20 +464,27 @@ impl TokenService {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
-    /// Runs a change that takes secrets out of service so that it cannot be
-    /// cut short: it runs in its own task (a cancelled RPC does not stop it),
-    /// forgets the affected digests as soon as the change is applied (before
-    /// the flush, so a failed flush cannot leave them cached as live), and
-    /// returns once the change is durable.
+    /// Runs a change to `org`'s tokens that takes secrets out of service so
+    /// that it cannot be cut short: it runs in its own task (a cancelled RPC
+    /// does not stop it), forgets the affected digests as soon as the change
+    /// is applied (before the flush, so a failed flush cannot leave them
+    /// cached as live), and returns once the change is durable. It is
+    /// registered with the cache meanwhile (see `TokenCache::settled`).
+    /// `change` gives the digests it took out of service even when it fails
+    /// (a RevokeAll may fail after some of its transactions).
     async fn take_out_of_service<T: Send + 'static>(
         &self,
-        change: impl Future<Output = Result<(T, Vec<Digest>), StoreError>> + Send + 'static,
+        org: &str,
+        change: impl Future<Output = (Result<T, StoreError>, Vec<Digest>)> + Send + 'static,
     ) -> Result<T, Error> {
         let cache = Arc::clone(&self.cache);
         let store = Arc::clone(&self.store);
+        let pending = cache.begin_change(org);
         tokio::spawn(async move {
-            let (value, digests) = change.await?;
+            let (value, digests) = change.await;
             cache.invalidate(&digests).await;
+            drop(pending);
+            let value = value?;
             store.durable().await?;
             Ok(value)
         })
@@ -536,7 +549,13 @@ impl TokenService {
             AuditAction::Issued,
             Some(&record),
         );
-        self.store.insert_token(&record, &event).await?;
+        let outcome = self
+            .store
+            .insert_token(&record, &self.policy.quotas, &event)
+            .await?;
+        if let InsertOutcome::QuotaReached(reached) = outcome {
+            return Err(Error::ResourceExhausted(reached.to_string()));
+        }
         self.store.durable().await?;
         // A negative entry for a digest nobody could have known is all but
         // impossible; dropping it costs nothing and removes the question.
@@ -631,13 +650,14 @@ impl TokenService {
         );
         let store = Arc::clone(&self.store);
         let outcome = self
-            .take_out_of_service(async move {
-                let outcome = store.revoke_token(id, now, &event).await?;
+            .take_out_of_service(&record.org_id, async move {
+                let outcome = store.revoke_token(id, now, &event).await;
                 let digests = outcome
                     .iter()
+                    .flatten()
                     .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
                     .collect();
-                Ok((outcome, digests))
+                (outcome, digests)
             })
             .await?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
@@ -699,18 +719,15 @@ impl TokenService {
         let store = Arc::clone(&self.store);
         let bulk = query.clone();
         let revoked = self
-            .take_out_of_service(async move {
-                let outcomes = store.revoke_all(&bulk, now, &event).await?;
-                // Every match, including those revoked before: a concurrent
-                // revoke of one of them may not have cleared the cache yet.
-                let digests = outcomes
-                    .iter()
-                    .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
-                    .collect();
-                let revoked = outcomes.iter().filter(|o| o.newly_revoked).count();
-                Ok((revoked, digests))
+            .take_out_of_service(&query.org_id, async move {
+                let mut revoked = RevokedAll::default();
+                let outcome = store.revoke_all(&bulk, now, &event, &mut revoked).await;
+                (outcome.map(|()| revoked.count), revoked.digests)
             })
             .await?;
+        // Tokens of the scope that a concurrent revoke took out before this
+        // one read them are that revoke's to forget: wait until it has.
+        self.cache.settled(&query.org_id).await;
         tracing::info!(
             org_id = %query.org_id, workspace_id = query.workspace_id.as_deref(),
             owner_user_id = query.owner_user_id.as_deref(), kind = query.kind.map(TokenKind::name),
@@ -718,7 +735,7 @@ impl TokenService {
             actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
             request_id = %caller.request_id, "tokens revoked in bulk"
         );
-        Ok(revoked as u64)
+        Ok(revoked)
     }
 
     /// Gives the token a new secret; the old one keeps working for `grace`.
@@ -782,10 +799,10 @@ impl TokenService {
         event.detail = format!("grace period {}", DurationText(grace));
         let store = Arc::clone(&self.store);
         let outcome = self
-            .take_out_of_service(async move {
-                let outcome = store.rotate_token(id, &rotation, &event).await?;
+            .take_out_of_service(&record.org_id, async move {
+                let outcome = store.rotate_token(id, &rotation, &event).await;
                 let digests = match &outcome {
-                    RotateOutcome::Rotated { record, forgotten } => record
+                    Ok(RotateOutcome::Rotated { record, forgotten }) => record
                         .secrets
                         .iter()
                         .map(|s| s.digest)
@@ -793,7 +810,7 @@ impl TokenService {
                         .collect(),
                     _ => Vec::new(),
                 };
-                Ok((outcome, digests))
+                (outcome, digests)
             })
             .await?;
         let record = match outcome {

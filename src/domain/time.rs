@@ -41,6 +41,12 @@ impl Timestamp {
         Self(self.0.saturating_add(micros))
     }
 
+    /// This instant minus `duration`, saturating at the far past.
+    pub fn saturating_sub(self, duration: Duration) -> Self {
+        let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(micros))
+    }
+
     /// Builds an instant from protobuf-style seconds and nanoseconds, refusing
     /// values outside 0001-01-01..=9999-12-31 (the range google.protobuf.Timestamp allows).
     pub fn from_parts(seconds: i64, nanos: i32) -> Option<Self> {

@@ -7,13 +7,15 @@
 //! and a prefix scan finds exactly one org's (or workspace's, or owner's) tokens.
 
 use super::{
-    StoreError,
-    records::{reason_number, reason_of},
+    StoreError, TokenQuery,
+    records::{kind_number, reason_number, reason_of},
 };
 use crate::domain::{
     audit::AuditQuery,
     ids::{EventId, MAX_ID_BYTES, TokenId},
+    quota::Quota,
     time::Timestamp,
+    token::{TokenKind, TokenRecord},
     usage::UsageRecord,
 };
 
@@ -29,6 +31,9 @@ pub const META: &str = "meta";
 pub const AUDIT: &str = "audit";
 /// [event id] -> [org]: for pruning by age across organizations.
 pub const AUDIT_BY_TIME: &str = "audit_by_time";
+/// The tokens neither revoked nor long expired, three ways (see [`live_keys`]):
+/// what quotas count and RevokeAll revokes, so that neither pays for history.
+pub const LIVE: &str = "live";
 /// [minute][org][token][permission][decision] -> count: for pruning by age.
 pub const USAGE_BY_TIME: &str = "usage_by_time";
 /// [org][minute][token][permission][decision] -> count
@@ -67,6 +72,113 @@ pub fn id_of_index_key(key: &[u8]) -> Option<TokenId> {
     let start = key.len().checked_sub(16)?;
     let bytes: [u8; 16] = key[start..].try_into().ok()?;
     Some(TokenId::from_bytes(bytes))
+}
+
+/// The families of the live index, each key a family byte, then parts,
+/// then the expiry (sortable; never-expiring tokens last), then the id, so
+/// that a range from some instant on finds exactly the tokens still live
+/// then, without reading those that expired before it.
+const LIVE_BY_OWNER: u8 = b'o';
+const LIVE_BY_KIND: u8 = b'k';
+const LIVE_BY_WORKSPACE: u8 = b'w';
+/// Expiry bytes and id after a live prefix.
+const LIVE_TAIL: usize = 8 + 16;
+
+fn live_prefix(family: u8, org: &str, kind: Option<TokenKind>, rest: &[&str]) -> Vec<u8> {
+    let mut key = vec![family];
+    push_part(&mut key, org);
+    if let Some(kind) = kind {
+        // 1 or 2: one byte.
+        key.push(kind_number(kind) as u8);
+    }
+    push_parts(&mut key, rest);
+    key
+}
+
+/// The live-index keys of `record` while it is neither revoked nor
+/// expired: by owner (personal tokens), by kind, by kind and workspace.
+pub fn live_keys(record: &TokenRecord) -> Vec<Vec<u8>> {
+    let mut tail = sortable_i64(record.expires_at.map_or(i64::MAX, Timestamp::as_micros)).to_vec();
+    tail.extend_from_slice(&record.id.to_bytes());
+    let mut keys = Vec::with_capacity(3);
+    if !record.owner_user_id.is_empty() {
+        keys.push(live_prefix(
+            LIVE_BY_OWNER,
+            &record.org_id,
+            None,
+            &[&record.owner_user_id],
+        ));
+    }
+    keys.push(live_prefix(
+        LIVE_BY_KIND,
+        &record.org_id,
+        Some(record.kind),
+        &[],
+    ));
+    keys.push(live_prefix(
+        LIVE_BY_WORKSPACE,
+        &record.org_id,
+        Some(record.kind),
+        &[&record.workspace_id],
+    ));
+    for key in &mut keys {
+        key.extend_from_slice(&tail);
+    }
+    keys
+}
+
+/// The live-index prefix that holds every live token `query` (a RevokeAll's,
+/// which names an owner or a kind) can match; `None` if it names neither.
+/// With both an owner and a workspace, the owner's tokens are read and the
+/// workspace filtered.
+pub fn live_scope(query: &TokenQuery) -> Option<Vec<u8>> {
+    match (&query.owner_user_id, query.kind, &query.workspace_id) {
+        (Some(owner), _, _) => Some(live_prefix(LIVE_BY_OWNER, &query.org_id, None, &[owner])),
+        (None, Some(kind), Some(ws)) => Some(live_prefix(
+            LIVE_BY_WORKSPACE,
+            &query.org_id,
+            Some(kind),
+            &[ws],
+        )),
+        (None, Some(kind), None) => Some(live_prefix(LIVE_BY_KIND, &query.org_id, Some(kind), &[])),
+        (None, None, _) => None,
+    }
+}
+
+/// The live-index prefix of the tokens `quota` counts together with `record`.
+pub fn quota_scope(quota: Quota, record: &TokenRecord) -> Vec<u8> {
+    match quota {
+        Quota::PersonalPerMember => live_prefix(
+            LIVE_BY_OWNER,
+            &record.org_id,
+            None,
+            &[&record.owner_user_id],
+        ),
+        Quota::ServicePerOrganization => {
+            live_prefix(LIVE_BY_KIND, &record.org_id, Some(TokenKind::Service), &[])
+        }
+        Quota::ServicePerWorkspace => live_prefix(
+            LIVE_BY_WORKSPACE,
+            &record.org_id,
+            Some(TokenKind::Service),
+            &[&record.workspace_id],
+        ),
+    }
+}
+
+/// The keys under `prefix` of tokens expiring at or after `from` (the
+/// inclusive low and high ends of a range).
+pub fn live_range(prefix: &[u8], from: Timestamp) -> (Vec<u8>, Vec<u8>) {
+    let mut low = prefix.to_vec();
+    low.extend_from_slice(&sortable_i64(from.as_micros()));
+    let mut high = prefix.to_vec();
+    high.extend_from_slice(&[0xFF; LIVE_TAIL]);
+    (low, high)
+}
+
+/// The id at the end of a live-index key.
+pub fn id_of_live_key(key: &[u8]) -> Option<TokenId> {
+    id_of_index_key(key)
 }
 
 /// Big-endian with the sign bit flipped, so that byte order is numeric order
@@ -249,6 +361,70 @@ mod tests {
         let (second, rest) = take_part(rest).unwrap();
         assert_eq!((first, second, rest.len()), ("org", "", 0));
         assert!(take_part(&[5, b'a']).is_none());
+    }
+
+    #[test]
+    fn live_ranges_hold_exactly_the_scope_from_an_instant_on() {
+        use crate::domain::token::test_record;
+        let at = |micros| Timestamp::from_micros(micros);
+        let mut personal = test_record(1, "org");
+        personal.kind = TokenKind::Personal;
+        personal.owner_user_id = "alice".into();
+        personal.expires_at = Some(at(1_000));
+        let keys = live_keys(&personal);
+        assert_eq!(keys.len(), 3);
+        let owner = TokenQuery {
+            org_id: "org".into(),
+            workspace_id: None,
+            owner_user_id: Some("alice".into()),
+            kind: None,
+            include_revoked: false,
+        };
+        let scope = live_scope(&owner).unwrap();
+        assert_eq!(scope, quota_scope(Quota::PersonalPerMember, &personal));
+        let (low, high) = live_range(&scope, at(1_000));
+        assert!(
+            keys[0] >= low && keys[0] <= high,
+            "live at its last instant"
+        );
+        let (low, _) = live_range(&scope, at(1_001));
+        assert!(keys[0] < low, "expired after it");
+        assert_eq!(id_of_live_key(&keys[0]), Some(personal.id));
+
+        // A service token of the same org is under the kind prefixes only,
+        // and never under another org's or another kind's.
+        let service = test_record(2, "org");
+        let service_keys = live_keys(&service);
+        assert_eq!(service_keys.len(), 2);
+        let of_kind = |kind, ws: Option<&str>| {
+            live_scope(&TokenQuery {
+                kind: Some(kind),
+                owner_user_id: None,
+                workspace_id: ws.map(str::to_owned),
+                ..owner.clone()
+            })
+            .unwrap()
+        };
+        assert!(service_keys[0].starts_with(&of_kind(TokenKind::Service, None)));
+        assert!(service_keys[1].starts_with(&of_kind(TokenKind::Service, Some("ws"))));
+        assert!(!service_keys[1].starts_with(&of_kind(TokenKind::Service, Some("w"))));
+        assert!(!service_keys[0].starts_with(&of_kind(TokenKind::Personal, None)));
+        assert!(!keys[1].starts_with(&of_kind(TokenKind::Service, None)));
+        let mut other = service.clone();
+        other.org_id = "org2".into();
+        assert!(!live_keys(&other)[0].starts_with(&of_kind(TokenKind::Service, None)));
+        assert_eq!(
+            quota_scope(Quota::ServicePerWorkspace, &service),
+            of_kind(TokenKind::Service, Some("ws"))
+        );
+        assert!(
+            live_scope(&TokenQuery {
+                kind: None,
+                owner_user_id: None,
+                ..owner
+            })
+            .is_none()
+        );
     }
 
     #[test]

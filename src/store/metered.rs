@@ -6,13 +6,14 @@ use std::{sync::Arc, time::Instant};
 use async_trait::async_trait;
 
 use super::{
-    AuditPage, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store, StoreError,
-    TokenCounts, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation,
+    Store, StoreError, TokenCounts, TokenQuery, UsagePage,
 };
 use crate::{
     domain::{
         audit::{AuditEvent, AuditQuery},
         ids::{EventId, TokenId},
+        quota::Quotas,
         secret::Digest,
         time::Timestamp,
         token::TokenRecord,
@@ -49,9 +50,14 @@ impl Store for MeteredStore {
     async fn insert_token(
         &self,
         record: &TokenRecord,
+        quotas: &Quotas,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
-        timed!(self, "insert_token", self.inner.insert_token(record, event))
+    ) -> Result<InsertOutcome, StoreError> {
+        timed!(
+            self,
+            "insert_token",
+            self.inner.insert_token(record, quotas, event)
+        )
     }
     async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
         timed!(self, "token_by_digest", self.inner.token_by_digest(digest))
@@ -75,8 +81,13 @@ impl Store for MeteredStore {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<Vec<Revocation>, StoreError> {
-        timed!(self, "revoke_all", self.inner.revoke_all(query, at, event))
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        timed!(
+            self,
+            "revoke_all",
+            self.inner.revoke_all(query, at, event, revoked)
+        )
     }
     async fn rotate_token(
         &self,

@@ -8,7 +8,8 @@
 //! counter) and `revocations` (seq -> the digests a change took out of
 //! service).
 //!
-//! Each change runs in one transaction with its audit event. Changes that
+//! Each change runs in one transaction with its audit event (a large
+//! RevokeAll in several, see [`Store::revoke_all`]). Changes that
 //! take secrets out of service (revoke, revoke-all, rotate) also bump the
 //! clock and append to the log in that transaction. Bumping the clock's one
 //! row serialises them, so log entries become visible in sequence order with
@@ -47,8 +48,10 @@ use tokio_postgres::{
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AuditPage, Invalidation, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store,
-    StoreError, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, Invalidation, Page, PageRequest, REVOKE_ALL_BATCH,
+    REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokeAllProgress, RevokedAll, RotateOutcome, Rotation,
+    Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    keyed_locks::KeyedLocks,
     keys::{audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, usage_keys},
     records::{decode_audit, decode_token, encode_audit, encode_token, kind_number, kind_of},
     sled::MAX_SECRETS,
@@ -56,9 +59,10 @@ use super::{
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     ids::{EventId, TokenId},
+    quota::{Quota, QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
-    token::{TokenRecord, TokenState},
+    token::{TokenKind, TokenRecord, TokenState},
     usage::{UsageQuery, UsageRecord},
 };
 
@@ -68,17 +72,26 @@ const CHANNEL: &str = "tokenauth_revocations";
 const MAX_SCAN_PER_PAGE: usize = 5_000;
 /// Rows fetched per round trip while scanning the audit log.
 const AUDIT_BATCH: i64 = 500;
-/// An organisation's token set, as a transaction-scoped advisory lock
-/// (two int4 keys: a class of our own, then the org id's hash; the schema
-/// lock is a one-key lock, which lives apart). Issuing takes it shared and
-/// RevokeAll exclusively, so that no token of the organisation commits
-/// between a RevokeAll's selection and its commit: under READ COMMITTED,
-/// a token committed after the selection's snapshot would otherwise be
+/// An organisation's token set, as an advisory lock (two int4 keys: a
+/// class of our own, then the org id's hash; the schema lock is a one-key
+/// lock, which lives apart). Issuing takes it shared, for its transaction,
+/// and RevokeAll exclusively, for its session (a RevokeAll is several
+/// transactions), so that no token of the organisation commits between a
+/// RevokeAll's first selection and its last commit: under READ COMMITTED,
+/// a token committed after a selection's snapshot would otherwise be
 /// issued, acknowledged and left live while the RevokeAll still runs.
 /// Orgs whose ids share a hash only wait for each other a little.
 const LOCK_ORG_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(7411, hashtext($1))";
 /// See [`LOCK_ORG_SHARED`].
-const LOCK_ORG: &str = "SELECT pg_advisory_xact_lock(7411, hashtext($1))";
+const LOCK_ORG_SESSION: &str = "SELECT pg_advisory_lock(7411, hashtext($1))";
+const UNLOCK_ORG_SESSION: &str = "SELECT pg_advisory_unlock(7411, hashtext($1))";
+/// The issues that count against one member's quota (class 7412) or one
+/// organisation's service-token quotas (7413) take this, for their
+/// transaction, before they count: two of them never both see the last
+/// free slot.
+const LOCK_QUOTA: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+/// A token's expiry as the live indexes order it: never-expiring tokens last.
+const EXPIRY: &str = "COALESCE(expires_at_us, 9223372036854775807)";
 /// TCP keepalive on every connection: the first probe after this much
 /// silence (tokio-postgres' default is two hours, which leaves an idle
 /// LISTEN connection to a vanished server looking alive that long)...
@@ -101,9 +114,10 @@ const PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Schema versions, applied in order, each once, in one transaction that
 /// holds an advisory lock (replicas starting together do not race). Never
 /// edit a released migration: add one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r"
 CREATE TABLE tokens (
     id            bytea PRIMARY KEY,
     org_id        text NOT NULL,
@@ -158,7 +172,26 @@ CREATE TABLE health_probe (
     at       timestamptz NOT NULL
 );
 ",
-)];
+    ),
+    (
+        2,
+        // The tokens not revoked, ordered by expiry, three ways: what quotas
+        // count and RevokeAll revokes, without reading revoked or long
+        // expired rows (the expression is `EXPIRY`, to the letter, so that
+        // the planner matches it).
+        r"
+CREATE INDEX tokens_live_by_owner ON tokens
+    (org_id, owner_user_id, (COALESCE(expires_at_us, 9223372036854775807)), id)
+    WHERE revoked_at_us IS NULL;
+CREATE INDEX tokens_live_by_kind ON tokens
+    (org_id, kind, (COALESCE(expires_at_us, 9223372036854775807)), id)
+    WHERE revoked_at_us IS NULL;
+CREATE INDEX tokens_live_by_workspace ON tokens
+    (org_id, kind, workspace_id, (COALESCE(expires_at_us, 9223372036854775807)), id)
+    WHERE revoked_at_us IS NULL;
+",
+    ),
+];
 
 /// How a replica follows the revocation log.
 #[derive(Clone, Debug)]
@@ -188,6 +221,12 @@ pub struct PostgresStore {
     pool: Pool,
     invalidations: Mutex<Option<UnboundedReceiver<Invalidation>>>,
     feed: JoinHandle<()>,
+    /// Issues of one quota's tokens, and RevokeAlls of one organisation,
+    /// wait for each other here, each holding a pooled connection only once
+    /// it is its turn, rather than while it waits for the advisory lock: a
+    /// member's flood of issues or RevokeAlls would otherwise take the whole
+    /// pool, and with it every other organisation's calls.
+    local_locks: KeyedLocks,
 }
 
 impl Drop for PostgresStore {
@@ -452,6 +491,7 @@ impl PostgresStore {
             pool,
             invalidations: Mutex::new(Some(receiver)),
             feed,
+            local_locks: KeyedLocks::default(),
         })
     }
 
@@ -600,6 +640,186 @@ async fn update_record(
     Ok(())
 }
 
+/// The advisory lock ([`LOCK_QUOTA`]) an issue of `record` takes before it
+/// counts, as (class, key); `None` if no quota applies.
+fn quota_lock(record: &TokenRecord, quotas: &Quotas) -> Option<(i32, String)> {
+    if quotas.applying_to(record).is_empty() {
+        return None;
+    }
+    Some(match record.kind {
+        // Ids are printable ASCII without spaces: the space cannot be confused.
+        TokenKind::Personal => (7412, format!("{} {}", record.org_id, record.owner_user_id)),
+        TokenKind::Service => (7413, record.org_id.clone()),
+    })
+}
+
+/// Whether an issue of `record` would exceed one of `quotas` (`None` if
+/// not), counted inside the issue's transaction after taking the quota's
+/// `lock`, so that the count holds until the issue commits.
+async fn quota_reached(
+    tx: &impl GenericClient,
+    record: &TokenRecord,
+    quotas: &Quotas,
+    (class, key): (i32, String),
+) -> Result<Option<QuotaReached>, StoreError> {
+    let lock = tx.prepare_cached(LOCK_QUOTA).await?;
+    tx.execute(&lock, &[&class, &key]).await?;
+    let live_after = Timestamp::now().as_micros();
+    for (quota, limit) in quotas.applying_to(record) {
+        let limit_rows = i64::from(limit);
+        let (scope, params): (&str, Vec<&(dyn ToSql + Sync)>) = match quota {
+            Quota::PersonalPerMember => (
+                "owner_user_id = $4",
+                vec![
+                    &record.org_id,
+                    &live_after,
+                    &limit_rows,
+                    &record.owner_user_id,
+                ],
+            ),
+            Quota::ServicePerOrganization => {
+                ("kind = 2", vec![&record.org_id, &live_after, &limit_rows])
+            }
+            Quota::ServicePerWorkspace => (
+                "kind = 2 AND workspace_id = $4",
+                vec![
+                    &record.org_id,
+                    &live_after,
+                    &limit_rows,
+                    &record.workspace_id,
+                ],
+            ),
+        };
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM tokens WHERE org_id = $1 AND {scope} \
+             AND revoked_at_us IS NULL AND {EXPIRY} > $2 LIMIT $3) AS live"
+        );
+        let count = tx.prepare_cached(&sql).await?;
+        let count: i64 = tx.query_one(&count, &params).await?.try_get(0)?;
+        if count >= i64::from(limit) {
+            return Ok(Some(QuotaReached { quota, limit }));
+        }
+    }
+    Ok(None)
+}
+
+/// A pooled connection holding an organisation's lock for a whole
+/// RevokeAll ([`LOCK_ORG_SESSION`]). Dropped without [`OrgSession::release`]
+/// (an error, or its task stopped), it closes the connection rather than
+/// return it to the pool: ending the session releases the lock.
+struct OrgSession {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl OrgSession {
+    async fn lock(client: deadpool_postgres::Object, org: &str) -> Result<Self, StoreError> {
+        let mut session = Self {
+            client: Some(client),
+        };
+        session.client()?.execute(LOCK_ORG_SESSION, &[&org]).await?;
+        Ok(session)
+    }
+
+    fn client(&mut self) -> Result<&mut deadpool_postgres::Object, StoreError> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| unavailable("the RevokeAll's connection is gone"))
+    }
+
+    async fn release(mut self, org: &str) -> Result<(), StoreError> {
+        self.client()?.execute(UNLOCK_ORG_SESSION, &[&org]).await?;
+        // Unlocked: back to the pool.
+        drop(self.client.take());
+        Ok(())
+    }
+}
+
+impl Drop for OrgSession {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// What one transaction of a RevokeAll did.
+struct RevokeAllStep {
+    digests: Vec<Digest>,
+    progress: RevokeAllProgress,
+    /// Nothing of the scope is left.
+    last: bool,
+}
+
+/// One transaction of a RevokeAll: up to [`REVOKE_ALL_BATCH`] live tokens of
+/// `query`'s scope, revoked with their audit events and log entry.
+async fn revoke_all_step(
+    client: &mut deadpool_postgres::Object,
+    query: &TokenQuery,
+    at: Timestamp,
+    event: &AuditEvent,
+    before: RevokeAllProgress,
+) -> Result<RevokeAllStep, StoreError> {
+    let mut filter = Filter::new(query);
+    filter.push(
+        &format!("{EXPIRY} >="),
+        Box::new(at.saturating_sub(REVOKE_ALL_EXPIRED_MARGIN).as_micros()),
+    );
+    let tx = client.transaction().await?;
+    let select = format!(
+        "SELECT record FROM tokens WHERE {} ORDER BY {EXPIRY}, id LIMIT {REVOKE_ALL_BATCH} \
+         FOR UPDATE",
+        filter.sql
+    );
+    let rows = tx.query(&select, &filter.params()).await?;
+    let candidates = rows.iter().map(record_of).collect::<Result<Vec<_>, _>>()?;
+    // With LIMIT, FOR UPDATE may skip rows that a concurrent revoke
+    // changed while it waited for them, and so select fewer than there are:
+    // whether any is left is a plain read (which sees this transaction's
+    // own selection as not yet revoked, hence the exclusion).
+    let selected: Vec<Vec<u8>> = candidates
+        .iter()
+        .map(|r| r.id.to_bytes().to_vec())
+        .collect();
+    filter.params.push(Box::new(selected));
+    filter
+        .sql
+        .push_str(&format!(" AND NOT id = ANY(${})", filter.params.len()));
+    let left: bool = tx
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM tokens WHERE {})", filter.sql),
+            &filter.params(),
+        )
+        .await?
+        .try_get(0)?;
+    let batch = super::revoke_all_batch(candidates, query, at, event, before, !left);
+    let ids: Vec<Vec<u8>> = batch
+        .revoked
+        .iter()
+        .map(|r| r.id.to_bytes().to_vec())
+        .collect();
+    let encoded: Vec<Vec<u8>> = batch.revoked.iter().map(encode_token).collect();
+    tx.execute(
+        "UPDATE tokens AS t SET record = u.record, revoked_at_us = $3 \
+         FROM unnest($1::bytea[], $2::bytea[]) AS u(id, record) WHERE t.id = u.id",
+        &[&ids, &encoded, &at.as_micros()],
+    )
+    .await?;
+    for event in &batch.events {
+        insert_audit(&tx, event).await?;
+    }
+    log_revocation(&tx, digests_of(&batch.revoked)).await?;
+    tx.commit().await?;
+    Ok(RevokeAllStep {
+        digests: batch
+            .revoked
+            .iter()
+            .flat_map(|r| r.secrets.iter().map(|s| s.digest))
+            .collect(),
+        progress: batch.progress,
+        last: !left,
+    })
+}
+
 /// The WHERE clause (after `org_id = $1`) and parameters of `query`.
 struct Filter {
     sql: String,
@@ -646,12 +866,24 @@ impl Store for PostgresStore {
     async fn insert_token(
         &self,
         record: &TokenRecord,
+        quotas: &Quotas,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<InsertOutcome, StoreError> {
+        let quota_lock = quota_lock(record, quotas);
+        let _in_process = match &quota_lock {
+            Some((class, key)) => Some(self.local_locks.exclusive(&format!("{class} {key}")).await),
+            None => None,
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let lock = tx.prepare_cached(LOCK_ORG_SHARED).await?;
         tx.execute(&lock, &[&record.org_id]).await?;
+        if let Some(lock) = quota_lock
+            && let Some(reached) = quota_reached(&tx, record, quotas, lock).await?
+        {
+            // Dropping the transaction rolls it back.
+            return Ok(InsertOutcome::QuotaReached(reached));
+        }
         let insert = tx
             .prepare_cached(
                 "INSERT INTO tokens (id, org_id, workspace_id, owner_user_id, kind, \
@@ -682,7 +914,7 @@ impl Store for PostgresStore {
         }
         insert_audit(&tx, event).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(InsertOutcome::Inserted)
     }
 
     async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
@@ -782,57 +1014,33 @@ impl Store for PostgresStore {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<Vec<Revocation>, StoreError> {
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        if query.owner_user_id.is_none() && query.kind.is_none() {
+            return Err(StoreError::Unsupported(
+                "a RevokeAll names an owner or a kind",
+            ));
+        }
         let query = TokenQuery {
-            include_revoked: true,
+            include_revoked: false,
             ..query.clone()
         };
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // Before the selection: issuances of this org in flight commit
-        // first (and are selected), later ones wait for this commit.
-        tx.execute(LOCK_ORG, &[&query.org_id]).await?;
-        let filter = Filter::new(&query);
-        // Locking in id order, so that two bulk revocations cannot deadlock.
-        let sql = format!(
-            "SELECT record FROM tokens WHERE {} ORDER BY id FOR UPDATE",
-            filter.sql
-        );
-        let rows = tx.query(&sql, &filter.params()).await?;
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut record = record_of(row)?;
-            if !query.matches(&record) {
-                continue;
+        let _in_process = self
+            .local_locks
+            .exclusive(&format!("7411 {}", query.org_id))
+            .await;
+        let mut session = OrgSession::lock(self.client().await?, &query.org_id).await?;
+        let mut progress = RevokeAllProgress::default();
+        loop {
+            let step = revoke_all_step(session.client()?, &query, at, event, progress).await?;
+            revoked.digests.extend(step.digests);
+            revoked.count = step.progress.revoked;
+            progress = step.progress;
+            if step.last {
+                break;
             }
-            let newly_revoked = record.revoked_at.is_none();
-            if newly_revoked {
-                record.revoked_at = Some(at);
-            }
-            outcomes.push(Revocation {
-                record,
-                newly_revoked,
-            });
         }
-        let newly: Vec<&TokenRecord> = outcomes
-            .iter()
-            .filter(|o| o.newly_revoked)
-            .map(|o| &o.record)
-            .collect();
-        let ids: Vec<Vec<u8>> = newly.iter().map(|r| r.id.to_bytes().to_vec()).collect();
-        let encoded: Vec<Vec<u8>> = newly.iter().map(|r| encode_token(r)).collect();
-        tx.execute(
-            "UPDATE tokens AS t SET record = u.record, revoked_at_us = $3 \
-             FROM unnest($1::bytea[], $2::bytea[]) AS u(id, record) WHERE t.id = u.id",
-            &[&ids, &encoded, &at.as_micros()],
-        )
-        .await?;
-        let mut event = event.clone();
-        event.target_token_ids = newly.iter().map(|r| r.id).collect();
-        insert_audit(&tx, &event).await?;
-        log_revocation(&tx, digests_of(newly)).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        session.release(&query.org_id).await
     }
 
     async fn rotate_token(

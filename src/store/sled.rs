@@ -2,15 +2,20 @@
 //!
 //! Trees (key layouts in `keys`): `tokens` (id -> record), `digests`
 //! (digest -> id), three token indexes (by org; by org and workspace; by org
-//! and owner) so that listing and bulk revocation read one prefix instead of
-//! the whole database, `audit` and `audit_by_time`, three usage trees,
-//! `last_used` and `meta`.
+//! and owner) so that listing reads one prefix instead of the whole
+//! database, `live` (the tokens not revoked, by owner, kind and workspace,
+//! ordered by expiry: what quotas count and RevokeAll revokes), `audit` and
+//! `audit_by_time`, three usage trees, `last_used` and `meta`.
 //!
 //! Token writes take one process-wide write lock while they apply (in memory,
-//! microseconds), so that RevokeAll's scan and its writes are one atomic step
-//! with respect to every other write, and commit through one multi-tree sled
-//! transaction with their audit event, so that a crash never leaves a change
-//! without its event or half a change. Concurrent issuances share one such
+//! microseconds), so that a quota's count and the insert it admits, and each
+//! of RevokeAll's scans and its writes, are one atomic step with respect to
+//! every other write, and commit through one multi-tree sled transaction
+//! with their audit events, so that a crash never leaves a change without
+//! its event or half a change. A RevokeAll takes the lock once per batch of
+//! tokens and hands it to the next waiter in between, so that another
+//! organization's revoke never waits for more than one batch; its own
+//! organization's issues wait for the whole RevokeAll (`keyed_locks`). Concurrent issuances share one such
 //! transaction (sled writes and syncs its log at every transaction commit,
 //! so one per token was the ceiling of IssueToken). The flush that makes
 //! them durable happens after the lock is released and is shared between
@@ -25,18 +30,21 @@ use sled::{
 };
 
 use super::{
-    AuditPage, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store, StoreError,
+    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN,
+    Revocation, RevokeAllProgress, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
     TokenQuery, UsagePage,
     durability::GroupCommit,
+    keyed_locks::KeyedLocks,
     keys::{
-        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, index_key, prefix,
-        usage_keys,
+        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, index_key, live_keys,
+        prefix, usage_keys,
     },
     records::{decode_audit, decode_token, encode_audit, encode_token},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     ids::{EventId, TokenId},
+    quota::{QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
     token::TokenRecord,
@@ -64,6 +72,7 @@ struct Trees {
     by_org: Tree,
     by_workspace: Tree,
     by_owner: Tree,
+    live: Tree,
     audit: Tree,
     audit_by_time: Tree,
     usage_by_time: Tree,
@@ -71,12 +80,17 @@ struct Trees {
     usage_by_token: Tree,
     last_used: Tree,
     meta: Tree,
-    write_lock: std::sync::Mutex<()>,
+    /// A `parking_lot` mutex for its fair hand-over (see `write_handing_over`).
+    write_lock: parking_lot::Mutex<()>,
     /// Issued tokens waiting to be written, and whether a writer is draining them.
     inserts: std::sync::Mutex<InsertQueue>,
     /// Test-only fault: make the audit write of a change fail.
     #[cfg(test)]
     fail_audit: std::sync::atomic::AtomicBool,
+    /// Test-only fault: token transactions let through before the audit
+    /// writes of every later one fail (negative: none fails).
+    #[cfg(test)]
+    transactions_before_failure: std::sync::atomic::AtomicI64,
     /// Test-only fault: usage writes let through before one fails (negative:
     /// none fails).
     #[cfg(test)]
@@ -88,6 +102,7 @@ struct Tx<'a> {
     tokens: &'a TransactionalTree,
     digests: &'a TransactionalTree,
     indexes: [&'a TransactionalTree; 3],
+    live: &'a TransactionalTree,
     audit: &'a TransactionalTree,
     audit_by_time: &'a TransactionalTree,
     #[cfg(test)]
@@ -97,8 +112,9 @@ struct Tx<'a> {
 /// One issued token waiting to be written, and who waits for the outcome.
 struct PendingInsert {
     record: TokenRecord,
+    quotas: Quotas,
     event: AuditEvent,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    done: tokio::sync::oneshot::Sender<Result<InsertOutcome, StoreError>>,
 }
 
 /// Issued tokens waiting for the writer that drains them (see
@@ -136,6 +152,8 @@ pub struct SledStore {
     /// store reads need those), and taken by a backup before the write lock,
     /// so that token writes do not wait for a long prune.
     side_writes: Arc<tokio::sync::RwLock<()>>,
+    /// Held by RevokeAll (exclusively) and issues (shared), per organization.
+    org_locks: KeyedLocks,
     commit: GroupCommit,
     dir: std::path::PathBuf,
 }
@@ -272,6 +290,7 @@ impl SledStore {
             by_org: open(keys::BY_ORG)?,
             by_workspace: open(keys::BY_WORKSPACE)?,
             by_owner: open(keys::BY_OWNER)?,
+            live: open(keys::LIVE)?,
             audit: open(keys::AUDIT)?,
             audit_by_time: open(keys::AUDIT_BY_TIME)?,
             usage_by_time: open(keys::USAGE_BY_TIME)?,
@@ -279,10 +298,12 @@ impl SledStore {
             usage_by_token: open(keys::USAGE_BY_TOKEN)?,
             last_used: open(keys::LAST_USED)?,
             meta: open(keys::META)?,
-            write_lock: std::sync::Mutex::new(()),
+            write_lock: parking_lot::Mutex::new(()),
             inserts: std::sync::Mutex::new(InsertQueue::default()),
             #[cfg(test)]
             fail_audit: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            transactions_before_failure: std::sync::atomic::AtomicI64::new(-1),
             #[cfg(test)]
             usage_writes_before_failure: std::sync::atomic::AtomicI64::new(-1),
             db,
@@ -301,12 +322,13 @@ impl SledStore {
                 dir.display()
             )));
         }
-        trees.verify().map_err(|error| {
+        let live = trees.verify().map_err(|error| {
             StoreError::Corrupt(format!(
                 "the database in {} is damaged: {error}; restore it from a backup",
                 dir.display()
             ))
         })?;
+        trees.keep_live_index(&live)?;
         let watermark = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -337,6 +359,7 @@ impl SledStore {
         Ok(Self {
             trees,
             side_writes: Arc::new(tokio::sync::RwLock::new(())),
+            org_locks: KeyedLocks::default(),
             commit,
             dir: dir.to_owned(),
         })
@@ -375,8 +398,28 @@ impl SledStore {
     {
         let trees = Arc::clone(&self.trees);
         tokio::task::spawn_blocking(move || {
-            let _guard = trees.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = trees.write_lock.lock();
             apply(&trees)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// [`Self::write`], then the lock goes to the writer that has waited
+    /// longest, if any, before this caller can take it again: for a caller
+    /// that writes in a series (RevokeAll), so that others' writes go
+    /// between its steps rather than after the whole series.
+    async fn write_handing_over<T, F>(&self, apply: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    {
+        let trees = Arc::clone(&self.trees);
+        tokio::task::spawn_blocking(move || {
+            let guard = trees.write_lock.lock();
+            let applied = apply(&trees);
+            parking_lot::MutexGuard::unlock_fair(guard);
+            applied
         })
         .await
         .map_err(unavailable)?
@@ -422,24 +465,48 @@ fn index_entries(record: &TokenRecord) -> [Vec<u8>; 3] {
     ]
 }
 
+/// What a new token's transaction writes besides its record's fields.
+struct Prepared {
+    encoded: Vec<u8>,
+    indexes: [Vec<u8>; 3],
+    live: Vec<Vec<u8>>,
+}
+
+impl Prepared {
+    fn of(record: &TokenRecord) -> Self {
+        Self {
+            encoded: encode_token(record),
+            indexes: index_entries(record),
+            live: if record.revoked_at.is_none() {
+                live_keys(record)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
 impl Tx<'_> {
     /// A new token: its record, digests, indexes and its audit event.
     fn insert_token(
         &self,
         record: &TokenRecord,
-        encoded: &[u8],
-        indexes: &[Vec<u8>; 3],
+        prepared: &Prepared,
         event: &AuditEvent,
     ) -> Abortable<()> {
-        self.tokens.insert(&record.id.to_bytes(), encoded)?;
+        self.tokens
+            .insert(&record.id.to_bytes(), prepared.encoded.as_slice())?;
         for secret in &record.secrets {
             self.digests
                 .insert(&secret.digest.0, &record.id.to_bytes())?;
         }
-        for (tree, key) in self.indexes.iter().zip(indexes) {
+        for (tree, key) in self.indexes.iter().zip(&prepared.indexes) {
             if !key.is_empty() {
                 tree.insert(key.as_slice(), &[])?;
             }
+        }
+        for key in &prepared.live {
+            self.live.insert(key.as_slice(), &[])?;
         }
         self.append_audit(event)
     }
@@ -471,6 +538,15 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Writes `record`, newly revoked, and takes it out of the live index.
+    fn put_revoked(&self, record: &TokenRecord) -> Abortable<()> {
+        self.put(record)?;
+        for key in live_keys(record) {
+            self.live.remove(key)?;
+        }
+        Ok(())
+    }
+
     /// Sets `revoked_at` on the token `id`; `None` if absent.
     fn revoke(&self, id: TokenId, at: Timestamp) -> Abortable<Option<Revocation>> {
         let Some(mut record) = self.record(id)? else {
@@ -483,12 +559,39 @@ impl Tx<'_> {
             }));
         }
         record.revoked_at = Some(at);
-        self.put(&record)?;
+        self.put_revoked(&record)?;
         Ok(Some(Revocation {
             record,
             newly_revoked: true,
         }))
     }
+}
+
+/// An order-independent fingerprint of a set of keys: how many, and the
+/// wrapping sum of a hash of each (computed twice in one process, so
+/// `DefaultHasher`'s fixed keys are fine).
+#[derive(Default, PartialEq, Eq)]
+struct KeySum {
+    count: u64,
+    sum: u64,
+}
+
+impl KeySum {
+    fn add(&mut self, key: &[u8]) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(hasher.finish());
+    }
+}
+
+/// What one transaction of a RevokeAll did, and where the next one starts
+/// (after the last key it read; `None` when none is left).
+struct RevokeAllStep {
+    digests: Vec<Digest>,
+    progress: RevokeAllProgress,
+    next: Option<Vec<u8>>,
 }
 
 /// Writes queued issuances until none is left (see [`SledStore::insert_token`]).
@@ -503,31 +606,35 @@ fn drain_inserts(trees: &Trees) {
             }
             std::mem::take(&mut queue.pending)
         };
-        let prepared: Vec<_> = batch
+        let prepared: Vec<Prepared> = batch.iter().map(|p| Prepared::of(&p.record)).collect();
+        let _guard = trees.write_lock.lock();
+        // Counted under the write lock, which every token write takes, so
+        // nothing changes between a count and the insert it admits.
+        let verdicts = trees.admit(&batch, Timestamp::now());
+        let admitted: Vec<bool> = verdicts
             .iter()
-            .map(|p| (encode_token(&p.record), index_entries(&p.record)))
+            .map(|v| matches!(v, Ok(InsertOutcome::Inserted)))
             .collect();
-        let _guard = trees.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let together = trees.transaction(|tx| {
-            for (pending, (encoded, indexes)) in batch.iter().zip(&prepared) {
-                tx.insert_token(&pending.record, encoded, indexes, &pending.event)?;
+            for ((pending, prepared), &admitted) in batch.iter().zip(&prepared).zip(&admitted) {
+                if admitted {
+                    tx.insert_token(&pending.record, prepared, &pending.event)?;
+                }
             }
             Ok(())
         });
-        match together {
-            Ok(()) => {
-                for pending in batch {
-                    let _ = pending.done.send(Ok(()));
-                }
-            }
-            Err(_) => {
-                for (pending, (encoded, indexes)) in batch.into_iter().zip(&prepared) {
-                    let alone = trees.transaction(|tx| {
-                        tx.insert_token(&pending.record, encoded, indexes, &pending.event)
-                    });
-                    let _ = pending.done.send(alone);
-                }
-            }
+        let failed = together.is_err();
+        for (((pending, prepared), verdict), admitted) in
+            batch.into_iter().zip(&prepared).zip(verdicts).zip(admitted)
+        {
+            let outcome = if failed && admitted {
+                trees
+                    .transaction(|tx| tx.insert_token(&pending.record, prepared, &pending.event))
+                    .map(|()| InsertOutcome::Inserted)
+            } else {
+                verdict
+            };
+            let _ = pending.done.send(outcome);
         }
     }
 }
@@ -535,12 +642,13 @@ fn drain_inserts(trees: &Trees) {
 impl Trees {
     /// Runs `change` in one transaction over every tree a token change touches.
     fn transaction<T>(&self, change: impl Fn(&Tx<'_>) -> Abortable<T>) -> Result<T, StoreError> {
-        let trees: [&Tree; 7] = [
+        let trees: [&Tree; 8] = [
             &self.tokens,
             &self.digests,
             &self.by_org,
             &self.by_workspace,
             &self.by_owner,
+            &self.live,
             &self.audit,
             &self.audit_by_time,
         ];
@@ -550,10 +658,19 @@ impl Trees {
                     tokens: &t[0],
                     digests: &t[1],
                     indexes: [&t[2], &t[3], &t[4]],
-                    audit: &t[5],
-                    audit_by_time: &t[6],
+                    live: &t[5],
+                    audit: &t[6],
+                    audit_by_time: &t[7],
                     #[cfg(test)]
-                    fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst),
+                    fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
+                        || self
+                            .transactions_before_failure
+                            .fetch_update(
+                                std::sync::atomic::Ordering::SeqCst,
+                                std::sync::atomic::Ordering::SeqCst,
+                                |left| (left > 0).then(|| left - 1),
+                            )
+                            .is_err_and(|left| left == 0),
                 })
             })
             .map_err(StoreError::from)
@@ -575,8 +692,9 @@ impl Trees {
     /// 2.4 s for 1,000,000, where sled's own open takes 5 to 6 s), not
     /// audit or usage, whose pruning may legitimately leave their trees
     /// uneven after a crash.
-    fn verify(&self) -> Result<(), StoreError> {
+    fn verify(&self) -> Result<KeySum, StoreError> {
         let (mut tokens, mut personal, mut secrets) = (0u64, 0u64, 0u64);
+        let mut live = KeySum::default();
         for entry in self.tokens.iter() {
             let (key, value) = entry?;
             let record = decode_token(&value)?;
@@ -589,6 +707,11 @@ impl Trees {
             tokens += 1;
             personal += u64::from(!record.owner_user_id.is_empty());
             secrets += record.secrets.len() as u64;
+            if record.revoked_at.is_none() {
+                for key in live_keys(&record) {
+                    live.add(&key);
+                }
+            }
         }
         let count = |tree: &Tree| tree.iter().try_fold(0u64, |n, entry| entry.map(|_| n + 1));
         for (name, tree, expected) in [
@@ -604,7 +727,145 @@ impl Trees {
                 )));
             }
         }
+        Ok(live)
+    }
+
+    /// Rebuilds the live index unless it holds exactly `expected`, the keys
+    /// the records call for. It is derived from the records, so a
+    /// difference is not damage: a database last written by a version
+    /// without it (or by an older version after this one) gets it here,
+    /// once, at start-up.
+    fn keep_live_index(&self, expected: &KeySum) -> Result<(), StoreError> {
+        let mut found = KeySum::default();
+        for entry in self.live.iter() {
+            found.add(&entry?.0);
+        }
+        if &found == expected {
+            return Ok(());
+        }
+        self.live.clear()?;
+        let mut live = 0u64;
+        for entry in self.tokens.iter() {
+            let record = decode_token(&entry?.1)?;
+            if record.revoked_at.is_none() {
+                for key in live_keys(&record) {
+                    self.live.insert(key, &[])?;
+                }
+                live += 1;
+            }
+        }
+        self.db.flush()?;
+        tracing::info!(
+            live,
+            "built the index of tokens not revoked (the database was last written without it)"
+        );
         Ok(())
+    }
+
+    /// How many tokens under the live-index `scope` are live at `now`,
+    /// reading no more than `limit` of them.
+    fn count_live(&self, scope: &[u8], now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let (low, high) = keys::live_range(
+            scope,
+            now.saturating_add(std::time::Duration::from_micros(1)),
+        );
+        let mut count = 0u64;
+        for entry in self.live.range(low..=high).take(limit as usize) {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Whether each of `batch`, in order, fits its quotas, counting the
+    /// live tokens under each at `now` and those of `batch` admitted before
+    /// it. Call with the write lock held.
+    fn admit(
+        &self,
+        batch: &[PendingInsert],
+        now: Timestamp,
+    ) -> Vec<Result<InsertOutcome, StoreError>> {
+        let mut counts: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+        batch
+            .iter()
+            .map(|pending| {
+                let mut scopes = Vec::new();
+                for (quota, limit) in pending.quotas.applying_to(&pending.record) {
+                    let scope = keys::quota_scope(quota, &pending.record);
+                    let count = match counts.get(&scope) {
+                        Some(&count) => count,
+                        None => {
+                            let count = self.count_live(&scope, now, limit)?;
+                            counts.insert(scope.clone(), count);
+                            count
+                        }
+                    };
+                    if count >= u64::from(limit) {
+                        return Ok(InsertOutcome::QuotaReached(QuotaReached { quota, limit }));
+                    }
+                    scopes.push(scope);
+                }
+                for scope in scopes {
+                    *counts.entry(scope).or_default() += 1;
+                }
+                Ok(InsertOutcome::Inserted)
+            })
+            .collect()
+    }
+
+    /// One transaction of a RevokeAll: up to [`REVOKE_ALL_BATCH`] live-index
+    /// entries of its scope from `from` on (to `high`), revoked with their
+    /// audit events. Call with the write lock held.
+    fn revoke_all_step(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        event: &AuditEvent,
+        (from, high): (Bound<Vec<u8>>, Vec<u8>),
+        before: RevokeAllProgress,
+    ) -> Result<RevokeAllStep, StoreError> {
+        let mut keys = Vec::with_capacity(REVOKE_ALL_BATCH + 1);
+        for entry in self
+            .live
+            .range((from, Bound::Included(high)))
+            .take(REVOKE_ALL_BATCH + 1)
+        {
+            keys.push(entry?.0);
+        }
+        let last = keys.len() <= REVOKE_ALL_BATCH;
+        keys.truncate(REVOKE_ALL_BATCH);
+        let ids = keys
+            .iter()
+            .map(|key| {
+                keys::id_of_live_key(key)
+                    .ok_or_else(|| StoreError::Corrupt("short live key".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = self.transaction(|tx| {
+            let mut candidates = Vec::with_capacity(ids.len());
+            for &id in &ids {
+                candidates.extend(tx.record(id)?);
+            }
+            let batch = super::revoke_all_batch(candidates, query, at, event, before, last);
+            for record in &batch.revoked {
+                tx.put_revoked(record)?;
+            }
+            for event in &batch.events {
+                tx.append_audit(event)?;
+            }
+            Ok(batch)
+        })?;
+        Ok(RevokeAllStep {
+            digests: batch
+                .revoked
+                .iter()
+                .flat_map(|r| r.secrets.iter().map(|s| s.digest))
+                .collect(),
+            progress: batch.progress,
+            next: (!last)
+                .then(|| keys.last().map(|key| key.to_vec()))
+                .flatten(),
+        })
     }
 
     /// The index and key prefix that serve `query` with the narrowest scan.
@@ -704,13 +965,17 @@ impl Store for SledStore {
     async fn insert_token(
         &self,
         record: &TokenRecord,
+        quotas: &Quotas,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<InsertOutcome, StoreError> {
+        // No token of an organization is issued while a RevokeAll of it runs.
+        let _org = self.org_locks.shared(&record.org_id).await;
         let (done, outcome) = tokio::sync::oneshot::channel();
         let become_writer = {
             let mut queue = self.trees.inserts.lock().unwrap_or_else(|e| e.into_inner());
             queue.pending.push(PendingInsert {
                 record: record.clone(),
+                quotas: *quotas,
                 event: event.clone(),
                 done,
             });
@@ -780,42 +1045,30 @@ impl Store for SledStore {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<Vec<Revocation>, StoreError> {
-        // Already-revoked matches are returned too (see the trait).
-        let query = TokenQuery {
-            include_revoked: true,
-            ..query.clone()
-        };
-        let event = event.clone();
-        self.write(move |t| {
-            // Under the write lock no token can be issued or revoked between
-            // this scan and the transaction below.
-            let everything = PageRequest {
-                after: None,
-                limit: usize::MAX,
-            };
-            let ids: Vec<TokenId> = t
-                .scan(&query, everything, usize::MAX)?
-                .tokens
-                .iter()
-                .map(|r| r.id)
-                .collect();
-            t.transaction(|tx| {
-                let mut outcomes = Vec::with_capacity(ids.len());
-                for &id in &ids {
-                    outcomes.extend(tx.revoke(id, at)?);
-                }
-                let mut event = event.clone();
-                event.target_token_ids = outcomes
-                    .iter()
-                    .filter(|o| o.newly_revoked)
-                    .map(|o| o.record.id)
-                    .collect();
-                tx.append_audit(&event)?;
-                Ok(outcomes)
-            })
-        })
-        .await
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        let scope = keys::live_scope(query).ok_or(StoreError::Unsupported(
+            "a RevokeAll names an owner or a kind",
+        ))?;
+        let (low, high) = keys::live_range(&scope, at.saturating_sub(REVOKE_ALL_EXPIRED_MARGIN));
+        // From the first step to the last, no token of the organization is
+        // issued; revokes of single tokens may go between steps (a token one
+        // of them revokes is out of the live index before the next step).
+        let _org = self.org_locks.exclusive(&query.org_id).await;
+        let (mut from, mut progress) = (Bound::Included(low), RevokeAllProgress::default());
+        loop {
+            let (query, event, range) = (query.clone(), event.clone(), (from, high.clone()));
+            let step = self
+                .write_handing_over(move |t| t.revoke_all_step(&query, at, &event, range, progress))
+                .await?;
+            revoked.digests.extend(step.digests);
+            revoked.count = step.progress.revoked;
+            progress = step.progress;
+            match step.next {
+                Some(after) => from = Bound::Excluded(after),
+                None => return Ok(()),
+            }
+        }
     }
 
     async fn rotate_token(
@@ -1205,9 +1458,13 @@ mod tests {
                 tokio::spawn(async move {
                     let token = record(id, "org");
                     store
-                        .insert_token(&token, &event(i64::from(id), "org", Some(token.id)))
+                        .insert_token(
+                            &token,
+                            &Quotas::NONE,
+                            &event(i64::from(id), "org", Some(token.id)),
+                        )
                         .await
-                        .map(|()| token)
+                        .map(|_| token)
                 })
             })
             .collect();
@@ -1235,7 +1492,11 @@ mod tests {
                 tokio::spawn(async move {
                     let token = record(id, "org");
                     store
-                        .insert_token(&token, &event(i64::from(id), "org", Some(token.id)))
+                        .insert_token(
+                            &token,
+                            &Quotas::NONE,
+                            &event(i64::from(id), "org", Some(token.id)),
+                        )
                         .await
                 })
             })
@@ -1254,7 +1515,7 @@ mod tests {
         store.trees.fail_audit.store(true, Ordering::SeqCst);
         assert!(
             store
-                .insert_token(&token, &event(1, "org", Some(token.id)))
+                .insert_token(&token, &Quotas::NONE, &event(1, "org", Some(token.id)))
                 .await
                 .is_err()
         );
@@ -1278,7 +1539,7 @@ mod tests {
 
         store.trees.fail_audit.store(false, Ordering::SeqCst);
         store
-            .insert_token(&token, &event(2, "org", Some(token.id)))
+            .insert_token(&token, &Quotas::NONE, &event(2, "org", Some(token.id)))
             .await
             .unwrap();
         store.trees.fail_audit.store(true, Ordering::SeqCst);
@@ -1308,13 +1569,230 @@ mod tests {
         );
     }
 
+    /// Service tokens 1..=n of "org", expiring at `expires_at`.
+    fn tokens(n: u8, expires_at: Option<Timestamp>) -> Vec<TokenRecord> {
+        (1..=n)
+            .map(|id| TokenRecord {
+                expires_at,
+                ..record(id, "org")
+            })
+            .collect()
+    }
+
+    fn service_tokens_of(org: &str) -> TokenQuery {
+        TokenQuery {
+            org_id: org.into(),
+            workspace_id: None,
+            owner_user_id: None,
+            kind: Some(crate::domain::token::TokenKind::Service),
+            include_revoked: false,
+        }
+    }
+
+    async fn insert_all(store: &SledStore, records: &[TokenRecord]) {
+        for token in records {
+            let inserted = store
+                .insert_token(token, &Quotas::NONE, &event(1, "org", Some(token.id)))
+                .await
+                .unwrap();
+            assert_eq!(inserted, InsertOutcome::Inserted);
+        }
+    }
+
+    /// Of many inserts written in one transaction, only the quota's worth
+    /// are admitted: those earlier in the batch count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inserts_never_exceed_a_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let quotas = Quotas {
+            service_per_workspace: Some(5),
+            ..Quotas::NONE
+        };
+        let inserts: Vec<_> = tokens(64, None)
+            .into_iter()
+            .map(|token| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store
+                        .insert_token(&token, &quotas, &event(1, "org", Some(token.id)))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut inserted = 0;
+        for insert in inserts {
+            inserted += usize::from(insert.await.unwrap() == InsertOutcome::Inserted);
+        }
+        assert_eq!(inserted, 5);
+        assert_eq!(store.trees.tokens.len(), 5);
+    }
+
+    /// RevokeAll revokes what is live and what expired within the margin,
+    /// and leaves alone what expired long before (it can never be used).
+    #[tokio::test]
+    async fn a_revoke_all_leaves_long_expired_tokens_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let now = Timestamp::now();
+        let long_ago = now.saturating_sub(REVOKE_ALL_EXPIRED_MARGIN * 2);
+        let just_now = now.saturating_sub(std::time::Duration::from_secs(1));
+        let mut all = tokens(3, None);
+        all[0].expires_at = Some(long_ago);
+        all[1].expires_at = Some(just_now);
+        insert_all(&store, &all).await;
+        let mut revoked = RevokedAll::default();
+        store
+            .revoke_all(
+                &service_tokens_of("org"),
+                now,
+                &event(2, "org", None),
+                &mut revoked,
+            )
+            .await
+            .unwrap();
+        assert_eq!(revoked.count, 2);
+        let still = |i: usize| store.token_by_id(all[i].id);
+        assert!(still(0).await.unwrap().unwrap().revoked_at.is_none());
+        assert!(still(1).await.unwrap().unwrap().revoked_at.is_some());
+        assert!(still(2).await.unwrap().unwrap().revoked_at.is_some());
+    }
+
+    /// Opens the database in `dir` once the store last opened on it has let
+    /// go of it: its insert writer, not awaited, may hold it a moment longer.
+    async fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(error)
+                    if error.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+
+    /// A database last written without the live index (or whose index an
+    /// older version let drift) gets it rebuilt at open; RevokeAll and
+    /// quotas then see exactly the tokens that are not revoked.
+    #[tokio::test]
+    async fn a_database_without_the_live_index_gets_it_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = tokens(4, None);
+        {
+            let store = reopen(dir.path()).await;
+            insert_all(&store, &all).await;
+            store
+                .revoke_token(all[0].id, Timestamp::from_micros(2), &event(2, "org", None))
+                .await
+                .unwrap();
+            store.durable().await.unwrap();
+        }
+        for damage in ["dropped", "drifted"] {
+            // Through the store, so that it waits until the last one let go.
+            drop(reopen(dir.path()).await);
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let live = db.open_tree(keys::LIVE).unwrap();
+            if damage == "dropped" {
+                live.clear().unwrap();
+            } else {
+                // As many entries as before, but not the right ones.
+                let (key, _) = live.first().unwrap().unwrap();
+                live.remove(&key).unwrap();
+                live.insert(b"not a live key", &[]).unwrap();
+            }
+            db.flush().unwrap();
+            drop((live, db));
+            let store = reopen(dir.path()).await;
+            let full = Quotas {
+                service_per_organization: Some(3),
+                ..Quotas::NONE
+            };
+            let fifth = record(5, "org");
+            assert_eq!(
+                store
+                    .insert_token(&fifth, &full, &event(3, "org", Some(fifth.id)))
+                    .await
+                    .unwrap(),
+                InsertOutcome::QuotaReached(QuotaReached {
+                    quota: crate::domain::quota::Quota::ServicePerOrganization,
+                    limit: 3
+                }),
+                "{damage}: three live tokens count"
+            );
+        }
+        let store = reopen(dir.path()).await;
+        let mut revoked = RevokedAll::default();
+        store
+            .revoke_all(
+                &service_tokens_of("org"),
+                Timestamp::now(),
+                &event(4, "org", None),
+                &mut revoked,
+            )
+            .await
+            .unwrap();
+        assert_eq!(revoked.count, 3, "the three not revoked before");
+    }
+
+    /// A RevokeAll that fails after some of its transactions still reports
+    /// what those revoked (for the cache to forget), and nothing more.
+    #[tokio::test]
+    async fn a_revoke_all_that_fails_midway_reports_what_it_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let all: Vec<TokenRecord> = (0..REVOKE_ALL_BATCH + 10)
+            .map(|i| TokenRecord {
+                id: TokenId::from_bytes((i as u128 + 1).to_be_bytes()),
+                secrets: vec![crate::domain::token::StoredSecret {
+                    digest: crate::domain::secret::PepperKey::new(1, b"k").digest(&i.to_string()),
+                    ..record(0, "org").secrets[0].clone()
+                }],
+                ..record(0, "org")
+            })
+            .collect();
+        insert_all(&store, &all).await;
+        store
+            .trees
+            .transactions_before_failure
+            .store(1, Ordering::SeqCst);
+        let mut revoked = RevokedAll::default();
+        let outcome = store
+            .revoke_all(
+                &service_tokens_of("org"),
+                Timestamp::now(),
+                &event(2, "org", None),
+                &mut revoked,
+            )
+            .await;
+        assert!(outcome.is_err(), "the second transaction fails");
+        assert_eq!(revoked.count, REVOKE_ALL_BATCH as u64);
+        let expected: Vec<Digest> = all[..REVOKE_ALL_BATCH]
+            .iter()
+            .map(|r| r.secrets[0].digest)
+            .collect();
+        assert_eq!(revoked.digests, expected);
+        let first = store.token_by_id(all[0].id).await.unwrap().unwrap();
+        let last = store
+            .token_by_id(all[all.len() - 1].id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.revoked_at.is_some() && last.revoked_at.is_none());
+    }
+
     /// A database with one token whose insert was made durable, closed.
     async fn closed_with_one_token() -> (tempfile::TempDir, TokenRecord) {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let token = record(1, "org");
         store
-            .insert_token(&token, &event(1, "org", Some(token.id)))
+            .insert_token(&token, &Quotas::NONE, &event(1, "org", Some(token.id)))
             .await
             .unwrap();
         store.durable().await.unwrap();
@@ -1416,7 +1894,11 @@ mod tests {
             };
             token.secrets[0].digest = PepperKey::new(1, b"k").digest(&format!("secret {i}"));
             store
-                .insert_token(&token, &event(i64::from(i), &token.org_id, Some(token.id)))
+                .insert_token(
+                    &token,
+                    &Quotas::NONE,
+                    &event(i64::from(i), &token.org_id, Some(token.id)),
+                )
                 .await
                 .unwrap();
         }

@@ -15,14 +15,15 @@ use tokenauth::{
     domain::{
         audit::{AuditEvent, AuditQuery},
         ids::{EventId, TokenId},
+        quota::Quotas,
         secret::Digest,
         time::Timestamp,
         token::TokenRecord,
         usage::{UsageQuery, UsageRecord},
     },
     store::{
-        AuditPage, Page, PageRequest, Revocation, RotateOutcome, Rotation, Store, StoreError,
-        TokenQuery, UsagePage,
+        AuditPage, InsertOutcome, Page, PageRequest, Revocation, RevokedAll, RotateOutcome,
+        Rotation, Store, StoreError, TokenQuery, UsagePage,
     },
 };
 
@@ -72,9 +73,10 @@ impl Store for Delayed {
     async fn insert_token(
         &self,
         record: &TokenRecord,
+        quotas: &Quotas,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
-        self.inner.insert_token(record, event).await
+    ) -> Result<InsertOutcome, StoreError> {
+        self.inner.insert_token(record, quotas, event).await
     }
     async fn token_by_id(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
         self.inner.token_by_id(id).await
@@ -95,10 +97,11 @@ impl Store for Delayed {
         query: &TokenQuery,
         at: Timestamp,
         event: &AuditEvent,
-    ) -> Result<Vec<Revocation>, StoreError> {
-        let revoked = self.inner.revoke_all(query, at, event).await;
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        let outcome = self.inner.revoke_all(query, at, event, revoked).await;
         tokio::time::sleep(self.delays.after_revoke_all).await;
-        revoked
+        outcome
     }
     async fn rotate_token(
         &self,

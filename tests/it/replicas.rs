@@ -1654,6 +1654,7 @@ async fn a_database_error_is_reported_without_the_rows_it_quotes() {
         audit::{AuditAction, AuditEvent, AuditOutcome, PeerSource},
         caller::{ActorRef, Method},
         ids::{EventId, TokenId},
+        quota::Quotas,
         time::Timestamp,
         token::{StoredSecret, TokenKind as Kind, TokenRecord},
     };
@@ -1703,12 +1704,15 @@ async fn a_database_error_is_reported_without_the_rows_it_quotes() {
         dropped_before: 0,
     };
     let first = record(TokenId::generate(now).unwrap());
-    store.insert_token(&first, &event()).await.unwrap();
+    store
+        .insert_token(&first, &Quotas::NONE, &event())
+        .await
+        .unwrap();
     // Another token with the same digest: a unique violation on `digests`,
     // whose DETAIL is "Key (digest)=(\xabab...) already exists."
     let second = record(TokenId::generate(now).unwrap());
     let cause = store
-        .insert_token(&second, &event())
+        .insert_token(&second, &Quotas::NONE, &event())
         .await
         .unwrap_err()
         .to_string();

@@ -1,3 +1,4 @@
 mod audit;
 mod mesh;
 mod ops;
+mod store;
