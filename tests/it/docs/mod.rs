@@ -42,6 +42,7 @@ use walkthrough::Walkthrough;
 /// The documents whose examples run.
 const DOCUMENTS: &[&str] = &[
     "README.md",
+    "docs/SUMMARY.md",
     "docs/concepts.md",
     "docs/api.md",
     "docs/guarantees.md",
@@ -55,7 +56,14 @@ const DOCUMENTS: &[&str] = &[
     "docs/deploy/envoy-istio.md",
     "docs/deploy/kubernetes.md",
     "docs/deploy/replicas-postgres.md",
+    "docs/develop/architecture.md",
+    "docs/develop/check-path.md",
+    "docs/develop/revocation.md",
     "docs/develop/testing.md",
+    "docs/develop/decisions/0001-sled-default.md",
+    "docs/develop/decisions/0002-group-commit.md",
+    "docs/develop/decisions/0003-pepper-file.md",
+    "docs/develop/decisions/0004-revocation-log.md",
 ];
 
 /// A section of a document (its subsections with it, unless a part names
