@@ -29,8 +29,11 @@
 //!   left out, and the test lists them.
 //!
 //! The Markdown files are a list (`DOCUMENTS`): README.md and every file
-//! under docs/, and the walkthroughs name the sections of them they run.
+//! under docs/ (a test keeps the list whole), and the walkthroughs name the
+//! sections of them they run. `links` checks that every relative link
+//! between them resolves.
 
+mod links;
 mod markdown;
 mod walkthrough;
 
