@@ -33,6 +33,7 @@
 //! sections of them they run. `links` checks that every relative link
 //! between them resolves.
 
+mod config_blocks;
 mod links;
 mod markdown;
 mod walkthrough;
