@@ -979,15 +979,16 @@ mod tests {
         assert!(error.contains("sled.cache_capacity"), "{error}");
     }
 
-    /// The README's "whole file, with every default" is what the code defaults to.
+    /// The configuration page's "whole file, with every default" is what the
+    /// code defaults to.
     #[test]
-    fn the_readme_lists_the_defaults() {
-        let readme = include_str!("../README.md");
-        let block = readme
+    fn the_configuration_page_lists_the_defaults() {
+        let page = include_str!("../docs/operate/configuration.md");
+        let block = page
             .split_once("The whole file, with every default:\n\n```toml\n")
             .and_then(|(_, rest)| rest.split_once("```"))
             .map(|(block, _)| block)
-            .expect("the README's configuration block");
+            .expect("the configuration block of docs/operate/configuration.md");
         let documented = Config::from_toml(block).unwrap();
         assert_eq!(
             serde_json::to_value(&documented).unwrap(),

@@ -28,9 +28,13 @@
 //!   machine cannot run (`walkthrough::NOT_RUN`: docker, kubectl...) are
 //!   left out, and the test lists them.
 //!
-//! The Markdown files are a list (`DOCUMENTS`): when the README is split
-//! into docs/*.md, point `DOCUMENTS` and the parts below at the new files.
+//! The Markdown files are a list (`DOCUMENTS`): README.md and every file
+//! under docs/ (a test keeps the list whole), and the walkthroughs name the
+//! sections of them they run. `links` checks that every relative link
+//! between them resolves.
 
+mod config_blocks;
+mod links;
 mod markdown;
 mod walkthrough;
 
@@ -40,7 +44,31 @@ use markdown::{Example, examples, inline_commands};
 use walkthrough::Walkthrough;
 
 /// The documents whose examples run.
-const DOCUMENTS: &[&str] = &["README.md"];
+const DOCUMENTS: &[&str] = &[
+    "README.md",
+    "docs/SUMMARY.md",
+    "docs/concepts.md",
+    "docs/api.md",
+    "docs/guarantees.md",
+    "docs/operate/configuration.md",
+    "docs/operate/observability.md",
+    "docs/operate/tls.md",
+    "docs/operate/backup-restore.md",
+    "docs/operate/pepper.md",
+    "docs/operate/limits-and-shutdown.md",
+    "docs/operate/security.md",
+    "docs/deploy/envoy-istio.md",
+    "docs/deploy/kubernetes.md",
+    "docs/deploy/replicas-postgres.md",
+    "docs/develop/architecture.md",
+    "docs/develop/check-path.md",
+    "docs/develop/revocation.md",
+    "docs/develop/testing.md",
+    "docs/develop/decisions/0001-sled-default.md",
+    "docs/develop/decisions/0002-group-commit.md",
+    "docs/develop/decisions/0003-pepper-file.md",
+    "docs/develop/decisions/0004-revocation-log.md",
+];
 
 /// A section of a document (its subsections with it, unless a part names
 /// them), run as one step of a walkthrough.
@@ -63,20 +91,24 @@ const fn part(file: &'static str, section: &'static str) -> Part {
 /// the pepper rotated, and its data moved to PostgreSQL.
 const OPERATOR: &[Part] = &[
     part("README.md", "Quick start"),
-    part("README.md", "API, with grpcurl"),
-    part("README.md", "Envoy and Istio (ext_authz)"),
-    part("README.md", "Configuration"),
-    part("README.md", "Backup and restore"),
-    part("README.md", "The pepper"),
+    part("docs/api.md", "API, with grpcurl"),
+    part("docs/deploy/envoy-istio.md", "Envoy and Istio (ext_authz)"),
+    part("docs/deploy/kubernetes.md", "Deploying on Kubernetes"),
+    part("docs/operate/configuration.md", "Configuration"),
+    part("docs/operate/backup-restore.md", "Backup and restore"),
+    part("docs/operate/pepper.md", "The pepper"),
     Part {
-        file: "README.md",
+        file: "docs/deploy/replicas-postgres.md",
         section: "Moving from sled",
         server_stopped: true,
     },
 ];
 
 /// A fresh deployment of replicas on PostgreSQL.
-const REPLICAS: &[Part] = &[part("README.md", "Running several replicas")];
+const REPLICAS: &[Part] = &[part(
+    "docs/deploy/replicas-postgres.md",
+    "Running several replicas",
+)];
 
 const WALKTHROUGHS: &[&[Part]] = &[OPERATOR, REPLICAS];
 
