@@ -18,7 +18,7 @@ use crate::{
     domain::{
         audit::AuditQuery,
         authz::{self, Verdict},
-        caller::{Actor, OrgRole, Principal},
+        caller::{Actor, OrgRole, Principal, validate_actor},
         ext_authz::{
             ExtAuthzPolicy, HttpRequest, IDENTITY_HEADERS, Identity, RESERVED_HEADER_PREFIX,
             credential, route_ids, upstream_headers,
@@ -26,18 +26,15 @@ use crate::{
         ids::{TokenId, optional_id, parse_token_id, require_id, validate_name},
         pagination::{self, MAX_PAGE_SIZE},
         permissions::{Catalogue, Level},
+        query::{TokenQuery, audit_fingerprint, list_fingerprint, usage_fingerprint},
         routes::{DotSegments, RouteTable},
         secret,
-        service::{
-            Policy, RevokeAllSelector, audit_fingerprint, list_fingerprint, usage_fingerprint,
-            validate_actor,
-        },
+        service::Policy,
         time::Timestamp,
         token::{NewToken, TokenKind, validate_check_query},
         usage::UsageQuery,
     },
     proto,
-    store::TokenQuery,
 };
 
 /// The token parser: anything may be presented as a token.
@@ -422,8 +419,9 @@ fn list_tokens(bytes: &[u8]) -> Option<()> {
 fn revoke_all(bytes: &[u8]) -> Option<()> {
     let message: proto::RevokeAllRequest = decode(bytes)?;
     let principal = control_plane(asserted_actor(message.actor.as_ref()));
-    let selector = RevokeAllSelector::try_from(message.clone()).ok()?;
+    let selector = TokenQuery::try_from(message.clone()).ok()?;
     assert_eq!(selector.org_id, message.org_id);
+    assert!(!selector.include_revoked);
     assert!(require_id("org_id", &selector.org_id).is_ok());
     assert_filter(selector.workspace_id.as_ref(), &message.workspace_id);
     assert_filter(selector.owner_user_id.as_ref(), &message.owner_user_id);

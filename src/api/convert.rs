@@ -9,12 +9,12 @@ use crate::{
         audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery, PeerSource},
         caller::{ActorClaim, OrgRole},
         ids::{TokenId, optional_id, parse_token_id, require_id},
+        query::TokenQuery,
         time::Timestamp,
         token::{NewToken, Reason, TokenKind, TokenView},
         usage::{UsageQuery, UsageRecord},
     },
     proto,
-    store::TokenQuery,
 };
 
 /// An asserted actor; an empty message counts as none.
@@ -259,32 +259,51 @@ impl TryFrom<proto::IssueTokenRequest> for NewToken {
     }
 }
 
+/// The query a ListTokens or RevokeAll request names: the same five
+/// fields, validated once.
+fn token_query(
+    org_id: String,
+    workspace_id: String,
+    owner_user_id: String,
+    kind: i32,
+    include_revoked: bool,
+) -> Result<TokenQuery, Error> {
+    require_id("org_id", &org_id)?;
+    Ok(TokenQuery {
+        org_id,
+        workspace_id: filter("workspace_id", workspace_id)?,
+        owner_user_id: filter("owner_user_id", owner_user_id)?,
+        kind: kind_from_proto("kind", kind)?,
+        include_revoked,
+    })
+}
+
 impl TryFrom<proto::ListTokensRequest> for TokenQuery {
     type Error = Error;
 
     fn try_from(request: proto::ListTokensRequest) -> Result<Self, Error> {
-        require_id("org_id", &request.org_id)?;
-        Ok(TokenQuery {
-            org_id: request.org_id,
-            workspace_id: filter("workspace_id", request.workspace_id)?,
-            owner_user_id: filter("owner_user_id", request.owner_user_id)?,
-            kind: kind_from_proto("kind", request.kind)?,
-            include_revoked: request.include_revoked,
-        })
+        token_query(
+            request.org_id,
+            request.workspace_id,
+            request.owner_user_id,
+            request.kind,
+            request.include_revoked,
+        )
     }
 }
 
-impl TryFrom<proto::RevokeAllRequest> for crate::domain::service::RevokeAllSelector {
+/// A RevokeAll names live tokens only.
+impl TryFrom<proto::RevokeAllRequest> for TokenQuery {
     type Error = Error;
 
     fn try_from(request: proto::RevokeAllRequest) -> Result<Self, Error> {
-        require_id("org_id", &request.org_id)?;
-        Ok(Self {
-            org_id: request.org_id,
-            workspace_id: filter("workspace_id", request.workspace_id)?,
-            owner_user_id: filter("owner_user_id", request.owner_user_id)?,
-            kind: kind_from_proto("kind", request.kind)?,
-        })
+        token_query(
+            request.org_id,
+            request.workspace_id,
+            request.owner_user_id,
+            request.kind,
+            false,
+        )
     }
 }
 

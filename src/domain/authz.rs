@@ -13,10 +13,9 @@
 use super::{
     caller::{Actor, OrgRole, Principal},
     permissions::{Catalogue, grants},
-    service::RevokeAllSelector,
+    query::TokenQuery,
     token::{TokenKind, TokenRecord, ValidNewToken},
 };
-use crate::store::TokenQuery;
 
 /// The permissions each organization role may put in its own personal tokens.
 #[derive(Clone, Debug)]
@@ -269,8 +268,8 @@ pub fn list(caller: &Principal, query: &mut TokenQuery) -> Verdict {
     }
 }
 
-/// May `caller` revoke everything `selector` names?
-pub fn revoke_all(caller: &Principal, selector: &RevokeAllSelector) -> Verdict {
+/// May `caller` revoke every live token `selector` names?
+pub fn revoke_all(caller: &Principal, selector: &TokenQuery) -> Verdict {
     let of_a_user = selector.owner_user_id.is_some();
     match caller {
         Principal::ControlPlane { actor: None, .. } if of_a_user => Verdict::Allow,
@@ -652,17 +651,19 @@ mod tests {
 
     #[test]
     fn who_may_revoke_all() {
-        let of_user = |user: &str| RevokeAllSelector {
+        let of_user = |user: &str| TokenQuery {
             org_id: "org-1".into(),
             workspace_id: None,
             owner_user_id: Some(user.into()),
             kind: None,
+            include_revoked: false,
         };
-        let services = RevokeAllSelector {
+        let services = TokenQuery {
             org_id: "org-1".into(),
             workspace_id: None,
             owner_user_id: None,
             kind: Some(TokenKind::Service),
+            include_revoked: false,
         };
         let system = Principal::ControlPlane {
             credential: "cp".into(),

@@ -8,7 +8,7 @@
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
-use super::token::TokenRecord;
+use super::{Error, ids::require_id, token::TokenRecord};
 
 /// A member's role in an organization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,6 +74,24 @@ pub struct ActorClaim {
     pub org_id: String,
     /// `None` when unspecified or not a known role.
     pub role: Option<OrgRole>,
+}
+
+/// The actor a control-plane credential asserts, validated: both ids well
+/// formed, and a known role.
+pub fn validate_actor(claim: &ActorClaim) -> Result<Actor, Error> {
+    require_id("actor.user_id", &claim.user_id)?;
+    require_id("actor.org_id", &claim.org_id)?;
+    let role = claim.role.ok_or_else(|| {
+        Error::invalid(
+            "actor.org_role",
+            "is required (READ_ONLY, READ_WRITE or ADMIN)",
+        )
+    })?;
+    Ok(Actor {
+        user_id: claim.user_id.clone(),
+        org_id: claim.org_id.clone(),
+        role,
+    })
 }
 
 /// What a request presented, before anything is verified.

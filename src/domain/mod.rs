@@ -9,6 +9,7 @@ pub mod ext_authz;
 pub mod ids;
 pub mod pagination;
 pub mod permissions;
+pub mod query;
 pub mod quota;
 pub mod refusals;
 pub mod routes;

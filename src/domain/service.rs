@@ -12,17 +12,18 @@ use super::{
     Error,
     audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery, Origin},
     authz::{self, Roles, Verdict},
-    caller::{Actor, ActorClaim, ActorRef, Caller, Credentials, Method, Principal},
+    caller::{ActorRef, Caller, Credentials, Method, Principal, validate_actor},
     ids::{EventId, TokenId, require_id},
     pagination,
     permissions::{Catalogue, grants},
+    query::{TokenQuery, audit_fingerprint, list_fingerprint, usage_fingerprint},
     quota::Quotas,
     refusals::{Payer, RefusalLimits},
     secret::{self, Digest, Keyring, Secret},
     time::{DurationText, Timestamp},
     token::{
         CheckQuery, LifetimePolicy, NewToken, Reason, StoredSecret, TokenKind, TokenRecord,
-        TokenView, evaluate,
+        TokenView, evaluate, liveness,
     },
     usage::{UsageQuery, UsageRecord},
 };
@@ -30,10 +31,7 @@ use crate::{
     cache::{CachedToken, Lookup, TokenCache},
     metrics::{CacheOutcome, Metrics},
     recorder::Recorder,
-    store::{
-        InsertOutcome, PageRequest, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
-        TokenQuery,
-    },
+    store::{InsertOutcome, PageRequest, RevokedAll, RotateOutcome, Rotation, Store, StoreError},
 };
 
 /// How long a secret replaced by rotation is still recognised after its
@@ -68,15 +66,6 @@ pub struct CheckOrigin<'a> {
     pub origin: Origin,
     /// A request id that passed `ids::is_request_id`.
     pub request_id: Option<&'a str>,
-}
-
-/// Which tokens a RevokeAll is about.
-#[derive(Clone, Debug)]
-pub struct RevokeAllSelector {
-    pub org_id: String,
-    pub workspace_id: Option<String>,
-    pub owner_user_id: Option<String>,
-    pub kind: Option<TokenKind>,
 }
 
 /// A control-plane credential as configured: a name, and the SHA-256 of the
@@ -217,7 +206,7 @@ impl TokenService {
         let Some(secret) = token.record.secret_matching(&digest) else {
             return Err(refuse("unknown credential".into()).await);
         };
-        match evaluate_liveness(&token.record, secret, now) {
+        match liveness(&token.record, secret, now) {
             Some(Reason::Revoked) => return Err(refuse("the token is revoked".into()).await),
             Some(_) => return Err(refuse("the token has expired".into()).await),
             None => {}
@@ -669,40 +658,31 @@ impl TokenService {
     }
 
     /// Revokes every live token the selector names; returns how many.
-    pub async fn revoke_all(
-        &self,
-        caller: &Caller,
-        selector: RevokeAllSelector,
-    ) -> Result<u64, Error> {
-        if selector.owner_user_id.is_none() && selector.kind.is_none() {
+    pub async fn revoke_all(&self, caller: &Caller, mut query: TokenQuery) -> Result<u64, Error> {
+        // A RevokeAll is about live tokens, whoever built the query.
+        query.include_revoked = false;
+        if query.owner_user_id.is_none() && query.kind.is_none() {
             return Err(Error::invalid(
                 "kind",
                 "name owner_user_id (a user's tokens) or a kind (e.g. SERVICE for an organization's or workspace's service tokens)",
             ));
         }
-        if selector.owner_user_id.is_some() && selector.kind == Some(TokenKind::Service) {
+        if query.owner_user_id.is_some() && query.kind == Some(TokenKind::Service) {
             return Err(Error::invalid(
                 "owner_user_id",
                 "service tokens have no owner; leave owner_user_id empty to revoke service tokens",
             ));
         }
-        let workspace = selector.workspace_id.clone().unwrap_or_default();
-        let verdict = authz::revoke_all(&caller.principal, &selector);
+        let workspace = query.workspace_id.clone().unwrap_or_default();
+        let verdict = authz::revoke_all(&caller.principal, &query);
         self.authorize_org(
             caller,
             Method::RevokeAll,
-            &selector.org_id,
+            &query.org_id,
             &workspace,
             verdict,
         )
         .await?;
-        let query = TokenQuery {
-            org_id: selector.org_id,
-            workspace_id: selector.workspace_id,
-            owner_user_id: selector.owner_user_id,
-            kind: selector.kind,
-            include_revoked: false,
-        };
         let now = Timestamp::now();
         let event_id = EventId::generate(now).map_err(internal("OS random source"))?;
         let mut event = AuditEvent::change(
@@ -987,7 +967,7 @@ impl TokenService {
         let Some(secret) = token.record.secret_matching(&digest) else {
             return Ok(Some(Reason::NotFound));
         };
-        Ok(evaluate_liveness(&token.record, secret, Timestamp::now()))
+        Ok(liveness(&token.record, secret, Timestamp::now()))
     }
 
     /// Decides whether `presented` may do `query`. A deny is a decision, not
@@ -1094,101 +1074,4 @@ impl TokenService {
             record,
         }
     }
-}
-
-/// `Some(reason)` if the secret may not be used at `now` whatever it asks.
-fn evaluate_liveness(
-    record: &TokenRecord,
-    secret: &StoredSecret,
-    now: Timestamp,
-) -> Option<Reason> {
-    if record.revoked_at.is_some() || secret.retired_at.is_some_and(|at| at <= now) {
-        Some(Reason::Revoked)
-    } else if record.expires_at.is_some_and(|at| at <= now) {
-        Some(Reason::Expired)
-    } else {
-        None
-    }
-}
-
-/// The actor a control-plane credential asserts, validated: both ids well
-/// formed, and a known role.
-pub(crate) fn validate_actor(claim: &ActorClaim) -> Result<Actor, Error> {
-    require_id("actor.user_id", &claim.user_id)?;
-    require_id("actor.org_id", &claim.org_id)?;
-    let role = claim.role.ok_or_else(|| {
-        Error::invalid(
-            "actor.org_role",
-            "is required (READ_ONLY, READ_WRITE or ADMIN)",
-        )
-    })?;
-    Ok(Actor {
-        user_id: claim.user_id.clone(),
-        org_id: claim.org_id.clone(),
-        role,
-    })
-}
-
-/// What a ListTokens page token is bound to: the query as authorization narrowed it.
-pub(crate) fn list_fingerprint(query: &TokenQuery) -> [u8; 8] {
-    fn opt(value: &Option<String>) -> &[u8] {
-        // Ids are printable ASCII, so "\0none" cannot be one.
-        value.as_deref().map_or(b"\0none".as_slice(), str::as_bytes)
-    }
-    let kind: &[u8] = match query.kind {
-        None => b"any",
-        Some(TokenKind::Personal) => b"personal",
-        Some(TokenKind::Service) => b"service",
-    };
-    let revoked: &[u8] = if query.include_revoked {
-        b"all"
-    } else {
-        b"live"
-    };
-    pagination::fingerprint(&[
-        b"tokens",
-        query.org_id.as_bytes(),
-        opt(&query.workspace_id),
-        opt(&query.owner_user_id),
-        kind,
-        revoked,
-    ])
-}
-
-/// What a ListTokenUsage page token is bound to.
-pub(crate) fn usage_fingerprint(query: &UsageQuery) -> [u8; 8] {
-    let token_part = query
-        .token_id
-        .map(|id| id.to_bytes().to_vec())
-        .unwrap_or_default();
-    let start = query
-        .start
-        .map(|t| t.as_micros().to_be_bytes().to_vec())
-        .unwrap_or_default();
-    let end = query
-        .end
-        .map(|t| t.as_micros().to_be_bytes().to_vec())
-        .unwrap_or_default();
-    pagination::fingerprint(&[b"usage", query.org_id.as_bytes(), &token_part, &start, &end])
-}
-
-/// What a ListAuditEvents page token is bound to.
-pub(crate) fn audit_fingerprint(query: &AuditQuery) -> [u8; 8] {
-    let opt = |value: &Option<String>| value.clone().unwrap_or_else(|| "\0none".to_owned());
-    let time =
-        |t: Option<Timestamp>| t.map_or_else(|| "\0none".to_owned(), |t| t.as_micros().to_string());
-    pagination::fingerprint(&[
-        b"audit",
-        query.org_id.as_bytes(),
-        opt(&query.workspace_id).as_bytes(),
-        query
-            .token_id
-            .map(|t| t.to_string())
-            .unwrap_or_default()
-            .as_bytes(),
-        opt(&query.actor).as_bytes(),
-        format!("{:?}", query.action).as_bytes(),
-        time(query.start).as_bytes(),
-        time(query.end).as_bytes(),
-    ])
 }

@@ -315,6 +315,18 @@ pub fn evaluate(
     Reason::Ok
 }
 
+/// `Some(reason)` if `secret` of `record` may not be used at `now`, whatever
+/// it asks: revoked (the token, or this secret by rotation), or expired.
+pub fn liveness(record: &TokenRecord, secret: &StoredSecret, now: Timestamp) -> Option<Reason> {
+    if record.revoked_at.is_some() || secret.retired_at.is_some_and(|at| at <= now) {
+        Some(Reason::Revoked)
+    } else if record.expires_at.is_some_and(|at| at <= now) {
+        Some(Reason::Expired)
+    } else {
+        None
+    }
+}
+
 /// A workspace service token record for unit tests elsewhere in the crate:
 /// id `[id; 16]`, in `org`, one secret whose digest is of `"secret {id}"`.
 #[cfg(test)]

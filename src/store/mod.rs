@@ -28,11 +28,12 @@ use crate::domain::{
     quota::{QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
-    token::{StoredSecret, TokenKind, TokenRecord, TokenState},
+    token::{StoredSecret, TokenRecord},
     usage::{UsageQuery, UsageRecord},
 };
 
 pub use self::sled::{SLED_DEFAULT_CACHE_CAPACITY, SledStore};
+pub use crate::domain::query::{TokenCounts, TokenQuery};
 
 /// A store failure. The cause is for logs; callers only learn the category.
 #[derive(Debug, thiserror::Error)]
@@ -69,33 +70,6 @@ pub enum Invalidation {
     /// back far enough, or could not be read for the staleness bound):
     /// forget every cached entry.
     Stale,
-}
-
-/// Which tokens a listing or a bulk revocation is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenQuery {
-    pub org_id: String,
-    pub workspace_id: Option<String>,
-    pub owner_user_id: Option<String>,
-    pub kind: Option<TokenKind>,
-    pub include_revoked: bool,
-}
-
-impl TokenQuery {
-    /// Whether `record` is one of the tokens this query is about.
-    pub fn matches(&self, record: &TokenRecord) -> bool {
-        record.org_id == self.org_id
-            && self
-                .workspace_id
-                .as_ref()
-                .is_none_or(|ws| &record.workspace_id == ws)
-            && self
-                .owner_user_id
-                .as_ref()
-                .is_none_or(|owner| &record.owner_user_id == owner)
-            && self.kind.is_none_or(|kind| record.kind == kind)
-            && (self.include_revoked || record.revoked_at.is_none())
-    }
 }
 
 /// Where a page starts and how long it may be.
@@ -302,9 +276,6 @@ pub struct UsagePage {
     /// An opaque cursor for the next page.
     pub next: Option<Vec<u8>>,
 }
-
-/// How many tokens there are of each kind in each state.
-pub type TokenCounts = Vec<(TokenKind, TokenState, u64)>;
 
 /// A persistent token store.
 #[async_trait]
