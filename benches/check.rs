@@ -14,7 +14,7 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokenauth::domain::{service::CheckOrigin, token::validate_check_query};
+use tokenauth::{domain::token::validate_check_query, service::CheckOrigin};
 
 /// Polls a future that completes without waiting (a cache hit never
 /// waits), so that no executor cost is measured.

@@ -25,7 +25,7 @@ use envoy_types::{
     pb::envoy::service::auth::v3::check_response::HttpResponse,
 };
 use prost::Message as _;
-use tokenauth::{api::ext_authz::ExtAuthzApi, domain::ext_authz::ExtAuthz, metrics::Metrics};
+use tokenauth::{api::ext_authz::ExtAuthzApi, metrics::Metrics, service::ExtAuthz};
 
 /// Rounds of interleaved batches; figures are medians over rounds.
 const ROUNDS: usize = 21;

@@ -162,7 +162,7 @@ async fn in_process_percentiles(_: &std::path::Path) {
         "ws-1",
     )
     .unwrap();
-    let origin = tokenauth::domain::service::CheckOrigin::default();
+    let origin = tokenauth::service::CheckOrigin::default();
     assert!(
         service
             .check(&secrets[0], &query, &origin)

@@ -31,14 +31,13 @@ use tokenauth::{
     api::ext_authz::ExtAuthzApi,
     cache::{CachedToken, Lookup, TokenCache},
     domain::{
-        ext_authz::ExtAuthz,
         secret::{self, Digest, PepperKey},
-        service::{CheckOrigin, TokenService},
         time::Timestamp,
         token::{CheckQuery, Reason, evaluate, validate_check_query},
     },
     metrics::Metrics,
     recorder::Recorder,
+    service::{CheckOrigin, ExtAuthz, TokenAuthority},
 };
 
 /// Iterations of every loop (the per-call figure is the loop's count / this).
@@ -120,7 +119,7 @@ fn profiled_part_recorder(recorder: &Recorder, token: &Arc<CachedToken>) {
 
 #[inline(never)]
 fn profiled_part_metrics(metrics: &Metrics) {
-    // What `TokenService::check` does for metrics: the sampling decision,
+    // What `TokenAuthority::check` does for metrics: the sampling decision,
     // for one call in eight two monotonic clock reads and a histogram
     // update, and the two counters (cache outcome, decision).
     for _ in 0..ITERATIONS {
@@ -132,13 +131,13 @@ fn profiled_part_metrics(metrics: &Metrics) {
 
 /// One Check, never inlined, so that the profile shows its callees under it.
 #[inline(never)]
-fn check_once(service: &TokenService, secret: &str, query: &CheckQuery<'_>) -> bool {
+fn check_once(service: &TokenAuthority, secret: &str, query: &CheckQuery<'_>) -> bool {
     let decision = ready(service.check(black_box(secret), query, &CheckOrigin::default()));
     decision.unwrap().allowed()
 }
 
 #[inline(never)]
-fn profiled_check_cache_hit(service: &TokenService, secret: &str, query: &CheckQuery<'_>) {
+fn profiled_check_cache_hit(service: &TokenAuthority, secret: &str, query: &CheckQuery<'_>) {
     for _ in 0..ITERATIONS {
         black_box(check_once(service, secret, query));
     }
@@ -150,7 +149,7 @@ fn profiled_check_cache_hit(service: &TokenService, secret: &str, query: &CheckQ
 fn interleaved_ratio(
     key: &PepperKey,
     map: &HashMap<[u8; 32], usize>,
-    service: &TokenService,
+    service: &TokenAuthority,
     secret: &str,
     query: &CheckQuery<'_>,
 ) {

@@ -26,7 +26,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use tokenauth::domain::{service::CheckOrigin, token::validate_check_query};
+use tokenauth::{domain::token::validate_check_query, service::CheckOrigin};
 
 const HOT: usize = 1_000;
 

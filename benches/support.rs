@@ -116,10 +116,7 @@ pub async fn fill(store: &dyn Store, count: usize, workspace: &str) -> Vec<Strin
 pub async fn service(
     dir: &std::path::Path,
     cache_capacity: u64,
-) -> (
-    Arc<tokenauth::domain::service::TokenService>,
-    Arc<dyn Store>,
-) {
+) -> (Arc<tokenauth::service::TokenAuthority>, Arc<dyn Store>) {
     write_pepper(dir);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db")).unwrap());
     let keyring = tokenauth::pepper::open(&dir.join("pepper"), store.as_ref(), true)
@@ -137,7 +134,7 @@ pub async fn service(
         negative_capacity: config.cache.negative_capacity,
         negative_ttl: config.cache.negative_ttl,
     });
-    let service = tokenauth::domain::service::TokenService::new(
+    let service = tokenauth::service::TokenAuthority::new(
         Arc::clone(&store),
         cache,
         keyring,

@@ -21,13 +21,15 @@ mod values;
 
 pub use values::resolve_listen;
 
-use crate::domain::{
-    authz::Roles,
-    permissions::{Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS},
-    quota::Quotas,
-    refusals::RefusalLimits,
+use crate::{
+    domain::{
+        authz::Roles,
+        permissions::{Catalogue, DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS},
+        quota::Quotas,
+        refusals::RefusalLimits,
+        token::LifetimePolicy,
+    },
     service::{ControlPlaneCredential, Policy},
-    token::LifetimePolicy,
 };
 
 /// A configuration problem, naming the field or file at fault.

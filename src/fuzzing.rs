@@ -29,12 +29,12 @@ use crate::{
         query::{TokenQuery, audit_fingerprint, list_fingerprint, usage_fingerprint},
         routes::{DotSegments, RouteTable},
         secret,
-        service::Policy,
         time::Timestamp,
         token::{NewToken, TokenKind, validate_check_query},
         usage::UsageQuery,
     },
     proto,
+    service::Policy,
 };
 
 /// The token parser: anything may be presented as a token.

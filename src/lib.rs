@@ -24,5 +24,6 @@ pub mod private_fs;
 pub mod proto;
 pub mod recorder;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod telemetry;

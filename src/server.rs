@@ -21,7 +21,7 @@ use crate::{
     cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError, LimitsConfig, StoreKind, ext_authz::ExtAuthzConfigError},
     connections::{CallTrackingLayer, Connections, GuardedStream},
-    domain::{ext_authz::ExtAuthz, service::TokenService, time::Timestamp},
+    domain::time::Timestamp,
     health::Health,
     metrics::Metrics,
     pepper::{self, PepperError},
@@ -30,6 +30,7 @@ use crate::{
         check_service_server::CheckServiceServer, token_service_server::TokenServiceServer,
     },
     recorder::Recorder,
+    service::{ExtAuthz, TokenAuthority},
     store::{
         Invalidation, SledStore, Store, StoreError,
         metered::MeteredStore,
@@ -219,7 +220,7 @@ pub async fn start_with_store(
     } else {
         TokenCache::new(&cache_settings)
     };
-    let service = Arc::new(TokenService::new(
+    let service = Arc::new(TokenAuthority::new(
         Arc::clone(&store),
         cache,
         keyring,
@@ -391,7 +392,7 @@ fn make_data_dir_private(path: &std::path::Path) -> Result<(), ServerError> {
 struct Parts {
     config: Config,
     tls: Option<tonic::transport::ServerTlsConfig>,
-    service: Arc<TokenService>,
+    service: Arc<TokenAuthority>,
     ext_authz: ExtAuthz,
     store: Arc<dyn Store>,
     recorder: Arc<Recorder>,

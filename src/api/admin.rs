@@ -8,21 +8,22 @@ use tonic::{Request, Response, Status};
 
 use super::credentials_of;
 use crate::{
-    domain::{caller::Method, service::TokenService},
+    domain::caller::Method,
     proto::{self, admin_service_server},
+    service::TokenAuthority,
 };
 
 const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The gRPC face of the administrative operations.
 pub struct AdminApi {
-    service: Arc<TokenService>,
+    service: Arc<TokenAuthority>,
     /// Where backup files are staged before they are streamed (the data directory).
     staging: PathBuf,
 }
 
 impl AdminApi {
-    pub fn new(service: Arc<TokenService>, staging: PathBuf) -> Self {
+    pub fn new(service: Arc<TokenAuthority>, staging: PathBuf) -> Self {
         Self { service, staging }
     }
 }
@@ -55,7 +56,7 @@ impl admin_service_server::AdminService for AdminApi {
         );
         self.service.backup(&caller, &staged.0).await?;
         let mut file = tokio::fs::File::open(&staged.0).await.map_err(|e| {
-            Status::from(crate::domain::Error::Internal(format!("backup file: {e}")))
+            Status::from(crate::service::Error::Internal(format!("backup file: {e}")))
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {

@@ -6,17 +6,18 @@ use tonic::{Request, Response, Status};
 
 use super::{convert::audit_to_proto, credentials_of};
 use crate::{
-    domain::{caller::Method, service::TokenService},
+    domain::caller::Method,
     proto::{self, audit_service_server},
+    service::TokenAuthority,
 };
 
 /// The gRPC face of the audit log.
 pub struct AuditApi {
-    service: Arc<TokenService>,
+    service: Arc<TokenAuthority>,
 }
 
 impl AuditApi {
-    pub fn new(service: Arc<TokenService>) -> Self {
+    pub fn new(service: Arc<TokenAuthority>) -> Self {
         Self { service }
     }
 }

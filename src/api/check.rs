@@ -9,20 +9,18 @@ use super::{
     request_id,
 };
 use crate::{
-    domain::{
-        service::{Decision, TokenService},
-        token::validate_check_query,
-    },
+    domain::token::validate_check_query,
     proto::{self, check_service_server},
+    service::{Decision, TokenAuthority},
 };
 
 /// The gRPC face of Check.
 pub struct CheckApi {
-    service: Arc<TokenService>,
+    service: Arc<TokenAuthority>,
 }
 
 impl CheckApi {
-    pub fn new(service: Arc<TokenService>) -> Self {
+    pub fn new(service: Arc<TokenAuthority>) -> Self {
         Self { service }
     }
 }

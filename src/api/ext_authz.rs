@@ -1,6 +1,6 @@
 //! `envoy.service.auth.v3.Authorization`: Envoy's (and Istio's) ext_authz
 //! Check, on the same port as the rest. Converts Envoy's attribute context
-//! into a domain `HttpRequest`, asks `domain::ext_authz`, and converts the
+//! into a domain `HttpRequest`, asks `service::ExtAuthz`, and converts the
 //! verdict back: an allow as an `OkHttpResponse` (identity headers set,
 //! reserved and credential headers removed), a deny as a
 //! `DeniedHttpResponse` (status, `WWW-Authenticate`, a JSON body). Both carry
@@ -26,11 +26,9 @@ use envoy_types::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    domain::{
-        ext_authz::{Allow, Denial, ExtAuthz, HttpRequest, Identity, Verdict},
-        service::CheckOrigin,
-    },
+    domain::ext_authz::{Allow, Denial, HttpRequest, Identity, Verdict},
     metrics::Metrics,
+    service::{CheckOrigin, ExtAuthz},
 };
 
 pub use crate::proto::EXT_AUTHZ_FILE_DESCRIPTOR_SET as FILE_DESCRIPTOR_SET;

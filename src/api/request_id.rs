@@ -22,8 +22,9 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
-    domain::{audit::Origin, ids::is_request_id, service::CheckOrigin},
+    domain::{audit::Origin, ids::is_request_id},
     metrics::Metrics,
+    service::CheckOrigin,
 };
 
 pub const HEADER: &str = "x-request-id";

@@ -1,4 +1,5 @@
-//! The single place where domain errors become `tonic::Status`.
+//! The single place where errors become `tonic::Status`: a broken rule
+//! (`domain::Error`), and a store or internal failure (`service::Error`).
 //!
 //! Client errors say precisely what is wrong. Internal errors are logged with
 //! their cause and returned as a generic message: no path, no stack, no secret
@@ -6,17 +7,26 @@
 
 use tonic::Status;
 
-use crate::{domain::Error, store::StoreError};
+use crate::{domain, service::Error, store::StoreError};
+
+impl From<domain::Error> for Status {
+    fn from(error: domain::Error) -> Self {
+        use domain::Error as Rule;
+        match error {
+            Rule::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            Rule::NotFound(_) => Status::not_found(error.to_string()),
+            Rule::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
+            Rule::PermissionDenied(_) => Status::permission_denied(error.to_string()),
+            Rule::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
+            Rule::ResourceExhausted(_) => Status::resource_exhausted(error.to_string()),
+        }
+    }
+}
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            Error::NotFound(_) => Status::not_found(error.to_string()),
-            Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
-            Error::PermissionDenied(_) => Status::permission_denied(error.to_string()),
-            Error::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(error.to_string()),
+            Error::Domain(rule) => Status::from(rule),
             Error::Store(StoreError::Unavailable(cause) | StoreError::NeedsRestart(cause)) => {
                 tracing::error!(%cause, "store unavailable");
                 Status::unavailable("the token store is unavailable; retry later")

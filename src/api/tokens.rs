@@ -13,18 +13,18 @@ use crate::{
     domain::{
         caller::Method,
         ids::{TokenId, parse_token_id},
-        service::TokenService,
     },
     proto::{self, token_service_server},
+    service::TokenAuthority,
 };
 
 /// The gRPC face of the token service.
 pub struct TokenApi {
-    service: Arc<TokenService>,
+    service: Arc<TokenAuthority>,
 }
 
 impl TokenApi {
-    pub fn new(service: Arc<TokenService>) -> Self {
+    pub fn new(service: Arc<TokenAuthority>) -> Self {
         Self { service }
     }
 }

@@ -1,6 +1,9 @@
-//! The domain: tokens, their secrets, permissions, and the decisions Check
-//! makes. Nothing here knows about tonic or sled; the API layer converts wire
-//! messages into these types and the store persists them.
+//! The domain: tokens, their secrets, permissions, queries, and the
+//! decisions Check and the mesh make, as pure values and functions. Nothing
+//! here imports from the crate outside `domain/`, runs on tokio or does I/O
+//! (`tests/it/architecture.rs` keeps it so): the API layer converts wire
+//! messages into these types, `service` applies them, and the store persists
+//! them.
 
 pub mod audit;
 pub mod authz;
@@ -14,15 +17,12 @@ pub mod quota;
 pub mod refusals;
 pub mod routes;
 pub mod secret;
-pub mod service;
 pub mod time;
 pub mod token;
 pub mod usage;
 
-use crate::store::StoreError;
-
-/// Every way a domain operation can fail. Turned into a `tonic::Status` in
-/// exactly one place, `api::status`.
+/// Every rule a request can break. Wrapped by `service::Error`, and turned
+/// into a `tonic::Status` in exactly one place, `api::status`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request itself is wrong; `field` names the offending input.
@@ -43,13 +43,6 @@ pub enum Error {
     /// A quota is full (the message names it and its limit).
     #[error("{0}")]
     ResourceExhausted(String),
-    /// The store failed; the cause is logged, never returned to the caller.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Something that should not fail did (e.g. the OS random source); the
-    /// cause is logged, never returned to the caller.
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl Error {

@@ -1,0 +1,388 @@
+//! Managing tokens: issue, read, list, revoke, revoke in bulk and rotate,
+//! each authorized by `domain::authz` and audited. A change that takes
+//! secrets out of service runs through [`TokenAuthority::take_out_of_service`],
+//! so that it completes, is forgotten by the cache, and is durable before
+//! the caller hears of it.
+
+use std::{sync::Arc, time::Duration};
+
+use super::{Error, TokenAuthority};
+use crate::{
+    domain::{
+        audit::{AuditAction, AuditEvent},
+        authz,
+        caller::{Caller, Method, Principal},
+        ids::{EventId, TokenId},
+        pagination,
+        query::{TokenQuery, list_fingerprint},
+        secret::{Digest, Secret},
+        time::{DurationText, Timestamp},
+        token::{NewToken, StoredSecret, TokenKind, TokenRecord, TokenView},
+    },
+    store::{InsertOutcome, PageRequest, RevokedAll, RotateOutcome, Rotation, StoreError},
+};
+
+/// How long a secret replaced by rotation is still recognised after its
+/// grace period (so that its reuse is reported as such and audited).
+const RETIRED_SECRET_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl TokenAuthority {
+    /// Runs a change to `org`'s tokens that takes secrets out of service so
+    /// that it cannot be cut short: it runs in its own task (a cancelled RPC
+    /// does not stop it), forgets the affected digests as soon as the change
+    /// is applied (before the flush, so a failed flush cannot leave them
+    /// cached as live), and returns once the change is durable. It is
+    /// registered with the cache meanwhile (see `TokenCache::settled`).
+    /// `change` gives the digests it took out of service even when it fails
+    /// (a RevokeAll may fail after some of its transactions).
+    async fn take_out_of_service<T: Send + 'static>(
+        &self,
+        org: &str,
+        change: impl Future<Output = (Result<T, StoreError>, Vec<Digest>)> + Send + 'static,
+    ) -> Result<T, Error> {
+        let cache = Arc::clone(&self.cache);
+        let store = Arc::clone(&self.store);
+        let pending = cache.begin_change(org);
+        tokio::spawn(async move {
+            let (value, digests) = change.await;
+            cache.invalidate(&digests).await;
+            drop(pending);
+            let value = value?;
+            store.durable().await?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("revocation task: {e}")))?
+        .map_err(Error::Store)
+    }
+    /// Issues a token; the secret is returned here and never again.
+    pub async fn issue(
+        &self,
+        caller: &Caller,
+        mut new: NewToken,
+    ) -> Result<(TokenView, Secret), Error> {
+        let now = Timestamp::now();
+        // A token minted by a service token lives no longer than it, by default too.
+        if let Principal::ServiceToken(minter) = &caller.principal
+            && new.expires_at.is_none()
+        {
+            new.expires_at = minter.expires_at;
+        }
+        let valid = new.validate(&self.policy.catalogue, &self.policy.lifetime, now)?;
+        let verdict = authz::issue(&caller.principal, &valid, &self.policy.roles);
+        self.authorize_org(
+            caller,
+            Method::IssueToken,
+            &valid.org_id,
+            &valid.workspace_id,
+            verdict,
+        )
+        .await?;
+        let secret = Secret::generate(valid.kind).map_err(Error::internal("OS random source"))?;
+        let key = self.keyring.current();
+        let digest = key.digest(secret.expose());
+        let record = TokenRecord {
+            id: TokenId::generate(now).map_err(Error::internal("OS random source"))?,
+            kind: valid.kind,
+            org_id: valid.org_id,
+            workspace_id: valid.workspace_id,
+            name: valid.name,
+            owner_user_id: valid.owner_user_id,
+            created_by: caller.actor_ref().label(),
+            permissions: valid.permissions,
+            created_at: now,
+            expires_at: valid.expires_at,
+            revoked_at: None,
+            secrets: vec![StoredSecret {
+                key_id: key.id(),
+                digest,
+                hint: secret.hint(),
+                retired_at: None,
+            }],
+        };
+        let event_id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
+        let event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::IssueToken,
+            AuditAction::Issued,
+            Some(&record),
+        );
+        let outcome = self
+            .store
+            .insert_token(&record, &self.policy.quotas, &event)
+            .await?;
+        if let InsertOutcome::QuotaReached(reached) = outcome {
+            return Err(Error::resource_exhausted(reached.to_string()));
+        }
+        self.store.durable().await?;
+        // A negative entry for a digest nobody could have known is all but
+        // impossible; dropping it costs nothing and removes the question.
+        self.cache.forget_unknown(&digest);
+        tracing::info!(
+            token_id = %record.id, kind = record.kind.name(), org_id = %record.org_id,
+            workspace_id = %record.workspace_id, actor = %record.created_by,
+            peer = caller.peer.map(tracing::field::display), request_id = %caller.request_id, "token issued"
+        );
+        Ok((
+            TokenView {
+                record,
+                last_used_at: None,
+            },
+            secret,
+        ))
+    }
+
+    pub async fn get(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {
+        let record = self.existing(id).await?;
+        self.authorize_token(
+            caller,
+            Method::GetToken,
+            &record,
+            authz::manage(&caller.principal, &record),
+        )
+        .await?;
+        self.view(record).await
+    }
+
+    /// One page of tokens matching `query`, newest first, and the next page's token.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        mut query: TokenQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<TokenView>, String), Error> {
+        let limit = pagination::page_size(page_size)?;
+        let verdict = authz::list(&caller.principal, &mut query);
+        let workspace = query.workspace_id.clone().unwrap_or_default();
+        self.authorize_org(
+            caller,
+            Method::ListTokens,
+            &query.org_id,
+            &workspace,
+            verdict,
+        )
+        .await?;
+        // Fingerprinted after authorization narrowed the query, so a page
+        // token only ever continues the listing this caller was allowed.
+        let fingerprint = list_fingerprint(&query);
+        let after = pagination::decode_id(page_token, fingerprint)?;
+        let page = self
+            .store
+            .list_tokens(&query, PageRequest { after, limit })
+            .await?;
+        let next = page
+            .next
+            .map(|last| pagination::encode(fingerprint, &last.to_bytes()))
+            .unwrap_or_default();
+        let mut views = Vec::with_capacity(page.tokens.len());
+        let last_used = self
+            .store
+            .last_used(&page.tokens.iter().map(|r| r.id).collect::<Vec<_>>())
+            .await?;
+        for (record, stored) in page.tokens.into_iter().zip(last_used) {
+            views.push(self.merge_last_used(record, stored));
+        }
+        Ok((views, next))
+    }
+
+    /// Revokes one token. Once this returns, no Check allows it.
+    pub async fn revoke(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {
+        let record = self.existing(id).await?;
+        self.authorize_token(
+            caller,
+            Method::RevokeToken,
+            &record,
+            authz::manage(&caller.principal, &record),
+        )
+        .await?;
+        let now = Timestamp::now();
+        let event_id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
+        let event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::RevokeToken,
+            AuditAction::Revoked,
+            Some(&record),
+        );
+        let store = Arc::clone(&self.store);
+        let outcome = self
+            .take_out_of_service(&record.org_id, async move {
+                let outcome = store.revoke_token(id, now, &event).await;
+                let digests = outcome
+                    .iter()
+                    .flatten()
+                    .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
+                    .collect();
+                (outcome, digests)
+            })
+            .await?
+            .ok_or_else(|| Error::not_found(id.to_string()))?;
+        tracing::info!(
+            token_id = %id, newly_revoked = outcome.newly_revoked, actor = %caller.actor_ref().label(),
+            peer = caller.peer.map(tracing::field::display), request_id = %caller.request_id, "token revoked"
+        );
+        self.view(outcome.record).await
+    }
+
+    /// Revokes every live token the selector names; returns how many.
+    pub async fn revoke_all(&self, caller: &Caller, mut query: TokenQuery) -> Result<u64, Error> {
+        // A RevokeAll is about live tokens, whoever built the query.
+        query.include_revoked = false;
+        if query.owner_user_id.is_none() && query.kind.is_none() {
+            return Err(Error::invalid(
+                "kind",
+                "name owner_user_id (a user's tokens) or a kind (e.g. SERVICE for an organization's or workspace's service tokens)",
+            ));
+        }
+        if query.owner_user_id.is_some() && query.kind == Some(TokenKind::Service) {
+            return Err(Error::invalid(
+                "owner_user_id",
+                "service tokens have no owner; leave owner_user_id empty to revoke service tokens",
+            ));
+        }
+        let workspace = query.workspace_id.clone().unwrap_or_default();
+        let verdict = authz::revoke_all(&caller.principal, &query);
+        self.authorize_org(
+            caller,
+            Method::RevokeAll,
+            &query.org_id,
+            &workspace,
+            verdict,
+        )
+        .await?;
+        let now = Timestamp::now();
+        let event_id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
+        let mut event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::RevokeAll,
+            AuditAction::RevokedAll,
+            None,
+        );
+        event.org_id.clone_from(&query.org_id);
+        event.workspace_id = workspace;
+        event.kind = query.kind;
+        let store = Arc::clone(&self.store);
+        let bulk = query.clone();
+        let revoked = self
+            .take_out_of_service(&query.org_id, async move {
+                let mut revoked = RevokedAll::default();
+                let outcome = store.revoke_all(&bulk, now, &event, &mut revoked).await;
+                (outcome.map(|()| revoked.count), revoked.digests)
+            })
+            .await?;
+        // Tokens of the scope that a concurrent revoke took out before this
+        // one read them are that revoke's to forget: wait until it has.
+        self.cache.settled(&query.org_id).await;
+        tracing::info!(
+            org_id = %query.org_id, workspace_id = query.workspace_id.as_deref(),
+            owner_user_id = query.owner_user_id.as_deref(), kind = query.kind.map(TokenKind::name),
+            revoked,
+            actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
+            request_id = %caller.request_id, "tokens revoked in bulk"
+        );
+        Ok(revoked)
+    }
+
+    /// Gives the token a new secret; the old one keeps working for `grace`.
+    /// Returns the token, the new secret, and when the old one stops working.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        id: TokenId,
+        grace: Duration,
+    ) -> Result<(TokenView, Secret, Timestamp), Error> {
+        let record = self.existing(id).await?;
+        self.authorize_token(
+            caller,
+            Method::RotateToken,
+            &record,
+            authz::rotate(&caller.principal, &record),
+        )
+        .await?;
+        if grace > self.policy.max_rotation_grace {
+            return Err(Error::invalid(
+                "grace_period",
+                format!(
+                    "is longer than the maximum of {}",
+                    DurationText(self.policy.max_rotation_grace)
+                ),
+            ));
+        }
+        let now = Timestamp::now();
+        if record.revoked_at.is_some() {
+            return Err(Error::failed_precondition("the token is revoked".into()));
+        }
+        if record.expires_at.is_some_and(|at| at <= now) {
+            return Err(Error::failed_precondition("the token has expired".into()));
+        }
+        let secret = Secret::generate(record.kind).map_err(Error::internal("OS random source"))?;
+        let key = self.keyring.current();
+        let old_expires_at = now.saturating_add(grace);
+        let rotation = Rotation {
+            now,
+            new_secret: StoredSecret {
+                key_id: key.id(),
+                digest: key.digest(secret.expose()),
+                hint: secret.hint(),
+                retired_at: None,
+            },
+            old_retired_at: old_expires_at,
+            forget_retired_before: Timestamp::from_micros(
+                now.as_micros()
+                    .saturating_sub(RETIRED_SECRET_MEMORY.as_micros() as i64),
+            ),
+        };
+        let event_id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
+        let mut event = AuditEvent::change(
+            event_id,
+            now,
+            caller,
+            Method::RotateToken,
+            AuditAction::Rotated,
+            Some(&record),
+        );
+        event.detail = format!("grace period {}", DurationText(grace));
+        let store = Arc::clone(&self.store);
+        let outcome = self
+            .take_out_of_service(&record.org_id, async move {
+                let outcome = store.rotate_token(id, &rotation, &event).await;
+                let digests = match &outcome {
+                    Ok(RotateOutcome::Rotated { record, forgotten }) => record
+                        .secrets
+                        .iter()
+                        .map(|s| s.digest)
+                        .chain(forgotten.iter().copied())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (outcome, digests)
+            })
+            .await?;
+        let record = match outcome {
+            RotateOutcome::Rotated { record, .. } => *record,
+            RotateOutcome::NotFound => return Err(Error::not_found(id.to_string())),
+            RotateOutcome::Revoked => {
+                return Err(Error::failed_precondition("the token is revoked".into()));
+            }
+            RotateOutcome::TooManySecrets => {
+                return Err(Error::failed_precondition(
+                    "too many replaced secrets are still in their grace periods; \
+                     rotate with a zero grace period, or wait"
+                        .into(),
+                ));
+            }
+        };
+        tracing::info!(
+            token_id = %id, grace = %DurationText(grace),
+            actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
+            request_id = %caller.request_id, "token rotated"
+        );
+        Ok((self.view(record).await?, secret, old_expires_at))
+    }
+}

@@ -1,0 +1,103 @@
+//! Reports: Check usage per token and minute, the audit log, and backups.
+//! Each is authorized like a management call; listings are paged with page
+//! tokens bound to the query they continue.
+
+use super::{Error, TokenAuthority};
+use crate::domain::{
+    audit::{AuditEvent, AuditQuery},
+    authz::{self, Verdict},
+    caller::{Caller, Method},
+    ids::EventId,
+    pagination,
+    query::{audit_fingerprint, usage_fingerprint},
+    usage::{UsageQuery, UsageRecord},
+};
+
+impl TokenAuthority {
+    /// Check decisions counted per token, permission, decision and minute.
+    pub async fn list_usage(
+        &self,
+        caller: &Caller,
+        query: UsageQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<UsageRecord>, String), Error> {
+        let limit = pagination::page_size(page_size)?;
+        match query.token_id {
+            Some(id) => {
+                let record = self.existing(id).await?;
+                let verdict = if record.org_id == query.org_id {
+                    authz::manage(&caller.principal, &record)
+                } else {
+                    Verdict::Hide
+                };
+                self.authorize_token(caller, Method::ListTokenUsage, &record, verdict)
+                    .await?;
+            }
+            None => {
+                let verdict = authz::read_org_usage(&caller.principal, &query.org_id);
+                self.authorize_org(caller, Method::ListTokenUsage, &query.org_id, "", verdict)
+                    .await?;
+            }
+        }
+        let fingerprint = usage_fingerprint(&query);
+        let after = pagination::decode(page_token, fingerprint)?;
+        let page = self
+            .store
+            .list_usage(&query, after.as_deref(), limit)
+            .await?;
+        let next = page
+            .next
+            .map(|cursor| pagination::encode(fingerprint, &cursor))
+            .unwrap_or_default();
+        Ok((page.records, next))
+    }
+
+    /// Audit events of an organization, newest first.
+    pub async fn list_audit(
+        &self,
+        caller: &Caller,
+        query: AuditQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditEvent>, String), Error> {
+        let limit = pagination::page_size(page_size)?;
+        let verdict = authz::read_org(&caller.principal, &query.org_id);
+        self.authorize_org(caller, Method::ListAuditEvents, &query.org_id, "", verdict)
+            .await?;
+        let fingerprint = audit_fingerprint(&query);
+        let after = pagination::decode(page_token, fingerprint)?
+            .map(|bytes| {
+                <[u8; 16]>::try_from(bytes.as_slice())
+                    .map(EventId::from_bytes)
+                    .map_err(|_| {
+                        Error::invalid("page_token", "is not a page token of this listing")
+                    })
+            })
+            .transpose()?;
+        let page = self.store.list_audit(&query, after, limit).await?;
+        let next = page
+            .next
+            .map(|last| pagination::encode(fingerprint, &last.to_bytes()))
+            .unwrap_or_default();
+        Ok((page.events, next))
+    }
+
+    /// Writes a consistent snapshot of the store to `path` (see `Store::backup`).
+    pub async fn backup(&self, caller: &Caller, path: &std::path::Path) -> Result<u64, Error> {
+        self.authorize_org(
+            caller,
+            Method::Backup,
+            "",
+            "",
+            authz::backup(&caller.principal),
+        )
+        .await?;
+        let entries = self.store.backup(path).await?;
+        tracing::info!(
+            entries, actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
+            request_id = %caller.request_id, "backup taken"
+        );
+        Ok(entries)
+    }
+}
