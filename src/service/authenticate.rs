@@ -119,3 +119,137 @@ impl TokenAuthority {
         found
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{Error as Rule, audit::AuditOutcome},
+        service::fixture::{CONTROL_PLANE, credentials, fixture},
+    };
+
+    fn unauthenticated(result: Result<Caller, Error>) -> String {
+        match result {
+            Err(Error::Domain(Rule::Unauthenticated(why))) => why,
+            other => panic!("expected Unauthenticated, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_credential_is_refused_and_audited_in_the_named_org() {
+        let f = fixture();
+        let result = f
+            .authority
+            .authenticate(credentials(None), Method::ListTokens, "org-1", None)
+            .await;
+        assert_eq!(unauthenticated(result), "unauthenticated: no credential");
+        let events = f.audit("org-1").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].outcome, AuditOutcome::Unauthenticated);
+        assert_eq!(events[0].method, Method::ListTokens);
+        assert_eq!(events[0].request_id, "req-1");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_org_hint_does_not_reach_the_audit_log() {
+        let f = fixture();
+        let result = f
+            .authority
+            .authenticate(credentials(None), Method::ListTokens, "org 1\n", None)
+            .await;
+        unauthenticated(result);
+        assert!(f.audit("org 1\n").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_is_recognised_by_its_credential_only() {
+        let f = fixture();
+        let caller = f
+            .authority
+            .authenticate(
+                credentials(Some(CONTROL_PLANE)),
+                Method::RevokeAll,
+                "",
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            caller.principal,
+            Principal::ControlPlane { ref credential, actor: None } if credential == "cp"
+        ));
+        let almost = format!("{CONTROL_PLANE}.");
+        let result = f
+            .authority
+            .authenticate(credentials(Some(&almost)), Method::RevokeAll, "", None)
+            .await;
+        assert_eq!(
+            unauthenticated(result),
+            "unauthenticated: unknown credential"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_org_level_service_token_with_the_permission_is_a_caller() {
+        let f = fixture();
+        let (id, secret) = f.issue("org-1", "", &["tokens:manage"]).await;
+        let caller = f
+            .authority
+            .authenticate(
+                credentials(Some(&secret)),
+                Method::ListTokens,
+                "org-1",
+                None,
+            )
+            .await
+            .unwrap();
+        match caller.principal {
+            Principal::ServiceToken(record) => assert_eq!(record.id, id),
+            other => panic!("expected a service token, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_workspace_token_may_not_manage_and_the_refusal_is_audited() {
+        let f = fixture();
+        let (_, secret) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        let before = f.audit("org-1").await.len();
+        let result = f
+            .authority
+            .authenticate(credentials(Some(&secret)), Method::ListTokens, "", None)
+            .await;
+        match result {
+            Err(Error::Domain(Rule::PermissionDenied(why))) => assert!(
+                why.contains("needs an organization-level service token holding tokens:manage"),
+                "{why}"
+            ),
+            other => panic!("expected PermissionDenied, got {other:?}"),
+        }
+        let events = f.audit("org-1").await;
+        assert_eq!(events.len(), before + 1);
+        assert_eq!(events[0].outcome, AuditOutcome::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_is_refused_as_revoked() {
+        let f = fixture();
+        let (id, secret) = f.issue("org-1", "", &["tokens:manage"]).await;
+        f.authority
+            .revoke(&crate::service::fixture::admin("org-1"), id)
+            .await
+            .unwrap();
+        let result = f
+            .authority
+            .authenticate(
+                credentials(Some(&secret)),
+                Method::ListTokens,
+                "org-1",
+                None,
+            )
+            .await;
+        assert_eq!(
+            unauthenticated(result),
+            "unauthenticated: the token is revoked"
+        );
+    }
+}

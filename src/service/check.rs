@@ -157,3 +157,98 @@ impl TokenAuthority {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{
+            secret::Secret,
+            token::{TokenKind, validate_check_query},
+        },
+        service::fixture::{admin, fixture},
+    };
+
+    async fn reason(
+        authority: &TokenAuthority,
+        presented: &str,
+        permission: &str,
+        workspace: &str,
+    ) -> Reason {
+        let query =
+            validate_check_query(authority.catalogue(), permission, "org-1", workspace).unwrap();
+        let origin = CheckOrigin::default();
+        authority
+            .check(presented, &query, &origin)
+            .await
+            .unwrap()
+            .reason
+    }
+
+    #[tokio::test]
+    async fn check_decides_each_reason() {
+        let f = fixture();
+        let a = &f.authority;
+        let (id, secret) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        assert_eq!(reason(a, &secret, "test_api:run", "ws-1").await, Reason::Ok);
+        assert_eq!(
+            reason(a, &secret, "test_api:run", "ws-2").await,
+            Reason::WrongScope
+        );
+        assert_eq!(
+            reason(a, &secret, "data_catalog:read", "ws-1").await,
+            Reason::InsufficientPermission
+        );
+        assert_eq!(
+            reason(a, "not a token", "test_api:run", "ws-1").await,
+            Reason::Malformed
+        );
+        let stranger = Secret::generate(TokenKind::Service).unwrap();
+        assert_eq!(
+            reason(a, stranger.expose(), "test_api:run", "ws-1").await,
+            Reason::NotFound
+        );
+        // Revocation is seen at once, although the token was cached as live.
+        a.revoke(&admin("org-1"), id).await.unwrap();
+        assert_eq!(
+            reason(a, &secret, "test_api:run", "ws-1").await,
+            Reason::Revoked
+        );
+    }
+
+    #[tokio::test]
+    async fn an_allowed_check_names_the_token_and_a_denied_one_does_not_hide_it() {
+        let f = fixture();
+        let (id, secret) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        let query =
+            validate_check_query(f.authority.catalogue(), "test_api:run", "org-1", "ws-2").unwrap();
+        let decision = f
+            .authority
+            .check(&secret, &query, &CheckOrigin::default())
+            .await
+            .unwrap();
+        assert!(!decision.allowed());
+        assert_eq!(decision.token.map(|t| t.record.id), Some(id));
+    }
+
+    #[tokio::test]
+    async fn unusable_tells_a_bad_credential_from_a_live_one() {
+        let f = fixture();
+        let (id, secret) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        assert_eq!(f.authority.unusable(&secret).await.unwrap(), None);
+        assert_eq!(
+            f.authority.unusable("garbage").await.unwrap(),
+            Some(Reason::Malformed)
+        );
+        let stranger = Secret::generate(TokenKind::Service).unwrap();
+        assert_eq!(
+            f.authority.unusable(stranger.expose()).await.unwrap(),
+            Some(Reason::NotFound)
+        );
+        f.authority.revoke(&admin("org-1"), id).await.unwrap();
+        assert_eq!(
+            f.authority.unusable(&secret).await.unwrap(),
+            Some(Reason::Revoked)
+        );
+    }
+}

@@ -18,6 +18,9 @@ mod mesh;
 mod refusals;
 mod reports;
 
+#[cfg(test)]
+mod fixture;
+
 use std::{sync::Arc, time::Duration};
 
 pub use self::{

@@ -247,3 +247,106 @@ impl TokenAuthority {
             .await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{Error as Rule, token::test_record},
+        service::fixture::{admin, credentials, fixture},
+    };
+
+    #[test]
+    fn a_refusal_about_a_token_is_audited_in_its_organization() {
+        let caller = admin("org-1");
+        let token = test_record(7, "org-2");
+        let refusal = Refusal::about(&caller, Method::RevokeToken, &token, "not yours");
+        let event = refusal.event().unwrap();
+        assert_eq!(event.org_id, "org-2");
+        assert_eq!(event.workspace_id, "ws");
+        assert_eq!(event.target_token_ids, vec![token.id]);
+        assert_eq!(event.kind, Some(TokenKind::Service));
+        assert_eq!(event.actor, caller.actor_ref());
+        assert_eq!(event.outcome, AuditOutcome::PermissionDenied);
+        assert_eq!(event.method, Method::RevokeToken);
+        assert_eq!(event.detail, "not yours");
+        assert_eq!(event.request_id, "req-1");
+        assert_eq!(refusal.payer, Payer::Org("org-1".into()));
+        assert!(matches!(
+            refusal.error(),
+            Error::Domain(Rule::PermissionDenied(why)) if why == "permission denied: not yours"
+        ));
+    }
+
+    #[test]
+    fn an_anonymous_refusal_is_charged_to_the_network_it_came_from() {
+        let credentials = credentials(Some("nonsense"));
+        let hint = TokenId::from_bytes([3; 16]);
+        let refusal = Refusal::anonymous(
+            &credentials,
+            Method::GetToken,
+            "org-1".into(),
+            Some(hint),
+            "unknown credential".into(),
+            Timestamp::from_micros(1_000_000),
+        );
+        let event = refusal.event().unwrap();
+        assert_eq!(event.org_id, "org-1");
+        assert_eq!(event.workspace_id, "");
+        assert_eq!(event.actor, ActorRef::default());
+        assert_eq!(event.target_token_ids, vec![hint]);
+        assert_eq!(event.outcome, AuditOutcome::Unauthenticated);
+        assert_eq!(event.time, Timestamp::from_micros(1_000_000));
+        assert_eq!(refusal.payer, Payer::source(credentials.peer));
+        assert!(matches!(
+            refusal.error(),
+            Error::Domain(Rule::Unauthenticated(why)) if why == "unauthenticated: unknown credential"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_denied_organization_call_is_recorded_once_and_says_why() {
+        let f = fixture();
+        let caller = admin("org-1");
+        let verdict = Verdict::Deny("members revoke their own tokens only".into());
+        let result = f
+            .authority
+            .authorize_org(&caller, Method::RevokeAll, "org-1", "ws-1", verdict)
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Domain(Rule::PermissionDenied(why)))
+                if why == "permission denied: members revoke their own tokens only"
+        ));
+        let events = f.audit("org-1").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].workspace_id, "ws-1");
+        assert_eq!(events[0].method, Method::RevokeAll);
+    }
+
+    #[tokio::test]
+    async fn a_hidden_token_is_not_found_to_the_caller() {
+        let f = fixture();
+        let token = test_record(9, "org-2");
+        let result = f
+            .authority
+            .authorize_token(&admin("org-1"), Method::GetToken, &token, Verdict::Hide)
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Domain(Rule::NotFound(id))) if id == token.id.to_string()
+        ));
+        assert!(
+            f.authority
+                .authorize_org(
+                    &admin("org-1"),
+                    Method::GetToken,
+                    "org-1",
+                    "",
+                    Verdict::Allow
+                )
+                .await
+                .is_ok()
+        );
+    }
+}
