@@ -2,9 +2,9 @@
 //!
 //! The API layer reads the transport (the `authorization` metadata, the
 //! asserted actor, the peer address, the request id) into [`Credentials`] in
-//! one place; the domain authenticates them into a [`Caller`] (see
-//! `TokenService::authenticate`), and the rules in `authz` decide what that
-//! caller may do. Handlers never interpret metadata themselves.
+//! one place; the service authenticates them into a [`Caller`] (see
+//! `service::TokenAuthority::authenticate`), and the rules in `authz` decide
+//! what that caller may do. Handlers never interpret metadata themselves.
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
