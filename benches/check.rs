@@ -65,14 +65,14 @@ fn bench(c: &mut Criterion) {
     let digest = key.digest(&secret);
     assert!(matches!(
         service.cache().get(&digest),
-        tokenauth::cache::Lookup::Found(_)
+        tokenauth::service::cache::Lookup::Found(_)
     ));
     group.bench_function("hmac_and_moka_get", |b| {
         b.iter(|| {
             let digest = key.digest(std::hint::black_box(&secret));
             std::hint::black_box(matches!(
                 service.cache().get(&digest),
-                tokenauth::cache::Lookup::Found(_)
+                tokenauth::service::cache::Lookup::Found(_)
             ))
         })
     });

@@ -29,15 +29,17 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse as ExtAuthzHttpResponse;
 use tokenauth::{
     api::ext_authz::ExtAuthzApi,
-    cache::{CachedToken, Lookup, TokenCache},
     domain::{
         secret::{self, Digest, PepperKey},
         time::Timestamp,
         token::{CheckQuery, Reason, evaluate, validate_check_query},
     },
     metrics::Metrics,
-    recorder::Recorder,
-    service::{CheckOrigin, ExtAuthz, TokenAuthority},
+    service::{
+        CheckOrigin, ExtAuthz, TokenAuthority,
+        cache::{CachedToken, Lookup, TokenCache},
+        recorder::Recorder,
+    },
 };
 
 /// Iterations of every loop (the per-call figure is the loop's count / this).

@@ -9,7 +9,6 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest as ExtAuthzRequest, attribute_context,
 };
 use tokenauth::{
-    cache::{CacheSettings, TokenCache},
     config::Config,
     domain::{
         audit::{AuditAction, AuditEvent},
@@ -21,7 +20,10 @@ use tokenauth::{
         token::{StoredSecret, TokenKind, TokenRecord},
     },
     metrics::Metrics,
-    recorder::Recorder,
+    service::{
+        cache::{CacheSettings, TokenCache},
+        recorder::Recorder,
+    },
     store::{SledStore, Store},
 };
 

@@ -12,7 +12,6 @@
 //! - [`private_fs`]: the data directory and backups, readable by their owner only.
 
 pub mod api;
-pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod domain;
@@ -22,7 +21,6 @@ pub mod metrics;
 pub mod pepper;
 pub mod private_fs;
 pub mod proto;
-pub mod recorder;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -18,7 +18,6 @@ use crate::{
         request_id::RequestIdLayer,
         tokens::TokenApi,
     },
-    cache::{CacheSettings, TokenCache},
     config::{Config, ConfigError, LimitsConfig, StoreKind, ext_authz::ExtAuthzConfigError},
     connections::{CallTrackingLayer, Connections, GuardedStream},
     domain::time::Timestamp,
@@ -29,8 +28,11 @@ use crate::{
         admin_service_server::AdminServiceServer, audit_service_server::AuditServiceServer,
         check_service_server::CheckServiceServer, token_service_server::TokenServiceServer,
     },
-    recorder::Recorder,
-    service::{ExtAuthz, TokenAuthority},
+    service::{
+        ExtAuthz, TokenAuthority,
+        cache::{CacheSettings, TokenCache},
+        recorder::Recorder,
+    },
     store::{
         Invalidation, SledStore, Store, StoreError,
         metered::MeteredStore,

@@ -5,18 +5,15 @@
 
 use std::sync::Arc;
 
-use super::{Error, TokenAuthority, refusals::append_refusal};
-use crate::{
-    cache::CachedToken,
-    domain::{
-        audit::{AuditEvent, AuditOutcome, Origin},
-        caller::{ActorRef, Method},
-        ids::EventId,
-        refusals::Payer,
-        secret,
-        time::Timestamp,
-        token::{CheckQuery, Reason, TokenRecord, evaluate, liveness},
-    },
+use super::{Error, TokenAuthority, cache::CachedToken, refusals::append_refusal};
+use crate::domain::{
+    audit::{AuditEvent, AuditOutcome, Origin},
+    caller::{ActorRef, Method},
+    ids::EventId,
+    refusals::Payer,
+    secret,
+    time::Timestamp,
+    token::{CheckQuery, Reason, TokenRecord, evaluate, liveness},
 };
 
 /// A Check's outcome: the reason, and the token when one was found.

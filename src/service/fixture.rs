@@ -5,9 +5,12 @@ use std::{sync::Arc, time::Duration};
 
 use sha2::{Digest as _, Sha256};
 
-use super::{ControlPlaneCredential, TokenAuthority};
-use crate::{
+use super::{
+    ControlPlaneCredential, TokenAuthority,
     cache::{CacheSettings, TokenCache},
+    recorder::Recorder,
+};
+use crate::{
     config::Config,
     domain::{
         audit::{AuditEvent, AuditQuery},
@@ -17,7 +20,6 @@ use crate::{
         token::{NewToken, TokenKind},
     },
     metrics::Metrics,
-    recorder::Recorder,
     store::{SledStore, Store},
 };
 

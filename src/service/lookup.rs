@@ -5,9 +5,11 @@
 
 use std::sync::Arc;
 
-use super::{Error, TokenAuthority};
-use crate::{
+use super::{
+    Error, TokenAuthority,
     cache::{CachedToken, Lookup},
+};
+use crate::{
     domain::secret::{self, Digest},
     metrics::CacheOutcome,
 };

@@ -10,11 +10,13 @@
 //! `mesh` (Envoy's ext_authz over Check).
 
 mod authenticate;
+pub mod cache;
 mod check;
 mod error;
 mod lookup;
 mod manage;
 mod mesh;
+pub mod recorder;
 mod refusals;
 mod reports;
 
@@ -23,13 +25,13 @@ mod fixture;
 
 use std::{sync::Arc, time::Duration};
 
+use self::{cache::TokenCache, recorder::Recorder};
 pub use self::{
     check::{CheckOrigin, Decision},
     error::Error,
     mesh::ExtAuthz,
 };
 use crate::{
-    cache::TokenCache,
     domain::{
         authz::Roles,
         ids::TokenId,
@@ -41,7 +43,6 @@ use crate::{
         token::{LifetimePolicy, TokenRecord, TokenView},
     },
     metrics::Metrics,
-    recorder::Recorder,
     store::Store,
 };
 

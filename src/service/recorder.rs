@@ -16,8 +16,8 @@
 
 use std::{collections::HashMap, hash::Hash, sync::Arc, sync::Mutex, time::Duration};
 
+use super::cache::CachedToken;
 use crate::{
-    cache::CachedToken,
     domain::{
         audit::{AuditEvent, AuditOutcome},
         caller::ActorRef,
