@@ -1,15 +1,25 @@
 //! tokenauth: a gRPC service that issues, lists, revokes and checks API access
 //! tokens for a multi-tenant platform.
 //!
-//! The crate is layered so that each room has one job:
-//! - [`proto`]: the generated wire types, sealed, plus the hand-written
-//!   redacting `Debug` of messages that carry secrets;
-//! - [`api`]: one file per gRPC service, validate -> convert -> call the domain;
-//! - [`domain`]: tokens, permissions and decisions, with no tonic and no sled;
-//! - [`store`]: the [`store::Store`] trait and its sled implementation;
-//! - [`cache`]: the moka layer in front of the store, and its invalidation rules;
-//! - [`config`], [`pepper`], [`server`]: loading, keys and wiring;
-//! - [`private_fs`]: the data directory and backups, readable by their owner only.
+//! The layers, top to bottom:
+//! - [`api`]: one file per gRPC service: read credentials, validate,
+//!   convert, call the service, convert back; [`proto`] holds the generated
+//!   wire types, sealed, with a redacting `Debug` for secrets;
+//! - [`service`]: the use cases ([`service::TokenAuthority`]: authenticate,
+//!   refusals, manage, reports, check, lookup, mesh), with the Check cache
+//!   and the recorder;
+//! - [`store`]: the [`store::Store`] trait, sled and PostgreSQL behind it;
+//! - [`domain`]: tokens, permissions, queries and decisions, as pure values
+//!   and functions.
+//!
+//! Beside them: [`config`], [`pepper`], [`server`] (loading, keys, wiring),
+//! [`metrics`] and [`telemetry`], [`private_fs`] (the data directory and
+//! backups, readable by their owner only).
+//!
+//! **The dependency rule**: a layer uses only the layers below it, and
+//! `domain` imports nothing from the crate outside `domain/` and does no I/O
+//! (no tokio, sled, tokio_postgres, tonic, files or sockets);
+//! `tests/it/architecture.rs` checks it on the source.
 
 pub mod api;
 pub mod config;
