@@ -8,7 +8,7 @@
 //! rather than guessed at (encoded slashes and backslashes, NUL and control
 //! bytes, double encoding, path parameters (`;`), climbing above the root).
 
-use std::{collections::HashMap, fmt};
+use std::fmt;
 
 /// What the normalizer does with `.` and `..` segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,7 +341,9 @@ impl IdSource {
 }
 
 /// What a request offers a route: its headers (names lower-case) and
-/// Envoy's context extensions.
+/// Envoy's context extensions. `ext_authz::HttpRequest` is the one request;
+/// the trait lets the route table read it without importing `ext_authz`,
+/// which imports the route table.
 pub trait RequestView {
     /// Every value of a header, in order.
     fn header_values(&self, name: &str) -> Vec<&str>;
@@ -437,27 +439,6 @@ impl RouteTable {
                 .matches(path)
                 .map(|captures| Matched { route, captures })
         })
-    }
-}
-
-/// A [`RequestView`] over plain maps, for tests and simple callers.
-#[derive(Clone, Debug, Default)]
-pub struct SimpleRequest {
-    pub headers: Vec<(String, String)>,
-    pub context_extensions: HashMap<String, String>,
-}
-
-impl RequestView for SimpleRequest {
-    fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn context_extension(&self, key: &str) -> Option<&str> {
-        self.context_extensions.get(key).map(String::as_str)
     }
 }
 

@@ -1,6 +1,9 @@
 //! Unit tests of the path normalizer, patterns and route table.
 
+use std::collections::HashMap;
+
 use super::*;
+use crate::domain::ext_authz::HttpRequest;
 
 fn segments(path: &str, dots: DotSegments) -> Result<Vec<String>, PathError> {
     normalize_path(path, dots).map(|p| p.0)
@@ -387,7 +390,7 @@ fn a_path_parameter_is_refused_whatever_rule_it_would_reach() {
 
 #[test]
 fn ids_come_from_their_sources() {
-    let request = SimpleRequest {
+    let request = HttpRequest {
         headers: vec![
             ("x-org-id".into(), "org-1".into()),
             ("x-dup".into(), "a".into()),
@@ -395,6 +398,7 @@ fn ids_come_from_their_sources() {
             ("x-empty".into(), String::new()),
         ],
         context_extensions: HashMap::from([("org".to_owned(), "org-2".to_owned())]),
+        ..HttpRequest::default()
     };
     let captures = [("workspace_id", "ws-1")];
     let resolve = |source: IdSource| Route::resolve_id(&source, &captures, &request);
