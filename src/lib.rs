@@ -17,7 +17,6 @@ pub mod config;
 pub mod connections;
 pub mod domain;
 pub mod fuzzing;
-pub mod health;
 pub mod metrics;
 pub mod pepper;
 pub mod private_fs;
