@@ -16,8 +16,6 @@ pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod domain;
-pub mod fuzzing;
-pub mod health;
 pub mod metrics;
 pub mod pepper;
 pub mod private_fs;
@@ -26,3 +24,6 @@ pub mod recorder;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;

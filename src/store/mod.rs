@@ -341,7 +341,7 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every token matching `query` (which names an owner or a
     /// kind; its `include_revoked` is ignored) that is not revoked and did
     /// not expire more than [`REVOKE_ALL_EXPIRED_MARGIN`] before `at`, with
-    /// the audit events [`revoke_all_batch`] makes of `event`. It reads only
+    /// the audit events `revoke_all_batch` makes of `event`. It reads only
     /// such tokens, never those revoked or long expired. It runs as a series
     /// of transactions of at most [`REVOKE_ALL_BATCH`] tokens, each with its
     /// events, and no token of the organization is issued from its start to
