@@ -10,8 +10,6 @@
 //!   that the cache can forget a revoked token the moment the revocation is
 //!   applied, before the flush that makes it durable.
 
-pub mod backup;
-mod durability;
 mod keyed_locks;
 mod keys;
 pub mod metered;
@@ -32,7 +30,7 @@ use crate::domain::{
     usage::{UsageQuery, UsageRecord},
 };
 
-pub use self::sled::{SLED_DEFAULT_CACHE_CAPACITY, SledStore};
+pub use self::sled::{SLED_DEFAULT_CACHE_CAPACITY, SledStore, backup};
 
 /// A store failure. The cause is for logs; callers only learn the category.
 #[derive(Debug, thiserror::Error)]

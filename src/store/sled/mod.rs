@@ -19,7 +19,7 @@
 //! transaction (sled writes and syncs its log at every transaction commit,
 //! so one per token was the ceiling of IssueToken). The flush that makes
 //! them durable happens after the lock is released and is shared between
-//! concurrent writers (see `durability`).
+//! concurrent writers (see `group_commit`).
 
 use std::{ops::Bound, path::Path, sync::Arc};
 
@@ -29,11 +29,14 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
 };
 
+pub mod backup;
+mod group_commit;
+
+use self::group_commit::GroupCommit;
 use super::{
     AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN,
     Revocation, RevokeAllProgress, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
     TokenQuery, UsagePage,
-    durability::GroupCommit,
     keyed_locks::KeyedLocks,
     keys::{
         self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, index_key, live_keys,
@@ -1333,7 +1336,7 @@ impl Store for SledStore {
         let exclusive = Arc::clone(&self.side_writes).write_owned().await;
         self.write(move |t| {
             let _exclusive = exclusive;
-            super::backup::write(&t.db, &path)
+            backup::write(&t.db, &path)
         })
         .await
     }
@@ -2034,7 +2037,7 @@ mod tests {
             let file = dir.path().join(format!("backup-{n}"));
             store.backup(&file).await.unwrap();
             let restored = dir.path().join(format!("restored-{n}"));
-            super::super::backup::restore(&file, &restored).unwrap();
+            super::backup::restore(&file, &restored).unwrap();
             wait_until_closed(&restored);
             let db = sled::open(&restored).unwrap();
             let tree = |name: &str| db.open_tree(name).unwrap();
