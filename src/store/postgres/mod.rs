@@ -58,15 +58,15 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     AuditPage, InsertOutcome, Invalidation, Page, PageRequest, REVOKE_ALL_BATCH,
-    REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokeAllProgress, RevokedAll, RotateOutcome, Rotation,
-    Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
+    TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, usage_keys},
     records::{decode_audit, decode_token, encode_audit, encode_token, kind_number, kind_of},
-    sled::MAX_SECRETS,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
+    changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
     ids::{EventId, TokenId},
     quota::{Quota, QuotaReached, Quotas},
     secret::Digest,
@@ -496,7 +496,7 @@ async fn revoke_all_step(
         )
         .await?
         .try_get(0)?;
-    let batch = super::revoke_all_batch(candidates, query, at, event, before, !left);
+    let batch = revoke_all_batch(candidates, |r| query.matches(r), at, event, before, !left);
     let ids: Vec<Vec<u8>> = batch
         .revoked
         .iter()
@@ -696,14 +696,11 @@ impl Store for PostgresStore {
         else {
             return Ok(None);
         };
-        let mut record = record_of(&row)?;
-        if record.revoked_at.is_some() {
-            return Ok(Some(Revocation {
-                record,
-                newly_revoked: false,
-            }));
+        let revocation = revoke_record(record_of(&row)?, at);
+        if !revocation.newly_revoked {
+            return Ok(Some(revocation));
         }
-        record.revoked_at = Some(at);
+        let record = revocation.record;
         update_record(&tx, &record).await?;
         insert_audit(&tx, event).await?;
         log_revocation(&tx, digests_of([&record])).await?;
@@ -768,7 +765,7 @@ impl Store for PostgresStore {
         };
         let before = record_of(&row)?;
         let replaced = digests_of([&before]);
-        let outcome = super::rotate_record(before, rotation, MAX_SECRETS);
+        let outcome = rotate_record(before, rotation);
         if let RotateOutcome::Rotated { record, forgotten } = &outcome {
             let forgotten: Vec<Vec<u8>> = forgotten.iter().map(|d| d.0.to_vec()).collect();
             tx.execute("DELETE FROM digests WHERE digest = ANY($1)", &[&forgotten])

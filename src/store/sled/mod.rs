@@ -40,8 +40,7 @@ use self::trees::{
 };
 use super::{
     AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN,
-    Revocation, RevokeAllProgress, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
-    TokenQuery, UsagePage,
+    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{
         self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, index_key, live_keys,
@@ -51,6 +50,7 @@ use super::{
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
+    changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
     ids::{EventId, TokenId},
     quota::{QuotaReached, Quotas},
     secret::Digest,
@@ -70,8 +70,6 @@ const FLUSH_SEQ: &[u8] = b"flush_seq";
 const DISK_PROBE_BYTES: usize = 1 << 20;
 /// Most index entries one list call examines before returning a short page.
 const MAX_SCAN_PER_PAGE: usize = 5_000;
-/// Most secrets a record keeps (the current one and recently replaced ones).
-pub(super) const MAX_SECRETS: usize = 8;
 
 /// Bytes of pages sled keeps in memory unless told otherwise (sled's own default).
 pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
@@ -437,7 +435,7 @@ impl Store for SledStore {
                 let Some(record) = tx.record(id)? else {
                     return Ok(RotateOutcome::NotFound);
                 };
-                let outcome = super::rotate_record(record, &rotation, MAX_SECRETS);
+                let outcome = rotate_record(record, &rotation);
                 if let RotateOutcome::Rotated { record, forgotten } = &outcome {
                     for digest in forgotten {
                         tx.digests.remove(&digest.0)?;

@@ -257,21 +257,14 @@ impl Tx<'_> {
 
     /// Sets `revoked_at` on the token `id`; `None` if absent.
     pub(super) fn revoke(&self, id: TokenId, at: Timestamp) -> Abortable<Option<Revocation>> {
-        let Some(mut record) = self.record(id)? else {
+        let Some(record) = self.record(id)? else {
             return Ok(None);
         };
-        if record.revoked_at.is_some() {
-            return Ok(Some(Revocation {
-                record,
-                newly_revoked: false,
-            }));
+        let revocation = revoke_record(record, at);
+        if revocation.newly_revoked {
+            self.put_revoked(&revocation.record)?;
         }
-        record.revoked_at = Some(at);
-        self.put_revoked(&record)?;
-        Ok(Some(Revocation {
-            record,
-            newly_revoked: true,
-        }))
+        Ok(Some(revocation))
     }
 }
 
@@ -562,7 +555,7 @@ impl Trees {
             for &id in &ids {
                 candidates.extend(tx.record(id)?);
             }
-            let batch = crate::store::revoke_all_batch(candidates, query, at, event, before, last);
+            let batch = revoke_all_batch(candidates, |r| query.matches(r), at, event, before, last);
             for record in &batch.revoked {
                 tx.put_revoked(record)?;
             }
