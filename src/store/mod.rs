@@ -10,8 +10,11 @@
 //!   that the cache can forget a revoked token the moment the revocation is
 //!   applied, before the flush that makes it durable.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 mod keyed_locks;
 mod keys;
+pub mod layered;
 pub mod metered;
 pub mod migrate;
 pub mod postgres;

@@ -36,6 +36,7 @@ mod replicas;
 mod revocation;
 mod rotation;
 mod shutdown;
+mod store_conformance;
 mod tls;
 mod tools;
 mod traces;

@@ -676,3 +676,11 @@ async fn usage_pages_resume_where_they_stopped() {
     assert_eq!(second.records, records[3..4].to_vec());
     assert!(second.next.is_none());
 }
+
+/// The store contract (`store::conformance`) on sled.
+#[tokio::test]
+async fn conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    crate::store::conformance::run_all(&store).await;
+}
