@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod backends;
 mod backup;
 mod deploy;
 mod disk_faults;
