@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod backends;
 mod backup;
 mod deploy;
 mod disk_faults;
@@ -36,6 +37,7 @@ mod replicas;
 mod revocation;
 mod rotation;
 mod shutdown;
+mod store_conformance;
 mod tls;
 mod tools;
 mod traces;
