@@ -6,28 +6,10 @@
 
 mod support;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    pin::pin,
-    task::{Context, Poll, Waker},
-};
+use std::collections::HashMap;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokenauth::{domain::token::validate_check_query, service::CheckOrigin};
-
-/// Polls a future that completes without waiting (a cache hit never
-/// waits), so that no executor cost is measured.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a cache hit should not wait"),
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -79,7 +61,8 @@ fn bench(c: &mut Criterion) {
     group.bench_function("check_cache_hit", |b| {
         b.iter(|| {
             let decision =
-                ready(service.check(std::hint::black_box(&secret), &query, &origin)).unwrap();
+                support::ready(service.check(std::hint::black_box(&secret), &query, &origin))
+                    .unwrap();
             std::hint::black_box(decision.allowed())
         })
     });

@@ -11,14 +11,7 @@
 
 mod support;
 
-use std::{
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    sync::Arc,
-    task::{Context, Poll, Waker},
-    time::Instant,
-};
+use std::{hint::black_box, sync::Arc, time::Instant};
 
 use envoy_types::{
     ext_authz::v3::pb::{Authorization as _, CheckRequest},
@@ -29,17 +22,6 @@ use tokenauth::{api::ext_authz::ExtAuthzApi, metrics::Metrics, service::ExtAuthz
 
 /// Rounds of interleaved batches; figures are medians over rounds.
 const ROUNDS: usize = 21;
-
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a cache hit should not wait"),
-    }
-}
 
 fn headers_of(request: &CheckRequest) -> &std::collections::HashMap<String, String> {
     &request
@@ -112,7 +94,7 @@ fn past_limits(normal: &CheckRequest, message_bytes: usize) -> CheckRequest {
 /// One request, from the bytes Envoy sends to the bytes it receives.
 fn serve(api: &ExtAuthzApi, encoded: &[u8]) -> usize {
     let request = CheckRequest::decode(encoded).unwrap();
-    let response = ready(api.check(tonic::Request::new(request))).unwrap();
+    let response = support::ready(api.check(tonic::Request::new(request))).unwrap();
     response.into_inner().encoded_len()
 }
 
@@ -150,7 +132,7 @@ fn main() {
     ];
     let encoded: Vec<Vec<u8>> = cases.iter().map(|c| c.1.encode_to_vec()).collect();
     for ((name, _, _, allowed), bytes) in cases.iter().zip(&encoded) {
-        let response = ready(api.check(tonic::Request::new(
+        let response = support::ready(api.check(tonic::Request::new(
             CheckRequest::decode(bytes.as_slice()).unwrap(),
         )))
         .unwrap()

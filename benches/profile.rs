@@ -13,14 +13,7 @@
 
 mod support;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    sync::Arc,
-    task::{Context, Poll, Waker},
-};
+use std::{collections::HashMap, hint::black_box, sync::Arc};
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization as _, CheckRequest as ExtAuthzRequest, CheckResponse as ExtAuthzResponse,
@@ -44,20 +37,6 @@ use tokenauth::{
 
 /// Iterations of every loop (the per-call figure is the loop's count / this).
 const ITERATIONS: u64 = 100_000;
-
-/// Polls a future that completes without waiting (a cache hit never waits).
-/// Inlined, so that the Check's callees appear under `check_once`.
-#[inline(always)]
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a cache hit should not wait"),
-    }
-}
 
 #[inline(never)]
 fn profiled_floor_hmac_and_hashmap(key: &PepperKey, map: &HashMap<[u8; 32], usize>, secret: &str) {
@@ -134,7 +113,7 @@ fn profiled_part_metrics(metrics: &Metrics) {
 /// One Check, never inlined, so that the profile shows its callees under it.
 #[inline(never)]
 fn check_once(service: &TokenAuthority, secret: &str, query: &CheckQuery<'_>) -> bool {
-    let decision = ready(service.check(black_box(secret), query, &CheckOrigin::default()));
+    let decision = support::ready(service.check(black_box(secret), query, &CheckOrigin::default()));
     decision.unwrap().allowed()
 }
 
@@ -167,7 +146,8 @@ fn interleaved_ratio(
         floor.push(started.elapsed().as_nanos() as f64 / f64::from(BATCH));
         let started = std::time::Instant::now();
         for _ in 0..BATCH {
-            let decision = ready(service.check(black_box(secret), query, &origin)).unwrap();
+            let decision =
+                support::ready(service.check(black_box(secret), query, &origin)).unwrap();
             black_box(decision.allowed());
         }
         check.push(started.elapsed().as_nanos() as f64 / f64::from(BATCH));
@@ -196,7 +176,7 @@ fn profiled_ext_authz_request_clone(request: &ExtAuthzRequest) {
 fn profiled_ext_authz_handler_and_encode(api: &ExtAuthzApi, request: &ExtAuthzRequest) {
     let mut buffer = Vec::with_capacity(4096);
     for _ in 0..ITERATIONS {
-        let response = ready(api.check(tonic::Request::new(request.clone()))).unwrap();
+        let response = support::ready(api.check(tonic::Request::new(request.clone()))).unwrap();
         buffer.clear();
         prost::Message::encode(response.get_ref(), &mut buffer).unwrap();
         black_box(&buffer);
@@ -276,7 +256,7 @@ fn main() {
         Arc::clone(&metrics),
     );
     let request = support::ext_authz_request(secret);
-    let response = ready(api.check(tonic::Request::new(request.clone()))).unwrap();
+    let response = support::ready(api.check(tonic::Request::new(request.clone()))).unwrap();
     assert!(matches!(
         response.get_ref().http_response,
         Some(ExtAuthzHttpResponse::OkResponse(_))

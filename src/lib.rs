@@ -25,8 +25,6 @@ pub mod api;
 pub mod config;
 pub mod connections;
 pub mod domain;
-pub mod fuzzing;
-pub mod health;
 pub mod metrics;
 pub mod pepper;
 pub mod private_fs;
@@ -35,3 +33,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;

@@ -1,6 +1,6 @@
 #![no_main]
 
-// See tokenauth::fuzzing::request for what must hold.
+// See tokenauth::testing::fuzzing::request for what must hold.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    tokenauth::fuzzing::request(data);
+    tokenauth::testing::fuzzing::request(data);
 });

@@ -1,4 +1,4 @@
 #![no_main]
 
-// See tokenauth::fuzzing::route for what must hold.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tokenauth::fuzzing::route(data));
+// See tokenauth::testing::fuzzing::route for what must hold.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tokenauth::testing::fuzzing::route(data));

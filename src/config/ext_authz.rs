@@ -405,48 +405,53 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
-    const GOOD: &str = r#"
-        [ext_authz]
-        unmatched = "allow"
-        dot_segments = "resolve"
-        api_key_header = "x-api-key"
-        strip_credentials = true
-        org_id = { context_extension = "org_id" }
-
-        [[ext_authz.routes]]
-        methods = ["GET", "HEAD"]
-        path = "/v2/workspaces/{workspace_id}/transformations/**"
-        permission = "transformations:read"
-        workspace_id = { capture = "workspace_id" }
-
-        [[ext_authz.routes]]
-        path = "/v2/orgs/{org}/audit"
-        permission = "audit_logs:read"
-        org_id = { capture = "org" }
-
-        [[ext_authz.routes]]
-        path = "/v2/test"
-        permission = "test_api:run"
-        org_id = { value = "org-1" }
-        workspace_id = { header = "x-workspace-id" }
-    "#;
+    /// The shared route rules, with every setting of the section changed
+    /// from its default, and a route with the one id source they lack.
+    fn good() -> String {
+        let settings =
+            "unmatched = \"allow\"\ndot_segments = \"resolve\"\nstrip_credentials = true";
+        format!(
+            "{}{}",
+            crate::testing::fixtures::route_policy(settings),
+            r#"
+[[ext_authz.routes]]
+path = "/v2/test"
+permission = "test_api:run"
+org_id = { value = "org-1" }
+workspace_id = { header = "x-workspace-id" }
+"#
+        )
+    }
 
     #[test]
     fn a_full_section_compiles() {
-        let policy = compile(GOOD).unwrap();
+        let policy = compile(&good()).unwrap();
         assert_eq!(policy.unmatched, Unmatched::Allow);
         assert_eq!(policy.api_key_header.as_deref(), Some("x-api-key"));
         assert!(policy.strip_credentials);
         let routes = policy.routes.routes();
-        assert_eq!(routes.len(), 3);
+        assert_eq!(routes.len(), 7);
         assert_eq!(
             routes[0].org_id,
             IdSource::ContextExtension("org_id".into())
         );
-        assert_eq!(routes[1].org_id, IdSource::Capture("org".into()));
-        assert_eq!(routes[1].workspace_id, None);
+        assert_eq!(
+            routes[0].workspace_id,
+            Some(IdSource::Capture("workspace_id".into()))
+        );
         assert_eq!(
             routes[2].workspace_id,
+            Some(IdSource::Header("x-workspace-id".into()))
+        );
+        assert_eq!(
+            routes[3].workspace_id,
+            Some(IdSource::ContextExtension("workspace_id".into()))
+        );
+        assert_eq!(routes[5].org_id, IdSource::Capture("org".into()));
+        assert_eq!(routes[5].workspace_id, None);
+        assert_eq!(routes[6].org_id, IdSource::Value("org-1".into()));
+        assert_eq!(
+            routes[6].workspace_id,
             Some(IdSource::Header("x-workspace-id".into()))
         );
     }

@@ -35,7 +35,10 @@ use std::{
 use moka::sync::Cache;
 use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
-use crate::domain::{secret::Digest, token::TokenRecord};
+use crate::{
+    domain::{secret::Digest, token::TokenRecord},
+    store::Invalidation,
+};
 
 /// A record as cached, with the last second a Check touched it (so that
 /// last-use tracking does its bookkeeping at most once per token per second).
@@ -281,6 +284,21 @@ impl TokenCache {
     /// Entries currently held (approximate; for metrics and tests).
     pub fn entry_counts(&self) -> (u64, u64) {
         (self.positive.entry_count(), self.negative.entry_count())
+    }
+}
+
+/// Applies what other replicas changed to `cache`, in order, as the shared
+/// store reports it. Ends when the store stops sending.
+pub async fn apply_invalidations(
+    mut invalidations: tokio::sync::mpsc::UnboundedReceiver<Invalidation>,
+    cache: Arc<TokenCache>,
+) {
+    while let Some(invalidation) = invalidations.recv().await {
+        match invalidation {
+            Invalidation::Digests(digests) => cache.invalidate(&digests).await,
+            Invalidation::TrustUntil(until) => cache.trust_until(until),
+            Invalidation::Stale => cache.forget_all().await,
+        }
     }
 }
 

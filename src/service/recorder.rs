@@ -316,7 +316,7 @@ impl Recorder {
         store.durable().await
     }
 
-    /// Flushes every `interval` until `stop` turns true. A flush under way
+    /// Flushes every `interval` until `stop` completes. A flush under way
     /// is never cut short (its records are out of the maps while it runs),
     /// so the caller awaits this and then flushes once more: stopping records
     /// the deferred refusals and ends the refusals' current minute, so that
@@ -325,14 +325,15 @@ impl Recorder {
         self: Arc<Self>,
         store: Arc<dyn Store>,
         interval: Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: impl std::future::Future<Output = ()>,
     ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
         loop {
             let stopping = tokio::select! {
                 _ = ticker.tick() => false,
-                _ = stop.wait_for(|stopped| *stopped) => true,
+                () = &mut stop => true,
             };
             if stopping {
                 // Deferred refusals first, so that their repeats too are in

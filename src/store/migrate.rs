@@ -9,6 +9,8 @@
 //! order and its count and SHA-256 compared with the source's: the copy is
 //! verified only if every table matches exactly.
 //!
+//! The statements themselves live with the schema (`postgres/schema.rs`).
+//!
 //! A target whose revocation log has entries is refused: replicas have
 //! revoked or rotated there, and the source winning would bring revoked
 //! tokens and retired secrets back to life.
@@ -19,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 use super::{
     StoreError,
     keys::{self, decode_usage_tail, usage_keys},
-    postgres::PostgresStore,
+    postgres::{PostgresStore, schema},
     records::{decode_token, kind_number},
     sled::SledStore,
 };
@@ -73,35 +75,15 @@ impl Fingerprint {
 /// The tables, as (name, sled tree, key prefix, the target's rows as
 /// (key, value) in key order).
 const TABLES: &[(&str, &str, &[u8], &str)] = &[
-    (
-        "tokens",
-        keys::TOKENS,
-        b"",
-        "SELECT id, record FROM tokens ORDER BY id",
-    ),
-    (
-        "digests",
-        keys::DIGESTS,
-        b"",
-        "SELECT digest, token_id FROM digests ORDER BY digest",
-    ),
-    (
-        "audit",
-        keys::AUDIT,
-        b"",
-        "SELECT key, event FROM audit ORDER BY key",
-    ),
-    (
-        "usage",
-        keys::USAGE_BY_ORG,
-        b"",
-        "SELECT org_key, int8send(count) FROM usage ORDER BY org_key",
-    ),
+    ("tokens", keys::TOKENS, b"", schema::READ_BACK_TOKENS),
+    ("digests", keys::DIGESTS, b"", schema::READ_BACK_DIGESTS),
+    ("audit", keys::AUDIT, b"", schema::READ_BACK_AUDIT),
+    ("usage", keys::USAGE_BY_ORG, b"", schema::READ_BACK_USAGE),
     (
         "last_used",
         keys::LAST_USED,
         b"",
-        "SELECT token_id, int8send(at_us) FROM last_used ORDER BY token_id",
+        schema::READ_BACK_LAST_USED,
     ),
     (
         "pepper_checks",
@@ -109,8 +91,7 @@ const TABLES: &[(&str, &str, &[u8], &str)] = &[
         keys::PEPPER_CHECK_PREFIX,
         // The id as sled keys it: four bytes, big-endian (ids are u32, so
         // not every one fits an int4).
-        "SELECT substring(int8send(key_id) FROM 5), check_value FROM pepper_checks \
-         ORDER BY key_id",
+        schema::READ_BACK_PEPPER_CHECKS,
     ),
 ];
 
@@ -159,7 +140,7 @@ pub async fn migrate(from: &SledStore, to: &PostgresStore) -> Result<Vec<TableRe
 /// first and is seen here, or it waits for the batch and applies over it.
 async fn refuse_if_in_use(client: &impl GenericClient) -> Result<(), StoreError> {
     let logged: i64 = client
-        .query_one("SELECT seq FROM revocation_clock FOR SHARE", &[])
+        .query_one(schema::CLOCK_FOR_SHARE, &[])
         .await?
         .try_get(0)?;
     if logged > 0 {
@@ -220,15 +201,7 @@ async fn insert(
                 revoked.push(record.revoked_at.map(Timestamp::as_micros));
             }
             tx.execute(
-                "INSERT INTO tokens (id, record, org_id, workspace_id, owner_user_id, kind, \
-                 expires_at_us, revoked_at_us) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::text[], \
-                 $5::text[], $6::int2[], $7::int8[], $8::int8[]) \
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, \
-                 org_id = EXCLUDED.org_id, workspace_id = EXCLUDED.workspace_id, \
-                 owner_user_id = EXCLUDED.owner_user_id, kind = EXCLUDED.kind, \
-                 expires_at_us = EXCLUDED.expires_at_us, revoked_at_us = EXCLUDED.revoked_at_us \
-                 WHERE ROW(tokens.*) IS DISTINCT FROM ROW(EXCLUDED.*)",
+                schema::COPY_TOKENS,
                 &[
                     &keys,
                     &values,
@@ -243,14 +216,7 @@ async fn insert(
             .await?;
         }
         "digests" => {
-            tx.execute(
-                "INSERT INTO digests (digest, token_id) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                 ON CONFLICT (digest) DO UPDATE SET token_id = EXCLUDED.token_id \
-                 WHERE digests.token_id <> EXCLUDED.token_id",
-                &[&keys, &values],
-            )
-            .await?;
+            tx.execute(schema::COPY_DIGESTS, &[&keys, &values]).await?;
         }
         "audit" => {
             let ids = keys
@@ -262,14 +228,8 @@ async fn insert(
                         .ok_or_else(|| corrupt("audit key"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            tx.execute(
-                "INSERT INTO audit (key, event, id) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) \
-                 ON CONFLICT (key) DO UPDATE SET event = EXCLUDED.event, id = EXCLUDED.id \
-                 WHERE ROW(audit.*) IS DISTINCT FROM ROW(EXCLUDED.*)",
-                &[&keys, &values, &ids],
-            )
-            .await?;
+            tx.execute(schema::COPY_AUDIT, &[&keys, &values, &ids])
+                .await?;
         }
         "usage" => {
             let mut token_keys = Vec::new();
@@ -283,15 +243,8 @@ async fn insert(
                 minutes.push(record.minute.as_micros());
                 counts.push(i64::try_from(record.count).unwrap_or(i64::MAX));
             }
-            tx.execute(
-                "INSERT INTO usage (org_key, token_key, minute_us, count) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
-                 ON CONFLICT (org_key) DO UPDATE SET token_key = EXCLUDED.token_key, \
-                 minute_us = EXCLUDED.minute_us, count = EXCLUDED.count \
-                 WHERE ROW(usage.*) IS DISTINCT FROM ROW(EXCLUDED.*)",
-                &[&keys, &token_keys, &minutes, &counts],
-            )
-            .await?;
+            tx.execute(schema::COPY_USAGE, &[&keys, &token_keys, &minutes, &counts])
+                .await?;
         }
         "last_used" => {
             let times = values
@@ -301,14 +254,7 @@ async fn insert(
             if keys.iter().any(|k| k.len() != 16) {
                 return Err(corrupt("last-used token id"));
             }
-            tx.execute(
-                "INSERT INTO last_used (token_id, at_us) \
-                 SELECT * FROM unnest($1::bytea[], $2::int8[]) \
-                 ON CONFLICT (token_id) DO UPDATE SET at_us = EXCLUDED.at_us \
-                 WHERE last_used.at_us <> EXCLUDED.at_us",
-                &[&keys, &times],
-            )
-            .await?;
+            tx.execute(schema::COPY_LAST_USED, &[&keys, &times]).await?;
         }
         "pepper_checks" => {
             let ids = keys
@@ -319,14 +265,8 @@ async fn insert(
                         .map_err(|_| corrupt("pepper key id"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            tx.execute(
-                "INSERT INTO pepper_checks (key_id, check_value) \
-                 SELECT * FROM unnest($1::int8[], $2::bytea[]) \
-                 ON CONFLICT (key_id) DO UPDATE SET check_value = EXCLUDED.check_value \
-                 WHERE pepper_checks.check_value <> EXCLUDED.check_value",
-                &[&ids, &values],
-            )
-            .await?;
+            tx.execute(schema::COPY_PEPPER_CHECKS, &[&ids, &values])
+                .await?;
         }
         other => return Err(StoreError::Corrupt(format!("unknown table {other}"))),
     }

@@ -19,6 +19,7 @@ use tokenauth::{
     config::Config,
     domain::{secret::Secret, token::TokenKind as DomainKind},
     proto::{GetTokenRequest, IssueTokenRequest, RevokeTokenRequest},
+    testing::fixtures::{ROUTE_POLICY, route_policy},
 };
 use tonic::Code;
 
@@ -28,48 +29,11 @@ use crate::{
 };
 
 /// The route rules most tests run with: every id source, both levels.
-const ROUTES: &str = r#"
-[ext_authz]
-api_key_header = "x-api-key"
-org_id = { context_extension = "org_id" }
-
-[[ext_authz.routes]]
-methods = ["GET", "HEAD"]
-path = "/v2/workspaces/{workspace_id}/transformations/**"
-permission = "transformations:read"
-workspace_id = { capture = "workspace_id" }
-
-[[ext_authz.routes]]
-methods = ["POST", "PUT", "DELETE"]
-path = "/v2/workspaces/{workspace_id}/transformations/**"
-permission = "transformations:write"
-workspace_id = { capture = "workspace_id" }
-
-[[ext_authz.routes]]
-methods = ["POST"]
-path = "/v2/test/run"
-permission = "test_api:run"
-workspace_id = { header = "x-workspace-id" }
-
-[[ext_authz.routes]]
-path = "/v2/catalog/**"
-permission = "data_catalog:read"
-workspace_id = { context_extension = "workspace_id" }
-
-[[ext_authz.routes]]
-path = "/v2/admin/**"
-permission = "audit_logs:read"
-
-[[ext_authz.routes]]
-path = "/scim/v2/orgs/{org}/**"
-permission = "scim:read"
-org_id = { capture = "org" }
-"#;
+const ROUTES: &str = ROUTE_POLICY;
 
 /// Starts a server with [`ROUTES`], adjusted by `adjust` (TOML appended to `[ext_authz]`).
 async fn start(adjust: &str) -> TestServer {
-    let toml = ROUTES.replacen("[ext_authz]\n", &format!("[ext_authz]\n{adjust}\n"), 1);
-    let section = Config::from_toml(&toml).unwrap().ext_authz;
+    let section = Config::from_toml(&route_policy(adjust)).unwrap().ext_authz;
     TestServer::start_with(move |config| config.ext_authz = section).await
 }
 

@@ -1,6 +1,6 @@
 //! A wrapper around the real store that widens race windows, for tests that
 //! must catch what a fast machine would hide, or fails reads on demand.
-//! Everything else is delegated.
+//! Everything else is delegated (by [`Layered`]).
 
 use std::{
     sync::{
@@ -10,21 +10,9 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
-use tokenauth::{
-    domain::{
-        audit::{AuditEvent, AuditQuery},
-        ids::{EventId, TokenId},
-        quota::Quotas,
-        secret::Digest,
-        time::Timestamp,
-        token::TokenRecord,
-        usage::{UsageQuery, UsageRecord},
-    },
-    store::{
-        AuditPage, InsertOutcome, Page, PageRequest, Revocation, RevokedAll, RotateOutcome,
-        Rotation, Store, StoreError, TokenQuery, UsagePage,
-    },
+use tokenauth::store::{
+    StoreError,
+    layered::{Hook, Layered, Operation},
 };
 
 /// The real store, with some operations held back for a moment after they
@@ -43,139 +31,45 @@ pub struct Delays {
     pub fail_digest_reads: Arc<AtomicBool>,
 }
 
-pub struct Delayed {
-    inner: Arc<dyn Store>,
-    delays: Arc<Delays>,
+/// The real store with [`Delays`] around it: `Delayed::new(store, delays)`,
+/// with `delays` owned or shared (`Arc<Delays>`, so that a test can change
+/// them while the server runs).
+pub type Delayed = Layered<Faults>;
+
+/// The hook that applies [`Delays`].
+pub struct Faults(Arc<Delays>);
+
+impl From<Delays> for Faults {
+    fn from(delays: Delays) -> Self {
+        Self(Arc::new(delays))
+    }
 }
 
-impl Delayed {
-    pub fn new(inner: Arc<dyn Store>, delays: Delays) -> Self {
-        Self::shared(inner, Arc::new(delays))
-    }
-
-    /// With `delays` shared, so that a test can change them while the server runs.
-    pub fn shared(inner: Arc<dyn Store>, delays: Arc<Delays>) -> Self {
-        Self { inner, delays }
+impl From<Arc<Delays>> for Faults {
+    fn from(delays: Arc<Delays>) -> Self {
+        Self(delays)
     }
 }
 
-#[async_trait]
-impl Store for Delayed {
-    async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
-        if self.delays.fail_digest_reads.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected failure".into()));
+impl Hook for Faults {
+    async fn before(&self, operation: Operation) -> Result<(), StoreError> {
+        match operation {
+            Operation::TokenByDigest if self.0.fail_digest_reads.load(Ordering::SeqCst) => {
+                Err(StoreError::Unavailable("injected failure".into()))
+            }
+            Operation::ProbeWrite if self.0.refuse_writes.load(Ordering::SeqCst) => Err(
+                StoreError::Unavailable("injected: no space left on device".into()),
+            ),
+            _ => Ok(()),
         }
-        let record = self.inner.token_by_digest(digest).await;
-        tokio::time::sleep(self.delays.after_digest_read).await;
-        record
     }
 
-    async fn insert_token(
-        &self,
-        record: &TokenRecord,
-        quotas: &Quotas,
-        event: &AuditEvent,
-    ) -> Result<InsertOutcome, StoreError> {
-        self.inner.insert_token(record, quotas, event).await
-    }
-    async fn token_by_id(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
-        self.inner.token_by_id(id).await
-    }
-    async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError> {
-        self.inner.list_tokens(query, page).await
-    }
-    async fn revoke_token(
-        &self,
-        id: TokenId,
-        at: Timestamp,
-        event: &AuditEvent,
-    ) -> Result<Option<Revocation>, StoreError> {
-        self.inner.revoke_token(id, at, event).await
-    }
-    async fn revoke_all(
-        &self,
-        query: &TokenQuery,
-        at: Timestamp,
-        event: &AuditEvent,
-        revoked: &mut RevokedAll,
-    ) -> Result<(), StoreError> {
-        let outcome = self.inner.revoke_all(query, at, event, revoked).await;
-        tokio::time::sleep(self.delays.after_revoke_all).await;
-        outcome
-    }
-    async fn rotate_token(
-        &self,
-        id: TokenId,
-        rotation: &Rotation,
-        event: &AuditEvent,
-    ) -> Result<RotateOutcome, StoreError> {
-        self.inner.rotate_token(id, rotation, event).await
-    }
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.inner.append_audit(event).await
-    }
-    async fn list_audit(
-        &self,
-        query: &AuditQuery,
-        after: Option<EventId>,
-        limit: usize,
-    ) -> Result<AuditPage, StoreError> {
-        self.inner.list_audit(query, after, limit).await
-    }
-    async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
-        self.inner.prune_audit(before).await
-    }
-    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        self.inner.record_usage(records).await
-    }
-    async fn list_usage(
-        &self,
-        query: &UsageQuery,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<UsagePage, StoreError> {
-        self.inner.list_usage(query, after, limit).await
-    }
-    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
-        self.inner.prune_usage(before).await
-    }
-    async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
-        self.inner.last_used(ids).await
-    }
-    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
-        self.inner.record_last_used(uses).await
-    }
-    async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
-        self.inner.pepper_checks().await
-    }
-    async fn add_pepper_check(&self, key_id: u32, check: [u8; 32]) -> Result<(), StoreError> {
-        self.inner.add_pepper_check(key_id, check).await
-    }
-    async fn is_empty(&self) -> Result<bool, StoreError> {
-        self.inner.is_empty().await
-    }
-    async fn backup(&self, path: &std::path::Path) -> Result<u64, StoreError> {
-        self.inner.backup(path).await
-    }
-    async fn count_tokens(
-        &self,
-        now: Timestamp,
-    ) -> Result<tokenauth::store::TokenCounts, StoreError> {
-        self.inner.count_tokens(now).await
-    }
-    async fn probe_write(&self) -> Result<(), StoreError> {
-        if self
-            .delays
-            .refuse_writes
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(StoreError::Unavailable(
-                "injected: no space left on device".into(),
-            ));
-        }
-        self.inner.probe_write().await
-    }
-    async fn durable(&self) -> Result<(), StoreError> {
-        self.inner.durable().await
+    async fn after(&self, operation: Operation, _elapsed: Duration) {
+        let delay = match operation {
+            Operation::TokenByDigest => self.0.after_digest_read,
+            Operation::RevokeAll => self.0.after_revoke_all,
+            _ => return,
+        };
+        tokio::time::sleep(delay).await;
     }
 }

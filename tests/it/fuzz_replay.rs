@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, path::PathBuf};
 
-use tokenauth::fuzzing::REQUEST_MESSAGES;
+use tokenauth::testing::fuzzing::REQUEST_MESSAGES;
 
 /// Runs every input of a corpus; returns how many there were.
 fn replay(target: &str, mut run: impl FnMut(&[u8])) -> usize {
@@ -22,12 +22,12 @@ fn replay(target: &str, mut run: impl FnMut(&[u8])) -> usize {
 
 #[test]
 fn token_corpus() {
-    assert!(replay("token", tokenauth::fuzzing::token) > 0);
+    assert!(replay("token", tokenauth::testing::fuzzing::token) > 0);
 }
 
 #[test]
 fn route_corpus() {
-    assert!(replay("route", tokenauth::fuzzing::route) > 0);
+    assert!(replay("route", tokenauth::testing::fuzzing::route) > 0);
 }
 
 /// Every request message has inputs in the corpus that pass all of its
@@ -38,7 +38,7 @@ fn request_corpus() {
     let mut accepted = BTreeSet::new();
     assert!(
         replay("request", |data| {
-            accepted.extend(tokenauth::fuzzing::request(data));
+            accepted.extend(tokenauth::testing::fuzzing::request(data));
         }) > 0
     );
     let missing: Vec<&str> = REQUEST_MESSAGES

@@ -6,6 +6,7 @@
 
 mod architecture;
 mod audit;
+mod backends;
 mod backup;
 mod deploy;
 mod disk_faults;
@@ -37,6 +38,7 @@ mod replicas;
 mod revocation;
 mod rotation;
 mod shutdown;
+mod store_conformance;
 mod tls;
 mod tools;
 mod traces;

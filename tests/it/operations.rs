@@ -25,7 +25,7 @@ async fn a_store_that_refuses_writes_takes_management_out_of_service_but_not_che
     let shared = Arc::clone(&delays);
     let server = TestServer::start_wrapped(
         |config| config.health.probe_interval = Duration::from_millis(50),
-        move |store| Arc::new(Delayed::shared(store, shared)),
+        move |store| Arc::new(Delayed::new(store, shared)),
     )
     .await;
     let issued = issue(&server, service_token("org-1", &["scim:read"])).await;

@@ -811,7 +811,7 @@ async fn over_tls_the_database_certificate_is_verified() {
     assert!(error.contains("postgres.ca_file"), "{error}");
 }
 
-fn settings(url: &str) -> PostgresSettings {
+pub(crate) fn settings(url: &str) -> PostgresSettings {
     PostgresSettings {
         url: url.to_owned(),
         password: None,

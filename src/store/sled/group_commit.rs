@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// The outcome of flushes so far.
 #[derive(Clone, Copy, Debug, Default)]

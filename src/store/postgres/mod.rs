@@ -24,6 +24,15 @@
 //! `synchronous_commit = off`, so a flood of refusals cannot cost a WAL flush
 //! each.
 
+mod connect;
+mod feed;
+pub(super) mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use self::connect::{Transport, transport};
+pub use self::schema::schema_version;
+use self::{connect::*, feed::*, schema::*};
 use std::{
     collections::HashMap,
     path::Path,
@@ -49,15 +58,15 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     AuditPage, InsertOutcome, Invalidation, Page, PageRequest, REVOKE_ALL_BATCH,
-    REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokeAllProgress, RevokedAll, RotateOutcome, Rotation,
-    Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
+    TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, usage_keys},
     records::{decode_audit, decode_token, encode_audit, encode_token, kind_number, kind_of},
-    sled::MAX_SECRETS,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
+    changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
     ids::{EventId, TokenId},
     quota::{Quota, QuotaReached, Quotas},
     secret::Digest,
@@ -92,106 +101,10 @@ const UNLOCK_ORG_SESSION: &str = "SELECT pg_advisory_unlock(7411, hashtext($1))"
 const LOCK_QUOTA: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 /// A token's expiry as the live indexes order it: never-expiring tokens last.
 const EXPIRY: &str = "COALESCE(expires_at_us, 9223372036854775807)";
-/// TCP keepalive on every connection: the first probe after this much
-/// silence (tokio-postgres' default is two hours, which leaves an idle
-/// LISTEN connection to a vanished server looking alive that long)...
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
-/// ...then one probe this often...
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// ...and the connection is dropped after this many unanswered ones.
-const KEEPALIVE_RETRIES: u32 = 3;
-/// Data sent and not acknowledged by the peer for this long closes the
-/// connection (TCP_USER_TIMEOUT): a query in flight on a half-open
-/// connection fails after this, not after the kernel's ~15 minutes of
-/// retransmissions. A query that waits on the server (for a lock, say) has
-/// had its bytes acknowledged and is not affected.
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most time a prune of the revocation log may take (a tokio timeout, and
 /// the statement timeout of its transaction): it runs beside the follower,
 /// never in its way, but must not hold a pooled connection for long.
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Schema versions, applied in order, each once, in one transaction that
-/// holds an advisory lock (replicas starting together do not race). Never
-/// edit a released migration: add one.
-const MIGRATIONS: &[(i32, &str)] = &[
-    (
-        1,
-        r"
-CREATE TABLE tokens (
-    id            bytea PRIMARY KEY,
-    org_id        text NOT NULL,
-    workspace_id  text NOT NULL,
-    owner_user_id text NOT NULL,
-    kind          smallint NOT NULL,
-    expires_at_us bigint,
-    revoked_at_us bigint,
-    record        bytea NOT NULL
-);
-CREATE INDEX tokens_by_org ON tokens (org_id, id);
-CREATE INDEX tokens_by_workspace ON tokens (org_id, workspace_id, id);
-CREATE INDEX tokens_by_owner ON tokens (org_id, owner_user_id, id);
-CREATE TABLE digests (
-    digest   bytea PRIMARY KEY,
-    token_id bytea NOT NULL REFERENCES tokens (id)
-);
-CREATE INDEX digests_by_token ON digests (token_id);
-CREATE TABLE audit (
-    key   bytea PRIMARY KEY,
-    id    bytea NOT NULL,
-    event bytea NOT NULL
-);
-CREATE INDEX audit_by_id ON audit (id);
-CREATE TABLE usage (
-    org_key   bytea PRIMARY KEY,
-    token_key bytea NOT NULL UNIQUE,
-    minute_us bigint NOT NULL,
-    count     bigint NOT NULL
-);
-CREATE INDEX usage_by_minute ON usage (minute_us);
-CREATE TABLE last_used (
-    token_id bytea PRIMARY KEY,
-    at_us    bigint NOT NULL
-);
-CREATE TABLE pepper_checks (
-    key_id      bigint PRIMARY KEY,
-    check_value bytea NOT NULL
-);
-CREATE TABLE revocation_clock (
-    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-    seq      bigint NOT NULL
-);
-INSERT INTO revocation_clock (seq) VALUES (0);
-CREATE TABLE revocations (
-    seq     bigint PRIMARY KEY,
-    at      timestamptz NOT NULL DEFAULT now(),
-    digests bytea[] NOT NULL
-);
-CREATE TABLE health_probe (
-    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-    at       timestamptz NOT NULL
-);
-",
-    ),
-    (
-        2,
-        // The tokens not revoked, ordered by expiry, three ways: what quotas
-        // count and RevokeAll revokes, without reading revoked or long
-        // expired rows (the expression is `EXPIRY`, to the letter, so that
-        // the planner matches it).
-        r"
-CREATE INDEX tokens_live_by_owner ON tokens
-    (org_id, owner_user_id, (COALESCE(expires_at_us, 9223372036854775807)), id)
-    WHERE revoked_at_us IS NULL;
-CREATE INDEX tokens_live_by_kind ON tokens
-    (org_id, kind, (COALESCE(expires_at_us, 9223372036854775807)), id)
-    WHERE revoked_at_us IS NULL;
-CREATE INDEX tokens_live_by_workspace ON tokens
-    (org_id, kind, workspace_id, (COALESCE(expires_at_us, 9223372036854775807)), id)
-    WHERE revoked_at_us IS NULL;
-",
-    ),
-];
 
 /// How a replica follows the revocation log.
 #[derive(Clone, Debug)]
@@ -277,137 +190,6 @@ impl From<deadpool_postgres::PoolError> for StoreError {
             other => StoreError::Unavailable(format!("postgres connection pool: {other}")),
         }
     }
-}
-
-/// How the connection to the database travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// TLS, the server's certificate verified against `postgres.ca_file`.
-    Tls,
-    /// Plaintext to this machine (loopback, or a Unix socket).
-    PlaintextLocal,
-    /// Plaintext to another machine, which the URL asked for (`sslmode=disable`).
-    PlaintextOffHost,
-}
-
-/// How a connection to `url` travels, with a CA file (`has_ca`) or
-/// without; or why it is refused. The connection carries every token record
-/// and revocation, so plaintext that leaves the machine is not only
-/// readable: whoever sits on the path can alter what the database answers
-/// (a revoked token reported live). So without a CA it is refused for a
-/// database on another host, unless the URL says `sslmode=disable`: the
-/// operator's explicit word that the network carries it safely (a warning
-/// and the `tokenauth_plaintext{link="database"}` gauge then say so).
-/// `sslmode=prefer`, libpq's default, is refused rather than read as
-/// plaintext: it means "TLS if offered", which a client that cannot verify
-/// the server would only pretend to honour.
-pub fn transport(url: &str, has_ca: bool) -> Result<Transport, String> {
-    // Never echo the URL: it may hold a password.
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|_| "the PostgreSQL URL is not valid".to_owned())?;
-    if has_ca {
-        return Ok(Transport::Tls);
-    }
-    let ip_is_local = |ip: &std::net::IpAddr| ip.is_loopback();
-    let remote: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .filter_map(|host| match host {
-            tokio_postgres::config::Host::Tcp(name) => {
-                let local = name.eq_ignore_ascii_case("localhost")
-                    || name
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip_is_local(&ip));
-                (!local).then(|| name.clone())
-            }
-            tokio_postgres::config::Host::Unix(_) => None,
-        })
-        .chain(
-            config
-                .get_hostaddrs()
-                .iter()
-                .filter(|ip| !ip_is_local(ip))
-                .map(ToString::to_string),
-        )
-        .collect();
-    match config.get_ssl_mode() {
-        SslMode::Require => Err(
-            "the PostgreSQL URL asks for TLS (sslmode=require): set postgres.ca_file to \
-             the CA that signs the database server's certificate"
-                .to_owned(),
-        ),
-        _ if remote.is_empty() => Ok(Transport::PlaintextLocal),
-        SslMode::Disable => Ok(Transport::PlaintextOffHost),
-        _ => Err(format!(
-            "the database ({}) is on another machine, and without postgres.ca_file the \
-             connection would be plaintext, where token records and revocations can be read \
-             and altered on the way: set postgres.ca_file to the CA that signs the database \
-             server's certificate (TLS, verified), or, on a network you trust with it, accept \
-             plaintext explicitly with sslmode=disable in the URL",
-            remote.join(", ")
-        )),
-    }
-}
-
-/// The connection settings of `settings`, ready for the pool and LISTEN,
-/// and the TLS connector when the database is reached over TLS.
-fn connection_config(
-    settings: &PostgresSettings,
-) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), StoreError> {
-    let invalid = |reason: &str| StoreError::Unavailable(format!("store: {reason}"));
-    transport(&settings.url, settings.ca_pem.is_some()).map_err(|reason| invalid(&reason))?;
-    // Never echo the URL: it may hold a password.
-    let mut config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|_| invalid("the PostgreSQL URL is not valid"))?;
-    if let Some(password) = &settings.password {
-        config.password(password);
-    }
-    config.connect_timeout(settings.connect_timeout);
-    config.application_name("tokenauth");
-    // Primaries only, whatever the URL says: a URL listing several hosts
-    // could otherwise land the log follower on a lagging standby, whose log
-    // would vouch for a cache that missed revocations the primary holds.
-    config.target_session_attrs(TargetSessionAttrs::ReadWrite);
-    // These replace any keepalive settings in the URL: the revocation bound
-    // and the reconnects rest on a dead connection being noticed.
-    config
-        .keepalives(true)
-        .keepalives_idle(KEEPALIVE_IDLE)
-        .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES)
-        .tcp_user_timeout(TCP_USER_TIMEOUT);
-    let tls = match &settings.ca_pem {
-        Some(pem) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|_| invalid("postgres.ca_file is not PEM"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| invalid(&format!("postgres.ca_file: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(invalid("postgres.ca_file holds no certificate"));
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let client = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| invalid(&format!("TLS: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.ssl_mode(SslMode::Require);
-            Some(MakeRustlsConnect::new(client))
-        }
-        None => {
-            // Local, or off-host with sslmode=disable (see `transport`):
-            // plaintext, said plainly rather than "prefer".
-            config.ssl_mode(SslMode::Disable);
-            None
-        }
-    };
-    Ok((config, tls))
 }
 
 fn bytes16(value: &[u8], what: &str) -> Result<[u8; 16], StoreError> {
@@ -498,83 +280,6 @@ impl PostgresStore {
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         Ok(self.pool.get().await?)
     }
-}
-
-/// The schema version this binary knows.
-pub fn schema_version() -> i32 {
-    MIGRATIONS.last().map_or(0, |(version, _)| *version)
-}
-
-async fn migrate(pool: &Pool) -> Result<(), StoreError> {
-    let mut client = pool.get().await?;
-    // The usual start: the schema is up to date, and nothing is created
-    // (so replicas may run as a role without rights to change the schema).
-    let exists: bool = client
-        .query_one("SELECT to_regclass('tokenauth_schema') IS NOT NULL", &[])
-        .await?
-        .try_get(0)?;
-    if exists {
-        let current: i32 = client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM tokenauth_schema",
-                &[],
-            )
-            .await?
-            .try_get(0)?;
-        if current == schema_version() {
-            return Ok(());
-        }
-    }
-    let tx = client.transaction().await?;
-    tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtext('tokenauth schema'));
-         CREATE TABLE IF NOT EXISTS tokenauth_schema (
-             version    integer PRIMARY KEY,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );",
-    )
-    .await?;
-    let current: i32 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM tokenauth_schema",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    if current > schema_version() {
-        return Err(StoreError::Unavailable(format!(
-            "the database's schema is version {current}, newer than this binary's ({}): \
-             run a newer tokenauth",
-            schema_version()
-        )));
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO tokenauth_schema (version) VALUES ($1)",
-            &[version],
-        )
-        .await?;
-        tracing::info!(version, "applied a database schema migration");
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// The last log entry: its number, and when it was written if it is still
-/// there (see [`Seen`]).
-async fn clock(client: &impl GenericClient) -> Result<Seen, StoreError> {
-    let row = client
-        .query_one(
-            "SELECT c.seq, r.at FROM revocation_clock c \
-             LEFT JOIN revocations r ON r.seq = c.seq",
-            &[],
-        )
-        .await?;
-    Ok(Seen {
-        seq: row.try_get(0)?,
-        at: row.try_get(1)?,
-    })
 }
 
 /// Inserts `event` within a transaction.
@@ -791,7 +496,7 @@ async fn revoke_all_step(
         )
         .await?
         .try_get(0)?;
-    let batch = super::revoke_all_batch(candidates, query, at, event, before, !left);
+    let batch = revoke_all_batch(candidates, |r| query.matches(r), at, event, before, !left);
     let ids: Vec<Vec<u8>> = batch
         .revoked
         .iter()
@@ -991,14 +696,11 @@ impl Store for PostgresStore {
         else {
             return Ok(None);
         };
-        let mut record = record_of(&row)?;
-        if record.revoked_at.is_some() {
-            return Ok(Some(Revocation {
-                record,
-                newly_revoked: false,
-            }));
+        let revocation = revoke_record(record_of(&row)?, at);
+        if !revocation.newly_revoked {
+            return Ok(Some(revocation));
         }
-        record.revoked_at = Some(at);
+        let record = revocation.record;
         update_record(&tx, &record).await?;
         insert_audit(&tx, event).await?;
         log_revocation(&tx, digests_of([&record])).await?;
@@ -1063,7 +765,7 @@ impl Store for PostgresStore {
         };
         let before = record_of(&row)?;
         let replaced = digests_of([&before]);
-        let outcome = super::rotate_record(before, rotation, MAX_SECRETS);
+        let outcome = rotate_record(before, rotation);
         if let RotateOutcome::Rotated { record, forgotten } = &outcome {
             let forgotten: Vec<Vec<u8>> = forgotten.iter().map(|d| d.0.to_vec()).collect();
             tx.execute("DELETE FROM digests WHERE digest = ANY($1)", &[&forgotten])
@@ -1383,373 +1085,5 @@ impl Store for PostgresStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-    }
-}
-
-/// The last log entry a replica has read: its number, and when it was
-/// written (`None` if it was not there to read). The time tells that entry
-/// from another one given the same number later: after a failover to a
-/// standby that lacked the newest entries, or a restored backup, numbers
-/// are handed out again, and counting alone would take the new entries up
-/// to the old number for ones already read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Seen {
-    seq: i64,
-    at: Option<std::time::SystemTime>,
-}
-
-/// What one read of the revocation log found.
-struct CatchUp {
-    last: Seen,
-    digests: Vec<Digest>,
-    /// Entries between the last one seen and the first one read are gone
-    /// (pruned, or the database was replaced): changes may have been missed.
-    gap: bool,
-}
-
-/// Reads the log entries after `seen` (and `seen` itself, to see that it is
-/// still the entry that was read), in one snapshot.
-async fn catch_up(client: &impl GenericClient, seen: Seen) -> Result<CatchUp, StoreError> {
-    let statement = client
-        .prepare_cached(
-            "SELECT c.seq, r.seq, CASE WHEN r.seq > $1 THEN r.digests END, r.at \
-             FROM revocation_clock c LEFT JOIN revocations r ON r.seq >= $1 ORDER BY r.seq",
-        )
-        .await?;
-    let rows = client.query(&statement, &[&seen.seq]).await?;
-    let mut clock = seen.seq;
-    let mut digests = Vec::new();
-    let mut entries = 0i64;
-    let mut seen_again = None;
-    let mut last_at = None;
-    for row in &rows {
-        clock = row.try_get(0)?;
-        let Some(seq): Option<i64> = row.try_get(1)? else {
-            continue;
-        };
-        let at: std::time::SystemTime = row.try_get(3)?;
-        if seq == clock {
-            last_at = Some(at);
-        }
-        if seq == seen.seq {
-            seen_again = Some(at);
-            continue;
-        }
-        entries += 1;
-        let list: Vec<&[u8]> = row.try_get(2)?;
-        for digest in list {
-            let bytes: [u8; 32] = digest
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("revocation log digest".into()))?;
-            digests.push(Digest(bytes));
-        }
-    }
-    let replaced = seen.seq > 0 && seen_again != seen.at;
-    let gap = clock < seen.seq || entries != clock - seen.seq || replaced;
-    Ok(CatchUp {
-        last: Seen {
-            seq: clock,
-            at: last_at,
-        },
-        digests,
-        gap,
-    })
-}
-
-/// Keeps a LISTEN connection open (reconnecting as needed) and wakes the
-/// follower on every notification, and on every (re)connection, since
-/// notifications sent while disconnected are lost.
-async fn listen_forever(
-    (config, tls): (tokio_postgres::Config, Option<MakeRustlsConnect>),
-    wake: UnboundedSender<()>,
-    retry: Duration,
-) {
-    loop {
-        let outcome = match &tls {
-            Some(tls) => match config.connect(tls.clone()).await {
-                Ok((client, connection)) => listen_on(client, connection, &wake).await,
-                Err(error) => Err(error),
-            },
-            None => match config.connect(NoTls).await {
-                Ok((client, connection)) => listen_on(client, connection, &wake).await,
-                Err(error) => Err(error),
-            },
-        };
-        if let Err(error) = outcome {
-            let error = StoreError::from(error);
-            tracing::debug!(%error, "the LISTEN connection failed");
-        }
-        if wake.is_closed() {
-            return;
-        }
-        tokio::time::sleep(retry).await;
-    }
-}
-
-/// LISTENs on one connection until it fails.
-async fn listen_on<S, T>(
-    client: tokio_postgres::Client,
-    mut connection: tokio_postgres::Connection<S, T>,
-    wake: &UnboundedSender<()>,
-) -> Result<(), tokio_postgres::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    use std::task::Poll;
-    let messages = std::future::poll_fn(|cx| {
-        loop {
-            match connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(tokio_postgres::AsyncMessage::Notification(_)))) => {
-                    if wake.send(()).is_err() {
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    });
-    tokio::pin!(messages);
-    let listen = format!("LISTEN {CHANNEL}");
-    tokio::select! {
-        ended = &mut messages => ended,
-        listened = client.batch_execute(&listen) => {
-            listened?;
-            // Anything revoked while this connection was down is in the log.
-            let _ = wake.send(());
-            (&mut messages).await
-        }
-    }
-}
-
-/// The longest one read of the revocation log may take, so that staleness
-/// is noticed in time.
-fn read_timeout(timing: &FeedTiming) -> Duration {
-    timing.poll_interval.min(Duration::from_millis(250))
-}
-
-/// The follower's connections: its own, for reading the log, and the
-/// replica's pool, for pruning it off the reading path.
-struct Pools {
-    feed: Pool,
-    prune: Pool,
-}
-
-/// Why a bounded exchange with the database gave no answer.
-enum Unanswered {
-    Failed(StoreError),
-    TimedOut,
-}
-
-/// Runs `query` on a connection of `pool` (obtained within the pool's own
-/// wait and connect timeouts), giving up after `limit`. A connection whose
-/// query timed out leaves the pool: the answer it still owes (from a
-/// half-open connection, or a server that stopped answering) would stall
-/// every later query on it, so the next one connects afresh.
-async fn bounded<T>(
-    pool: &Pool,
-    limit: Duration,
-    query: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, StoreError>,
-) -> Result<T, Unanswered> {
-    let mut client = pool.get().await.map_err(|e| Unanswered::Failed(e.into()))?;
-    match timeout(limit, query(&mut client)).await {
-        Ok(outcome) => outcome.map_err(Unanswered::Failed),
-        Err(_) => {
-            drop(deadpool_postgres::Object::take(client));
-            Err(Unanswered::TimedOut)
-        }
-    }
-}
-
-/// Follows the revocation log for this replica's cache: wakes on NOTIFY and
-/// every `poll_interval`, and after each successful read sends what other
-/// replicas revoked, then how long the cache may be trusted (the start of the
-/// read plus `max_staleness`). When reads keep failing, the cache stops
-/// trusting itself at that moment anyway; the follower also empties it then
-/// ([`Invalidation::Stale`]), so that nothing cached before the outage
-/// survives it. Every read is bounded in time, and so is the occasional
-/// prune, which runs beside the reads rather than between them.
-async fn follow_revocations(
-    pools: Pools,
-    connection: (tokio_postgres::Config, Option<MakeRustlsConnect>),
-    (mut seen, mut proven): (Seen, Instant),
-    cache: UnboundedSender<Invalidation>,
-    timing: FeedTiming,
-) {
-    let (wake_tx, mut wake) = unbounded_channel();
-    let listener = tokio::spawn(listen_forever(connection, wake_tx, timing.poll_interval));
-    let _stop_listener = AbortOnDrop(listener);
-    let mut tick = tokio::time::interval(timing.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let read_timeout = read_timeout(&timing);
-    // `seen` was read when the store opened, by a read started at `proven`.
-    if cache
-        .send(Invalidation::TrustUntil(
-            (proven + timing.max_staleness).into_std(),
-        ))
-        .is_err()
-    {
-        return;
-    }
-    let mut stale = false;
-    let mut timeouts = 0u32;
-    let mut last_prune = Instant::now();
-    let mut pruning: Option<AbortOnDrop> = None;
-    loop {
-        let deadline = proven + timing.max_staleness;
-        tokio::select! {
-            _ = tick.tick() => {}
-            Some(()) = wake.recv() => while wake.try_recv().is_ok() {},
-            () = tokio::time::sleep_until(deadline), if !stale => {
-                tracing::warn!(
-                    "the revocation log could not be read for {:?}: the token cache is \
-                     emptied and not trusted until it can be",
-                    timing.max_staleness
-                );
-                stale = true;
-                if cache.send(Invalidation::Stale).is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
-        let started = Instant::now();
-        // After reads that timed out, the entries to read may be too many
-        // to read in time, ever: skip to the end of the log, emptying the
-        // cache instead of applying them.
-        let skip = timeouts >= 2;
-        let read = bounded(&pools.feed, read_timeout, async |client| {
-            if skip {
-                Ok(CatchUp {
-                    last: clock(&*client).await?,
-                    digests: Vec::new(),
-                    gap: true,
-                })
-            } else {
-                catch_up(&*client, seen).await
-            }
-        });
-        match read.await {
-            Ok(found) => {
-                timeouts = 0;
-                let mut messages = Vec::new();
-                if skip {
-                    tracing::warn!(
-                        seen = seen.seq,
-                        clock = found.last.seq,
-                        "the revocation log could not be read in time; emptying the token \
-                         cache and following the log from its end"
-                    );
-                    messages.push(Invalidation::Stale);
-                } else if found.gap {
-                    tracing::warn!(
-                        seen = seen.seq,
-                        clock = found.last.seq,
-                        "revocation log entries this replica had not read are gone; \
-                         emptying the token cache"
-                    );
-                    messages.push(Invalidation::Stale);
-                }
-                if !found.digests.is_empty() {
-                    messages.push(Invalidation::Digests(found.digests));
-                }
-                messages.push(Invalidation::TrustUntil(
-                    (started + timing.max_staleness).into_std(),
-                ));
-                if messages.into_iter().any(|m| cache.send(m).is_err()) {
-                    return;
-                }
-                seen = found.last;
-                proven = started;
-                if stale {
-                    tracing::info!("the revocation log is readable again; trusting the cache");
-                    stale = false;
-                }
-            }
-            Err(Unanswered::Failed(error)) => {
-                tracing::debug!(%error, "reading the revocation log failed");
-            }
-            Err(Unanswered::TimedOut) => {
-                tracing::debug!("reading the revocation log timed out; its connection is replaced");
-                timeouts += 1;
-            }
-        }
-        let idle = pruning.as_ref().is_none_or(|p| p.0.is_finished());
-        if idle && last_prune.elapsed() >= timing.retention / 60 {
-            last_prune = Instant::now();
-            pruning = Some(AbortOnDrop(tokio::spawn(prune_log(
-                pools.prune.clone(),
-                timing.retention,
-            ))));
-        }
-    }
-}
-
-/// Deletes log entries older than `retention` (every replica may; the
-/// deletes are idempotent), except the newest: replicas that have read it
-/// look it up to make sure the log was not replaced meanwhile. Bounded by
-/// [`PRUNE_TIMEOUT`], on the database's side too.
-async fn prune_log(pool: Pool, retention: Duration) {
-    let seconds = retention.as_secs_f64();
-    let pruned = bounded(&pool, PRUNE_TIMEOUT, async |client| {
-        let tx = client.transaction().await?;
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {}",
-            PRUNE_TIMEOUT.as_millis()
-        ))
-        .await?;
-        tx.execute(
-            "DELETE FROM revocations WHERE at < now() - make_interval(secs => $1) \
-             AND seq < (SELECT seq FROM revocation_clock)",
-            &[&seconds],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    });
-    match pruned.await {
-        Ok(()) => {}
-        Err(Unanswered::Failed(error)) => {
-            tracing::debug!(%error, "pruning the revocation log failed");
-        }
-        Err(Unanswered::TimedOut) => tracing::debug!("pruning the revocation log timed out"),
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_connection_notices_a_dead_peer_within_seconds() {
-        let settings = PostgresSettings {
-            url: "postgres://u@db/t?keepalives_idle=7200&sslmode=disable".into(),
-            password: None,
-            ca_pem: None,
-            pool_size: 1,
-            connect_timeout: Duration::from_secs(1),
-            feed: FeedTiming {
-                poll_interval: Duration::from_millis(200),
-                max_staleness: Duration::from_millis(700),
-                retention: Duration::from_secs(3600),
-            },
-        };
-        let (config, _) = connection_config(&settings).unwrap();
-        assert!(config.get_keepalives());
-        assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
-        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
-        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
-        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
     }
 }

@@ -12,7 +12,7 @@ use std::{
     path::Path,
 };
 
-use super::StoreError;
+use crate::store::StoreError;
 
 const MAGIC: &[u8; 8] = b"TKABAK1\n";
 

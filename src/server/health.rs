@@ -12,13 +12,20 @@
 //! - When the store says only a restart will let it write again (the disk
 //!   recovered, sled did not), the prober stops and the server stops with
 //!   an error, for its supervisor to restart it.
+//!
+//! The optional probe port (`health.listen`) serves this health alone.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::sync::Mutex;
+use tokio::{net::TcpListener, sync::Mutex};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::store::{Store, StoreError};
+use crate::{
+    config::LimitsConfig,
+    connections::{CallTrackingLayer, Connections},
+    metrics::Metrics,
+    store::{Store, StoreError},
+};
 
 #[derive(Clone, Copy)]
 struct State {
@@ -134,6 +141,37 @@ impl Health {
                 }
             };
             self.set_writable(writable).await;
+        }
+    }
+}
+
+/// Most connections open at once on the health probe port.
+const PROBE_CONNECTIONS: usize = 64;
+
+/// Serves gRPC health alone, in plaintext, on `health.listen` until `stop`:
+/// for probes that cannot speak TLS (Kubernetes' gRPC probes) when the main
+/// port does. It carries no credential, and reports what the main port's
+/// health does (NOT_SERVING while draining: it stops last).
+pub(super) fn serve_probes<H: tonic_health::pb::health_server::Health>(
+    listener: TcpListener,
+    limits: &LimitsConfig,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let connections = Connections::new(PROBE_CONNECTIONS, limits.idle_timeout, metrics);
+    let incoming = super::incoming(listener, limits, Arc::clone(&connections));
+    async move {
+        let served = tonic::transport::Server::builder()
+            .layer(CallTrackingLayer)
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, async move {
+                stop.await;
+                connections.drain();
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the health probe port failed");
         }
     }
 }

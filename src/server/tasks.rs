@@ -1,0 +1,140 @@
+//! The server's background tasks (the usage flusher, pruning, token counts,
+//! the store's write probe, the admin and probe ports, the replicas'
+//! invalidation follower) in one `JoinSet`, stopped together by one
+//! `CancellationToken` once the gRPC port has drained.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::health::Health;
+use crate::{
+    config::Config,
+    domain::time::Timestamp,
+    metrics::Metrics,
+    store::{Store, StoreError},
+};
+
+/// The running background tasks. A task ends with the error that asks for
+/// a restart of the server, if that is why it ended.
+pub(super) struct Background {
+    stop: CancellationToken,
+    tasks: JoinSet<Result<(), StoreError>>,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self {
+            stop: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Runs `work` until it ends or the tasks are stopped: for work that may
+    /// stop at any await point.
+    pub fn spawn_until_stopped(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            stop.run_until_cancelled_owned(work).await;
+            Ok(())
+        });
+    }
+
+    /// Runs what `task` makes of the stop signal: for work that finishes
+    /// what it is doing once told to stop (a server's graceful shutdown).
+    pub fn spawn_with_stop<F: Future<Output = ()> + Send + 'static>(
+        &mut self,
+        task: impl FnOnce(WaitForCancellationFutureOwned) -> F,
+    ) {
+        let work = task(self.stop.clone().cancelled_owned());
+        self.tasks.spawn(async move {
+            work.await;
+            Ok(())
+        });
+    }
+
+    /// Probes the store every `interval` (see [`Health::probe_forever`]).
+    /// When the store says only a restart lets it write again, `drain` is
+    /// cancelled so that the server drains, and [`Background::stop`] returns
+    /// the cause; unless the server was draining already.
+    pub fn spawn_prober(
+        &mut self,
+        health: Arc<Health>,
+        store: Arc<dyn Store>,
+        interval: Duration,
+        drain: CancellationToken,
+    ) {
+        let stop = self.stop.clone();
+        let probing = health.probe_forever(store, interval);
+        self.tasks.spawn(async move {
+            match stop.run_until_cancelled_owned(probing).await {
+                Some(cause) if !drain.is_cancelled() => {
+                    tracing::error!(error = %cause, "the store takes no writes until it is reopened: stopping for a restart");
+                    drain.cancel();
+                    Err(cause)
+                }
+                _ => Ok(()),
+            }
+        });
+    }
+
+    /// Stops every task and waits for them; returns the cause when the
+    /// store asked for a restart.
+    pub async fn stop(mut self) -> Option<StoreError> {
+        self.stop.cancel();
+        let mut restart = None;
+        while let Some(ended) = self.tasks.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(cause)) => restart = restart.or(Some(cause)),
+                Err(failed) => tracing::error!(error = %failed, "a background task failed"),
+            }
+        }
+        restart
+    }
+}
+
+/// Refreshes the count of tokens by kind and state every `interval`.
+pub(super) async fn count_tokens_forever(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.count_tokens(Timestamp::now()).await {
+            Ok(counts) => metrics.set_token_counts(counts),
+            Err(error) => tracing::warn!(%error, "counting tokens for metrics failed"),
+        }
+    }
+}
+
+/// Deletes audit events and usage records past their retention, every
+/// `audit.prune_interval`.
+pub(super) async fn prune_forever(store: Arc<dyn Store>, config: Config) {
+    let mut ticker = tokio::time::interval(config.audit.prune_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let before = |retention: Duration| {
+            Timestamp::from_micros(
+                Timestamp::now()
+                    .as_micros()
+                    .saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX)),
+            )
+        };
+        match store.prune_audit(before(config.audit.retention)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned audit events past retention"),
+            Err(error) => tracing::warn!(%error, "pruning audit events failed; will retry"),
+        }
+        match store.prune_usage(before(config.usage.retention)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned usage records past retention"),
+            Err(error) => tracing::warn!(%error, "pruning usage records failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The contract every [`Store`] keeps, as cases each backend must pass (the
+//! shape of quickwit's `metastore_test_suite!`): sled runs them in the unit
+//! tests (`store::sled::tests::conformance`), PostgreSQL in the integration
+//! tests (`store_conformance::postgres_keeps_the_store_contract`, on a
+//! throwaway cluster), through [`run_all`]. Every case works in an
+//! organization of its own, so that they can share one store.
+//!
+//! Compiled for the tests and for the `testing` feature (which the
+//! integration tests turn on); not part of the shipped library.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::{
+    InsertOutcome, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_IDS_PER_EVENT, RevokedAll,
+    RotateOutcome, Rotation, Store, TokenQuery,
+};
+use crate::domain::{
+    audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery, PeerSource},
+    caller::{ActorRef, Method},
+    ids::{EventId, TokenId},
+    quota::{Quota, Quotas},
+    secret::PepperKey,
+    time::Timestamp,
+    token::{Reason, StoredSecret, TokenKind, TokenRecord},
+    usage::{UsageQuery, UsageRecord},
+};
+
+/// The names of the cases, in the order [`run_all`] runs them.
+pub const CASES: &[&str] = &[
+    "inserted_tokens_are_found_by_id_and_by_digest",
+    "listing_is_newest_first_and_pages_resume",
+    "revoking_twice_changes_nothing_the_second_time",
+    "revoke_all_revokes_the_live_matches_in_batches",
+    "rotation_adds_a_secret_and_refuses_revoked_tokens",
+    "a_full_quota_refuses_and_writes_nothing",
+    "audit_events_are_listed_newest_first",
+    "usage_is_added_up_and_listed",
+];
+
+/// Runs every case against `store`, which must be empty of the
+/// organizations the cases use (`conformance-*`).
+pub async fn run_all(store: &dyn Store) {
+    inserted_tokens_are_found_by_id_and_by_digest(store).await;
+    listing_is_newest_first_and_pages_resume(store).await;
+    revoking_twice_changes_nothing_the_second_time(store).await;
+    revoke_all_revokes_the_live_matches_in_batches(store).await;
+    rotation_adds_a_secret_and_refuses_revoked_tokens(store).await;
+    a_full_quota_refuses_and_writes_nothing(store).await;
+    audit_events_are_listed_newest_first(store).await;
+    usage_is_added_up_and_listed(store).await;
+    store.durable().await.unwrap();
+}
+
+/// Distinct for each case's organization, so that ids never collide
+/// between cases sharing a store (FNV-1a).
+fn org_tag(org: &str) -> u64 {
+    org.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn key() -> PepperKey {
+    PepperKey::new(1, b"conformance")
+}
+
+/// Token `n` of `org`: ids grow with `n`, so higher is newer.
+fn record(org: &str, n: u32) -> TokenRecord {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    id[8..].copy_from_slice(&org_tag(org).to_be_bytes());
+    TokenRecord {
+        id: TokenId::from_bytes(id),
+        kind: TokenKind::Service,
+        org_id: org.into(),
+        workspace_id: "ws".into(),
+        name: format!("token {n}"),
+        owner_user_id: String::new(),
+        created_by: "conformance".into(),
+        permissions: vec!["test_api:run".into()],
+        created_at: Timestamp::from_micros(1_000),
+        expires_at: None,
+        revoked_at: None,
+        secrets: vec![StoredSecret {
+            key_id: 1,
+            digest: key().digest(&format!("{org} secret {n}")),
+            hint: String::new(),
+            retired_at: None,
+        }],
+    }
+}
+
+fn event(org: &str, n: u128, action: AuditAction, targets: Vec<TokenId>) -> AuditEvent {
+    AuditEvent {
+        id: EventId::from_bytes(((u128::from(org_tag(org)) << 64) | (n + 1)).to_be_bytes()),
+        time: Timestamp::from_micros(1_000 + n as i64),
+        org_id: org.into(),
+        workspace_id: "ws".into(),
+        actor: ActorRef::default(),
+        action,
+        target_token_ids: targets,
+        kind: None,
+        outcome: AuditOutcome::Succeeded,
+        method: Method::RevokeAll,
+        detail: String::new(),
+        peer: String::new(),
+        peer_source: PeerSource::Connection,
+        proxy_peer: String::new(),
+        request_id: "conformance".into(),
+        count: 1,
+        repeat_of: None,
+        dropped_before: 0,
+    }
+}
+
+fn all_of(org: &str) -> TokenQuery {
+    TokenQuery {
+        org_id: org.into(),
+        workspace_id: None,
+        owner_user_id: None,
+        kind: None,
+        include_revoked: true,
+    }
+}
+
+async fn insert(store: &dyn Store, record: &TokenRecord, n: u128) {
+    let event = event(&record.org_id, n, AuditAction::Issued, vec![record.id]);
+    let outcome = store
+        .insert_token(record, &Quotas::NONE, &event)
+        .await
+        .unwrap();
+    assert_eq!(outcome, InsertOutcome::Inserted);
+}
+
+pub async fn inserted_tokens_are_found_by_id_and_by_digest(store: &dyn Store) {
+    let org = "conformance-insert";
+    let token = record(org, 1);
+    insert(store, &token, 1).await;
+    let by_id = store.token_by_id(token.id).await.unwrap().unwrap();
+    assert_eq!(by_id, token);
+    let by_digest = store
+        .token_by_digest(&token.secrets[0].digest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_digest, token);
+    assert!(
+        store
+            .token_by_digest(&key().digest("never issued"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!store.is_empty().await.unwrap());
+}
+
+pub async fn listing_is_newest_first_and_pages_resume(store: &dyn Store) {
+    let org = "conformance-list";
+    for n in 1..=7 {
+        insert(store, &record(org, n), u128::from(n)).await;
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_tokens(&all_of(org), PageRequest { after, limit: 3 })
+            .await
+            .unwrap();
+        assert!(page.tokens.len() <= 3);
+        seen.extend(page.tokens.iter().map(|t| t.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<TokenId> = (1..=7).rev().map(|n| record(org, n).id).collect();
+    assert_eq!(seen, expected, "every token once, newest first");
+}
+
+pub async fn revoking_twice_changes_nothing_the_second_time(store: &dyn Store) {
+    let org = "conformance-revoke";
+    let token = record(org, 1);
+    insert(store, &token, 1).await;
+    let at = Timestamp::from_micros(5_000);
+    let revoke = event(org, 2, AuditAction::Revoked, vec![token.id]);
+    let first = store
+        .revoke_token(token.id, at, &revoke)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.newly_revoked);
+    assert_eq!(first.record.revoked_at, Some(at));
+    let again = event(org, 3, AuditAction::Revoked, vec![token.id]);
+    let second = store
+        .revoke_token(token.id, Timestamp::from_micros(9_000), &again)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!second.newly_revoked);
+    assert_eq!(second.record.revoked_at, Some(at), "the first time stands");
+    let stored = store.token_by_id(token.id).await.unwrap().unwrap();
+    assert_eq!(stored.revoked_at, Some(at));
+    let missing = TokenId::from_bytes([0xee; 16]);
+    assert!(
+        store
+            .revoke_token(missing, at, &revoke)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn revoke_all_revokes_the_live_matches_in_batches(store: &dyn Store) {
+    let org = "conformance-revoke-all";
+    let n = REVOKE_ALL_BATCH as u32 + 30;
+    for i in 1..=n {
+        insert(store, &record(org, i), u128::from(i)).await;
+    }
+    // One revoked before: not the RevokeAll's doing.
+    let early = record(org, 1);
+    let at = Timestamp::from_micros(5_000);
+    store
+        .revoke_token(early.id, at, &event(org, 900, AuditAction::Revoked, vec![]))
+        .await
+        .unwrap();
+    let query = TokenQuery {
+        kind: Some(TokenKind::Service),
+        include_revoked: false,
+        ..all_of(org)
+    };
+    let mut revoked = RevokedAll::default();
+    let all = event(org, 1_000, AuditAction::RevokedAll, Vec::new());
+    store
+        .revoke_all(&query, at, &all, &mut revoked)
+        .await
+        .unwrap();
+    assert_eq!(revoked.count, u64::from(n - 1));
+    assert_eq!(revoked.digests.len(), (n - 1) as usize);
+    for i in 2..=n {
+        let token = record(org, i);
+        assert!(revoked.digests.contains(&token.secrets[0].digest));
+        let stored = store.token_by_id(token.id).await.unwrap().unwrap();
+        assert_eq!(stored.revoked_at, Some(at));
+    }
+    let events = store
+        .list_audit(&audit_of(org, Some(AuditAction::RevokedAll)), None, 500)
+        .await
+        .unwrap()
+        .events;
+    let named: usize = events.iter().map(|e| e.target_token_ids.len()).sum();
+    assert_eq!(named, (n - 1) as usize, "every token named once");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.target_token_ids.len() <= REVOKE_ALL_IDS_PER_EVENT)
+    );
+
+    let mut again = RevokedAll::default();
+    let second = event(org, 2_000, AuditAction::RevokedAll, Vec::new());
+    store
+        .revoke_all(&query, at, &second, &mut again)
+        .await
+        .unwrap();
+    assert_eq!(again, RevokedAll::default(), "nothing left to revoke");
+}
+
+pub async fn rotation_adds_a_secret_and_refuses_revoked_tokens(store: &dyn Store) {
+    let org = "conformance-rotate";
+    let token = record(org, 1);
+    insert(store, &token, 1).await;
+    let now = Timestamp::from_micros(10_000);
+    let new_secret = StoredSecret {
+        key_id: 1,
+        digest: key().digest("rotated"),
+        hint: String::new(),
+        retired_at: None,
+    };
+    let rotation = Rotation {
+        now,
+        new_secret: new_secret.clone(),
+        old_retired_at: Timestamp::from_micros(20_000),
+        forget_retired_before: now,
+    };
+    let rotate = event(org, 2, AuditAction::Rotated, vec![token.id]);
+    match store
+        .rotate_token(token.id, &rotation, &rotate)
+        .await
+        .unwrap()
+    {
+        RotateOutcome::Rotated { record, forgotten } => {
+            assert_eq!(record.secrets[0], new_secret);
+            assert!(forgotten.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    let by_new = store.token_by_digest(&new_secret.digest).await.unwrap();
+    assert_eq!(by_new.map(|r| r.id), Some(token.id));
+    let by_old = store
+        .token_by_digest(&token.secrets[0].digest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        by_old.secrets[1].retired_at,
+        Some(Timestamp::from_micros(20_000)),
+        "the old secret works until its grace ends"
+    );
+    assert!(matches!(
+        store
+            .rotate_token(TokenId::from_bytes([0xef; 16]), &rotation, &rotate)
+            .await
+            .unwrap(),
+        RotateOutcome::NotFound
+    ));
+    store
+        .revoke_token(token.id, now, &event(org, 3, AuditAction::Revoked, vec![]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .rotate_token(token.id, &rotation, &rotate)
+            .await
+            .unwrap(),
+        RotateOutcome::Revoked
+    ));
+}
+
+pub async fn a_full_quota_refuses_and_writes_nothing(store: &dyn Store) {
+    let org = "conformance-quota";
+    let quotas = Quotas {
+        service_per_workspace: Some(2),
+        ..Quotas::NONE
+    };
+    for n in 1..=3u32 {
+        let token = record(org, n);
+        let outcome = store
+            .insert_token(
+                &token,
+                &quotas,
+                &event(org, u128::from(n), AuditAction::Issued, vec![token.id]),
+            )
+            .await
+            .unwrap();
+        if n <= 2 {
+            assert_eq!(outcome, InsertOutcome::Inserted);
+        } else {
+            let InsertOutcome::QuotaReached(reached) = outcome else {
+                panic!("the third token fits a quota of two: {outcome:?}");
+            };
+            assert_eq!(reached.quota, Quota::ServicePerWorkspace);
+            assert_eq!(reached.limit, 2);
+            assert!(store.token_by_id(token.id).await.unwrap().is_none());
+        }
+    }
+    let issued = store
+        .list_audit(&audit_of(org, Some(AuditAction::Issued)), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(issued.events.len(), 2, "no event for the refused token");
+}
+
+fn audit_of(org: &str, action: Option<AuditAction>) -> AuditQuery {
+    AuditQuery {
+        org_id: org.into(),
+        workspace_id: None,
+        token_id: None,
+        actor: None,
+        action,
+        start: None,
+        end: None,
+    }
+}
+
+pub async fn audit_events_are_listed_newest_first(store: &dyn Store) {
+    let org = "conformance-audit";
+    for n in 1..=5 {
+        store
+            .append_audit(&event(org, n, AuditAction::Denied, Vec::new()))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_audit(&audit_of(org, None), after, 2)
+            .await
+            .unwrap();
+        seen.extend(page.events.iter().map(|e| e.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<EventId> = (1..=5)
+        .rev()
+        .map(|n| event(org, n, AuditAction::Denied, Vec::new()).id)
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+pub async fn usage_is_added_up_and_listed(store: &dyn Store) {
+    let org = "conformance-usage";
+    let token = record(org, 1).id;
+    let use_at = |minute: i64, count: u64| UsageRecord {
+        org_id: org.into(),
+        token_id: token,
+        permission: "test_api:run".into(),
+        decision: Reason::Ok,
+        minute: Timestamp::from_micros(minute * 60_000_000),
+        count,
+    };
+    store
+        .record_usage(&[use_at(1, 2), use_at(2, 1)])
+        .await
+        .unwrap();
+    store.record_usage(&[use_at(1, 3)]).await.unwrap();
+    let query = UsageQuery {
+        org_id: org.into(),
+        token_id: Some(token),
+        start: None,
+        end: None,
+    };
+    let page = store.list_usage(&query, None, 10).await.unwrap();
+    let counts: Vec<(Timestamp, u64)> = page.records.iter().map(|r| (r.minute, r.count)).collect();
+    assert_eq!(
+        counts,
+        vec![(use_at(1, 0).minute, 5), (use_at(2, 0).minute, 1)],
+        "oldest minute first, counts of one minute added up"
+    );
+}

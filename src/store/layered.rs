@@ -1,0 +1,248 @@
+//! One forwarding wrapper for every [`Store`] that adds something around the
+//! calls of another (timing for metrics, faults and delays in the tests), so
+//! that the trait's methods are written out once here instead of once per
+//! wrapper. A wrapper is a [`Hook`]: what to do before each operation (it
+//! may refuse it) and after it.
+
+use std::{future::Future, sync::Arc, time::Duration, time::Instant};
+
+use async_trait::async_trait;
+
+use super::{
+    AuditPage, InsertOutcome, Invalidation, Page, PageRequest, Revocation, RevokedAll,
+    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+};
+use crate::domain::{
+    audit::{AuditEvent, AuditQuery},
+    ids::{EventId, TokenId},
+    quota::Quotas,
+    secret::Digest,
+    time::Timestamp,
+    token::TokenRecord,
+    usage::{UsageQuery, UsageRecord},
+};
+
+/// A [`Store`] operation, named as the `tokenauth.store.duration` metric names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    InsertToken,
+    TokenByDigest,
+    TokenById,
+    ListTokens,
+    RevokeToken,
+    RevokeAll,
+    RotateToken,
+    AppendAudit,
+    ListAudit,
+    PruneAudit,
+    RecordUsage,
+    ListUsage,
+    PruneUsage,
+    LastUsed,
+    RecordLastUsed,
+    PepperChecks,
+    AddPepperCheck,
+    IsEmpty,
+    Backup,
+    CountTokens,
+    ProbeWrite,
+    Durable,
+}
+
+impl Operation {
+    /// The method's name, as in the `operation` label of the metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InsertToken => "insert_token",
+            Self::TokenByDigest => "token_by_digest",
+            Self::TokenById => "token_by_id",
+            Self::ListTokens => "list_tokens",
+            Self::RevokeToken => "revoke_token",
+            Self::RevokeAll => "revoke_all",
+            Self::RotateToken => "rotate_token",
+            Self::AppendAudit => "append_audit",
+            Self::ListAudit => "list_audit",
+            Self::PruneAudit => "prune_audit",
+            Self::RecordUsage => "record_usage",
+            Self::ListUsage => "list_usage",
+            Self::PruneUsage => "prune_usage",
+            Self::LastUsed => "last_used",
+            Self::RecordLastUsed => "record_last_used",
+            Self::PepperChecks => "pepper_checks",
+            Self::AddPepperCheck => "add_pepper_check",
+            Self::IsEmpty => "is_empty",
+            Self::Backup => "backup",
+            Self::CountTokens => "count_tokens",
+            Self::ProbeWrite => "probe_write",
+            Self::Durable => "durable",
+        }
+    }
+}
+
+/// What a [`Layered`] store does around each call of the store it wraps.
+pub trait Hook: Send + Sync + 'static {
+    /// Before `operation` reaches the inner store; an error is returned in
+    /// its place, and the inner store is not called.
+    fn before(&self, operation: Operation) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = operation;
+        async { Ok(()) }
+    }
+
+    /// After the inner store answered `operation` (whether it succeeded or
+    /// not), which took `elapsed`.
+    fn after(&self, operation: Operation, elapsed: Duration) -> impl Future<Output = ()> + Send {
+        let _ = (operation, elapsed);
+        async {}
+    }
+}
+
+/// `inner`, with `hook` around every call. The invalidation feed is passed
+/// through untouched.
+pub struct Layered<H> {
+    inner: Arc<dyn Store>,
+    hook: H,
+}
+
+impl<H: Hook> Layered<H> {
+    /// `hook` is anything a hook is made from (so that a wrapper's old
+    /// constructor, `MeteredStore::new(store, metrics)`, still reads so).
+    pub fn new(inner: Arc<dyn Store>, hook: impl Into<H>) -> Self {
+        Self {
+            inner,
+            hook: hook.into(),
+        }
+    }
+}
+
+macro_rules! around {
+    ($self:ident, $operation:ident, $call:expr) => {{
+        $self.hook.before(Operation::$operation).await?;
+        let started = Instant::now();
+        let result = $call.await;
+        $self
+            .hook
+            .after(Operation::$operation, started.elapsed())
+            .await;
+        result
+    }};
+}
+
+#[async_trait]
+impl<H: Hook> Store for Layered<H> {
+    async fn insert_token(
+        &self,
+        record: &TokenRecord,
+        quotas: &Quotas,
+        event: &AuditEvent,
+    ) -> Result<InsertOutcome, StoreError> {
+        around!(
+            self,
+            InsertToken,
+            self.inner.insert_token(record, quotas, event)
+        )
+    }
+    async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        around!(self, TokenByDigest, self.inner.token_by_digest(digest))
+    }
+    async fn token_by_id(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        around!(self, TokenById, self.inner.token_by_id(id))
+    }
+    async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError> {
+        around!(self, ListTokens, self.inner.list_tokens(query, page))
+    }
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<Revocation>, StoreError> {
+        around!(self, RevokeToken, self.inner.revoke_token(id, at, event))
+    }
+    async fn revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        event: &AuditEvent,
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        around!(
+            self,
+            RevokeAll,
+            self.inner.revoke_all(query, at, event, revoked)
+        )
+    }
+    async fn rotate_token(
+        &self,
+        id: TokenId,
+        rotation: &Rotation,
+        event: &AuditEvent,
+    ) -> Result<RotateOutcome, StoreError> {
+        around!(
+            self,
+            RotateToken,
+            self.inner.rotate_token(id, rotation, event)
+        )
+    }
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        around!(self, AppendAudit, self.inner.append_audit(event))
+    }
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        around!(self, ListAudit, self.inner.list_audit(query, after, limit))
+    }
+    async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
+        around!(self, PruneAudit, self.inner.prune_audit(before))
+    }
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        around!(self, RecordUsage, self.inner.record_usage(records))
+    }
+    async fn list_usage(
+        &self,
+        query: &UsageQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<UsagePage, StoreError> {
+        around!(self, ListUsage, self.inner.list_usage(query, after, limit))
+    }
+    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
+        around!(self, PruneUsage, self.inner.prune_usage(before))
+    }
+    async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
+        around!(self, LastUsed, self.inner.last_used(ids))
+    }
+    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
+        around!(self, RecordLastUsed, self.inner.record_last_used(uses))
+    }
+    async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
+        around!(self, PepperChecks, self.inner.pepper_checks())
+    }
+    async fn add_pepper_check(&self, key_id: u32, check: [u8; 32]) -> Result<(), StoreError> {
+        around!(
+            self,
+            AddPepperCheck,
+            self.inner.add_pepper_check(key_id, check)
+        )
+    }
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        around!(self, IsEmpty, self.inner.is_empty())
+    }
+    async fn backup(&self, path: &std::path::Path) -> Result<u64, StoreError> {
+        around!(self, Backup, self.inner.backup(path))
+    }
+    async fn count_tokens(&self, now: Timestamp) -> Result<TokenCounts, StoreError> {
+        around!(self, CountTokens, self.inner.count_tokens(now))
+    }
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        around!(self, ProbeWrite, self.inner.probe_write())
+    }
+    async fn durable(&self) -> Result<(), StoreError> {
+        around!(self, Durable, self.inner.durable())
+    }
+    fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
+        self.inner.take_invalidations()
+    }
+}

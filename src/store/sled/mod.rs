@@ -1,0 +1,762 @@
+//! The embedded sled store.
+//!
+//! Trees (key layouts in `keys`): `tokens` (id -> record), `digests`
+//! (digest -> id), three token indexes (by org; by org and workspace; by org
+//! and owner) so that listing reads one prefix instead of the whole
+//! database, `live` (the tokens not revoked, by owner, kind and workspace,
+//! ordered by expiry: what quotas count and RevokeAll revokes), `audit` and
+//! `audit_by_time`, three usage trees, `last_used` and `meta`.
+//!
+//! Token writes take one process-wide write lock while they apply (in memory,
+//! microseconds), so that a quota's count and the insert it admits, and each
+//! of RevokeAll's scans and its writes, are one atomic step with respect to
+//! every other write, and commit through one multi-tree sled transaction
+//! with their audit events, so that a crash never leaves a change without
+//! its event or half a change. A RevokeAll takes the lock once per batch of
+//! tokens and hands it to the next waiter in between, so that another
+//! organization's revoke never waits for more than one batch; its own
+//! organization's issues wait for the whole RevokeAll (`keyed_locks`). Concurrent issuances share one such
+//! transaction (sled writes and syncs its log at every transaction commit,
+//! so one per token was the ceiling of IssueToken). The flush that makes
+//! them durable happens after the lock is released and is shared between
+//! concurrent writers (see `group_commit`).
+
+use std::{ops::Bound, path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use sled::{
+    Transactional, Tree,
+    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
+};
+
+pub mod backup;
+mod group_commit;
+mod trees;
+
+use self::group_commit::GroupCommit;
+use self::trees::{
+    InsertQueue, PendingInsert, Trees, be_u64, disk_takes_writes, drain_inserts, open_db,
+    read_watermark,
+};
+use super::{
+    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN,
+    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
+    keyed_locks::KeyedLocks,
+    keys::{
+        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, index_key, live_keys,
+        prefix, usage_keys,
+    },
+    records::{decode_audit, decode_token, encode_audit, encode_token},
+};
+use crate::domain::{
+    audit::{AuditEvent, AuditQuery},
+    changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
+    ids::{EventId, TokenId},
+    quota::{QuotaReached, Quotas},
+    secret::Digest,
+    time::Timestamp,
+    token::TokenRecord,
+    usage::{UsageQuery, UsageRecord},
+};
+
+/// A file in sled's directory holding the number of the last flush that
+/// completed, written after it (see [`SledStore::open`]).
+const WATERMARK_FILE: &str = "tokenauth.flushed";
+/// The `meta` key each flush writes its own number under, before flushing.
+const FLUSH_SEQ: &[u8] = b"flush_seq";
+/// How much a data directory must take, and sync, before a store stuck on an
+/// I/O error is worth a restart: two of sled's 512 KiB log segments, so that
+/// a restart does not find the disk full again at its first write.
+const DISK_PROBE_BYTES: usize = 1 << 20;
+/// Most index entries one list call examines before returning a short page.
+const MAX_SCAN_PER_PAGE: usize = 5_000;
+
+/// Bytes of pages sled keeps in memory unless told otherwise (sled's own default).
+pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
+
+/// A [`Store`] in an embedded sled database.
+pub struct SledStore {
+    trees: Arc<Trees>,
+    /// Held shared by the writes that do not take the write lock (audit
+    /// events of refusals, usage, last use, pruning), and exclusively by a
+    /// backup, so that a backup sees no write half-done across trees. Async,
+    /// so that writes waiting for a backup hold no blocking thread (Check's
+    /// store reads need those), and taken by a backup before the write lock,
+    /// so that token writes do not wait for a long prune.
+    side_writes: Arc<tokio::sync::RwLock<()>>,
+    /// Held by RevokeAll (exclusively) and issues (shared), per organization.
+    org_locks: KeyedLocks,
+    commit: GroupCommit,
+    dir: std::path::PathBuf,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        match error {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(error.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(error: TransactionError<StoreError>) -> Self {
+        match error {
+            TransactionError::Abort(inner) => inner,
+            TransactionError::Storage(inner) => inner.into(),
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`, and refuses a damaged one:
+    /// sled checksums what it reads, but it treats a damaged record near the
+    /// end of its log as the torn tail of a crash and silently drops it and
+    /// everything after it, acknowledged writes included. So every flush
+    /// first writes its own number into the database, and once the flush has
+    /// completed, into a watermark file beside it; a database holding an
+    /// older number than the watermark has lost acknowledged writes. The
+    /// watermark is not synced: the log it vouches for was synced before it
+    /// was written, so after a power loss it can only lag (and miss a
+    /// detection), never raise a false one. The trees are then checked
+    /// against each other (`Trees::verify`).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, SLED_DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// [`SledStore::open`], keeping at most `cache_capacity` bytes of pages
+    /// in memory (`[sled] cache_capacity`).
+    pub fn open_with_cache(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+        let db = open_db(dir, cache_capacity)?;
+        let open = |name: &str| db.open_tree(name);
+        let trees = Arc::new(Trees {
+            tokens: open(keys::TOKENS)?,
+            digests: open(keys::DIGESTS)?,
+            by_org: open(keys::BY_ORG)?,
+            by_workspace: open(keys::BY_WORKSPACE)?,
+            by_owner: open(keys::BY_OWNER)?,
+            live: open(keys::LIVE)?,
+            audit: open(keys::AUDIT)?,
+            audit_by_time: open(keys::AUDIT_BY_TIME)?,
+            usage_by_time: open(keys::USAGE_BY_TIME)?,
+            usage_by_org: open(keys::USAGE_BY_ORG)?,
+            usage_by_token: open(keys::USAGE_BY_TOKEN)?,
+            last_used: open(keys::LAST_USED)?,
+            meta: open(keys::META)?,
+            write_lock: parking_lot::Mutex::new(()),
+            inserts: std::sync::Mutex::new(InsertQueue::default()),
+            #[cfg(test)]
+            fail_audit: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            transactions_before_failure: std::sync::atomic::AtomicI64::new(-1),
+            #[cfg(test)]
+            usage_writes_before_failure: std::sync::atomic::AtomicI64::new(-1),
+            db,
+        });
+        let watermark_path = dir.join(WATERMARK_FILE);
+        let flushed = read_watermark(&watermark_path)?;
+        let held = match trees.meta.get(FLUSH_SEQ)? {
+            Some(bytes) => be_u64(&bytes, "the flush number")?,
+            None => 0,
+        };
+        if held < flushed {
+            return Err(StoreError::Corrupt(format!(
+                "the database in {} has lost acknowledged writes: it ends at flush {held}, \
+                 but flush {flushed} had completed (sled drops all that follows a damaged \
+                 record in its log); restore it from a backup",
+                dir.display()
+            )));
+        }
+        let live = trees.verify().map_err(|error| {
+            StoreError::Corrupt(format!(
+                "the database in {} is damaged: {error}; restore it from a backup",
+                dir.display()
+            ))
+        })?;
+        trees.keep_live_index(&live)?;
+        let watermark = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&watermark_path)
+            .map_err(|e| unavailable(format_args!("{}: {e}", watermark_path.display())))?;
+        let sequence = std::sync::atomic::AtomicU64::new(held);
+        // sled's flush ends in sync_file_range, which persists neither the
+        // log file's size nor the drive's write cache (sled issue #1452); an
+        // fdatasync of the log file after it does both. Group commit shares
+        // that cost between concurrent writers.
+        let log = std::fs::File::open(dir.join("db")).map_err(unavailable)?;
+        let flushing = Arc::clone(&trees);
+        let commit = GroupCommit::start(move || {
+            use std::os::unix::fs::FileExt;
+            let number = sequence.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            flushing
+                .meta
+                .insert(FLUSH_SEQ, &number.to_be_bytes())
+                .map_err(|e| e.to_string())?;
+            flushing.db.flush().map_err(|e| e.to_string())?;
+            log.sync_data().map_err(|e| e.to_string())?;
+            watermark
+                .write_all_at(&number.to_be_bytes(), 0)
+                .map_err(|e| format!("writing the flush watermark: {e}"))
+        })
+        .map_err(unavailable)?;
+        Ok(Self {
+            trees,
+            side_writes: Arc::new(tokio::sync::RwLock::new(())),
+            org_locks: KeyedLocks::default(),
+            commit,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Test-only fault: lets `writes` usage writes through, then fails one.
+    #[cfg(test)]
+    pub(crate) fn fail_usage_write_after(&self, writes: i64) {
+        self.trees
+            .usage_writes_before_failure
+            .store(writes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes the health probe's marker and waits for it to be durable.
+    async fn write_marker(&self) -> Result<(), StoreError> {
+        let now = Timestamp::now().as_micros().to_be_bytes();
+        self.write(move |t| {
+            t.meta.insert(b"health_probe", &now)?;
+            Ok(())
+        })
+        .await?;
+        self.commit.durable().await
+    }
+
+    /// The entries of tree `name` under `prefix`, in key order (for
+    /// `tokenauth migrate`, with the server stopped).
+    pub(super) fn scan_tree(&self, name: &str, prefix: &[u8]) -> Result<sled::Iter, StoreError> {
+        Ok(self.trees.db.open_tree(name)?.scan_prefix(prefix))
+    }
+
+    /// Runs `apply` under the write lock on a blocking thread.
+    async fn write<T, F>(&self, apply: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    {
+        let trees = Arc::clone(&self.trees);
+        tokio::task::spawn_blocking(move || {
+            let _guard = trees.write_lock.lock();
+            apply(&trees)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// [`Self::write`], then the lock goes to the writer that has waited
+    /// longest, if any, before this caller can take it again: for a caller
+    /// that writes in a series (RevokeAll), so that others' writes go
+    /// between its steps rather than after the whole series.
+    async fn write_handing_over<T, F>(&self, apply: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    {
+        let trees = Arc::clone(&self.trees);
+        tokio::task::spawn_blocking(move || {
+            let guard = trees.write_lock.lock();
+            let applied = apply(&trees);
+            parking_lot::MutexGuard::unlock_fair(guard);
+            applied
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Runs `apply`, a write that needs no ordering with token changes, on a
+    /// blocking thread; only a backup waits for it (see `side_writes`).
+    async fn side_write<T, F>(&self, apply: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.side_writes).read_owned().await;
+        self.read(move |trees| {
+            let _shared = shared;
+            apply(trees)
+        })
+        .await
+    }
+
+    /// Runs `read` on a blocking thread (for scans that may take a while).
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    {
+        let trees = Arc::clone(&self.trees);
+        tokio::task::spawn_blocking(move || read(&trees))
+            .await
+            .map_err(unavailable)?
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    /// Concurrent issuances share one sled transaction: each sled
+    /// transaction ends in a log write that waits for the disk
+    /// (`sync_file_range`, about 200 µs here), so one per token capped
+    /// IssueToken near 2,500 tokens/s whatever the concurrency. The first
+    /// insert to find no writer becomes it: on a blocking thread it takes
+    /// everything queued, writes it in one transaction under the write
+    /// lock, answers each, and repeats until the queue is empty; inserts
+    /// that arrive meanwhile wait for the next round. Each token is still
+    /// written atomically with its audit event; a failed batch is retried
+    /// token by token, so one bad write fails only its own caller.
+    async fn insert_token(
+        &self,
+        record: &TokenRecord,
+        quotas: &Quotas,
+        event: &AuditEvent,
+    ) -> Result<InsertOutcome, StoreError> {
+        // No token of an organization is issued while a RevokeAll of it runs.
+        let _org = self.org_locks.shared(&record.org_id).await;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let become_writer = {
+            let mut queue = self.trees.inserts.lock().unwrap_or_else(|e| e.into_inner());
+            queue.pending.push(PendingInsert {
+                record: record.clone(),
+                quotas: *quotas,
+                event: event.clone(),
+                done,
+            });
+            !std::mem::replace(&mut queue.draining, true)
+        };
+        if become_writer {
+            let trees = Arc::clone(&self.trees);
+            // Not awaited: the writer serves every waiter, this one included.
+            drop(tokio::task::spawn_blocking(move || drain_inserts(&trees)));
+        }
+        outcome
+            .await
+            .map_err(|_| unavailable("the token writer stopped"))?
+    }
+
+    async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        // On a blocking thread, though a read from sled's page cache takes
+        // microseconds: a page not in it is a disk read, and inline that
+        // would stall every task on this worker, cache hits included (a flood
+        // of 1,000 new unknown tokens over 1,000,000 stored held one cache-hit
+        // Check for 7.5 s so; see BENCHMARKS.md, "Floods").
+        let digest = *digest;
+        self.read(move |t| {
+            let Some(id) = t.digests.get(digest.0)? else {
+                return Ok(None);
+            };
+            let bytes: [u8; 16] = id
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("digest index value".into()))?;
+            t.record(TokenId::from_bytes(bytes))
+        })
+        .await
+    }
+
+    async fn token_by_id(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(move |t| t.record(id)).await
+    }
+
+    async fn list_tokens(&self, query: &TokenQuery, page: PageRequest) -> Result<Page, StoreError> {
+        let query = query.clone();
+        self.read(move |t| t.scan(&query, page, MAX_SCAN_PER_PAGE))
+            .await
+    }
+
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<Revocation>, StoreError> {
+        let event = event.clone();
+        self.write(move |t| {
+            t.transaction(|tx| {
+                let outcome = tx.revoke(id, at)?;
+                if outcome.as_ref().is_some_and(|o| o.newly_revoked) {
+                    tx.append_audit(&event)?;
+                }
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    async fn revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        event: &AuditEvent,
+        revoked: &mut RevokedAll,
+    ) -> Result<(), StoreError> {
+        let scope = keys::live_scope(query).ok_or(StoreError::Unsupported(
+            "a RevokeAll names an owner or a kind",
+        ))?;
+        let (low, high) = keys::live_range(&scope, at.saturating_sub(REVOKE_ALL_EXPIRED_MARGIN));
+        // From the first step to the last, no token of the organization is
+        // issued; revokes of single tokens may go between steps (a token one
+        // of them revokes is out of the live index before the next step).
+        let _org = self.org_locks.exclusive(&query.org_id).await;
+        let (mut from, mut progress) = (Bound::Included(low), RevokeAllProgress::default());
+        loop {
+            let (query, event, range) = (query.clone(), event.clone(), (from, high.clone()));
+            let step = self
+                .write_handing_over(move |t| t.revoke_all_step(&query, at, &event, range, progress))
+                .await?;
+            revoked.digests.extend(step.digests);
+            revoked.count = step.progress.revoked;
+            progress = step.progress;
+            match step.next {
+                Some(after) => from = Bound::Excluded(after),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn rotate_token(
+        &self,
+        id: TokenId,
+        rotation: &Rotation,
+        event: &AuditEvent,
+    ) -> Result<RotateOutcome, StoreError> {
+        let (rotation, event) = (rotation.clone(), event.clone());
+        self.write(move |t| {
+            t.transaction(|tx| {
+                let Some(record) = tx.record(id)? else {
+                    return Ok(RotateOutcome::NotFound);
+                };
+                let outcome = rotate_record(record, &rotation);
+                if let RotateOutcome::Rotated { record, forgotten } = &outcome {
+                    for digest in forgotten {
+                        tx.digests.remove(&digest.0)?;
+                    }
+                    tx.digests
+                        .insert(&rotation.new_secret.digest.0, &id.to_bytes())?;
+                    tx.put(record)?;
+                    tx.append_audit(&event)?;
+                }
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.side_write(move |t| {
+            (&t.audit, &t.audit_by_time)
+                .transaction(|(audit, by_time)| {
+                    audit.insert(audit_key(&event.org_id, event.id), encode_audit(&event))?;
+                    by_time.insert(audit_time_key(event.id, &event.org_id), &[])?;
+                    Ok(())
+                })
+                .map_err(|e: TransactionError<StoreError>| e.into())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let query = query.clone();
+        self.read(move |t| t.scan_audit(&query, after, limit)).await
+    }
+
+    async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.side_write(move |t| {
+            let end = EventId::first_at(before).to_bytes();
+            let mut pruned = 0;
+            for entry in t.audit_by_time.range(..end.to_vec()) {
+                let (key, _) = entry?;
+                let corrupt = || StoreError::Corrupt("audit time key".into());
+                let id: [u8; 16] = key
+                    .get(..16)
+                    .ok_or_else(corrupt)?
+                    .try_into()
+                    .map_err(|_| corrupt())?;
+                let (org, _) = keys::take_part(&key[16..]).ok_or_else(corrupt)?;
+                // The event first: a crash in between leaves the time entry, and
+                // the next prune finishes the job.
+                t.audit.remove(audit_key(org, EventId::from_bytes(id)))?;
+                t.audit_by_time.remove(&key)?;
+                pruned += 1;
+            }
+            Ok(pruned)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .trees
+            .usage_writes_before_failure
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            return Err(StoreError::Unavailable(
+                "injected usage write failure".into(),
+            ));
+        }
+        let records = records.to_vec();
+        self.side_write(move |t| {
+            (&t.usage_by_time, &t.usage_by_org, &t.usage_by_token)
+                .transaction(|(by_time, by_org, by_token)| {
+                    for record in &records {
+                        let keys = usage_keys(record);
+                        for (tree, key) in [by_time, by_org, by_token].iter().zip(&keys) {
+                            let old = tree
+                                .get(key)?
+                                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                                .map_or(0, u64::from_be_bytes);
+                            tree.insert(
+                                key.as_slice(),
+                                &old.saturating_add(record.count).to_be_bytes(),
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e: TransactionError<StoreError>| e.into())
+        })
+        .await
+    }
+
+    async fn list_usage(
+        &self,
+        query: &UsageQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<UsagePage, StoreError> {
+        let query = query.clone();
+        let after = after.map(<[u8]>::to_vec);
+        self.read(move |t| {
+            let (tree, prefix) = match query.token_id {
+                Some(id) => (&t.usage_by_token, id.to_bytes().to_vec()),
+                None => (&t.usage_by_org, prefix(&[&query.org_id])),
+            };
+            let bound = |at: Option<Timestamp>, default: i64| {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&keys::sortable_i64(
+                    at.map_or(default, Timestamp::as_micros),
+                ));
+                key
+            };
+            let low = bound(query.start, i64::MIN);
+            let high = bound(query.end, i64::MAX);
+            // A cursor outside this listing's range (tampered) just starts at its beginning.
+            let start = match after {
+                Some(after) if after >= low && after < high => Bound::Excluded(after),
+                _ => Bound::Included(low),
+            };
+            let mut records = Vec::new();
+            for entry in tree.range((start, Bound::Excluded(high))) {
+                let (key, value) = entry?;
+                if records.len() == limit {
+                    let next = records
+                        .last()
+                        .map(|(k, _): &(Vec<u8>, UsageRecord)| k.clone());
+                    return Ok(UsagePage {
+                        records: records.into_iter().map(|(_, r)| r).collect(),
+                        next,
+                    });
+                }
+                let record =
+                    decode_usage_tail(&query.org_id, query.token_id, &key[prefix.len()..], &value)?;
+                records.push((key.to_vec(), record));
+            }
+            Ok(UsagePage {
+                records: records.into_iter().map(|(_, r)| r).collect(),
+                next: None,
+            })
+        })
+        .await
+    }
+
+    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.side_write(move |t| {
+            let end = keys::sortable_i64(before.as_micros());
+            let mut pruned = 0;
+            for entry in t.usage_by_time.range(..end.to_vec()) {
+                let (key, value) = entry?;
+                let corrupt = || StoreError::Corrupt("usage time key".into());
+                let minute = key.get(..8).ok_or_else(corrupt)?;
+                let (org, tail) = keys::take_part(&key[8..]).ok_or_else(corrupt)?;
+                let mut tail_with_minute = minute.to_vec();
+                tail_with_minute.extend_from_slice(tail);
+                let record = decode_usage_tail(org, None, &tail_with_minute, &value)?;
+                let [_, by_org, by_token] = usage_keys(&record);
+                // The indexes first: a crash in between leaves the time entry,
+                // and the next prune finishes the job.
+                t.usage_by_org.remove(by_org)?;
+                t.usage_by_token.remove(by_token)?;
+                t.usage_by_time.remove(&key)?;
+                pruned += 1;
+            }
+            Ok(pruned)
+        })
+        .await
+    }
+
+    async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
+        // A page of listing is up to 500 reads: not on a runtime worker.
+        let ids = ids.to_vec();
+        self.read(move |t| {
+            ids.iter()
+                .map(|id| {
+                    Ok(t.last_used
+                        .get(id.to_bytes())?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                        .map(|b| Timestamp::from_micros(i64::from_be_bytes(b))))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
+        let uses = uses.to_vec();
+        self.side_write(move |t| {
+            for (id, at) in uses {
+                // Keep the latest: a slow flush must not move last-use backwards.
+                t.last_used.fetch_and_update(id.to_bytes(), |old| {
+                    let old = old
+                        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                        .map_or(i64::MIN, i64::from_be_bytes);
+                    Some(old.max(at.as_micros()).to_be_bytes().to_vec())
+                })?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
+        self.trees
+            .meta
+            .scan_prefix(keys::PEPPER_CHECK_PREFIX)
+            .map(|entry| {
+                let (key, value) = entry?;
+                let corrupt = || StoreError::Corrupt("pepper check entry".into());
+                let id_bytes: [u8; 4] = key[keys::PEPPER_CHECK_PREFIX.len()..]
+                    .try_into()
+                    .map_err(|_| corrupt())?;
+                let check: [u8; 32] = value.as_ref().try_into().map_err(|_| corrupt())?;
+                Ok((u32::from_be_bytes(id_bytes), check))
+            })
+            .collect()
+    }
+
+    async fn add_pepper_check(&self, key_id: u32, check: [u8; 32]) -> Result<(), StoreError> {
+        self.write(move |t| {
+            t.meta.insert(keys::pepper_check_key(key_id), &check)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.trees.tokens.is_empty()
+            && self
+                .trees
+                .meta
+                .scan_prefix(keys::PEPPER_CHECK_PREFIX)
+                .next()
+                .is_none())
+    }
+
+    async fn backup(&self, path: &Path) -> Result<u64, StoreError> {
+        let path = path.to_owned();
+        // With side writes held off, then under the write lock: no change
+        // lands while the trees are read, so the file is one moment's state.
+        let exclusive = Arc::clone(&self.side_writes).write_owned().await;
+        self.write(move |t| {
+            let _exclusive = exclusive;
+            backup::write(&t.db, &path)
+        })
+        .await
+    }
+
+    async fn count_tokens(&self, now: Timestamp) -> Result<super::TokenCounts, StoreError> {
+        self.read(move |t| {
+            let mut counts: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
+            for entry in t.tokens.iter() {
+                let (_, value) = entry?;
+                let record = decode_token(&value)?;
+                *counts.entry((record.kind, record.state(now))).or_default() += 1;
+            }
+            Ok(counts
+                .into_iter()
+                .map(|((kind, state), n)| (kind, state, n))
+                .collect())
+        })
+        .await
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let Err(error) = self.write_marker().await else {
+            return Ok(());
+        };
+        // sled keeps the first I/O error it meets (a full or read-only disk)
+        // and fails every later write with it until it is reopened, even once
+        // the disk is fine again. When the disk itself takes writes and the
+        // store still does not, only a restart helps: reopening in place
+        // could acknowledge a write applied to the old instance and lost
+        // with it.
+        let dir = self.dir.clone();
+        let disk = tokio::task::spawn_blocking(move || disk_takes_writes(&dir))
+            .await
+            .map_err(unavailable)?;
+        if disk.is_err() {
+            return Err(error);
+        }
+        self.write_marker().await.map_err(|again| {
+            StoreError::NeedsRestart(format!(
+                "the disk takes writes again, but the store still fails them ({again})"
+            ))
+        })
+    }
+
+    async fn durable(&self) -> Result<(), StoreError> {
+        self.commit.durable().await
+    }
+}
+
+/// Waits until no sled instance in this process holds the database at
+/// `dir` (sled's lock on its `db` file). Dropping a `sled::Db` does not
+/// close it at once: work on sled's shared thread pool may keep it open for
+/// a while, more so when other tests keep that pool busy, and a test that
+/// reopens or edits the files before then sees the old instance's lock or
+/// writes.
+#[cfg(test)]
+pub(crate) fn wait_until_closed(dir: &Path) {
+    let Ok(file) = std::fs::File::open(dir.join("db")) else {
+        return; // no database yet: nothing holds it
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(error) = file.try_lock() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sled never let go of {}: {error}",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    file.unlock().unwrap();
+}
+
+#[cfg(test)]
+mod tests;
