@@ -67,6 +67,30 @@ pub fn index_key(parts: &[&str], id: TokenId) -> Vec<u8> {
     key
 }
 
+/// The three index keys of `record` (by org; by org and workspace; by org
+/// and owner, empty for a service token, which has none).
+pub fn index_entries(record: &TokenRecord) -> [Vec<u8>; 3] {
+    [
+        index_key(&[&record.org_id], record.id),
+        index_key(&[&record.org_id, &record.workspace_id], record.id),
+        if record.owner_user_id.is_empty() {
+            Vec::new()
+        } else {
+            index_key(&[&record.org_id, &record.owner_user_id], record.id)
+        },
+    ]
+}
+
+/// Which of [`index_entries`]' indexes serves `query` with the narrowest
+/// scan (its position), and the key prefix to scan.
+pub fn index_scope(query: &TokenQuery) -> (usize, Vec<u8>) {
+    match (&query.owner_user_id, &query.workspace_id) {
+        (Some(owner), _) => (2, prefix(&[&query.org_id, owner])),
+        (None, Some(ws)) => (1, prefix(&[&query.org_id, ws])),
+        (None, None) => (0, prefix(&[&query.org_id])),
+    }
+}
+
 /// The token id at the end of an index key.
 pub fn id_of_index_key(key: &[u8]) -> Option<TokenId> {
     let start = key.len().checked_sub(16)?;

@@ -15,6 +15,8 @@ pub mod conformance;
 mod keyed_locks;
 mod keys;
 pub mod layered;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod metered;
 pub mod migrate;
 pub mod postgres;

@@ -43,8 +43,8 @@ use super::{
     Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{
-        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, index_key, live_keys,
-        prefix, usage_keys,
+        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, live_keys, prefix,
+        usage_keys,
     },
     records::{decode_audit, decode_token, encode_audit, encode_token},
 };

@@ -161,18 +161,6 @@ pub(super) fn disk_takes_writes(dir: &Path) -> std::io::Result<()> {
     outcome.and(removed)
 }
 
-pub(super) fn index_entries(record: &TokenRecord) -> [Vec<u8>; 3] {
-    [
-        index_key(&[&record.org_id], record.id),
-        index_key(&[&record.org_id, &record.workspace_id], record.id),
-        if record.owner_user_id.is_empty() {
-            Vec::new()
-        } else {
-            index_key(&[&record.org_id, &record.owner_user_id], record.id)
-        },
-    ]
-}
-
 /// What a new token's transaction writes besides its record's fields.
 pub(super) struct Prepared {
     pub(super) encoded: Vec<u8>,
@@ -184,7 +172,7 @@ impl Prepared {
     pub(super) fn of(record: &TokenRecord) -> Self {
         Self {
             encoded: encode_token(record),
-            indexes: index_entries(record),
+            indexes: keys::index_entries(record),
             live: if record.revoked_at.is_none() {
                 live_keys(record)
             } else {
@@ -579,11 +567,9 @@ impl Trees {
 
     /// The index and key prefix that serve `query` with the narrowest scan.
     pub(super) fn index_for(&self, query: &TokenQuery) -> (&Tree, Vec<u8>) {
-        match (&query.owner_user_id, &query.workspace_id) {
-            (Some(owner), _) => (&self.by_owner, prefix(&[&query.org_id, owner])),
-            (None, Some(ws)) => (&self.by_workspace, prefix(&[&query.org_id, ws])),
-            (None, None) => (&self.by_org, prefix(&[&query.org_id])),
-        }
+        let (index, prefix) = keys::index_scope(query);
+        let trees = [&self.by_org, &self.by_workspace, &self.by_owner];
+        (trees[index], prefix)
     }
 
     /// Matching records, newest first, starting after `page.after`.
