@@ -1,5 +1,6 @@
-//! A token authority over a sled store in a temporary directory, for the
-//! service's unit tests: no network, no server, the real store and cache.
+//! A token authority over the in-memory store, for the service's unit
+//! tests: no network, no server, no disk; the real cache, and a store that
+//! passes the same contract as sled and PostgreSQL (`store::conformance`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,7 +21,7 @@ use crate::{
         token::{NewToken, TokenKind},
     },
     metrics::Metrics,
-    store::{SledStore, Store},
+    store::{Store, memory::MemoryStore},
 };
 
 /// The control-plane credential the fixture accepts (by its SHA-256).
@@ -29,12 +30,10 @@ pub(super) const CONTROL_PLANE: &str = "the control plane's credential";
 pub(super) struct Fixture {
     pub authority: TokenAuthority,
     pub store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
 }
 
 pub(super) fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let mut policy = Config::default().policy().unwrap();
     policy.control_plane = vec![ControlPlaneCredential {
         name: "cp".into(),
@@ -59,11 +58,7 @@ pub(super) fn fixture() -> Fixture {
         recorder,
         metrics,
     );
-    Fixture {
-        authority,
-        store,
-        _dir: dir,
-    }
+    Fixture { authority, store }
 }
 
 /// What a call from 127.0.0.1 presenting `bearer` (if any) carries.
