@@ -1,6 +1,7 @@
 //! The contract every [`Store`] keeps, as cases each backend must pass (the
-//! shape of quickwit's `metastore_test_suite!`): sled runs them in the unit
-//! tests (`store::sled::tests::conformance`), PostgreSQL in the integration
+//! shape of quickwit's `metastore_test_suite!`): sled and the in-memory
+//! store run them in the unit tests (`store::sled::tests::conformance`,
+//! `store::memory::tests::conformance`), PostgreSQL in the integration
 //! tests (`store_conformance::postgres_keeps_the_store_contract`, on a
 //! throwaway cluster), through [`run_all`]. Every case works in an
 //! organization of its own, so that they can share one store.
