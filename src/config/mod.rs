@@ -985,7 +985,7 @@ mod tests {
     /// code defaults to.
     #[test]
     fn the_configuration_page_lists_the_defaults() {
-        let page = include_str!("../docs/operate/configuration.md");
+        let page = include_str!("../../docs/operate/configuration.md");
         let block = page
             .split_once("The whole file, with every default:\n\n```toml\n")
             .and_then(|(_, rest)| rest.split_once("```"))
