@@ -1,6 +1,6 @@
 //! `[ext_authz]`: the route rules of the Envoy ext_authz endpoint, as the TOML
 //! file spells them, and their validation into the domain's
-//! [`ExtAuthzPolicy`]. Kept apart from `config.rs` because it is one feature's
+//! [`ExtAuthzPolicy`]. Kept apart from `config/mod.rs` because it is one feature's
 //! settings; `Config` holds it as one field.
 //!
 //! ```toml

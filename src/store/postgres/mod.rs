@@ -23,16 +23,23 @@
 //! for. Refusal events, which callers do not wait for, are written with
 //! `synchronous_commit = off`, so a flood of refusals cannot cost a WAL flush
 //! each.
+//!
+//! This file holds the store and its `Store` impl; `tokens.rs` the parts of
+//! the token writes (advisory locks, quota counts, the revocation log append,
+//! RevokeAll's session and steps, the listing filter), `activity.rs` the
+//! audit and usage tables.
 
+mod activity;
 mod connect;
 mod feed;
 pub(super) mod schema;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 pub use self::connect::{Transport, transport};
 pub use self::schema::schema_version;
-use self::{connect::*, feed::*, schema::*};
+use self::{activity::*, connect::*, feed::*, schema::*, tokens::*};
 use std::{
     collections::HashMap,
     path::Path,
@@ -77,30 +84,6 @@ use crate::domain::{
 
 /// The channel NOTIFY wakes replicas on.
 const CHANNEL: &str = "tokenauth_revocations";
-/// Most audit rows one list call examines before returning a short page.
-const MAX_SCAN_PER_PAGE: usize = 5_000;
-/// Rows fetched per round trip while scanning the audit log.
-const AUDIT_BATCH: i64 = 500;
-/// An organisation's token set, as an advisory lock (two int4 keys: a
-/// class of our own, then the org id's hash; the schema lock is a one-key
-/// lock, which lives apart). Issuing takes it shared, for its transaction,
-/// and RevokeAll exclusively, for its session (a RevokeAll is several
-/// transactions), so that no token of the organisation commits between a
-/// RevokeAll's first selection and its last commit: under READ COMMITTED,
-/// a token committed after a selection's snapshot would otherwise be
-/// issued, acknowledged and left live while the RevokeAll still runs.
-/// Orgs whose ids share a hash only wait for each other a little.
-const LOCK_ORG_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(7411, hashtext($1))";
-/// See [`LOCK_ORG_SHARED`].
-const LOCK_ORG_SESSION: &str = "SELECT pg_advisory_lock(7411, hashtext($1))";
-const UNLOCK_ORG_SESSION: &str = "SELECT pg_advisory_unlock(7411, hashtext($1))";
-/// The issues that count against one member's quota (class 7412) or one
-/// organisation's service-token quotas (7413) take this, for their
-/// transaction, before they count: two of them never both see the last
-/// free slot.
-const LOCK_QUOTA: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-/// A token's expiry as the live indexes order it: never-expiring tokens last.
-const EXPIRY: &str = "COALESCE(expires_at_us, 9223372036854775807)";
 /// Most time a prune of the revocation log may take (a tokio timeout, and
 /// the statement timeout of its transaction): it runs beside the follower,
 /// never in its way, but must not hold a pooled connection for long.
@@ -279,290 +262,6 @@ impl PostgresStore {
 
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         Ok(self.pool.get().await?)
-    }
-}
-
-/// Inserts `event` within a transaction.
-async fn insert_audit(client: &impl GenericClient, event: &AuditEvent) -> Result<(), StoreError> {
-    let statement = client
-        .prepare_cached("INSERT INTO audit (key, id, event) VALUES ($1, $2, $3)")
-        .await?;
-    client
-        .execute(
-            &statement,
-            &[
-                &audit_key(&event.org_id, event.id),
-                &event.id.to_bytes().as_slice(),
-                &encode_audit(event),
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Appends the digests that a change took out of service to the revocation
-/// log, and wakes the other replicas when the transaction commits.
-async fn log_revocation(
-    client: &impl GenericClient,
-    digests: Vec<Vec<u8>>,
-) -> Result<(), StoreError> {
-    if digests.is_empty() {
-        return Ok(());
-    }
-    let seq: i64 = client
-        .query_one(
-            "UPDATE revocation_clock SET seq = seq + 1 RETURNING seq",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    client
-        .execute(
-            "INSERT INTO revocations (seq, digests) VALUES ($1, $2)",
-            &[&seq, &digests],
-        )
-        .await?;
-    client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
-        .await?;
-    Ok(())
-}
-
-async fn update_record(
-    client: &impl GenericClient,
-    record: &TokenRecord,
-) -> Result<(), StoreError> {
-    client
-        .execute(
-            "UPDATE tokens SET record = $2, revoked_at_us = $3 WHERE id = $1",
-            &[
-                &record.id.to_bytes().as_slice(),
-                &encode_token(record),
-                &record.revoked_at.map(Timestamp::as_micros),
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// The advisory lock ([`LOCK_QUOTA`]) an issue of `record` takes before it
-/// counts, as (class, key); `None` if no quota applies.
-fn quota_lock(record: &TokenRecord, quotas: &Quotas) -> Option<(i32, String)> {
-    if quotas.applying_to(record).is_empty() {
-        return None;
-    }
-    Some(match record.kind {
-        // Ids are printable ASCII without spaces: the space cannot be confused.
-        TokenKind::Personal => (7412, format!("{} {}", record.org_id, record.owner_user_id)),
-        TokenKind::Service => (7413, record.org_id.clone()),
-    })
-}
-
-/// Whether an issue of `record` would exceed one of `quotas` (`None` if
-/// not), counted inside the issue's transaction after taking the quota's
-/// `lock`, so that the count holds until the issue commits.
-async fn quota_reached(
-    tx: &impl GenericClient,
-    record: &TokenRecord,
-    quotas: &Quotas,
-    (class, key): (i32, String),
-) -> Result<Option<QuotaReached>, StoreError> {
-    let lock = tx.prepare_cached(LOCK_QUOTA).await?;
-    tx.execute(&lock, &[&class, &key]).await?;
-    let live_after = Timestamp::now().as_micros();
-    for (quota, limit) in quotas.applying_to(record) {
-        let limit_rows = i64::from(limit);
-        let (scope, params): (&str, Vec<&(dyn ToSql + Sync)>) = match quota {
-            Quota::PersonalPerMember => (
-                "owner_user_id = $4",
-                vec![
-                    &record.org_id,
-                    &live_after,
-                    &limit_rows,
-                    &record.owner_user_id,
-                ],
-            ),
-            Quota::ServicePerOrganization => {
-                ("kind = 2", vec![&record.org_id, &live_after, &limit_rows])
-            }
-            Quota::ServicePerWorkspace => (
-                "kind = 2 AND workspace_id = $4",
-                vec![
-                    &record.org_id,
-                    &live_after,
-                    &limit_rows,
-                    &record.workspace_id,
-                ],
-            ),
-        };
-        let sql = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM tokens WHERE org_id = $1 AND {scope} \
-             AND revoked_at_us IS NULL AND {EXPIRY} > $2 LIMIT $3) AS live"
-        );
-        let count = tx.prepare_cached(&sql).await?;
-        let count: i64 = tx.query_one(&count, &params).await?.try_get(0)?;
-        if count >= i64::from(limit) {
-            return Ok(Some(QuotaReached { quota, limit }));
-        }
-    }
-    Ok(None)
-}
-
-/// A pooled connection holding an organisation's lock for a whole
-/// RevokeAll ([`LOCK_ORG_SESSION`]). Dropped without [`OrgSession::release`]
-/// (an error, or its task stopped), it closes the connection rather than
-/// return it to the pool: ending the session releases the lock.
-struct OrgSession {
-    client: Option<deadpool_postgres::Object>,
-}
-
-impl OrgSession {
-    async fn lock(client: deadpool_postgres::Object, org: &str) -> Result<Self, StoreError> {
-        let mut session = Self {
-            client: Some(client),
-        };
-        session.client()?.execute(LOCK_ORG_SESSION, &[&org]).await?;
-        Ok(session)
-    }
-
-    fn client(&mut self) -> Result<&mut deadpool_postgres::Object, StoreError> {
-        self.client
-            .as_mut()
-            .ok_or_else(|| unavailable("the RevokeAll's connection is gone"))
-    }
-
-    async fn release(mut self, org: &str) -> Result<(), StoreError> {
-        self.client()?.execute(UNLOCK_ORG_SESSION, &[&org]).await?;
-        // Unlocked: back to the pool.
-        drop(self.client.take());
-        Ok(())
-    }
-}
-
-impl Drop for OrgSession {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(client));
-        }
-    }
-}
-
-/// What one transaction of a RevokeAll did.
-struct RevokeAllStep {
-    digests: Vec<Digest>,
-    progress: RevokeAllProgress,
-    /// Nothing of the scope is left.
-    last: bool,
-}
-
-/// One transaction of a RevokeAll: up to [`REVOKE_ALL_BATCH`] live tokens of
-/// `query`'s scope, revoked with their audit events and log entry.
-async fn revoke_all_step(
-    client: &mut deadpool_postgres::Object,
-    query: &TokenQuery,
-    at: Timestamp,
-    event: &AuditEvent,
-    before: RevokeAllProgress,
-) -> Result<RevokeAllStep, StoreError> {
-    let mut filter = Filter::new(query);
-    filter.push(
-        &format!("{EXPIRY} >="),
-        Box::new(at.saturating_sub(REVOKE_ALL_EXPIRED_MARGIN).as_micros()),
-    );
-    let tx = client.transaction().await?;
-    let select = format!(
-        "SELECT record FROM tokens WHERE {} ORDER BY {EXPIRY}, id LIMIT {REVOKE_ALL_BATCH} \
-         FOR UPDATE",
-        filter.sql
-    );
-    let rows = tx.query(&select, &filter.params()).await?;
-    let candidates = rows.iter().map(record_of).collect::<Result<Vec<_>, _>>()?;
-    // With LIMIT, FOR UPDATE may skip rows that a concurrent revoke
-    // changed while it waited for them, and so select fewer than there are:
-    // whether any is left is a plain read (which sees this transaction's
-    // own selection as not yet revoked, hence the exclusion).
-    let selected: Vec<Vec<u8>> = candidates
-        .iter()
-        .map(|r| r.id.to_bytes().to_vec())
-        .collect();
-    filter.params.push(Box::new(selected));
-    filter
-        .sql
-        .push_str(&format!(" AND NOT id = ANY(${})", filter.params.len()));
-    let left: bool = tx
-        .query_one(
-            &format!("SELECT EXISTS (SELECT 1 FROM tokens WHERE {})", filter.sql),
-            &filter.params(),
-        )
-        .await?
-        .try_get(0)?;
-    let batch = revoke_all_batch(candidates, |r| query.matches(r), at, event, before, !left);
-    let ids: Vec<Vec<u8>> = batch
-        .revoked
-        .iter()
-        .map(|r| r.id.to_bytes().to_vec())
-        .collect();
-    let encoded: Vec<Vec<u8>> = batch.revoked.iter().map(encode_token).collect();
-    tx.execute(
-        "UPDATE tokens AS t SET record = u.record, revoked_at_us = $3 \
-         FROM unnest($1::bytea[], $2::bytea[]) AS u(id, record) WHERE t.id = u.id",
-        &[&ids, &encoded, &at.as_micros()],
-    )
-    .await?;
-    for event in &batch.events {
-        insert_audit(&tx, event).await?;
-    }
-    log_revocation(&tx, digests_of(&batch.revoked)).await?;
-    tx.commit().await?;
-    Ok(RevokeAllStep {
-        digests: batch
-            .revoked
-            .iter()
-            .flat_map(|r| r.secrets.iter().map(|s| s.digest))
-            .collect(),
-        progress: batch.progress,
-        last: !left,
-    })
-}
-
-/// The WHERE clause (after `org_id = $1`) and parameters of `query`.
-struct Filter {
-    sql: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl Filter {
-    fn new(query: &TokenQuery) -> Self {
-        let mut filter = Self {
-            sql: "org_id = $1".to_owned(),
-            params: vec![Box::new(query.org_id.clone())],
-        };
-        if let Some(ws) = &query.workspace_id {
-            filter.push("workspace_id =", Box::new(ws.clone()));
-        }
-        if let Some(owner) = &query.owner_user_id {
-            filter.push("owner_user_id =", Box::new(owner.clone()));
-        }
-        if let Some(kind) = query.kind {
-            filter.push("kind =", Box::new(kind_number(kind) as i16));
-        }
-        if !query.include_revoked {
-            filter.sql.push_str(" AND revoked_at_us IS NULL");
-        }
-        filter
-    }
-
-    fn push(&mut self, condition: &str, value: Box<dyn ToSql + Sync + Send>) {
-        self.params.push(value);
-        self.sql
-            .push_str(&format!(" AND {condition} ${}", self.params.len()));
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect()
     }
 }
 
@@ -801,42 +500,7 @@ impl Store for PostgresStore {
         after: Option<EventId>,
         limit: usize,
     ) -> Result<AuditPage, StoreError> {
-        let client = self.client().await?;
-        let (low, mut high) = audit_scan_range(query, after);
-        let statement = client
-            .prepare_cached(
-                "SELECT key, event FROM audit WHERE key >= $1 AND key < $2 \
-                 ORDER BY key DESC LIMIT $3",
-            )
-            .await?;
-        let mut events = Vec::new();
-        let mut last_examined = None;
-        let mut scanned = 0;
-        loop {
-            let rows = client
-                .query(&statement, &[&low, &high, &AUDIT_BATCH])
-                .await?;
-            for row in &rows {
-                if events.len() == limit || scanned == MAX_SCAN_PER_PAGE {
-                    return Ok(AuditPage {
-                        events,
-                        next: last_examined,
-                    });
-                }
-                let event = decode_audit(row.try_get::<_, &[u8]>("event")?)?;
-                scanned += 1;
-                last_examined = Some(event.id);
-                if query.matches(&event) {
-                    events.push(event);
-                }
-            }
-            match rows.last() {
-                Some(row) if rows.len() as i64 == AUDIT_BATCH => {
-                    high = row.try_get::<_, Vec<u8>>("key")?;
-                }
-                _ => return Ok(AuditPage { events, next: None }),
-            }
-        }
+        self.scan_audit(query, after, limit).await
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
@@ -849,37 +513,7 @@ impl Store for PostgresStore {
     }
 
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // One upsert may not touch a row twice: merge repeats first.
-        let mut merged: HashMap<Vec<u8>, (Vec<u8>, i64, u64)> = HashMap::new();
-        for record in records {
-            let [_, by_org, by_token] = usage_keys(record);
-            let entry = merged
-                .entry(by_org)
-                .or_insert((by_token, record.minute.as_micros(), 0));
-            entry.2 = entry.2.saturating_add(record.count);
-        }
-        let mut org_keys = Vec::with_capacity(merged.len());
-        let mut token_keys = Vec::with_capacity(merged.len());
-        let mut minutes = Vec::with_capacity(merged.len());
-        let mut counts = Vec::with_capacity(merged.len());
-        for (org_key, (token_key, minute, count)) in merged {
-            org_keys.push(org_key);
-            token_keys.push(token_key);
-            minutes.push(minute);
-            counts.push(i64::try_from(count).unwrap_or(i64::MAX));
-        }
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO usage (org_key, token_key, minute_us, count) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
-                 ON CONFLICT (org_key) DO UPDATE SET count = CASE \
-                   WHEN usage.count > 9223372036854775807 - EXCLUDED.count \
-                   THEN 9223372036854775807 ELSE usage.count + EXCLUDED.count END",
-                &[&org_keys, &token_keys, &minutes, &counts],
-            )
-            .await?;
-        Ok(())
+        self.add_usage(records).await
     }
 
     async fn list_usage(
@@ -888,47 +522,7 @@ impl Store for PostgresStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<UsagePage, StoreError> {
-        let (column, prefix) = match query.token_id {
-            Some(id) => ("token_key", id.to_bytes().to_vec()),
-            None => ("org_key", prefix(&[&query.org_id])),
-        };
-        let bound = |at: Option<Timestamp>, default: i64| {
-            let mut key = prefix.clone();
-            key.extend_from_slice(&sortable_i64(at.map_or(default, Timestamp::as_micros)));
-            key
-        };
-        let low = bound(query.start, i64::MIN);
-        let high = bound(query.end, i64::MAX);
-        let (start, start_op) = match after {
-            Some(after) if after >= low.as_slice() && after < high.as_slice() => (after, ">"),
-            _ => (low.as_slice(), ">="),
-        };
-        let sql = format!(
-            "SELECT {column}, count FROM usage WHERE {column} {start_op} $1 AND {column} < $2 \
-             ORDER BY {column} LIMIT $3"
-        );
-        let client = self.client().await?;
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
-        let rows = client.query(&sql, &[&start, &high, &fetch]).await?;
-        let mut records = Vec::with_capacity(rows.len().min(limit));
-        let mut last_key = None;
-        for row in rows.iter().take(limit) {
-            let key: &[u8] = row.try_get(0)?;
-            let count: i64 = row.try_get(1)?;
-            let tail = key
-                .get(prefix.len()..)
-                .ok_or_else(|| StoreError::Corrupt("usage key".into()))?;
-            let count = u64::try_from(count).unwrap_or(0).to_be_bytes();
-            records.push(decode_usage_tail(
-                &query.org_id,
-                query.token_id,
-                tail,
-                &count,
-            )?);
-            last_key = Some(key.to_vec());
-        }
-        let next = if rows.len() > limit { last_key } else { None };
-        Ok(UsagePage { records, next })
+        self.scan_usage(query, after, limit).await
     }
 
     async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
