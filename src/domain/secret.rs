@@ -6,8 +6,8 @@
 //! lets a typo'd or truncated token be refused without touching storage, and
 //! lets secret scanners recognise a leaked token with no false positives.
 //!
-//! Only HMAC-SHA256(pepper, secret) is stored. The pepper (see `crate::pepper`)
-//! is a set of keys with ids, so it can be rotated: new secrets are digested
+//! Only HMAC-SHA256(pepper, secret) is stored. The pepper (read from its file
+//! outside the domain) is a set of keys with ids, so it can be rotated: new secrets are digested
 //! with the newest key, and secrets issued before a rotation still verify
 //! under the key they were issued with.
 

@@ -16,7 +16,7 @@ use crate::domain::{
     quota::Quota,
     time::Timestamp,
     token::{TokenKind, TokenRecord},
-    usage::UsageRecord,
+    usage::{UsageQuery, UsageRecord},
 };
 
 /// Names of the trees.
@@ -350,6 +350,39 @@ pub fn decode_usage_tail(
         minute: Timestamp::from_micros(i64_from_sortable(minute)),
         count: u64::from_be_bytes(count),
     })
+}
+
+/// Which usage index a listing reads: by token when the query names one,
+/// else by organization.
+pub enum UsageIndex {
+    ByToken,
+    ByOrg,
+}
+
+/// The keys a usage listing reads, shared by every ordered store: the index,
+/// the key prefix its records share, where to start (after `after`, or at
+/// the range's beginning when the cursor lies outside it, as a tampered one
+/// may) and the key to stop before.
+pub fn usage_range(
+    query: &UsageQuery,
+    after: Option<Vec<u8>>,
+) -> (UsageIndex, Vec<u8>, std::ops::Bound<Vec<u8>>, Vec<u8>) {
+    let (index, prefix) = match query.token_id {
+        Some(id) => (UsageIndex::ByToken, id.to_bytes().to_vec()),
+        None => (UsageIndex::ByOrg, prefix(&[&query.org_id])),
+    };
+    let bound = |at: Option<Timestamp>, default: i64| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(&sortable_i64(at.map_or(default, Timestamp::as_micros)));
+        key
+    };
+    let low = bound(query.start, i64::MIN);
+    let high = bound(query.end, i64::MAX);
+    let start = match after {
+        Some(after) if after >= low && after < high => std::ops::Bound::Excluded(after),
+        _ => std::ops::Bound::Included(low),
+    };
+    (index, prefix, start, high)
 }
 
 #[cfg(test)]

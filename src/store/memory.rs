@@ -23,7 +23,7 @@ use super::{
     Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
     UsagePage,
     keyed_locks::KeyedLocks,
-    keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, prefix, usage_keys},
+    keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, usage_keys},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
@@ -241,23 +241,10 @@ impl State {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<UsagePage, StoreError> {
-        let (map, prefix) = match query.token_id {
-            Some(id) => (&self.usage_by_token, id.to_bytes().to_vec()),
-            None => (&self.usage_by_org, prefix(&[&query.org_id])),
-        };
-        let bound = |at: Option<Timestamp>, default: i64| {
-            let mut key = prefix.clone();
-            key.extend_from_slice(&keys::sortable_i64(
-                at.map_or(default, Timestamp::as_micros),
-            ));
-            key
-        };
-        let low = bound(query.start, i64::MIN);
-        let high = bound(query.end, i64::MAX);
-        // A cursor outside this listing's range (tampered) just starts at its beginning.
-        let start = match after {
-            Some(after) if after >= low && after < high => Bound::Excluded(after),
-            _ => Bound::Included(low),
+        let (index, prefix, start, high) = keys::usage_range(query, after);
+        let map = match index {
+            keys::UsageIndex::ByToken => &self.usage_by_token,
+            keys::UsageIndex::ByOrg => &self.usage_by_org,
         };
         let mut records = Vec::new();
         let mut last_key = None;

@@ -43,8 +43,7 @@ use super::{
     Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{
-        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, live_keys, prefix,
-        usage_keys,
+        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, live_keys, usage_keys,
     },
     records::{decode_audit, decode_token, encode_audit, encode_token},
 };
@@ -544,23 +543,10 @@ impl Store for SledStore {
         let query = query.clone();
         let after = after.map(<[u8]>::to_vec);
         self.read(move |t| {
-            let (tree, prefix) = match query.token_id {
-                Some(id) => (&t.usage_by_token, id.to_bytes().to_vec()),
-                None => (&t.usage_by_org, prefix(&[&query.org_id])),
-            };
-            let bound = |at: Option<Timestamp>, default: i64| {
-                let mut key = prefix.clone();
-                key.extend_from_slice(&keys::sortable_i64(
-                    at.map_or(default, Timestamp::as_micros),
-                ));
-                key
-            };
-            let low = bound(query.start, i64::MIN);
-            let high = bound(query.end, i64::MAX);
-            // A cursor outside this listing's range (tampered) just starts at its beginning.
-            let start = match after {
-                Some(after) if after >= low && after < high => Bound::Excluded(after),
-                _ => Bound::Included(low),
+            let (index, prefix, start, high) = keys::usage_range(&query, after);
+            let tree = match index {
+                keys::UsageIndex::ByToken => &t.usage_by_token,
+                keys::UsageIndex::ByOrg => &t.usage_by_org,
             };
             let mut records = Vec::new();
             for entry in tree.range((start, Bound::Excluded(high))) {
