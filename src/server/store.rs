@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::ServerError;
+use super::error::ServerError;
 use crate::{
     config::{Config, StoreKind},
     store::{
