@@ -7,8 +7,9 @@ use super::error::ServerError;
 use crate::{
     config::{Config, StoreKind},
     store::{
-        SledStore, Store,
+        Store,
         postgres::{FeedTiming, PostgresSettings, PostgresStore},
+        sled::SledStore,
     },
 };
 

@@ -131,10 +131,6 @@ impl Drop for PostgresStore {
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
-}
-
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
         // What the error is (its SQLSTATE, message, and the table and
@@ -214,7 +210,7 @@ impl PostgresStore {
                 .create_timeout(Some(settings.connect_timeout))
                 .recycle_timeout(Some(settings.connect_timeout))
                 .build()
-                .map_err(unavailable)
+                .map_err(StoreError::unavailable)
         };
         let pool = new_pool(settings.pool_size, &config)?;
         // The revocation log is read over a connection of its own: requests

@@ -157,7 +157,7 @@ impl OrgSession {
     pub(super) fn client(&mut self) -> Result<&mut deadpool_postgres::Object, StoreError> {
         self.client
             .as_mut()
-            .ok_or_else(|| unavailable("the RevokeAll's connection is gone"))
+            .ok_or_else(|| StoreError::unavailable("the RevokeAll's connection is gone"))
     }
 
     pub(super) async fn release(mut self, org: &str) -> Result<(), StoreError> {
