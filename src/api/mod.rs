@@ -8,7 +8,7 @@ pub mod check;
 pub(crate) mod convert;
 pub mod ext_authz;
 pub mod ext_authz_budget;
-pub mod request_id;
+pub mod request_context;
 pub mod status;
 pub mod tokens;
 
@@ -31,10 +31,10 @@ pub fn credentials_of<T>(request: &Request<T>, actor: Option<&proto::Actor>) -> 
     });
     // Set by the request-id layer for every call it serves.
     let request_id = metadata
-        .get(request_id::HEADER)
+        .get(request_context::HEADER)
         .and_then(|value| value.to_str().ok())
-        .filter(|id| request_id::is_valid(id))
-        .map_or_else(request_id::generate, str::to_owned);
+        .filter(|id| request_context::is_valid(id))
+        .map_or_else(request_context::generate, str::to_owned);
     Credentials {
         bearer,
         actor: actor.and_then(convert::actor_claim),
