@@ -35,8 +35,8 @@
 
 mod config_blocks;
 mod links;
-mod markdown;
-mod walkthrough;
+pub(crate) mod markdown;
+pub(crate) mod walkthrough;
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,7 @@ const DOCUMENTS: &[&str] = &[
     "docs/SUMMARY.md",
     "docs/concepts.md",
     "docs/api.md",
+    "docs/api-json.md",
     "docs/guarantees.md",
     "docs/operate/configuration.md",
     "docs/operate/observability.md",
@@ -139,6 +140,13 @@ fn part_of(example: &Example) -> Option<(usize, usize)> {
     best.map(|(_, at)| at)
 }
 
+/// Pages whose examples a test of their own runs, since they need more
+/// than a walkthrough starts: JSON over HTTP needs Envoy in front.
+const RUN_BY_THEIR_OWN_TEST: &[(&str, &str)] = &[(
+    crate::envoy::transcoder::DOCUMENT,
+    "envoy::transcoder::the_documented_curl_examples_run_as_shown",
+)];
+
 fn all_examples() -> Vec<Example> {
     DOCUMENTS.iter().flat_map(|f| examples(&path(f))).collect()
 }
@@ -169,6 +177,11 @@ fn every_example_belongs_to_a_walkthrough() {
     let lost: Vec<String> = examples
         .iter()
         .filter(|e| part_of(e).is_none())
+        .filter(|e| {
+            !RUN_BY_THEIR_OWN_TEST
+                .iter()
+                .any(|(file, _)| path(file) == e.block.file)
+        })
         .map(|e| format!("{} under {:?}", e.block.place(), e.block.headings))
         .collect();
     assert!(
