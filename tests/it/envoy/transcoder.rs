@@ -406,7 +406,7 @@ async fn errors_come_back_as_http_statuses_with_a_json_body() {
 
 /// `deploy/envoy/tokenauth.pb` is the descriptor set the build compiles
 /// from `proto/`. After a change to the protos, regenerate it with
-/// `TOKENAUTH_BLESS=1 cargo test --test it envoy::transcoder::shipped`.
+/// `scripts/openapi`.
 #[test]
 fn the_shipped_descriptor_set_is_the_one_the_build_compiles() {
     let path = repository().join("deploy/envoy/tokenauth.pb");
@@ -417,7 +417,7 @@ fn the_shipped_descriptor_set_is_the_one_the_build_compiles() {
     assert!(
         shipped == tokenauth::proto::FILE_DESCRIPTOR_SET,
         "deploy/envoy/tokenauth.pb differs from the build's descriptor set: \
-         TOKENAUTH_BLESS=1 cargo test --test it envoy::transcoder::shipped"
+         scripts/openapi"
     );
 }
 
