@@ -52,12 +52,15 @@ pub fn absolute(at: &prost_types::Timestamp) -> String {
 pub fn relative(at: &prost_types::Timestamp, now: i64) -> String {
     let delta = at.seconds.saturating_sub(now);
     let magnitude = delta.unsigned_abs();
+    // Rounded to the nearest unit: a token issued for 30 days reads
+    // "in 30d" a second later, not "in 29d".
+    let round = |unit: u64| (magnitude + unit / 2) / unit;
     let amount = match magnitude {
         0..=9 => return "now".into(),
         10..=119 => format!("{magnitude}s"),
-        120..=7_199 => format!("{}m", magnitude / 60),
-        7_200..=172_799 => format!("{}h", magnitude / 3_600),
-        _ => format!("{}d", magnitude / 86_400),
+        120..=7_199 => format!("{}m", round(60)),
+        7_200..=172_799 => format!("{}h", round(3_600)),
+        _ => format!("{}d", round(86_400)),
     };
     if delta < 0 {
         format!("{amount} ago")

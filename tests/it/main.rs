@@ -30,6 +30,7 @@ mod listing;
 mod logs;
 mod manifests;
 mod operations;
+mod operator;
 mod persistence;
 mod pg;
 mod races;
