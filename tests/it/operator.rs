@@ -728,3 +728,27 @@ fn the_client_variables_do_not_disturb_the_server_config() {
         .unwrap();
     assert!(output.status.success(), "{}", describe(&output));
 }
+
+#[tokio::test]
+async fn a_rotation_prints_the_new_secret_alone_and_the_token_as_rotating() {
+    let server = TestServer::start().await;
+    let cli = Operator::new(&server);
+    let issued = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let id = issued.token.as_ref().unwrap().id.clone();
+    let rotated = cli
+        .run(&[&["token", "rotate", &id, "--grace", "1h"][..], &ADMIN].concat())
+        .await;
+    assert!(rotated.status.success(), "{}", describe(&rotated));
+    let secret = String::from_utf8(rotated.stdout.clone()).unwrap();
+    assert_eq!(secret.lines().count(), 1, "{secret:?}");
+    let secret = secret.trim_end();
+    assert_ne!(secret, issued.secret);
+    let notes = stderr(&rotated);
+    assert!(notes.contains("status            rotating"), "{notes}");
+    assert!(notes.contains("old secret until"), "{notes}");
+    assert!(!notes.contains(secret), "{notes}");
+    for presented in [secret, issued.secret.as_str()] {
+        let decision = check(&server, presented, "scim:read", "org-1", "").await;
+        assert_eq!(decision.reason, Reason::Ok as i32);
+    }
+}
