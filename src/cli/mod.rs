@@ -137,7 +137,10 @@ pub enum Shell {
 
 /// Runs a `tokenauth token …` command against the server.
 pub fn token(client: &ClientArgs, command: TokenCommand) -> Result<(), CliError> {
-    runtime()?.block_on(token::run(client, command))
+    match command {
+        TokenCommand::Usage(args) => runtime()?.block_on(reports::usage(client, args)),
+        command => runtime()?.block_on(token::run(client, command)),
+    }
 }
 
 /// Runs a `tokenauth audit …` command against the server.

@@ -15,7 +15,7 @@ use tokenauth::proto::{
 use super::{
     CliError, ClientArgs, Kind, Output, Paging, Scope, TokenCommand, connect, json,
     pages::{self, Page, Printer},
-    reports, table,
+    table,
 };
 
 #[derive(Args, Debug)]
@@ -160,9 +160,6 @@ fn kind(kind: Option<Kind>) -> i32 {
 }
 
 pub async fn run(client: &ClientArgs, command: TokenCommand) -> Result<(), CliError> {
-    if let TokenCommand::Usage(args) = command {
-        return reports::usage(client, args).await;
-    }
     let mut tokens = connect::connect(client).await?.tokens;
     let mut out = std::io::stdout().lock();
     let now = table::now();
@@ -328,6 +325,7 @@ pub async fn run(client: &ClientArgs, command: TokenCommand) -> Result<(), CliEr
                 now,
             )
         }
+        // Dispatched by the caller (cli::token), to reports::usage.
         TokenCommand::Usage(_) => Ok(()),
     }
 }
