@@ -31,6 +31,7 @@ mod logs;
 mod manifests;
 mod openapi;
 mod operations;
+mod operator;
 mod persistence;
 mod pg;
 mod races;

@@ -10,8 +10,8 @@
 //!   compared by shape: the same keys at every level, arrays of the same
 //!   length, the same values, except a string ending in `...` (any longer
 //!   string that starts the same) and a time (any time). Text is compared
-//!   line by line; a shown `ERROR:` is grpcurl's report of a refused call
-//!   (stderr, failing exit status).
+//!   line by line; a shown `ERROR:` is grpcurl's report of a refused call,
+//!   and a shown `error:` tokenauth's (stderr, failing exit status).
 //! - Only these placeholders are filled in: `cargo run --release --` is the
 //!   built `tokenauth`; `localhost:50051` and `127.0.0.1:50051` get the port
 //!   of the server started last (servers listen on `127.0.0.1:0`, through
@@ -52,6 +52,7 @@ const DOCUMENTS: &[&str] = &[
     "docs/api-json.md",
     "docs/guarantees.md",
     "docs/operate/configuration.md",
+    "docs/operate/cli.md",
     "docs/operate/observability.md",
     "docs/operate/tls.md",
     "docs/operate/backup-restore.md",
@@ -93,6 +94,7 @@ const fn part(file: &'static str, section: &'static str) -> Part {
 const OPERATOR: &[Part] = &[
     part("README.md", "Quick start"),
     part("docs/api.md", "API, with grpcurl"),
+    part("docs/operate/cli.md", "The command line"),
     part("docs/deploy/envoy-istio.md", "Envoy and Istio (ext_authz)"),
     part("docs/deploy/kubernetes.md", "Deploying on Kubernetes"),
     part("docs/operate/configuration.md", "Configuration"),
@@ -191,7 +193,10 @@ fn every_example_belongs_to_a_walkthrough() {
     // Each shown output follows an example whose last command prints it.
     for document in DOCUMENTS {
         for block in markdown::blocks(&path(document)) {
-            if block.lang == "json" || (block.lang == "text" && block.text.starts_with("ERROR:")) {
+            if block.lang == "json"
+                || (block.lang == "text"
+                    && (block.text.starts_with("ERROR:") || block.text.starts_with("error:")))
+            {
                 assert!(
                     examples
                         .iter()
@@ -228,6 +233,11 @@ fn the_operator_walkthrough_runs_as_documented() {
         "tokenauth restore",
         "tokenauth pepper rotate",
         "tokenauth migrate",
+        "tokenauth token issue",
+        "tokenauth token list",
+        "tokenauth token rotate",
+        "tokenauth token revoke",
+        "tokenauth audit list",
     ] {
         assert!(ran(command), "{command} never ran: {transcript:#?}");
     }
