@@ -1,8 +1,9 @@
 //! The OpenAPI description of the JSON/HTTP face (docs/openapi.json),
 //! generated from the descriptor set the build compiles from `proto/`: the
 //! routes from each RPC's `google.api.http` rule, the schemas from its
-//! messages, in the JSON mapping the shipped transcoder prints (proto field
-//! names, enums by name, 64-bit integers and times as strings). It covers
+//! messages, in the JSON mapping the shipped transcoder prints (protobuf's
+//! canonical one: lowerCamelCase names, enums by name, 64-bit integers and
+//! times as strings; query parameters keep the proto names). It covers
 //! the services deploy/envoy/transcoder.yaml exposes. A test keeps the
 //! checked-in file equal to what this generates; after a change to the
 //! protos, `scripts/openapi` regenerates it.
@@ -228,7 +229,8 @@ fn schemas(types: &Types, roots: Vec<String>) -> Map<String, Value> {
             } else {
                 value
             };
-            properties.insert(field.name().to_owned(), schema);
+            assert!(!field.json_name().is_empty(), "protoc names every field's JSON name");
+            properties.insert(field.json_name().to_owned(), schema);
         }
         done.insert(name, json!({"type": "object", "properties": properties}));
     }
@@ -425,11 +427,11 @@ fn every_route_the_docs_list_is_described() {
     );
     let schemas = &description["components"]["schemas"];
     assert_eq!(
-        schemas["tokenauth.v1.Token"]["properties"]["expires_at"]["format"],
+        schemas["tokenauth.v1.Token"]["properties"]["expiresAt"]["format"],
         "date-time"
     );
     assert_eq!(
-        schemas["tokenauth.v1.RevokeAllResponse"]["properties"]["revoked_count"]["type"],
+        schemas["tokenauth.v1.RevokeAllResponse"]["properties"]["revokedCount"]["type"],
         "string"
     );
 }

@@ -195,7 +195,7 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
     let secret = issued.body["secret"].as_str().unwrap().to_owned();
     let id = issued.body["token"]["id"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tksat_"), "{issued:?}");
-    assert_eq!(issued.body["token"]["org_id"], "org-1");
+    assert_eq!(issued.body["token"]["orgId"], "org-1");
     assert_eq!(issued.body["token"]["kind"], "SERVICE");
     // The actor came from the headers: the audit log names it.
     let events = api
@@ -207,8 +207,8 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
         .await;
     assert_eq!(events.status, 200, "{events:?}");
     let first = &events.body["events"][0];
-    assert_eq!(first["target_token_ids"][0], id.as_str(), "{events:?}");
-    assert_eq!(first["actor"]["user_id"], "admin", "{events:?}");
+    assert_eq!(first["targetTokenIds"][0], id.as_str(), "{events:?}");
+    assert_eq!(first["actor"]["userId"], "admin", "{events:?}");
 
     // Two more, then the listing in pages of two.
     for name in ["ci-2", "ci-3"] {
@@ -226,7 +226,7 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
         .await;
     assert_eq!(first_page.status, 200, "{first_page:?}");
     assert_eq!(first_page.body["tokens"].as_array().unwrap().len(), 2);
-    let next = first_page.body["next_page_token"].as_str().unwrap();
+    let next = first_page.body["nextPageToken"].as_str().unwrap();
     assert!(!next.is_empty(), "{first_page:?}");
     let second_page = api
         .call(
@@ -237,18 +237,18 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
         .await;
     assert_eq!(second_page.status, 200, "{second_page:?}");
     assert_eq!(second_page.body["tokens"].as_array().unwrap().len(), 1);
-    assert_eq!(second_page.body["next_page_token"], "");
+    assert_eq!(second_page.body["nextPageToken"], "");
     // No secret is ever listed.
     assert!(!first_page.body.to_string().contains(&secret));
     assert!(!second_page.body.to_string().contains(&secret));
 
-    let check = json!({"token": secret, "permission": "scim:read", "org_id": "org-1"});
+    let check = json!({"token": secret, "permission": "scim:read", "orgId": "org-1"});
     let allowed = api
         .call_as(Method::POST, "/v1/check", Some(check.clone()), &[])
         .await;
     assert_eq!(allowed.status, 200, "{allowed:?}");
     assert_eq!(allowed.body["allowed"], true, "{allowed:?}");
-    assert_eq!(allowed.body["token_id"], id.as_str());
+    assert_eq!(allowed.body["tokenId"], id.as_str());
 
     let got = api
         .call(Method::GET, &format!("/v1/tokens/{id}"), None)
@@ -265,7 +265,7 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
         .await;
     assert_eq!(revoked.status, 200, "{revoked:?}");
     assert!(
-        revoked.body["token"]["revoked_at"].is_string(),
+        revoked.body["token"]["revokedAt"].is_string(),
         "{revoked:?}"
     );
     let denied = api
@@ -287,7 +287,7 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
         .call(
             Method::POST,
             &format!("/v1/tokens/{rot_id}:rotate"),
-            Some(json!({"grace_period": "3600s"})),
+            Some(json!({"gracePeriod": "3600s"})),
         )
         .await;
     assert_eq!(rotated.status, 200, "{rotated:?}");
@@ -297,7 +297,7 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
             .unwrap()
             .starts_with("tksat_")
     );
-    assert!(rotated.body["old_secret_expires_at"].is_string());
+    assert!(rotated.body["oldSecretExpiresAt"].is_string());
 
     let all = api
         .call(
@@ -308,7 +308,7 @@ async fn a_control_plane_issues_lists_checks_and_revokes_with_json_over_http() {
         .await;
     assert_eq!(all.status, 200, "{all:?}");
     // ci-2, ci-3 and the rotated one were live.
-    assert_eq!(all.body["revoked_count"], "3", "{all:?}");
+    assert_eq!(all.body["revokedCount"], "3", "{all:?}");
 }
 
 #[tokio::test]
