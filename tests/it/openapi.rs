@@ -229,7 +229,10 @@ fn schemas(types: &Types, roots: Vec<String>) -> Map<String, Value> {
             } else {
                 value
             };
-            assert!(!field.json_name().is_empty(), "protoc names every field's JSON name");
+            assert!(
+                !field.json_name().is_empty(),
+                "protoc names every field's JSON name"
+            );
             properties.insert(field.json_name().to_owned(), schema);
         }
         done.insert(name, json!({"type": "object", "properties": properties}));
