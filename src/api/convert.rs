@@ -316,6 +316,13 @@ impl TryFrom<proto::RevokeAllRequest> for TokenQuery {
 impl From<TokenView> for proto::Token {
     fn from(view: TokenView) -> Self {
         let hint = view.record.hint().to_owned();
+        let old_secret_expires_at = view
+            .record
+            .secrets
+            .iter()
+            .filter_map(|secret| secret.retired_at)
+            .max()
+            .map(timestamp_to_proto);
         let record = view.record;
         proto::Token {
             id: record.id.to_string(),
@@ -331,6 +338,7 @@ impl From<TokenView> for proto::Token {
             last_used_at: view.last_used_at.map(timestamp_to_proto),
             revoked_at: record.revoked_at.map(timestamp_to_proto),
             hint,
+            old_secret_expires_at,
         }
     }
 }

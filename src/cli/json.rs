@@ -117,6 +117,7 @@ pub fn token(token: &Token) -> Value {
         .time("lastUsedAt", token.last_used_at.as_ref())
         .time("revokedAt", token.revoked_at.as_ref())
         .string("hint", &token.hint)
+        .time("oldSecretExpiresAt", token.old_secret_expires_at.as_ref())
         .build()
 }
 

@@ -15,6 +15,7 @@ pub fn status(
     old_secret_until: Option<&prost_types::Timestamp>,
     now: i64,
 ) -> &'static str {
+    let old_secret_until = old_secret_until.or(token.old_secret_expires_at.as_ref());
     if token.revoked_at.is_some() {
         "revoked"
     } else if token
@@ -150,7 +151,7 @@ pub fn token_detail(
     if let Some(at) = &token.revoked_at {
         lines.push(("revoked", when(Some(at), now, "")));
     }
-    if let Some(at) = old_secret_until {
+    if let Some(at) = old_secret_until.or(token.old_secret_expires_at.as_ref()) {
         lines.push(("old secret until", when(Some(at), now, "")));
     }
     lines

@@ -751,4 +751,16 @@ async fn a_rotation_prints_the_new_secret_alone_and_the_token_as_rotating() {
         let decision = check(&server, presented, "scim:read", "org-1", "").await;
         assert_eq!(decision.reason, Reason::Ok as i32);
     }
+    // Listings and `get` say so too, from the token's own field.
+    let listed = cli.run(&[&["token", "list"][..], &ADMIN].concat()).await;
+    assert!(listed.status.success(), "{}", describe(&listed));
+    let row = String::from_utf8(listed.stdout.clone()).unwrap();
+    let row = row.lines().find(|l| l.starts_with(&id)).unwrap().to_owned();
+    assert!(row.contains("rotating"), "{row}");
+    let got = cli
+        .run(&[&["token", "get", &id][..], &ADMIN].concat())
+        .await;
+    let detail = String::from_utf8(got.stdout.clone()).unwrap();
+    assert!(detail.contains("status            rotating"), "{detail}");
+    assert!(detail.contains("old secret until"), "{detail}");
 }
