@@ -32,6 +32,7 @@ mod manifests;
 mod operations;
 mod persistence;
 mod pg;
+mod pki;
 mod races;
 mod reflection;
 mod replicas;
