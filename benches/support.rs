@@ -24,7 +24,7 @@ use tokenauth::{
         cache::{CacheSettings, TokenCache},
         recorder::Recorder,
     },
-    store::{SledStore, Store},
+    store::{Store, sled::SledStore},
 };
 
 /// Polls a future that completes without waiting (a cache hit never

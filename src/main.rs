@@ -319,7 +319,7 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
         eprintln!("error: {}: {error}", data_dir.display());
         return ExitCode::FAILURE;
     }
-    match tokenauth::store::backup::restore(from, &data_dir.join("db")) {
+    match tokenauth::store::sled::backup::restore(from, &data_dir.join("db")) {
         Ok(entries) => {
             println!(
                 "restored {entries} entries into {}. Put the pepper file that belongs with this \
@@ -394,7 +394,7 @@ async fn run_migration(
     if !source.exists() {
         return Err(format!("{}: no database here", source.display()));
     }
-    let from = tokenauth::store::SledStore::open(&source)
+    let from = tokenauth::store::sled::SledStore::open(&source)
         .map_err(|e| format!("{}: {e} (is its server still running?)", source.display()))?;
     let mut config = Config {
         store: args.to.clone(),

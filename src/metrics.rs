@@ -21,9 +21,9 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
-use crate::{
-    domain::token::{Reason, TokenKind, TokenState},
-    store::TokenCounts,
+use crate::domain::{
+    query::TokenCounts,
+    token::{Reason, TokenKind, TokenState},
 };
 
 /// Histogram buckets for latencies, in seconds: 10 µs to 5 s.

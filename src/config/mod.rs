@@ -467,7 +467,7 @@ pub struct SledConfig {
 impl Default for SledConfig {
     fn default() -> Self {
         Self {
-            cache_capacity: crate::store::SLED_DEFAULT_CACHE_CAPACITY,
+            cache_capacity: crate::store::sled::SLED_DEFAULT_CACHE_CAPACITY,
         }
     }
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tonic::{server::NamedService, transport::server::Router};
 use tonic_health::pb::health_server::{Health as HealthService, HealthServer};
 
-use super::ServerError;
+use super::error::ServerError;
 use crate::{
     api::{
         admin::AdminApi,

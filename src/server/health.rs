@@ -160,7 +160,7 @@ pub(super) fn serve_probes<H: tonic_health::pb::health_server::Health>(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     let connections = Connections::new(PROBE_CONNECTIONS, limits.idle_timeout, metrics);
-    let incoming = super::incoming(listener, limits, Arc::clone(&connections));
+    let incoming = super::grpc::incoming(listener, limits, Arc::clone(&connections));
     async move {
         let served = tonic::transport::Server::builder()
             .layer(CallTrackingLayer)

@@ -4,6 +4,7 @@
 //! the admin HTTP port (`admin_http`) and the background tasks (`tasks`).
 
 mod admin_http;
+mod error;
 mod grpc;
 mod health;
 mod store;
@@ -15,6 +16,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use self::{
+    error::ServerError,
     grpc::{Layers, grpc_server, incoming},
     store::{open_store, postgres_settings},
 };
@@ -23,10 +25,10 @@ use self::{
     tasks::{Background, count_tokens_forever, prune_forever},
 };
 use crate::{
-    config::{Config, ConfigError, StoreKind, ext_authz::ExtAuthzConfigError},
+    config::{Config, ConfigError, StoreKind},
     connections::Connections,
     metrics::Metrics,
-    pepper::{self, PepperError},
+    pepper,
     service::{
         ExtAuthz, TokenAuthority,
         cache::{CacheSettings, TokenCache, apply_invalidations},
@@ -34,45 +36,6 @@ use crate::{
     },
     store::{Store, StoreError, metered::MeteredStore},
 };
-
-/// Why the server could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    ExtAuthzConfig(#[from] ExtAuthzConfigError),
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("reading {path}: {source}")]
-    File {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("opening the database: {0}")]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Pepper(#[from] PepperError),
-    #[error("listening on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("stopping so that a restart reopens the database: {0}")]
-    StoreNeedsRestart(StoreError),
-    #[error("serving gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
-    #[error("TLS file {path}: {source}")]
-    TlsFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-}
 
 /// A started server. Drop it or call [`RunningServer::shutdown`] to stop.
 pub struct RunningServer {

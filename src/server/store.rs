@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use super::ServerError;
+use super::error::ServerError;
 use crate::{
     config::{Config, StoreKind},
     store::{
-        SledStore, Store,
+        Store,
         postgres::{FeedTiming, PostgresSettings, PostgresStore},
+        sled::SledStore,
     },
 };
 

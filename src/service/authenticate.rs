@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Error, TokenAuthority, refusals::Refusal};
+use super::{authority::TokenAuthority, error::Error, refusals::Refusal};
 use crate::domain::{
     caller::{Caller, Credentials, Method, Principal, validate_actor},
     ids::{TokenId, require_id},

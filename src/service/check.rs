@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use super::{Error, TokenAuthority, cache::CachedToken, refusals::append_refusal};
+use super::{
+    authority::TokenAuthority, cache::CachedToken, error::Error, refusals::append_refusal,
+};
 use crate::domain::{
     audit::{AuditEvent, AuditOutcome, Origin},
     caller::{ActorRef, Method},

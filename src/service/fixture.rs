@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    ControlPlaneCredential, TokenAuthority,
+    authority::{ControlPlaneCredential, TokenAuthority},
     cache::{CacheSettings, TokenCache},
     recorder::Recorder,
 };

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use super::{
-    Error, TokenAuthority,
+    authority::TokenAuthority,
     cache::{CachedToken, Lookup},
+    error::Error,
 };
 use crate::{
     domain::secret::{self, Digest},

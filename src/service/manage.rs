@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{Error, TokenAuthority};
+use super::{authority::TokenAuthority, error::Error};
 use crate::{
     domain::{
         audit::{AuditAction, AuditEvent},

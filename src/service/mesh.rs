@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{CheckOrigin, Error, TokenAuthority};
+use super::{authority::TokenAuthority, check::CheckOrigin, error::Error};
 use crate::domain::{
     Error as DomainError,
     audit::Origin,

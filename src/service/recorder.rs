@@ -361,7 +361,7 @@ mod tests {
     use crate::{
         config::Config,
         domain::{token::test_record, usage::UsageQuery},
-        store::SledStore,
+        store::sled::SledStore,
     };
 
     /// A flush larger than one write, whose second write fails: the retry

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Error, TokenAuthority};
+use super::{authority::TokenAuthority, error::Error};
 use crate::{
     domain::{
         audit::{AuditEvent, AuditOutcome, Origin},

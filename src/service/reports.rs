@@ -2,7 +2,7 @@
 //! Each is authorized like a management call; listings are paged with page
 //! tokens bound to the query they continue.
 
-use super::{Error, TokenAuthority};
+use super::{authority::TokenAuthority, error::Error};
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     authz::{self, Verdict},

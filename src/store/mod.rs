@@ -35,7 +35,6 @@ use crate::domain::{
     usage::{UsageQuery, UsageRecord},
 };
 
-pub use self::sled::{SLED_DEFAULT_CACHE_CAPACITY, SledStore, backup};
 pub use crate::domain::changes::{
     REVOKE_ALL_IDS_PER_EVENT, Revocation, RotateOutcome, Rotation, revoke_all_batch,
 };
@@ -58,6 +57,13 @@ pub enum StoreError {
     /// This backend does not do this (the reason says what to use instead).
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// An `Unavailable` error from whatever the backend reported.
+    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+        Self::Unavailable(cause.to_string())
+    }
 }
 
 /// What a store shared with other replicas tells this one's cache, in order.

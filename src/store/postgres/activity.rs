@@ -2,7 +2,22 @@
 //! record, or alone for refusals) and their paged scan, and usage counts
 //! with their upsert and paged scan.
 
-use super::*;
+use std::collections::HashMap;
+
+use deadpool_postgres::GenericClient;
+
+use crate::domain::{
+    audit::{AuditEvent, AuditQuery},
+    ids::EventId,
+    time::Timestamp,
+    usage::{UsageQuery, UsageRecord},
+};
+use crate::store::{
+    AuditPage, StoreError, UsagePage,
+    keys::{audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, usage_keys},
+    records::{decode_audit, encode_audit},
+};
+use deadpool_postgres::Client;
 
 /// Most audit rows one list call examines before returning a short page.
 const MAX_SCAN_PER_PAGE: usize = 5_000;
@@ -30,134 +45,129 @@ pub(super) async fn insert_audit(
     Ok(())
 }
 
-impl PostgresStore {
-    /// [`Store::list_audit`].
-    pub(super) async fn scan_audit(
-        &self,
-        query: &AuditQuery,
-        after: Option<EventId>,
-        limit: usize,
-    ) -> Result<AuditPage, StoreError> {
-        let client = self.client().await?;
-        let (low, mut high) = audit_scan_range(query, after);
-        let statement = client
-            .prepare_cached(
-                "SELECT key, event FROM audit WHERE key >= $1 AND key < $2 \
-                 ORDER BY key DESC LIMIT $3",
-            )
+/// [`Store::list_audit`].
+pub(super) async fn scan_audit(
+    client: &Client,
+    query: &AuditQuery,
+    after: Option<EventId>,
+    limit: usize,
+) -> Result<AuditPage, StoreError> {
+    let (low, mut high) = audit_scan_range(query, after);
+    let statement = client
+        .prepare_cached(
+            "SELECT key, event FROM audit WHERE key >= $1 AND key < $2 \
+             ORDER BY key DESC LIMIT $3",
+        )
+        .await?;
+    let mut events = Vec::new();
+    let mut last_examined = None;
+    let mut scanned = 0;
+    loop {
+        let rows = client
+            .query(&statement, &[&low, &high, &AUDIT_BATCH])
             .await?;
-        let mut events = Vec::new();
-        let mut last_examined = None;
-        let mut scanned = 0;
-        loop {
-            let rows = client
-                .query(&statement, &[&low, &high, &AUDIT_BATCH])
-                .await?;
-            for row in &rows {
-                if events.len() == limit || scanned == MAX_SCAN_PER_PAGE {
-                    return Ok(AuditPage {
-                        events,
-                        next: last_examined,
-                    });
-                }
-                let event = decode_audit(row.try_get::<_, &[u8]>("event")?)?;
-                scanned += 1;
-                last_examined = Some(event.id);
-                if query.matches(&event) {
-                    events.push(event);
-                }
+        for row in &rows {
+            if events.len() == limit || scanned == MAX_SCAN_PER_PAGE {
+                return Ok(AuditPage {
+                    events,
+                    next: last_examined,
+                });
             }
-            match rows.last() {
-                Some(row) if rows.len() as i64 == AUDIT_BATCH => {
-                    high = row.try_get::<_, Vec<u8>>("key")?;
-                }
-                _ => return Ok(AuditPage { events, next: None }),
+            let event = decode_audit(row.try_get::<_, &[u8]>("event")?)?;
+            scanned += 1;
+            last_examined = Some(event.id);
+            if query.matches(&event) {
+                events.push(event);
             }
         }
+        match rows.last() {
+            Some(row) if rows.len() as i64 == AUDIT_BATCH => {
+                high = row.try_get::<_, Vec<u8>>("key")?;
+            }
+            _ => return Ok(AuditPage { events, next: None }),
+        }
     }
+}
 
-    /// [`Store::record_usage`].
-    pub(super) async fn add_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // One upsert may not touch a row twice: merge repeats first.
-        let mut merged: HashMap<Vec<u8>, (Vec<u8>, i64, u64)> = HashMap::new();
-        for record in records {
-            let [_, by_org, by_token] = usage_keys(record);
-            let entry = merged
-                .entry(by_org)
-                .or_insert((by_token, record.minute.as_micros(), 0));
-            entry.2 = entry.2.saturating_add(record.count);
-        }
-        let mut org_keys = Vec::with_capacity(merged.len());
-        let mut token_keys = Vec::with_capacity(merged.len());
-        let mut minutes = Vec::with_capacity(merged.len());
-        let mut counts = Vec::with_capacity(merged.len());
-        for (org_key, (token_key, minute, count)) in merged {
-            org_keys.push(org_key);
-            token_keys.push(token_key);
-            minutes.push(minute);
-            counts.push(i64::try_from(count).unwrap_or(i64::MAX));
-        }
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO usage (org_key, token_key, minute_us, count) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
-                 ON CONFLICT (org_key) DO UPDATE SET count = CASE \
-                   WHEN usage.count > 9223372036854775807 - EXCLUDED.count \
-                   THEN 9223372036854775807 ELSE usage.count + EXCLUDED.count END",
-                &[&org_keys, &token_keys, &minutes, &counts],
-            )
-            .await?;
-        Ok(())
+/// [`Store::record_usage`].
+pub(super) async fn add_usage(client: &Client, records: &[UsageRecord]) -> Result<(), StoreError> {
+    // One upsert may not touch a row twice: merge repeats first.
+    let mut merged: HashMap<Vec<u8>, (Vec<u8>, i64, u64)> = HashMap::new();
+    for record in records {
+        let [_, by_org, by_token] = usage_keys(record);
+        let entry = merged
+            .entry(by_org)
+            .or_insert((by_token, record.minute.as_micros(), 0));
+        entry.2 = entry.2.saturating_add(record.count);
     }
+    let mut org_keys = Vec::with_capacity(merged.len());
+    let mut token_keys = Vec::with_capacity(merged.len());
+    let mut minutes = Vec::with_capacity(merged.len());
+    let mut counts = Vec::with_capacity(merged.len());
+    for (org_key, (token_key, minute, count)) in merged {
+        org_keys.push(org_key);
+        token_keys.push(token_key);
+        minutes.push(minute);
+        counts.push(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    client
+        .execute(
+            "INSERT INTO usage (org_key, token_key, minute_us, count) \
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
+             ON CONFLICT (org_key) DO UPDATE SET count = CASE \
+               WHEN usage.count > 9223372036854775807 - EXCLUDED.count \
+               THEN 9223372036854775807 ELSE usage.count + EXCLUDED.count END",
+            &[&org_keys, &token_keys, &minutes, &counts],
+        )
+        .await?;
+    Ok(())
+}
 
-    /// [`Store::list_usage`].
-    pub(super) async fn scan_usage(
-        &self,
-        query: &UsageQuery,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<UsagePage, StoreError> {
-        let (column, prefix) = match query.token_id {
-            Some(id) => ("token_key", id.to_bytes().to_vec()),
-            None => ("org_key", prefix(&[&query.org_id])),
-        };
-        let bound = |at: Option<Timestamp>, default: i64| {
-            let mut key = prefix.clone();
-            key.extend_from_slice(&sortable_i64(at.map_or(default, Timestamp::as_micros)));
-            key
-        };
-        let low = bound(query.start, i64::MIN);
-        let high = bound(query.end, i64::MAX);
-        let (start, start_op) = match after {
-            Some(after) if after >= low.as_slice() && after < high.as_slice() => (after, ">"),
-            _ => (low.as_slice(), ">="),
-        };
-        let sql = format!(
-            "SELECT {column}, count FROM usage WHERE {column} {start_op} $1 AND {column} < $2 \
-             ORDER BY {column} LIMIT $3"
-        );
-        let client = self.client().await?;
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
-        let rows = client.query(&sql, &[&start, &high, &fetch]).await?;
-        let mut records = Vec::with_capacity(rows.len().min(limit));
-        let mut last_key = None;
-        for row in rows.iter().take(limit) {
-            let key: &[u8] = row.try_get(0)?;
-            let count: i64 = row.try_get(1)?;
-            let tail = key
-                .get(prefix.len()..)
-                .ok_or_else(|| StoreError::Corrupt("usage key".into()))?;
-            let count = u64::try_from(count).unwrap_or(0).to_be_bytes();
-            records.push(decode_usage_tail(
-                &query.org_id,
-                query.token_id,
-                tail,
-                &count,
-            )?);
-            last_key = Some(key.to_vec());
-        }
-        let next = if rows.len() > limit { last_key } else { None };
-        Ok(UsagePage { records, next })
+/// [`Store::list_usage`].
+pub(super) async fn scan_usage(
+    client: &Client,
+    query: &UsageQuery,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<UsagePage, StoreError> {
+    let (column, prefix) = match query.token_id {
+        Some(id) => ("token_key", id.to_bytes().to_vec()),
+        None => ("org_key", prefix(&[&query.org_id])),
+    };
+    let bound = |at: Option<Timestamp>, default: i64| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(&sortable_i64(at.map_or(default, Timestamp::as_micros)));
+        key
+    };
+    let low = bound(query.start, i64::MIN);
+    let high = bound(query.end, i64::MAX);
+    let (start, start_op) = match after {
+        Some(after) if after >= low.as_slice() && after < high.as_slice() => (after, ">"),
+        _ => (low.as_slice(), ">="),
+    };
+    let sql = format!(
+        "SELECT {column}, count FROM usage WHERE {column} {start_op} $1 AND {column} < $2 \
+         ORDER BY {column} LIMIT $3"
+    );
+    let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+    let rows = client.query(&sql, &[&start, &high, &fetch]).await?;
+    let mut records = Vec::with_capacity(rows.len().min(limit));
+    let mut last_key = None;
+    for row in rows.iter().take(limit) {
+        let key: &[u8] = row.try_get(0)?;
+        let count: i64 = row.try_get(1)?;
+        let tail = key
+            .get(prefix.len()..)
+            .ok_or_else(|| StoreError::Corrupt("usage key".into()))?;
+        let count = u64::try_from(count).unwrap_or(0).to_be_bytes();
+        records.push(decode_usage_tail(
+            &query.org_id,
+            query.token_id,
+            tail,
+            &count,
+        )?);
+        last_key = Some(key.to_vec());
     }
+    let next = if rows.len() > limit { last_key } else { None };
+    Ok(UsagePage { records, next })
 }

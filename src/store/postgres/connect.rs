@@ -2,7 +2,36 @@
 //! or plaintext only where that is safe or asked for) and the connection
 //! settings every pooled connection gets (keepalives, user timeout).
 
-use super::*;
+use std::{sync::Arc, time::Duration};
+
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio_postgres::config::{SslMode, TargetSessionAttrs};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::store::StoreError;
+
+/// How a replica follows the revocation log.
+#[derive(Clone, Debug)]
+pub struct FeedTiming {
+    pub poll_interval: Duration,
+    pub max_staleness: Duration,
+    pub retention: Duration,
+}
+
+/// How to reach the database.
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    pub url: String,
+    pub password: Option<String>,
+    /// PEM certificates of the CA(s) that sign the database server's
+    /// certificate. With them, every connection is TLS and the server's
+    /// certificate and name are verified; without them, connections are
+    /// plaintext and a URL that asks for TLS (`sslmode=require`) is refused.
+    pub ca_pem: Option<Vec<u8>>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub feed: FeedTiming,
+}
 
 /// TCP keepalive on every connection: the first probe after this much
 /// silence (tokio-postgres' default is two hours, which leaves an idle

@@ -3,7 +3,28 @@
 //! tells its cache, and stops trusting it when it cannot keep up; and the
 //! pruning of old log entries.
 
-use super::*;
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Pool};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    sync::mpsc::{UnboundedSender, unbounded_channel},
+    task::JoinHandle,
+    time::{Instant, timeout},
+};
+use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::connect::FeedTiming;
+use crate::domain::secret::Digest;
+use crate::store::{Invalidation, StoreError};
+
+/// The channel NOTIFY wakes replicas on.
+pub(super) const CHANNEL: &str = "tokenauth_revocations";
+/// Most time a prune of the revocation log may take (a tokio timeout, and
+/// the statement timeout of its transaction): it runs beside the follower,
+/// never in its way, but must not hold a pooled connection for long.
+pub(super) const PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The last log entry: its number, and when it was written if it is still
 /// there (see [`Seen`]).

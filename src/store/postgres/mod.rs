@@ -32,85 +32,52 @@
 mod activity;
 mod connect;
 mod feed;
+mod rows;
 pub(super) mod schema;
 #[cfg(test)]
 mod tests;
 mod tokens;
 
-pub use self::connect::{Transport, transport};
+pub use self::connect::{FeedTiming, PostgresSettings, Transport, transport};
 pub use self::schema::schema_version;
-use self::{activity::*, connect::*, feed::*, schema::*, tokens::*};
-use std::{
-    collections::HashMap,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
+use self::{
+    activity::{add_usage, insert_audit, scan_audit, scan_usage},
+    connect::connection_config,
+    feed::{Pools, clock, follow_revocations, read_timeout},
+    rows::{bytes16, digests_of, record_of},
+    schema::migrate,
+    tokens::{
+        Filter, LOCK_ORG_SHARED, OrgSession, log_revocation, quota_lock, quota_reached,
+        revoke_all_step, update_record,
+    },
 };
+use std::{collections::HashMap, path::Path, sync::Mutex};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rustls_pki_types::{CertificateDer, pem::PemObject};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::{
-    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    sync::mpsc::{UnboundedReceiver, unbounded_channel},
     task::JoinHandle,
-    time::{Instant, timeout},
+    time::Instant,
 };
-use tokio_postgres::{
-    NoTls, Row,
-    config::{SslMode, TargetSessionAttrs},
-    types::ToSql,
-};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::NoTls;
 
 use super::{
-    AuditPage, InsertOutcome, Invalidation, Page, PageRequest, REVOKE_ALL_BATCH,
-    REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
-    TokenCounts, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, Invalidation, Page, PageRequest, Revocation, RevokedAll,
+    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
-    keys::{audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, usage_keys},
-    records::{decode_audit, decode_token, encode_audit, encode_token, kind_number, kind_of},
+    records::{encode_token, kind_number, kind_of},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
-    changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
+    changes::{RevokeAllProgress, revoke_record, rotate_record},
     ids::{EventId, TokenId},
-    quota::{Quota, QuotaReached, Quotas},
+    quota::Quotas,
     secret::Digest,
     time::Timestamp,
-    token::{TokenKind, TokenRecord, TokenState},
+    token::{TokenRecord, TokenState},
     usage::{UsageQuery, UsageRecord},
 };
-
-/// The channel NOTIFY wakes replicas on.
-const CHANNEL: &str = "tokenauth_revocations";
-/// Most time a prune of the revocation log may take (a tokio timeout, and
-/// the statement timeout of its transaction): it runs beside the follower,
-/// never in its way, but must not hold a pooled connection for long.
-const PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a replica follows the revocation log.
-#[derive(Clone, Debug)]
-pub struct FeedTiming {
-    pub poll_interval: Duration,
-    pub max_staleness: Duration,
-    pub retention: Duration,
-}
-
-/// How to reach the database.
-#[derive(Clone, Debug)]
-pub struct PostgresSettings {
-    pub url: String,
-    pub password: Option<String>,
-    /// PEM certificates of the CA(s) that sign the database server's
-    /// certificate. With them, every connection is TLS and the server's
-    /// certificate and name are verified; without them, connections are
-    /// plaintext and a URL that asks for TLS (`sslmode=require`) is refused.
-    pub ca_pem: Option<Vec<u8>>,
-    pub pool_size: usize,
-    pub connect_timeout: Duration,
-    pub feed: FeedTiming,
-}
 
 /// A [`Store`] in a PostgreSQL database shared by several replicas.
 pub struct PostgresStore {
@@ -129,69 +96,6 @@ impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.feed.abort();
     }
-}
-
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
-}
-
-impl From<tokio_postgres::Error> for StoreError {
-    fn from(error: tokio_postgres::Error) -> Self {
-        // What the error is (its SQLSTATE, message, and the table and
-        // constraint it names), never its DETAIL or WHERE: those quote row
-        // values, such as the digest a unique violation on `digests` is
-        // about, and the cause ends up in the logs.
-        match error.as_db_error() {
-            Some(db) => {
-                let mut cause =
-                    format!("postgres: {} (SQLSTATE {}", db.message(), db.code().code());
-                for (what, name) in [("table", db.table()), ("constraint", db.constraint())] {
-                    if let Some(name) = name {
-                        cause.push_str(&format!(", {what} {name}"));
-                    }
-                }
-                cause.push(')');
-                StoreError::Unavailable(cause)
-            }
-            // Its Display leaves the cause out ("error connecting to
-            // server"); the cause (refused, timed out, a standby) is what
-            // an operator needs, and carries no row data.
-            None => match std::error::Error::source(&error) {
-                Some(cause) => StoreError::Unavailable(format!("postgres: {error}: {cause}")),
-                None => StoreError::Unavailable(format!("postgres: {error}")),
-            },
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for StoreError {
-    fn from(error: deadpool_postgres::PoolError) -> Self {
-        match error {
-            // The database's own reason (no such database, authentication
-            // failed...), which the pool's Display reduces to "db error".
-            deadpool_postgres::PoolError::Backend(error) => StoreError::from(error),
-            other => StoreError::Unavailable(format!("postgres connection pool: {other}")),
-        }
-    }
-}
-
-fn bytes16(value: &[u8], what: &str) -> Result<[u8; 16], StoreError> {
-    value
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("{what}: expected 16 bytes")))
-}
-
-fn record_of(row: &Row) -> Result<TokenRecord, StoreError> {
-    decode_token(row.try_get::<_, &[u8]>("record")?)
-}
-
-/// Everything the revocation log must say about `records`: the digests of
-/// their secrets.
-fn digests_of<'a>(records: impl IntoIterator<Item = &'a TokenRecord>) -> Vec<Vec<u8>> {
-    records
-        .into_iter()
-        .flat_map(|r| r.secrets.iter().map(|s| s.digest.0.to_vec()))
-        .collect()
 }
 
 impl PostgresStore {
@@ -214,7 +118,7 @@ impl PostgresStore {
                 .create_timeout(Some(settings.connect_timeout))
                 .recycle_timeout(Some(settings.connect_timeout))
                 .build()
-                .map_err(unavailable)
+                .map_err(StoreError::unavailable)
         };
         let pool = new_pool(settings.pool_size, &config)?;
         // The revocation log is read over a connection of its own: requests
@@ -500,7 +404,7 @@ impl Store for PostgresStore {
         after: Option<EventId>,
         limit: usize,
     ) -> Result<AuditPage, StoreError> {
-        self.scan_audit(query, after, limit).await
+        scan_audit(&self.client().await?, query, after, limit).await
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
@@ -513,7 +417,7 @@ impl Store for PostgresStore {
     }
 
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        self.add_usage(records).await
+        add_usage(&self.client().await?, records).await
     }
 
     async fn list_usage(
@@ -522,7 +426,7 @@ impl Store for PostgresStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<UsagePage, StoreError> {
-        self.scan_usage(query, after, limit).await
+        scan_usage(&self.client().await?, query, after, limit).await
     }
 
     async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {

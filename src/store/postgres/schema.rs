@@ -2,7 +2,9 @@
 //! and the statements `tokenauth migrate` copies a sled database with (so
 //! that the SQL of every table lives here).
 
-use super::*;
+use deadpool_postgres::{GenericClient, Pool};
+
+use crate::store::StoreError;
 
 /// Schema versions, applied in order, each once, in one transaction that
 /// holds an advisory lock (replicas starting together do not race). Never

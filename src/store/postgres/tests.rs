@@ -1,4 +1,9 @@
-use super::*;
+use std::time::Duration;
+
+use super::{
+    connect::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, TCP_USER_TIMEOUT},
+    *,
+};
 
 #[test]
 fn every_connection_notices_a_dead_peer_within_seconds() {

@@ -3,7 +3,26 @@
 //! append, RevokeAll's session and its steps, and the WHERE clause that
 //! listing and RevokeAll build from a query.
 
-use super::*;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+
+use super::{
+    activity::insert_audit,
+    feed::CHANNEL,
+    rows::{digests_of, record_of},
+};
+use crate::domain::{
+    audit::AuditEvent,
+    changes::{RevokeAllProgress, revoke_all_batch},
+    quota::{Quota, QuotaReached, Quotas},
+    secret::Digest,
+    time::Timestamp,
+    token::{TokenKind, TokenRecord},
+};
+use crate::store::{
+    REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN, StoreError, TokenQuery,
+    records::{encode_token, kind_number},
+};
 
 /// An organisation's token set, as an advisory lock (two int4 keys: a
 /// class of our own, then the org id's hash; the schema lock is a one-key
@@ -157,7 +176,7 @@ impl OrgSession {
     pub(super) fn client(&mut self) -> Result<&mut deadpool_postgres::Object, StoreError> {
         self.client
             .as_mut()
-            .ok_or_else(|| unavailable("the RevokeAll's connection is gone"))
+            .ok_or_else(|| StoreError::unavailable("the RevokeAll's connection is gone"))
     }
 
     pub(super) async fn release(mut self, org: &str) -> Result<(), StoreError> {

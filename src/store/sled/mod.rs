@@ -24,10 +24,7 @@
 use std::{ops::Bound, path::Path, sync::Arc};
 
 use async_trait::async_trait;
-use sled::{
-    Transactional, Tree,
-    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
-};
+use sled::{Transactional, transaction::TransactionError};
 
 pub mod backup;
 mod group_commit;
@@ -35,23 +32,21 @@ mod trees;
 
 use self::group_commit::GroupCommit;
 use self::trees::{
-    InsertQueue, PendingInsert, Trees, be_u64, disk_takes_writes, drain_inserts, open_db,
-    read_watermark,
+    InsertQueue, MAX_SCAN_PER_PAGE, PendingInsert, Trees, be_u64, disk_takes_writes, drain_inserts,
+    open_db, read_watermark,
 };
 use super::{
-    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN,
-    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
+    RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
-    keys::{
-        self, audit_key, audit_scan_range, audit_time_key, decode_usage_tail, live_keys, usage_keys,
-    },
-    records::{decode_audit, decode_token, encode_audit, encode_token},
+    keys::{self, audit_key, audit_time_key, decode_usage_tail, usage_keys},
+    records::{decode_token, encode_audit},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
-    changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
+    changes::{RevokeAllProgress, rotate_record},
     ids::{EventId, TokenId},
-    quota::{QuotaReached, Quotas},
+    quota::Quotas,
     secret::Digest,
     time::Timestamp,
     token::TokenRecord,
@@ -63,12 +58,6 @@ use crate::domain::{
 const WATERMARK_FILE: &str = "tokenauth.flushed";
 /// The `meta` key each flush writes its own number under, before flushing.
 const FLUSH_SEQ: &[u8] = b"flush_seq";
-/// How much a data directory must take, and sync, before a store stuck on an
-/// I/O error is worth a restart: two of sled's 512 KiB log segments, so that
-/// a restart does not find the disk full again at its first write.
-const DISK_PROBE_BYTES: usize = 1 << 20;
-/// Most index entries one list call examines before returning a short page.
-const MAX_SCAN_PER_PAGE: usize = 5_000;
 
 /// Bytes of pages sled keeps in memory unless told otherwise (sled's own default).
 pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
@@ -87,10 +76,6 @@ pub struct SledStore {
     org_locks: KeyedLocks,
     commit: GroupCommit,
     dir: std::path::PathBuf,
-}
-
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
 }
 
 impl From<sled::Error> for StoreError {
@@ -182,13 +167,15 @@ impl SledStore {
             .truncate(false)
             .write(true)
             .open(&watermark_path)
-            .map_err(|e| unavailable(format_args!("{}: {e}", watermark_path.display())))?;
+            .map_err(|e| {
+                StoreError::unavailable(format_args!("{}: {e}", watermark_path.display()))
+            })?;
         let sequence = std::sync::atomic::AtomicU64::new(held);
         // sled's flush ends in sync_file_range, which persists neither the
         // log file's size nor the drive's write cache (sled issue #1452); an
         // fdatasync of the log file after it does both. Group commit shares
         // that cost between concurrent writers.
-        let log = std::fs::File::open(dir.join("db")).map_err(unavailable)?;
+        let log = std::fs::File::open(dir.join("db")).map_err(StoreError::unavailable)?;
         let flushing = Arc::clone(&trees);
         let commit = GroupCommit::start(move || {
             use std::os::unix::fs::FileExt;
@@ -203,7 +190,7 @@ impl SledStore {
                 .write_all_at(&number.to_be_bytes(), 0)
                 .map_err(|e| format!("writing the flush watermark: {e}"))
         })
-        .map_err(unavailable)?;
+        .map_err(StoreError::unavailable)?;
         Ok(Self {
             trees,
             side_writes: Arc::new(tokio::sync::RwLock::new(())),
@@ -250,7 +237,7 @@ impl SledStore {
             apply(&trees)
         })
         .await
-        .map_err(unavailable)?
+        .map_err(StoreError::unavailable)?
     }
 
     /// [`Self::write`], then the lock goes to the writer that has waited
@@ -270,7 +257,7 @@ impl SledStore {
             applied
         })
         .await
-        .map_err(unavailable)?
+        .map_err(StoreError::unavailable)?
     }
 
     /// Runs `apply`, a write that needs no ordering with token changes, on a
@@ -297,7 +284,7 @@ impl SledStore {
         let trees = Arc::clone(&self.trees);
         tokio::task::spawn_blocking(move || read(&trees))
             .await
-            .map_err(unavailable)?
+            .map_err(StoreError::unavailable)?
     }
 }
 
@@ -339,7 +326,7 @@ impl Store for SledStore {
         }
         outcome
             .await
-            .map_err(|_| unavailable("the token writer stopped"))?
+            .map_err(|_| StoreError::unavailable("the token writer stopped"))?
     }
 
     async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
@@ -705,7 +692,7 @@ impl Store for SledStore {
         let dir = self.dir.clone();
         let disk = tokio::task::spawn_blocking(move || disk_takes_writes(&dir))
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         if disk.is_err() {
             return Err(error);
         }

@@ -4,9 +4,11 @@ use super::*;
 use crate::domain::{
     audit::{AuditAction, AuditOutcome, PeerSource},
     caller::{ActorRef, Method},
+    quota::QuotaReached,
     secret::PepperKey,
     token::Reason,
 };
+use crate::store::REVOKE_ALL_BATCH;
 
 use crate::domain::token::test_record as record;
 

@@ -2,7 +2,35 @@
 //! batches concurrent issues, the checks at open (watermark, index sums),
 //! quota counts, RevokeAll's steps and the index scans behind listing.
 
-use super::*;
+use std::{ops::Bound, path::Path};
+
+use sled::{
+    Transactional, Tree,
+    transaction::{ConflictableTransactionError, TransactionalTree},
+};
+
+use crate::domain::{
+    audit::{AuditEvent, AuditQuery},
+    changes::{RevokeAllProgress, revoke_all_batch, revoke_record},
+    ids::{EventId, TokenId},
+    quota::{QuotaReached, Quotas},
+    secret::Digest,
+    time::Timestamp,
+    token::TokenRecord,
+};
+use crate::store::{
+    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, Revocation, StoreError,
+    TokenQuery,
+    keys::{self, audit_key, audit_scan_range, audit_time_key, live_keys},
+    records::{decode_audit, decode_token, encode_audit, encode_token},
+};
+
+/// How much a data directory must take, and sync, before a store stuck on an
+/// I/O error is worth a restart: two of sled's 512 KiB log segments, so that
+/// a restart does not find the disk full again at its first write.
+pub(super) const DISK_PROBE_BYTES: usize = 1 << 20;
+/// Most index entries one list call examines before returning a short page.
+pub(super) const MAX_SCAN_PER_PAGE: usize = 5_000;
 
 pub(super) struct Trees {
     pub(super) db: sled::Db,
@@ -138,7 +166,10 @@ pub(super) fn read_watermark(path: &Path) -> Result<u64, StoreError> {
             .map(u64::from_be_bytes)
             .map_err(|_| StoreError::Corrupt(format!("{} is not 8 bytes long", path.display()))),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(error) => Err(unavailable(format_args!("{}: {error}", path.display()))),
+        Err(error) => Err(StoreError::unavailable(format_args!(
+            "{}: {error}",
+            path.display()
+        ))),
     }
 }
 

@@ -7,6 +7,8 @@
 //! The files are read as tokens with comments and string literals removed,
 //! so prose may name what code may not.
 
+mod cycles;
+
 use std::path::{Path, PathBuf};
 
 /// Names the domain must not use: crates that do I/O or serve RPCs, and the
@@ -90,7 +92,7 @@ fn violations(source: &str, depth: usize) -> Vec<String> {
 
 /// The tokens of Rust `source` that matter here: identifiers, `::` and
 /// single punctuation; comments and string and char literals are dropped.
-fn tokens(source: &str) -> Vec<String> {
+pub(super) fn tokens(source: &str) -> Vec<String> {
     let chars: Vec<char> = source.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -161,7 +163,7 @@ fn tokens(source: &str) -> Vec<String> {
     out
 }
 
-fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
+pub(super) fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {

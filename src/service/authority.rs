@@ -1,0 +1,107 @@
+//! The token authority and the policy it enforces: the one value every use
+//! case in this wing is a method of. Its own file, so that the job files
+//! import a sibling rather than their parent.
+
+use std::{sync::Arc, time::Duration};
+
+use super::{cache::TokenCache, error::Error, recorder::Recorder};
+use crate::{
+    domain::{
+        authz::Roles,
+        ids::TokenId,
+        permissions::Catalogue,
+        quota::Quotas,
+        refusals::RefusalLimits,
+        secret::Keyring,
+        time::Timestamp,
+        token::{LifetimePolicy, TokenRecord, TokenView},
+    },
+    metrics::Metrics,
+    store::Store,
+};
+
+/// A control-plane credential as configured: a name, and the SHA-256 of the
+/// credential (never the credential itself).
+#[derive(Clone, Debug)]
+pub struct ControlPlaneCredential {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+/// The rules the service enforces, from configuration.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub catalogue: Catalogue,
+    pub roles: Roles,
+    pub lifetime: LifetimePolicy,
+    /// Longest grace period a rotation may give the old secret.
+    pub max_rotation_grace: Duration,
+    pub control_plane: Vec<ControlPlaneCredential>,
+    /// How many refusal events are recorded (see `refusals`).
+    pub refusal_limits: RefusalLimits,
+    /// Most live tokens per member, organization and workspace.
+    pub quotas: Quotas,
+}
+
+/// The token authority: everything the use cases need. (Not `TokenService`,
+/// the name of the generated gRPC trait that `api::tokens` implements.)
+pub struct TokenAuthority {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) cache: Arc<TokenCache>,
+    pub(super) keyring: Keyring,
+    pub(super) policy: Policy,
+    pub(super) recorder: Arc<Recorder>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl TokenAuthority {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: TokenCache,
+        keyring: Keyring,
+        policy: Policy,
+        recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            cache: Arc::new(cache),
+            keyring,
+            policy,
+            recorder,
+            metrics,
+        }
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.policy.catalogue
+    }
+
+    pub fn cache(&self) -> &Arc<TokenCache> {
+        &self.cache
+    }
+
+    pub(super) async fn existing(&self, id: TokenId) -> Result<TokenRecord, Error> {
+        self.store
+            .token_by_id(id)
+            .await?
+            .ok_or_else(|| Error::not_found(id.to_string()))
+    }
+
+    pub(super) async fn view(&self, record: TokenRecord) -> Result<TokenView, Error> {
+        let stored = self.store.last_used(&[record.id]).await?.pop().flatten();
+        Ok(self.merge_last_used(record, stored))
+    }
+
+    pub(super) fn merge_last_used(
+        &self,
+        record: TokenRecord,
+        stored: Option<Timestamp>,
+    ) -> TokenView {
+        let pending = self.recorder.pending_last_used(record.id);
+        TokenView {
+            last_used_at: stored.max(pending),
+            record,
+        }
+    }
+}
