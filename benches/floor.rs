@@ -180,7 +180,7 @@ pub async fn data_dir(dir: &Path) -> Vec<String> {
     let data = dir.join("data");
     support::write_pepper(&data);
     let store: Arc<dyn tokenauth::store::Store> =
-        Arc::new(tokenauth::store::SledStore::open(&data.join("db")).unwrap());
+        Arc::new(tokenauth::store::sled::SledStore::open(&data.join("db")).unwrap());
     let secrets = support::fill(store.as_ref(), TOKENS, "ws-1").await;
     drop(store);
     secrets
