@@ -30,7 +30,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.skip_debug(SECRET_BEARING);
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
+    let includes = [
+        PathBuf::from("proto"),
+        PathBuf::from("proto/third_party"),
+        protoc_bin_vendored::include_path()?,
+    ];
 
     // The benchmark's floor service, compiled apart so that it stays out of
     // the descriptor set that reflection serves.

@@ -1,9 +1,12 @@
 //! The `tokenauth` binary: parse the command line, load the configuration,
-//! start logging, and run the server (or a maintenance command).
+//! start logging, and run the server (or a maintenance command, or a
+//! client command of `cli`).
+
+mod cli;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokenauth::{config::Config, pepper, server, telemetry};
 
 #[derive(Parser)]
@@ -48,6 +51,28 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Issue, show, list, revoke and rotate tokens on a running server.
+    Token {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        action: cli::TokenCommand,
+    },
+    /// Read the audit log of a running server.
+    Audit {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        action: cli::AuditCommand,
+    },
+    /// Print a shell completion script, e.g. `tokenauth completions bash >
+    /// /etc/bash_completion.d/tokenauth`.
+    Completions {
+        #[arg(value_enum)]
+        shell: cli::Shell,
+    },
+    /// Print the man page (roff), e.g. `tokenauth man > tokenauth.1`.
+    Man,
     /// Copy a sled data directory into PostgreSQL and verify the copy
     /// (counts and SHA-256 per table). Safe to run again.
     Migrate(MigrateArgs),
@@ -158,7 +183,31 @@ enum PepperAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let client = match cli.command {
+        Command::Token { client, action } => cli::token(&client, action),
+        Command::Audit { client, action } => cli::audit(&client, action),
+        Command::Completions { shell } => cli::completions(Cli::command(), shell),
+        Command::Man => cli::man(Cli::command()),
+        command => return maintenance(command),
+    };
+    match client {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(line) = error.line() {
+                eprintln!("{line}");
+            }
+            error.exit_code()
+        }
+    }
+}
+
+/// The server and the commands that work on its files.
+fn maintenance(command: Command) -> ExitCode {
+    match command {
+        Command::Token { .. }
+        | Command::Audit { .. }
+        | Command::Completions { .. }
+        | Command::Man => ExitCode::FAILURE,
         Command::Serve(args) => serve(args),
         Command::Credential {
             action:
@@ -263,7 +312,7 @@ async fn take_backup(
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {server}: {}", causes(&e)))?;
+        .map_err(|e| format!("cannot connect to {server}: {}", cli::causes(&e)))?;
     let mut request = tonic::Request::new(tokenauth::proto::BackupRequest {});
     request.metadata_mut().insert("authorization", bearer);
     let refused = |status: tonic::Status| {
@@ -294,22 +343,6 @@ async fn take_backup(
         .map_err(|e| format!("{}: {e}", partial.display()))?;
     std::fs::rename(&partial, out).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(bytes)
-}
-
-/// An error and its causes, `outer: inner: innermost`: tonic's transport
-/// error says only "transport error", and the reason (connection refused,
-/// no such host) is in its sources.
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
@@ -650,5 +683,17 @@ async fn shutdown_signal() {
             tracing::warn!("cannot install signal handlers; only ctrl-c will stop the server");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the definitions (unique names, valid
+    /// requirements), which it otherwise makes only when a command runs.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

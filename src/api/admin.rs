@@ -52,7 +52,7 @@ impl admin_service_server::AdminService for AdminApi {
             .await?;
         let staged = Staged(
             self.staging
-                .join(format!("backup-{}.tmp", super::request_id::generate())),
+                .join(format!("backup-{}.tmp", super::request_context::generate())),
         );
         self.service.backup(&caller, &staged.0).await?;
         let mut file = tokio::fs::File::open(&staged.0).await.map_err(|e| {

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{kind_to_proto, reason_to_proto},
-    request_id,
+    request_context,
 };
 use crate::{
     domain::token::validate_check_query,
@@ -48,7 +48,7 @@ impl check_service_server::CheckService for CheckApi {
         &self,
         request: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
-        let origin = request_id::check_origin(&request);
+        let origin = request_context::check_origin(&request);
         let message = request.get_ref();
         let query = validate_check_query(
             self.service.catalogue(),

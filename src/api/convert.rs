@@ -22,17 +22,23 @@ pub fn actor_claim(actor: &proto::Actor) -> Option<ActorClaim> {
     if actor.user_id.is_empty() && actor.org_id.is_empty() && actor.org_role == 0 {
         return None;
     }
-    let role = match proto::OrgRole::try_from(actor.org_role) {
-        Ok(proto::OrgRole::ReadOnly) => Some(OrgRole::ReadOnly),
-        Ok(proto::OrgRole::ReadWrite) => Some(OrgRole::ReadWrite),
-        Ok(proto::OrgRole::Admin) => Some(OrgRole::Admin),
-        Ok(proto::OrgRole::Unspecified) | Err(_) => None,
-    };
     Some(ActorClaim {
         user_id: actor.user_id.clone(),
         org_id: actor.org_id.clone(),
-        role,
+        role: proto::OrgRole::try_from(actor.org_role)
+            .ok()
+            .and_then(org_role),
     })
+}
+
+/// A role of the API's, or `None` for unspecified.
+pub fn org_role(role: proto::OrgRole) -> Option<OrgRole> {
+    match role {
+        proto::OrgRole::ReadOnly => Some(OrgRole::ReadOnly),
+        proto::OrgRole::ReadWrite => Some(OrgRole::ReadWrite),
+        proto::OrgRole::Admin => Some(OrgRole::Admin),
+        proto::OrgRole::Unspecified => None,
+    }
 }
 
 pub fn reason_to_proto(reason: Reason) -> proto::Reason {

@@ -26,7 +26,7 @@ use envoy_types::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    domain::ext_authz::{Allow, Denial, HttpRequest, Identity, Verdict},
+    domain::ext_authz::{Allow, Denial, HttpRequest, Identity, MeshVerdict},
     metrics::Metrics,
     service::{CheckOrigin, ExtAuthz},
 };
@@ -244,14 +244,14 @@ fn denied(
     }
 }
 
-fn verdict_to_proto(verdict: &Verdict) -> CheckResponse {
+fn verdict_to_proto(verdict: &MeshVerdict) -> CheckResponse {
     match verdict {
-        Verdict::Allow {
+        MeshVerdict::Allow {
             allow,
             permission,
             route,
         } => allowed(allow, permission.as_deref(), route.as_deref()),
-        Verdict::Deny {
+        MeshVerdict::Deny {
             denial,
             identity,
             permission,
@@ -282,7 +282,7 @@ impl Authorization for ExtAuthzApi {
     ) -> Result<Response<CheckResponse>, Status> {
         // Who called us (Envoy) and its call's request id, read before the
         // message is taken apart.
-        let CheckOrigin { origin, request_id } = super::request_id::check_origin(&request);
+        let CheckOrigin { origin, request_id } = super::request_context::check_origin(&request);
         let request_id = request_id.map(str::to_owned);
         let http = http_request(request.into_inner());
         let connection = CheckOrigin {
@@ -290,7 +290,7 @@ impl Authorization for ExtAuthzApi {
             request_id: request_id.as_deref(),
         };
         let verdict = self.authz.authorize(http.as_ref(), &connection).await?;
-        if let Verdict::Deny { denial, .. } = &verdict {
+        if let MeshVerdict::Deny { denial, .. } = &verdict {
             self.metrics.record_ext_authz_denial(denial.code());
         }
         Ok(Response::new(verdict_to_proto(&verdict)))

@@ -5,9 +5,19 @@ use std::path::Path;
 
 use super::{Config, ConfigError};
 
-/// Variables that configure the command line rather than the config file.
-const NOT_CONFIG_VARIABLES: &[&str] =
-    &["TOKENAUTH_CONFIG", "TOKENAUTH_LOG", "TOKENAUTH_LOG_FORMAT"];
+/// Variables that configure the command line rather than the config file
+/// (those of the client commands too: an operator's shell that sets them
+/// can still run the server).
+const NOT_CONFIG_VARIABLES: &[&str] = &[
+    "TOKENAUTH_CONFIG",
+    "TOKENAUTH_LOG",
+    "TOKENAUTH_LOG_FORMAT",
+    "TOKENAUTH_SERVER",
+    "TOKENAUTH_CREDENTIAL_FILE",
+    "TOKENAUTH_CA",
+    "TOKENAUTH_CLIENT_CERT",
+    "TOKENAUTH_CLIENT_KEY",
+];
 
 impl Config {
     /// The file (if any), overridden by the `TOKENAUTH_*` variables in `env`.

@@ -333,7 +333,7 @@ pub struct Allow {
 
 /// The answer, with what the proxy may log about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum MeshVerdict {
     Allow {
         allow: Allow,
         /// The permission checked and the route pattern (none when unmatched).
@@ -348,10 +348,10 @@ pub enum Verdict {
     },
 }
 
-impl Verdict {
+impl MeshVerdict {
     /// A deny before any route matched.
     pub fn deny(denial: Denial) -> Self {
-        Verdict::Deny {
+        MeshVerdict::Deny {
             denial,
             identity: None,
             permission: None,
@@ -361,7 +361,7 @@ impl Verdict {
 
     /// A deny on `route`, naming the token's identity when one was found.
     pub fn deny_on(denial: Denial, route: &Route, identity: Option<Identity>) -> Self {
-        Verdict::Deny {
+        MeshVerdict::Deny {
             denial,
             identity,
             permission: Some(route.permission.clone()),

@@ -34,6 +34,15 @@ const SERVICE_PREFIX: &str = "tksat_";
 /// too, but their prefix makes them MALFORMED as tokens.
 const CONTROL_PLANE_PREFIX: &str = "tkcpl_";
 
+/// Whether `text` starts like a secret of ours (a token's or a
+/// control-plane credential's), whole or not: a client that meets such a
+/// text where an id belongs refuses it without echoing it.
+pub fn has_secret_prefix(text: &str) -> bool {
+    [PERSONAL_PREFIX, SERVICE_PREFIX, CONTROL_PLANE_PREFIX]
+        .iter()
+        .any(|prefix| text.starts_with(prefix))
+}
+
 /// A token secret in clear. Exists only between generation and the
 /// IssueToken response, and while a Check digests it; `Debug` never prints it.
 pub struct Secret(String);

@@ -17,7 +17,7 @@ use crate::{
         check::CheckApi,
         ext_authz::ExtAuthzApi,
         ext_authz_budget::{ByteBudget, InFlightBudget},
-        request_id::RequestIdLayer,
+        request_context::RequestContextLayer,
         tokens::TokenApi,
     },
     config::{Config, LimitsConfig},
@@ -38,7 +38,7 @@ pub type Layers = tower::layer::util::Stack<
     tower::layer::util::Stack<
         tower::limit::GlobalConcurrencyLimitLayer,
         tower::layer::util::Stack<
-            RequestIdLayer,
+            RequestContextLayer,
             tower::layer::util::Stack<CallTrackingLayer, tower::layer::util::Identity>,
         >,
     >,
@@ -69,7 +69,7 @@ pub fn grpc_server(
         .layer(
             tower::ServiceBuilder::new()
                 .layer(CallTrackingLayer)
-                .layer(RequestIdLayer::new(metrics))
+                .layer(RequestContextLayer::new(metrics))
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                     limits.max_concurrent_requests,
                 ))

@@ -24,7 +24,6 @@
 
 use std::{
     collections::BTreeMap,
-    hash::{BuildHasherDefault, Hasher},
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -35,6 +34,7 @@ use std::{
 use moka::sync::Cache;
 use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
+use super::fast_hash::BuildFoldHasher;
 use crate::{
     domain::{secret::Digest, token::TokenRecord},
     store::Invalidation,
@@ -71,27 +71,7 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
 }
 
-/// Hashes a digest by its first eight bytes. Digests are HMAC outputs under a
-/// key no client knows, so they are uniform and cannot be chosen to collide;
-/// SipHash over all 32 bytes would only add cost to every Check.
-#[derive(Default)]
-pub struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-}
-
-type DigestMap<V> = Cache<Digest, V, BuildHasherDefault<DigestHasher>>;
+type DigestMap<V> = Cache<Digest, V, BuildFoldHasher>;
 
 /// What the cache knows about a digest.
 pub enum Lookup {
@@ -163,11 +143,11 @@ impl TokenCache {
         Self {
             positive: Cache::builder()
                 .max_capacity(settings.capacity)
-                .build_with_hasher(BuildHasherDefault::default()),
+                .build_with_hasher(BuildFoldHasher::default()),
             negative: Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
-                .build_with_hasher(BuildHasherDefault::default()),
+                .build_with_hasher(BuildFoldHasher::default()),
             gate: RwLock::new(()),
             origin: Instant::now(),
             trusted_until: AtomicU64::new(trusted_until),

@@ -12,8 +12,8 @@ use crate::domain::{
     Error as DomainError,
     audit::Origin,
     ext_authz::{
-        Denial, ExtAuthzPolicy, HttpRequest, Identity, Unmatched, Verdict, credential, route_ids,
-        upstream_headers,
+        Denial, ExtAuthzPolicy, HttpRequest, Identity, MeshVerdict, Unmatched, credential,
+        route_ids, upstream_headers,
     },
     ids::is_request_id,
     routes::{RequestView as _, Route},
@@ -41,10 +41,10 @@ impl ExtAuthz {
         presented: &str,
         denial: Denial,
         route: &Route,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<MeshVerdict, Error> {
         Ok(match self.service.unusable(presented).await? {
-            Some(reason) => Verdict::deny_on(Denial::Token(reason), route, None),
-            None => Verdict::deny_on(denial, route, None),
+            Some(reason) => MeshVerdict::deny_on(Denial::Token(reason), route, None),
+            None => MeshVerdict::deny_on(denial, route, None),
         })
     }
 
@@ -54,22 +54,22 @@ impl ExtAuthz {
         &self,
         request: Option<&HttpRequest>,
         connection: &CheckOrigin<'_>,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<MeshVerdict, Error> {
         let Some(request) = request else {
-            return Ok(Verdict::deny(Denial::NotHttp));
+            return Ok(MeshVerdict::deny(Denial::NotHttp));
         };
         // First, so that nothing below ever runs on an unbounded request.
         if let Err(denial) = self.policy.limits.admit(request) {
-            return Ok(Verdict::deny(denial));
+            return Ok(MeshVerdict::deny(denial));
         }
         let path = match self.policy.routes.normalize(&request.path) {
             Ok(path) => path,
-            Err(why) => return Ok(Verdict::deny(Denial::InvalidPath(why))),
+            Err(why) => return Ok(MeshVerdict::deny(Denial::InvalidPath(why))),
         };
         let Some(matched) = self.policy.routes.find(&request.method, &path) else {
             return Ok(match self.policy.unmatched {
-                Unmatched::Deny => Verdict::deny(Denial::NoRoute),
-                Unmatched::Allow => Verdict::Allow {
+                Unmatched::Deny => MeshVerdict::deny(Denial::NoRoute),
+                Unmatched::Allow => MeshVerdict::Allow {
                     // With no identity there is nothing to conflict with.
                     allow: upstream_headers(&self.policy, request, None)
                         .map_err(|name| Error::Internal(format!("conflict on {name}")))?,
@@ -81,7 +81,7 @@ impl ExtAuthz {
         let route = matched.route;
         let presented = match credential(&self.policy, request) {
             Ok(presented) => presented,
-            Err(denial) => return Ok(Verdict::deny_on(denial, route, None)),
+            Err(denial) => return Ok(MeshVerdict::deny_on(denial, route, None)),
         };
         let ids = route_ids(route, &matched.captures, request);
         let (org_id, workspace_id) = match ids {
@@ -128,7 +128,7 @@ impl ExtAuthz {
         let decision = self.service.check(presented, &query, &origin).await?;
         let identity = decision.token.as_ref().map(|t| Identity::of(&t.record));
         if !decision.allowed() {
-            return Ok(Verdict::deny_on(
+            return Ok(MeshVerdict::deny_on(
                 Denial::Token(decision.reason),
                 route,
                 identity,
@@ -136,13 +136,13 @@ impl ExtAuthz {
         }
         Ok(
             match upstream_headers(&self.policy, request, identity.as_ref()) {
-                Ok(allow) => Verdict::Allow {
+                Ok(allow) => MeshVerdict::Allow {
                     allow,
                     permission: Some(route.permission.clone()),
                     route: Some(route.pattern.as_str().to_owned()),
                 },
                 Err(name) => {
-                    Verdict::deny_on(Denial::IdentityHeaderConflict(name), route, identity)
+                    MeshVerdict::deny_on(Denial::IdentityHeaderConflict(name), route, identity)
                 }
             },
         )

@@ -14,6 +14,7 @@ mod authority;
 pub mod cache;
 mod check;
 mod error;
+mod fast_hash;
 mod lookup;
 mod manage;
 mod mesh;

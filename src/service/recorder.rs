@@ -16,7 +16,7 @@
 
 use std::{collections::HashMap, hash::Hash, sync::Arc, sync::Mutex, time::Duration};
 
-use super::cache::CachedToken;
+use super::{cache::CachedToken, fast_hash::BuildFoldHasher};
 use crate::{
     domain::{
         audit::{AuditEvent, AuditOutcome},
@@ -33,32 +33,7 @@ use crate::{
 
 const SHARDS: usize = 16;
 
-/// A multiply-and-fold hasher for the recorder's own keys (token ids, small
-/// integers): none is chosen by a client in a way that could aim collisions
-/// (token ids end in 80 random bits), and SipHash would cost more than the
-/// rest of the bookkeeping on the Check path.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+type FastMap<K, V> = HashMap<K, V, BuildFoldHasher>;
 
 /// Usage records per store write: small enough that a write (a sled
 /// transaction) holds other reads off for milliseconds, not seconds.

@@ -27,6 +27,7 @@ pub const SLED_ONLY: &[&str] = &[
     "docs",              // the documentation's walkthroughs (child processes)
     "cli",               // the command line on sled directories
     "manifests",         // deploy/ manifests, no store
+    "openapi",           // docs/openapi.json from the protos, no store
 ];
 
 #[test]

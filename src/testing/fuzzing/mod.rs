@@ -16,7 +16,7 @@ mod mesh;
 use self::mesh::ext_authz_check;
 use super::fixtures;
 use crate::{
-    api::{convert::grace_from_proto, credentials_of, request_id},
+    api::{convert::grace_from_proto, credentials_of, request_context},
     config::Config,
     domain::{
         audit::AuditQuery,
@@ -187,7 +187,7 @@ fn decode<M: Message + Default + PartialEq + Debug>(bytes: &[u8]) -> Option<M> {
 fn asserted_actor(asserted: Option<&proto::Actor>) -> Option<Actor> {
     let mut request = tonic::Request::new(());
     request.metadata_mut().insert(
-        request_id::HEADER,
+        request_context::HEADER,
         tonic::metadata::MetadataValue::from_static("fuzz"),
     );
     let credentials = credentials_of(&request, asserted);

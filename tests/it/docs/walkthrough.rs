@@ -453,7 +453,8 @@ fn describe(output: &Output) -> String {
 
 /// How `output` differs from the output a document shows (`lang` is the
 /// shown block's: `json` or `text`). A shown `ERROR:` is grpcurl's report of
-/// a failed call, on stderr with a failing exit status.
+/// a failed call, and a shown `error:` tokenauth's, on stderr with a failing
+/// exit status.
 pub fn compare(lang: &str, shown: &str, output: &Output) -> Vec<String> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -470,7 +471,7 @@ pub fn compare(lang: &str, shown: &str, output: &Output) -> Vec<String> {
                 Err(e) => problems.push(format!("it printed no JSON ({e})")),
             }
         }
-        "text" if shown.starts_with("ERROR:") => {
+        "text" if shown.starts_with("ERROR:") || shown.starts_with("error:") => {
             if output.status.success() {
                 problems.push("it succeeded, where an error is shown".into());
             }

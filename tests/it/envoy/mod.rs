@@ -10,7 +10,8 @@
 //! - `requests`: credentials, identity headers, `/healthz`, revocation, expiry;
 //! - `scopes`: permissions, organizations, workspaces and where the rules read them;
 //! - `paths`: what Envoy does to paths and repeated headers before tokenauth sees them;
-//! - `failures`: tokenauth stopped or hung, and Envoy's health check of it.
+//! - `failures`: tokenauth stopped or hung, and Envoy's health check of it;
+//! - `transcoder`: JSON over HTTP through the shipped gRPC-JSON transcoder config.
 
 mod failures;
 mod paths;
@@ -18,3 +19,4 @@ mod proxy;
 mod requests;
 mod scopes;
 mod stack;
+pub(crate) mod transcoder;

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::{
     HeaderMap, Method,
     body::Bytes,
@@ -93,6 +93,7 @@ pub struct Request {
     pub authority: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub body: Bytes,
 }
 
 impl Request {
@@ -102,6 +103,7 @@ impl Request {
             authority: "api.example.com".to_owned(),
             path: path.to_owned(),
             headers: Vec::new(),
+            body: Bytes::new(),
         }
     }
 
@@ -126,6 +128,12 @@ impl Request {
 
     pub fn bearer(self, secret: &str) -> Self {
         self.header("authorization", &format!("Bearer {secret}"))
+    }
+
+    /// A JSON body, with its content type.
+    pub fn json(mut self, body: &Value) -> Self {
+        self.body = Bytes::from(body.to_string());
+        self.header("content-type", "application/json")
     }
 
     /// The `x-org-id` header the shipped rules read the organization from.
@@ -225,7 +233,7 @@ pub async fn send(
                 builder = builder.header(name.as_str(), value.as_str());
             }
             sender
-                .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
+                .send_request(builder.body(Full::new(request.body.clone())).unwrap())
                 .await?
         }
         Protocol::Http2 => {
@@ -236,7 +244,7 @@ pub async fn send(
                 builder = builder.header(name.as_str(), value.as_str());
             }
             sender
-                .send_request(builder.body(Empty::<Bytes>::new()).unwrap())
+                .send_request(builder.body(Full::new(request.body.clone())).unwrap())
                 .await?
         }
     };
@@ -354,12 +362,23 @@ impl Envoy {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("tokenauth-ca.pem");
         std::fs::write(&ca_file, ca_pem).unwrap();
-        let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, edit(envoy_config(tokenauth, upstream, &ca_file))).unwrap();
+        let config = edit(envoy_config(tokenauth, upstream, &ca_file));
+        let envoy = Self::run(dir, &config).await;
+        envoy
+            .wait_for_health("tokenauth", tokenauth, "healthy")
+            .await;
+        envoy
+    }
+
+    /// Starts Envoy on `config` (written into `dir`, which it keeps) and
+    /// polls its admin endpoint until it is ready.
+    pub async fn run(dir: TempDir, config: &str) -> Self {
+        let config_file = dir.path().join("envoy.yaml");
+        std::fs::write(&config_file, config).unwrap();
         let admin_file = dir.path().join("admin-address");
         let child = Command::new(tool("envoy"))
             .arg("--config-path")
-            .arg(&config)
+            .arg(&config_file)
             .arg("--admin-address-path")
             .arg(&admin_file)
             .args(["--disable-hot-restart", "--concurrency", "1"])
@@ -386,9 +405,6 @@ impl Envoy {
             ready.tick().await;
         }
         envoy.listener = envoy.listener_address().await;
-        envoy
-            .wait_for_health("tokenauth", tokenauth, "healthy")
-            .await;
         envoy
     }
 

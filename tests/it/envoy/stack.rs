@@ -15,9 +15,9 @@ use tokenauth::{
 };
 use tonic::transport::{Certificate, ClientTlsConfig};
 
-use super::proxy::repository;
+use super::proxy::GUARD;
 pub use super::proxy::{
-    Deadline, Echoed, Envoy, GUARD, PROTOCOLS, Protocol, Request, Response, SERVICE_NAME, send,
+    Deadline, Echoed, Envoy, PROTOCOLS, Protocol, Request, Response, SERVICE_NAME, repository, send,
 };
 use crate::{harness::TestServer, tls::Pki};
 

@@ -94,21 +94,21 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 /// The tower layer; it also counts and times every RPC.
 #[derive(Clone, Debug)]
-pub struct RequestIdLayer {
+pub struct RequestContextLayer {
     metrics: Arc<Metrics>,
 }
 
-impl RequestIdLayer {
+impl RequestContextLayer {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
 
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestId<S>;
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestId {
+        RequestContext {
             inner,
             metrics: Arc::clone(&self.metrics),
         }
@@ -117,7 +117,7 @@ impl<S> Layer<S> for RequestIdLayer {
 
 /// The service the layer wraps around the server's routes.
 #[derive(Clone, Debug)]
-pub struct RequestId<S> {
+pub struct RequestContext<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
@@ -135,7 +135,7 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     }
 }
 
-impl<S, B, R> Service<Request<B>> for RequestId<S>
+impl<S, B, R> Service<Request<B>> for RequestContext<S>
 where
     S: Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
