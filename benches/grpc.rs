@@ -1,7 +1,9 @@
 //! Load generator over gRPC on loopback: closed loop, N connections x M calls
 //! in flight, reporting p50/p90/p99/p99.9 and calls per second, each figure
-//! next to its floor measured in the same run (an empty RPC served by a
-//! server built exactly like tokenauth's). Not a test: run it with
+//! next to its same-stack floor measured in the same run (an empty RPC
+//! served by a server built exactly like tokenauth's, so it carries
+//! tokenauth's own per-request stack; `benches/floor.rs` measures against an
+//! independent floor instead). Not a test: run it with
 //! `cargo bench --bench grpc` (BENCH_SECONDS, BENCH_RUNS and BENCH_TOKENS
 //! tune it); it prints a Markdown report.
 
@@ -112,7 +114,11 @@ async fn compare<CF, FF, CC, FC>(
     let (floor, check) = (median(floors), median(checks));
     row(&format!("{floor_name}, {label}"), floor);
     row(&format!("{name}, {label}"), check);
-    ratio_row(&format!("ratio {name} / floor, {label}"), check, floor);
+    ratio_row(
+        &format!("ratio {name} / same-stack floor, {label}"),
+        check,
+        floor,
+    );
 }
 
 /// Whether the scenario group `name` is selected by BENCH_SCENARIOS (a
@@ -304,7 +310,7 @@ async fn main() {
         if selected("check") {
             let token = hot.clone();
             compare(
-                ("floor: empty RPC", "Check, cache hit"),
+                ("same-stack floor: empty RPC", "Check, cache hit"),
                 label,
                 (floor_addr, |channel, _| async move {
                     FloorClient::new(channel).empty(Nothing {}).await.unwrap();
@@ -326,7 +332,7 @@ async fn main() {
             let floor_request = Arc::clone(&request);
             compare(
                 (
-                    "floor: always-allow ext_authz",
+                    "same-stack floor: always-allow ext_authz",
                     "ext_authz Check, cache hit",
                 ),
                 label,

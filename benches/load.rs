@@ -25,6 +25,8 @@ pub struct Figures {
     pub p99: f64,
     pub p999: f64,
     pub per_second: f64,
+    /// Calls answered in the window.
+    pub calls: u64,
 }
 
 pub fn micros(h: &Histogram<u64>, q: f64) -> f64 {
@@ -32,15 +34,18 @@ pub fn micros(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 /// Runs `call` in a closed loop on every channel with `in_flight` calls each,
-/// for `seconds`, and returns latency percentiles (µs) and throughput.
-pub async fn closed_loop<C, F>(
-    channels: &[Channel],
+/// for `seconds`, and returns latency percentiles (µs) and throughput. A
+/// "channel" is whatever a call needs to reach the server: a gRPC
+/// [`Channel`], or an HTTP connection for the benches that go through Envoy.
+pub async fn closed_loop<T, C, F>(
+    channels: &[T],
     in_flight: usize,
     seconds: u64,
     call: C,
 ) -> Figures
 where
-    C: Fn(Channel, u64) -> F + Send + Sync + 'static + Clone,
+    T: Clone + Send + 'static,
+    C: Fn(T, u64) -> F + Send + Sync + 'static + Clone,
     F: Future<Output = ()> + Send,
 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -76,6 +81,7 @@ where
         p99: micros(&all, 0.99),
         p999: micros(&all, 0.999),
         per_second: all.len() as f64 / elapsed,
+        calls: all.len(),
     }
 }
 
@@ -91,6 +97,7 @@ pub fn median(runs: Vec<Figures>) -> Figures {
         p99: take(|f| f.p99),
         p999: take(|f| f.p999),
         per_second: take(|f| f.per_second),
+        calls: take(|f| f.calls as f64) as u64,
     }
 }
 

@@ -242,12 +242,23 @@ impl Metrics {
     /// Counts and times one RPC. `path` is the request's, as the client sent
     /// it: only the paths of served RPCs become labels, so that junk paths
     /// cannot grow the series without bound.
-    pub fn record_rpc(&self, path: &str, code: &str, seconds: f64) {
-        let rpc = KeyValue::new("rpc", self.rpc_names.label(path));
+    pub fn record_rpc(&self, path: &str, code: &'static str, seconds: f64) {
+        self.record_rpc_labelled(self.rpc_label(path), code, seconds);
+    }
+
+    /// The label [`Self::record_rpc_labelled`] takes for the RPC at `path`
+    /// (a shared name, or `unknown`): taken while the request's path is at
+    /// hand, so that the request layer need not copy the path.
+    pub fn rpc_label(&self, path: &str) -> opentelemetry::Value {
+        self.rpc_names.label(path)
+    }
+
+    /// [`Self::record_rpc`] with the label already looked up.
+    pub fn record_rpc_labelled(&self, rpc: opentelemetry::Value, code: &'static str, seconds: f64) {
+        let rpc = KeyValue::new("rpc", rpc);
         self.rpc_duration
             .record(seconds, std::slice::from_ref(&rpc));
-        self.rpc_calls
-            .add(1, &[rpc, KeyValue::new("code", code.to_owned())]);
+        self.rpc_calls.add(1, &[rpc, KeyValue::new("code", code)]);
     }
 
     /// Counts an ext_authz deny; `code` is one of the fixed deny codes.

@@ -34,6 +34,7 @@ mod operations;
 mod operator;
 mod persistence;
 mod pg;
+mod pki;
 mod races;
 mod reflection;
 mod replicas;

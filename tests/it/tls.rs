@@ -1,7 +1,6 @@
 //! TLS and mTLS, with certificates made at run time: with a client CA
 //! configured, only clients holding a certificate it issued get in.
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokenauth::{
     config::Config,
     proto::{CheckRequest, Reason, check_service_client::CheckServiceClient},
@@ -9,36 +8,7 @@ use tokenauth::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-pub struct Pki {
-    pub ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    pub fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let ca_pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            ca_pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names`, and its key, both PEM.
-    pub fn issue(&self, names: &[&str]) -> (String, String) {
-        let params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
+pub use crate::pki::Pki;
 
 async fn check_over(channel: Channel) -> Result<i32, tonic::Status> {
     CheckServiceClient::new(channel)

@@ -4,6 +4,8 @@
 //! (Envoy is ready in well under a second) and runs a group of scenarios on
 //! it, so the groups run in parallel without sharing state.
 //!
+//! - `proxy`: Envoy as a child process and the client spoken through it
+//!   (shared with `benches/floor.rs`);
 //! - `stack`: the harness (Envoy, tokenauth, the echoing upstream, a client);
 //! - `requests`: credentials, identity headers, `/healthz`, revocation, expiry;
 //! - `scopes`: permissions, organizations, workspaces and where the rules read them;
@@ -13,6 +15,7 @@
 
 mod failures;
 mod paths;
+mod proxy;
 mod requests;
 mod scopes;
 mod stack;
