@@ -28,6 +28,7 @@ pub fn actor_claim(actor: &proto::Actor) -> Option<ActorClaim> {
         role: proto::OrgRole::try_from(actor.org_role)
             .ok()
             .and_then(org_role),
+        ambiguous: None,
     })
 }
 

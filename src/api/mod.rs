@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The headers a caller without a request body of its own (JSON/HTTP
-/// through Envoy's transcoder, `docs/api/http-json.md`) asserts its actor
+/// through Envoy's transcoder, `docs/api-json.md`) asserts its actor
 /// in, when the request's `actor` field is empty.
 pub const ACTOR_HEADERS: [&str; 3] = [
     "x-tokenauth-actor-user-id",
@@ -46,9 +46,18 @@ pub fn credentials_of<T>(request: &Request<T>, actor: Option<&proto::Actor>) -> 
         .map_or_else(request_context::generate, str::to_owned);
     Credentials {
         bearer,
-        actor: actor
-            .and_then(convert::actor_claim)
-            .or_else(|| actor_from_headers(metadata)),
+        actor: match (
+            actor.and_then(convert::actor_claim),
+            actor_from_headers(metadata),
+        ) {
+            (Some(_), Some(_)) => Some(ActorClaim {
+                ambiguous: Some(
+                    "is asserted both in the request and in x-tokenauth-actor-* headers",
+                ),
+                ..ActorClaim::default()
+            }),
+            (claim, headers) => claim.or(headers),
+        },
         peer: request.remote_addr(),
         request_id,
     }
@@ -57,16 +66,29 @@ pub fn credentials_of<T>(request: &Request<T>, actor: Option<&proto::Actor>) -> 
 /// The actor the [`ACTOR_HEADERS`] assert, if any is present. A value that
 /// is not text, or a role that is not one of the API's, is kept as a claim
 /// that fails validation, so that a mistyped header is refused rather than
-/// read as no actor at all.
+/// read as no actor at all; so is a header sent twice (a proxy that appends
+/// its own copy after a client's must not let the client's win).
 fn actor_from_headers(metadata: &MetadataMap) -> Option<ActorClaim> {
+    if !ACTOR_HEADERS
+        .iter()
+        .any(|name| metadata.contains_key(*name))
+    {
+        return None;
+    }
+    if ACTOR_HEADERS
+        .iter()
+        .any(|name| metadata.get_all(*name).iter().count() > 1)
+    {
+        return Some(ActorClaim {
+            ambiguous: Some("is asserted by a repeated x-tokenauth-actor-* header"),
+            ..ActorClaim::default()
+        });
+    }
     let [user, org, role] = ACTOR_HEADERS.map(|name| {
         metadata
             .get(name)
             .map(|value| value.to_str().unwrap_or("\u{fffd}").to_owned())
     });
-    if user.is_none() && org.is_none() && role.is_none() {
-        return None;
-    }
     let role = role
         .and_then(|role| proto::OrgRole::from_str_name(&role))
         .and_then(convert::org_role);
@@ -74,5 +96,6 @@ fn actor_from_headers(metadata: &MetadataMap) -> Option<ActorClaim> {
         user_id: user.unwrap_or_default(),
         org_id: org.unwrap_or_default(),
         role,
+        ambiguous: None,
     })
 }

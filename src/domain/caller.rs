@@ -74,11 +74,18 @@ pub struct ActorClaim {
     pub org_id: String,
     /// `None` when unspecified or not a known role.
     pub role: Option<OrgRole>,
+    /// Why the claim cannot be taken at all (it was asserted twice, in
+    /// different places or by repeated headers), so that it is refused
+    /// rather than one copy silently winning.
+    pub ambiguous: Option<&'static str>,
 }
 
 /// The actor a control-plane credential asserts, validated: both ids well
 /// formed, and a known role.
 pub fn validate_actor(claim: &ActorClaim) -> Result<Actor, Error> {
+    if let Some(why) = claim.ambiguous {
+        return Err(Error::invalid("actor", why));
+    }
     require_id("actor.user_id", &claim.user_id)?;
     require_id("actor.org_id", &claim.org_id)?;
     let role = claim.role.ok_or_else(|| {

@@ -94,6 +94,12 @@ struct Answer {
 
 impl JsonApi {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(
+        configure: impl FnOnce(&mut tokenauth::config::Config) + Send + 'static,
+    ) -> Self {
         let pki = Pki::new("tokenauth test CA");
         let (cert, key) = pki.issue(&[SERVICE_NAME]);
         let certs = tempfile::tempdir().unwrap();
@@ -107,6 +113,7 @@ impl JsonApi {
             move |config| {
                 config.tls.cert_file = Some(cert_file);
                 config.tls.key_file = Some(key_file);
+                configure(config);
             },
             |store| store,
             Some(client_tls),
@@ -347,6 +354,46 @@ async fn errors_come_back_as_http_statuses_with_a_json_body() {
     assert_eq!(bad_role.status, 400, "{bad_role:?}");
     assert_eq!(bad_role.body["code"], 3);
 
+    // An actor asserted twice is refused, never one copy winning: in the
+    // query string (or body) besides the headers, or by a repeated header.
+    let both = api
+        .call_as(
+            Method::GET,
+            "/v1/orgs/org-1/tokens?actor.user_id=mallory&actor.org_id=org-1&actor.org_role=ADMIN",
+            None,
+            &[("bob", "org-1", "READ_ONLY")],
+        )
+        .await;
+    assert_eq!(both.status, 400, "{both:?}");
+    let in_body = api
+        .call_as(
+            Method::POST,
+            "/v1/orgs/org-1/tokens",
+            Some(
+                json!({"kind": "SERVICE", "name": "x", "permissions": ["scim:read"],
+                "actor": {"userId": "mallory", "orgId": "org-1", "orgRole": "ADMIN"}}),
+            ),
+            &[("bob", "org-1", "READ_ONLY")],
+        )
+        .await;
+    assert_eq!(in_body.status, 400, "{in_body:?}");
+    let repeated = api
+        .call_as(
+            Method::GET,
+            "/v1/orgs/org-1/tokens",
+            None,
+            &[("bob", "org-1", "ADMIN"), ("bob", "org-1", "READ_ONLY")],
+        )
+        .await;
+    assert_eq!(repeated.status, 400, "{repeated:?}");
+    assert!(
+        repeated.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("repeated"),
+        "{repeated:?}"
+    );
+
     // A malformed id: 400; a well-formed one that does not exist: 404.
     let malformed = api.call(Method::GET, "/v1/tokens/nope", None).await;
     assert_eq!(malformed.status, 400, "{malformed:?}");
@@ -402,6 +449,74 @@ async fn errors_come_back_as_http_statuses_with_a_json_body() {
             .contains("no such route"),
         "{backup:?}"
     );
+}
+
+/// Clients of the JSON listener that send a request's head and stall on
+/// its body cannot take every request slot of tokenauth: the shipped
+/// circuit breaker lets at most 256 of them through, and the mesh's Checks
+/// keep being answered.
+#[tokio::test]
+async fn stalled_json_clients_cannot_take_every_request_slot() {
+    use tokio::io::AsyncWriteExt;
+    // tokenauth's own limit just above the breaker's: without the breaker,
+    // 300 stalled requests would hold all of it.
+    let api = JsonApi::start_with(|config| config.limits.max_concurrent_requests = 300).await;
+    let issued = api
+        .call(
+            Method::POST,
+            "/v1/orgs/org-1/tokens",
+            Some(service_token("mesh")),
+        )
+        .await;
+    let secret = issued.body["secret"].as_str().unwrap().to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut socket = tokio::net::TcpStream::connect(api.envoy.listener)
+            .await
+            .unwrap();
+        socket
+            .write_all(
+                b"POST /v1/check HTTP/1.1\r\nhost: tokenauth.example.com\r\n\
+                  content-type: application/json\r\ncontent-length: 1000\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        stalled.push(socket);
+    }
+    // Every stalled request has reached Envoy, and as many as it lets
+    // through (256 with the breaker, all of them without) hold a tokenauth
+    // request open.
+    let arrived = super::proxy::Deadline::new("300 stalled requests at Envoy");
+    // Then wait for the count at tokenauth to stop moving.
+    let mut last = (0, 0);
+    let mut steady = 0;
+    while steady < 5 {
+        let envoy = &api.envoy;
+        let now = (
+            envoy.stat("http.tokenauth_json.downstream_rq_total").await,
+            envoy.stat("cluster.tokenauth.upstream_rq_active").await,
+        );
+        // 301: the issue above, and the 300 stalled.
+        steady = if now == last && now.0 >= 301 && now.1 >= 256 {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+        arrived.tick().await;
+    }
+    let through = api.envoy.stat("cluster.tokenauth.upstream_rq_active").await;
+    assert!(
+        through <= 256,
+        "{through} requests went through to tokenauth"
+    );
+    let decision = crate::harness::check(&api.tokenauth, &secret, "scim:read", "org-1", "").await;
+    assert_eq!(
+        decision.reason,
+        tokenauth::proto::Reason::Ok as i32,
+        "{decision:?}"
+    );
+    drop(stalled);
 }
 
 /// `deploy/envoy/tokenauth.pb` is the descriptor set the build compiles
