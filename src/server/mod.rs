@@ -22,7 +22,7 @@ pub use self::{
 };
 use self::{
     health::Health,
-    tasks::{Background, count_tokens_forever, prune_forever},
+    tasks::{Background, count_tokens_forever, prune_forever, upkeep_usage_forever},
 };
 use crate::{
     config::{Config, ConfigError, StoreKind},
@@ -286,6 +286,12 @@ impl Wired {
         let flush_interval = config.usage.flush_interval;
         background.spawn_with_stop(move |stop| flusher.run(flusher_store, flush_interval, stop));
         background.spawn_until_stopped(prune_forever(Arc::clone(&store), config.clone()));
+        background.spawn_until_stopped(upkeep_usage_forever(
+            Arc::clone(&store),
+            config.usage.retention(),
+            config.usage.upkeep_interval,
+            config.usage.upkeep_batch,
+        ));
         background.spawn_prober(
             Arc::clone(&health),
             Arc::clone(&store),

@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::health::Health;
 use crate::{
     config::Config,
-    domain::time::Timestamp,
+    domain::{time::Timestamp, usage::UsageRetention},
     metrics::Metrics,
     store::{Store, StoreError},
 };
@@ -112,8 +112,7 @@ pub(super) async fn count_tokens_forever(
     }
 }
 
-/// Deletes audit events and usage records past their retention, every
-/// `audit.prune_interval`.
+/// Deletes audit events past their retention, every `audit.prune_interval`.
 pub(super) async fn prune_forever(store: Arc<dyn Store>, config: Config) {
     let mut ticker = tokio::time::interval(config.audit.prune_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,10 +130,45 @@ pub(super) async fn prune_forever(store: Arc<dyn Store>, config: Config) {
             Ok(pruned) => tracing::info!(pruned, "pruned audit events past retention"),
             Err(error) => tracing::warn!(%error, "pruning audit events failed; will retry"),
         }
-        match store.prune_usage(before(config.usage.retention)).await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "pruned usage records past retention"),
-            Err(error) => tracing::warn!(%error, "pruning usage records failed; will retry"),
+    }
+}
+
+/// Rolls usage up and prunes it (`domain::usage::UsageRetention::plan`),
+/// every `interval`, in transactions of at most `batch` rows. Each is its
+/// own store write, so Check's reads and the flusher's writes get between
+/// them; a step that fails is left to the next pass, which takes what this
+/// one did not (a transaction either happened whole or not at all).
+pub(super) async fn upkeep_usage_forever(
+    store: Arc<dyn Store>,
+    retention: UsageRetention,
+    interval: Duration,
+    batch: usize,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for step in retention.plan(Timestamp::now()) {
+            let mut rows = 0;
+            loop {
+                match store.upkeep_usage(step, batch).await {
+                    Ok(taken) => {
+                        rows += taken;
+                        if taken < batch {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, ?step, "usage upkeep failed; will retry");
+                        break;
+                    }
+                }
+                // Between two transactions: let the runtime's other work in.
+                tokio::task::yield_now().await;
+            }
+            if rows > 0 {
+                tracing::info!(rows, ?step, "usage rolled up or pruned");
+            }
         }
     }
 }

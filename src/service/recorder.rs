@@ -26,7 +26,7 @@ use crate::{
         refusals::{Admission, Payer, RefusalLimits, RefusalLog},
         time::Timestamp,
         token::Reason,
-        usage::{UsageRecord, minute_of},
+        usage::{Resolution, UsageRecord, minute_of},
     },
     store::{Store, StoreError},
 };
@@ -260,6 +260,7 @@ impl Recorder {
                     .to_owned(),
                 decision: key.decision,
                 minute: key.minute,
+                resolution: Resolution::Minute,
                 count: value.count,
             })
             .collect();
