@@ -314,6 +314,11 @@ pub struct UsageConfig {
     /// Most rows one roll-up or prune transaction takes: the most a write of
     /// it holds other usage writes (and, on sled, reads) for. Default 500.
     pub upkeep_batch: usize,
+    /// Most usage counts (one per token, permission, decision and minute)
+    /// held in memory until written; while the store takes no writes they
+    /// wait, and a Check that would need one more is not counted (and
+    /// logged). About 100 bytes each. Default 1000000.
+    pub max_pending_counts: usize,
 }
 
 impl Default for UsageConfig {
@@ -325,6 +330,7 @@ impl Default for UsageConfig {
             hour_rows_for: 90 * DAY,
             upkeep_interval: Duration::from_secs(300),
             upkeep_batch: 500,
+            max_pending_counts: crate::domain::usage::DEFAULT_MAX_PENDING_COUNTS,
         }
     }
 }

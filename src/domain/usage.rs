@@ -21,6 +21,10 @@ pub fn minute_of(at: Timestamp) -> Timestamp {
     Resolution::Minute.bucket_of(at)
 }
 
+/// Most usage counts held in memory until written, by default
+/// (`usage.max_pending_counts`): about 100 MB at ~100 bytes each.
+pub const DEFAULT_MAX_PENDING_COUNTS: usize = 1_000_000;
+
 /// How wide a usage record's bucket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Resolution {

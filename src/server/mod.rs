@@ -109,10 +109,10 @@ pub async fn start_with_store(
     // A store that replicas share needs every replica to bring the same
     // pepper: one made up here would differ from the others'.
     let keyring = pepper::open(&config.pepper_path(), store.as_ref(), !shared).await?;
-    let recorder = Arc::new(Recorder::new(
-        policy.catalogue.clone(),
-        policy.refusal_limits,
-    ));
+    let recorder = Arc::new(
+        Recorder::new(policy.catalogue.clone(), policy.refusal_limits)
+            .with_max_pending_counts(config.usage.max_pending_counts),
+    );
     let cache_settings = CacheSettings {
         capacity: config.cache.capacity,
         negative_capacity: config.cache.negative_capacity,
