@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// Shared with the grpc bench, which uses the rest of it.
+#[allow(dead_code)]
 mod load;
 
 use std::{
