@@ -22,7 +22,7 @@ pub use self::{
 };
 use self::{
     health::Health,
-    tasks::{Background, count_tokens_forever, prune_forever, upkeep_usage_forever},
+    tasks::{Background, count_tokens_forever, prune_forever, upkeep_usage_until},
 };
 use crate::{
     config::{Config, ConfigError, StoreKind},
@@ -286,12 +286,16 @@ impl Wired {
         let flush_interval = config.usage.flush_interval;
         background.spawn_with_stop(move |stop| flusher.run(flusher_store, flush_interval, stop));
         background.spawn_until_stopped(prune_forever(Arc::clone(&store), config.clone()));
-        background.spawn_until_stopped(upkeep_usage_forever(
-            Arc::clone(&store),
-            config.usage.retention(),
-            config.usage.upkeep_interval,
-            config.usage.upkeep_batch,
-        ));
+        let (upkeep_store, usage) = (Arc::clone(&store), config.usage.clone());
+        background.spawn_with_token(move |stop| {
+            upkeep_usage_until(
+                upkeep_store,
+                usage.retention(),
+                usage.upkeep_interval,
+                usage.upkeep_batch,
+                stop,
+            )
+        });
         background.spawn_prober(
             Arc::clone(&health),
             Arc::clone(&store),

@@ -54,6 +54,21 @@ impl Background {
         });
     }
 
+    /// Runs what `task` makes of the stop token: for work that checks for
+    /// the stop between steps it must not be cut in (a store write on a
+    /// blocking thread, which runs on after its future is dropped and would
+    /// hold the store past shutdown).
+    pub fn spawn_with_token<F: Future<Output = ()> + Send + 'static>(
+        &mut self,
+        task: impl FnOnce(CancellationToken) -> F,
+    ) {
+        let work = task(self.stop.clone());
+        self.tasks.spawn(async move {
+            work.await;
+            Ok(())
+        });
+    }
+
     /// Probes the store every `interval` (see [`Health::probe_forever`]).
     /// When the store says only a restart lets it write again, `drain` is
     /// cancelled so that the server drains, and [`Background::stop`] returns
@@ -137,20 +152,28 @@ pub(super) async fn prune_forever(store: Arc<dyn Store>, config: Config) {
 /// every `interval`, in transactions of at most `batch` rows. Each is its
 /// own store write, so Check's reads and the flusher's writes get between
 /// them; a step that fails is left to the next pass, which takes what this
-/// one did not (a transaction either happened whole or not at all).
-pub(super) async fn upkeep_usage_forever(
+/// one did not (a transaction either happened whole or not at all). Ends
+/// at `stop`, between two transactions, never in one.
+pub(super) async fn upkeep_usage_until(
     store: Arc<dyn Store>,
     retention: UsageRetention,
     interval: Duration,
     batch: usize,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         for step in retention.plan(Timestamp::now()) {
             let mut rows = 0;
             loop {
+                if stop.is_cancelled() {
+                    return;
+                }
                 match store.upkeep_usage(step, batch).await {
                     Ok(taken) => {
                         rows += taken;
