@@ -22,7 +22,7 @@ pub use self::{
 };
 use self::{
     health::Health,
-    tasks::{Background, count_tokens_forever, prune_forever, upkeep_usage_until},
+    tasks::{Background, count_tokens_until, prune_until, upkeep_usage_until},
 };
 use crate::{
     config::{Config, ConfigError, StoreKind},
@@ -285,7 +285,8 @@ impl Wired {
         let flusher_store = Arc::clone(&store);
         let flush_interval = config.usage.flush_interval;
         background.spawn_with_stop(move |stop| flusher.run(flusher_store, flush_interval, stop));
-        background.spawn_until_stopped(prune_forever(Arc::clone(&store), config.clone()));
+        let (prune_store, prune_config) = (Arc::clone(&store), config.clone());
+        background.spawn_with_token(move |stop| prune_until(prune_store, prune_config, stop));
         let (upkeep_store, usage) = (Arc::clone(&store), config.usage.clone());
         background.spawn_with_token(move |stop| {
             upkeep_usage_until(
@@ -302,11 +303,11 @@ impl Wired {
             config.health.probe_interval,
             drain.clone(),
         );
-        background.spawn_until_stopped(count_tokens_forever(
-            Arc::clone(&store),
-            Arc::clone(&metrics),
-            config.admin.token_count_interval,
-        ));
+        let (count_store, count_metrics) = (Arc::clone(&store), Arc::clone(&metrics));
+        let count_interval = config.admin.token_count_interval;
+        background.spawn_with_token(move |stop| {
+            count_tokens_until(count_store, count_metrics, count_interval, stop)
+        });
         if let Some(listener) = admin {
             let metrics = Arc::clone(&metrics);
             background.spawn_with_stop(|stop| admin_http::serve_admin(listener, metrics, stop));

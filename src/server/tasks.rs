@@ -110,16 +110,22 @@ impl Background {
     }
 }
 
-/// Refreshes the count of tokens by kind and state every `interval`.
-pub(super) async fn count_tokens_forever(
+/// Refreshes the count of tokens by kind and state every `interval`, until
+/// `stop`; a count under way (a read on a blocking thread) is finished
+/// first (see [`Background::spawn_with_token`]).
+pub(super) async fn count_tokens_until(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     interval: Duration,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         match store.count_tokens(Timestamp::now()).await {
             Ok(counts) => metrics.set_token_counts(counts),
             Err(error) => tracing::warn!(%error, "counting tokens for metrics failed"),
@@ -127,12 +133,17 @@ pub(super) async fn count_tokens_forever(
     }
 }
 
-/// Deletes audit events past their retention, every `audit.prune_interval`.
-pub(super) async fn prune_forever(store: Arc<dyn Store>, config: Config) {
+/// Deletes audit events past their retention, every `audit.prune_interval`,
+/// until `stop`; a prune under way is finished first (see
+/// [`Background::spawn_with_token`]).
+pub(super) async fn prune_until(store: Arc<dyn Store>, config: Config, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(config.audit.prune_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let before = |retention: Duration| {
             Timestamp::from_micros(
                 Timestamp::now()
