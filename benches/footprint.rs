@@ -12,6 +12,11 @@
 //! Each run starts the server once per sled page-cache size in
 //! BENCH_SLED_CACHE_MIB (comma-separated MiB, default `1024,128`: sled's
 //! default and a bounded one), through `TOKENAUTH_SLED__CACHE_CAPACITY`.
+//!
+//! With BENCH_LOAD_SECONDS (default 0: none), each run then keeps 16 Checks
+//! in flight over every stored token in turn for that long (every token a
+//! cache entry, a usage count and a last-use time to write, over and over),
+//! sampling RSS every second: its maximum and its value at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -100,6 +105,7 @@ async fn main() {
     let tokens = env_or("BENCH_TOKENS", 1_000_000) as usize;
     let runs = env_or("BENCH_RUNS", 3);
     let warm = env_or("BENCH_WARM", 100_000) as usize;
+    let load = Duration::from_secs(env_or("BENCH_LOAD_SECONDS", 0));
     let sled_caches: Vec<u64> = std::env::var("BENCH_SLED_CACHE_MIB")
         .unwrap_or_else(|_| "1024,128".into())
         .split(',')
@@ -119,9 +125,10 @@ async fn main() {
         allocated as f64 / 1048576.0
     );
     println!(
-        "| run | sled cache_capacity (MiB) | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) | those Checks, mean (µs) |"
+        "| run | sled cache_capacity (MiB) | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) | those Checks, mean (µs) | Checks under {}s of load | RSS max under load (MiB) | RSS at its end (MiB) |",
+        load.as_secs()
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (run, sled_cache) in (1..=runs).flat_map(|run| sled_caches.iter().map(move |c| (run, *c))) {
         let port = free_port();
         let addr = format!("http://127.0.0.1:{port}");
@@ -176,13 +183,68 @@ async fn main() {
         }
         let checks_mean = checks_started.elapsed() / u32::try_from(warm.max(1)).unwrap();
         let rss_warm = rss_kib(pid);
+        let (loaded, rss_max, rss_end) = sustained_load(&client, &secrets, load, pid).await;
         println!(
-            "| {run} | {sled_cache} | {:.0} | {:.1} | {:.1} | {:.0} |",
+            "| {run} | {sled_cache} | {:.0} | {:.1} | {:.1} | {:.0} | {loaded} | {:.1} | {:.1} |",
             startup.as_secs_f64() * 1000.0,
             rss_started as f64 / 1024.0,
             rss_warm as f64 / 1024.0,
-            checks_mean.as_secs_f64() * 1e6
+            checks_mean.as_secs_f64() * 1e6,
+            rss_max as f64 / 1024.0,
+            rss_end as f64 / 1024.0,
         );
         drop(server);
     }
+}
+
+/// Keeps 16 Checks in flight over every secret in turn for `load`; returns
+/// the Checks answered, and the server's largest and last RSS (KiB),
+/// sampled every second.
+async fn sustained_load(
+    client: &CheckServiceClient<tonic::transport::Channel>,
+    secrets: &[String],
+    load: Duration,
+    pid: u32,
+) -> (u64, u64, u64) {
+    if load.is_zero() {
+        return (0, 0, 0);
+    }
+    const IN_FLIGHT: usize = 16;
+    let secrets: std::sync::Arc<[String]> = secrets.into();
+    let deadline = Instant::now() + load;
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|worker| {
+            let (mut client, secrets) = (client.clone(), std::sync::Arc::clone(&secrets));
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                let mut next = worker;
+                while Instant::now() < deadline {
+                    let response = client
+                        .check(CheckRequest {
+                            token: secrets[next % secrets.len()].clone(),
+                            permission: "test_api:run".into(),
+                            org_id: "org-bench".into(),
+                            workspace_id: "ws-1".into(),
+                        })
+                        .await
+                        .unwrap();
+                    assert!(response.into_inner().allowed);
+                    done += 1;
+                    next += IN_FLIGHT;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut rss_max = 0;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_max = rss_max.max(rss_kib(pid));
+    }
+    let mut checks = 0;
+    for worker in workers {
+        checks += worker.await.unwrap();
+    }
+    let rss_end = rss_kib(pid);
+    (checks, rss_max.max(rss_end), rss_end)
 }

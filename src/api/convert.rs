@@ -12,7 +12,7 @@ use crate::{
         query::TokenQuery,
         time::Timestamp,
         token::{NewToken, Reason, TokenKind, TokenView},
-        usage::{UsageQuery, UsageRecord},
+        usage::{Resolution, UsageQuery, UsageRecord},
     },
     proto,
 };
@@ -149,6 +149,15 @@ pub fn usage_to_proto(record: UsageRecord) -> proto::UsageRecord {
         decision: reason_to_proto(record.decision).into(),
         minute: Some(timestamp_to_proto(record.minute)),
         count: record.count,
+        resolution: resolution_to_proto(record.resolution).into(),
+    }
+}
+
+pub fn resolution_to_proto(resolution: Resolution) -> proto::UsageResolution {
+    match resolution {
+        Resolution::Minute => proto::UsageResolution::Minute,
+        Resolution::Hour => proto::UsageResolution::Hour,
+        Resolution::Day => proto::UsageResolution::Day,
     }
 }
 

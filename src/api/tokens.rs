@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{grace_from_proto, timestamp_to_proto, usage_to_proto},
+    convert::{grace_from_proto, resolution_to_proto, timestamp_to_proto, usage_to_proto},
     credentials_of,
 };
 use crate::{
@@ -153,13 +153,14 @@ impl token_service_server::TokenService for TokenApi {
             .await?;
         let query = request.get_ref().try_into()?;
         let request = request.into_inner();
-        let (records, next_page_token) = self
+        let listing = self
             .service
             .list_usage(&caller, query, request.page_size, &request.page_token)
             .await?;
         Ok(Response::new(proto::ListTokenUsageResponse {
-            records: records.into_iter().map(usage_to_proto).collect(),
-            next_page_token,
+            records: listing.records.into_iter().map(usage_to_proto).collect(),
+            next_page_token: listing.next,
+            resolution: resolution_to_proto(listing.resolution).into(),
         }))
     }
 }

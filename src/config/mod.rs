@@ -27,6 +27,7 @@ mod values;
 pub use values::resolve_listen;
 
 use crate::domain::permissions::{DEFAULT_ORGANIZATION_PERMISSIONS, DEFAULT_WORKSPACE_PERMISSIONS};
+use crate::domain::usage::UsageRetention;
 
 /// A configuration problem, naming the field or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +261,7 @@ pub struct AuditConfig {
     /// How long audit events are kept. Default `"400days"`.
     #[serde(with = "values::duration")]
     pub retention: Duration,
-    /// How often expired events (and usage records) are pruned. Default `"1h"`.
+    /// How often expired events are pruned. Default `"1h"`.
     #[serde(with = "values::duration")]
     pub prune_interval: Duration,
     /// Most distinct refusal events recorded per minute in one organization
@@ -295,16 +296,52 @@ pub struct UsageConfig {
     /// crash may lose, at most this much. Default `"10s"`.
     #[serde(with = "values::duration")]
     pub flush_interval: Duration,
-    /// How long usage records are kept. Default `"90days"`.
+    /// How long usage is kept at all (as day rows at the end). Default
+    /// `"400days"`.
     #[serde(with = "values::duration")]
     pub retention: Duration,
+    /// How long usage is kept by the minute; older minutes are rolled up
+    /// into hour rows. Default `"48h"`.
+    #[serde(with = "values::duration")]
+    pub minute_rows_for: Duration,
+    /// How long usage is kept by the hour; older hours are rolled up into
+    /// day rows. Default `"90days"`.
+    #[serde(with = "values::duration")]
+    pub hour_rows_for: Duration,
+    /// How often usage is rolled up and pruned. Default `"5m"`.
+    #[serde(with = "values::duration")]
+    pub upkeep_interval: Duration,
+    /// Most rows one roll-up or prune transaction takes: the most a write of
+    /// it holds other usage writes (and, on sled, reads) for. Default 500.
+    pub upkeep_batch: usize,
+    /// Most usage counts (one per token, permission, decision and minute)
+    /// held in memory until written; while the store takes no writes they
+    /// wait, and a Check that would need one more is not counted (and
+    /// logged). About 100 bytes each. Default 1000000.
+    pub max_pending_counts: usize,
 }
 
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             flush_interval: Duration::from_secs(10),
-            retention: 90 * DAY,
+            retention: 400 * DAY,
+            minute_rows_for: 2 * DAY,
+            hour_rows_for: 90 * DAY,
+            upkeep_interval: Duration::from_secs(300),
+            upkeep_batch: 500,
+            max_pending_counts: crate::domain::usage::DEFAULT_MAX_PENDING_COUNTS,
+        }
+    }
+}
+
+impl UsageConfig {
+    /// The windows of each resolution.
+    pub fn retention(&self) -> UsageRetention {
+        UsageRetention {
+            minutes: self.minute_rows_for,
+            hours: self.hour_rows_for,
+            total: self.retention,
         }
     }
 }

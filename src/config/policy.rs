@@ -74,12 +74,21 @@ impl Config {
             ),
             ("usage.flush_interval", self.usage.flush_interval),
             ("usage.retention", self.usage.retention),
+            ("usage.minute_rows_for", self.usage.minute_rows_for),
+            ("usage.hour_rows_for", self.usage.hour_rows_for),
+            ("usage.upkeep_interval", self.usage.upkeep_interval),
             ("audit.prune_interval", self.audit.prune_interval),
             ("audit.retention", self.audit.retention),
         ] {
             if duration.is_zero() {
                 return Err(invalid(field, "must be longer than 0s"));
             }
+        }
+        if self.usage.upkeep_batch == 0 {
+            return Err(invalid("usage.upkeep_batch", "must be at least 1"));
+        }
+        if self.usage.max_pending_counts == 0 {
+            return Err(invalid("usage.max_pending_counts", "must be at least 1"));
         }
         if self.limits.max_request_bytes < 1024 {
             return Err(invalid("limits.max_request_bytes", "must be at least 1024"));
@@ -205,6 +214,7 @@ impl Config {
                 service_per_organization: Some(quotas.service_per_organization),
                 service_per_workspace: Some(quotas.service_per_workspace),
             },
+            usage_retention: self.usage.retention(),
         })
     }
 }

@@ -22,7 +22,7 @@ pub use self::{
 };
 use self::{
     health::Health,
-    tasks::{Background, count_tokens_forever, prune_forever},
+    tasks::{Background, count_tokens_until, prune_until, upkeep_usage_until},
 };
 use crate::{
     config::{Config, ConfigError, StoreKind},
@@ -109,10 +109,10 @@ pub async fn start_with_store(
     // A store that replicas share needs every replica to bring the same
     // pepper: one made up here would differ from the others'.
     let keyring = pepper::open(&config.pepper_path(), store.as_ref(), !shared).await?;
-    let recorder = Arc::new(Recorder::new(
-        policy.catalogue.clone(),
-        policy.refusal_limits,
-    ));
+    let recorder = Arc::new(
+        Recorder::new(policy.catalogue.clone(), policy.refusal_limits)
+            .with_max_pending_counts(config.usage.max_pending_counts),
+    );
     let cache_settings = CacheSettings {
         capacity: config.cache.capacity,
         negative_capacity: config.cache.negative_capacity,
@@ -285,18 +285,29 @@ impl Wired {
         let flusher_store = Arc::clone(&store);
         let flush_interval = config.usage.flush_interval;
         background.spawn_with_stop(move |stop| flusher.run(flusher_store, flush_interval, stop));
-        background.spawn_until_stopped(prune_forever(Arc::clone(&store), config.clone()));
+        let (prune_store, prune_config) = (Arc::clone(&store), config.clone());
+        background.spawn_with_token(move |stop| prune_until(prune_store, prune_config, stop));
+        let (upkeep_store, usage) = (Arc::clone(&store), config.usage.clone());
+        background.spawn_with_token(move |stop| {
+            upkeep_usage_until(
+                upkeep_store,
+                usage.retention(),
+                usage.upkeep_interval,
+                usage.upkeep_batch,
+                stop,
+            )
+        });
         background.spawn_prober(
             Arc::clone(&health),
             Arc::clone(&store),
             config.health.probe_interval,
             drain.clone(),
         );
-        background.spawn_until_stopped(count_tokens_forever(
-            Arc::clone(&store),
-            Arc::clone(&metrics),
-            config.admin.token_count_interval,
-        ));
+        let (count_store, count_metrics) = (Arc::clone(&store), Arc::clone(&metrics));
+        let count_interval = config.admin.token_count_interval;
+        background.spawn_with_token(move |stop| {
+            count_tokens_until(count_store, count_metrics, count_interval, stop)
+        });
         if let Some(listener) = admin {
             let metrics = Arc::clone(&metrics);
             background.spawn_with_stop(|stop| admin_http::serve_admin(listener, metrics, stop));

@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::health::Health;
 use crate::{
     config::Config,
-    domain::time::Timestamp,
+    domain::{time::Timestamp, usage::UsageRetention},
     metrics::Metrics,
     store::{Store, StoreError},
 };
@@ -48,6 +48,21 @@ impl Background {
         task: impl FnOnce(WaitForCancellationFutureOwned) -> F,
     ) {
         let work = task(self.stop.clone().cancelled_owned());
+        self.tasks.spawn(async move {
+            work.await;
+            Ok(())
+        });
+    }
+
+    /// Runs what `task` makes of the stop token: for work that checks for
+    /// the stop between steps it must not be cut in (a store write on a
+    /// blocking thread, which runs on after its future is dropped and would
+    /// hold the store past shutdown).
+    pub fn spawn_with_token<F: Future<Output = ()> + Send + 'static>(
+        &mut self,
+        task: impl FnOnce(CancellationToken) -> F,
+    ) {
+        let work = task(self.stop.clone());
         self.tasks.spawn(async move {
             work.await;
             Ok(())
@@ -95,16 +110,22 @@ impl Background {
     }
 }
 
-/// Refreshes the count of tokens by kind and state every `interval`.
-pub(super) async fn count_tokens_forever(
+/// Refreshes the count of tokens by kind and state every `interval`, until
+/// `stop`; a count under way (a read on a blocking thread) is finished
+/// first (see [`Background::spawn_with_token`]).
+pub(super) async fn count_tokens_until(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     interval: Duration,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         match store.count_tokens(Timestamp::now()).await {
             Ok(counts) => metrics.set_token_counts(counts),
             Err(error) => tracing::warn!(%error, "counting tokens for metrics failed"),
@@ -112,13 +133,17 @@ pub(super) async fn count_tokens_forever(
     }
 }
 
-/// Deletes audit events and usage records past their retention, every
-/// `audit.prune_interval`.
-pub(super) async fn prune_forever(store: Arc<dyn Store>, config: Config) {
+/// Deletes audit events past their retention, every `audit.prune_interval`,
+/// until `stop`; a prune under way is finished first (see
+/// [`Background::spawn_with_token`]).
+pub(super) async fn prune_until(store: Arc<dyn Store>, config: Config, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(config.audit.prune_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let before = |retention: Duration| {
             Timestamp::from_micros(
                 Timestamp::now()
@@ -131,10 +156,53 @@ pub(super) async fn prune_forever(store: Arc<dyn Store>, config: Config) {
             Ok(pruned) => tracing::info!(pruned, "pruned audit events past retention"),
             Err(error) => tracing::warn!(%error, "pruning audit events failed; will retry"),
         }
-        match store.prune_usage(before(config.usage.retention)).await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "pruned usage records past retention"),
-            Err(error) => tracing::warn!(%error, "pruning usage records failed; will retry"),
+    }
+}
+
+/// Rolls usage up and prunes it (`domain::usage::UsageRetention::plan`),
+/// every `interval`, in transactions of at most `batch` rows. Each is its
+/// own store write, so Check's reads and the flusher's writes get between
+/// them; a step that fails is left to the next pass, which takes what this
+/// one did not (a transaction either happened whole or not at all). Ends
+/// at `stop`, between two transactions, never in one.
+pub(super) async fn upkeep_usage_until(
+    store: Arc<dyn Store>,
+    retention: UsageRetention,
+    interval: Duration,
+    batch: usize,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        for step in retention.plan(Timestamp::now()) {
+            let mut rows = 0;
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match store.upkeep_usage(step, batch).await {
+                    Ok(taken) => {
+                        rows += taken;
+                        if taken < batch {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, ?step, "usage upkeep failed; will retry");
+                        break;
+                    }
+                }
+                // Between two transactions: let the runtime's other work in.
+                tokio::task::yield_now().await;
+            }
+            if rows > 0 {
+                tracing::info!(rows, ?step, "usage rolled up or pruned");
+            }
         }
     }
 }

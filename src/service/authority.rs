@@ -15,6 +15,7 @@ use crate::{
         secret::Keyring,
         time::Timestamp,
         token::{LifetimePolicy, TokenRecord, TokenView},
+        usage::UsageRetention,
     },
     metrics::Metrics,
     store::Store,
@@ -41,6 +42,8 @@ pub struct Policy {
     pub refusal_limits: RefusalLimits,
     /// Most live tokens per member, organization and workspace.
     pub quotas: Quotas,
+    /// How long usage is kept at each resolution.
+    pub usage_retention: UsageRetention,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,

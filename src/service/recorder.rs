@@ -26,7 +26,7 @@ use crate::{
         refusals::{Admission, Payer, RefusalLimits, RefusalLog},
         time::Timestamp,
         token::Reason,
-        usage::{UsageRecord, minute_of},
+        usage::{DEFAULT_MAX_PENDING_COUNTS, Resolution, UsageRecord, minute_of},
     },
     store::{Store, StoreError},
 };
@@ -90,6 +90,13 @@ pub struct Recorder {
     catalogue: Catalogue,
     last_used: Sharded<TokenId, Timestamp>,
     usage: Sharded<UsageKey, UsageCount>,
+    /// Most counts one usage shard holds: while the store takes no writes,
+    /// the counts wait in memory, and this keeps them from growing without
+    /// bound (a count's key is ~40 bytes, its entry ~100 with the map's).
+    max_pending_per_shard: usize,
+    /// Check decisions not counted since the last flush because the maps
+    /// were full.
+    uncounted: std::sync::atomic::AtomicU64,
     refusals: RefusalLog,
 }
 
@@ -99,8 +106,18 @@ impl Recorder {
             catalogue,
             last_used: Sharded::new(),
             usage: Sharded::new(),
+            max_pending_per_shard: DEFAULT_MAX_PENDING_COUNTS.div_ceil(SHARDS),
+            uncounted: std::sync::atomic::AtomicU64::new(0),
             refusals: RefusalLog::new(refusal_limits),
         }
+    }
+
+    /// Holds at most `counts` usage counts in memory between two writes
+    /// (at least one per shard); a decision that would need another is
+    /// not counted, and the next flush logs how many were not.
+    pub fn with_max_pending_counts(mut self, counts: usize) -> Self {
+        self.max_pending_per_shard = counts.div_ceil(SHARDS).max(1);
+        self
     }
 
     /// The refusal budgets: which refusals are recorded, and when.
@@ -164,14 +181,21 @@ impl Recorder {
             decision,
             minute: minute_of(now),
         };
-        self.usage
-            .shard(id)
-            .entry(key)
-            .or_insert_with(|| UsageCount {
-                count: 0,
-                token: Arc::clone(token),
-            })
-            .count += 1;
+        let mut shard = self.usage.shard(id);
+        if let Some(counted) = shard.get_mut(&key) {
+            counted.count += 1;
+        } else if shard.len() < self.max_pending_per_shard {
+            shard.insert(
+                key,
+                UsageCount {
+                    count: 1,
+                    token: Arc::clone(token),
+                },
+            );
+        } else {
+            self.uncounted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// A use noted but not yet written, if any.
@@ -230,6 +254,14 @@ impl Recorder {
     }
 
     async fn flush_usage(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let uncounted = self.uncounted.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if uncounted > 0 {
+            tracing::warn!(
+                uncounted,
+                "Check decisions were not counted in usage: the counts waiting to be written \
+                 reached usage.max_pending_counts"
+            );
+        }
         let uses = self.last_used.take();
         let wrote_uses = !uses.is_empty();
         if wrote_uses && let Err(error) = store.record_last_used(&uses).await {
@@ -260,6 +292,7 @@ impl Recorder {
                     .to_owned(),
                 decision: key.decision,
                 minute: key.minute,
+                resolution: Resolution::Minute,
                 count: value.count,
             })
             .collect();
@@ -386,5 +419,44 @@ mod tests {
         }
         assert_eq!(counts.len(), minutes, "every minute's count, once");
         assert!(counts.iter().all(|&c| c == 1), "none counted twice");
+    }
+
+    /// While writes fail, counts wait in memory, and no more of them than
+    /// the bound: Checks of a new key beyond it are not counted; Checks of
+    /// a key already waiting still are.
+    #[tokio::test]
+    async fn counts_waiting_for_the_store_stay_within_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let catalogue = Config::default().policy().unwrap().catalogue;
+        let (_, permission) = catalogue.check_level("test_api:run").unwrap();
+        let token = Arc::new(CachedToken::new(test_record(1, "org")));
+        let limits = RefusalLimits {
+            per_caller: 1,
+            outside: 1,
+        };
+        // One token: every count lands in one shard, which holds 2.
+        let recorder = Recorder::new(catalogue, limits).with_max_pending_counts(2 * SHARDS);
+        let minute = |m: i64| Timestamp::from_micros(m * 60_000_000);
+        for m in 0..1_000 {
+            recorder.note_check(&token, permission, Reason::Ok, minute(m));
+        }
+        recorder.note_check(&token, permission, Reason::Ok, minute(1));
+        let query = UsageQuery {
+            org_id: "org".into(),
+            token_id: None,
+            start: None,
+            end: None,
+        };
+        store.fail_usage_write_after(0);
+        assert!(recorder.flush(&store).await.is_err());
+        recorder.flush(&store).await.unwrap();
+        let page = store.list_usage(&query, None, 500).await.unwrap();
+        let counts: Vec<(i64, u64)> = page
+            .records
+            .iter()
+            .map(|r| (r.minute.as_micros() / 60_000_000, r.count))
+            .collect();
+        assert_eq!(counts, vec![(0, 1), (1, 2)]);
     }
 }

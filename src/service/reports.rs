@@ -10,8 +10,20 @@ use crate::domain::{
     ids::EventId,
     pagination,
     query::{audit_fingerprint, usage_fingerprint},
-    usage::{UsageQuery, UsageRecord},
+    time::Timestamp,
+    usage::{Resolution, UsageQuery, UsageRecord},
 };
+
+/// One page of usage.
+pub struct UsageListing {
+    /// Oldest bucket first, each at the finest resolution still kept.
+    pub records: Vec<UsageRecord>,
+    /// The page token of the next page, empty after the last.
+    pub next: String,
+    /// The coarsest resolution the range asked is kept at: its records are
+    /// this fine or finer.
+    pub resolution: Resolution,
+}
 
 impl TokenAuthority {
     /// Check decisions counted per token, permission, decision and minute.
@@ -21,7 +33,7 @@ impl TokenAuthority {
         query: UsageQuery,
         page_size: i32,
         page_token: &str,
-    ) -> Result<(Vec<UsageRecord>, String), Error> {
+    ) -> Result<UsageListing, Error> {
         let limit = pagination::page_size(page_size)?;
         match query.token_id {
             Some(id) => {
@@ -50,7 +62,15 @@ impl TokenAuthority {
             .next
             .map(|cursor| pagination::encode(fingerprint, &cursor))
             .unwrap_or_default();
-        Ok((page.records, next))
+        let resolution = self
+            .policy
+            .usage_retention
+            .resolution_from(query.start, Timestamp::now());
+        Ok(UsageListing {
+            records: page.records,
+            next,
+            resolution,
+        })
     }
 
     /// Audit events of an organization, newest first.

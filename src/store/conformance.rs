@@ -23,7 +23,7 @@ use crate::domain::{
     secret::PepperKey,
     time::Timestamp,
     token::{Reason, StoredSecret, TokenKind, TokenRecord},
-    usage::{UsageQuery, UsageRecord},
+    usage::{Resolution, UsageQuery, UsageRecord, UsageUpkeep},
 };
 
 /// The names of the cases, in the order [`run_all`] runs them.
@@ -36,6 +36,7 @@ pub const CASES: &[&str] = &[
     "a_full_quota_refuses_and_writes_nothing",
     "audit_events_are_listed_newest_first",
     "usage_is_added_up_and_listed",
+    "usage_rolls_up_in_bounded_steps_without_losing_or_doubling_counts",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -49,6 +50,7 @@ pub async fn run_all(store: &dyn Store) {
     a_full_quota_refuses_and_writes_nothing(store).await;
     audit_events_are_listed_newest_first(store).await;
     usage_is_added_up_and_listed(store).await;
+    usage_rolls_up_in_bounded_steps_without_losing_or_doubling_counts(store).await;
     store.durable().await.unwrap();
 }
 
@@ -408,6 +410,7 @@ pub async fn usage_is_added_up_and_listed(store: &dyn Store) {
         permission: "test_api:run".into(),
         decision: Reason::Ok,
         minute: Timestamp::from_micros(minute * 60_000_000),
+        resolution: Resolution::Minute,
         count,
     };
     store
@@ -428,4 +431,154 @@ pub async fn usage_is_added_up_and_listed(store: &dyn Store) {
         vec![(use_at(1, 0).minute, 5), (use_at(2, 0).minute, 1)],
         "oldest minute first, counts of one minute added up"
     );
+}
+
+/// Every row of `query`, page by page, as (bucket after `base`, resolution,
+/// token's first byte, count).
+async fn all_usage(
+    store: &dyn Store,
+    query: &UsageQuery,
+    base: i64,
+) -> Vec<(i64, Resolution, u8, u64)> {
+    let mut rows = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_usage(query, after.as_deref(), 7).await.unwrap();
+        rows.extend(page.records.iter().map(|r| {
+            (
+                r.minute.as_micros() - base,
+                r.resolution,
+                r.token_id.to_bytes()[0],
+                r.count,
+            )
+        }));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return rows,
+        }
+    }
+}
+
+/// Runs `step` until a call takes fewer rows than `limit`; returns the rows
+/// each call took.
+async fn upkeep_until_done(store: &dyn Store, step: UsageUpkeep, limit: usize) -> Vec<usize> {
+    let mut calls = Vec::new();
+    loop {
+        let taken = store.upkeep_usage(step, limit).await.unwrap();
+        calls.push(taken);
+        if taken < limit {
+            return calls;
+        }
+    }
+}
+
+/// Minute rows roll into hour rows and those into day rows in steps of at
+/// most the batch asked; every count survives each step once (a second run
+/// of a step, or a late minute row of an hour already rolled up, adds
+/// nothing twice); a listing gives each bucket at the resolution it is kept
+/// at, oldest first; another organization's rows roll up alike, not away.
+/// (Its buckets lie long before the epoch, apart from every other case's.)
+pub async fn usage_rolls_up_in_bounded_steps_without_losing_or_doubling_counts(store: &dyn Store) {
+    const HOUR: i64 = 3_600_000_000;
+    const DAY: i64 = 24 * HOUR;
+    let base = -1_000 * DAY;
+    let org = "conformance-rollup";
+    let other = "conformance-rollup-other";
+    let (busy, quiet, elsewhere) = (
+        TokenId::from_bytes([1; 16]),
+        TokenId::from_bytes([2; 16]),
+        TokenId::from_bytes([3; 16]),
+    );
+    let use_at = |org: &str, token: TokenId, minute: i64, count: u64| UsageRecord {
+        org_id: org.into(),
+        token_id: token,
+        permission: "test_api:run".into(),
+        decision: Reason::Ok,
+        minute: Timestamp::from_micros(base + minute * 60_000_000),
+        resolution: Resolution::Minute,
+        count,
+    };
+    // 90 minutes of one busy token (hours 0 and 1), one minute of another
+    // token and one of another organization's.
+    let mut rows: Vec<UsageRecord> = (0..90).map(|m| use_at(org, busy, m, 1)).collect();
+    rows.push(use_at(org, quiet, 5, 7));
+    rows.push(use_at(other, elsewhere, 5, 3));
+    store.record_usage(&rows).await.unwrap();
+    let at = |micros: i64| Timestamp::from_micros(base + micros);
+    let org_query = |org: &str| UsageQuery {
+        org_id: org.into(),
+        token_id: None,
+        start: Some(at(0)),
+        end: Some(at(3 * DAY)),
+    };
+
+    // Hour 0 only: a listing gives it by the hour, then hour 1 by the minute.
+    let first_hour = UsageUpkeep::RollUp {
+        from: Resolution::Minute,
+        before: at(HOUR),
+    };
+    let calls = upkeep_until_done(store, first_hour, 25).await;
+    assert!(
+        calls.iter().all(|&taken| taken <= 25) && calls.len() >= 3,
+        "62 rows in steps of at most 25: {calls:?}"
+    );
+    assert_eq!(upkeep_until_done(store, first_hour, 25).await, vec![0]);
+    let listed = all_usage(store, &org_query(org), base).await;
+    assert_eq!(
+        listed[..2],
+        [(0, Resolution::Hour, 1, 60), (0, Resolution::Hour, 2, 7)],
+        "hour 0, rolled up"
+    );
+    assert_eq!(listed.len(), 2 + 30, "then hour 1's 30 minute rows");
+    assert!(
+        listed[2..]
+            .iter()
+            .all(|r| r.1 == Resolution::Minute && r.0 >= HOUR)
+    );
+
+    // A late minute row of hour 0 rolls up into it; nothing counts twice.
+    store
+        .record_usage(&[use_at(org, busy, 10, 2)])
+        .await
+        .unwrap();
+    let every_minute = UsageUpkeep::RollUp {
+        from: Resolution::Minute,
+        before: at(DAY),
+    };
+    upkeep_until_done(store, every_minute, 25).await;
+    assert_eq!(
+        all_usage(store, &org_query(org), base).await,
+        vec![
+            (0, Resolution::Hour, 1, 62),
+            (0, Resolution::Hour, 2, 7),
+            (HOUR, Resolution::Hour, 1, 30),
+        ]
+    );
+    assert_eq!(
+        all_usage(store, &org_query(other), base).await,
+        vec![(0, Resolution::Hour, 3, 3)],
+        "another organization's usage is rolled up, not lost"
+    );
+
+    // Hours into days, then days pruned.
+    let hours = UsageUpkeep::RollUp {
+        from: Resolution::Hour,
+        before: at(DAY),
+    };
+    upkeep_until_done(store, hours, 2).await;
+    let by_token = UsageQuery {
+        token_id: Some(busy),
+        ..org_query(org)
+    };
+    assert_eq!(
+        all_usage(store, &by_token, base).await,
+        vec![(0, Resolution::Day, 1, 92)]
+    );
+    let prune = UsageUpkeep::Prune {
+        of: Resolution::Day,
+        before: at(DAY),
+    };
+    upkeep_until_done(store, prune, 2).await;
+    assert!(all_usage(store, &org_query(org), base).await.is_empty());
+    assert!(all_usage(store, &org_query(other), base).await.is_empty());
 }

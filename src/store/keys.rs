@@ -16,7 +16,7 @@ use crate::domain::{
     quota::Quota,
     time::Timestamp,
     token::{TokenKind, TokenRecord},
-    usage::{UsageQuery, UsageRecord},
+    usage::{Resolution, UsageQuery, UsageRecord},
 };
 
 /// Names of the trees.
@@ -34,12 +34,37 @@ pub const AUDIT_BY_TIME: &str = "audit_by_time";
 /// The tokens neither revoked nor long expired, three ways (see [`live_keys`]):
 /// what quotas count and RevokeAll revokes, so that neither pays for history.
 pub const LIVE: &str = "live";
-/// [minute][org][token][permission][decision] -> count: for pruning by age.
+/// Minute rows: [minute][org][token][permission][decision] -> count: for
+/// rolling up by age.
 pub const USAGE_BY_TIME: &str = "usage_by_time";
-/// [org][minute][token][permission][decision] -> count
+/// Hour rows, alike (keys end in the resolution byte, see [`usage_keys`]).
+pub const USAGE_HOURS_BY_TIME: &str = "usage_hours_by_time";
+/// Day rows, alike: for pruning by age.
+pub const USAGE_DAYS_BY_TIME: &str = "usage_days_by_time";
+/// [org][bucket][token][permission][decision](resolution) -> count
 pub const USAGE_BY_ORG: &str = "usage_by_org";
-/// [token][minute][permission][decision] -> count
+/// [token][bucket][permission][decision](resolution) -> count
 pub const USAGE_BY_TOKEN: &str = "usage_by_token";
+
+/// The by-time tree of each resolution's rows.
+pub const fn usage_time_tree(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Minute => USAGE_BY_TIME,
+        Resolution::Hour => USAGE_HOURS_BY_TIME,
+        Resolution::Day => USAGE_DAYS_BY_TIME,
+    }
+}
+
+/// The byte that ends a rolled-up row's keys. Minute rows have none, as
+/// before rollup existed: their keys, and so the data of older versions and
+/// the cursors handed out by them, stay valid.
+const fn resolution_suffix(resolution: Resolution) -> Option<u8> {
+    match resolution {
+        Resolution::Minute => None,
+        Resolution::Hour => Some(1),
+        Resolution::Day => Some(2),
+    }
+}
 
 const _: () = assert!(MAX_ID_BYTES <= u8::MAX as usize);
 
@@ -307,7 +332,23 @@ pub fn usage_keys(record: &UsageRecord) -> [Vec<u8>; 3] {
     by_token.extend_from_slice(&minute);
     push_parts(&mut by_token, &[&record.permission]);
     by_token.push(reason);
-    [by_time, by_org, by_token]
+    let mut keys = [by_time, by_org, by_token];
+    if let Some(suffix) = resolution_suffix(record.resolution) {
+        for key in &mut keys {
+            key.push(suffix);
+        }
+    }
+    keys
+}
+
+/// Reads a by-time key (of any resolution's tree) and its count.
+pub fn decode_usage_time_key(key: &[u8], count: &[u8]) -> Result<UsageRecord, StoreError> {
+    let corrupt = || StoreError::Corrupt("usage time key".into());
+    let minute = key.get(..8).ok_or_else(corrupt)?;
+    let (org, tail) = take_part(&key[8..]).ok_or_else(corrupt)?;
+    let mut tail_with_minute = minute.to_vec();
+    tail_with_minute.extend_from_slice(tail);
+    decode_usage_tail(org, None, &tail_with_minute, count)
 }
 
 /// Reads `[minute][token?][permission][decision]`, the tail shared by the
@@ -338,8 +379,11 @@ pub fn decode_usage_tail(
         }
     };
     let (permission, rest) = take_part(rest).ok_or_else(corrupt)?;
-    let [reason] = rest else {
-        return Err(corrupt());
+    let (reason, resolution) = match rest {
+        [reason] => (reason, Resolution::Minute),
+        [reason, 1] => (reason, Resolution::Hour),
+        [reason, 2] => (reason, Resolution::Day),
+        _ => return Err(corrupt()),
     };
     let count: [u8; 8] = count.try_into().map_err(|_| corrupt())?;
     Ok(UsageRecord {
@@ -348,6 +392,7 @@ pub fn decode_usage_tail(
         permission: permission.to_owned(),
         decision: reason_of(*reason)?,
         minute: Timestamp::from_micros(i64_from_sortable(minute)),
+        resolution,
         count: u64::from_be_bytes(count),
     })
 }

@@ -19,7 +19,7 @@ use crate::domain::{
     secret::Digest,
     time::Timestamp,
     token::TokenRecord,
-    usage::{UsageQuery, UsageRecord},
+    usage::{UsageQuery, UsageRecord, UsageUpkeep},
 };
 
 /// A [`Store`] operation, named as the `tokenauth.store.duration` metric names it.
@@ -37,7 +37,7 @@ pub enum Operation {
     PruneAudit,
     RecordUsage,
     ListUsage,
-    PruneUsage,
+    UpkeepUsage,
     LastUsed,
     RecordLastUsed,
     PepperChecks,
@@ -65,7 +65,7 @@ impl Operation {
             Self::PruneAudit => "prune_audit",
             Self::RecordUsage => "record_usage",
             Self::ListUsage => "list_usage",
-            Self::PruneUsage => "prune_usage",
+            Self::UpkeepUsage => "upkeep_usage",
             Self::LastUsed => "last_used",
             Self::RecordLastUsed => "record_last_used",
             Self::PepperChecks => "pepper_checks",
@@ -208,8 +208,8 @@ impl<H: Hook> Store for Layered<H> {
     ) -> Result<UsagePage, StoreError> {
         around!(self, ListUsage, self.inner.list_usage(query, after, limit))
     }
-    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
-        around!(self, PruneUsage, self.inner.prune_usage(before))
+    async fn upkeep_usage(&self, step: UsageUpkeep, limit: usize) -> Result<usize, StoreError> {
+        around!(self, UpkeepUsage, self.inner.upkeep_usage(step, limit))
     }
     async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
         around!(self, LastUsed, self.inner.last_used(ids))

@@ -33,7 +33,7 @@ use crate::domain::{
     secret::Digest,
     time::Timestamp,
     token::TokenRecord,
-    usage::{UsageQuery, UsageRecord},
+    usage::{UsageQuery, UsageRecord, UsageUpkeep, roll_up},
 };
 
 /// A [`Store`] that keeps everything in this process's memory.
@@ -54,7 +54,8 @@ struct State {
     indexes: [BTreeSet<Vec<u8>>; 3],
     live: BTreeSet<Vec<u8>>,
     audit: BTreeMap<Vec<u8>, AuditEvent>,
-    /// By-time key -> the record (its count unused): what pruning reads.
+    /// [resolution][by-time key] -> the record (its count unused): what
+    /// upkeep reads.
     usage_by_time: BTreeMap<Vec<u8>, UsageRecord>,
     usage_by_org: BTreeMap<Vec<u8>, u64>,
     usage_by_token: BTreeMap<Vec<u8>, u64>,
@@ -235,6 +236,25 @@ impl State {
         AuditPage { events, next: None }
     }
 
+    /// Adds `records`' counts to their rows.
+    fn add_usage(&mut self, records: &[UsageRecord]) {
+        for record in records {
+            let [by_time, by_org, by_token] = usage_keys(record);
+            let mut time_key = vec![record.resolution as u8];
+            time_key.extend_from_slice(&by_time);
+            self.usage_by_time
+                .entry(time_key)
+                .or_insert_with(|| record.clone());
+            for (map, key) in [
+                (&mut self.usage_by_org, by_org),
+                (&mut self.usage_by_token, by_token),
+            ] {
+                let count = map.entry(key).or_default();
+                *count = count.saturating_add(record.count);
+            }
+        }
+    }
+
     fn scan_usage(
         &self,
         query: &UsageQuery,
@@ -401,22 +421,7 @@ impl Store for MemoryStore {
     }
 
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        let mut guard = self.state.lock();
-        let state = &mut *guard;
-        for record in records {
-            let [by_time, by_org, by_token] = usage_keys(record);
-            state
-                .usage_by_time
-                .entry(by_time)
-                .or_insert_with(|| record.clone());
-            for (map, key) in [
-                (&mut state.usage_by_org, by_org),
-                (&mut state.usage_by_token, by_token),
-            ] {
-                let count = map.entry(key).or_default();
-                *count = count.saturating_add(record.count);
-            }
-        }
+        self.state.lock().add_usage(records);
         Ok(())
     }
 
@@ -431,17 +436,38 @@ impl Store for MemoryStore {
             .scan_usage(query, after.map(<[u8]>::to_vec), limit)
     }
 
-    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
-        let end = keys::sortable_i64(before.as_micros()).to_vec();
-        let mut state = self.state.lock();
-        let kept = state.usage_by_time.split_off(&end);
-        let pruned = std::mem::replace(&mut state.usage_by_time, kept);
-        for record in pruned.values() {
-            let [_, by_org, by_token] = usage_keys(record);
-            state.usage_by_org.remove(&by_org);
+    async fn upkeep_usage(&self, step: UsageUpkeep, limit: usize) -> Result<usize, StoreError> {
+        let (of, before) = match step {
+            UsageUpkeep::RollUp { from, before } | UsageUpkeep::Prune { of: from, before } => {
+                (from, before)
+            }
+        };
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let mut end = vec![of as u8];
+        end.extend_from_slice(&keys::sortable_i64(before.as_micros()));
+        let taken: Vec<Vec<u8>> = state
+            .usage_by_time
+            .range(vec![of as u8]..end)
+            .take(limit)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut rows = Vec::with_capacity(taken.len());
+        for key in &taken {
+            let Some(mut record) = state.usage_by_time.remove(key) else {
+                continue;
+            };
+            let [_, by_org, by_token] = usage_keys(&record);
+            record.count = state.usage_by_org.remove(&by_org).unwrap_or(0);
             state.usage_by_token.remove(&by_token);
+            rows.push(record);
         }
-        Ok(pruned.len())
+        if let UsageUpkeep::RollUp { from, .. } = step
+            && let Some(into) = from.coarser()
+        {
+            state.add_usage(&roll_up(&rows, into));
+        }
+        Ok(taken.len())
     }
 
     async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {
@@ -523,7 +549,7 @@ mod tests {
     /// What the contract cases leave out: pruning, last use, pepper checks, backup.
     #[tokio::test]
     async fn pruning_last_use_and_pepper_checks() {
-        use crate::domain::token::Reason;
+        use crate::domain::{token::Reason, usage::Resolution};
         let store = MemoryStore::new();
         assert!(store.is_empty().await.unwrap());
         store.add_pepper_check(1, [7; 32]).await.unwrap();
@@ -538,13 +564,18 @@ mod tests {
             permission: "p".into(),
             decision: Reason::Ok,
             minute: minute(m),
+            resolution: Resolution::Minute,
             count: 1,
         };
         store
             .record_usage(&[usage(1), usage(2), usage(3)])
             .await
             .unwrap();
-        assert_eq!(store.prune_usage(minute(3)).await.unwrap(), 2);
+        let prune = UsageUpkeep::Prune {
+            of: Resolution::Minute,
+            before: minute(3),
+        };
+        assert_eq!(store.upkeep_usage(prune, 10).await.unwrap(), 2);
         let query = UsageQuery {
             org_id: "org".into(),
             token_id: None,

@@ -235,6 +235,7 @@ async fn insert(
             let mut token_keys = Vec::new();
             let mut minutes = Vec::new();
             let mut counts = Vec::new();
+            let mut resolutions = Vec::new();
             for (key, value) in batch {
                 let (org, tail) = keys::take_part(key).ok_or_else(|| corrupt("usage key"))?;
                 let record = decode_usage_tail(org, None, tail, value)?;
@@ -242,9 +243,13 @@ async fn insert(
                 token_keys.push(by_token);
                 minutes.push(record.minute.as_micros());
                 counts.push(i64::try_from(record.count).unwrap_or(i64::MAX));
+                resolutions.push(record.resolution as i16);
             }
-            tx.execute(schema::COPY_USAGE, &[&keys, &token_keys, &minutes, &counts])
-                .await?;
+            tx.execute(
+                schema::COPY_USAGE,
+                &[&keys, &token_keys, &minutes, &counts, &resolutions],
+            )
+            .await?;
         }
         "last_used" => {
             let times = values

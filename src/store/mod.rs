@@ -32,7 +32,7 @@ use crate::domain::{
     secret::Digest,
     time::Timestamp,
     token::TokenRecord,
-    usage::{UsageQuery, UsageRecord},
+    usage::{UsageQuery, UsageRecord, UsageUpkeep},
 };
 
 pub use crate::domain::changes::{
@@ -137,7 +137,7 @@ pub struct AuditPage {
     pub next: Option<EventId>,
 }
 
-/// One page of usage records, oldest minute first.
+/// One page of usage records, oldest bucket first.
 #[derive(Clone, Debug)]
 pub struct UsagePage {
     pub records: Vec<UsageRecord>,
@@ -224,7 +224,7 @@ pub trait Store: Send + Sync + 'static {
     /// Adds usage counts.
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
 
-    /// Usage matching `query`, oldest minute first, after the opaque cursor.
+    /// Usage matching `query`, oldest bucket first, after the opaque cursor.
     async fn list_usage(
         &self,
         query: &UsageQuery,
@@ -232,8 +232,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<UsagePage, StoreError>;
 
-    /// Deletes usage of minutes before `before`; returns how many records.
-    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError>;
+    /// One step of usage upkeep on at most `limit` rows, all or nothing:
+    /// a roll-up adds the rows it takes into the buckets
+    /// `domain::usage::roll_up` names and deletes them in one transaction
+    /// (a crash before it commits leaves them to the next pass; after,
+    /// they are gone), a prune deletes them. Returns how many rows it took:
+    /// fewer than `limit` when it took the last.
+    async fn upkeep_usage(&self, step: UsageUpkeep, limit: usize) -> Result<usize, StoreError>;
 
     /// The last recorded use of each token, in the order asked.
     async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError>;

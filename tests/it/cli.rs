@@ -21,7 +21,7 @@ fn config_check_prints_durations_as_configured() {
         "max_rotation_grace = \"7days\"",
         "max_lifetime = \"365days\"",
         "retention = \"400days\"",
-        "retention = \"90days\"",
+        "hour_rows_for = \"90days\"",
         "max_staleness = \"700ms\"",
         "token_count_interval = \"5m\"",
         "prune_interval = \"1h\"",

@@ -10,11 +10,13 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     ids::EventId,
     time::Timestamp,
-    usage::{UsageQuery, UsageRecord},
+    usage::{UsageQuery, UsageRecord, UsageUpkeep, roll_up},
 };
 use crate::store::{
     AuditPage, StoreError, UsagePage,
-    keys::{audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, usage_keys},
+    keys::{
+        audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, take_part, usage_keys,
+    },
     records::{decode_audit, encode_audit},
 };
 use deadpool_postgres::Client;
@@ -90,37 +92,89 @@ pub(super) async fn scan_audit(
 }
 
 /// [`Store::record_usage`].
-pub(super) async fn add_usage(client: &Client, records: &[UsageRecord]) -> Result<(), StoreError> {
+pub(super) async fn add_usage(
+    client: &impl GenericClient,
+    records: &[UsageRecord],
+) -> Result<(), StoreError> {
     // One upsert may not touch a row twice: merge repeats first.
-    let mut merged: HashMap<Vec<u8>, (Vec<u8>, i64, u64)> = HashMap::new();
+    let mut merged: HashMap<Vec<u8>, (Vec<u8>, i64, i16, u64)> = HashMap::new();
     for record in records {
         let [_, by_org, by_token] = usage_keys(record);
-        let entry = merged
-            .entry(by_org)
-            .or_insert((by_token, record.minute.as_micros(), 0));
-        entry.2 = entry.2.saturating_add(record.count);
+        let entry = merged.entry(by_org).or_insert((
+            by_token,
+            record.minute.as_micros(),
+            record.resolution as i16,
+            0,
+        ));
+        entry.3 = entry.3.saturating_add(record.count);
     }
     let mut org_keys = Vec::with_capacity(merged.len());
     let mut token_keys = Vec::with_capacity(merged.len());
     let mut minutes = Vec::with_capacity(merged.len());
+    let mut resolutions = Vec::with_capacity(merged.len());
     let mut counts = Vec::with_capacity(merged.len());
-    for (org_key, (token_key, minute, count)) in merged {
+    for (org_key, (token_key, minute, resolution, count)) in merged {
         org_keys.push(org_key);
         token_keys.push(token_key);
         minutes.push(minute);
+        resolutions.push(resolution);
         counts.push(i64::try_from(count).unwrap_or(i64::MAX));
     }
     client
         .execute(
-            "INSERT INTO usage (org_key, token_key, minute_us, count) \
-             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
+            "INSERT INTO usage (org_key, token_key, minute_us, resolution, count) \
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int2[], $5::int8[]) \
              ON CONFLICT (org_key) DO UPDATE SET count = CASE \
                WHEN usage.count > 9223372036854775807 - EXCLUDED.count \
                THEN 9223372036854775807 ELSE usage.count + EXCLUDED.count END",
-            &[&org_keys, &token_keys, &minutes, &counts],
+            &[&org_keys, &token_keys, &minutes, &resolutions, &counts],
         )
         .await?;
     Ok(())
+}
+
+/// [`Store::upkeep_usage`]: the rows taken, deleted and (for a roll-up)
+/// added to their coarser buckets in one transaction. Rows another
+/// replica's upkeep holds are skipped, not waited for (it takes them).
+pub(super) async fn upkeep_usage(
+    client: &mut Client,
+    step: UsageUpkeep,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let (of, into) = match step {
+        UsageUpkeep::RollUp { from, .. } => (from, from.coarser()),
+        UsageUpkeep::Prune { of, .. } => (of, None),
+    };
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "DELETE FROM usage WHERE org_key IN ( \
+               SELECT org_key FROM usage WHERE resolution = $1 AND minute_us < $2 \
+               ORDER BY resolution, minute_us LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING org_key, count",
+            &[
+                &(of as i16),
+                &step.before().as_micros(),
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+        )
+        .await?;
+    if let Some(into) = into {
+        let taken = rows
+            .iter()
+            .map(|row| {
+                let key: &[u8] = row.try_get(0)?;
+                let count: i64 = row.try_get(1)?;
+                let corrupt = || StoreError::Corrupt("usage key".into());
+                let (org, tail) = take_part(key).ok_or_else(corrupt)?;
+                let count = u64::try_from(count).unwrap_or(0).to_be_bytes();
+                decode_usage_tail(org, None, tail, &count)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        add_usage(&tx, &roll_up(&taken, into)).await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len())
 }
 
 /// [`Store::list_usage`].

@@ -41,7 +41,7 @@ mod tokens;
 pub use self::connect::{FeedTiming, PostgresSettings, Transport, transport};
 pub use self::schema::schema_version;
 use self::{
-    activity::{add_usage, insert_audit, scan_audit, scan_usage},
+    activity::{add_usage, insert_audit, scan_audit, scan_usage, upkeep_usage},
     connect::connection_config,
     feed::{Pools, clock, follow_revocations, read_timeout},
     rows::{bytes16, digests_of, record_of},
@@ -76,7 +76,7 @@ use crate::domain::{
     secret::Digest,
     time::Timestamp,
     token::{TokenRecord, TokenState},
-    usage::{UsageQuery, UsageRecord},
+    usage::{UsageQuery, UsageRecord, UsageUpkeep},
 };
 
 /// A [`Store`] in a PostgreSQL database shared by several replicas.
@@ -429,15 +429,8 @@ impl Store for PostgresStore {
         scan_usage(&self.client().await?, query, after, limit).await
     }
 
-    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
-        let client = self.client().await?;
-        let pruned = client
-            .execute(
-                "DELETE FROM usage WHERE minute_us < $1",
-                &[&before.as_micros()],
-            )
-            .await?;
-        Ok(usize::try_from(pruned).unwrap_or(usize::MAX))
+    async fn upkeep_usage(&self, step: UsageUpkeep, limit: usize) -> Result<usize, StoreError> {
+        upkeep_usage(&mut self.client().await?, step, limit).await
     }
 
     async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {

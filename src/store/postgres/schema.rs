@@ -86,6 +86,17 @@ CREATE INDEX tokens_live_by_workspace ON tokens
     WHERE revoked_at_us IS NULL;
 ",
     ),
+    (
+        3,
+        // Usage rolls up as it ages: each row says its bucket's width
+        // (0 minute, 1 hour, 2 day; rolled-up rows' keys end in it), and
+        // upkeep takes the oldest rows of one width.
+        r"
+ALTER TABLE usage ADD COLUMN resolution smallint NOT NULL DEFAULT 0;
+DROP INDEX usage_by_minute;
+CREATE INDEX usage_by_resolution ON usage (resolution, minute_us);
+",
+    ),
 ];
 
 /// The schema version this binary knows.
@@ -179,10 +190,11 @@ pub(crate) const COPY_AUDIT: &str = "INSERT INTO audit (key, event, id) \
                  SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) \
                  ON CONFLICT (key) DO UPDATE SET event = EXCLUDED.event, id = EXCLUDED.id \
                  WHERE ROW(audit.*) IS DISTINCT FROM ROW(EXCLUDED.*)";
-pub(crate) const COPY_USAGE: &str = "INSERT INTO usage (org_key, token_key, minute_us, count) \
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[]) \
+pub(crate) const COPY_USAGE: &str = "INSERT INTO usage (org_key, token_key, minute_us, count, resolution) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], $5::int2[]) \
                  ON CONFLICT (org_key) DO UPDATE SET token_key = EXCLUDED.token_key, \
-                 minute_us = EXCLUDED.minute_us, count = EXCLUDED.count \
+                 minute_us = EXCLUDED.minute_us, count = EXCLUDED.count, \
+                 resolution = EXCLUDED.resolution \
                  WHERE ROW(usage.*) IS DISTINCT FROM ROW(EXCLUDED.*)";
 pub(crate) const COPY_LAST_USED: &str = "INSERT INTO last_used (token_id, at_us) \
                  SELECT * FROM unnest($1::bytea[], $2::int8[]) \

@@ -29,6 +29,7 @@ use sled::{Transactional, transaction::TransactionError};
 pub mod backup;
 mod group_commit;
 mod trees;
+mod usage;
 
 use self::group_commit::GroupCommit;
 use self::trees::{
@@ -39,7 +40,7 @@ use super::{
     AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
     RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
-    keys::{self, audit_key, audit_time_key, decode_usage_tail, usage_keys},
+    keys::{self, audit_key, audit_time_key},
     records::{decode_token, encode_audit},
 };
 use crate::domain::{
@@ -50,7 +51,7 @@ use crate::domain::{
     secret::Digest,
     time::Timestamp,
     token::TokenRecord,
-    usage::{UsageQuery, UsageRecord},
+    usage::{Resolution, UsageQuery, UsageRecord, UsageUpkeep},
 };
 
 /// A file in sled's directory holding the number of the last flush that
@@ -126,7 +127,11 @@ impl SledStore {
             live: open(keys::LIVE)?,
             audit: open(keys::AUDIT)?,
             audit_by_time: open(keys::AUDIT_BY_TIME)?,
-            usage_by_time: open(keys::USAGE_BY_TIME)?,
+            usage_by_time: [
+                open(keys::usage_time_tree(Resolution::Minute))?,
+                open(keys::usage_time_tree(Resolution::Hour))?,
+                open(keys::usage_time_tree(Resolution::Day))?,
+            ],
             usage_by_org: open(keys::USAGE_BY_ORG)?,
             usage_by_token: open(keys::USAGE_BY_TOKEN)?,
             last_used: open(keys::LAST_USED)?,
@@ -139,6 +144,8 @@ impl SledStore {
             transactions_before_failure: std::sync::atomic::AtomicI64::new(-1),
             #[cfg(test)]
             usage_writes_before_failure: std::sync::atomic::AtomicI64::new(-1),
+            #[cfg(test)]
+            fail_usage_upkeep: std::sync::atomic::AtomicBool::new(false),
             db,
         });
         let watermark_path = dir.join(WATERMARK_FILE);
@@ -198,6 +205,15 @@ impl SledStore {
             commit,
             dir: dir.to_owned(),
         })
+    }
+
+    /// Test-only fault: aborts the next usage upkeep inside its transaction,
+    /// after it took its rows and before it wrote their roll-up.
+    #[cfg(test)]
+    pub(crate) fn fail_next_usage_upkeep(&self) {
+        self.trees
+            .fail_usage_upkeep
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Test-only fault: lets `writes` usage writes through, then fails one.
@@ -498,27 +514,7 @@ impl Store for SledStore {
             ));
         }
         let records = records.to_vec();
-        self.side_write(move |t| {
-            (&t.usage_by_time, &t.usage_by_org, &t.usage_by_token)
-                .transaction(|(by_time, by_org, by_token)| {
-                    for record in &records {
-                        let keys = usage_keys(record);
-                        for (tree, key) in [by_time, by_org, by_token].iter().zip(&keys) {
-                            let old = tree
-                                .get(key)?
-                                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                                .map_or(0, u64::from_be_bytes);
-                            tree.insert(
-                                key.as_slice(),
-                                &old.saturating_add(record.count).to_be_bytes(),
-                            )?;
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(|e: TransactionError<StoreError>| e.into())
-        })
-        .await
+        self.side_write(move |t| usage::add(t, &records)).await
     }
 
     async fn list_usage(
@@ -529,59 +525,13 @@ impl Store for SledStore {
     ) -> Result<UsagePage, StoreError> {
         let query = query.clone();
         let after = after.map(<[u8]>::to_vec);
-        self.read(move |t| {
-            let (index, prefix, start, high) = keys::usage_range(&query, after);
-            let tree = match index {
-                keys::UsageIndex::ByToken => &t.usage_by_token,
-                keys::UsageIndex::ByOrg => &t.usage_by_org,
-            };
-            let mut records = Vec::new();
-            for entry in tree.range((start, Bound::Excluded(high))) {
-                let (key, value) = entry?;
-                if records.len() == limit {
-                    let next = records
-                        .last()
-                        .map(|(k, _): &(Vec<u8>, UsageRecord)| k.clone());
-                    return Ok(UsagePage {
-                        records: records.into_iter().map(|(_, r)| r).collect(),
-                        next,
-                    });
-                }
-                let record =
-                    decode_usage_tail(&query.org_id, query.token_id, &key[prefix.len()..], &value)?;
-                records.push((key.to_vec(), record));
-            }
-            Ok(UsagePage {
-                records: records.into_iter().map(|(_, r)| r).collect(),
-                next: None,
-            })
-        })
-        .await
+        self.read(move |t| usage::list(t, &query, after, limit))
+            .await
     }
 
-    async fn prune_usage(&self, before: Timestamp) -> Result<usize, StoreError> {
-        self.side_write(move |t| {
-            let end = keys::sortable_i64(before.as_micros());
-            let mut pruned = 0;
-            for entry in t.usage_by_time.range(..end.to_vec()) {
-                let (key, value) = entry?;
-                let corrupt = || StoreError::Corrupt("usage time key".into());
-                let minute = key.get(..8).ok_or_else(corrupt)?;
-                let (org, tail) = keys::take_part(&key[8..]).ok_or_else(corrupt)?;
-                let mut tail_with_minute = minute.to_vec();
-                tail_with_minute.extend_from_slice(tail);
-                let record = decode_usage_tail(org, None, &tail_with_minute, &value)?;
-                let [_, by_org, by_token] = usage_keys(&record);
-                // The indexes first: a crash in between leaves the time entry,
-                // and the next prune finishes the job.
-                t.usage_by_org.remove(by_org)?;
-                t.usage_by_token.remove(by_token)?;
-                t.usage_by_time.remove(&key)?;
-                pruned += 1;
-            }
-            Ok(pruned)
-        })
-        .await
+    async fn upkeep_usage(&self, step: UsageUpkeep, limit: usize) -> Result<usize, StoreError> {
+        self.side_write(move |t| usage::upkeep(t, step, limit))
+            .await
     }
 
     async fn last_used(&self, ids: &[TokenId]) -> Result<Vec<Option<Timestamp>>, StoreError> {

@@ -543,6 +543,7 @@ async fn pruning_removes_only_what_is_past_retention() {
         permission: "test_api:run".into(),
         decision: Reason::Ok,
         minute: Timestamp::from_micros(minute * 60_000_000),
+        resolution: Resolution::Minute,
         count,
     };
     store
@@ -563,7 +564,13 @@ async fn pruning_removes_only_what_is_past_retention() {
     );
     assert_eq!(
         store
-            .prune_usage(Timestamp::from_micros(5 * 60_000_000))
+            .upkeep_usage(
+                UsageUpkeep::Prune {
+                    of: Resolution::Minute,
+                    before: Timestamp::from_micros(5 * 60_000_000),
+                },
+                100
+            )
             .await
             .unwrap(),
         1
@@ -598,6 +605,7 @@ async fn a_backup_taken_during_usage_and_audit_writes_is_one_moment() {
                         permission: "p:x".into(),
                         decision: Reason::Ok,
                         minute: Timestamp::from_micros(minute * 60_000_000),
+                        resolution: Resolution::Minute,
                         count: 1,
                     })
                     .collect();
@@ -648,6 +656,7 @@ async fn usage_pages_resume_where_they_stopped() {
             permission: "p:x".into(),
             decision: Reason::Ok,
             minute: Timestamp::from_micros(minute * 60_000_000),
+            resolution: Resolution::Minute,
             count: 1,
         })
         .collect();
@@ -674,4 +683,65 @@ async fn conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     crate::store::conformance::run_all(&store).await;
+}
+
+/// A roll-up that fails after it took its rows, before it wrote their
+/// hour rows (as a crash there would): nothing of it happened, and the next
+/// pass rolls every count up once.
+#[tokio::test]
+async fn a_roll_up_cut_short_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let records: Vec<UsageRecord> = (0..120)
+        .map(|minute| UsageRecord {
+            org_id: "a".into(),
+            token_id: TokenId::from_bytes([1; 16]),
+            permission: "p:x".into(),
+            decision: Reason::Ok,
+            minute: Timestamp::from_micros(minute * 60_000_000),
+            resolution: Resolution::Minute,
+            count: 1,
+        })
+        .collect();
+    store.record_usage(&records).await.unwrap();
+    let query = UsageQuery {
+        org_id: "a".into(),
+        token_id: None,
+        start: None,
+        end: None,
+    };
+    let listed = || async {
+        let page = store.list_usage(&query, None, 500).await.unwrap();
+        assert!(page.next.is_none());
+        page.records
+            .iter()
+            .map(|r| (r.resolution, r.count))
+            .fold((0, 0), |(rows, total), (_, count)| {
+                (rows + 1, total + count)
+            })
+    };
+    let step = UsageUpkeep::RollUp {
+        from: Resolution::Minute,
+        before: Timestamp::from_micros(2 * 3_600_000_000),
+    };
+    store.fail_next_usage_upkeep();
+    assert!(store.upkeep_usage(step, 50).await.is_err());
+    assert_eq!(
+        listed().await,
+        (120, 120),
+        "the failed step changed nothing"
+    );
+    while store.upkeep_usage(step, 50).await.unwrap() == 50 {}
+    assert_eq!(listed().await, (2, 120), "two hour rows, every count once");
+    // Reopened, as after a restart: the same.
+    store.durable().await.unwrap();
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    let page = store.list_usage(&query, None, 500).await.unwrap();
+    let counts: Vec<_> = page
+        .records
+        .iter()
+        .map(|r| (r.resolution, r.count))
+        .collect();
+    assert_eq!(counts, vec![(Resolution::Hour, 60), (Resolution::Hour, 60)]);
 }

@@ -42,7 +42,8 @@ pub(super) struct Trees {
     pub(super) live: Tree,
     pub(super) audit: Tree,
     pub(super) audit_by_time: Tree,
-    pub(super) usage_by_time: Tree,
+    /// By resolution: minute, hour, day rows (`keys::usage_time_tree`).
+    pub(super) usage_by_time: [Tree; 3],
     pub(super) usage_by_org: Tree,
     pub(super) usage_by_token: Tree,
     pub(super) last_used: Tree,
@@ -62,6 +63,9 @@ pub(super) struct Trees {
     /// none fails).
     #[cfg(test)]
     pub(super) usage_writes_before_failure: std::sync::atomic::AtomicI64,
+    /// Test-only fault: abort the next usage upkeep after it took its rows.
+    #[cfg(test)]
+    pub(super) fail_usage_upkeep: std::sync::atomic::AtomicBool,
 }
 
 /// The trees one token change touches, inside a transaction.

@@ -58,6 +58,7 @@ const DOCUMENTS: &[&str] = &[
     "docs/operate/backup-restore.md",
     "docs/operate/pepper.md",
     "docs/operate/limits-and-shutdown.md",
+    "docs/operate/memory.md",
     "docs/operate/security.md",
     "docs/deploy/envoy-istio.md",
     "docs/deploy/kubernetes.md",

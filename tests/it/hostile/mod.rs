@@ -2,3 +2,4 @@ mod audit;
 mod mesh;
 mod ops;
 mod store;
+mod usage;

@@ -1,0 +1,131 @@
+//! The disk's floor for durable writes, on the disk `target/` is on: small
+//! records appended to a file and made durable with `fdatasync`, one record
+//! per sync and in groups (what group commit does), interleaved in the same
+//! run with IssueToken's durable calls/s over gRPC against the real server
+//! on a sled store in `target/`, at 1 and 16 in flight. Not a test: run
+//! `cargo bench --bench fsync_floor` (BENCH_SECONDS per measurement,
+//! default 5; BENCH_RECORD_BYTES, default 400, about a token record with
+//! its index entries and audit event). Issuances spread over organizations
+//! of 500 tokens and workspaces of 100, under the default quotas.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// Shared with the grpc bench, which uses the rest of it.
+#[allow(dead_code)]
+mod load;
+
+use std::{
+    io::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use load::{closed_loop, connect, env_or};
+use tokenauth::{
+    config::{Config, CredentialConfig},
+    domain::secret::Secret,
+    proto::{
+        Actor, IssueTokenRequest, OrgRole, TokenKind, token_service_client::TokenServiceClient,
+    },
+    server,
+};
+use tonic::{Request, metadata::MetadataValue};
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let seconds = env_or("BENCH_SECONDS", 5);
+    let record = vec![0x5a_u8; env_or("BENCH_RECORD_BYTES", 400) as usize];
+    let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+
+    let data_dir = dir.path().join("data");
+    let credential = Secret::generate_control_plane().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.clone(),
+        ..Config::default()
+    };
+    config.control_plane.credentials = vec![CredentialConfig {
+        name: "bench".into(),
+        sha256: {
+            use sha2::Digest;
+            sha2::Sha256::digest(credential.expose().as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        },
+    }];
+    let running = server::start(config).await.unwrap();
+    let bearer = MetadataValue::try_from(format!("Bearer {}", credential.expose())).unwrap();
+    let issued = Arc::new(AtomicU64::new(0));
+
+    println!("| measured | calls or records/s | syncs/s | p50 (µs) | p99 (µs) |");
+    println!("|---|---|---|---|---|");
+    for (group, in_flight) in [(1, 0), (0, 1), (16, 0), (0, 16), (64, 0)] {
+        if in_flight > 0 {
+            let channels = connect(running.local_addr(), 1).await;
+            let (bearer, issued) = (bearer.clone(), Arc::clone(&issued));
+            let figures = closed_loop(&channels, in_flight, seconds, move |channel, _| {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                let org = format!("org-{}", n / 500);
+                let mut request = Request::new(IssueTokenRequest {
+                    kind: TokenKind::Service as i32,
+                    org_id: org.clone(),
+                    workspace_id: format!("ws-{}", n / 100),
+                    name: "bench".into(),
+                    permissions: vec!["test_api:run".into()],
+                    expires_at: None,
+                    owner_user_id: String::new(),
+                    actor: Some(Actor {
+                        user_id: "bench".into(),
+                        org_id: org,
+                        org_role: OrgRole::Admin as i32,
+                    }),
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                async move {
+                    TokenServiceClient::new(channel)
+                        .issue_token(request)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await;
+            println!(
+                "| IssueToken, durable, {in_flight} in flight | {:.0} | | {:.0} | {:.0} |",
+                figures.per_second, figures.p50, figures.p99
+            );
+            continue;
+        }
+        let seconds = Duration::from_secs(seconds);
+        let path = dir.path().join(format!("log-{group}"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < seconds {
+            for _ in 0..group {
+                file.write_all(&record).unwrap();
+            }
+            let sync = Instant::now();
+            file.sync_data().unwrap();
+            latencies.push(sync.elapsed());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        let at =
+            |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!(
+            "| floor: {group} record(s) of {} bytes per fdatasync | {:.0} | {:.0} | {:.0} | {:.0} |",
+            record.len(),
+            (latencies.len() * group) as f64 / elapsed,
+            latencies.len() as f64 / elapsed,
+            at(0.5),
+            at(0.99)
+        );
+    }
+    running.shutdown().await.unwrap();
+}
