@@ -297,11 +297,11 @@ async fn take_backup(
     out: &std::path::Path,
 ) -> Result<u64, String> {
     use std::io::Write;
-    let credential = std::fs::read_to_string(credential_file)
-        .map_err(|e| format!("{}: {e}", credential_file.display()))?;
-    let bearer = format!("Bearer {}", credential.trim())
-        .parse()
-        .map_err(|_| format!("{}: not a credential", credential_file.display()))?;
+    // The client commands' reader: owner-only file, bounded size, never echoed.
+    let bearer = cli::read_credential(credential_file).map_err(|e| {
+        e.line()
+            .unwrap_or_else(|| "unreadable credential file".to_owned())
+    })?;
     if !server.contains("://") {
         return Err(format!(
             "--server {server}: give the server as a URL, e.g. http://{server}"

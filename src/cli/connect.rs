@@ -58,7 +58,7 @@ pub async fn connect(args: &ClientArgs) -> Result<Clients, CliError> {
 /// The `Bearer` header value of the credential in `file`, refused when the
 /// file is readable by its group or others: a secret is kept private, and a
 /// file that is not has perhaps leaked already.
-fn read_credential(file: &Path) -> Result<MetadataValue<Ascii>, CliError> {
+pub fn read_credential(file: &Path) -> Result<MetadataValue<Ascii>, CliError> {
     let unreadable = |e: std::io::Error| CliError::Usage(format!("{}: {e}", file.display()));
     let mut opened = std::fs::File::open(file).map_err(unreadable)?;
     let metadata = opened.metadata().map_err(unreadable)?;

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-pub use connect::causes;
+pub use connect::{causes, read_credential};
 pub use error::CliError;
 
 /// Where the server is and how to reach it, shared by every client command.

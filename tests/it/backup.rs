@@ -39,6 +39,12 @@ async fn a_backup_taken_while_serving_restores_everything() {
     let work = tempfile::tempdir().unwrap();
     let credential_file = work.path().join("cp.secret");
     std::fs::write(&credential_file, &setup.control_plane).unwrap();
+    // Credential files are refused unless only their owner can read them.
+    std::fs::set_permissions(
+        &credential_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let backup_file = work.path().join("tokenauth.backup");
     let (code, stdout, stderr) = run_command(
         &[

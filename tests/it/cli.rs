@@ -139,6 +139,12 @@ fn backup_names_the_address_and_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let credential = dir.path().join("cp.secret");
     std::fs::write(&credential, "tkcpl_x").unwrap();
+    // Credential files are refused unless only their owner can read them.
+    std::fs::set_permissions(
+        &credential,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let out = dir.path().join("backup");
     let port = closed_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -171,6 +177,42 @@ fn backup_names_the_address_and_the_cause() {
         stderr.contains(&format!("give the server as a URL, e.g. http://{bare}")),
         "{stderr}"
     );
+    assert!(!out.exists());
+}
+
+/// `backup` reads its credential file as the client commands do: a file
+/// others can read is refused, and its content is never echoed.
+#[test]
+fn backup_refuses_a_credential_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let credential = dir.path().join("cp.secret");
+    std::fs::write(&credential, "tkcpl_private-part").unwrap();
+    std::fs::set_permissions(
+        &credential,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = dir.path().join("backup");
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let (code, stdout, stderr) = run_command(
+        &[
+            "backup",
+            "--server",
+            &url,
+            "--credential-file",
+            credential.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        !stderr.contains(&url),
+        "it stopped before connecting: {stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains("private-part"));
     assert!(!out.exists());
 }
 

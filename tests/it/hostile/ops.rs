@@ -63,6 +63,11 @@ async fn backup_and_restore_write_what_only_their_owner_can_read() {
     let work = tempfile::tempdir().unwrap();
     let credential_file = work.path().join("cp.secret");
     std::fs::write(&credential_file, &setup.control_plane).unwrap();
+    std::fs::set_permissions(
+        &credential_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let backup_file = work.path().join("tokenauth.backup");
     // A file left by an earlier attempt, readable by all, is no excuse.
     std::fs::write(backup_file.with_extension("partial"), b"old").unwrap();
