@@ -215,6 +215,22 @@ pub fn quota_scope(quota: Quota, record: &TokenRecord) -> Vec<u8> {
     }
 }
 
+/// The live-index range a RevokeAll of `query` at `at` walks: its scope,
+/// from tokens that expired up to `REVOKE_ALL_EXPIRED_MARGIN` before `at`
+/// (the ordered stores' one definition of what a RevokeAll reaches).
+pub fn revoke_all_range(
+    query: &TokenQuery,
+    at: Timestamp,
+) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let scope = live_scope(query).ok_or(StoreError::Unsupported(
+        "a RevokeAll names an owner or a kind",
+    ))?;
+    Ok(live_range(
+        &scope,
+        at.saturating_sub(super::REVOKE_ALL_EXPIRED_MARGIN),
+    ))
+}
+
 /// The keys under `prefix` of tokens expiring at or after `from` (the
 /// inclusive low and high ends of a range).
 pub fn live_range(prefix: &[u8], from: Timestamp) -> (Vec<u8>, Vec<u8>) {

@@ -19,9 +19,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN,
-    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
-    UsagePage,
+    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, Revocation, RevokedAll,
+    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, usage_keys},
 };
@@ -350,10 +349,7 @@ impl Store for MemoryStore {
         event: &AuditEvent,
         revoked: &mut RevokedAll,
     ) -> Result<(), StoreError> {
-        let scope = keys::live_scope(query).ok_or(StoreError::Unsupported(
-            "a RevokeAll names an owner or a kind",
-        ))?;
-        let (low, high) = keys::live_range(&scope, at.saturating_sub(REVOKE_ALL_EXPIRED_MARGIN));
+        let (low, high) = keys::revoke_all_range(query, at)?;
         let _org = self.org_locks.exclusive(&query.org_id).await;
         let (mut from, mut progress) = (Bound::Included(low), RevokeAllProgress::default());
         loop {

@@ -37,8 +37,8 @@ use self::trees::{
     open_db, read_watermark,
 };
 use super::{
-    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
-    RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation,
+    Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_time_key},
     records::{decode_token, encode_audit},
@@ -401,10 +401,7 @@ impl Store for SledStore {
         event: &AuditEvent,
         revoked: &mut RevokedAll,
     ) -> Result<(), StoreError> {
-        let scope = keys::live_scope(query).ok_or(StoreError::Unsupported(
-            "a RevokeAll names an owner or a kind",
-        ))?;
-        let (low, high) = keys::live_range(&scope, at.saturating_sub(REVOKE_ALL_EXPIRED_MARGIN));
+        let (low, high) = keys::revoke_all_range(query, at)?;
         // From the first step to the last, no token of the organization is
         // issued; revokes of single tokens may go between steps (a token one
         // of them revokes is out of the live index before the next step).

@@ -8,7 +8,7 @@ use crate::domain::{
     secret::PepperKey,
     token::Reason,
 };
-use crate::store::REVOKE_ALL_BATCH;
+use crate::store::{REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN};
 
 use crate::domain::token::test_record as record;
 
