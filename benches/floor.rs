@@ -51,7 +51,7 @@ use envoy_types::{
         check_response::HttpResponse as ExtAuthzHttpResponse,
     },
 };
-use load::{Figures, closed_loop, connect, env_or};
+use load::{Figures, closed_loop, connect, cpu_seconds, env_or};
 use tokenauth::proto::{CheckRequest, Reason, check_service_client::CheckServiceClient};
 use tonic::transport::Channel;
 
@@ -76,26 +76,6 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The user + system CPU time process `pid` has used so far, in seconds
-/// (fields 14 and 15 of /proc/<pid>/stat, in clock ticks).
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The command name (field 2) may hold spaces; count from after it.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    })
 }
 
 pub fn load_average() -> String {

@@ -16,7 +16,11 @@
 //! With BENCH_LOAD_SECONDS (default 0: none), each run then keeps 16 Checks
 //! in flight over every stored token in turn for that long (every token a
 //! cache entry, a usage count and a last-use time to write, over and over),
-//! sampling RSS every second: its maximum and its value at the end.
+//! sampling RSS every second: its maximum, its value at the end of each
+//! minute (to tell growth that levels off from growth that does not), and
+//! its value at the end. The server's pid goes to stderr when the load
+//! starts, so that a heap profiler can attach to it for the load alone
+//! (`heaptrack -p <pid>`; docs/operate/memory.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -125,10 +129,10 @@ async fn main() {
         allocated as f64 / 1048576.0
     );
     println!(
-        "| run | sled cache_capacity (MiB) | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) | those Checks, mean (µs) | Checks under {}s of load | RSS max under load (MiB) | RSS at its end (MiB) |",
+        "| run | sled cache_capacity (MiB) | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) | those Checks, mean (µs) | Checks under {}s of load | RSS at the end of each minute of load (MiB) | RSS max under load (MiB) | RSS at its end (MiB) |",
         load.as_secs()
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (run, sled_cache) in (1..=runs).flat_map(|run| sled_caches.iter().map(move |c| (run, *c))) {
         let port = free_port();
         let addr = format!("http://127.0.0.1:{port}");
@@ -183,13 +187,20 @@ async fn main() {
         }
         let checks_mean = checks_started.elapsed() / u32::try_from(warm.max(1)).unwrap();
         let rss_warm = rss_kib(pid);
-        let (loaded, rss_max, rss_end) = sustained_load(&client, &secrets, load, pid).await;
+        eprintln!("tokenauth pid {pid}: load starts");
+        let (loaded, minutes, rss_max, rss_end) =
+            sustained_load(&client, &secrets, load, pid).await;
+        let minutes: Vec<String> = minutes
+            .iter()
+            .map(|kib| format!("{:.0}", *kib as f64 / 1024.0))
+            .collect();
         println!(
-            "| {run} | {sled_cache} | {:.0} | {:.1} | {:.1} | {:.0} | {loaded} | {:.1} | {:.1} |",
+            "| {run} | {sled_cache} | {:.0} | {:.1} | {:.1} | {:.0} | {loaded} | {} | {:.1} | {:.1} |",
             startup.as_secs_f64() * 1000.0,
             rss_started as f64 / 1024.0,
             rss_warm as f64 / 1024.0,
             checks_mean.as_secs_f64() * 1e6,
+            minutes.join(", "),
             rss_max as f64 / 1024.0,
             rss_end as f64 / 1024.0,
         );
@@ -198,16 +209,16 @@ async fn main() {
 }
 
 /// Keeps 16 Checks in flight over every secret in turn for `load`; returns
-/// the Checks answered, and the server's largest and last RSS (KiB),
-/// sampled every second.
+/// the Checks answered, the server's RSS at the end of each minute, and its
+/// largest and last RSS (KiB), sampled every second.
 async fn sustained_load(
     client: &CheckServiceClient<tonic::transport::Channel>,
     secrets: &[String],
     load: Duration,
     pid: u32,
-) -> (u64, u64, u64) {
+) -> (u64, Vec<u64>, u64, u64) {
     if load.is_zero() {
-        return (0, 0, 0);
+        return (0, Vec::new(), 0, 0);
     }
     const IN_FLIGHT: usize = 16;
     let secrets: std::sync::Arc<[String]> = secrets.into();
@@ -236,15 +247,20 @@ async fn sustained_load(
             })
         })
         .collect();
-    let mut rss_max = 0;
+    let (mut rss_max, mut minutes, mut seconds) = (0, Vec::new(), 0u64);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        rss_max = rss_max.max(rss_kib(pid));
+        let rss = rss_kib(pid);
+        rss_max = rss_max.max(rss);
+        seconds += 1;
+        if seconds % 60 == 0 {
+            minutes.push(rss);
+        }
     }
     let mut checks = 0;
     for worker in workers {
         checks += worker.await.unwrap();
     }
     let rss_end = rss_kib(pid);
-    (checks, rss_max.max(rss_end), rss_end)
+    (checks, minutes, rss_max.max(rss_end), rss_end)
 }

@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// Each bench uses part of the shared load helpers.
+#[allow(dead_code)]
 mod load;
 mod support;
 
@@ -36,7 +38,7 @@ use tokenauth::{
     config::Config,
     metrics::Metrics,
     proto::{
-        Actor, CheckRequest, IssueTokenRequest, OrgRole, Reason, RevokeAllRequest, TokenKind,
+        Actor, CheckRequest, OrgRole, Reason, RevokeAllRequest, TokenKind,
         bench::{
             Nothing,
             floor_client::FloorClient,
@@ -517,23 +519,16 @@ async fn main() {
     let bearer = MetadataValue::try_from(format!("Bearer {}", credential.expose())).unwrap();
     if selected("issue") {
         // Issue with durable acknowledgement: one writer, then 64 sharing flushes.
+        let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for in_flight in [1usize, 64] {
             let channels = connect(addr, 1).await;
-            let bearer = bearer.clone();
+            let (bearer, issued) = (bearer.clone(), Arc::clone(&issued));
             let issue = closed_loop(&channels, in_flight, seconds, move |channel, _| {
-                let bearer = bearer.clone();
+                let request = load::issue_request(
+                    issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    &bearer,
+                );
                 async move {
-                    let mut request = Request::new(IssueTokenRequest {
-                        kind: TokenKind::Service as i32,
-                        org_id: "org-bench".into(),
-                        workspace_id: "ws-issue".into(),
-                        name: "bench".into(),
-                        permissions: vec!["test_api:run".into()],
-                        expires_at: None,
-                        owner_user_id: String::new(),
-                        actor: admin(),
-                    });
-                    request.metadata_mut().insert("authorization", bearer);
                     TokenServiceClient::new(channel)
                         .issue_token(request)
                         .await

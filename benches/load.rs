@@ -134,3 +134,56 @@ pub async fn connect(addr: SocketAddr, count: usize) -> Vec<Channel> {
     }
     channels
 }
+
+/// The `n`th IssueToken of a benchmark, in the control plane's name: a
+/// service token in organizations of 500 and workspaces of 100, so that a
+/// long run stays within the default quotas (1,000 per organization, 100
+/// per workspace) and every call is a real issuance.
+pub fn issue_request(
+    n: u64,
+    bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> tonic::Request<tokenauth::proto::IssueTokenRequest> {
+    use tokenauth::proto::{Actor, IssueTokenRequest, OrgRole, TokenKind};
+    let org = format!("org-issue-{}", n / 500);
+    let mut request = tonic::Request::new(IssueTokenRequest {
+        kind: TokenKind::Service as i32,
+        org_id: org.clone(),
+        workspace_id: format!("ws-issue-{}", n / 100),
+        name: "bench".into(),
+        permissions: vec!["test_api:run".into()],
+        expires_at: None,
+        owner_user_id: String::new(),
+        actor: Some(Actor {
+            user_id: "bench".into(),
+            org_id: org,
+            org_role: OrgRole::Admin as i32,
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
+
+/// The user + system CPU time process `pid` has used so far, in seconds
+/// (fields 14 and 15 of /proc/<pid>/stat, in clock ticks).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces; count from after it.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    })
+}

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// Each bench uses part of the shared load helpers.
+#[allow(dead_code)]
 mod load;
 #[path = "../tests/it/pg.rs"]
 mod pg;
