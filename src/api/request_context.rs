@@ -5,7 +5,8 @@
 //! (`domain::ids::is_request_id`: short, and letters, digits and `-_.:/+=`
 //! only), or a fresh one; either way it is set on the
 //! request (where the handlers read it for audit events) and echoed on the
-//! response. Each RPC is counted (by path and status) and timed, and when
+//! response. Check is the exception: it keeps a caller's sane id for its
+//! audit events, but is not given one nor has it echoed. Each RPC is counted (by path and status) and timed, and when
 //! traces are exported, the caller's W3C `traceparent` becomes the parent of
 //! the request's span.
 
@@ -22,7 +23,10 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
-    domain::{audit::Origin, ids::is_request_id},
+    domain::{
+        audit::Origin,
+        ids::{is_request_id, new_request_id},
+    },
     metrics::Metrics,
     service::CheckOrigin,
 };
@@ -62,19 +66,9 @@ fn is_check(path: &str) -> bool {
     CHECK_PATHS.contains(&path)
 }
 
-/// A fresh request id.
+/// A fresh request id (`domain::ids::new_request_id`).
 pub fn generate() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes = [0u8; 8];
-    // An all-zero id if the OS random source fails: it only correlates logs.
-    let _ = getrandom::fill(&mut bytes);
-    // One allocation, not one per byte: this runs on every request without an id.
-    let mut id = String::with_capacity(2 * bytes.len());
-    for byte in bytes {
-        id.push(char::from(HEX[usize::from(byte >> 4)]));
-        id.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    id
+    new_request_id()
 }
 
 /// The metrics label of a gRPC status code: its name as `Debug` prints it,
@@ -159,28 +153,41 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let tracing_enabled = crate::telemetry::tracing_enabled();
+        let check = is_check(request.uri().path());
         let given = request
             .headers()
             .get(HEADER)
             .and_then(|value| value.to_str().ok())
-            .filter(|id| is_valid(id))
-            .map(str::to_owned);
-        let id = given.unwrap_or_else(generate);
-        // Valid ids are printable ASCII, so this cannot fail.
-        let value = HeaderValue::from_str(&id).ok();
-        if let Some(value) = &value {
-            request.headers_mut().insert(HEADER, value.clone());
-        }
+            .filter(|id| is_valid(id));
+        // Check, the hot path, is neither given an id nor has one echoed:
+        // it logs nothing of its own, its callers (API backends, Envoy) do
+        // not read the echo, and making one up (a random-source syscall) and
+        // sending it (a new HPACK literal on every response) were a tenth of
+        // an independent floor's CPU per Check (BENCHMARKS.md). The rare
+        // Check that writes an audit event makes one up then. Other RPCs get
+        // the caller's id or a fresh one, set on the request for their audit
+        // events and echoed on the response.
+        let (id, echo) = if check {
+            (given.map(str::to_owned).unwrap_or_default(), None)
+        } else {
+            let id = given.map_or_else(generate, str::to_owned);
+            // Valid ids are printable ASCII, so this cannot fail.
+            let value = HeaderValue::from_str(&id).ok();
+            if let Some(value) = &value {
+                request.headers_mut().insert(HEADER, value.clone());
+            }
+            (id, value)
+        };
         // The label now, while the path is at hand: no copy of the path
         // has to outlive the request.
-        let rpc = self.metrics.rpc_label(request.uri().path());
-        let tracing_enabled = crate::telemetry::tracing_enabled();
         let path = request.uri().path();
+        let rpc = self.metrics.rpc_label(path);
         // A span that a log layer sees costs its fields' formatting on every
         // request (a third of a floor Check's CPU with the JSON log format),
         // and Check logs nothing of its own at `info`: its span is at
         // `debug` unless traces are exported, where each Check is wanted.
-        let span = if tracing_enabled || !is_check(path) {
+        let span = if tracing_enabled || !check {
             tracing::info_span!("request", request_id = %id, rpc = %path)
         } else {
             tracing::debug_span!("request", request_id = %id, rpc = %path)
@@ -208,7 +215,7 @@ where
                     .and_then(|v| v.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from);
                 metrics.record_rpc_labelled(rpc, code_name(code), started.elapsed().as_secs_f64());
-                if let Some(value) = value {
+                if let Some(value) = echo {
                     response.headers_mut().insert(HEADER, value);
                 }
                 Ok(response)

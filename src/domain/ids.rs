@@ -189,6 +189,22 @@ pub fn is_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
 }
 
+/// A fresh request id: 16 lowercase hex digits from the OS random source.
+/// Only management calls and the rare Check that writes an audit event
+/// need one made up (a Check is not given one on its hot path).
+pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = [0u8; 8];
+    // An all-zero id if the OS random source fails: it only correlates logs.
+    let _ = getrandom::fill(&mut bytes);
+    let mut id = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    id
+}
+
 /// Validates a token name: 1 to 128 characters, no control characters, not
 /// only whitespace. Returns it trimmed.
 pub fn validate_name(value: &str) -> Result<String, Error> {

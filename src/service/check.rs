@@ -11,7 +11,7 @@ use super::{
 use crate::domain::{
     audit::{AuditEvent, AuditOutcome, Origin},
     caller::{ActorRef, Method},
-    ids::EventId,
+    ids::{self, EventId},
     refusals::Payer,
     secret,
     time::Timestamp,
@@ -144,7 +144,10 @@ impl TokenAuthority {
                 AuditOutcome::RetiredSecretPresented,
                 "a secret replaced by rotation was presented after its grace period",
                 &origin.origin,
-                origin.request_id.unwrap_or_default(),
+                // Check is not given an id on its path; its audit events are.
+                &origin
+                    .request_id
+                    .map_or_else(ids::new_request_id, str::to_owned),
             )
         };
         if self

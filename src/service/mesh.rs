@@ -112,7 +112,8 @@ impl ExtAuthz {
         };
         // Envoy sets x-request-id on every request it proxies, but passes a
         // client's own on by default: kept only if it passes the rule every
-        // path applies, else the ext_authz call's own id stands in.
+        // path applies, else the ext_authz call's own id stands in (if
+        // Envoy sent one; an audit event makes one up otherwise).
         let origin = CheckOrigin {
             origin: Origin {
                 connection: connection.origin.connection,

@@ -206,3 +206,53 @@ async fn filters_narrow_the_log() {
     assert_eq!(before_second[0].target_token_ids, vec![id_of(&first)]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn management_calls_echo_a_request_id_and_check_is_given_none() {
+    let server = TestServer::start().await;
+    // A management call without an id gets a fresh one, echoed; with a sane
+    // one, that one.
+    let issued = server
+        .tokens()
+        .issue_token(service_token("org-1", &["scim:read"]))
+        .await
+        .unwrap();
+    let made_up = issued
+        .metadata()
+        .get("x-request-id")
+        .expect("a management response names its request id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(made_up.len(), 16, "{made_up}");
+    assert!(made_up.bytes().all(|b| b.is_ascii_hexdigit()), "{made_up}");
+    let issued = issued.into_inner();
+    let mut revoke = Request::new(RevokeTokenRequest {
+        id: id_of(&issue(&server, service_token("org-1", &["scim:read"])).await),
+        actor: admin("org-1"),
+    });
+    revoke
+        .metadata_mut()
+        .insert("x-request-id", "ticket-7".parse().unwrap());
+    let revoked = server.tokens().revoke_token(revoke).await.unwrap();
+    assert_eq!(revoked.metadata().get("x-request-id").unwrap(), "ticket-7");
+
+    // Check, the hot path, neither makes one up nor echoes the caller's.
+    for id in [None, Some("req-check-1")] {
+        let mut request = Request::new(tokenauth::proto::CheckRequest {
+            token: issued.secret.clone(),
+            permission: "scim:read".into(),
+            org_id: "org-1".into(),
+            workspace_id: String::new(),
+        });
+        if let Some(id) = id {
+            request
+                .metadata_mut()
+                .insert("x-request-id", id.parse().unwrap());
+        }
+        let response = server.check().check(request).await.unwrap();
+        assert!(response.metadata().get("x-request-id").is_none());
+        assert!(response.into_inner().allowed);
+    }
+    server.stop().await;
+}

@@ -89,11 +89,14 @@ async fn the_old_secret_works_until_the_grace_period_ends() {
             .unwrap()
             .into_inner()
             .events;
-        found = events.iter().any(|e| {
+        let event = events.iter().find(|e| {
             e.outcome == AuditOutcome::RetiredSecretPresented as i32
                 && e.target_token_ids == vec![id_of(&issued)]
         });
-        if found {
+        if let Some(event) = event {
+            // The Check sent no request id; its event was given one.
+            assert_eq!(event.request_id.len(), 16, "{event:?}");
+            found = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
