@@ -1,6 +1,9 @@
 //! The disk's floor for durable writes, on the disk `target/` is on: small
-//! records appended to a file and made durable with `fdatasync`, one record
-//! per sync and in groups (what group commit does), interleaved in the same
+//! records written to a file and made durable with `fdatasync`, one record
+//! per sync and in groups (what group commit does), both appended (the file
+//! grows, so every sync also commits its new size to the filesystem's
+//! journal) and overwriting a preallocated 64 MiB segment (as a write-ahead
+//! log such as sled's reuses its segments: data only), interleaved in the same
 //! run with IssueToken's durable calls/s over gRPC against the real server
 //! on a sled store in `target/`, at 1 and 16 in flight. Not a test: run
 //! `cargo bench --bench fsync_floor` (BENCH_SECONDS per measurement,
@@ -16,7 +19,7 @@
 mod load;
 
 use std::{
-    io::Write,
+    io::{Seek, SeekFrom, Write},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -66,7 +69,16 @@ async fn main() {
         "| measured | calls or records/s | syncs/s | p50 (µs) | p99 (µs) | process CPU µs per call | cores busy |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (group, in_flight) in [(1, 0), (0, 1), (16, 0), (0, 16), (64, 0)] {
+    const SEGMENT: usize = 64 << 20;
+    for (group, in_flight, preallocated) in [
+        (1, 0, false),
+        (1, 0, true),
+        (0, 1, false),
+        (16, 0, false),
+        (16, 0, true),
+        (0, 16, false),
+        (64, 0, true),
+    ] {
         if in_flight > 0 {
             let channels = connect(running.local_addr(), 1).await;
             let (bearer, issued) = (bearer.clone(), Arc::clone(&issued));
@@ -94,13 +106,24 @@ async fn main() {
             continue;
         }
         let seconds = Duration::from_secs(seconds);
-        let path = dir.path().join(format!("log-{group}"));
+        let path = dir.path().join(format!("log-{group}-{preallocated}"));
         let mut file = std::fs::File::create(&path).unwrap();
+        if preallocated {
+            file.write_all(&vec![0; SEGMENT]).unwrap();
+            file.sync_all().unwrap();
+            file.seek(SeekFrom::Start(0)).unwrap();
+        }
+        let mut at_byte = 0;
         let mut latencies = Vec::new();
         let started = Instant::now();
         while started.elapsed() < seconds {
             for _ in 0..group {
+                if preallocated && at_byte + record.len() > SEGMENT {
+                    file.seek(SeekFrom::Start(0)).unwrap();
+                    at_byte = 0;
+                }
                 file.write_all(&record).unwrap();
+                at_byte += record.len();
             }
             let sync = Instant::now();
             file.sync_data().unwrap();
@@ -111,8 +134,13 @@ async fn main() {
         let at =
             |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
         println!(
-            "| floor: {group} record(s) of {} bytes per fdatasync | {:.0} | {:.0} | {:.0} | {:.0} | | |",
+            "| floor: {group} record(s) of {} bytes per fdatasync, {} | {:.0} | {:.0} | {:.0} | {:.0} | | |",
             record.len(),
+            if preallocated {
+                "overwriting a preallocated segment"
+            } else {
+                "appended"
+            },
             (latencies.len() * group) as f64 / elapsed,
             latencies.len() as f64 / elapsed,
             at(0.5),
