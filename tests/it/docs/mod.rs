@@ -67,6 +67,7 @@ const DOCUMENTS: &[&str] = &[
     "docs/develop/check-path.md",
     "docs/develop/revocation.md",
     "docs/develop/testing.md",
+    "docs/develop/benchmark-history.md",
     "docs/develop/decisions/0001-sled-default.md",
     "docs/develop/decisions/0002-group-commit.md",
     "docs/develop/decisions/0003-pepper-file.md",
