@@ -120,12 +120,31 @@ pub(super) fn abort(error: StoreError) -> ConflictableTransactionError<StoreErro
 /// instead of returning an error ("tried to serialize Uninitialized", for a
 /// byte flipped early in some logs): that becomes an error naming the damage.
 pub(super) fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
-    let opened = std::panic::catch_unwind(|| {
-        sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity)
-            .open()
-    });
+    let open = || {
+        std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_capacity)
+                .open()
+        })
+    };
+    let locked = |opened: &std::thread::Result<sled::Result<sled::Db>>| {
+        matches!(opened, Ok(Err(sled::Error::Io(error)))
+            if error.to_string().starts_with("could not acquire lock"))
+    };
+    // A server that stopped in this process a moment ago may still be
+    // releasing the directory (its last blocking reads and connections drop
+    // their handles after the stop returns), so a taken lock is tried again
+    // for up to a second before it is reported; another process's lock
+    // outlasts that.
+    let mut opened = open();
+    for _ in 0..20 {
+        if !locked(&opened) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        opened = open();
+    }
     let damaged = |cause: &dyn std::fmt::Display| {
         StoreError::Corrupt(format!(
             "the database in {} is damaged and cannot be read ({cause}); restore it from a backup",
@@ -137,9 +156,7 @@ pub(super) fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, Store
         Ok(Err(error @ sled::Error::Corruption { .. })) => Err(damaged(&error)),
         // sled takes an exclusive lock on its directory and reports a taken
         // one as a raw `Os { code: 11, kind: WouldBlock }`.
-        Ok(Err(sled::Error::Io(error)))
-            if error.to_string().starts_with("could not acquire lock") =>
-        {
+        Ok(Err(sled::Error::Io(_))) if locked(&opened) => {
             let data_dir = match dir.file_name() {
                 Some(name) if name == "db" => dir.parent().unwrap_or(dir),
                 _ => dir,
