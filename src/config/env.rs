@@ -7,7 +7,9 @@ use super::{Config, ConfigError};
 
 /// Variables that configure the command line rather than the config file
 /// (those of the client commands too: an operator's shell that sets them
-/// can still run the server).
+/// can still run the server), and those of the project's own scripts and
+/// tests (scripts/tools, scripts/test), so that a developer's shell that
+/// sets them, and the servers the tests start from it, can run the server.
 const NOT_CONFIG_VARIABLES: &[&str] = &[
     "TOKENAUTH_CONFIG",
     "TOKENAUTH_LOG",
@@ -17,6 +19,14 @@ const NOT_CONFIG_VARIABLES: &[&str] = &[
     "TOKENAUTH_CA",
     "TOKENAUTH_CLIENT_CERT",
     "TOKENAUTH_CLIENT_KEY",
+    "TOKENAUTH_TOOLS_VENV",
+    "TOKENAUTH_ENVOY",
+    "TOKENAUTH_GRPCURL",
+    "TOKENAUTH_KUBERNETES_VALIDATE",
+    "TOKENAUTH_HADOLINT",
+    "TOKENAUTH_BLESS",
+    "TOKENAUTH_SKIP_DISK_FAULT_TESTS",
+    "TOKENAUTH_CARGO_DENY_ROOT",
 ];
 
 impl Config {

@@ -68,6 +68,8 @@ fn environment_overrides_the_file_field_by_field() {
         ("TOKENAUTH_TOKENS__PERSONAL__MAX_LIFETIME", "90days"),
         ("TOKENAUTH_TOKENS__PERSONAL__REQUIRE_EXPIRY", "true"),
         ("TOKENAUTH_LOG", "debug"),
+        // The test tools' own variable, set in a developer's shell.
+        ("TOKENAUTH_TOOLS_VENV", "/opt/tools"),
         ("UNRELATED", "x"),
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()));
