@@ -10,6 +10,7 @@ const SECRET_BEARING: &[&str] = &[
     ".tokenauth.v1.IssueTokenResponse",
     ".tokenauth.v1.RotateTokenResponse",
     ".tokenauth.v1.CheckRequest",
+    ".tokenauth.v1.ReportLeakedSecretsRequest",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

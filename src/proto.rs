@@ -78,6 +78,19 @@ impl std::fmt::Debug for CheckRequest {
     }
 }
 
+impl std::fmt::Debug for ReportLeakedSecretsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportLeakedSecretsRequest")
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .field("source", &self.source)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,13 +113,18 @@ mod tests {
             org_id: "org".to_owned(),
             workspace_id: String::new(),
         };
+        let report = ReportLeakedSecretsRequest {
+            secrets: vec![secret.to_owned()],
+            ..ReportLeakedSecretsRequest::default()
+        };
         for printed in [
+            format!("{report:?}"),
             format!("{response:?}"),
             format!("{rotated:?}"),
             format!("{request:#?}"),
         ] {
             assert!(!printed.contains("SECRET"), "{printed}");
-            assert!(printed.contains(REDACTED), "{printed}");
+            assert!(printed.contains("redacted"), "{printed}");
         }
     }
 }

@@ -13,9 +13,10 @@ use crate::{
     domain::{
         caller::Method,
         ids::{TokenId, parse_token_id},
+        leaks::LeakSource,
     },
     proto::{self, token_service_server},
-    service::TokenAuthority,
+    service::{HolderOrigin, TokenAuthority},
 };
 
 /// The gRPC face of the token service.
@@ -161,6 +162,54 @@ impl token_service_server::TokenService for TokenApi {
             records: listing.records.into_iter().map(usage_to_proto).collect(),
             next_page_token: listing.next,
             resolution: resolution_to_proto(listing.resolution).into(),
+        }))
+    }
+
+    async fn report_leaked_secrets(
+        &self,
+        request: Request<proto::ReportLeakedSecretsRequest>,
+    ) -> Result<Response<proto::ReportLeakedSecretsResponse>, Status> {
+        // No credential: only the peer and request id are read.
+        let credentials = credentials_of(&request, None);
+        let origin = HolderOrigin {
+            peer: credentials.peer,
+            request_id: &credentials.request_id,
+        };
+        let message = request.get_ref();
+        let source = LeakSource::new(&message.source, &message.url)?;
+        let tally = self
+            .service
+            .report_leaked(&message.secrets, &source, origin)
+            .await?;
+        Ok(Response::new(proto::ReportLeakedSecretsResponse {
+            received: tally.received,
+            accepted: tally.accepted,
+            malformed: tally.malformed,
+        }))
+    }
+
+    async fn revoke_self(
+        &self,
+        request: Request<proto::RevokeSelfRequest>,
+    ) -> Result<Response<proto::RevokeSelfResponse>, Status> {
+        let credentials = credentials_of(&request, None);
+        let presented = match &credentials.bearer {
+            Some(Ok(secret)) => secret.as_str(),
+            Some(Err(why)) => return Err(Status::unauthenticated(why.clone())),
+            None => {
+                return Err(Status::unauthenticated(
+                    "present the token to revoke as authorization: Bearer <token>",
+                ));
+            }
+        };
+        let origin = HolderOrigin {
+            peer: credentials.peer,
+            request_id: &credentials.request_id,
+        };
+        let (id, revoked_at) = self.service.revoke_self(presented, origin).await?;
+        Ok(Response::new(proto::RevokeSelfResponse {
+            token_id: id.to_string(),
+            revoked_at: Some(timestamp_to_proto(revoked_at)),
         }))
     }
 }

@@ -40,6 +40,8 @@ pub enum Method {
     ListAuditEvents,
     Check,
     Backup,
+    ReportLeakedSecrets,
+    RevokeSelf,
 }
 
 impl Method {
@@ -55,6 +57,8 @@ impl Method {
             Method::ListAuditEvents => "ListAuditEvents",
             Method::Check => "Check",
             Method::Backup => "Backup",
+            Method::ReportLeakedSecrets => "ReportLeakedSecrets",
+            Method::RevokeSelf => "RevokeSelf",
         }
     }
 

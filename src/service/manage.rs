@@ -19,7 +19,9 @@ use crate::{
         time::{DurationText, Timestamp},
         token::{NewToken, StoredSecret, TokenKind, TokenRecord, TokenView},
     },
-    store::{InsertOutcome, PageRequest, RevokedAll, RotateOutcome, Rotation, StoreError},
+    store::{
+        InsertOutcome, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, StoreError,
+    },
 };
 
 /// How long a secret replaced by rotation is still recognised after its
@@ -208,24 +210,37 @@ impl TokenAuthority {
             AuditAction::Revoked,
             Some(&record),
         );
-        let store = Arc::clone(&self.store);
-        let outcome = self
-            .take_out_of_service(&record.org_id, async move {
-                let outcome = store.revoke_token(id, now, &event).await;
-                let digests = outcome
-                    .iter()
-                    .flatten()
-                    .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
-                    .collect();
-                (outcome, digests)
-            })
-            .await?
-            .ok_or_else(|| Error::not_found(id.to_string()))?;
+        let outcome = self.revoke_record(&record, now, event).await?;
         tracing::info!(
             token_id = %id, newly_revoked = outcome.newly_revoked, actor = %caller.actor_ref().label(),
             peer = caller.peer.map(tracing::field::display), request_id = %caller.request_id, "token revoked"
         );
         self.view(outcome.record).await
+    }
+
+    /// Revokes `record`'s token at `now` with `event`: the one way a single
+    /// token is revoked (RevokeToken, a leak report, RevokeSelf), so that
+    /// each is immediate (the cache forgets every secret of it before this
+    /// returns), durable, and seen by other replicas through the store.
+    pub(super) async fn revoke_record(
+        &self,
+        record: &TokenRecord,
+        now: Timestamp,
+        event: AuditEvent,
+    ) -> Result<Revocation, Error> {
+        let id = record.id;
+        let store = Arc::clone(&self.store);
+        self.take_out_of_service(&record.org_id, async move {
+            let outcome = store.revoke_token(id, now, &event).await;
+            let digests = outcome
+                .iter()
+                .flatten()
+                .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
+                .collect();
+            (outcome, digests)
+        })
+        .await?
+        .ok_or_else(|| Error::not_found(id.to_string()))
     }
 
     /// Revokes every live token the selector names; returns how many.
