@@ -11,6 +11,7 @@ const SECRET_BEARING: &[&str] = &[
     ".tokenauth.v1.RotateTokenResponse",
     ".tokenauth.v1.CheckRequest",
     ".tokenauth.v1.ReportLeakedSecretsRequest",
+    ".tokenauth.v1.LookupSecretRequest",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

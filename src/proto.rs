@@ -91,6 +91,15 @@ impl std::fmt::Debug for ReportLeakedSecretsRequest {
     }
 }
 
+impl std::fmt::Debug for LookupSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupSecretRequest")
+            .field("secret", &REDACTED)
+            .field("actor", &self.actor)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +126,12 @@ mod tests {
             secrets: vec![secret.to_owned()],
             ..ReportLeakedSecretsRequest::default()
         };
+        let lookup = LookupSecretRequest {
+            secret: secret.to_owned(),
+            actor: None,
+        };
         for printed in [
+            format!("{lookup:?}"),
             format!("{report:?}"),
             format!("{response:?}"),
             format!("{rotated:?}"),

@@ -16,7 +16,7 @@ use crate::{
         leaks::LeakSource,
     },
     proto::{self, token_service_server},
-    service::{HolderOrigin, TokenAuthority},
+    service::{HolderOrigin, SecretState, TokenAuthority},
 };
 
 /// The gRPC face of the token service.
@@ -210,6 +210,30 @@ impl token_service_server::TokenService for TokenApi {
         Ok(Response::new(proto::RevokeSelfResponse {
             token_id: id.to_string(),
             revoked_at: Some(timestamp_to_proto(revoked_at)),
+        }))
+    }
+
+    async fn lookup_secret(
+        &self,
+        request: Request<proto::LookupSecretRequest>,
+    ) -> Result<Response<proto::LookupSecretResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let caller = self
+            .service
+            .authenticate(credentials, Method::LookupSecret, "", None)
+            .await?;
+        let (view, state) = self
+            .service
+            .lookup_secret(&caller, &request.get_ref().secret)
+            .await?;
+        let secret_state = match state {
+            SecretState::Current => proto::SecretState::Current,
+            SecretState::Replaced => proto::SecretState::Replaced,
+            SecretState::Retired => proto::SecretState::Retired,
+        };
+        Ok(Response::new(proto::LookupSecretResponse {
+            token: Some(view.into()),
+            secret_state: secret_state.into(),
         }))
     }
 }

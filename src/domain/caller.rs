@@ -42,6 +42,7 @@ pub enum Method {
     Backup,
     ReportLeakedSecrets,
     RevokeSelf,
+    LookupSecret,
 }
 
 impl Method {
@@ -59,6 +60,7 @@ impl Method {
             Method::Backup => "Backup",
             Method::ReportLeakedSecrets => "ReportLeakedSecrets",
             Method::RevokeSelf => "RevokeSelf",
+            Method::LookupSecret => "LookupSecret",
         }
     }
 

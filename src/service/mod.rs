@@ -8,7 +8,7 @@
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
 //! `check`, `lookup` (cache first, then the store under the fill gate),
 //! `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a secret's
-//! holder: leak reports and RevokeSelf).
+//! holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
 
 mod authenticate;
 mod authority;
@@ -16,6 +16,7 @@ pub mod cache;
 mod check;
 mod error;
 mod fast_hash;
+mod forensics;
 mod leaks;
 mod lookup;
 mod manage;
@@ -31,6 +32,7 @@ pub use self::{
     authority::{ControlPlaneCredential, Policy, TokenAuthority},
     check::{CheckOrigin, Decision},
     error::Error,
+    forensics::SecretState,
     leaks::HolderOrigin,
     mesh::ExtAuthz,
 };

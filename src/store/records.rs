@@ -121,7 +121,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 12] = [
+const METHODS: [Method; 13] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -134,6 +134,7 @@ const METHODS: [Method; 12] = [
     Method::Backup,
     Method::ReportLeakedSecrets,
     Method::RevokeSelf,
+    Method::LookupSecret,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

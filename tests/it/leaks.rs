@@ -1,15 +1,18 @@
-//! Leaked-secret intake and RevokeSelf, with no management credential:
+//! Incident response. Leaked-secret intake and RevokeSelf, with no
+//! management credential:
 //! reported secrets are revoked at once and audited with where they were
 //! found; the answer is counts only; bad reports change nothing; and one
-//! flooding network cannot starve another.
+//! flooding network cannot starve another. And LookupSecret, which tells an
+//! ADMIN which token a secret is, and anyone else nothing.
 
 use std::net::{IpAddr, SocketAddr};
 
 use tokenauth::{
     domain::{secret::Secret, token::TokenKind as DomainKind},
     proto::{
-        AuditAction, ListAuditEventsRequest, Reason, ReportLeakedSecretsRequest,
-        ReportLeakedSecretsResponse, RevokeSelfRequest, token_service_client::TokenServiceClient,
+        AuditAction, ListAuditEventsRequest, LookupSecretRequest, Reason,
+        ReportLeakedSecretsRequest, ReportLeakedSecretsResponse, RevokeSelfRequest, SecretState,
+        token_service_client::TokenServiceClient,
     },
 };
 use tonic::{
@@ -296,5 +299,93 @@ async fn revoke_self_takes_the_presented_token_out_at_once() {
         .events;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].method, "RevokeSelf");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn lookup_secret_tells_an_admin_which_token_and_nobody_else_anything() {
+    let server = TestServer::start().await;
+    let issued = issue(&server, workspace_token("org-1", "ws-1", &["test_api:run"])).await;
+    let rotated = server
+        .tokens()
+        .rotate_token(tokenauth::proto::RotateTokenRequest {
+            id: id_of(&issued),
+            grace_period: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lookup = |secret: &str, actor| LookupSecretRequest {
+        secret: secret.to_owned(),
+        actor,
+    };
+    for (secret, state) in [
+        (&rotated.secret, SecretState::Current),
+        (&issued.secret, SecretState::Replaced),
+    ] {
+        let found = server
+            .tokens()
+            .lookup_secret(lookup(secret, admin("org-1")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.secret_state, state as i32);
+        let token = found.token.unwrap();
+        assert_eq!(token.id, id_of(&issued));
+        assert_eq!(
+            (token.org_id.as_str(), token.workspace_id.as_str()),
+            ("org-1", "ws-1")
+        );
+        assert_eq!(token.created_by, "user:admin");
+        assert!(token.old_secret_expires_at.is_some(), "rotating");
+        assert!(token.revoked_at.is_none());
+    }
+    // Another organization's admin: NOT_FOUND, word for word as an unknown secret.
+    let stranger = Secret::generate(DomainKind::Service).unwrap();
+    let hidden = server
+        .tokens()
+        .lookup_secret(lookup(&issued.secret, admin("org-2")))
+        .await
+        .unwrap_err();
+    let unknown = server
+        .tokens()
+        .lookup_secret(lookup(stranger.expose(), admin("org-2")))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    assert_eq!(
+        (hidden.code(), hidden.message()),
+        (unknown.code(), unknown.message())
+    );
+    // A member who is not an ADMIN, a service token, no credential: refused.
+    let member = crate::harness::member("bob", "org-1", tokenauth::proto::OrgRole::ReadWrite);
+    let status = server
+        .tokens()
+        .lookup_secret(lookup(&issued.secret, member))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = server
+        .tokens_with(None)
+        .lookup_secret(lookup(&issued.secret, None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = server
+        .tokens()
+        .lookup_secret(lookup("tksat_typo", admin("org-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // Looking up changes nothing.
+    assert!(
+        check(&server, &issued.secret, "test_api:run", "org-1", "ws-1")
+            .await
+            .allowed
+    );
     server.stop().await;
 }
