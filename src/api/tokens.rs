@@ -117,9 +117,22 @@ impl token_service_server::TokenService for TokenApi {
             .service
             .authenticate(credentials, Method::RevokeAll, &org, None)
             .await?;
+        let dry_run = request.get_ref().dry_run;
         let selector = request.into_inner().try_into()?;
+        if dry_run {
+            let (affected_count, affected) =
+                self.service.preview_revoke_all(&caller, selector).await?;
+            return Ok(Response::new(proto::RevokeAllResponse {
+                revoked_count: 0,
+                affected_count,
+                affected: affected.into_iter().map(Into::into).collect(),
+            }));
+        }
         let revoked_count = self.service.revoke_all(&caller, selector).await?;
-        Ok(Response::new(proto::RevokeAllResponse { revoked_count }))
+        Ok(Response::new(proto::RevokeAllResponse {
+            revoked_count,
+            ..Default::default()
+        }))
     }
 
     async fn rotate_token(

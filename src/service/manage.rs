@@ -12,6 +12,7 @@ use crate::{
         audit::{AuditAction, AuditEvent},
         authz,
         caller::{Caller, Method, Principal},
+        changes::revoke_all_takes,
         ids::{EventId, TokenId},
         pagination,
         query::{TokenQuery, list_fingerprint},
@@ -20,7 +21,8 @@ use crate::{
         token::{NewToken, StoredSecret, TokenKind, TokenRecord, TokenView},
     },
     store::{
-        InsertOutcome, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, StoreError,
+        InsertOutcome, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
+        RotateOutcome, Rotation, StoreError,
     },
 };
 
@@ -243,8 +245,67 @@ impl TokenAuthority {
         .ok_or_else(|| Error::not_found(id.to_string()))
     }
 
-    /// Revokes every live token the selector names; returns how many.
-    pub async fn revoke_all(&self, caller: &Caller, mut query: TokenQuery) -> Result<u64, Error> {
+    /// What a RevokeAll of `query` would revoke, changing nothing: how many
+    /// tokens, and the first page of them (newest first). Validated and
+    /// authorized exactly as the RevokeAll itself.
+    pub async fn preview_revoke_all(
+        &self,
+        caller: &Caller,
+        mut query: TokenQuery,
+    ) -> Result<(u64, Vec<TokenView>), Error> {
+        self.authorize_revoke_all(caller, &mut query).await?;
+        let now = Timestamp::now();
+        let (mut count, mut first) = (0u64, Vec::new());
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_tokens(
+                    &query,
+                    PageRequest {
+                        after,
+                        limit: pagination::MAX_PAGE_SIZE,
+                    },
+                )
+                .await?;
+            for record in page.tokens {
+                if revoke_all_takes(&record, now, REVOKE_ALL_EXPIRED_MARGIN) {
+                    count += 1;
+                    if first.len() < pagination::DEFAULT_PAGE_SIZE {
+                        first.push(record);
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let last_used = self
+            .store
+            .last_used(&first.iter().map(|r| r.id).collect::<Vec<_>>())
+            .await?;
+        let views = first
+            .into_iter()
+            .zip(last_used)
+            .map(|(record, stored)| self.merge_last_used(record, stored))
+            .collect();
+        tracing::info!(
+            org_id = %query.org_id, workspace_id = query.workspace_id.as_deref(),
+            owner_user_id = query.owner_user_id.as_deref(), kind = query.kind.map(TokenKind::name),
+            would_revoke = count, actor = %caller.actor_ref().label(),
+            request_id = %caller.request_id, "RevokeAll dry run"
+        );
+        Ok((count, views))
+    }
+
+    /// RevokeAll's rules on its query, and its authorization: the same for
+    /// the call and its dry run.
+    async fn authorize_revoke_all(
+        &self,
+        caller: &Caller,
+        query: &mut TokenQuery,
+    ) -> Result<(), Error> {
         // A RevokeAll is about live tokens, whoever built the query.
         query.include_revoked = false;
         if query.owner_user_id.is_none() && query.kind.is_none() {
@@ -260,7 +321,7 @@ impl TokenAuthority {
             ));
         }
         let workspace = query.workspace_id.clone().unwrap_or_default();
-        let verdict = authz::revoke_all(&caller.principal, &query);
+        let verdict = authz::revoke_all(&caller.principal, query);
         self.authorize_org(
             caller,
             Method::RevokeAll,
@@ -268,7 +329,13 @@ impl TokenAuthority {
             &workspace,
             verdict,
         )
-        .await?;
+        .await
+    }
+
+    /// Revokes every live token the selector names; returns how many.
+    pub async fn revoke_all(&self, caller: &Caller, mut query: TokenQuery) -> Result<u64, Error> {
+        self.authorize_revoke_all(caller, &mut query).await?;
+        let workspace = query.workspace_id.clone().unwrap_or_default();
         let now = Timestamp::now();
         let event_id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
         let mut event = AuditEvent::change(
