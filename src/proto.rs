@@ -87,6 +87,8 @@ impl std::fmt::Debug for ReportLeakedSecretsRequest {
             )
             .field("source", &self.source)
             .field("url", &self.url)
+            .field("dry_run", &self.dry_run)
+            .field("actor", &self.actor)
             .finish()
     }
 }

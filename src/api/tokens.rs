@@ -30,6 +30,31 @@ impl TokenApi {
     }
 }
 
+impl TokenApi {
+    /// ReportLeakedSecrets with `dry_run`: an ADMIN's, authenticated.
+    async fn preview_leak_report(
+        &self,
+        request: Request<proto::ReportLeakedSecretsRequest>,
+    ) -> Result<Response<proto::ReportLeakedSecretsResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let caller = self
+            .service
+            .authenticate(credentials, Method::ReportLeakedSecrets, "", None)
+            .await?;
+        let (tally, affected_count, affected) = self
+            .service
+            .preview_leak_report(&caller, &request.get_ref().secrets)
+            .await?;
+        Ok(Response::new(proto::ReportLeakedSecretsResponse {
+            received: tally.received,
+            accepted: tally.accepted,
+            malformed: tally.malformed,
+            affected_count,
+            affected: affected.into_iter().map(Into::into).collect(),
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl token_service_server::TokenService for TokenApi {
     async fn issue_token(
@@ -182,6 +207,9 @@ impl token_service_server::TokenService for TokenApi {
         &self,
         request: Request<proto::ReportLeakedSecretsRequest>,
     ) -> Result<Response<proto::ReportLeakedSecretsResponse>, Status> {
+        if request.get_ref().dry_run {
+            return self.preview_leak_report(request).await;
+        }
         // No credential: only the peer and request id are read.
         let credentials = credentials_of(&request, None);
         let origin = HolderOrigin {
@@ -198,6 +226,7 @@ impl token_service_server::TokenService for TokenApi {
             received: tally.received,
             accepted: tally.accepted,
             malformed: tally.malformed,
+            ..Default::default()
         }))
     }
 

@@ -328,6 +328,18 @@ pub fn lookup_secret(caller: &Principal, token: &TokenRecord) -> Verdict {
     }
 }
 
+/// May `caller` dry-run a leak report? It tells which secrets name live
+/// tokens of the caller's organization, so it is for an ADMIN of it only.
+pub fn preview_leak_report(caller: &Principal) -> Verdict {
+    match caller {
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } if actor.role == OrgRole::Admin => Verdict::Allow,
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        _ => deny("only an organization ADMIN dry-runs a leak report"),
+    }
+}
+
 /// May `caller` take a backup? It spans every organization, so only the
 /// control plane on its own behalf may.
 pub fn backup(caller: &Principal) -> Verdict {

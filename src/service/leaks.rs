@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 use super::{authority::TokenAuthority, error::Error};
 use crate::domain::{
     audit::{AuditAction, AuditEvent, Origin},
-    caller::Method,
+    authz::{self, Verdict},
+    caller::{Caller, Method},
     ids::{EventId, TokenId},
     leaks::{LeakSource, Tally, sort_reported},
+    pagination::DEFAULT_PAGE_SIZE,
     secret,
     time::Timestamp,
-    token::{Reason, TokenRecord, liveness},
+    token::{Reason, TokenRecord, TokenView, liveness},
 };
 
 /// Where an unauthenticated revocation came from, for its audit events.
@@ -65,6 +67,53 @@ impl TokenAuthority {
             request_id = %origin.request_id, "leaked secrets reported"
         );
         Ok(tally)
+    }
+
+    /// A leak report's dry run, for an ADMIN: the counts, how many live
+    /// tokens of the caller's organization the secrets name, and the first
+    /// page of them. Changes nothing; other organizations' tokens are not
+    /// told apart from unknown secrets.
+    pub async fn preview_leak_report(
+        &self,
+        caller: &Caller,
+        secrets: &[String],
+    ) -> Result<(Tally, u64, Vec<TokenView>), Error> {
+        let (well_formed, malformed) = sort_reported(secrets)?;
+        let org = match &caller.principal {
+            crate::domain::caller::Principal::ControlPlane {
+                actor: Some(actor), ..
+            } => actor.org_id.clone(),
+            _ => String::new(),
+        };
+        let verdict = authz::preview_leak_report(&caller.principal);
+        self.authorize_org(caller, Method::ReportLeakedSecrets, &org, "", verdict)
+            .await?;
+        self.spend_intake(caller.peer, secrets.len())?;
+        let now = Timestamp::now();
+        let (mut count, mut first) = (0u64, Vec::new());
+        for presented in &well_formed {
+            let Some(record) = self.live_token_of(presented, now).await? else {
+                continue;
+            };
+            if authz::lookup_secret(&caller.principal, &record) != Verdict::Allow {
+                continue;
+            }
+            count += 1;
+            if first.len() < DEFAULT_PAGE_SIZE {
+                first.push(self.view(record).await?);
+            }
+        }
+        let tally = Tally {
+            received: secrets.len() as u64,
+            accepted: well_formed.len() as u64,
+            malformed,
+        };
+        tracing::info!(
+            received = tally.received, accepted = tally.accepted, malformed, would_revoke = count,
+            actor = %caller.actor_ref().label(), request_id = %caller.request_id,
+            "leak report dry run"
+        );
+        Ok((tally, count, first))
     }
 
     /// Revokes the token whose secret `presented` is, for its holder;

@@ -29,6 +29,7 @@ fn report(secrets: Vec<String>) -> ReportLeakedSecretsRequest {
         secrets,
         source: "github".into(),
         url: "https://github.com/acme/app/blob/main/.env".into(),
+        ..Default::default()
     }
 }
 
@@ -87,6 +88,7 @@ async fn a_reported_secret_is_revoked_at_once_and_audited_with_its_source() {
             received: 3,
             accepted: 2,
             malformed: 1,
+            ..Default::default()
         }
     );
     let after = check(&server, &leaked.secret, "test_api:run", "org-1", "ws-1").await;
@@ -387,5 +389,64 @@ async fn lookup_secret_tells_an_admin_which_token_and_nobody_else_anything() {
             .await
             .allowed
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_admins_dry_run_shows_their_own_tokens_only_and_revokes_nothing() {
+    let server = TestServer::start().await;
+    let ours = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let theirs = issue(&server, service_token("org-2", &["scim:read"])).await;
+    let stranger = Secret::generate(DomainKind::Service).unwrap();
+    let dry_run = |actor| ReportLeakedSecretsRequest {
+        dry_run: true,
+        actor,
+        ..report(vec![
+            ours.secret.clone(),
+            theirs.secret.clone(),
+            stranger.expose().to_owned(),
+            "garbage".to_owned(),
+        ])
+    };
+    let preview = server
+        .tokens()
+        .report_leaked_secrets(dry_run(admin("org-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (preview.received, preview.accepted, preview.malformed),
+        (4, 3, 1)
+    );
+    // org-2's token is not told apart from the unknown secret.
+    assert_eq!(preview.affected_count, 1);
+    assert_eq!(preview.affected.len(), 1);
+    assert_eq!(preview.affected[0].id, id_of(&ours));
+    for issued in [&ours, &theirs] {
+        let org = if std::ptr::eq(issued, &ours) {
+            "org-1"
+        } else {
+            "org-2"
+        };
+        assert!(
+            check(&server, &issued.secret, "scim:read", org, "")
+                .await
+                .allowed
+        );
+    }
+    // Not an ADMIN, or no credential: refused, nothing looked up.
+    let member = crate::harness::member("bob", "org-1", tokenauth::proto::OrgRole::ReadWrite);
+    let status = server
+        .tokens()
+        .report_leaked_secrets(dry_run(member))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = server
+        .tokens_with(None)
+        .report_leaked_secrets(dry_run(None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
     server.stop().await;
 }

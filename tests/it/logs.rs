@@ -156,6 +156,7 @@ async fn every_call_then_no_secret_in_the_logs(setup: &ChildSetup, pepper: &std:
             secrets: vec![typo, unknown.expose().to_owned(), pat.secret.clone()],
             source: "test".into(),
             url: "https://example.com/paste/1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
