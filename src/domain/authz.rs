@@ -9,6 +9,7 @@
 //! | control plane without an actor | RevokeAll of one user's tokens (a removed user), nothing else |
 //! | org-level service token with `tokens:manage` | service tokens of its own organization; never a permission or lifetime it does not hold (minting or rotating) |
 //! | org-level service token with `audit_logs:read` | its organization's audit log |
+//! | ADMIN member | also LookupSecret: which token of their organization a secret is |
 
 use super::{
     caller::{Actor, OrgRole, Principal},
@@ -300,6 +301,42 @@ pub fn revoke_all(caller: &Principal, selector: &TokenQuery) -> Verdict {
                 Verdict::Allow
             }
         }
+    }
+}
+
+/// May `caller` learn which token `token` is from one of its secrets
+/// (LookupSecret)? Only an ADMIN of its organization; for anyone in another
+/// organization the token does not exist.
+pub fn lookup_secret(caller: &Principal, token: &TokenRecord) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if actor.org_id != token.org_id {
+                Verdict::Hide
+            } else if actor.role == OrgRole::Admin {
+                Verdict::Allow
+            } else {
+                deny("only an organization ADMIN looks up secrets")
+            }
+        }
+        Principal::ServiceToken(caller_token) if caller_token.org_id != token.org_id => {
+            Verdict::Hide
+        }
+        Principal::ServiceToken(_) => deny("only an organization ADMIN looks up secrets"),
+    }
+}
+
+/// May `caller` dry-run a leak report? It tells which secrets name live
+/// tokens of the caller's organization, so it is for an ADMIN of it only.
+pub fn preview_leak_report(caller: &Principal) -> Verdict {
+    match caller {
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } if actor.role == OrgRole::Admin => Verdict::Allow,
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        _ => deny("only an organization ADMIN dry-runs a leak report"),
     }
 }
 

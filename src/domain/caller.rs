@@ -40,6 +40,9 @@ pub enum Method {
     ListAuditEvents,
     Check,
     Backup,
+    ReportLeakedSecrets,
+    RevokeSelf,
+    LookupSecret,
 }
 
 impl Method {
@@ -55,6 +58,9 @@ impl Method {
             Method::ListAuditEvents => "ListAuditEvents",
             Method::Check => "Check",
             Method::Backup => "Backup",
+            Method::ReportLeakedSecrets => "ReportLeakedSecrets",
+            Method::RevokeSelf => "RevokeSelf",
+            Method::LookupSecret => "LookupSecret",
         }
     }
 

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     caller::parse_bearer,
+    explain,
     routes::{IdProblem, PathError, RequestView, Route, RouteTable},
     token::{Reason, TokenKind, TokenRecord},
 };
@@ -29,6 +30,10 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-tokenauth-org-id",
     "x-tokenauth-workspace-id",
 ];
+
+/// The response header a denied client reads the permission it lacked from
+/// (GitHub's `X-Accepted-GitHub-Permissions`, for one permission).
+pub const REQUIRED_PERMISSION_HEADER: &str = "x-tokenauth-required-permission";
 
 /// Every client header with this prefix is removed (or, for one we set,
 /// checked): the prefix is ours, so future identity headers are covered too.
@@ -276,6 +281,15 @@ impl Denial {
             } => "invalid_org_id",
             Denial::InvalidId { .. } => "invalid_workspace_id",
             Denial::IdentityHeaderConflict(_) => "identity_header_conflict",
+        }
+    }
+
+    /// The route's permission when it is what the token lacked (and nothing
+    /// else: see `domain::explain`); `permission` is the route's.
+    pub fn required_permission<'p>(&self, permission: Option<&'p str>) -> Option<&'p str> {
+        match self {
+            Denial::Token(reason) => explain::required_permission(*reason, permission?),
+            _ => None,
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
 //! `check`, `lookup` (cache first, then the store under the fill gate),
-//! `mesh` (Envoy's ext_authz over Check).
+//! `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a secret's
+//! holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
 
 mod authenticate;
 mod authority;
@@ -15,6 +16,8 @@ pub mod cache;
 mod check;
 mod error;
 mod fast_hash;
+mod forensics;
+mod leaks;
 mod lookup;
 mod manage;
 mod mesh;
@@ -29,5 +32,7 @@ pub use self::{
     authority::{ControlPlaneCredential, Policy, TokenAuthority},
     check::{CheckOrigin, Decision},
     error::Error,
+    forensics::SecretState,
+    leaks::HolderOrigin,
     mesh::ExtAuthz,
 };

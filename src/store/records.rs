@@ -121,7 +121,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 10] = [
+const METHODS: [Method; 13] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -132,6 +132,9 @@ const METHODS: [Method; 10] = [
     Method::ListAuditEvents,
     Method::Check,
     Method::Backup,
+    Method::ReportLeakedSecrets,
+    Method::RevokeSelf,
+    Method::LookupSecret,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

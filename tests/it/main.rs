@@ -25,6 +25,7 @@ mod child;
 mod cli;
 mod corruption;
 mod crash;
+mod leaks;
 mod lifecycle;
 mod listing;
 mod logs;
