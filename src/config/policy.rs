@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::{Config, ConfigError, StoreKind};
 use crate::{
     domain::{
-        authz::Roles, permissions::Catalogue, quota::Quotas, refusals::RefusalLimits,
-        token::LifetimePolicy,
+        authz::Roles, member::MembershipPolicy, permissions::Catalogue, quota::Quotas,
+        refusals::RefusalLimits, token::LifetimePolicy,
     },
     service::{ControlPlaneCredential, Policy},
 };
@@ -215,6 +215,9 @@ impl Config {
                 service_per_workspace: Some(quotas.service_per_workspace),
             },
             usage_retention: self.usage.retention(),
+            membership: MembershipPolicy {
+                required: self.membership.required,
+            },
         })
     }
 }

@@ -9,6 +9,7 @@ use crate::{
     domain::{
         authz::Roles,
         ids::TokenId,
+        member::MembershipPolicy,
         permissions::Catalogue,
         quota::Quotas,
         refusals::RefusalLimits,
@@ -44,6 +45,8 @@ pub struct Policy {
     pub quotas: Quotas,
     /// How long usage is kept at each resolution.
     pub usage_retention: UsageRetention,
+    /// How Check treats personal tokens of members it does not know.
+    pub membership: MembershipPolicy,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,

@@ -35,7 +35,7 @@ impl TokenAuthority {
     /// registered with the cache meanwhile (see `TokenCache::settled`).
     /// `change` gives the digests it took out of service even when it fails
     /// (a RevokeAll may fail after some of its transactions).
-    async fn take_out_of_service<T: Send + 'static>(
+    pub(super) async fn take_out_of_service<T: Send + 'static>(
         &self,
         org: &str,
         change: impl Future<Output = (Result<T, StoreError>, Vec<Digest>)> + Send + 'static,

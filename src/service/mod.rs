@@ -6,7 +6,7 @@
 //! pure `domain`, the persistence behind `store::Store`.
 //!
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
-//! `check`, `lookup` (cache first, then the store under the fill gate),
+//! `members`, `check`, `lookup` (cache first, then the store under the fill gate),
 //! `mesh` (Envoy's ext_authz over Check).
 
 mod authenticate;
@@ -17,6 +17,7 @@ mod error;
 mod fast_hash;
 mod lookup;
 mod manage;
+mod members;
 mod mesh;
 pub mod recorder;
 mod refusals;
@@ -29,5 +30,6 @@ pub use self::{
     authority::{ControlPlaneCredential, Policy, TokenAuthority},
     check::{CheckOrigin, Decision},
     error::Error,
+    members::Removal,
     mesh::ExtAuthz,
 };

@@ -13,6 +13,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_all_batch, revoke_record},
     ids::{EventId, TokenId},
+    member::MemberKey,
     quota::{QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
@@ -48,6 +49,7 @@ pub(super) struct Trees {
     pub(super) usage_by_token: Tree,
     pub(super) last_used: Tree,
     pub(super) meta: Tree,
+    pub(super) members: Tree,
     /// A `parking_lot` mutex for its fair hand-over (see `write_handing_over`).
     pub(super) write_lock: parking_lot::Mutex<()>,
     /// Issued tokens waiting to be written, and whether a writer is draining them.
@@ -76,6 +78,7 @@ pub(super) struct Tx<'a> {
     pub(super) live: &'a TransactionalTree,
     pub(super) audit: &'a TransactionalTree,
     pub(super) audit_by_time: &'a TransactionalTree,
+    pub(super) members: &'a TransactionalTree,
     #[cfg(test)]
     pub(super) fail_audit: bool,
 }
@@ -369,7 +372,7 @@ impl Trees {
         &self,
         change: impl Fn(&Tx<'_>) -> Abortable<T>,
     ) -> Result<T, StoreError> {
-        let trees: [&Tree; 8] = [
+        let trees: [&Tree; 9] = [
             &self.tokens,
             &self.digests,
             &self.by_org,
@@ -378,6 +381,7 @@ impl Trees {
             &self.live,
             &self.audit,
             &self.audit_by_time,
+            &self.members,
         ];
         trees[..]
             .transaction(|t| {
@@ -388,6 +392,7 @@ impl Trees {
                     live: &t[5],
                     audit: &t[6],
                     audit_by_time: &t[7],
+                    members: &t[8],
                     #[cfg(test)]
                     fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
                         || self
@@ -598,6 +603,24 @@ impl Trees {
                 .then(|| keys.last().map(|key| key.to_vec()))
                 .flatten(),
         })
+    }
+
+    /// The member's live personal tokens (a RevokeAll's range of them), as
+    /// committed. Call with the write lock held, so that none changes
+    /// before the transaction that uses them commits.
+    pub(super) fn member_tokens(
+        &self,
+        key: &MemberKey,
+        at: Timestamp,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let (low, high) = keys::revoke_all_range(&key.tokens(), at)?;
+        let mut records = Vec::new();
+        for entry in self.live.range(low..=high) {
+            let id = keys::id_of_live_key(&entry?.0)
+                .ok_or_else(|| StoreError::Corrupt("short live key".into()))?;
+            records.extend(self.record(id)?);
+        }
+        Ok(records)
     }
 
     /// The index and key prefix that serve `query` with the narrowest scan.

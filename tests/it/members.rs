@@ -1,0 +1,335 @@
+//! Members (issue #17) through the real server, on sled and (second pass)
+//! PostgreSQL: the RPCs, who may call them, bounded inputs, tenant
+//! isolation, and a personal token following its member at Check.
+
+use tokenauth::proto::{
+    AuditAction, GetMemberRequest, ListAuditEventsRequest, ListMembersRequest, OrgRole, Reason,
+    RemoveMemberRequest, SetMemberRequest,
+};
+use tonic::Code;
+
+use crate::harness::{TestServer, admin, check, issue, member, personal_token, service_token};
+
+fn set(org: &str, user: &str, role: OrgRole) -> SetMemberRequest {
+    SetMemberRequest {
+        org_id: org.into(),
+        user_id: user.into(),
+        org_role: role as i32,
+        actor: None,
+    }
+}
+
+pub async fn set_member(server: &TestServer, org: &str, user: &str, role: OrgRole) {
+    server
+        .tokens()
+        .set_member(set(org, user, role))
+        .await
+        .unwrap();
+}
+
+async fn remove(server: &TestServer, org: &str, user: &str) -> (bool, u64) {
+    let removed = server
+        .tokens()
+        .remove_member(RemoveMemberRequest {
+            org_id: org.into(),
+            user_id: user.into(),
+            actor: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (removed.removed, removed.revoked_count)
+}
+
+async fn actions(server: &TestServer, org: &str) -> Vec<i32> {
+    server
+        .audit()
+        .list_audit_events(ListAuditEventsRequest {
+            org_id: org.into(),
+            caller_actor: admin(org),
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+#[tokio::test]
+async fn members_are_set_read_listed_in_pages_and_removed() {
+    let server = TestServer::start().await;
+    for user in ["carol", "alice", "bob"] {
+        set_member(&server, "org-1", user, OrgRole::ReadWrite).await;
+    }
+    set_member(&server, "org-10", "zoe", OrgRole::Admin).await;
+    // Idempotent: the same role again is no change, and no event.
+    let again = server
+        .tokens()
+        .set_member(set("org-1", "bob", OrgRole::ReadWrite))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(again.org_role, OrgRole::ReadWrite as i32);
+    // An ADMIN of the organization, through the control plane, may too.
+    server
+        .tokens()
+        .set_member(SetMemberRequest {
+            actor: admin("org-1"),
+            ..set("org-1", "bob", OrgRole::ReadOnly)
+        })
+        .await
+        .unwrap();
+    let bob = server
+        .tokens()
+        .get_member(GetMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "bob".into(),
+            actor: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(bob.org_role, OrgRole::ReadOnly as i32);
+    assert!(bob.updated_at.is_some());
+
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = server
+            .tokens()
+            .list_members(ListMembersRequest {
+                org_id: "org-1".into(),
+                page_size: 2,
+                page_token: page_token.clone(),
+                actor: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.members.len() <= 2);
+        listed.extend(page.members.into_iter().map(|m| m.user_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    // By user id, and nothing of org-10 (whose id extends org-1's).
+    assert_eq!(listed, ["alice", "bob", "carol"]);
+
+    assert_eq!(remove(&server, "org-1", "bob").await, (true, 0));
+    assert_eq!(remove(&server, "org-1", "bob").await, (false, 0));
+    let gone = server
+        .tokens()
+        .get_member(GetMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "bob".into(),
+            actor: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let audited = actions(&server, "org-1").await;
+    let count = |action: AuditAction| audited.iter().filter(|a| **a == action as i32).count();
+    assert_eq!(count(AuditAction::MemberSet), 4);
+    assert_eq!(count(AuditAction::MemberRemoved), 2);
+}
+
+#[tokio::test]
+async fn only_the_control_plane_and_an_admin_manage_members_within_bounds() {
+    let server = TestServer::start().await;
+    let member_call = server
+        .tokens()
+        .set_member(SetMemberRequest {
+            actor: member("alice", "org-1", OrgRole::ReadWrite),
+            ..set("org-1", "alice", OrgRole::Admin)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(member_call.code(), Code::PermissionDenied);
+    // Another organization's ADMIN may not touch this one's members.
+    let outsider = server
+        .tokens()
+        .remove_member(RemoveMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "alice".into(),
+            actor: admin("org-2"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(outsider.code(), Code::PermissionDenied);
+    // A service token may not, whatever it holds.
+    let manager = issue(&server, service_token("org-1", &["tokens:manage"])).await;
+    let by_token = server
+        .tokens_with(Some(&manager.secret))
+        .list_members(ListMembersRequest {
+            org_id: "org-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(by_token.code(), Code::PermissionDenied);
+    // No credential at all.
+    let anonymous = server
+        .tokens_with(None)
+        .set_member(set("org-1", "alice", OrgRole::Admin))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    // Every input is bounded, as for the token RPCs.
+    let long = "u".repeat(129);
+    for bad in [
+        set("org-1", "", OrgRole::ReadOnly),
+        set("org-1", &long, OrgRole::ReadOnly),
+        set("org-1", "has space", OrgRole::ReadOnly),
+        set("", "alice", OrgRole::ReadOnly),
+        set("org-1", "alice", OrgRole::Unspecified),
+        SetMemberRequest {
+            org_role: 42,
+            ..set("org-1", "alice", OrgRole::ReadOnly)
+        },
+    ] {
+        let refused = server.tokens().set_member(bad).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    for (page_size, page_token) in [(-1, ""), (10, "zz"), (10, "01")] {
+        let refused = server
+            .tokens()
+            .list_members(ListMembersRequest {
+                org_id: "org-1".into(),
+                page_size,
+                page_token: page_token.into(),
+                actor: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+    }
+    // A huge page size is served at the bound.
+    for n in 0..3 {
+        set_member(&server, "org-1", &format!("u{n}"), OrgRole::ReadOnly).await;
+    }
+    let page = server
+        .tokens()
+        .list_members(ListMembersRequest {
+            org_id: "org-1".into(),
+            page_size: i32::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.members.len(), 3);
+}
+
+#[tokio::test]
+async fn a_personal_token_follows_its_member_at_check() {
+    let server = TestServer::start().await;
+    let pat = issue(
+        &server,
+        personal_token("org-1", "alice", &["transformations:*", "scim:read"]),
+    )
+    .await;
+    let allowed = |reason: i32| reason == Reason::Ok as i32;
+    let write = "transformations:write";
+    // Before the control plane says anything: issue-time permissions.
+    assert!(allowed(
+        check(&server, &pat.secret, write, "org-1", "ws-1")
+            .await
+            .reason
+    ));
+
+    set_member(&server, "org-1", "alice", OrgRole::ReadOnly).await;
+    let narrowed = check(&server, &pat.secret, write, "org-1", "ws-1").await;
+    assert_eq!(narrowed.reason, Reason::RoleInsufficient as i32);
+    assert_eq!(narrowed.owner_user_id, "alice", "the token is still named");
+    let read = check(
+        &server,
+        &pat.secret,
+        "transformations:read",
+        "org-1",
+        "ws-1",
+    )
+    .await;
+    assert!(allowed(read.reason));
+
+    // A promotion never widens the token beyond what it was issued with.
+    set_member(&server, "org-1", "alice", OrgRole::Admin).await;
+    assert!(allowed(
+        check(&server, &pat.secret, write, "org-1", "ws-1")
+            .await
+            .reason
+    ));
+    let never_issued = check(&server, &pat.secret, "test_api:run", "org-1", "ws-1").await;
+    assert_eq!(never_issued.reason, Reason::InsufficientPermission as i32);
+
+    // Removal revokes, atomically with the removal, and is audited as such.
+    let other = issue(
+        &server,
+        personal_token("org-1", "bob", &["transformations:read"]),
+    )
+    .await;
+    assert_eq!(remove(&server, "org-1", "alice").await, (true, 1));
+    let revoked = check(
+        &server,
+        &pat.secret,
+        "transformations:read",
+        "org-1",
+        "ws-1",
+    )
+    .await;
+    assert_eq!(revoked.reason, Reason::Revoked as i32);
+    let untouched = check(
+        &server,
+        &other.secret,
+        "transformations:read",
+        "org-1",
+        "ws-1",
+    )
+    .await;
+    assert!(allowed(untouched.reason));
+    let audited = actions(&server, "org-1").await;
+    assert!(audited.contains(&(AuditAction::MemberRemoved as i32)));
+    assert!(audited.contains(&(AuditAction::RevokedAll as i32)));
+}
+
+#[tokio::test]
+async fn with_membership_required_a_token_of_an_unknown_member_is_denied() {
+    let server = TestServer::start_with(|config| config.membership.required = true).await;
+    let pat = issue(
+        &server,
+        personal_token("org-1", "alice", &["transformations:read"]),
+    )
+    .await;
+    let sat = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let denied = check(
+        &server,
+        &pat.secret,
+        "transformations:read",
+        "org-1",
+        "ws-1",
+    )
+    .await;
+    assert_eq!(denied.reason, Reason::RoleInsufficient as i32);
+    // Service tokens belong to no member.
+    let service = check(&server, &sat.secret, "scim:read", "org-1", "").await;
+    assert_eq!(service.reason, Reason::Ok as i32);
+    set_member(&server, "org-1", "alice", OrgRole::ReadOnly).await;
+    let allowed = check(
+        &server,
+        &pat.secret,
+        "transformations:read",
+        "org-1",
+        "ws-1",
+    )
+    .await;
+    assert_eq!(allowed.reason, Reason::Ok as i32);
+}
