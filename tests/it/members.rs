@@ -333,3 +333,119 @@ async fn with_membership_required_a_token_of_an_unknown_member_is_denied() {
     .await;
     assert_eq!(allowed.reason, Reason::Ok as i32);
 }
+
+/// Checkers hammer every member's token while their members are demoted
+/// and removed, as `revocation::no_check_allows_a_token_after_its_revoke_is_acknowledged`
+/// does for revocations: a tiny cache forces constant misses, and slow reads
+/// of the token and of the role keep many Checks between their store reads
+/// and their cache fill while a SetMember commits. Once SetMember (a
+/// demotion) or RemoveMember has returned, no Check that starts afterwards
+/// may allow what the new role forbids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_check_allows_what_a_demotion_forbids_once_it_is_acknowledged() {
+    use std::{
+        collections::HashMap,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use crate::faults::{Delayed, Delays};
+
+    let server = Arc::new(
+        TestServer::start_wrapped(
+            |config| config.cache.capacity = 4,
+            |store| {
+                Arc::new(Delayed::new(
+                    store,
+                    Delays {
+                        after_digest_read: Duration::from_millis(1),
+                        after_member_read: Duration::from_millis(2),
+                        ..Delays::default()
+                    },
+                ))
+            },
+        )
+        .await,
+    );
+    const DEMOTED: usize = 30;
+    const REMOVED: usize = 10;
+    let mut secrets = Vec::new();
+    for i in 0..DEMOTED + REMOVED {
+        let user = format!("user-{i}");
+        set_member(&server, "org-1", &user, OrgRole::ReadWrite).await;
+        let issued = issue(
+            &server,
+            personal_token("org-1", &user, &["transformations:write"]),
+        )
+        .await;
+        secrets.push(issued.secret);
+    }
+    let secrets = Arc::new(secrets);
+    let acked: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let checkers: Vec<_> = (0..6)
+        .map(|worker| {
+            let (server, secrets, stop) =
+                (Arc::clone(&server), Arc::clone(&secrets), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut i = worker;
+                while !stop.load(Ordering::SeqCst) {
+                    let index = i % secrets.len();
+                    let started = Instant::now();
+                    let response = check(
+                        &server,
+                        &secrets[index],
+                        "transformations:write",
+                        "org-1",
+                        "ws-1",
+                    )
+                    .await;
+                    seen.push((index, started, response.allowed));
+                    i += 7;
+                }
+                seen
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for index in 0..DEMOTED + REMOVED {
+        let user = format!("user-{index}");
+        if index < DEMOTED {
+            set_member(&server, "org-1", &user, OrgRole::ReadOnly).await;
+        } else {
+            assert_eq!(remove(&server, "org-1", &user).await, (true, 1));
+        }
+        acked.lock().unwrap().insert(index, Instant::now());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let acked = acked.lock().unwrap().clone();
+    let (mut allowed_before, mut denied_after, mut violations) = (0, 0, Vec::new());
+    for checker in checkers {
+        for (index, started, allowed) in checker.await.unwrap() {
+            let after_ack = acked.get(&index).is_some_and(|ack| started > *ack);
+            match (after_ack, allowed) {
+                (true, true) => violations.push(index),
+                (true, false) => denied_after += 1,
+                (false, true) => allowed_before += 1,
+                (false, false) => {}
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "allowed after the member change was acknowledged: members {violations:?}"
+    );
+    assert!(
+        allowed_before > 100,
+        "{allowed_before} allowed checks before"
+    );
+    assert!(denied_after > 100, "{denied_after} denied checks after");
+}
