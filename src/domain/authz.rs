@@ -4,9 +4,9 @@
 //! | caller | may |
 //! |---|---|
 //! | member (any role), via the control plane | list, read, revoke, rotate their own personal tokens; RevokeAll of their own |
-//! | READ_WRITE or ADMIN member | also create personal tokens for themselves, with permissions within their role |
+//! | READ_WRITE or ADMIN member | also create personal tokens for themselves, with permissions within their role (the lower of the asserted and the stored one: `member::actor_as_stored`) |
 //! | ADMIN member | everything in their organization: every token, service tokens, RevokeAll, audit, usage |
-//! | control plane without an actor | RevokeAll of one user's tokens (a removed user), nothing else |
+//! | control plane without an actor | RevokeAll of one user's tokens (a removed user); members (below); nothing else |
 //! | org-level service token with `tokens:manage` | service tokens of its own organization; never a permission or lifetime it does not hold (minting or rotating) |
 //! | org-level service token with `audit_logs:read` | its organization's audit log |
 //! | control plane without an actor, or an ADMIN member through it | the organization's members: SetMember, RemoveMember, GetMember, ListMembers |

@@ -13,7 +13,7 @@ use super::{
     Error,
     audit::AuditEvent,
     authz::Roles,
-    caller::OrgRole,
+    caller::{Actor, OrgRole},
     changes::{RevokeAllBatch, RevokeAllProgress, revoke_all_batch},
     ids::require_id,
     permissions::grants,
@@ -146,6 +146,31 @@ pub fn role_allows(
     }
 }
 
+/// The actor a member's own personal token is issued for, once the stored
+/// membership is taken into account: the control plane asserts a role, and
+/// the service holds the member's current one; the lower applies, so that
+/// an assertion from before a demotion cannot mint what the demotion took
+/// away. With membership required, a member the service does not know may
+/// not create personal tokens (the error says why).
+pub fn actor_as_stored(
+    asserted: &Actor,
+    stored: Option<&Member>,
+    policy: MembershipPolicy,
+) -> Result<Actor, String> {
+    match stored {
+        Some(member) => Ok(Actor {
+            role: asserted.role.min(member.role),
+            ..asserted.clone()
+        }),
+        None if policy.required => Err(format!(
+            "user {} is not a member of organization {} that the service knows \
+             (membership is required: the control plane calls SetMember first)",
+            asserted.user_id, asserted.org_id
+        )),
+        None => Ok(asserted.clone()),
+    }
+}
+
 /// Where a page of members starts (after this user id) and how long it is.
 #[derive(Clone, Debug)]
 pub struct MemberPageRequest {
@@ -223,6 +248,44 @@ mod tests {
             &r,
             required
         ));
+    }
+
+    #[test]
+    fn the_lower_of_the_asserted_and_the_stored_role_applies() {
+        let asserted = Actor {
+            user_id: "u".into(),
+            org_id: "org".into(),
+            role: OrgRole::Admin,
+        };
+        let stored = Member {
+            org_id: "org".into(),
+            user_id: "u".into(),
+            role: OrgRole::ReadOnly,
+            updated_at: Timestamp::from_micros(0),
+        };
+        let open = MembershipPolicy::default();
+        let required = MembershipPolicy { required: true };
+        assert_eq!(
+            actor_as_stored(&asserted, Some(&stored), open)
+                .unwrap()
+                .role,
+            OrgRole::ReadOnly
+        );
+        let lower = Actor {
+            role: OrgRole::ReadOnly,
+            ..asserted.clone()
+        };
+        let promoted = Member {
+            role: OrgRole::Admin,
+            ..stored
+        };
+        assert_eq!(
+            actor_as_stored(&lower, Some(&promoted), open).unwrap().role,
+            OrgRole::ReadOnly,
+            "a stored promotion does not raise what the control plane asserted"
+        );
+        assert_eq!(actor_as_stored(&asserted, None, open).unwrap(), asserted);
+        assert!(actor_as_stored(&asserted, None, required).is_err());
     }
 
     #[test]

@@ -445,4 +445,58 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[tokio::test]
+    async fn a_member_creates_personal_tokens_within_their_stored_role() {
+        let mut f = fixture();
+        f.authority
+            .set_member(&control_plane(), key("u"), OrgRole::ReadOnly)
+            .await
+            .unwrap();
+        let new = |permission: &str| NewToken {
+            kind: TokenKind::Personal,
+            org_id: "org-1".into(),
+            workspace_id: "ws-1".into(),
+            name: "laptop".into(),
+            permissions: vec![permission.into()],
+            expires_at: None,
+            owner_user_id: "u".into(),
+        };
+        // The control plane still asserts ADMIN; the service knows better.
+        let stale = acting("org-1", "u", OrgRole::Admin);
+        let refused = f
+            .authority
+            .issue(&stale, new("transformations:write"))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("READ_ONLY"), "{refused}");
+        // A READ_ONLY member creates no personal token at all.
+        assert!(
+            f.authority
+                .issue(&stale, new("transformations:read"))
+                .await
+                .is_err()
+        );
+        f.authority
+            .set_member(&control_plane(), key("u"), OrgRole::ReadWrite)
+            .await
+            .unwrap();
+        f.authority
+            .issue(&stale, new("transformations:write"))
+            .await
+            .unwrap();
+        // With membership required, an unknown member creates none.
+        f.authority.policy.membership.required = true;
+        let stranger = acting("org-1", "nobody", OrgRole::Admin);
+        let new_for_stranger = NewToken {
+            owner_user_id: "nobody".into(),
+            ..new("transformations:read")
+        };
+        let refused = f
+            .authority
+            .issue(&stranger, new_for_stranger)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("SetMember"), "{refused}");
+    }
 }

@@ -303,13 +303,16 @@ async fn a_personal_token_follows_its_member_at_check() {
 
 #[tokio::test]
 async fn with_membership_required_a_token_of_an_unknown_member_is_denied() {
-    let server = TestServer::start_with(|config| config.membership.required = true).await;
+    // Tokens issued before the switch, while the member was unknown.
+    let mut server = TestServer::start().await;
     let pat = issue(
         &server,
         personal_token("org-1", "alice", &["transformations:read"]),
     )
     .await;
     let sat = issue(&server, service_token("org-1", &["scim:read"])).await;
+    server.config.membership.required = true;
+    let server = server.restart().await;
     let denied = check(
         &server,
         &pat.secret,
@@ -322,6 +325,14 @@ async fn with_membership_required_a_token_of_an_unknown_member_is_denied() {
     // Service tokens belong to no member.
     let service = check(&server, &sat.secret, "scim:read", "org-1", "").await;
     assert_eq!(service.reason, Reason::Ok as i32);
+    // An unknown member creates no personal token either.
+    let refused = server
+        .tokens()
+        .issue_token(personal_token("org-1", "bob", &["transformations:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("SetMember"), "{refused:?}");
     set_member(&server, "org-1", "alice", OrgRole::ReadOnly).await;
     let allowed = check(
         &server,
