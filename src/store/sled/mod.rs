@@ -1,6 +1,6 @@
 //! The embedded sled store.
 //!
-//! Trees (key layouts in `keys`): `tokens` (id -> record), `digests`
+//! Trees (key layouts in `keys`): `members` (see `members.rs`), `tokens` (id -> record), `digests`
 //! (digest -> id), three token indexes (by org; by org and workspace; by org
 //! and owner) so that listing reads one prefix instead of the whole
 //! database, `live` (the tokens not revoked, by owner, kind and workspace,
@@ -28,29 +28,27 @@ use sled::{Transactional, transaction::TransactionError};
 
 pub mod backup;
 mod group_commit;
+mod members;
 mod trees;
 mod usage;
 
 use self::group_commit::GroupCommit;
 use self::trees::{
-    InsertQueue, MAX_SCAN_PER_PAGE, PendingInsert, Trees, abort, be_u64, disk_takes_writes,
-    drain_inserts, open_db, read_watermark,
+    InsertQueue, MAX_SCAN_PER_PAGE, PendingInsert, Trees, be_u64, disk_takes_writes, drain_inserts,
+    open_db, read_watermark,
 };
 use super::{
     AuditPage, InsertOutcome, MemberChange, MemberRemoval, Page, PageRequest, Revocation,
     RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_time_key},
-    records::{decode_member, decode_token, encode_audit, encode_member},
+    records::{decode_token, encode_audit},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, rotate_record},
     ids::{EventId, TokenId},
-    member::{
-        Member, MemberKey, MemberPage, MemberPageRequest, changes, member_page,
-        revoke_members_tokens,
-    },
+    member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
     secret::Digest,
     time::Timestamp,
@@ -461,33 +459,7 @@ impl Store for SledStore {
         event: &AuditEvent,
     ) -> Result<MemberChange, StoreError> {
         let (member, event) = (member.clone(), event.clone());
-        // Under the write lock, which every token write takes: the tokens
-        // read for their digests are all there are until it is released.
-        self.write(move |t| {
-            let key = keys::member_key(&member.org_id, &member.user_id);
-            let previous = t
-                .members
-                .get(&key)?
-                .map(|v| decode_member(&v))
-                .transpose()?;
-            if !changes(previous.as_ref(), &member) {
-                return Ok(MemberChange {
-                    previous,
-                    digests: Vec::new(),
-                });
-            }
-            t.transaction(|tx| {
-                tx.members.insert(key.as_slice(), encode_member(&member))?;
-                tx.append_audit(&event)
-            })?;
-            let digests = t
-                .member_tokens(&member.key(), member.updated_at)?
-                .iter()
-                .flat_map(|r| r.secrets.iter().map(|s| s.digest))
-                .collect();
-            Ok(MemberChange { previous, digests })
-        })
-        .await
+        self.write(move |t| t.set_member(&member, &event)).await
     }
 
     async fn remove_member(
@@ -498,44 +470,13 @@ impl Store for SledStore {
         revoke_event: &AuditEvent,
     ) -> Result<MemberRemoval, StoreError> {
         let (key, event, revoke_event) = (key.clone(), event.clone(), revoke_event.clone());
-        self.write(move |t| {
-            let candidates = t.member_tokens(&key, at)?;
-            let member_key = keys::member_key(&key.org_id, &key.user_id);
-            let (removed, batch) = t.transaction(|tx| {
-                let removed = tx
-                    .members
-                    .remove(member_key.as_slice())?
-                    .map(|v| decode_member(&v).map_err(abort))
-                    .transpose()?;
-                let batch = revoke_members_tokens(candidates.clone(), &key, at, &revoke_event);
-                for record in &batch.revoked {
-                    tx.put_revoked(record)?;
-                }
-                tx.append_audit(&event)?;
-                for event in &batch.events {
-                    tx.append_audit(event)?;
-                }
-                Ok((removed, batch))
-            })?;
-            Ok(MemberRemoval {
-                removed,
-                revoked: RevokedAll {
-                    count: batch.progress.revoked,
-                    digests: batch
-                        .revoked
-                        .iter()
-                        .flat_map(|r| r.secrets.iter().map(|s| s.digest))
-                        .collect(),
-                },
-            })
-        })
-        .await
+        self.write(move |t| t.remove_member(&key, at, &event, &revoke_event))
+            .await
     }
 
     async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError> {
-        let key = keys::member_key(&key.org_id, &key.user_id);
-        self.read(move |t| t.members.get(key)?.map(|v| decode_member(&v)).transpose())
-            .await
+        let key = key.clone();
+        self.read(move |t| t.member(&key)).await
     }
 
     async fn list_members(
@@ -544,23 +485,7 @@ impl Store for SledStore {
         page: &MemberPageRequest,
     ) -> Result<MemberPage, StoreError> {
         let (org_id, page) = (org_id.to_owned(), page.clone());
-        self.read(move |t| {
-            let prefix = keys::prefix(&[&org_id]);
-            let low = match &page.after {
-                Some(after) => Bound::Excluded(keys::member_key(&org_id, after)),
-                None => Bound::Included(prefix.clone()),
-            };
-            let mut members = Vec::new();
-            for entry in t.members.range((low, Bound::Unbounded)) {
-                let (key, value) = entry?;
-                if !key.starts_with(&prefix) || members.len() > page.limit {
-                    break;
-                }
-                members.push(decode_member(&value)?);
-            }
-            Ok(member_page(&mut members, page.limit))
-        })
-        .await
+        self.read(move |t| t.list_members(&org_id, &page)).await
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

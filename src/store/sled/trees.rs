@@ -13,7 +13,6 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_all_batch, revoke_record},
     ids::{EventId, TokenId},
-    member::MemberKey,
     quota::{QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
@@ -603,24 +602,6 @@ impl Trees {
                 .then(|| keys.last().map(|key| key.to_vec()))
                 .flatten(),
         })
-    }
-
-    /// The member's live personal tokens (a RevokeAll's range of them), as
-    /// committed. Call with the write lock held, so that none changes
-    /// before the transaction that uses them commits.
-    pub(super) fn member_tokens(
-        &self,
-        key: &MemberKey,
-        at: Timestamp,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        let (low, high) = keys::revoke_all_range(&key.tokens(), at)?;
-        let mut records = Vec::new();
-        for entry in self.live.range(low..=high) {
-            let id = keys::id_of_live_key(&entry?.0)
-                .ok_or_else(|| StoreError::Corrupt("short live key".into()))?;
-            records.extend(self.record(id)?);
-        }
-        Ok(records)
     }
 
     /// The index and key prefix that serve `query` with the narrowest scan.
