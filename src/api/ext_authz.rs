@@ -469,6 +469,19 @@ mod tests {
         )));
         assert_eq!(body["required_permission"], "test_api:run");
         assert_eq!(body["code"], "insufficient_permission");
+        // A member's role that no longer allows it names it the same way.
+        let (headers, body) = denied_parts(denied(
+            &Denial::Token(Reason::RoleInsufficient),
+            None,
+            Some("test_api:run"),
+            Some("/v2/test"),
+        ));
+        assert!(headers.contains(&(
+            "x-tokenauth-required-permission".into(),
+            "test_api:run".into()
+        )));
+        assert_eq!(body["required_permission"], "test_api:run");
+        assert_eq!(body["code"], "role_insufficient");
         // Other denials name no permission: it is not what was missing.
         for denial in [
             Denial::Token(Reason::WrongScope),

@@ -1,5 +1,6 @@
 //! `tokenauth.v1.TokenService`: issue, read, list, rotate and revoke tokens,
-//! and read their usage. Every call is authenticated first.
+//! and read their usage; and the members personal tokens follow (handled
+//! in `api::members`). Every call is authenticated first.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{grace_from_proto, resolution_to_proto, timestamp_to_proto, usage_to_proto},
-    credentials_of,
+    credentials_of, members,
 };
 use crate::{
     domain::{
@@ -277,5 +278,33 @@ impl token_service_server::TokenService for TokenApi {
             token: Some(view.into()),
             secret_state: secret_state.into(),
         }))
+    }
+
+    async fn set_member(
+        &self,
+        request: Request<proto::SetMemberRequest>,
+    ) -> Result<Response<proto::SetMemberResponse>, Status> {
+        members::set_member(&self.service, request).await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::RemoveMemberResponse>, Status> {
+        members::remove_member(&self.service, request).await
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<proto::GetMemberRequest>,
+    ) -> Result<Response<proto::GetMemberResponse>, Status> {
+        members::get_member(&self.service, request).await
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<proto::ListMembersRequest>,
+    ) -> Result<Response<proto::ListMembersResponse>, Status> {
+        members::list_members(&self.service, request).await
     }
 }

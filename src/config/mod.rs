@@ -74,6 +74,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub permissions: PermissionsConfig,
     pub roles: RolesConfig,
+    pub membership: MembershipConfig,
     pub control_plane: ControlPlaneConfig,
     pub audit: AuditConfig,
     pub usage: UsageConfig,
@@ -100,6 +101,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             permissions: PermissionsConfig::default(),
             roles: RolesConfig::default(),
+            membership: MembershipConfig::default(),
             control_plane: ControlPlaneConfig::default(),
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
@@ -234,6 +236,18 @@ impl Default for RolesConfig {
             admin: owned(&[&workspace[..], &["audit_logs:*", "scim:*"]].concat()),
         }
     }
+}
+
+/// `[membership]`: how Check treats the personal tokens of members the
+/// control plane never told the service about (SetMember).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// Deny a personal token whose member is unknown (ROLE_INSUFFICIENT).
+    /// Default `false`: such tokens keep the permissions they were issued
+    /// with, as before the service knew members. Turn it on once the
+    /// control plane has called SetMember for every existing member.
+    pub required: bool,
 }
 
 /// `[control_plane]`: the credentials the control plane authenticates with.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::{Config, ConfigError, StoreKind};
 use crate::{
     domain::{
-        authz::Roles, leaks::IntakeLimits, permissions::Catalogue, quota::Quotas,
-        refusals::RefusalLimits, token::LifetimePolicy,
+        authz::Roles, leaks::IntakeLimits, member::MembershipPolicy, permissions::Catalogue,
+        quota::Quotas, refusals::RefusalLimits, token::LifetimePolicy,
     },
     service::{ControlPlaneCredential, Policy},
 };
@@ -218,6 +218,9 @@ impl Config {
             leak_intake: IntakeLimits {
                 per_peer: self.leak_reports.max_secrets_per_peer_per_minute,
                 total: self.leak_reports.max_secrets_per_minute,
+            },
+            membership: MembershipPolicy {
+                required: self.membership.required,
             },
         })
     }

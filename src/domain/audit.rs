@@ -25,6 +25,10 @@ pub enum AuditAction {
     RevokedAll,
     Rotated,
     Denied,
+    /// A member was added or their role changed (SetMember).
+    MemberSet,
+    /// A member was removed (RemoveMember).
+    MemberRemoved,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

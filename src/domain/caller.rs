@@ -18,6 +18,17 @@ pub enum OrgRole {
     Admin,
 }
 
+impl OrgRole {
+    /// The name the API gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrgRole::ReadOnly => "READ_ONLY",
+            OrgRole::ReadWrite => "READ_WRITE",
+            OrgRole::Admin => "ADMIN",
+        }
+    }
+}
+
 /// The member the control plane says it acts for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
@@ -43,6 +54,10 @@ pub enum Method {
     ReportLeakedSecrets,
     RevokeSelf,
     LookupSecret,
+    SetMember,
+    RemoveMember,
+    GetMember,
+    ListMembers,
 }
 
 impl Method {
@@ -61,6 +76,10 @@ impl Method {
             Method::ReportLeakedSecrets => "ReportLeakedSecrets",
             Method::RevokeSelf => "RevokeSelf",
             Method::LookupSecret => "LookupSecret",
+            Method::SetMember => "SetMember",
+            Method::RemoveMember => "RemoveMember",
+            Method::GetMember => "GetMember",
+            Method::ListMembers => "ListMembers",
         }
     }
 

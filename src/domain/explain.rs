@@ -20,7 +20,7 @@ use super::token::{CheckQuery, Reason};
 /// `asked` is the permission the request asked for.
 pub fn required_permission(reason: Reason, asked: &str) -> Option<&str> {
     match reason {
-        Reason::InsufficientPermission => Some(asked),
+        Reason::InsufficientPermission | Reason::RoleInsufficient => Some(asked),
         Reason::Ok
         | Reason::Malformed
         | Reason::NotFound
@@ -53,6 +53,13 @@ pub fn denial_detail(reason: Reason, query: &CheckQuery<'_>) -> Option<String> {
         Reason::InsufficientPermission => {
             format!("the token does not hold {:?}", query.permission)
         }
+        // Said the same way whether the member's role is too low or, with
+        // `[membership] required`, the member is unknown: the holder learns
+        // that the role is what is missing, nothing more about the member.
+        Reason::RoleInsufficient => format!(
+            "the token's member's current role does not allow {:?}",
+            query.permission
+        ),
     };
     Some(detail)
 }
@@ -82,10 +89,13 @@ mod tests {
     #[test]
     fn only_a_missing_permission_is_named_as_required() {
         let q = query("test_api:run", "ws-1");
-        assert_eq!(
-            required_permission(Reason::InsufficientPermission, q.permission),
-            Some("test_api:run")
-        );
+        for reason in [Reason::InsufficientPermission, Reason::RoleInsufficient] {
+            assert_eq!(
+                required_permission(reason, q.permission),
+                Some("test_api:run"),
+                "{reason:?}"
+            );
+        }
         for reason in [
             Reason::Malformed,
             Reason::NotFound,
@@ -118,6 +128,10 @@ mod tests {
         assert_eq!(
             denial_detail(Reason::WrongScope, &query("scim:read", "")),
             Some("the token is not valid in organization \"org-1\"".into())
+        );
+        assert_eq!(
+            denial_detail(Reason::RoleInsufficient, &query("test_api:run", "ws-1")),
+            Some("the token's member's current role does not allow \"test_api:run\"".into())
         );
     }
 }

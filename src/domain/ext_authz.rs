@@ -232,9 +232,12 @@ impl Denial {
             Denial::NoRoute
             | Denial::MissingId { .. }
             | Denial::InvalidId { .. }
-            | Denial::Token(Reason::WrongScope | Reason::InsufficientPermission | Reason::Ok) => {
-                403
-            }
+            | Denial::Token(
+                Reason::WrongScope
+                | Reason::InsufficientPermission
+                | Reason::RoleInsufficient
+                | Reason::Ok,
+            ) => 403,
         }
     }
 
@@ -250,9 +253,9 @@ impl Denial {
             Denial::Token(
                 Reason::Malformed | Reason::NotFound | Reason::Revoked | Reason::Expired,
             ) => Some(INVALID_TOKEN),
-            Denial::Token(Reason::WrongScope | Reason::InsufficientPermission) => {
-                Some(INSUFFICIENT_SCOPE)
-            }
+            Denial::Token(
+                Reason::WrongScope | Reason::InsufficientPermission | Reason::RoleInsufficient,
+            ) => Some(INSUFFICIENT_SCOPE),
             _ => None,
         }
     }
@@ -272,6 +275,7 @@ impl Denial {
             Denial::Token(Reason::Expired) => "expired_token",
             Denial::Token(Reason::WrongScope) => "wrong_scope",
             Denial::Token(Reason::InsufficientPermission | Reason::Ok) => "insufficient_permission",
+            Denial::Token(Reason::RoleInsufficient) => "role_insufficient",
             Denial::MissingId {
                 field: "org_id", ..
             } => "missing_org_id",
@@ -320,6 +324,9 @@ impl Denial {
             }
             Denial::Token(Reason::InsufficientPermission | Reason::Ok) => {
                 format!("the token does not hold {needed}")
+            }
+            Denial::Token(Reason::RoleInsufficient) => {
+                format!("the token's member's current role does not allow {needed}")
             }
             Denial::MissingId { field, problem } => match problem {
                 IdProblem::Missing(source) => format!("no {field} in the request ({source})"),

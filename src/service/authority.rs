@@ -10,6 +10,7 @@ use crate::{
         authz::Roles,
         ids::TokenId,
         leaks::{IntakeBudget, IntakeLimits},
+        member::MembershipPolicy,
         permissions::Catalogue,
         quota::Quotas,
         refusals::RefusalLimits,
@@ -47,6 +48,8 @@ pub struct Policy {
     pub usage_retention: UsageRetention,
     /// How many secrets ReportLeakedSecrets looks up per minute.
     pub leak_intake: IntakeLimits,
+    /// How Check treats personal tokens of members it does not know.
+    pub membership: MembershipPolicy,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,

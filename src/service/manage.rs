@@ -14,6 +14,7 @@ use crate::{
         caller::{Caller, Method, Principal},
         changes::revoke_all_takes,
         ids::{EventId, TokenId},
+        member::{MemberKey, actor_as_stored},
         pagination,
         query::{TokenQuery, list_fingerprint},
         secret::{Digest, Secret},
@@ -39,7 +40,7 @@ impl TokenAuthority {
     /// registered with the cache meanwhile (see `TokenCache::settled`).
     /// `change` gives the digests it took out of service even when it fails
     /// (a RevokeAll may fail after some of its transactions).
-    async fn take_out_of_service<T: Send + 'static>(
+    pub(super) async fn take_out_of_service<T: Send + 'static>(
         &self,
         org: &str,
         change: impl Future<Output = (Result<T, StoreError>, Vec<Digest>)> + Send + 'static,
@@ -73,7 +74,10 @@ impl TokenAuthority {
             new.expires_at = minter.expires_at;
         }
         let valid = new.validate(&self.policy.catalogue, &self.policy.lifetime, now)?;
-        let verdict = authz::issue(&caller.principal, &valid, &self.policy.roles);
+        let verdict = match self.principal_as_stored(caller, &valid.kind).await? {
+            Ok(principal) => authz::issue(&principal, &valid, &self.policy.roles),
+            Err(why) => authz::Verdict::Deny(why),
+        };
         self.authorize_org(
             caller,
             Method::IssueToken,
@@ -136,6 +140,38 @@ impl TokenAuthority {
             },
             secret,
         ))
+    }
+
+    /// The caller, with the role of the member the control plane acts for
+    /// narrowed to the one the service holds (see
+    /// `domain::member::actor_as_stored`) when they create a personal token:
+    /// what a member may put in their own token follows their current role.
+    async fn principal_as_stored(
+        &self,
+        caller: &Caller,
+        kind: &TokenKind,
+    ) -> Result<Result<Principal, String>, Error> {
+        let Principal::ControlPlane {
+            credential,
+            actor: Some(actor),
+        } = &caller.principal
+        else {
+            return Ok(Ok(caller.principal.clone()));
+        };
+        if *kind != TokenKind::Personal {
+            return Ok(Ok(caller.principal.clone()));
+        }
+        // The actor's ids were validated with the credentials.
+        let key = MemberKey::new(&actor.org_id, &actor.user_id)?;
+        let stored = self.store.member(&key).await?;
+        Ok(
+            actor_as_stored(actor, stored.as_ref(), self.policy.membership).map(|actor| {
+                Principal::ControlPlane {
+                    credential: credential.clone(),
+                    actor: Some(actor),
+                }
+            }),
+        )
     }
 
     pub async fn get(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {

@@ -6,9 +6,9 @@
 //! pure `domain`, the persistence behind `store::Store`.
 //!
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
-//! `check`, `lookup` (cache first, then the store under the fill gate),
-//! `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a secret's
-//! holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
+//! `members`, `check`, `lookup` (cache first, then the store under the fill
+//! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
+//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
 
 mod authenticate;
 mod authority;
@@ -20,6 +20,7 @@ mod forensics;
 mod leaks;
 mod lookup;
 mod manage;
+mod members;
 mod mesh;
 pub mod recorder;
 mod refusals;
@@ -34,5 +35,6 @@ pub use self::{
     error::Error,
     forensics::SecretState,
     leaks::HolderOrigin,
+    members::Removal,
     mesh::ExtAuthz,
 };

@@ -30,6 +30,7 @@ mod lifecycle;
 mod listing;
 mod logs;
 mod manifests;
+mod members;
 mod openapi;
 mod operations;
 mod operator;

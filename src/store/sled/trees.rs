@@ -48,6 +48,7 @@ pub(super) struct Trees {
     pub(super) usage_by_token: Tree,
     pub(super) last_used: Tree,
     pub(super) meta: Tree,
+    pub(super) members: Tree,
     /// A `parking_lot` mutex for its fair hand-over (see `write_handing_over`).
     pub(super) write_lock: parking_lot::Mutex<()>,
     /// Issued tokens waiting to be written, and whether a writer is draining them.
@@ -76,6 +77,7 @@ pub(super) struct Tx<'a> {
     pub(super) live: &'a TransactionalTree,
     pub(super) audit: &'a TransactionalTree,
     pub(super) audit_by_time: &'a TransactionalTree,
+    pub(super) members: &'a TransactionalTree,
     #[cfg(test)]
     pub(super) fail_audit: bool,
 }
@@ -369,7 +371,7 @@ impl Trees {
         &self,
         change: impl Fn(&Tx<'_>) -> Abortable<T>,
     ) -> Result<T, StoreError> {
-        let trees: [&Tree; 8] = [
+        let trees: [&Tree; 9] = [
             &self.tokens,
             &self.digests,
             &self.by_org,
@@ -378,6 +380,7 @@ impl Trees {
             &self.live,
             &self.audit,
             &self.audit_by_time,
+            &self.members,
         ];
         trees[..]
             .transaction(|t| {
@@ -388,6 +391,7 @@ impl Trees {
                     live: &t[5],
                     audit: &t[6],
                     audit_by_time: &t[7],
+                    members: &t[8],
                     #[cfg(test)]
                     fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
                         || self
