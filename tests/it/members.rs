@@ -499,6 +499,7 @@ async fn a_narrowed_or_removed_members_token_is_still_its_holders_to_revoke() {
     )
     .await;
     set_member(&server, "org-1", "alice", OrgRole::ReadOnly).await;
+    set_member(&server, "org-1", "bob", OrgRole::ReadWrite).await;
     let write = "transformations:write";
     let narrowed = check(&server, &alice.secret, write, "org-1", "ws-1").await;
     assert_eq!(narrowed.reason, Reason::RoleInsufficient as i32);
