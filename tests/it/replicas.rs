@@ -276,6 +276,56 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
     }
 }
 
+/// A secret reported leaked on one replica, and one revoked by its holder on
+/// another, stop on the rest within the bound: both revoke through
+/// RevokeToken's own path, so the revocation log carries them alike.
+#[tokio::test]
+async fn a_reported_leak_and_a_revoke_self_reach_every_replica() {
+    let shared = Shared::new();
+    let (a, b) = (shared.replica().await, shared.replica().await);
+    let leaked = issue(&a, service_token("org-1", &["scim:read"])).await;
+    let quitting = issue(&a, service_token("org-1", &["scim:read"])).await;
+    for secret in [&leaked.secret, &quitting.secret] {
+        for replica in [&a, &b] {
+            assert!(
+                check(replica, secret, "scim:read", "org-1", "")
+                    .await
+                    .allowed
+            );
+        }
+    }
+    let answer = a
+        .tokens_with(None)
+        .report_leaked_secrets(tokenauth::proto::ReportLeakedSecretsRequest {
+            secrets: vec![leaked.secret.clone()],
+            source: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.accepted, 1);
+    let acknowledged = Instant::now();
+    assert!(
+        !check(&a, &leaked.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    refused_past_the_bound("b (leak reported on a)", &b, &leaked.secret, acknowledged).await;
+
+    b.tokens_with(Some(&quitting.secret))
+        .revoke_self(tokenauth::proto::RevokeSelfRequest {})
+        .await
+        .unwrap();
+    let acknowledged = Instant::now();
+    assert!(
+        !check(&b, &quitting.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    refused_past_the_bound("a (RevokeSelf on b)", &a, &quitting.secret, acknowledged).await;
+}
+
 /// The poll alone delivers a revocation: B's LISTEN connection goes silent
 /// (frozen by a proxy, so it neither fails nor reconnects, and no
 /// reconnection wakes the follower), and B trusts its cache for 15 s, so
