@@ -6,7 +6,7 @@
 
 use std::ops::Bound;
 
-use super::trees::{Trees, abort};
+use super::trees::{Abortable, Trees, Tx, abort};
 use crate::domain::{
     audit::AuditEvent,
     member::{
@@ -20,6 +20,17 @@ use crate::store::{
     MemberChange, MemberRemoval, RevokedAll, StoreError, keys,
     records::{decode_member, encode_member},
 };
+
+impl<'a> Tx<'a> {
+    /// The members tree of a `Trees::member_transaction`.
+    fn members(&self) -> Abortable<&'a sled::transaction::TransactionalTree> {
+        self.members.ok_or_else(|| {
+            abort(StoreError::Unavailable(
+                "a member change outside a member transaction".into(),
+            ))
+        })
+    }
+}
 
 impl Trees {
     /// The member's live personal tokens (a RevokeAll's range of them), as
@@ -54,8 +65,9 @@ impl Trees {
                 digests: Vec::new(),
             });
         }
-        self.transaction(|tx| {
-            tx.members.insert(key.as_slice(), encode_member(member))?;
+        self.member_transaction(|tx| {
+            tx.members()?
+                .insert(key.as_slice(), encode_member(member))?;
             tx.append_audit(event)
         })?;
         let digests = self
@@ -76,9 +88,9 @@ impl Trees {
     ) -> Result<MemberRemoval, StoreError> {
         let candidates = self.member_tokens(key, at)?;
         let member_key = keys::member_key(&key.org_id, &key.user_id);
-        let (removed, batch) = self.transaction(|tx| {
+        let (removed, batch) = self.member_transaction(|tx| {
             let removed = tx
-                .members
+                .members()?
                 .remove(member_key.as_slice())?
                 .map(|v| decode_member(&v).map_err(abort))
                 .transpose()?;

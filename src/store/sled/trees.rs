@@ -77,7 +77,8 @@ pub(super) struct Tx<'a> {
     pub(super) live: &'a TransactionalTree,
     pub(super) audit: &'a TransactionalTree,
     pub(super) audit_by_time: &'a TransactionalTree,
-    pub(super) members: &'a TransactionalTree,
+    /// Only in a [`Trees::member_transaction`].
+    pub(super) members: Option<&'a TransactionalTree>,
     #[cfg(test)]
     pub(super) fail_audit: bool,
 }
@@ -371,7 +372,24 @@ impl Trees {
         &self,
         change: impl Fn(&Tx<'_>) -> Abortable<T>,
     ) -> Result<T, StoreError> {
-        let trees: [&Tree; 9] = [
+        self.transaction_over(false, change)
+    }
+
+    /// [`Self::transaction`], with the members tree too (`Tx::members`):
+    /// only a member's change pays for the ninth tree.
+    pub(super) fn member_transaction<T>(
+        &self,
+        change: impl Fn(&Tx<'_>) -> Abortable<T>,
+    ) -> Result<T, StoreError> {
+        self.transaction_over(true, change)
+    }
+
+    fn transaction_over<T>(
+        &self,
+        with_members: bool,
+        change: impl Fn(&Tx<'_>) -> Abortable<T>,
+    ) -> Result<T, StoreError> {
+        let mut trees: Vec<&Tree> = vec![
             &self.tokens,
             &self.digests,
             &self.by_org,
@@ -380,8 +398,10 @@ impl Trees {
             &self.live,
             &self.audit,
             &self.audit_by_time,
-            &self.members,
         ];
+        if with_members {
+            trees.push(&self.members);
+        }
         trees[..]
             .transaction(|t| {
                 change(&Tx {
@@ -391,7 +411,7 @@ impl Trees {
                     live: &t[5],
                     audit: &t[6],
                     audit_by_time: &t[7],
-                    members: &t[8],
+                    members: t.get(8),
                     #[cfg(test)]
                     fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
                         || self
