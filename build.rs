@@ -10,6 +10,8 @@ const SECRET_BEARING: &[&str] = &[
     ".tokenauth.v1.IssueTokenResponse",
     ".tokenauth.v1.RotateTokenResponse",
     ".tokenauth.v1.CheckRequest",
+    ".tokenauth.v1.ReportLeakedSecretsRequest",
+    ".tokenauth.v1.LookupSecretRequest",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -562,6 +562,7 @@ async fn main() {
             assert!(checks.check(r).await.unwrap().into_inner().allowed);
         }
         let mut revoke = Request::new(RevokeAllRequest {
+            dry_run: false,
             org_id: "org-bench".into(),
             workspace_id: "ws-bulk".into(),
             owner_user_id: String::new(),

@@ -58,6 +58,14 @@ enum Command {
         #[command(subcommand)]
         action: cli::TokenCommand,
     },
+    /// Set, show, list and remove the members whose roles personal tokens
+    /// follow, on a running server.
+    Member {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        action: cli::MemberCommand,
+    },
     /// Read the audit log of a running server.
     Audit {
         #[command(flatten)]
@@ -185,6 +193,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = match cli.command {
         Command::Token { client, action } => cli::token(&client, action),
+        Command::Member { client, action } => cli::member(&client, action),
         Command::Audit { client, action } => cli::audit(&client, action),
         Command::Completions { shell } => cli::completions(Cli::command(), shell),
         Command::Man => cli::man(Cli::command()),
@@ -205,6 +214,7 @@ fn main() -> ExitCode {
 fn maintenance(command: Command) -> ExitCode {
     match command {
         Command::Token { .. }
+        | Command::Member { .. }
         | Command::Audit { .. }
         | Command::Completions { .. }
         | Command::Man => ExitCode::FAILURE,

@@ -35,7 +35,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// One Check in this many is timed for the latency histogram.
 pub const CHECK_LATENCY_SAMPLING: u32 = 8;
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 8] = [
     Reason::Ok,
     Reason::Malformed,
     Reason::NotFound,
@@ -43,6 +43,7 @@ const REASONS: [Reason; 7] = [
     Reason::Expired,
     Reason::WrongScope,
     Reason::InsufficientPermission,
+    Reason::RoleInsufficient,
 ];
 
 fn reason_label(reason: Reason) -> &'static str {
@@ -54,6 +55,7 @@ fn reason_label(reason: Reason) -> &'static str {
         Reason::Expired => "EXPIRED",
         Reason::WrongScope => "WRONG_SCOPE",
         Reason::InsufficientPermission => "INSUFFICIENT_PERMISSION",
+        Reason::RoleInsufficient => "ROLE_INSUFFICIENT",
     }
 }
 
@@ -100,7 +102,7 @@ struct ConnectionCounters {
 
 #[derive(Default)]
 struct CheckCounters {
-    by_reason: [AtomicU64; 7],
+    by_reason: [AtomicU64; REASONS.len()],
     cache: [AtomicU64; 3],
 }
 

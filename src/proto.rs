@@ -78,6 +78,30 @@ impl std::fmt::Debug for CheckRequest {
     }
 }
 
+impl std::fmt::Debug for ReportLeakedSecretsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportLeakedSecretsRequest")
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .field("source", &self.source)
+            .field("url", &self.url)
+            .field("dry_run", &self.dry_run)
+            .field("actor", &self.actor)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LookupSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupSecretRequest")
+            .field("secret", &REDACTED)
+            .field("actor", &self.actor)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,13 +124,23 @@ mod tests {
             org_id: "org".to_owned(),
             workspace_id: String::new(),
         };
+        let report = ReportLeakedSecretsRequest {
+            secrets: vec![secret.to_owned()],
+            ..ReportLeakedSecretsRequest::default()
+        };
+        let lookup = LookupSecretRequest {
+            secret: secret.to_owned(),
+            actor: None,
+        };
         for printed in [
+            format!("{lookup:?}"),
+            format!("{report:?}"),
             format!("{response:?}"),
             format!("{rotated:?}"),
             format!("{request:#?}"),
         ] {
             assert!(!printed.contains("SECRET"), "{printed}");
-            assert!(printed.contains(REDACTED), "{printed}");
+            assert!(printed.contains("redacted"), "{printed}");
         }
     }
 }

@@ -9,7 +9,10 @@ use super::{
     request_context,
 };
 use crate::{
-    domain::token::validate_check_query,
+    domain::{
+        explain::{denial_detail, required_permission},
+        token::{CheckQuery, validate_check_query},
+    },
     proto::{self, check_service_server},
     service::{Decision, TokenAuthority},
 };
@@ -25,12 +28,19 @@ impl CheckApi {
     }
 }
 
-fn decision_to_proto(decision: &Decision) -> proto::CheckResponse {
+/// The response; a deny also says what was missing (allocating only then).
+fn decision_to_proto(decision: &Decision, query: &CheckQuery<'_>) -> proto::CheckResponse {
     let mut response = proto::CheckResponse {
         allowed: decision.allowed(),
         reason: reason_to_proto(decision.reason).into(),
         ..Default::default()
     };
+    if !response.allowed {
+        if let Some(permission) = required_permission(decision.reason, query.permission) {
+            permission.clone_into(&mut response.required_permission);
+        }
+        response.detail = denial_detail(decision.reason, query).unwrap_or_default();
+    }
     if let Some(token) = &decision.token {
         let record = &token.record;
         response.token_id = record.id.to_string();
@@ -57,6 +67,6 @@ impl check_service_server::CheckService for CheckApi {
             &message.workspace_id,
         )?;
         let decision = self.service.check(&message.token, &query, &origin).await?;
-        Ok(Response::new(decision_to_proto(&decision)))
+        Ok(Response::new(decision_to_proto(&decision, &query)))
     }
 }

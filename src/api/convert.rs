@@ -51,6 +51,7 @@ pub fn reason_to_proto(reason: Reason) -> proto::Reason {
         Reason::Expired => proto::Reason::Expired,
         Reason::WrongScope => proto::Reason::WrongScope,
         Reason::InsufficientPermission => proto::Reason::InsufficientPermission,
+        Reason::RoleInsufficient => proto::Reason::RoleInsufficient,
     }
 }
 
@@ -123,6 +124,8 @@ impl TryFrom<&proto::ListAuditEventsRequest> for AuditQuery {
             Ok(proto::AuditAction::RevokedAll) => Some(AuditAction::RevokedAll),
             Ok(proto::AuditAction::Rotated) => Some(AuditAction::Rotated),
             Ok(proto::AuditAction::Denied) => Some(AuditAction::Denied),
+            Ok(proto::AuditAction::MemberSet) => Some(AuditAction::MemberSet),
+            Ok(proto::AuditAction::MemberRemoved) => Some(AuditAction::MemberRemoved),
             Err(_) => {
                 return Err(Error::invalid(
                     "action",
@@ -168,6 +171,8 @@ pub fn audit_to_proto(event: AuditEvent) -> proto::AuditEvent {
         AuditAction::RevokedAll => proto::AuditAction::RevokedAll,
         AuditAction::Rotated => proto::AuditAction::Rotated,
         AuditAction::Denied => proto::AuditAction::Denied,
+        AuditAction::MemberSet => proto::AuditAction::MemberSet,
+        AuditAction::MemberRemoved => proto::AuditAction::MemberRemoved,
     };
     let outcome = match event.outcome {
         AuditOutcome::Succeeded => proto::AuditOutcome::Succeeded,

@@ -26,7 +26,9 @@ use envoy_types::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    domain::ext_authz::{Allow, Denial, HttpRequest, Identity, MeshVerdict},
+    domain::ext_authz::{
+        Allow, Denial, HttpRequest, Identity, MeshVerdict, REQUIRED_PERMISSION_HEADER,
+    },
     metrics::Metrics,
     service::{CheckOrigin, ExtAuthz},
 };
@@ -218,15 +220,20 @@ fn denied(
         400 | 431 => Code::InvalidArgument,
         _ => Code::PermissionDenied,
     };
-    let body = serde_json::json!({
+    let required = denial.required_permission(permission);
+    let mut body = serde_json::json!({
         "code": denial.code(),
         "message": denial.message(permission),
-    })
-    .to_string();
+    });
     let mut headers = vec![header("content-type", "application/json")];
     if let Some(challenge) = denial.www_authenticate() {
         headers.push(header("www-authenticate", challenge));
     }
+    if let Some(required) = required {
+        body["required_permission"] = required.into();
+        headers.push(header(REQUIRED_PERMISSION_HEADER, required));
+    }
+    let body = body.to_string();
     CheckResponse {
         status: Some(rpc::Status {
             code: code as i32,
@@ -430,5 +437,63 @@ mod tests {
             "www-authenticate".into(),
             "Bearer error=\"invalid_token\"".into()
         )));
+    }
+
+    fn denied_parts(response: CheckResponse) -> (Vec<(String, String)>, serde_json::Value) {
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+            panic!("not a denial");
+        };
+        let headers = denied
+            .headers
+            .into_iter()
+            .map(|h| {
+                let h = h.header.unwrap();
+                (h.key, h.value)
+            })
+            .collect();
+        (headers, serde_json::from_str(&denied.body).unwrap())
+    }
+
+    #[test]
+    fn a_missing_permission_is_named_in_a_header_and_the_body_and_nothing_else_is() {
+        use crate::domain::token::Reason;
+        let (headers, body) = denied_parts(denied(
+            &Denial::Token(Reason::InsufficientPermission),
+            None,
+            Some("test_api:run"),
+            Some("/v2/test"),
+        ));
+        assert!(headers.contains(&(
+            "x-tokenauth-required-permission".into(),
+            "test_api:run".into()
+        )));
+        assert_eq!(body["required_permission"], "test_api:run");
+        assert_eq!(body["code"], "insufficient_permission");
+        // A member's role that no longer allows it names it the same way.
+        let (headers, body) = denied_parts(denied(
+            &Denial::Token(Reason::RoleInsufficient),
+            None,
+            Some("test_api:run"),
+            Some("/v2/test"),
+        ));
+        assert!(headers.contains(&(
+            "x-tokenauth-required-permission".into(),
+            "test_api:run".into()
+        )));
+        assert_eq!(body["required_permission"], "test_api:run");
+        assert_eq!(body["code"], "role_insufficient");
+        // Other denials name no permission: it is not what was missing.
+        for denial in [
+            Denial::Token(Reason::WrongScope),
+            Denial::Token(Reason::Revoked),
+            Denial::MissingCredential,
+        ] {
+            let (headers, body) = denied_parts(denied(&denial, None, Some("test_api:run"), None));
+            assert!(
+                !headers.iter().any(|(k, _)| k == REQUIRED_PERMISSION_HEADER),
+                "{denial:?}"
+            );
+            assert!(body.get("required_permission").is_none(), "{denial:?}");
+        }
     }
 }

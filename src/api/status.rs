@@ -14,7 +14,7 @@ impl From<domain::Error> for Status {
         use domain::Error as Rule;
         match error {
             Rule::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            Rule::NotFound(_) => Status::not_found(error.to_string()),
+            Rule::NotFound(_) | Rule::NoSuchMember { .. } => Status::not_found(error.to_string()),
             Rule::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             Rule::PermissionDenied(_) => Status::permission_denied(error.to_string()),
             Rule::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),

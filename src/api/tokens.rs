@@ -1,5 +1,6 @@
 //! `tokenauth.v1.TokenService`: issue, read, list, rotate and revoke tokens,
-//! and read their usage. Every call is authenticated first.
+//! and read their usage; and the members personal tokens follow (handled
+//! in `api::members`). Every call is authenticated first.
 
 use std::sync::Arc;
 
@@ -7,15 +8,16 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{grace_from_proto, resolution_to_proto, timestamp_to_proto, usage_to_proto},
-    credentials_of,
+    credentials_of, members,
 };
 use crate::{
     domain::{
         caller::Method,
         ids::{TokenId, parse_token_id},
+        leaks::LeakSource,
     },
     proto::{self, token_service_server},
-    service::TokenAuthority,
+    service::{HolderOrigin, SecretState, TokenAuthority},
 };
 
 /// The gRPC face of the token service.
@@ -26,6 +28,31 @@ pub struct TokenApi {
 impl TokenApi {
     pub fn new(service: Arc<TokenAuthority>) -> Self {
         Self { service }
+    }
+}
+
+impl TokenApi {
+    /// ReportLeakedSecrets with `dry_run`: an ADMIN's, authenticated.
+    async fn preview_leak_report(
+        &self,
+        request: Request<proto::ReportLeakedSecretsRequest>,
+    ) -> Result<Response<proto::ReportLeakedSecretsResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let caller = self
+            .service
+            .authenticate(credentials, Method::ReportLeakedSecrets, "", None)
+            .await?;
+        let (tally, affected_count, affected) = self
+            .service
+            .preview_leak_report(&caller, &request.get_ref().secrets)
+            .await?;
+        Ok(Response::new(proto::ReportLeakedSecretsResponse {
+            received: tally.received,
+            accepted: tally.accepted,
+            malformed: tally.malformed,
+            affected_count,
+            affected: affected.into_iter().map(Into::into).collect(),
+        }))
     }
 }
 
@@ -116,9 +143,22 @@ impl token_service_server::TokenService for TokenApi {
             .service
             .authenticate(credentials, Method::RevokeAll, &org, None)
             .await?;
+        let dry_run = request.get_ref().dry_run;
         let selector = request.into_inner().try_into()?;
+        if dry_run {
+            let (affected_count, affected) =
+                self.service.preview_revoke_all(&caller, selector).await?;
+            return Ok(Response::new(proto::RevokeAllResponse {
+                revoked_count: 0,
+                affected_count,
+                affected: affected.into_iter().map(Into::into).collect(),
+            }));
+        }
         let revoked_count = self.service.revoke_all(&caller, selector).await?;
-        Ok(Response::new(proto::RevokeAllResponse { revoked_count }))
+        Ok(Response::new(proto::RevokeAllResponse {
+            revoked_count,
+            ..Default::default()
+        }))
     }
 
     async fn rotate_token(
@@ -162,5 +202,109 @@ impl token_service_server::TokenService for TokenApi {
             next_page_token: listing.next,
             resolution: resolution_to_proto(listing.resolution).into(),
         }))
+    }
+
+    async fn report_leaked_secrets(
+        &self,
+        request: Request<proto::ReportLeakedSecretsRequest>,
+    ) -> Result<Response<proto::ReportLeakedSecretsResponse>, Status> {
+        if request.get_ref().dry_run {
+            return self.preview_leak_report(request).await;
+        }
+        // No credential: only the peer and request id are read.
+        let credentials = credentials_of(&request, None);
+        let origin = HolderOrigin {
+            peer: credentials.peer,
+            request_id: &credentials.request_id,
+        };
+        let message = request.get_ref();
+        let source = LeakSource::new(&message.source, &message.url)?;
+        let tally = self
+            .service
+            .report_leaked(&message.secrets, &source, origin)
+            .await?;
+        Ok(Response::new(proto::ReportLeakedSecretsResponse {
+            received: tally.received,
+            accepted: tally.accepted,
+            malformed: tally.malformed,
+            ..Default::default()
+        }))
+    }
+
+    async fn revoke_self(
+        &self,
+        request: Request<proto::RevokeSelfRequest>,
+    ) -> Result<Response<proto::RevokeSelfResponse>, Status> {
+        let credentials = credentials_of(&request, None);
+        let presented = match &credentials.bearer {
+            Some(Ok(secret)) => secret.as_str(),
+            Some(Err(why)) => return Err(Status::unauthenticated(why.clone())),
+            None => {
+                return Err(Status::unauthenticated(
+                    "present the token to revoke as authorization: Bearer <token>",
+                ));
+            }
+        };
+        let origin = HolderOrigin {
+            peer: credentials.peer,
+            request_id: &credentials.request_id,
+        };
+        let (id, revoked_at) = self.service.revoke_self(presented, origin).await?;
+        Ok(Response::new(proto::RevokeSelfResponse {
+            token_id: id.to_string(),
+            revoked_at: Some(timestamp_to_proto(revoked_at)),
+        }))
+    }
+
+    async fn lookup_secret(
+        &self,
+        request: Request<proto::LookupSecretRequest>,
+    ) -> Result<Response<proto::LookupSecretResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let caller = self
+            .service
+            .authenticate(credentials, Method::LookupSecret, "", None)
+            .await?;
+        let (view, state) = self
+            .service
+            .lookup_secret(&caller, &request.get_ref().secret)
+            .await?;
+        let secret_state = match state {
+            SecretState::Current => proto::SecretState::Current,
+            SecretState::Replaced => proto::SecretState::Replaced,
+            SecretState::Retired => proto::SecretState::Retired,
+        };
+        Ok(Response::new(proto::LookupSecretResponse {
+            token: Some(view.into()),
+            secret_state: secret_state.into(),
+        }))
+    }
+
+    async fn set_member(
+        &self,
+        request: Request<proto::SetMemberRequest>,
+    ) -> Result<Response<proto::SetMemberResponse>, Status> {
+        members::set_member(&self.service, request).await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::RemoveMemberResponse>, Status> {
+        members::remove_member(&self.service, request).await
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<proto::GetMemberRequest>,
+    ) -> Result<Response<proto::GetMemberResponse>, Status> {
+        members::get_member(&self.service, request).await
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<proto::ListMembersRequest>,
+    ) -> Result<Response<proto::ListMembersResponse>, Status> {
+        members::list_members(&self.service, request).await
     }
 }

@@ -25,6 +25,13 @@ impl Object {
         self
     }
 
+    pub fn boolean(mut self, key: &str, value: bool) -> Self {
+        if value {
+            self.0.insert(key.into(), Value::Bool(true));
+        }
+        self
+    }
+
     /// A 64-bit integer: a string, as the mapping has it.
     pub fn uint64(mut self, key: &str, value: u64) -> Self {
         if value != 0 {

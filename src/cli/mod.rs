@@ -1,4 +1,5 @@
-//! The operator's client commands (`tokenauth token …`, `tokenauth audit …`),
+//! The operator's client commands (`tokenauth token …`, `tokenauth member …`,
+//! `tokenauth audit …`),
 //! which talk to a running server over gRPC with the generated client, and
 //! the shell completions and man page made from the same clap definitions.
 //!
@@ -12,6 +13,7 @@
 mod connect;
 mod error;
 mod json;
+mod members;
 mod pages;
 mod reports;
 mod table;
@@ -23,6 +25,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 pub use connect::{causes, read_credential};
 pub use error::CliError;
+pub use members::MemberCommand;
 
 /// Where the server is and how to reach it, shared by every client command.
 #[derive(Args, Clone, Debug)]
@@ -141,6 +144,11 @@ pub fn token(client: &ClientArgs, command: TokenCommand) -> Result<(), CliError>
         TokenCommand::Usage(args) => runtime()?.block_on(reports::usage(client, args)),
         command => runtime()?.block_on(token::run(client, command)),
     }
+}
+
+/// Runs a `tokenauth member …` command against the server.
+pub fn member(client: &ClientArgs, command: MemberCommand) -> Result<(), CliError> {
+    runtime()?.block_on(members::run(client, command))
 }
 
 /// Runs a `tokenauth audit …` command against the server.

@@ -66,6 +66,8 @@ pub enum Action {
     RevokedAll,
     Rotated,
     Denied,
+    MemberSet,
+    MemberRemoved,
 }
 
 fn parse_moment(text: &str) -> Result<prost_types::Timestamp, String> {
@@ -128,6 +130,8 @@ pub async fn audit(client: &ClientArgs, args: AuditArgs) -> Result<(), CliError>
         Some(Action::RevokedAll) => AuditAction::RevokedAll,
         Some(Action::Rotated) => AuditAction::Rotated,
         Some(Action::Denied) => AuditAction::Denied,
+        Some(Action::MemberSet) => AuditAction::MemberSet,
+        Some(Action::MemberRemoved) => AuditAction::MemberRemoved,
     };
     let request = ListAuditEventsRequest {
         org_id: args.scope.org.clone(),

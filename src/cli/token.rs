@@ -276,6 +276,7 @@ pub async fn run(client: &ClientArgs, command: TokenCommand) -> Result<(), CliEr
         TokenCommand::RevokeAll(args) => {
             let count = tokens
                 .revoke_all(RevokeAllRequest {
+                    dry_run: false,
                     org_id: args.scope.org.clone(),
                     workspace_id: args.workspace.unwrap_or_default(),
                     owner_user_id: args.owner.unwrap_or_default(),

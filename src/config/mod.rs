@@ -74,9 +74,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub permissions: PermissionsConfig,
     pub roles: RolesConfig,
+    pub membership: MembershipConfig,
     pub control_plane: ControlPlaneConfig,
     pub audit: AuditConfig,
     pub usage: UsageConfig,
+    pub leak_reports: LeakReportsConfig,
     pub health: HealthConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
@@ -99,9 +101,11 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             permissions: PermissionsConfig::default(),
             roles: RolesConfig::default(),
+            membership: MembershipConfig::default(),
             control_plane: ControlPlaneConfig::default(),
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
+            leak_reports: LeakReportsConfig::default(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
@@ -234,6 +238,18 @@ impl Default for RolesConfig {
     }
 }
 
+/// `[membership]`: how Check treats the personal tokens of members the
+/// control plane never told the service about (SetMember).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// Deny a personal token whose member is unknown (ROLE_INSUFFICIENT).
+    /// Default `false`: such tokens keep the permissions they were issued
+    /// with, as before the service knew members. Turn it on once the
+    /// control plane has called SetMember for every existing member.
+    pub required: bool,
+}
+
 /// `[control_plane]`: the credentials the control plane authenticates with.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -284,6 +300,28 @@ impl Default for AuditConfig {
             prune_interval: Duration::from_secs(3600),
             max_refusal_events_per_minute: 10,
             max_outside_refusal_events_per_minute: 30,
+        }
+    }
+}
+
+/// `[leak_reports]`: ReportLeakedSecrets, which needs no credential, so
+/// what it may cost is bounded here (per replica).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeakReportsConfig {
+    /// Most secrets reported per minute from one network (an IPv4 address,
+    /// an IPv6 /64); a report beyond it is refused whole,
+    /// `RESOURCE_EXHAUSTED`. Default 2000.
+    pub max_secrets_per_peer_per_minute: u32,
+    /// Most secrets reported per minute by everyone together. Default 20000.
+    pub max_secrets_per_minute: u32,
+}
+
+impl Default for LeakReportsConfig {
+    fn default() -> Self {
+        Self {
+            max_secrets_per_peer_per_minute: 2000,
+            max_secrets_per_minute: 20_000,
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::{Config, ConfigError, StoreKind};
 use crate::{
     domain::{
-        authz::Roles, permissions::Catalogue, quota::Quotas, refusals::RefusalLimits,
-        token::LifetimePolicy,
+        authz::Roles, leaks::IntakeLimits, member::MembershipPolicy, permissions::Catalogue,
+        quota::Quotas, refusals::RefusalLimits, token::LifetimePolicy,
     },
     service::{ControlPlaneCredential, Policy},
 };
@@ -215,6 +215,13 @@ impl Config {
                 service_per_workspace: Some(quotas.service_per_workspace),
             },
             usage_retention: self.usage.retention(),
+            leak_intake: IntakeLimits {
+                per_peer: self.leak_reports.max_secrets_per_peer_per_minute,
+                total: self.leak_reports.max_secrets_per_minute,
+            },
+            membership: MembershipPolicy {
+                required: self.membership.required,
+            },
         })
     }
 }

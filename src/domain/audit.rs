@@ -25,6 +25,10 @@ pub enum AuditAction {
     RevokedAll,
     Rotated,
     Denied,
+    /// A member was added or their role changed (SetMember).
+    MemberSet,
+    /// A member was removed (RemoveMember).
+    MemberRemoved,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,6 +181,36 @@ impl AuditEvent {
 }
 
 impl AuditEvent {
+    /// A change to `token` made by whoever presented one of its own secrets
+    /// (a leak report, RevokeSelf): the actor is the token itself.
+    pub fn by_holder(
+        id: EventId,
+        time: Timestamp,
+        method: Method,
+        action: AuditAction,
+        token: &TokenRecord,
+        origin: &Origin,
+        request_id: &str,
+    ) -> Self {
+        Self {
+            id,
+            time,
+            org_id: token.org_id.clone(),
+            workspace_id: token.workspace_id.clone(),
+            actor: ActorRef {
+                token_id: token.id.to_string(),
+                ..ActorRef::default()
+            },
+            action,
+            target_token_ids: vec![token.id],
+            kind: Some(token.kind),
+            outcome: AuditOutcome::Succeeded,
+            method,
+            request_id: request_id.to_owned(),
+            ..Self::from_origin(origin)
+        }
+    }
+
     /// A refusal (action `Denied`), with no organization, actor or target
     /// yet: callers fill in what they know.
     pub fn refusal(

@@ -4,11 +4,14 @@
 //! | caller | may |
 //! |---|---|
 //! | member (any role), via the control plane | list, read, revoke, rotate their own personal tokens; RevokeAll of their own |
-//! | READ_WRITE or ADMIN member | also create personal tokens for themselves, with permissions within their role |
+//! | READ_WRITE or ADMIN member | also create personal tokens for themselves, with permissions within their role (the lower of the asserted and the stored one: `member::actor_as_stored`) |
 //! | ADMIN member | everything in their organization: every token, service tokens, RevokeAll, audit, usage |
-//! | control plane without an actor | RevokeAll of one user's tokens (a removed user), nothing else |
+//! | control plane without an actor | RevokeAll of one user's tokens (a removed user); members (below); nothing else |
 //! | org-level service token with `tokens:manage` | service tokens of its own organization; never a permission or lifetime it does not hold (minting or rotating) |
 //! | org-level service token with `audit_logs:read` | its organization's audit log |
+//! | ADMIN member | also LookupSecret: which token of their organization a secret is |
+//! | control plane without an actor, or an ADMIN member through it | the organization's members: SetMember, RemoveMember, GetMember, ListMembers |
+//! | member (any role), via the control plane | GetMember of themselves |
 
 use super::{
     caller::{Actor, OrgRole, Principal},
@@ -65,14 +68,6 @@ fn deny(reason: impl Into<String>) -> Verdict {
     Verdict::Deny(reason.into())
 }
 
-fn role_name(role: OrgRole) -> &'static str {
-    match role {
-        OrgRole::ReadOnly => "READ_ONLY",
-        OrgRole::ReadWrite => "READ_WRITE",
-        OrgRole::Admin => "ADMIN",
-    }
-}
-
 const NEEDS_ACTOR: &str = "the control plane must name the actor it acts for";
 
 /// Whether `held` covers granting `requested`: an exact permission through
@@ -123,7 +118,7 @@ pub fn issue(caller: &Principal, new: &ValidNewToken, roles: &Roles) -> Verdict 
                     match new.permissions.iter().find(|p| !covers(allowed, p)) {
                         Some(beyond) => deny(format!(
                             "{beyond:?} is beyond what the {} role may grant",
-                            role_name(actor.role)
+                            actor.role.name()
                         )),
                         None => Verdict::Allow,
                     }
@@ -300,6 +295,68 @@ pub fn revoke_all(caller: &Principal, selector: &TokenQuery) -> Verdict {
                 Verdict::Allow
             }
         }
+    }
+}
+
+/// May `caller` learn which token `token` is from one of its secrets
+/// (LookupSecret)? Only an ADMIN of its organization; for anyone in another
+/// organization the token does not exist.
+pub fn lookup_secret(caller: &Principal, token: &TokenRecord) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if actor.org_id != token.org_id {
+                Verdict::Hide
+            } else if actor.role == OrgRole::Admin {
+                Verdict::Allow
+            } else {
+                deny("only an organization ADMIN looks up secrets")
+            }
+        }
+        Principal::ServiceToken(caller_token) if caller_token.org_id != token.org_id => {
+            Verdict::Hide
+        }
+        Principal::ServiceToken(_) => deny("only an organization ADMIN looks up secrets"),
+    }
+}
+
+/// May `caller` dry-run a leak report? It tells which secrets name live
+/// tokens of the caller's organization, so it is for an ADMIN of it only.
+pub fn preview_leak_report(caller: &Principal) -> Verdict {
+    match caller {
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } if actor.role == OrgRole::Admin => Verdict::Allow,
+        Principal::ControlPlane { actor: None, .. } => deny(NEEDS_ACTOR),
+        _ => deny("only an organization ADMIN dry-runs a leak report"),
+    }
+}
+
+/// May `caller` read or change the members of `org_id` (`user_id`: the
+/// member a GetMember reads, whom a member may read if it is themselves)?
+/// Membership is what the control plane knows of its users: it says so
+/// on its own behalf (a deprovisioning relayed from an identity provider
+/// has no acting member), or for an ADMIN of the organization. No service
+/// token may: a token must not be able to change what tokens may do.
+pub fn members(caller: &Principal, org_id: &str, reading_user: Option<&str>) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => Verdict::Allow,
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } => {
+            if let Err(verdict) = actor_in(actor, org_id) {
+                verdict
+            } else if actor.role == OrgRole::Admin
+                || reading_user.is_some_and(|u| u == actor.user_id)
+            {
+                Verdict::Allow
+            } else {
+                deny("only an organization ADMIN manages its members")
+            }
+        }
+        Principal::ServiceToken(_) => deny("a service token cannot manage members"),
     }
 }
 
@@ -725,6 +782,43 @@ mod tests {
         );
         assert!(matches!(
             read_org(&manager("org-2", &["audit_logs:read"]), "org-1"),
+            Verdict::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn members_are_managed_by_the_control_plane_and_admins_only() {
+        let plane = Principal::ControlPlane {
+            credential: "dashboard".into(),
+            actor: None,
+        };
+        assert_eq!(members(&plane, "org-1", None), Verdict::Allow);
+        assert_eq!(
+            members(&member("a", OrgRole::Admin), "org-1", None),
+            Verdict::Allow
+        );
+        for role in [OrgRole::ReadOnly, OrgRole::ReadWrite] {
+            assert!(matches!(
+                members(&member("a", role), "org-1", None),
+                Verdict::Deny(_)
+            ));
+            // A member reads their own membership, and no one else's.
+            assert_eq!(
+                members(&member("a", role), "org-1", Some("a")),
+                Verdict::Allow
+            );
+            assert!(matches!(
+                members(&member("a", role), "org-1", Some("b")),
+                Verdict::Deny(_)
+            ));
+        }
+        // Another organization's ADMIN, and any service token, may not.
+        assert!(matches!(
+            members(&member("a", OrgRole::Admin), "org-2", None),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            members(&manager("org-1", &["tokens:manage"]), "org-1", None),
             Verdict::Deny(_)
         ));
     }

@@ -18,6 +18,17 @@ pub enum OrgRole {
     Admin,
 }
 
+impl OrgRole {
+    /// The name the API gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrgRole::ReadOnly => "READ_ONLY",
+            OrgRole::ReadWrite => "READ_WRITE",
+            OrgRole::Admin => "ADMIN",
+        }
+    }
+}
+
 /// The member the control plane says it acts for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
@@ -40,6 +51,13 @@ pub enum Method {
     ListAuditEvents,
     Check,
     Backup,
+    ReportLeakedSecrets,
+    RevokeSelf,
+    LookupSecret,
+    SetMember,
+    RemoveMember,
+    GetMember,
+    ListMembers,
 }
 
 impl Method {
@@ -55,6 +73,13 @@ impl Method {
             Method::ListAuditEvents => "ListAuditEvents",
             Method::Check => "Check",
             Method::Backup => "Backup",
+            Method::ReportLeakedSecrets => "ReportLeakedSecrets",
+            Method::RevokeSelf => "RevokeSelf",
+            Method::LookupSecret => "LookupSecret",
+            Method::SetMember => "SetMember",
+            Method::RemoveMember => "RemoveMember",
+            Method::GetMember => "GetMember",
+            Method::ListMembers => "ListMembers",
         }
     }
 

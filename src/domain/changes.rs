@@ -25,6 +25,17 @@ pub struct Revocation {
     pub newly_revoked: bool,
 }
 
+/// Whether a RevokeAll at `at` that reaches `record` revokes it: it is not
+/// revoked, and did not expire more than `margin` before `at` (the stores'
+/// live-index range, `store::keys::revoke_all_range`, says the same). What a
+/// dry run counts.
+pub fn revoke_all_takes(record: &TokenRecord, at: Timestamp, margin: std::time::Duration) -> bool {
+    record.revoked_at.is_none()
+        && record
+            .expires_at
+            .is_none_or(|expiry| expiry >= at.saturating_sub(margin))
+}
+
 /// Revokes `record` (read in the atomic step that will write the result)
 /// at `at`; a token already revoked keeps its `revoked_at`, and the outcome
 /// says nothing changed (so no audit event and no log entry are written).
@@ -224,6 +235,24 @@ mod tests {
         ids::EventId,
         token::{TokenKind, test_record},
     };
+
+    #[test]
+    fn a_revoke_all_takes_live_tokens_and_those_just_expired() {
+        let margin = std::time::Duration::from_secs(300);
+        let at = Timestamp::from_micros(1_000_000_000_000);
+        let mut record = test_record(1, "org-1");
+        assert!(revoke_all_takes(&record, at, margin), "no expiry");
+        record.expires_at = Some(at.saturating_sub(margin));
+        assert!(
+            revoke_all_takes(&record, at, margin),
+            "expired at the margin"
+        );
+        record.expires_at = Some(at.saturating_sub(margin * 2));
+        assert!(!revoke_all_takes(&record, at, margin), "long expired");
+        record.expires_at = None;
+        record.revoked_at = Some(at);
+        assert!(!revoke_all_takes(&record, at, margin), "revoked already");
+    }
 
     fn event() -> AuditEvent {
         AuditEvent {

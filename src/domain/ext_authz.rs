@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     caller::parse_bearer,
+    explain,
     routes::{IdProblem, PathError, RequestView, Route, RouteTable},
     token::{Reason, TokenKind, TokenRecord},
 };
@@ -29,6 +30,10 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-tokenauth-org-id",
     "x-tokenauth-workspace-id",
 ];
+
+/// The response header a denied client reads the permission it lacked from
+/// (GitHub's `X-Accepted-GitHub-Permissions`, for one permission).
+pub const REQUIRED_PERMISSION_HEADER: &str = "x-tokenauth-required-permission";
 
 /// Every client header with this prefix is removed (or, for one we set,
 /// checked): the prefix is ours, so future identity headers are covered too.
@@ -227,9 +232,12 @@ impl Denial {
             Denial::NoRoute
             | Denial::MissingId { .. }
             | Denial::InvalidId { .. }
-            | Denial::Token(Reason::WrongScope | Reason::InsufficientPermission | Reason::Ok) => {
-                403
-            }
+            | Denial::Token(
+                Reason::WrongScope
+                | Reason::InsufficientPermission
+                | Reason::RoleInsufficient
+                | Reason::Ok,
+            ) => 403,
         }
     }
 
@@ -245,9 +253,9 @@ impl Denial {
             Denial::Token(
                 Reason::Malformed | Reason::NotFound | Reason::Revoked | Reason::Expired,
             ) => Some(INVALID_TOKEN),
-            Denial::Token(Reason::WrongScope | Reason::InsufficientPermission) => {
-                Some(INSUFFICIENT_SCOPE)
-            }
+            Denial::Token(
+                Reason::WrongScope | Reason::InsufficientPermission | Reason::RoleInsufficient,
+            ) => Some(INSUFFICIENT_SCOPE),
             _ => None,
         }
     }
@@ -267,6 +275,7 @@ impl Denial {
             Denial::Token(Reason::Expired) => "expired_token",
             Denial::Token(Reason::WrongScope) => "wrong_scope",
             Denial::Token(Reason::InsufficientPermission | Reason::Ok) => "insufficient_permission",
+            Denial::Token(Reason::RoleInsufficient) => "role_insufficient",
             Denial::MissingId {
                 field: "org_id", ..
             } => "missing_org_id",
@@ -276,6 +285,15 @@ impl Denial {
             } => "invalid_org_id",
             Denial::InvalidId { .. } => "invalid_workspace_id",
             Denial::IdentityHeaderConflict(_) => "identity_header_conflict",
+        }
+    }
+
+    /// The route's permission when it is what the token lacked (and nothing
+    /// else: see `domain::explain`); `permission` is the route's.
+    pub fn required_permission<'p>(&self, permission: Option<&'p str>) -> Option<&'p str> {
+        match self {
+            Denial::Token(reason) => explain::required_permission(*reason, permission?),
+            _ => None,
         }
     }
 
@@ -306,6 +324,9 @@ impl Denial {
             }
             Denial::Token(Reason::InsufficientPermission | Reason::Ok) => {
                 format!("the token does not hold {needed}")
+            }
+            Denial::Token(Reason::RoleInsufficient) => {
+                format!("the token's member's current role does not allow {needed}")
             }
             Denial::MissingId { field, problem } => match problem {
                 IdProblem::Missing(source) => format!("no {field} in the request ({source})"),

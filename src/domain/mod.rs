@@ -9,8 +9,11 @@ pub mod audit;
 pub mod authz;
 pub mod caller;
 pub mod changes;
+pub mod explain;
 pub mod ext_authz;
 pub mod ids;
+pub mod leaks;
+pub mod member;
 pub mod pagination;
 pub mod permissions;
 pub mod query;
@@ -32,6 +35,9 @@ pub enum Error {
     /// No token with this id (or the caller may not know it exists).
     #[error("token {0} not found")]
     NotFound(String),
+    /// The control plane has not told the service about this member.
+    #[error("user {user_id} is not a member of organization {org_id} that the service knows")]
+    NoSuchMember { org_id: String, user_id: String },
     /// No credential, or one that is unknown, revoked or expired.
     #[error("{0}")]
     Unauthenticated(String),

@@ -85,13 +85,7 @@ impl Payer {
 
     /// The payer for an unverified caller at `peer` (the connection's address).
     pub fn source(peer: Option<SocketAddr>) -> Self {
-        Self::Source(peer.map(|peer| match peer.ip().to_canonical() {
-            IpAddr::V6(ip) => {
-                let s = ip.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        }))
+        Self::Source(peer.map(network_of))
     }
 
     fn is_inside(&self, org: &str) -> bool {
@@ -100,6 +94,19 @@ impl Payer {
             Self::RetiredSecrets => true,
             Self::Credential(_) | Self::Source(_) => false,
         }
+    }
+}
+
+/// The network an unverified caller at `peer` is charged as: its IPv4
+/// address, or the /64 of its IPv6 address (one host commonly holds a whole
+/// /64, so charging addresses would let it multiply its budget).
+pub fn network_of(peer: SocketAddr) -> IpAddr {
+    match peer.ip().to_canonical() {
+        IpAddr::V6(ip) => {
+            let s = ip.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 

@@ -227,6 +227,10 @@ pub enum Reason {
     Expired,
     WrongScope,
     InsufficientPermission,
+    /// The token holds the permission, but its member's current role no
+    /// longer allows it (or, with `[membership] required`, the service
+    /// does not know the member).
+    RoleInsufficient,
 }
 
 /// What a Check asks, validated: `permission` is a known exact permission.

@@ -9,6 +9,8 @@ use crate::{
     domain::{
         authz::Roles,
         ids::TokenId,
+        leaks::{IntakeBudget, IntakeLimits},
+        member::MembershipPolicy,
         permissions::Catalogue,
         quota::Quotas,
         refusals::RefusalLimits,
@@ -44,6 +46,10 @@ pub struct Policy {
     pub quotas: Quotas,
     /// How long usage is kept at each resolution.
     pub usage_retention: UsageRetention,
+    /// How many secrets ReportLeakedSecrets looks up per minute.
+    pub leak_intake: IntakeLimits,
+    /// How Check treats personal tokens of members it does not know.
+    pub membership: MembershipPolicy,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,
@@ -55,6 +61,8 @@ pub struct TokenAuthority {
     pub(super) policy: Policy,
     pub(super) recorder: Arc<Recorder>,
     pub(super) metrics: Arc<Metrics>,
+    /// Spent by ReportLeakedSecrets, per network and in total.
+    pub(super) leak_intake: IntakeBudget,
 }
 
 impl TokenAuthority {
@@ -67,6 +75,7 @@ impl TokenAuthority {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            leak_intake: IntakeBudget::new(policy.leak_intake),
             store,
             cache: Arc::new(cache),
             keyring,

@@ -8,6 +8,10 @@
 //!   their own, so a flood of unknown tokens neither reaches the store nor
 //!   evicts real tokens.
 //!
+//! A personal token is cached with its member's role, read with it; a
+//! change of the member (SetMember, RemoveMember) forgets the member's
+//! tokens the way a revocation does, so the role is as immediate.
+//!
 //! Revocation is immediate. A revoke commits to the store first, then takes
 //! the load gate exclusively and invalidates the token's digests. A Check that
 //! misses the cache holds the gate shared while it reads the store and fills
@@ -36,22 +40,34 @@ use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 use super::fast_hash::BuildFoldHasher;
 use crate::{
-    domain::{secret::Digest, token::TokenRecord},
+    domain::{member::MemberRole, secret::Digest, token::TokenRecord},
     store::Invalidation,
 };
 
-/// A record as cached, with the last second a Check touched it (so that
-/// last-use tracking does its bookkeeping at most once per token per second).
+/// A record as cached, with its member's role as read with it (so that a
+/// Check on a cached personal token reads no store for the role; a change
+/// of the member forgets the token, as a revocation does), and the last
+/// second a Check touched it (so that last-use tracking does its
+/// bookkeeping at most once per token per second).
 #[derive(Debug)]
 pub struct CachedToken {
     pub record: TokenRecord,
+    pub member: MemberRole,
     last_touch_secs: AtomicI64,
 }
 
 impl CachedToken {
+    /// A token whose member the service does not know (for a service
+    /// token: that has none).
     pub fn new(record: TokenRecord) -> Self {
+        let member = MemberRole::of(&record, None);
+        Self::with_member(record, member)
+    }
+
+    pub fn with_member(record: TokenRecord, member: MemberRole) -> Self {
         Self {
             record,
+            member,
             last_touch_secs: AtomicI64::new(i64::MIN),
         }
     }

@@ -12,6 +12,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditOutcome, Origin},
     caller::{ActorRef, Method},
     ids::{self, EventId},
+    member::role_allows,
     refusals::Payer,
     secret,
     time::Timestamp,
@@ -100,7 +101,18 @@ impl TokenAuthority {
         };
         // Read after any wait for the store, so expiry is judged at answer time.
         let now = Timestamp::now();
-        let reason = evaluate(&token.record, secret, query, now);
+        let mut reason = evaluate(&token.record, secret, query, now);
+        // What the token holds, narrowed by what its member's role allows now.
+        if reason == Reason::Ok
+            && !role_allows(
+                token.member,
+                query.permission,
+                &self.policy.roles,
+                self.policy.membership,
+            )
+        {
+            reason = Reason::RoleInsufficient;
+        }
         if reason == Reason::Revoked
             && token.record.revoked_at.is_none()
             && secret.retired_at.is_some_and(|at| at <= now)

@@ -1,7 +1,8 @@
 //! Finding the token a presented secret belongs to: the cache first (under
 //! every pepper key), then the store, under the cache's fill gate so that a
 //! revocation cannot race a fill and leave a revoked token cached as live.
-//! A secret unknown under every key is cached as unknown.
+//! A secret unknown under every key is cached as unknown. A personal token
+//! is read with its member's current role, which is cached with it.
 
 use std::sync::Arc;
 
@@ -11,7 +12,11 @@ use super::{
     error::Error,
 };
 use crate::{
-    domain::secret::{self, Digest},
+    domain::{
+        member::{MemberKey, MemberRole},
+        secret::{self, Digest},
+        token::TokenKind,
+    },
     metrics::CacheOutcome,
 };
 
@@ -60,7 +65,20 @@ impl TokenAuthority {
         let _fill = self.cache.fill_guard().await;
         for digest in std::iter::once(&current).chain(&older) {
             if let Some(record) = self.store.token_by_digest(digest).await? {
-                let token = Arc::new(CachedToken::new(record));
+                // Under the same guard: a member change committed after this
+                // read forgets what is filled here (see `members`).
+                let member = match record.kind {
+                    TokenKind::Service => None,
+                    TokenKind::Personal => {
+                        let key = MemberKey {
+                            org_id: record.org_id.clone(),
+                            user_id: record.owner_user_id.clone(),
+                        };
+                        self.store.member(&key).await?
+                    }
+                };
+                let member = MemberRole::of(&record, member.as_ref());
+                let token = Arc::new(CachedToken::with_member(record, member));
                 self.cache.fill(*digest, Arc::clone(&token));
                 return Ok(Some((token, *digest)));
             }

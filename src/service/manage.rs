@@ -12,14 +12,19 @@ use crate::{
         audit::{AuditAction, AuditEvent},
         authz,
         caller::{Caller, Method, Principal},
+        changes::revoke_all_takes,
         ids::{EventId, TokenId},
+        member::{MemberKey, actor_as_stored},
         pagination,
         query::{TokenQuery, list_fingerprint},
         secret::{Digest, Secret},
         time::{DurationText, Timestamp},
         token::{NewToken, StoredSecret, TokenKind, TokenRecord, TokenView},
     },
-    store::{InsertOutcome, PageRequest, RevokedAll, RotateOutcome, Rotation, StoreError},
+    store::{
+        InsertOutcome, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
+        RotateOutcome, Rotation, StoreError,
+    },
 };
 
 /// How long a secret replaced by rotation is still recognised after its
@@ -35,7 +40,7 @@ impl TokenAuthority {
     /// registered with the cache meanwhile (see `TokenCache::settled`).
     /// `change` gives the digests it took out of service even when it fails
     /// (a RevokeAll may fail after some of its transactions).
-    async fn take_out_of_service<T: Send + 'static>(
+    pub(super) async fn take_out_of_service<T: Send + 'static>(
         &self,
         org: &str,
         change: impl Future<Output = (Result<T, StoreError>, Vec<Digest>)> + Send + 'static,
@@ -69,7 +74,10 @@ impl TokenAuthority {
             new.expires_at = minter.expires_at;
         }
         let valid = new.validate(&self.policy.catalogue, &self.policy.lifetime, now)?;
-        let verdict = authz::issue(&caller.principal, &valid, &self.policy.roles);
+        let verdict = match self.principal_as_stored(caller, &valid.kind).await? {
+            Ok(principal) => authz::issue(&principal, &valid, &self.policy.roles),
+            Err(why) => authz::Verdict::Deny(why),
+        };
         self.authorize_org(
             caller,
             Method::IssueToken,
@@ -132,6 +140,38 @@ impl TokenAuthority {
             },
             secret,
         ))
+    }
+
+    /// The caller, with the role of the member the control plane acts for
+    /// narrowed to the one the service holds (see
+    /// `domain::member::actor_as_stored`) when they create a personal token:
+    /// what a member may put in their own token follows their current role.
+    async fn principal_as_stored(
+        &self,
+        caller: &Caller,
+        kind: &TokenKind,
+    ) -> Result<Result<Principal, String>, Error> {
+        let Principal::ControlPlane {
+            credential,
+            actor: Some(actor),
+        } = &caller.principal
+        else {
+            return Ok(Ok(caller.principal.clone()));
+        };
+        if *kind != TokenKind::Personal {
+            return Ok(Ok(caller.principal.clone()));
+        }
+        // The actor's ids were validated with the credentials.
+        let key = MemberKey::new(&actor.org_id, &actor.user_id)?;
+        let stored = self.store.member(&key).await?;
+        Ok(
+            actor_as_stored(actor, stored.as_ref(), self.policy.membership).map(|actor| {
+                Principal::ControlPlane {
+                    credential: credential.clone(),
+                    actor: Some(actor),
+                }
+            }),
+        )
     }
 
     pub async fn get(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {
@@ -208,19 +248,7 @@ impl TokenAuthority {
             AuditAction::Revoked,
             Some(&record),
         );
-        let store = Arc::clone(&self.store);
-        let outcome = self
-            .take_out_of_service(&record.org_id, async move {
-                let outcome = store.revoke_token(id, now, &event).await;
-                let digests = outcome
-                    .iter()
-                    .flatten()
-                    .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
-                    .collect();
-                (outcome, digests)
-            })
-            .await?
-            .ok_or_else(|| Error::not_found(id.to_string()))?;
+        let outcome = self.revoke_record(&record, now, event).await?;
         tracing::info!(
             token_id = %id, newly_revoked = outcome.newly_revoked, actor = %caller.actor_ref().label(),
             peer = caller.peer.map(tracing::field::display), request_id = %caller.request_id, "token revoked"
@@ -228,8 +256,92 @@ impl TokenAuthority {
         self.view(outcome.record).await
     }
 
-    /// Revokes every live token the selector names; returns how many.
-    pub async fn revoke_all(&self, caller: &Caller, mut query: TokenQuery) -> Result<u64, Error> {
+    /// Revokes `record`'s token at `now` with `event`: the one way a single
+    /// token is revoked (RevokeToken, a leak report, RevokeSelf), so that
+    /// each is immediate (the cache forgets every secret of it before this
+    /// returns), durable, and seen by other replicas through the store.
+    pub(super) async fn revoke_record(
+        &self,
+        record: &TokenRecord,
+        now: Timestamp,
+        event: AuditEvent,
+    ) -> Result<Revocation, Error> {
+        let id = record.id;
+        let store = Arc::clone(&self.store);
+        self.take_out_of_service(&record.org_id, async move {
+            let outcome = store.revoke_token(id, now, &event).await;
+            let digests = outcome
+                .iter()
+                .flatten()
+                .flat_map(|o| o.record.secrets.iter().map(|s| s.digest))
+                .collect();
+            (outcome, digests)
+        })
+        .await?
+        .ok_or_else(|| Error::not_found(id.to_string()))
+    }
+
+    /// What a RevokeAll of `query` would revoke, changing nothing: how many
+    /// tokens, and the first page of them (newest first). Validated and
+    /// authorized exactly as the RevokeAll itself.
+    pub async fn preview_revoke_all(
+        &self,
+        caller: &Caller,
+        mut query: TokenQuery,
+    ) -> Result<(u64, Vec<TokenView>), Error> {
+        self.authorize_revoke_all(caller, &mut query).await?;
+        let now = Timestamp::now();
+        let (mut count, mut first) = (0u64, Vec::new());
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_tokens(
+                    &query,
+                    PageRequest {
+                        after,
+                        limit: pagination::MAX_PAGE_SIZE,
+                    },
+                )
+                .await?;
+            for record in page.tokens {
+                if revoke_all_takes(&record, now, REVOKE_ALL_EXPIRED_MARGIN) {
+                    count += 1;
+                    if first.len() < pagination::DEFAULT_PAGE_SIZE {
+                        first.push(record);
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let last_used = self
+            .store
+            .last_used(&first.iter().map(|r| r.id).collect::<Vec<_>>())
+            .await?;
+        let views = first
+            .into_iter()
+            .zip(last_used)
+            .map(|(record, stored)| self.merge_last_used(record, stored))
+            .collect();
+        tracing::info!(
+            org_id = %query.org_id, workspace_id = query.workspace_id.as_deref(),
+            owner_user_id = query.owner_user_id.as_deref(), kind = query.kind.map(TokenKind::name),
+            would_revoke = count, actor = %caller.actor_ref().label(),
+            request_id = %caller.request_id, "RevokeAll dry run"
+        );
+        Ok((count, views))
+    }
+
+    /// RevokeAll's rules on its query, and its authorization: the same for
+    /// the call and its dry run.
+    async fn authorize_revoke_all(
+        &self,
+        caller: &Caller,
+        query: &mut TokenQuery,
+    ) -> Result<(), Error> {
         // A RevokeAll is about live tokens, whoever built the query.
         query.include_revoked = false;
         if query.owner_user_id.is_none() && query.kind.is_none() {
@@ -245,7 +357,7 @@ impl TokenAuthority {
             ));
         }
         let workspace = query.workspace_id.clone().unwrap_or_default();
-        let verdict = authz::revoke_all(&caller.principal, &query);
+        let verdict = authz::revoke_all(&caller.principal, query);
         self.authorize_org(
             caller,
             Method::RevokeAll,
@@ -253,7 +365,13 @@ impl TokenAuthority {
             &workspace,
             verdict,
         )
-        .await?;
+        .await
+    }
+
+    /// Revokes every live token the selector names; returns how many.
+    pub async fn revoke_all(&self, caller: &Caller, mut query: TokenQuery) -> Result<u64, Error> {
+        self.authorize_revoke_all(caller, &mut query).await?;
+        let workspace = query.workspace_id.clone().unwrap_or_default();
         let now = Timestamp::now();
         let event_id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
         let mut event = AuditEvent::change(

@@ -6,8 +6,9 @@
 //! pure `domain`, the persistence behind `store::Store`.
 //!
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
-//! `check`, `lookup` (cache first, then the store under the fill gate),
-//! `mesh` (Envoy's ext_authz over Check).
+//! `members`, `check`, `lookup` (cache first, then the store under the fill
+//! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
+//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
 
 mod authenticate;
 mod authority;
@@ -15,8 +16,11 @@ pub mod cache;
 mod check;
 mod error;
 mod fast_hash;
+mod forensics;
+mod leaks;
 mod lookup;
 mod manage;
+mod members;
 mod mesh;
 pub mod recorder;
 mod refusals;
@@ -29,5 +33,8 @@ pub use self::{
     authority::{ControlPlaneCredential, Policy, TokenAuthority},
     check::{CheckOrigin, Decision},
     error::Error,
+    forensics::SecretState,
+    leaks::HolderOrigin,
+    members::Removal,
     mesh::ExtAuthz,
 };

@@ -26,6 +26,14 @@ use crate::domain::{
     usage::{Resolution, UsageQuery, UsageRecord, UsageUpkeep},
 };
 
+mod members;
+
+pub use self::members::{
+    a_role_change_names_the_digests_of_the_members_live_tokens,
+    members_are_set_idempotently_and_listed_by_user_in_pages,
+    removing_a_member_revokes_their_tokens_with_its_events,
+};
+
 /// The names of the cases, in the order [`run_all`] runs them.
 pub const CASES: &[&str] = &[
     "inserted_tokens_are_found_by_id_and_by_digest",
@@ -37,6 +45,9 @@ pub const CASES: &[&str] = &[
     "audit_events_are_listed_newest_first",
     "usage_is_added_up_and_listed",
     "usage_rolls_up_in_bounded_steps_without_losing_or_doubling_counts",
+    "members_are_set_idempotently_and_listed_by_user_in_pages",
+    "a_role_change_names_the_digests_of_the_members_live_tokens",
+    "removing_a_member_revokes_their_tokens_with_its_events",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -51,6 +62,9 @@ pub async fn run_all(store: &dyn Store) {
     audit_events_are_listed_newest_first(store).await;
     usage_is_added_up_and_listed(store).await;
     usage_rolls_up_in_bounded_steps_without_losing_or_doubling_counts(store).await;
+    members_are_set_idempotently_and_listed_by_user_in_pages(store).await;
+    a_role_change_names_the_digests_of_the_members_live_tokens(store).await;
+    removing_a_member_revokes_their_tokens_with_its_events(store).await;
     store.durable().await.unwrap();
 }
 

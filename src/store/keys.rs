@@ -21,6 +21,9 @@ use crate::domain::{
 
 /// Names of the trees.
 pub const TOKENS: &str = "tokens";
+/// [org][user id, not length-prefixed] -> member: an organization's
+/// members in user-id order (see [`member_key`]).
+pub const MEMBERS: &str = "members";
 pub const DIGESTS: &str = "digests";
 pub const BY_ORG: &str = "idx_org";
 pub const BY_WORKSPACE: &str = "idx_org_workspace";
@@ -272,6 +275,15 @@ pub fn push_parts(key: &mut Vec<u8>, parts: &[&str]) {
     for part in parts {
         push_part(key, part);
     }
+}
+
+/// A member's key: the organization as a part, then the user id's bytes, so
+/// that one organization's members are one prefix and sort by user id (the
+/// PostgreSQL `members` table keys its rows the same way).
+pub fn member_key(org_id: &str, user_id: &str) -> Vec<u8> {
+    let mut key = prefix(&[org_id]);
+    key.extend_from_slice(user_id.as_bytes());
+    key
 }
 
 /// The meta key of a pepper key's check value.

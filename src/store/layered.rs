@@ -9,12 +9,14 @@ use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 use async_trait::async_trait;
 
 use super::{
-    AuditPage, InsertOutcome, Invalidation, Page, PageRequest, Revocation, RevokedAll,
-    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberRemoval, Page, PageRequest,
+    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
+    UsagePage,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     ids::{EventId, TokenId},
+    member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
     secret::Digest,
     time::Timestamp,
@@ -47,6 +49,10 @@ pub enum Operation {
     CountTokens,
     ProbeWrite,
     Durable,
+    SetMember,
+    RemoveMember,
+    Member,
+    ListMembers,
 }
 
 impl Operation {
@@ -75,6 +81,10 @@ impl Operation {
             Self::CountTokens => "count_tokens",
             Self::ProbeWrite => "probe_write",
             Self::Durable => "durable",
+            Self::SetMember => "set_member",
+            Self::RemoveMember => "remove_member",
+            Self::Member => "member",
+            Self::ListMembers => "list_members",
         }
     }
 }
@@ -182,6 +192,36 @@ impl<H: Hook> Store for Layered<H> {
             RotateToken,
             self.inner.rotate_token(id, rotation, event)
         )
+    }
+    async fn set_member(
+        &self,
+        member: &Member,
+        event: &AuditEvent,
+    ) -> Result<MemberChange, StoreError> {
+        around!(self, SetMember, self.inner.set_member(member, event))
+    }
+    async fn remove_member(
+        &self,
+        key: &MemberKey,
+        at: Timestamp,
+        event: &AuditEvent,
+        revoke_event: &AuditEvent,
+    ) -> Result<MemberRemoval, StoreError> {
+        around!(
+            self,
+            RemoveMember,
+            self.inner.remove_member(key, at, event, revoke_event)
+        )
+    }
+    async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError> {
+        around!(self, Member, self.inner.member(key))
+    }
+    async fn list_members(
+        &self,
+        org_id: &str,
+        page: &MemberPageRequest,
+    ) -> Result<MemberPage, StoreError> {
+        around!(self, ListMembers, self.inner.list_members(org_id, page))
     }
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         around!(self, AppendAudit, self.inner.append_audit(event))

@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, Revocation, RevokedAll,
-    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, MemberChange, MemberRemoval, Page, PageRequest, REVOKE_ALL_BATCH,
+    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
+    UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, usage_keys},
 };
@@ -28,6 +29,10 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
     ids::{EventId, TokenId},
+    member::{
+        Member, MemberKey, MemberPage, MemberPageRequest, changes, member_page,
+        revoke_members_tokens,
+    },
     quota::{QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
@@ -60,6 +65,8 @@ struct State {
     usage_by_token: BTreeMap<Vec<u8>, u64>,
     last_used: HashMap<[u8; 16], Timestamp>,
     pepper_checks: BTreeMap<u32, [u8; 32]>,
+    /// By `keys::member_key`.
+    members: BTreeMap<Vec<u8>, Member>,
 }
 
 /// What one step of a RevokeAll did, and the key the next one starts
@@ -108,6 +115,24 @@ impl State {
             self.live.remove(&key);
         }
         self.tokens.insert(record.id.to_bytes(), record.clone());
+    }
+
+    /// The member's live personal tokens (a RevokeAll's range of them).
+    fn member_tokens(
+        &self,
+        key: &MemberKey,
+        at: Timestamp,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let (low, high) = keys::revoke_all_range(&key.tokens(), at)?;
+        self.live
+            .range(low..=high)
+            .map(|k| {
+                let id = keys::id_of_live_key(k)
+                    .ok_or_else(|| StoreError::Corrupt("short live key".into()))?;
+                Ok(self.record(id))
+            })
+            .filter_map(Result::transpose)
+            .collect()
     }
 
     /// How many tokens under the live-index `scope` are live at `now`,
@@ -392,6 +417,93 @@ impl Store for MemoryStore {
             state.append_audit(event);
         }
         Ok(outcome)
+    }
+
+    async fn set_member(
+        &self,
+        member: &Member,
+        event: &AuditEvent,
+    ) -> Result<MemberChange, StoreError> {
+        let mut state = self.state.lock();
+        let key = keys::member_key(&member.org_id, &member.user_id);
+        let previous = state.members.get(&key).cloned();
+        if !changes(previous.as_ref(), member) {
+            return Ok(MemberChange {
+                previous,
+                digests: Vec::new(),
+            });
+        }
+        state.members.insert(key, member.clone());
+        state.append_audit(event);
+        let digests = state
+            .member_tokens(&member.key(), member.updated_at)?
+            .iter()
+            .flat_map(|r| r.secrets.iter().map(|s| s.digest))
+            .collect();
+        Ok(MemberChange { previous, digests })
+    }
+
+    async fn remove_member(
+        &self,
+        key: &MemberKey,
+        at: Timestamp,
+        event: &AuditEvent,
+        revoke_event: &AuditEvent,
+    ) -> Result<MemberRemoval, StoreError> {
+        let mut state = self.state.lock();
+        let candidates = state.member_tokens(key, at)?;
+        let batch = revoke_members_tokens(candidates, key, at, revoke_event);
+        let removed = state
+            .members
+            .remove(&keys::member_key(&key.org_id, &key.user_id));
+        for record in &batch.revoked {
+            state.put_revoked(record);
+        }
+        state.append_audit(event);
+        for event in &batch.events {
+            state.append_audit(event);
+        }
+        Ok(MemberRemoval {
+            removed,
+            revoked: RevokedAll {
+                count: batch.progress.revoked,
+                digests: batch
+                    .revoked
+                    .iter()
+                    .flat_map(|r| r.secrets.iter().map(|s| s.digest))
+                    .collect(),
+            },
+        })
+    }
+
+    async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .members
+            .get(&keys::member_key(&key.org_id, &key.user_id))
+            .cloned())
+    }
+
+    async fn list_members(
+        &self,
+        org_id: &str,
+        page: &MemberPageRequest,
+    ) -> Result<MemberPage, StoreError> {
+        let state = self.state.lock();
+        let prefix = keys::prefix(&[org_id]);
+        let low = match &page.after {
+            Some(after) => Bound::Excluded(keys::member_key(org_id, after)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut members: Vec<Member> = state
+            .members
+            .range((low, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .take(page.limit + 1)
+            .map(|(_, m)| m.clone())
+            .collect();
+        Ok(member_page(&mut members, page.limit))
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

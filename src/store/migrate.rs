@@ -22,7 +22,7 @@ use super::{
     StoreError,
     keys::{self, decode_usage_tail, usage_keys},
     postgres::{PostgresStore, schema},
-    records::{decode_token, kind_number},
+    records::{decode_member, decode_token, kind_number},
     sled::SledStore,
 };
 use crate::domain::time::Timestamp;
@@ -85,6 +85,7 @@ const TABLES: &[(&str, &str, &[u8], &str)] = &[
         b"",
         schema::READ_BACK_LAST_USED,
     ),
+    ("members", keys::MEMBERS, b"", schema::READ_BACK_MEMBERS),
     (
         "pepper_checks",
         keys::META,
@@ -260,6 +261,16 @@ async fn insert(
                 return Err(corrupt("last-used token id"));
             }
             tx.execute(schema::COPY_LAST_USED, &[&keys, &times]).await?;
+        }
+        "members" => {
+            let (mut orgs, mut users) = (Vec::new(), Vec::new());
+            for value in &values {
+                let member = decode_member(value)?;
+                orgs.push(member.org_id);
+                users.push(member.user_id);
+            }
+            tx.execute(schema::COPY_MEMBERS, &[&keys, &values, &orgs, &users])
+                .await?;
         }
         "pepper_checks" => {
             let ids = keys

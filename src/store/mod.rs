@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     ids::{EventId, TokenId},
+    member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::{QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
@@ -130,6 +131,26 @@ pub const REVOKE_ALL_BATCH: usize = 100;
 /// its cost does not grow with tokens long dead.
 pub const REVOKE_ALL_EXPIRED_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// What a SetMember did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The member as it was before; when its role was the one asked,
+    /// nothing was written (no event either).
+    pub previous: Option<Member>,
+    /// Every digest of the member's live personal tokens when the role
+    /// changed, for the cache to forget (their cached role is stale).
+    pub digests: Vec<Digest>,
+}
+
+/// What a RemoveMember did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberRemoval {
+    /// The member record it deleted, if there was one.
+    pub removed: Option<Member>,
+    /// The member's personal tokens it revoked (in the same transaction).
+    pub revoked: RevokedAll,
+}
+
 /// One page of audit events, newest first.
 #[derive(Clone, Debug)]
 pub struct AuditPage {
@@ -203,6 +224,41 @@ pub trait Store: Send + Sync + 'static {
         rotation: &Rotation,
         event: &AuditEvent,
     ) -> Result<RotateOutcome, StoreError>;
+
+    /// Sets a member's role with its audit event, atomically, unless it is
+    /// already that role (then nothing is written). When the role changes,
+    /// the digests of the member's live personal tokens are returned, and a
+    /// store shared with other replicas sends them on its invalidation feed
+    /// in the same transaction. No token of the member is issued between
+    /// the write and the read of those digests.
+    async fn set_member(
+        &self,
+        member: &Member,
+        event: &AuditEvent,
+    ) -> Result<MemberChange, StoreError>;
+
+    /// Deletes a member's record (if any) and revokes every live personal
+    /// token of theirs, in one transaction with `event` (the removal) and
+    /// the events `revoke_all_batch` makes of `revoke_event` (the tokens'
+    /// revocation), and for a shared store the feed's entry. Its size is
+    /// bounded by the per-member quota of live tokens.
+    async fn remove_member(
+        &self,
+        key: &MemberKey,
+        at: Timestamp,
+        event: &AuditEvent,
+        revoke_event: &AuditEvent,
+    ) -> Result<MemberRemoval, StoreError>;
+
+    /// The member record of `key`, if any.
+    async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError>;
+
+    /// An organization's members by user id, after `page.after`.
+    async fn list_members(
+        &self,
+        org_id: &str,
+        page: &MemberPageRequest,
+    ) -> Result<MemberPage, StoreError>;
 
     /// Appends an event that records no change (a refusal). Callers do not
     /// wait for it to be durable: it rides on the next flush, so that

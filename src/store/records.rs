@@ -10,8 +10,9 @@ use crate::domain::{
         AuditAction, AuditEvent, AuditOutcome, MAX_DETAIL_BYTES, MAX_ID_FIELD_BYTES,
         MAX_PEER_BYTES, PeerSource, clip,
     },
-    caller::{ActorRef, Method},
+    caller::{ActorRef, Method, OrgRole},
     ids::{EventId, TokenId},
+    member::Member,
     secret::Digest,
     time::Timestamp,
     token::{Reason, StoredSecret, TokenKind, TokenRecord},
@@ -107,13 +108,28 @@ struct AuditV1 {
     proxy_peer: String,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct MemberV1 {
+    #[prost(string, tag = "1")]
+    org_id: String,
+    #[prost(string, tag = "2")]
+    user_id: String,
+    /// 1 READ_ONLY, 2 READ_WRITE, 3 ADMIN.
+    #[prost(uint32, tag = "3")]
+    role: u32,
+    #[prost(int64, tag = "4")]
+    updated_at: i64,
+}
+
 // Stored numbers of enums; never renumber.
-const ACTIONS: [AuditAction; 5] = [
+const ACTIONS: [AuditAction; 7] = [
     AuditAction::Issued,
     AuditAction::Revoked,
     AuditAction::RevokedAll,
     AuditAction::Rotated,
     AuditAction::Denied,
+    AuditAction::MemberSet,
+    AuditAction::MemberRemoved,
 ];
 const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::Succeeded,
@@ -121,7 +137,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 10] = [
+const METHODS: [Method; 17] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -132,6 +148,13 @@ const METHODS: [Method; 10] = [
     Method::ListAuditEvents,
     Method::Check,
     Method::Backup,
+    Method::ReportLeakedSecrets,
+    Method::RevokeSelf,
+    Method::LookupSecret,
+    Method::SetMember,
+    Method::RemoveMember,
+    Method::GetMember,
+    Method::ListMembers,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {
@@ -175,6 +198,7 @@ pub fn reason_number(reason: Reason) -> u8 {
         Reason::Expired => 5,
         Reason::WrongScope => 6,
         Reason::InsufficientPermission => 7,
+        Reason::RoleInsufficient => 8,
     }
 }
 
@@ -187,6 +211,7 @@ pub fn reason_of(number: u8) -> Result<Reason, StoreError> {
         5 => Reason::Expired,
         6 => Reason::WrongScope,
         7 => Reason::InsufficientPermission,
+        8 => Reason::RoleInsufficient,
         other => return Err(StoreError::Corrupt(format!("usage decision {other}"))),
     })
 }
@@ -289,6 +314,41 @@ pub fn decode_audit(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
             )),
         },
         dropped_before: message.dropped_before,
+    })
+}
+
+const ROLES: [OrgRole; 3] = [OrgRole::ReadOnly, OrgRole::ReadWrite, OrgRole::Admin];
+
+pub fn encode_member(member: &Member) -> Vec<u8> {
+    let message = MemberV1 {
+        org_id: member.org_id.clone(),
+        user_id: member.user_id.clone(),
+        role: number_of(&ROLES, &member.role),
+        updated_at: member.updated_at.as_micros(),
+    };
+    let mut out = Vec::with_capacity(1 + message.encoded_len());
+    out.push(FORMAT_V1);
+    message.encode_raw(&mut out);
+    out
+}
+
+pub fn decode_member(bytes: &[u8]) -> Result<Member, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("member record: {what}"));
+    let (&format, body) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+    if format != FORMAT_V1 {
+        return Err(corrupt(&format!("unknown format {format}")));
+    }
+    let message = MemberV1::decode(body).map_err(|e| corrupt(&e.to_string()))?;
+    let role = usize::try_from(message.role)
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| ROLES.get(i).copied())
+        .ok_or_else(|| corrupt(&format!("role {}", message.role)))?;
+    Ok(Member {
+        org_id: message.org_id,
+        user_id: message.user_id,
+        role,
+        updated_at: Timestamp::from_micros(message.updated_at),
     })
 }
 
@@ -488,6 +548,28 @@ mod tests {
         assert_eq!(stored.request_id.len(), MAX_ID_FIELD_BYTES);
         assert_eq!(stored.detail.len(), MAX_DETAIL_BYTES);
         assert!(stored.peer.len() <= MAX_PEER_BYTES);
+    }
+
+    #[test]
+    fn members_round_trip_with_every_role_and_damage_is_reported() {
+        for role in ROLES {
+            let member = Member {
+                org_id: "org".into(),
+                user_id: "u1".into(),
+                role,
+                updated_at: Timestamp::from_micros(7),
+            };
+            assert_eq!(decode_member(&encode_member(&member)).unwrap(), member);
+        }
+        assert!(decode_member(&[]).is_err());
+        assert!(decode_member(&[9]).is_err());
+        let bad_role = MemberV1 {
+            role: 4,
+            ..MemberV1::default()
+        };
+        let mut bytes = vec![FORMAT_V1];
+        bad_role.encode_raw(&mut bytes);
+        assert!(decode_member(&bytes).is_err());
     }
 
     #[test]

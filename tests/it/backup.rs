@@ -3,14 +3,15 @@
 //! new data directory, and with the same pepper everything is as it was.
 
 use tokenauth::proto::{
-    BackupRequest, CheckRequest, ListAuditEventsRequest, Reason, RevokeTokenRequest,
-    admin_service_client::AdminServiceClient, audit_service_client::AuditServiceClient,
+    BackupRequest, CheckRequest, ListAuditEventsRequest, OrgRole, Reason, RevokeTokenRequest,
+    SetMemberRequest, admin_service_client::AdminServiceClient,
+    audit_service_client::AuditServiceClient,
 };
 use tonic::Code;
 
 use crate::{
     child::{ChildSetup, run_command},
-    harness::{TestServer, admin, bearer_of, id_of, issue, service_token},
+    harness::{TestServer, admin, bearer_of, id_of, issue, personal_token, service_token},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,6 +33,22 @@ async fn a_backup_taken_while_serving_restores_everything() {
         .revoke_token(RevokeTokenRequest {
             id: id_of(&gone),
             actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    // A member whose role narrows their personal token (issue #17): the
+    // membership is restored with the tokens.
+    let demoted = tokens
+        .issue_token(personal_token("org-1", "alice", &["scim:read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    tokens
+        .set_member(SetMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "alice".into(),
+            org_role: OrgRole::ReadOnly as i32,
+            actor: None,
         })
         .await
         .unwrap();
@@ -89,7 +106,11 @@ async fn a_backup_taken_while_serving_restores_everything() {
 
     let restored = setup.with_data_dir(&restored_dir).start("info").await;
     let mut checks = restored.check();
-    for (secret, expected) in [(&live.secret, Reason::Ok), (&gone.secret, Reason::Revoked)] {
+    for (secret, expected) in [
+        (&live.secret, Reason::Ok),
+        (&gone.secret, Reason::Revoked),
+        (&demoted.secret, Reason::RoleInsufficient),
+    ] {
         let reason = checks
             .check(CheckRequest {
                 token: secret.clone(),
@@ -116,7 +137,11 @@ async fn a_backup_taken_while_serving_restores_everything() {
     .unwrap()
     .into_inner()
     .events;
-    assert_eq!(events.len(), 3, "two issuances and a revocation");
+    assert_eq!(
+        events.len(),
+        5,
+        "three issuances, a revocation and a member set"
+    );
 
     // Restoring over existing data is refused.
     let (code, _, stderr) = run_command(

@@ -180,3 +180,65 @@ async fn malformed_requests_are_invalid_argument() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_deny_names_what_was_missing_and_nothing_the_request_did_not_name() {
+    let server = TestServer::start().await;
+    let issued = issue(
+        &server,
+        workspace_token("org-1", "ws-1", &["test_api:run", "data_catalog:read"]),
+    )
+    .await;
+    let allowed = check(&server, &issued.secret, "test_api:run", "org-1", "ws-1").await;
+    assert!(allowed.allowed);
+    assert_eq!(
+        (
+            allowed.required_permission.as_str(),
+            allowed.detail.as_str()
+        ),
+        ("", "")
+    );
+
+    let lacking = check(
+        &server,
+        &issued.secret,
+        "transformations:write",
+        "org-1",
+        "ws-1",
+    )
+    .await;
+    assert_eq!(lacking.reason, Reason::InsufficientPermission as i32);
+    assert_eq!(lacking.required_permission, "transformations:write");
+    assert_eq!(
+        lacking.detail,
+        "the token does not hold \"transformations:write\""
+    );
+
+    let elsewhere = check(&server, &issued.secret, "test_api:run", "org-1", "ws-2").await;
+    assert_eq!(elsewhere.reason, Reason::WrongScope as i32);
+    assert_eq!(elsewhere.required_permission, "");
+    assert_eq!(
+        elsewhere.detail,
+        "the token is not valid in workspace \"ws-2\" of organization \"org-1\""
+    );
+
+    let stranger = Secret::generate(DomainKind::Service).unwrap();
+    let unknown = check(&server, stranger.expose(), "test_api:run", "org-1", "ws-1").await;
+    assert_eq!(
+        (
+            unknown.required_permission.as_str(),
+            unknown.detail.as_str()
+        ),
+        ("", "no such token")
+    );
+
+    // Whatever was asked, the token's own permissions are never told.
+    for response in [&lacking, &elsewhere, &unknown] {
+        let told = format!("{} {}", response.required_permission, response.detail);
+        assert!(
+            !told.contains("data_catalog") && !told.contains(&issued.secret),
+            "{told}"
+        );
+    }
+    server.stop().await;
+}

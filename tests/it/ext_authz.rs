@@ -125,6 +125,9 @@ enum Outcome {
         www_authenticate: Option<String>,
         code: String,
         message: String,
+        /// From the `x-tokenauth-required-permission` header, which the
+        /// body's `required_permission` always agrees with.
+        required_permission: Option<String>,
         metadata: HashMap<String, String>,
     },
 }
@@ -176,7 +179,14 @@ fn outcome(response: CheckResponse) -> Outcome {
                 .collect();
             assert_eq!(headers["content-type"], "application/json");
             let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+            let required_permission = headers.get("x-tokenauth-required-permission").cloned();
+            assert_eq!(
+                body.get("required_permission").and_then(|v| v.as_str()),
+                required_permission.as_deref(),
+                "the header and the body name the same permission"
+            );
             Outcome::Deny {
+                required_permission,
                 status: denied.status.unwrap().code,
                 www_authenticate: headers.get("www-authenticate").cloned(),
                 code: body["code"].as_str().unwrap().to_owned(),
@@ -472,9 +482,27 @@ async fn scope_and_permission_failures_are_403_with_insufficient_scope() {
     for (request, code) in &cases {
         let outcome = authorize(&server, request).await;
         let message = assert_denied(&outcome, 403, INSUFFICIENT_SCOPE, code);
+        let Outcome::Deny {
+            required_permission,
+            ..
+        } = &outcome
+        else {
+            unreachable!()
+        };
         if *code == "insufficient_permission" {
             assert!(message.contains(':'), "names the permission: {message}");
+            // The route's permission, and never the one the token holds.
+            assert_eq!(
+                required_permission.as_deref(),
+                Some("transformations:write")
+            );
+        } else {
+            assert_eq!(
+                required_permission, &None,
+                "{code}: the permission was not missing"
+            );
         }
+        assert!(!message.contains("transformations:read"), "{message}");
     }
     server.stop().await;
 }

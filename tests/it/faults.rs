@@ -22,6 +22,10 @@ pub struct Delays {
     /// After Check's read by digest: the window in which a revoke can commit
     /// while a Check still carries the old record towards the cache.
     pub after_digest_read: Duration,
+    /// After Check's read of a member's role: the window in which a
+    /// SetMember can commit while a Check still carries the old role
+    /// towards the cache.
+    pub after_member_read: Duration,
     /// After a RevokeAll has been applied: the window in which a client may
     /// give up on the call.
     pub after_revoke_all: Duration,
@@ -67,6 +71,7 @@ impl Hook for Faults {
     async fn after(&self, operation: Operation, _elapsed: Duration) {
         let delay = match operation {
             Operation::TokenByDigest => self.0.after_digest_read,
+            Operation::Member => self.0.after_member_read,
             Operation::RevokeAll => self.0.after_revoke_all,
             _ => return,
         };

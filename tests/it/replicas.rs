@@ -1,5 +1,6 @@
 //! Several replicas on one real PostgreSQL: they share tokens, a revocation
-//! on one reaches the others within the bound the README gives, and a
+//! (or a member's demotion or removal) on one reaches the others within the
+//! bound the README gives, and a
 //! database outage fails writes (and, past the freshness bound, Checks)
 //! closed until the database is back.
 
@@ -14,8 +15,9 @@ use std::{
 
 use tempfile::TempDir;
 use tokenauth::proto::{
-    BackupRequest, ListAuditEventsRequest, ListTokenUsageRequest, Reason, RevokeAllRequest,
-    RevokeTokenRequest, RotateTokenRequest, TokenKind, admin_service_client::AdminServiceClient,
+    BackupRequest, ListAuditEventsRequest, ListTokenUsageRequest, OrgRole, Reason,
+    RemoveMemberRequest, RevokeAllRequest, RevokeTokenRequest, RotateTokenRequest, TokenKind,
+    admin_service_client::AdminServiceClient,
 };
 use tokenauth::{
     domain::secret::Digest,
@@ -30,9 +32,10 @@ use tonic::Code;
 use crate::{
     child::run_command,
     harness::{
-        NOT_SERVING, SERVING, TestServer, admin, bearer_of, check, id_of, issue, service_token,
-        wait_for_status,
+        NOT_SERVING, SERVING, TestServer, admin, bearer_of, check, id_of, issue, personal_token,
+        service_token, wait_for_status,
     },
+    members::set_member,
     pg::PgCluster,
     tls::Pki,
 };
@@ -218,6 +221,109 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
         refused_past_the_bound("b (RevokeAll on a)", b, &rotation.secret, acknowledged),
         refused_past_the_bound("c (RevokeAll on a)", c, &rotation.secret, acknowledged),
     );
+
+    // A personal token follows its member on every replica: a demotion on B
+    // narrows it on B at once and on A and C within the bound, through the
+    // same log; a removal on C revokes on A and B within the bound.
+    let demoted = issue(a, personal_token("org-1", "alice", &["scim:read"])).await;
+    let removed = issue(a, personal_token("org-1", "bob", &["scim:read"])).await;
+    for replica in &replicas {
+        for token in [&demoted, &removed] {
+            let response = check(replica, &token.secret, "scim:read", "org-1", "").await;
+            assert!(response.allowed, "{}", id_of(token));
+        }
+    }
+    set_member(b, "org-1", "alice", OrgRole::ReadOnly).await;
+    let acknowledged = Instant::now();
+    assert_eq!(
+        check(b, &demoted.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::RoleInsufficient as i32
+    );
+    tokio::join!(
+        refused_past_the_bound("a (demotion on b)", a, &demoted.secret, acknowledged),
+        refused_past_the_bound("c (demotion on b)", c, &demoted.secret, acknowledged),
+    );
+    for replica in [a, c] {
+        assert_eq!(
+            check(replica, &demoted.secret, "scim:read", "org-1", "")
+                .await
+                .reason,
+            Reason::RoleInsufficient as i32
+        );
+    }
+    c.tokens()
+        .remove_member(RemoveMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "bob".into(),
+            actor: None,
+        })
+        .await
+        .unwrap();
+    let acknowledged = Instant::now();
+    tokio::join!(
+        refused_past_the_bound("a (removal on c)", a, &removed.secret, acknowledged),
+        refused_past_the_bound("b (removal on c)", b, &removed.secret, acknowledged),
+    );
+    for replica in [a, b] {
+        assert_eq!(
+            check(replica, &removed.secret, "scim:read", "org-1", "")
+                .await
+                .reason,
+            Reason::Revoked as i32
+        );
+    }
+}
+
+/// A secret reported leaked on one replica, and one revoked by its holder on
+/// another, stop on the rest within the bound: both revoke through
+/// RevokeToken's own path, so the revocation log carries them alike.
+#[tokio::test]
+async fn a_reported_leak_and_a_revoke_self_reach_every_replica() {
+    let shared = Shared::new();
+    let (a, b) = (shared.replica().await, shared.replica().await);
+    let leaked = issue(&a, service_token("org-1", &["scim:read"])).await;
+    let quitting = issue(&a, service_token("org-1", &["scim:read"])).await;
+    for secret in [&leaked.secret, &quitting.secret] {
+        for replica in [&a, &b] {
+            assert!(
+                check(replica, secret, "scim:read", "org-1", "")
+                    .await
+                    .allowed
+            );
+        }
+    }
+    let answer = a
+        .tokens_with(None)
+        .report_leaked_secrets(tokenauth::proto::ReportLeakedSecretsRequest {
+            secrets: vec![leaked.secret.clone()],
+            source: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.accepted, 1);
+    let acknowledged = Instant::now();
+    assert!(
+        !check(&a, &leaked.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    refused_past_the_bound("b (leak reported on a)", &b, &leaked.secret, acknowledged).await;
+
+    b.tokens_with(Some(&quitting.secret))
+        .revoke_self(tokenauth::proto::RevokeSelfRequest {})
+        .await
+        .unwrap();
+    let acknowledged = Instant::now();
+    assert!(
+        !check(&b, &quitting.secret, "scim:read", "org-1", "")
+            .await
+            .allowed
+    );
+    refused_past_the_bound("a (RevokeSelf on b)", &a, &quitting.secret, acknowledged).await;
 }
 
 /// The poll alone delivers a revocation: B's LISTEN connection goes silent
@@ -631,6 +737,9 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     .await;
     let live = issue(&sled, service_token("org-1", &["scim:read"])).await;
     let revoked = issue(&sled, service_token("org-1", &["scim:read"])).await;
+    // A member whose role narrows their personal token: the copy must too.
+    let demoted = issue(&sled, personal_token("org-1", "alice", &["scim:read"])).await;
+    set_member(&sled, "org-1", "alice", OrgRole::ReadOnly).await;
     // Revoked on sled between two runs of the command.
     let revoked_later = issue(&sled, service_token("org-1", &["scim:read"])).await;
     sled.tokens()
@@ -671,6 +780,7 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     assert_eq!(code, Some(0), "{first}{stderr}");
     assert!(first.contains("verified"), "{first}");
     assert!(first.contains("tokens"), "{first}");
+    assert!(first.contains("members"), "{first}");
 
     // Run again: nothing changes, and it still verifies.
     let (code, second, stderr) = migrate();
@@ -712,6 +822,12 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     }
     assert_eq!(audit_ids(&replica, "org-1").await, events);
     assert_eq!(usage_of(&replica, "org-1").await, usage);
+    assert_eq!(
+        check(&replica, &demoted.secret, "scim:read", "org-1", "")
+            .await
+            .reason,
+        Reason::RoleInsufficient as i32
+    );
 
     // Once the target is in use, a new run says the copy differs and fails.
     issue(&replica, service_token("org-1", &["scim:read"])).await;

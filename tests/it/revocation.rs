@@ -351,3 +351,72 @@ async fn an_abandoned_revoke_all_still_takes_effect() {
     assert_eq!(response.reason, Reason::Revoked as i32);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_dry_run_shows_the_blast_radius_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let mut in_ws1 = Vec::new();
+    for _ in 0..55 {
+        in_ws1.push(issue(&server, workspace_token("org-1", "ws-1", &["test_api:run"])).await);
+    }
+    let elsewhere = issue(&server, workspace_token("org-1", "ws-2", &["test_api:run"])).await;
+    // Revoked before: not counted, as the real call would not count it.
+    server
+        .tokens()
+        .revoke_token(RevokeTokenRequest {
+            id: id_of(&in_ws1[0]),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap();
+    let ws1 = |dry_run| RevokeAllRequest {
+        org_id: "org-1".into(),
+        workspace_id: "ws-1".into(),
+        kind: TokenKind::Service.into(),
+        dry_run,
+        actor: admin("org-1"),
+        ..Default::default()
+    };
+    let preview = server
+        .tokens()
+        .revoke_all(ws1(true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((preview.revoked_count, preview.affected_count), (0, 54));
+    assert_eq!(preview.affected.len(), 50, "the first page");
+    // Newest first, and every one of them in the scope and live.
+    assert_eq!(preview.affected[0].id, id_of(in_ws1.last().unwrap()));
+    for token in &preview.affected {
+        assert_eq!(token.workspace_id, "ws-1");
+        assert!(token.revoked_at.is_none());
+    }
+    // Nothing changed: every token still works.
+    for issued in &in_ws1[1..] {
+        assert!(
+            check(&server, &issued.secret, "test_api:run", "org-1", "ws-1")
+                .await
+                .allowed
+        );
+    }
+    // Authorized as the real call: a member may not even look.
+    let mut as_member = ws1(true);
+    as_member.actor = crate::harness::member("bob", "org-1", tokenauth::proto::OrgRole::ReadWrite);
+    let status = server.tokens().revoke_all(as_member).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // The real call revokes what the dry run counted.
+    let done = server
+        .tokens()
+        .revoke_all(ws1(false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.revoked_count, preview.affected_count);
+    assert!(done.affected.is_empty());
+    assert!(
+        check(&server, &elsewhere.secret, "test_api:run", "org-1", "ws-2")
+            .await
+            .allowed
+    );
+    server.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The PostgreSQL store, shared by several replicas.
 //!
-//! Tables (see `MIGRATIONS`): `tokens` (the record in the same encoding as
+//! Tables (see `MIGRATIONS`): `members` (an organization's members and
+//! their roles, see `members.rs`), `tokens` (the record in the same encoding as
 //! sled's, plus the columns that listing filters on), `digests` (digest ->
 //! token), `audit` and `usage` (keyed by the same byte keys as sled's trees,
 //! so that order and cursors are the same on both backends), `last_used`,
@@ -32,6 +33,7 @@
 mod activity;
 mod connect;
 mod feed;
+mod members;
 mod rows;
 pub(super) mod schema;
 #[cfg(test)]
@@ -63,8 +65,9 @@ use tokio::{
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditPage, InsertOutcome, Invalidation, Page, PageRequest, Revocation, RevokedAll,
-    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberRemoval, Page, PageRequest,
+    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
+    UsagePage,
     keyed_locks::KeyedLocks,
     records::{encode_token, kind_number, kind_of},
 };
@@ -72,6 +75,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_record, rotate_record},
     ids::{EventId, TokenId},
+    member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
     secret::Digest,
     time::Timestamp,
@@ -386,6 +390,36 @@ impl Store for PostgresStore {
             tx.commit().await?;
         }
         Ok(outcome)
+    }
+
+    async fn set_member(
+        &self,
+        member: &Member,
+        event: &AuditEvent,
+    ) -> Result<MemberChange, StoreError> {
+        members::set_member(&mut self.client().await?, member, event).await
+    }
+
+    async fn remove_member(
+        &self,
+        key: &MemberKey,
+        at: Timestamp,
+        event: &AuditEvent,
+        revoke_event: &AuditEvent,
+    ) -> Result<MemberRemoval, StoreError> {
+        members::remove_member(&mut self.client().await?, key, at, event, revoke_event).await
+    }
+
+    async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError> {
+        members::member(&self.client().await?, key).await
+    }
+
+    async fn list_members(
+        &self,
+        org_id: &str,
+        page: &MemberPageRequest,
+    ) -> Result<MemberPage, StoreError> {
+        members::list_members(&self.client().await?, org_id, page).await
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

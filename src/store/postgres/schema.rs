@@ -97,6 +97,20 @@ DROP INDEX usage_by_minute;
 CREATE INDEX usage_by_resolution ON usage (resolution, minute_us);
 ",
     ),
+    (
+        4,
+        // Members and their roles (SetMember), keyed as sled's tree is
+        // (`keys::member_key`: an organization's rows sort by user id).
+        r"
+CREATE TABLE members (
+    key     bytea PRIMARY KEY,
+    org_id  text NOT NULL,
+    user_id text NOT NULL,
+    member  bytea NOT NULL
+);
+CREATE INDEX members_by_org ON members (org_id, key);
+",
+    ),
 ];
 
 /// The schema version this binary knows.
@@ -172,6 +186,7 @@ pub(crate) const READ_BACK_LAST_USED: &str =
     "SELECT token_id, int8send(at_us) FROM last_used ORDER BY token_id";
 pub(crate) const READ_BACK_PEPPER_CHECKS: &str = "SELECT substring(int8send(key_id) FROM 5), check_value FROM pepper_checks \
          ORDER BY key_id";
+pub(crate) const READ_BACK_MEMBERS: &str = "SELECT key, member FROM members ORDER BY key";
 pub(crate) const CLOCK_FOR_SHARE: &str = "SELECT seq FROM revocation_clock FOR SHARE";
 pub(crate) const COPY_TOKENS: &str = "INSERT INTO tokens (id, record, org_id, workspace_id, owner_user_id, kind, \
                  expires_at_us, revoked_at_us) \
@@ -204,3 +219,8 @@ pub(crate) const COPY_PEPPER_CHECKS: &str = "INSERT INTO pepper_checks (key_id, 
                  SELECT * FROM unnest($1::int8[], $2::bytea[]) \
                  ON CONFLICT (key_id) DO UPDATE SET check_value = EXCLUDED.check_value \
                  WHERE pepper_checks.check_value <> EXCLUDED.check_value";
+pub(crate) const COPY_MEMBERS: &str = "INSERT INTO members (key, member, org_id, user_id) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::text[]) \
+                 ON CONFLICT (key) DO UPDATE SET member = EXCLUDED.member, \
+                 org_id = EXCLUDED.org_id, user_id = EXCLUDED.user_id \
+                 WHERE ROW(members.*) IS DISTINCT FROM ROW(EXCLUDED.*)";

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::domain::{
     audit::AuditEvent,
-    changes::{RevokeAllProgress, revoke_all_batch},
+    changes::{RevokeAllBatch, RevokeAllProgress, revoke_all_batch},
     quota::{Quota, QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
@@ -36,6 +36,10 @@ use crate::store::{
 pub(super) const LOCK_ORG_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(7411, hashtext($1))";
 /// See [`LOCK_ORG_SHARED`].
 pub(super) const LOCK_ORG_SESSION: &str = "SELECT pg_advisory_lock(7411, hashtext($1))";
+/// See [`LOCK_ORG_SHARED`]: a member's change takes it exclusively for its
+/// transaction, so that no token of the organisation commits between its
+/// write and its read of the member's tokens.
+pub(super) const LOCK_ORG_EXCLUSIVE: &str = "SELECT pg_advisory_xact_lock(7411, hashtext($1))";
 pub(super) const UNLOCK_ORG_SESSION: &str = "SELECT pg_advisory_unlock(7411, hashtext($1))";
 /// The issues that count against one member's quota (class 7412) or one
 /// organisation's service-token quotas (7413) take this, for their
@@ -245,6 +249,26 @@ pub(super) async fn revoke_all_step(
         .await?
         .try_get(0)?;
     let batch = revoke_all_batch(candidates, |r| query.matches(r), at, event, before, !left);
+    write_revoked_all(&tx, &batch, at).await?;
+    tx.commit().await?;
+    Ok(RevokeAllStep {
+        digests: batch
+            .revoked
+            .iter()
+            .flat_map(|r| r.secrets.iter().map(|s| s.digest))
+            .collect(),
+        progress: batch.progress,
+        last: !left,
+    })
+}
+
+/// Writes what a RevokeAll's batch (or a member's removal) revoked at `at`:
+/// the records, their audit events and the revocation log's entry.
+pub(super) async fn write_revoked_all(
+    tx: &impl GenericClient,
+    batch: &RevokeAllBatch,
+    at: Timestamp,
+) -> Result<(), StoreError> {
     let ids: Vec<Vec<u8>> = batch
         .revoked
         .iter()
@@ -258,19 +282,9 @@ pub(super) async fn revoke_all_step(
     )
     .await?;
     for event in &batch.events {
-        insert_audit(&tx, event).await?;
+        insert_audit(tx, event).await?;
     }
-    log_revocation(&tx, digests_of(&batch.revoked)).await?;
-    tx.commit().await?;
-    Ok(RevokeAllStep {
-        digests: batch
-            .revoked
-            .iter()
-            .flat_map(|r| r.secrets.iter().map(|s| s.digest))
-            .collect(),
-        progress: batch.progress,
-        last: !left,
-    })
+    log_revocation(tx, digests_of(&batch.revoked)).await
 }
 
 /// The WHERE clause (after `org_id = $1`) and parameters of `query`.

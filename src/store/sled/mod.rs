@@ -1,6 +1,6 @@
 //! The embedded sled store.
 //!
-//! Trees (key layouts in `keys`): `tokens` (id -> record), `digests`
+//! Trees (key layouts in `keys`): `members` (see `members.rs`), `tokens` (id -> record), `digests`
 //! (digest -> id), three token indexes (by org; by org and workspace; by org
 //! and owner) so that listing reads one prefix instead of the whole
 //! database, `live` (the tokens not revoked, by owner, kind and workspace,
@@ -28,6 +28,7 @@ use sled::{Transactional, transaction::TransactionError};
 
 pub mod backup;
 mod group_commit;
+mod members;
 mod trees;
 mod usage;
 
@@ -37,8 +38,8 @@ use self::trees::{
     open_db, read_watermark,
 };
 use super::{
-    AuditPage, InsertOutcome, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation,
-    Store, StoreError, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, MemberChange, MemberRemoval, Page, PageRequest, Revocation,
+    RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_time_key},
     records::{decode_token, encode_audit},
@@ -47,6 +48,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, rotate_record},
     ids::{EventId, TokenId},
+    member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
     secret::Digest,
     time::Timestamp,
@@ -136,6 +138,7 @@ impl SledStore {
             usage_by_token: open(keys::USAGE_BY_TOKEN)?,
             last_used: open(keys::LAST_USED)?,
             meta: open(keys::META)?,
+            members: open(keys::MEMBERS)?,
             write_lock: parking_lot::Mutex::new(()),
             inserts: std::sync::Mutex::new(InsertQueue::default()),
             #[cfg(test)]
@@ -448,6 +451,41 @@ impl Store for SledStore {
             })
         })
         .await
+    }
+
+    async fn set_member(
+        &self,
+        member: &Member,
+        event: &AuditEvent,
+    ) -> Result<MemberChange, StoreError> {
+        let (member, event) = (member.clone(), event.clone());
+        self.write(move |t| t.set_member(&member, &event)).await
+    }
+
+    async fn remove_member(
+        &self,
+        key: &MemberKey,
+        at: Timestamp,
+        event: &AuditEvent,
+        revoke_event: &AuditEvent,
+    ) -> Result<MemberRemoval, StoreError> {
+        let (key, event, revoke_event) = (key.clone(), event.clone(), revoke_event.clone());
+        self.write(move |t| t.remove_member(&key, at, &event, &revoke_event))
+            .await
+    }
+
+    async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError> {
+        let key = key.clone();
+        self.read(move |t| t.member(&key)).await
+    }
+
+    async fn list_members(
+        &self,
+        org_id: &str,
+        page: &MemberPageRequest,
+    ) -> Result<MemberPage, StoreError> {
+        let (org_id, page) = (org_id.to_owned(), page.clone());
+        self.read(move |t| t.list_members(&org_id, &page)).await
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

@@ -48,6 +48,7 @@ pub(super) struct Trees {
     pub(super) usage_by_token: Tree,
     pub(super) last_used: Tree,
     pub(super) meta: Tree,
+    pub(super) members: Tree,
     /// A `parking_lot` mutex for its fair hand-over (see `write_handing_over`).
     pub(super) write_lock: parking_lot::Mutex<()>,
     /// Issued tokens waiting to be written, and whether a writer is draining them.
@@ -76,6 +77,8 @@ pub(super) struct Tx<'a> {
     pub(super) live: &'a TransactionalTree,
     pub(super) audit: &'a TransactionalTree,
     pub(super) audit_by_time: &'a TransactionalTree,
+    /// Only in a [`Trees::member_transaction`].
+    pub(super) members: Option<&'a TransactionalTree>,
     #[cfg(test)]
     pub(super) fail_audit: bool,
 }
@@ -386,7 +389,24 @@ impl Trees {
         &self,
         change: impl Fn(&Tx<'_>) -> Abortable<T>,
     ) -> Result<T, StoreError> {
-        let trees: [&Tree; 8] = [
+        self.transaction_over(false, change)
+    }
+
+    /// [`Self::transaction`], with the members tree too (`Tx::members`):
+    /// only a member's change pays for the ninth tree.
+    pub(super) fn member_transaction<T>(
+        &self,
+        change: impl Fn(&Tx<'_>) -> Abortable<T>,
+    ) -> Result<T, StoreError> {
+        self.transaction_over(true, change)
+    }
+
+    fn transaction_over<T>(
+        &self,
+        with_members: bool,
+        change: impl Fn(&Tx<'_>) -> Abortable<T>,
+    ) -> Result<T, StoreError> {
+        let mut trees: Vec<&Tree> = vec![
             &self.tokens,
             &self.digests,
             &self.by_org,
@@ -396,6 +416,9 @@ impl Trees {
             &self.audit,
             &self.audit_by_time,
         ];
+        if with_members {
+            trees.push(&self.members);
+        }
         trees[..]
             .transaction(|t| {
                 change(&Tx {
@@ -405,6 +428,7 @@ impl Trees {
                     live: &t[5],
                     audit: &t[6],
                     audit_by_time: &t[7],
+                    members: t.get(8),
                     #[cfg(test)]
                     fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
                         || self

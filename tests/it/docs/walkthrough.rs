@@ -286,6 +286,9 @@ impl Walkthrough {
             .env_remove("TOKENAUTH_STORE")
             .env_remove("TOKENAUTH_LOG")
             .env_remove("TOKENAUTH_LOG_FORMAT")
+            // The tests' own setting (where the pinned tools are), which the
+            // server would read as a configuration field and refuse.
+            .env_remove("TOKENAUTH_TOOLS_VENV")
             .stdin(Stdio::null());
         bash
     }

@@ -187,6 +187,16 @@ async fn the_scim_host_names_the_organization_and_the_client_cannot() {
             Some(INSUFFICIENT_SCOPE),
             &format!("{protocol}, SCIM write with scim:read"),
         );
+        // What was missing reaches the client through Envoy, in a header
+        // and in the body; the permission the token holds does not.
+        assert_eq!(
+            response.header("x-tokenauth-required-permission"),
+            Some("scim:write"),
+            "{protocol}: {response:?}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+        assert_eq!(body["required_permission"], "scim:write", "{protocol}");
+        assert!(!response.body.contains("scim:read"), "{}", response.body);
         // Elsewhere no route names an organization for SCIM paths.
         let response = stack
             .send(

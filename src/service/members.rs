@@ -1,0 +1,502 @@
+//! Members: the control plane tells the service who belongs to an
+//! organization and with which role (SetMember, RemoveMember), and reads it
+//! back (GetMember, ListMembers). Each change is authorized by
+//! `domain::authz::members` and audited in the store's transaction.
+//!
+//! A change runs like a revocation ([`TokenAuthority::take_out_of_service`]):
+//! once it returns, the cache has forgotten every token of the member (a
+//! role change: so that the next Check reads the new role; a removal: the
+//! tokens it revoked), under the same gate as a revocation, so that no
+//! Check that was reading the store meanwhile can cache the old role.
+
+use std::sync::Arc;
+
+use super::{authority::TokenAuthority, error::Error};
+use crate::domain::{
+    self,
+    audit::{AuditAction, AuditEvent},
+    authz,
+    caller::{Caller, Method, OrgRole},
+    ids::EventId,
+    member::{Member, MemberKey, MemberPage, MemberPageRequest},
+    pagination,
+    time::Timestamp,
+    token::TokenKind,
+};
+
+/// What a RemoveMember did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    /// Whether the service knew the member (a record was deleted).
+    pub was_member: bool,
+    /// How many of the member's personal tokens it revoked.
+    pub revoked: u64,
+}
+
+impl TokenAuthority {
+    fn member_event(
+        &self,
+        caller: &Caller,
+        now: Timestamp,
+        method: Method,
+        action: AuditAction,
+        key: &MemberKey,
+        detail: String,
+    ) -> Result<AuditEvent, Error> {
+        let id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
+        let mut event = AuditEvent::change(id, now, caller, method, action, None);
+        event.org_id.clone_from(&key.org_id);
+        event.detail = detail;
+        Ok(event)
+    }
+
+    /// Creates the member, or sets their role. A role the member already
+    /// has changes nothing (no write, no event). Once this returns, no Check
+    /// on this replica allows what the new role forbids.
+    pub async fn set_member(
+        &self,
+        caller: &Caller,
+        key: MemberKey,
+        role: OrgRole,
+    ) -> Result<Member, Error> {
+        let verdict = authz::members(&caller.principal, &key.org_id, None);
+        self.authorize_org(caller, Method::SetMember, &key.org_id, "", verdict)
+            .await?;
+        let now = Timestamp::now();
+        let member = Member {
+            org_id: key.org_id.clone(),
+            user_id: key.user_id.clone(),
+            role,
+            updated_at: now,
+        };
+        let event = self.member_event(
+            caller,
+            now,
+            Method::SetMember,
+            AuditAction::MemberSet,
+            &key,
+            format!("user {} has the role {}", key.user_id, role.name()),
+        )?;
+        let store = Arc::clone(&self.store);
+        let written = member.clone();
+        let change = self
+            .take_out_of_service(&key.org_id, async move {
+                let change = store.set_member(&written, &event).await;
+                let digests = change
+                    .as_ref()
+                    .map(|c| c.digests.clone())
+                    .unwrap_or_default();
+                (change, digests)
+            })
+            .await?;
+        let unchanged = change.previous.as_ref().is_some_and(|p| p.role == role);
+        tracing::info!(
+            org_id = %key.org_id, user_id = %key.user_id, role = role.name(),
+            previous = change.previous.as_ref().map(|p| p.role.name()), unchanged,
+            actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
+            request_id = %caller.request_id, "member set"
+        );
+        Ok(match change.previous {
+            Some(previous) if unchanged => previous,
+            _ => member,
+        })
+    }
+
+    /// Removes the member and revokes every personal token of theirs, in
+    /// one transaction; known to the service or not (a user who leaves an
+    /// organization that never called SetMember loses their tokens too).
+    pub async fn remove_member(&self, caller: &Caller, key: MemberKey) -> Result<Removal, Error> {
+        let verdict = authz::members(&caller.principal, &key.org_id, None);
+        self.authorize_org(caller, Method::RemoveMember, &key.org_id, "", verdict)
+            .await?;
+        let now = Timestamp::now();
+        let event = self.member_event(
+            caller,
+            now,
+            Method::RemoveMember,
+            AuditAction::MemberRemoved,
+            &key,
+            format!("user {} removed", key.user_id),
+        )?;
+        let mut revoke_event = self.member_event(
+            caller,
+            now,
+            Method::RemoveMember,
+            AuditAction::RevokedAll,
+            &key,
+            String::new(),
+        )?;
+        revoke_event.kind = Some(TokenKind::Personal);
+        let store = Arc::clone(&self.store);
+        let removing = key.clone();
+        let removal = self
+            .take_out_of_service(&key.org_id, async move {
+                let removal = store
+                    .remove_member(&removing, now, &event, &revoke_event)
+                    .await;
+                let digests = removal
+                    .as_ref()
+                    .map(|r| r.revoked.digests.clone())
+                    .unwrap_or_default();
+                (removal, digests)
+            })
+            .await?;
+        // Tokens a concurrent revoke took out first are that revoke's to
+        // forget: wait until it has (as a RevokeAll does).
+        self.cache.settled(&key.org_id).await;
+        tracing::info!(
+            org_id = %key.org_id, user_id = %key.user_id, was_member = removal.removed.is_some(),
+            revoked = removal.revoked.count,
+            actor = %caller.actor_ref().label(), peer = caller.peer.map(tracing::field::display),
+            request_id = %caller.request_id, "member removed"
+        );
+        Ok(Removal {
+            was_member: removal.removed.is_some(),
+            revoked: removal.revoked.count,
+        })
+    }
+
+    pub async fn get_member(&self, caller: &Caller, key: MemberKey) -> Result<Member, Error> {
+        let verdict = authz::members(&caller.principal, &key.org_id, Some(&key.user_id));
+        self.authorize_org(caller, Method::GetMember, &key.org_id, "", verdict)
+            .await?;
+        let found = self.store.member(&key).await?;
+        found.ok_or(Error::Domain(domain::Error::NoSuchMember {
+            org_id: key.org_id,
+            user_id: key.user_id,
+        }))
+    }
+
+    /// One page of the organization's members by user id, and the next
+    /// page's token (empty after the last).
+    pub async fn list_members(
+        &self,
+        caller: &Caller,
+        org_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<Member>, String), Error> {
+        domain::ids::require_id("org_id", org_id)?;
+        let limit = pagination::page_size(page_size)?;
+        let verdict = authz::members(&caller.principal, org_id, None);
+        self.authorize_org(caller, Method::ListMembers, org_id, "", verdict)
+            .await?;
+        let fingerprint = pagination::fingerprint(&[b"members", org_id.as_bytes()]);
+        let after = pagination::decode(page_token, fingerprint)?
+            .map(|cursor| {
+                String::from_utf8(cursor)
+                    .ok()
+                    .filter(|user| domain::ids::require_id("page_token", user).is_ok())
+                    .ok_or_else(|| {
+                        Error::invalid("page_token", "is not a page token of this listing")
+                    })
+            })
+            .transpose()?;
+        let MemberPage { members, next } = self
+            .store
+            .list_members(org_id, &MemberPageRequest { after, limit })
+            .await?;
+        let next = next
+            .map(|last| pagination::encode(fingerprint, last.as_bytes()))
+            .unwrap_or_default();
+        Ok((members, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{
+            caller::{Actor, Principal},
+            token::{NewToken, Reason, validate_check_query},
+        },
+        service::{CheckOrigin, fixture::fixture},
+    };
+
+    fn acting(org: &str, user: &str, role: OrgRole) -> Caller {
+        Caller {
+            principal: Principal::ControlPlane {
+                credential: "cp".into(),
+                actor: Some(Actor {
+                    user_id: user.into(),
+                    org_id: org.into(),
+                    role,
+                }),
+            },
+            peer: None,
+            request_id: "req-1".into(),
+        }
+    }
+
+    fn control_plane() -> Caller {
+        Caller {
+            principal: Principal::ControlPlane {
+                credential: "cp".into(),
+                actor: None,
+            },
+            peer: None,
+            request_id: "req-1".into(),
+        }
+    }
+
+    async fn issue_personal(
+        authority: &TokenAuthority,
+        user: &str,
+        role: OrgRole,
+        permissions: &[&str],
+    ) -> String {
+        let new = NewToken {
+            kind: TokenKind::Personal,
+            org_id: "org-1".into(),
+            workspace_id: "ws-1".into(),
+            name: "laptop".into(),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            expires_at: None,
+            owner_user_id: user.into(),
+        };
+        let caller = acting("org-1", user, role);
+        let (_, secret) = authority.issue(&caller, new).await.unwrap();
+        secret.expose().to_owned()
+    }
+
+    async fn check(authority: &TokenAuthority, secret: &str, permission: &str) -> Reason {
+        let query =
+            validate_check_query(authority.catalogue(), permission, "org-1", "ws-1").unwrap();
+        authority
+            .check(secret, &query, &CheckOrigin::default())
+            .await
+            .unwrap()
+            .reason
+    }
+
+    fn key(user: &str) -> MemberKey {
+        MemberKey::new("org-1", user).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_demotion_narrows_a_cached_token_at_once_and_a_promotion_never_widens_it() {
+        let f = fixture();
+        let a = &f.authority;
+        let secret = issue_personal(
+            a,
+            "u",
+            OrgRole::ReadWrite,
+            &["transformations:write", "transformations:read"],
+        )
+        .await;
+        // Unknown member: the permissions it was issued with (and now cached).
+        assert_eq!(check(a, &secret, "transformations:write").await, Reason::Ok);
+        a.set_member(&control_plane(), key("u"), OrgRole::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(
+            check(a, &secret, "transformations:write").await,
+            Reason::RoleInsufficient
+        );
+        assert_eq!(check(a, &secret, "transformations:read").await, Reason::Ok);
+        a.set_member(&control_plane(), key("u"), OrgRole::Admin)
+            .await
+            .unwrap();
+        assert_eq!(check(a, &secret, "transformations:write").await, Reason::Ok);
+        // ADMIN allows test_api:run; the token was never issued it.
+        assert_eq!(
+            check(a, &secret, "test_api:run").await,
+            Reason::InsufficientPermission
+        );
+        let events = f.audit("org-1").await;
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.action == AuditAction::MemberSet)
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn removing_a_member_revokes_their_tokens_at_once() {
+        let f = fixture();
+        let a = &f.authority;
+        let secret = issue_personal(a, "u", OrgRole::ReadWrite, &["transformations:read"]).await;
+        let other = issue_personal(a, "v", OrgRole::ReadWrite, &["transformations:read"]).await;
+        assert_eq!(check(a, &secret, "transformations:read").await, Reason::Ok);
+        let removal = a.remove_member(&control_plane(), key("u")).await.unwrap();
+        assert_eq!(
+            removal,
+            Removal {
+                was_member: false,
+                revoked: 1
+            }
+        );
+        assert_eq!(
+            check(a, &secret, "transformations:read").await,
+            Reason::Revoked
+        );
+        assert_eq!(check(a, &other, "transformations:read").await, Reason::Ok);
+        let events = f.audit("org-1").await;
+        let revoked_all = events
+            .iter()
+            .find(|e| e.action == AuditAction::RevokedAll)
+            .unwrap();
+        assert_eq!(revoked_all.method, Method::RemoveMember);
+        assert_eq!(revoked_all.target_token_ids.len(), 1);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.action == AuditAction::MemberRemoved)
+        );
+    }
+
+    #[tokio::test]
+    async fn with_membership_required_an_unknown_members_token_is_denied() {
+        let mut f = fixture();
+        let secret = issue_personal(
+            &f.authority,
+            "u",
+            OrgRole::ReadWrite,
+            &["transformations:read"],
+        )
+        .await;
+        f.authority.policy.membership.required = true;
+        let a = &f.authority;
+        assert_eq!(
+            check(a, &secret, "transformations:read").await,
+            Reason::RoleInsufficient
+        );
+        let (_, service) = f.issue("org-1", "ws-1", &["transformations:read"]).await;
+        assert_eq!(check(a, &service, "transformations:read").await, Reason::Ok);
+        a.set_member(&control_plane(), key("u"), OrgRole::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(check(a, &secret, "transformations:read").await, Reason::Ok);
+    }
+
+    #[tokio::test]
+    async fn only_the_control_plane_and_admins_manage_members_and_refusals_are_audited() {
+        let f = fixture();
+        let a = &f.authority;
+        let member = acting("org-1", "u", OrgRole::ReadWrite);
+        assert!(
+            a.set_member(&member, key("u"), OrgRole::Admin)
+                .await
+                .is_err()
+        );
+        assert!(a.remove_member(&member, key("v")).await.is_err());
+        assert!(a.list_members(&member, "org-1", 0, "").await.is_err());
+        // An ADMIN of another organization does not see this one's.
+        let outsider = acting("org-2", "x", OrgRole::Admin);
+        assert!(a.list_members(&outsider, "org-1", 0, "").await.is_err());
+        let admin = acting("org-1", "boss", OrgRole::Admin);
+        let set = a
+            .set_member(&admin, key("u"), OrgRole::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(set.role, OrgRole::ReadOnly);
+        // A member reads their own membership, and no one else's.
+        assert_eq!(a.get_member(&member, key("u")).await.unwrap(), set);
+        assert!(a.get_member(&member, key("w")).await.is_err());
+        let refusals = f
+            .audit("org-1")
+            .await
+            .into_iter()
+            .filter(|e| e.action == AuditAction::Denied)
+            .count();
+        assert!(refusals >= 3, "{refusals} refusals audited");
+    }
+
+    #[tokio::test]
+    async fn listing_pages_are_bounded_and_bound_to_their_organization() {
+        let f = fixture();
+        let a = &f.authority;
+        for user in ["a", "b", "c"] {
+            a.set_member(&control_plane(), key(user), OrgRole::ReadOnly)
+                .await
+                .unwrap();
+        }
+        let (first, next) = a
+            .list_members(&control_plane(), "org-1", 2, "")
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 2);
+        let (rest, last) = a
+            .list_members(&control_plane(), "org-1", 2, &next)
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert!(last.is_empty());
+        // A page token of one organization's listing is refused for another's.
+        assert!(
+            a.list_members(&control_plane(), "org-2", 2, &next)
+                .await
+                .is_err()
+        );
+        assert!(
+            a.list_members(&control_plane(), "org-1", -1, "")
+                .await
+                .is_err()
+        );
+        assert!(
+            a.list_members(&control_plane(), &"o".repeat(200), 0, "")
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_creates_personal_tokens_within_their_stored_role() {
+        let mut f = fixture();
+        f.authority
+            .set_member(&control_plane(), key("u"), OrgRole::ReadOnly)
+            .await
+            .unwrap();
+        let new = |permission: &str| NewToken {
+            kind: TokenKind::Personal,
+            org_id: "org-1".into(),
+            workspace_id: "ws-1".into(),
+            name: "laptop".into(),
+            permissions: vec![permission.into()],
+            expires_at: None,
+            owner_user_id: "u".into(),
+        };
+        // The control plane still asserts ADMIN; the service knows better.
+        let stale = acting("org-1", "u", OrgRole::Admin);
+        let refused = f
+            .authority
+            .issue(&stale, new("transformations:write"))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("READ_ONLY"), "{refused}");
+        // A READ_ONLY member creates no personal token at all.
+        assert!(
+            f.authority
+                .issue(&stale, new("transformations:read"))
+                .await
+                .is_err()
+        );
+        f.authority
+            .set_member(&control_plane(), key("u"), OrgRole::ReadWrite)
+            .await
+            .unwrap();
+        f.authority
+            .issue(&stale, new("transformations:write"))
+            .await
+            .unwrap();
+        // With membership required, an unknown member creates none.
+        f.authority.policy.membership.required = true;
+        let stranger = acting("org-1", "nobody", OrgRole::Admin);
+        let new_for_stranger = NewToken {
+            owner_user_id: "nobody".into(),
+            ..new("transformations:read")
+        };
+        let refused = f
+            .authority
+            .issue(&stranger, new_for_stranger)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("SetMember"), "{refused}");
+    }
+}
