@@ -151,6 +151,19 @@ impl TokenAuthority {
         caller: &Caller,
         kind: &TokenKind,
     ) -> Result<Result<Principal, String>, Error> {
+        if *kind != TokenKind::Personal {
+            return Ok(Ok(caller.principal.clone()));
+        }
+        self.acting_member_as_stored(caller).await
+    }
+
+    /// The caller, with the role of the member the control plane acts for
+    /// narrowed to the one the service holds (`actor_as_stored`); the
+    /// caller as it is when it names no member.
+    pub(super) async fn acting_member_as_stored(
+        &self,
+        caller: &Caller,
+    ) -> Result<Result<Principal, String>, Error> {
         let Principal::ControlPlane {
             credential,
             actor: Some(actor),
@@ -158,9 +171,6 @@ impl TokenAuthority {
         else {
             return Ok(Ok(caller.principal.clone()));
         };
-        if *kind != TokenKind::Personal {
-            return Ok(Ok(caller.principal.clone()));
-        }
         // The actor's ids were validated with the credentials.
         let key = MemberKey::new(&actor.org_id, &actor.user_id)?;
         let stored = self.store.member(&key).await?;

@@ -34,6 +34,21 @@ pub struct Removal {
 }
 
 impl TokenAuthority {
+    /// May `caller` change the members of `org_id`? An ADMIN the control
+    /// plane acts for counts with the role the service holds for them, when
+    /// it holds one: a demoted ADMIN whose dashboard session still asserts
+    /// ADMIN cannot promote themselves back, nor remove the others.
+    async fn members_verdict(
+        &self,
+        caller: &Caller,
+        org_id: &str,
+    ) -> Result<authz::Verdict, Error> {
+        Ok(match self.acting_member_as_stored(caller).await? {
+            Ok(principal) => authz::members(&principal, org_id, None),
+            Err(why) => authz::Verdict::Deny(why),
+        })
+    }
+
     fn member_event(
         &self,
         caller: &Caller,
@@ -59,7 +74,7 @@ impl TokenAuthority {
         key: MemberKey,
         role: OrgRole,
     ) -> Result<Member, Error> {
-        let verdict = authz::members(&caller.principal, &key.org_id, None);
+        let verdict = self.members_verdict(caller, &key.org_id).await?;
         self.authorize_org(caller, Method::SetMember, &key.org_id, "", verdict)
             .await?;
         let now = Timestamp::now();
@@ -89,6 +104,10 @@ impl TokenAuthority {
                 (change, digests)
             })
             .await?;
+        // A token a concurrent revoke took out of the live set first is not
+        // among this change's digests: wait until that revoke has forgotten
+        // it, so no Check reads it with the old role after this returns.
+        self.cache.settled(&key.org_id).await;
         let unchanged = change.previous.as_ref().is_some_and(|p| p.role == role);
         tracing::info!(
             org_id = %key.org_id, user_id = %key.user_id, role = role.name(),
@@ -106,7 +125,7 @@ impl TokenAuthority {
     /// one transaction; known to the service or not (a user who leaves an
     /// organization that never called SetMember loses their tokens too).
     pub async fn remove_member(&self, caller: &Caller, key: MemberKey) -> Result<Removal, Error> {
-        let verdict = authz::members(&caller.principal, &key.org_id, None);
+        let verdict = self.members_verdict(caller, &key.org_id).await?;
         self.authorize_org(caller, Method::RemoveMember, &key.org_id, "", verdict)
             .await?;
         let now = Timestamp::now();

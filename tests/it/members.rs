@@ -234,6 +234,59 @@ async fn only_the_control_plane_and_an_admin_manage_members_within_bounds() {
 }
 
 #[tokio::test]
+async fn a_demoted_admin_whose_session_still_asserts_admin_cannot_manage_members() {
+    let server = TestServer::start().await;
+    set_member(&server, "org-1", "mallory", OrgRole::Admin).await;
+    set_member(&server, "org-1", "bob", OrgRole::ReadWrite).await;
+    // Demoted; the dashboard's session of before still says ADMIN.
+    set_member(&server, "org-1", "mallory", OrgRole::ReadOnly).await;
+    let stale = member("mallory", "org-1", OrgRole::Admin);
+    let promote = server
+        .tokens()
+        .set_member(SetMemberRequest {
+            actor: stale.clone(),
+            ..set("org-1", "mallory", OrgRole::Admin)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(promote.code(), Code::PermissionDenied, "{promote:?}");
+    let removal = server
+        .tokens()
+        .remove_member(RemoveMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "bob".into(),
+            actor: stale,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(removal.code(), Code::PermissionDenied, "{removal:?}");
+    let mallory = server
+        .tokens()
+        .get_member(GetMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "mallory".into(),
+            actor: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        mallory.member.unwrap().org_role,
+        OrgRole::ReadOnly as i32,
+        "the refused promotion changed nothing"
+    );
+    // An ADMIN the service holds as ADMIN still may.
+    server
+        .tokens()
+        .set_member(SetMemberRequest {
+            actor: member("root", "org-1", OrgRole::Admin),
+            ..set("org-1", "mallory", OrgRole::ReadWrite)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_personal_token_follows_its_member_at_check() {
     let server = TestServer::start().await;
     let pat = issue(
