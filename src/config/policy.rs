@@ -36,6 +36,24 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
+        // Under one full report a minute, a scanner's batch of 1,000
+        // (`domain::leaks::MAX_REPORTED_SECRETS`) could never be taken, and 0
+        // would silently close the intake.
+        const _: () = assert!(crate::domain::leaks::MAX_REPORTED_SECRETS == 1000);
+        if self.leak_reports.max_secrets_per_peer_per_minute < 1000 {
+            return Err(invalid(
+                "leak_reports.max_secrets_per_peer_per_minute",
+                "must be at least 1000 (one full report)",
+            ));
+        }
+        if self.leak_reports.max_secrets_per_minute
+            < self.leak_reports.max_secrets_per_peer_per_minute
+        {
+            return Err(invalid(
+                "leak_reports.max_secrets_per_minute",
+                "must be at least leak_reports.max_secrets_per_peer_per_minute",
+            ));
+        }
         if self.limits.max_concurrent_requests == 0 {
             return Err(invalid(
                 "limits.max_concurrent_requests",

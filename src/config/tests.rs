@@ -21,6 +21,31 @@ fn a_sled_cache_too_small_to_open_is_refused_by_name() {
     assert!(error.contains("sled.cache_capacity"), "{error}");
 }
 
+#[test]
+fn leak_report_budgets_below_one_full_report_are_refused_by_name() {
+    for (toml, field) in [
+        (
+            "[leak_reports]\nmax_secrets_per_peer_per_minute = 0\n",
+            "max_secrets_per_peer_per_minute",
+        ),
+        (
+            "[leak_reports]\nmax_secrets_per_peer_per_minute = 999\n",
+            "max_secrets_per_peer_per_minute",
+        ),
+        (
+            "[leak_reports]\nmax_secrets_per_minute = 1999\n",
+            "leak_reports.max_secrets_per_minute",
+        ),
+    ] {
+        let error = Config::from_toml(toml)
+            .unwrap()
+            .policy()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(field), "{toml}: {error}");
+    }
+}
+
 /// The configuration page's "whole file, with every default" is what the
 /// code defaults to.
 #[test]

@@ -73,6 +73,14 @@ fn printable(field: &'static str, value: &str, max: usize) -> Result<(), Error> 
             "only printable ASCII without spaces is allowed",
         ));
     }
+    // Source and url are logged and kept in the audit log: a secret in them
+    // (a url with `?t=tkpat_...`) would outlive its revocation there.
+    if crate::domain::secret::mentions_a_secret(value) {
+        return Err(Error::invalid(
+            field,
+            "must not carry a secret: report secrets in `secrets` only",
+        ));
+    }
     Ok(())
 }
 
@@ -254,6 +262,10 @@ mod tests {
         assert!(LeakSource::new("github", "https://e.x/\n").is_err());
         assert!(LeakSource::new(&"s".repeat(MAX_SOURCE_BYTES + 1), "").is_err());
         assert!(LeakSource::new("", &"u".repeat(MAX_URL_BYTES + 1)).is_err());
+        let secret = Secret::generate(TokenKind::Personal).unwrap();
+        let url = format!("https://ci.example/log?t={}", secret.expose());
+        assert!(LeakSource::new("ci", &url).is_err());
+        assert!(LeakSource::new("tksat_", "").is_err());
         assert_eq!(
             LeakSource::new("github", "").unwrap().detail(),
             "reported leaked by github at -"

@@ -94,6 +94,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Whether `text` may hold one of our secrets (it names a secret's prefix):
+/// free text that is logged or stored must not.
+pub fn mentions_a_secret(text: &str) -> bool {
+    text.contains(PERSONAL_PREFIX) || text.contains(SERVICE_PREFIX)
+}
+
 fn prefix_of(kind: TokenKind) -> &'static str {
     match kind {
         TokenKind::Personal => PERSONAL_PREFIX,

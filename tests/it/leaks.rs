@@ -190,15 +190,17 @@ async fn bad_reports_are_refused_whole_and_change_nothing() {
 #[tokio::test]
 async fn a_flooding_network_spends_its_own_budget_and_not_anothers() {
     let server = TestServer::start_with(|config| {
-        config.leak_reports.max_secrets_per_peer_per_minute = 20;
-        config.leak_reports.max_secrets_per_minute = 1000;
+        // The smallest budgets the configuration accepts: one full report
+        // per network.
+        config.leak_reports.max_secrets_per_peer_per_minute = 1000;
+        config.leak_reports.max_secrets_per_minute = 10_000;
     })
     .await;
     let leaked = issue(&server, service_token("org-1", &["scim:read"])).await;
     let flooder = TokenServiceClient::new(channel_from([127, 0, 0, 1].into(), server.addr()).await);
     let other = TokenServiceClient::new(channel_from([127, 0, 0, 2].into(), server.addr()).await);
     let junk = || {
-        (0..10)
+        (0..500)
             .map(|_| {
                 Secret::generate(DomainKind::Service)
                     .unwrap()
