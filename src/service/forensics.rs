@@ -44,7 +44,9 @@ impl TokenAuthority {
             return Err(unknown());
         };
         let record = &token.record;
-        let verdict = authz::lookup_secret(&caller.principal, record);
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::lookup_secret(p, record))
+            .await?;
         match self
             .authorize_token(caller, Method::LookupSecret, record, verdict)
             .await

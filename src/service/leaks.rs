@@ -85,9 +85,18 @@ impl TokenAuthority {
             } => actor.org_id.clone(),
             _ => String::new(),
         };
-        let verdict = authz::preview_leak_report(&caller.principal);
+        // The caller as the service knows them: a demoted ADMIN's stale
+        // session neither previews nor learns which secrets are live.
+        let (principal, verdict) = match self.acting_member_as_stored(caller).await? {
+            Ok(principal) => {
+                let verdict = authz::preview_leak_report(&principal);
+                (Some(principal), verdict)
+            }
+            Err(why) => (None, Verdict::Deny(why)),
+        };
         self.authorize_org(caller, Method::ReportLeakedSecrets, &org, "", verdict)
             .await?;
+        let principal = principal.ok_or_else(|| Error::Internal("authorized without a principal".into()))?;
         self.spend_intake(caller.peer, secrets.len())?;
         let now = Timestamp::now();
         let (mut count, mut first) = (0u64, Vec::new());
@@ -95,7 +104,7 @@ impl TokenAuthority {
             let Some(record) = self.live_token_of(presented, now).await? else {
                 continue;
             };
-            if authz::lookup_secret(&caller.principal, &record) != Verdict::Allow {
+            if authz::lookup_secret(&principal, &record) != Verdict::Allow {
                 continue;
             }
             count += 1;

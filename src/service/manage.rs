@@ -184,15 +184,28 @@ impl TokenAuthority {
         )
     }
 
+    /// `rule`'s verdict on the caller as the service knows them
+    /// (`acting_member_as_stored`): a demoted ADMIN whose dashboard session
+    /// still asserts ADMIN is judged as what they are now, by every
+    /// management call, not only by those that create tokens.
+    pub(super) async fn verdict_as_stored(
+        &self,
+        caller: &Caller,
+        rule: impl FnOnce(&Principal) -> authz::Verdict,
+    ) -> Result<authz::Verdict, Error> {
+        Ok(match self.acting_member_as_stored(caller).await? {
+            Ok(principal) => rule(&principal),
+            Err(why) => authz::Verdict::Deny(why),
+        })
+    }
+
     pub async fn get(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {
         let record = self.existing(id).await?;
-        self.authorize_token(
-            caller,
-            Method::GetToken,
-            &record,
-            authz::manage(&caller.principal, &record),
-        )
-        .await?;
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::manage(p, &record))
+            .await?;
+        self.authorize_token(caller, Method::GetToken, &record, verdict)
+            .await?;
         self.view(record).await
     }
 
@@ -205,7 +218,9 @@ impl TokenAuthority {
         page_token: &str,
     ) -> Result<(Vec<TokenView>, String), Error> {
         let limit = pagination::page_size(page_size)?;
-        let verdict = authz::list(&caller.principal, &mut query);
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::list(p, &mut query))
+            .await?;
         let workspace = query.workspace_id.clone().unwrap_or_default();
         self.authorize_org(
             caller,
@@ -241,13 +256,11 @@ impl TokenAuthority {
     /// Revokes one token. Once this returns, no Check allows it.
     pub async fn revoke(&self, caller: &Caller, id: TokenId) -> Result<TokenView, Error> {
         let record = self.existing(id).await?;
-        self.authorize_token(
-            caller,
-            Method::RevokeToken,
-            &record,
-            authz::manage(&caller.principal, &record),
-        )
-        .await?;
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::manage(p, &record))
+            .await?;
+        self.authorize_token(caller, Method::RevokeToken, &record, verdict)
+            .await?;
         let now = Timestamp::now();
         let event_id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
         let event = AuditEvent::change(
@@ -367,7 +380,9 @@ impl TokenAuthority {
             ));
         }
         let workspace = query.workspace_id.clone().unwrap_or_default();
-        let verdict = authz::revoke_all(&caller.principal, query);
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::revoke_all(p, query))
+            .await?;
         self.authorize_org(
             caller,
             Method::RevokeAll,
@@ -426,13 +441,11 @@ impl TokenAuthority {
         grace: Duration,
     ) -> Result<(TokenView, Secret, Timestamp), Error> {
         let record = self.existing(id).await?;
-        self.authorize_token(
-            caller,
-            Method::RotateToken,
-            &record,
-            authz::rotate(&caller.principal, &record),
-        )
-        .await?;
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::rotate(p, &record))
+            .await?;
+        self.authorize_token(caller, Method::RotateToken, &record, verdict)
+            .await?;
         if grace > self.policy.max_rotation_grace {
             return Err(Error::invalid(
                 "grace_period",

@@ -43,10 +43,8 @@ impl TokenAuthority {
         caller: &Caller,
         org_id: &str,
     ) -> Result<authz::Verdict, Error> {
-        Ok(match self.acting_member_as_stored(caller).await? {
-            Ok(principal) => authz::members(&principal, org_id, None),
-            Err(why) => authz::Verdict::Deny(why),
-        })
+        self.verdict_as_stored(caller, |p| authz::members(p, org_id, None))
+            .await
     }
 
     fn member_event(
@@ -176,7 +174,11 @@ impl TokenAuthority {
     }
 
     pub async fn get_member(&self, caller: &Caller, key: MemberKey) -> Result<Member, Error> {
-        let verdict = authz::members(&caller.principal, &key.org_id, Some(&key.user_id));
+        let verdict = self
+            .verdict_as_stored(caller, |p| {
+                authz::members(p, &key.org_id, Some(&key.user_id))
+            })
+            .await?;
         self.authorize_org(caller, Method::GetMember, &key.org_id, "", verdict)
             .await?;
         let found = self.store.member(&key).await?;
@@ -197,7 +199,7 @@ impl TokenAuthority {
     ) -> Result<(Vec<Member>, String), Error> {
         domain::ids::require_id("org_id", org_id)?;
         let limit = pagination::page_size(page_size)?;
-        let verdict = authz::members(&caller.principal, org_id, None);
+        let verdict = self.members_verdict(caller, org_id).await?;
         self.authorize_org(caller, Method::ListMembers, org_id, "", verdict)
             .await?;
         let fingerprint = pagination::fingerprint(&[b"members", org_id.as_bytes()]);
@@ -462,6 +464,59 @@ mod tests {
             a.list_members(&control_plane(), &"o".repeat(200), 0, "")
                 .await
                 .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_demoted_admins_stale_session_manages_nothing_an_admin_may() {
+        let f = fixture();
+        let a = &f.authority;
+        let (service, secret) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        let stale = acting("org-1", "boss", OrgRole::Admin);
+        // While the service knows no role for them, the asserted ADMIN counts.
+        a.get(&stale, service).await.unwrap();
+        a.set_member(&control_plane(), key("boss"), OrgRole::ReadWrite)
+            .await
+            .unwrap();
+        let denied = |result: Result<(), Error>| match result {
+            Err(Error::Domain(domain::Error::PermissionDenied(_))) => {}
+            other => panic!("expected PermissionDenied, got {other:?}"),
+        };
+        denied(a.get(&stale, service).await.map(drop));
+        denied(a.revoke(&stale, service).await.map(drop));
+        denied(
+            a.rotate(&stale, service, std::time::Duration::ZERO)
+                .await
+                .map(drop),
+        );
+        denied(a.lookup_secret(&stale, &secret).await.map(drop));
+        denied(
+            a.preview_leak_report(&stale, std::slice::from_ref(&secret))
+                .await
+                .map(drop),
+        );
+        denied(a.list_members(&stale, "org-1", 0, "").await.map(drop));
+        // Listing narrows to their own personal tokens: the service token is not among them.
+        let (listed, _) = a
+            .list(
+                &stale,
+                crate::domain::query::TokenQuery {
+                    org_id: "org-1".into(),
+                    workspace_id: None,
+                    owner_user_id: None,
+                    kind: None,
+                    include_revoked: false,
+                },
+                0,
+                "",
+            )
+            .await
+            .unwrap();
+        assert!(listed.iter().all(|v| v.record.kind == TokenKind::Personal));
+        // The token was never touched.
+        assert_eq!(
+            check(a, &secret, "test_api:run").await,
+            Reason::Ok
         );
     }
 

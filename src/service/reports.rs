@@ -39,7 +39,8 @@ impl TokenAuthority {
             Some(id) => {
                 let record = self.existing(id).await?;
                 let verdict = if record.org_id == query.org_id {
-                    authz::manage(&caller.principal, &record)
+                    self.verdict_as_stored(caller, |p| authz::manage(p, &record))
+                        .await?
                 } else {
                     Verdict::Hide
                 };
@@ -47,7 +48,9 @@ impl TokenAuthority {
                     .await?;
             }
             None => {
-                let verdict = authz::read_org_usage(&caller.principal, &query.org_id);
+                let verdict = self
+                    .verdict_as_stored(caller, |p| authz::read_org_usage(p, &query.org_id))
+                    .await?;
                 self.authorize_org(caller, Method::ListTokenUsage, &query.org_id, "", verdict)
                     .await?;
             }
@@ -82,7 +85,9 @@ impl TokenAuthority {
         page_token: &str,
     ) -> Result<(Vec<AuditEvent>, String), Error> {
         let limit = pagination::page_size(page_size)?;
-        let verdict = authz::read_org(&caller.principal, &query.org_id);
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::read_org(p, &query.org_id))
+            .await?;
         self.authorize_org(caller, Method::ListAuditEvents, &query.org_id, "", verdict)
             .await?;
         let fingerprint = audit_fingerprint(&query);
