@@ -74,10 +74,9 @@ impl TokenAuthority {
             new.expires_at = minter.expires_at;
         }
         let valid = new.validate(&self.policy.catalogue, &self.policy.lifetime, now)?;
-        let verdict = match self.principal_as_stored(caller, &valid.kind).await? {
-            Ok(principal) => authz::issue(&principal, &valid, &self.policy.roles),
-            Err(why) => authz::Verdict::Deny(why),
-        };
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::issue(p, &valid, &self.policy.roles))
+            .await?;
         self.authorize_org(
             caller,
             Method::IssueToken,
@@ -140,21 +139,6 @@ impl TokenAuthority {
             },
             secret,
         ))
-    }
-
-    /// The caller, with the role of the member the control plane acts for
-    /// narrowed to the one the service holds (see
-    /// `domain::member::actor_as_stored`) when they create a personal token:
-    /// what a member may put in their own token follows their current role.
-    async fn principal_as_stored(
-        &self,
-        caller: &Caller,
-        kind: &TokenKind,
-    ) -> Result<Result<Principal, String>, Error> {
-        if *kind != TokenKind::Personal {
-            return Ok(Ok(caller.principal.clone()));
-        }
-        self.acting_member_as_stored(caller).await
     }
 
     /// The caller, with the role of the member the control plane acts for

@@ -379,13 +379,13 @@ mod tests {
             &["transformations:read"],
         )
         .await;
+        let (_, service) = f.issue("org-1", "ws-1", &["transformations:read"]).await;
         f.authority.policy.membership.required = true;
         let a = &f.authority;
         assert_eq!(
             check(a, &secret, "transformations:read").await,
             Reason::RoleInsufficient
         );
-        let (_, service) = f.issue("org-1", "ws-1", &["transformations:read"]).await;
         assert_eq!(check(a, &service, "transformations:read").await, Reason::Ok);
         a.set_member(&control_plane(), key("u"), OrgRole::ReadOnly)
             .await
@@ -496,6 +496,16 @@ mod tests {
                 .map(drop),
         );
         denied(a.list_members(&stale, "org-1", 0, "").await.map(drop));
+        let service_token = NewToken {
+            kind: TokenKind::Service,
+            org_id: "org-1".into(),
+            workspace_id: "ws-1".into(),
+            name: "ci".into(),
+            permissions: vec!["test_api:run".into()],
+            expires_at: None,
+            owner_user_id: String::new(),
+        };
+        denied(a.issue(&stale, service_token).await.map(drop));
         // Listing narrows to their own personal tokens: the service token is not among them.
         let (listed, _) = a
             .list(

@@ -406,6 +406,14 @@ async fn with_membership_required_a_token_of_an_unknown_member_is_denied() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert!(refused.message().contains("SetMember"), "{refused:?}");
+    // Nor does an ADMIN the service does not know manage anything else.
+    let refused = server
+        .tokens()
+        .issue_token(service_token("org-1", &["scim:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("SetMember"), "{refused:?}");
     set_member(&server, "org-1", "alice", OrgRole::ReadOnly).await;
     let allowed = check(
         &server,
