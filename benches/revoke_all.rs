@@ -103,7 +103,14 @@ async fn seed(store: &Arc<dyn Store>, org: &str, count: usize) -> Vec<(TokenId, 
                         repeat_of: None,
                         dropped_before: 0,
                     };
-                    let inserted = store.insert_token(&record, &Quotas::NONE, &event).await;
+                    let inserted = store
+                        .insert_token(
+                            &record,
+                            &Quotas::NONE,
+                            &tokenauth::store::MemberPrecondition::None,
+                            &event,
+                        )
+                        .await;
                     assert_eq!(inserted.unwrap(), InsertOutcome::Inserted);
                     ids.push((record.id, secret.expose().to_owned()));
                 }

@@ -121,7 +121,12 @@ pub async fn fill(store: &dyn Store, count: usize, workspace: &str) -> Vec<Strin
             Some(&record),
         );
         store
-            .insert_token(&record, &Quotas::NONE, &event)
+            .insert_token(
+                &record,
+                &Quotas::NONE,
+                &tokenauth::store::MemberPrecondition::None,
+                &event,
+            )
             .await
             .unwrap();
         secrets.push(secret.expose().to_owned());

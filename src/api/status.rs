@@ -19,6 +19,7 @@ impl From<domain::Error> for Status {
             Rule::PermissionDenied(_) => Status::permission_denied(error.to_string()),
             Rule::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
             Rule::ResourceExhausted(_) => Status::resource_exhausted(error.to_string()),
+            Rule::Aborted(_) => Status::aborted(error.to_string()),
         }
     }
 }

@@ -50,6 +50,10 @@ pub enum Error {
     /// A quota is full (the message names it and its limit).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A concurrent change kept invalidating this one; nothing was changed
+    /// and the call may be retried as it is.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl Error {

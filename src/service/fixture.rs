@@ -33,7 +33,11 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn fixture() -> Fixture {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    fixture_over(Arc::new(MemoryStore::new()))
+}
+
+/// [`fixture`] over `store` (e.g. the in-memory store behind a hook).
+pub(super) fn fixture_over(store: Arc<dyn Store>) -> Fixture {
     let mut policy = Config::default().policy().unwrap();
     policy.control_plane = vec![ControlPlaneCredential {
         name: "cp".into(),

@@ -96,7 +96,8 @@ impl TokenAuthority {
         };
         self.authorize_org(caller, Method::ReportLeakedSecrets, &org, "", verdict)
             .await?;
-        let principal = principal.ok_or_else(|| Error::Internal("authorized without a principal".into()))?;
+        let principal =
+            principal.ok_or_else(|| Error::Internal("authorized without a principal".into()))?;
         self.spend_intake(caller.peer, secrets.len())?;
         let now = Timestamp::now();
         let (mut count, mut first) = (0u64, Vec::new());

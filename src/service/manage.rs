@@ -22,14 +22,19 @@ use crate::{
         token::{NewToken, StoredSecret, TokenKind, TokenRecord, TokenView},
     },
     store::{
-        InsertOutcome, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
-        RotateOutcome, Rotation, StoreError,
+        InsertOutcome, MemberPrecondition, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation,
+        RevokedAll, RotateOutcome, Rotation, StoreError,
     },
 };
 
 /// How long a secret replaced by rotation is still recognised after its
 /// grace period (so that its reuse is reported as such and audited).
 const RETIRED_SECRET_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How many times an issue is judged again when its acting member's record
+/// changed between the judgement and the insert, before it gives up
+/// (ABORTED): each retry needs another member change of that same user.
+const MEMBER_RACE_ATTEMPTS: u32 = 3;
 
 impl TokenAuthority {
     /// Runs a change to `org`'s tokens that takes secrets out of service so
@@ -74,29 +79,18 @@ impl TokenAuthority {
             new.expires_at = minter.expires_at;
         }
         let valid = new.validate(&self.policy.catalogue, &self.policy.lifetime, now)?;
-        let verdict = self
-            .verdict_as_stored(caller, |p| authz::issue(p, &valid, &self.policy.roles))
-            .await?;
-        self.authorize_org(
-            caller,
-            Method::IssueToken,
-            &valid.org_id,
-            &valid.workspace_id,
-            verdict,
-        )
-        .await?;
         let secret = Secret::generate(valid.kind).map_err(Error::internal("OS random source"))?;
         let key = self.keyring.current();
         let digest = key.digest(secret.expose());
         let record = TokenRecord {
             id: TokenId::generate(now).map_err(Error::internal("OS random source"))?,
             kind: valid.kind,
-            org_id: valid.org_id,
-            workspace_id: valid.workspace_id,
-            name: valid.name,
-            owner_user_id: valid.owner_user_id,
+            org_id: valid.org_id.clone(),
+            workspace_id: valid.workspace_id.clone(),
+            name: valid.name.clone(),
+            owner_user_id: valid.owner_user_id.clone(),
             created_by: caller.actor_ref().label(),
-            permissions: valid.permissions,
+            permissions: valid.permissions.clone(),
             created_at: now,
             expires_at: valid.expires_at,
             revoked_at: None,
@@ -116,12 +110,42 @@ impl TokenAuthority {
             AuditAction::Issued,
             Some(&record),
         );
-        let outcome = self
-            .store
-            .insert_token(&record, &self.policy.quotas, &event)
+        // Authorized against the acting member's stored record, inserted
+        // only if that record is unchanged when the insert commits: a
+        // demotion or removal acknowledged meanwhile makes it judge again.
+        let mut attempts = 0;
+        loop {
+            let (as_stored, member) = self.acting_member_with_record(caller).await?;
+            let verdict = match as_stored {
+                Ok(principal) => authz::issue(&principal, &valid, &self.policy.roles),
+                Err(why) => authz::Verdict::Deny(why),
+            };
+            self.authorize_org(
+                caller,
+                Method::IssueToken,
+                &valid.org_id,
+                &valid.workspace_id,
+                verdict,
+            )
             .await?;
-        if let InsertOutcome::QuotaReached(reached) = outcome {
-            return Err(Error::resource_exhausted(reached.to_string()));
+            match self
+                .store
+                .insert_token(&record, &self.policy.quotas, &member, &event)
+                .await?
+            {
+                InsertOutcome::Inserted => break,
+                InsertOutcome::QuotaReached(reached) => {
+                    return Err(Error::resource_exhausted(reached.to_string()));
+                }
+                InsertOutcome::MemberChanged if attempts < MEMBER_RACE_ATTEMPTS => attempts += 1,
+                InsertOutcome::MemberChanged => {
+                    return Err(Error::Domain(crate::domain::Error::Aborted(
+                        "the acting member's role kept changing while the token was issued; \
+                         nothing was issued, try again"
+                            .into(),
+                    )));
+                }
+            }
         }
         self.store.durable().await?;
         // A negative entry for a digest nobody could have known is all but
@@ -148,24 +172,39 @@ impl TokenAuthority {
         &self,
         caller: &Caller,
     ) -> Result<Result<Principal, String>, Error> {
+        Ok(self.acting_member_with_record(caller).await?.0)
+    }
+
+    /// [`Self::acting_member_as_stored`], and the member record it was
+    /// judged by, as a condition for a write that depends on it.
+    async fn acting_member_with_record(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Result<Principal, String>, MemberPrecondition), Error> {
         let Principal::ControlPlane {
             credential,
             actor: Some(actor),
         } = &caller.principal
         else {
-            return Ok(Ok(caller.principal.clone()));
+            return Ok((Ok(caller.principal.clone()), MemberPrecondition::None));
         };
         // The actor's ids were validated with the credentials.
         let key = MemberKey::new(&actor.org_id, &actor.user_id)?;
         let stored = self.store.member(&key).await?;
-        Ok(
+        let principal =
             actor_as_stored(actor, stored.as_ref(), self.policy.membership).map(|actor| {
                 Principal::ControlPlane {
                     credential: credential.clone(),
                     actor: Some(actor),
                 }
-            }),
-        )
+            });
+        Ok((
+            principal,
+            MemberPrecondition::Unchanged {
+                key,
+                as_read: stored,
+            },
+        ))
     }
 
     /// `rule`'s verdict on the caller as the service knows them

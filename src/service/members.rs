@@ -524,10 +524,119 @@ mod tests {
             .unwrap();
         assert!(listed.iter().all(|v| v.record.kind == TokenKind::Personal));
         // The token was never touched.
-        assert_eq!(
-            check(a, &secret, "test_api:run").await,
-            Reason::Ok
-        );
+        assert_eq!(check(a, &secret, "test_api:run").await, Reason::Ok);
+    }
+
+    /// Commits `change` on the inner store right before the next
+    /// InsertToken reaches it: a member change acknowledged between an
+    /// issue's judgement and its insert.
+    #[derive(Clone)]
+    struct ChangeBeforeInsert {
+        inner: Arc<dyn crate::store::Store>,
+        change: Arc<parking_lot::Mutex<Option<Member>>>,
+        remove: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl crate::store::layered::Hook for ChangeBeforeInsert {
+        async fn before(
+            &self,
+            operation: crate::store::layered::Operation,
+        ) -> Result<(), crate::store::StoreError> {
+            if operation != crate::store::layered::Operation::InsertToken {
+                return Ok(());
+            }
+            let now = Timestamp::now();
+            let event = |action| {
+                AuditEvent::change(
+                    EventId::generate(now).unwrap(),
+                    now,
+                    &control_plane(),
+                    Method::SetMember,
+                    action,
+                    None,
+                )
+            };
+            let change = self.change.lock().take();
+            if let Some(member) = change {
+                self.inner
+                    .set_member(&member, &event(AuditAction::MemberSet))
+                    .await?;
+            }
+            if self.remove.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.inner
+                    .remove_member(
+                        &key("u"),
+                        now,
+                        &event(AuditAction::MemberRemoved),
+                        &event(AuditAction::RevokedAll),
+                    )
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_issue_raced_by_a_demotion_or_a_removal_is_judged_again() {
+        let inner: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::memory::MemoryStore::new());
+        let hook = ChangeBeforeInsert {
+            inner: Arc::clone(&inner),
+            change: Arc::default(),
+            remove: Arc::default(),
+        };
+        let mut f =
+            crate::service::fixture::fixture_over(Arc::new(crate::store::layered::Layered::<
+                ChangeBeforeInsert,
+            >::new(
+                Arc::clone(&inner), hook.clone()
+            )));
+        f.authority.policy.membership.required = true;
+        let a = &f.authority;
+        a.set_member(&control_plane(), key("u"), OrgRole::ReadWrite)
+            .await
+            .unwrap();
+        let new = NewToken {
+            kind: TokenKind::Personal,
+            org_id: "org-1".into(),
+            workspace_id: "ws-1".into(),
+            name: "laptop".into(),
+            permissions: vec!["transformations:write".into()],
+            expires_at: None,
+            owner_user_id: "u".into(),
+        };
+        let session = acting("org-1", "u", OrgRole::ReadWrite);
+        // Demoted to READ_ONLY after the issue read READ_WRITE: judged again,
+        // refused, nothing written.
+        *hook.change.lock() = Some(Member {
+            org_id: "org-1".into(),
+            user_id: "u".into(),
+            role: OrgRole::ReadOnly,
+            updated_at: Timestamp::now(),
+        });
+        let refused = a.issue(&session, new.clone()).await.unwrap_err();
+        assert!(refused.to_string().contains("READ_ONLY"), "{refused}");
+        // Promoted back, then removed after the issue read the role: judged
+        // again as unknown, which required membership refuses.
+        a.set_member(&control_plane(), key("u"), OrgRole::ReadWrite)
+            .await
+            .unwrap();
+        hook.remove.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = a.issue(&session, new.clone()).await.unwrap_err();
+        assert!(refused.to_string().contains("SetMember"), "{refused}");
+        // Neither raced issue wrote a token or an event.
+        let issued = f
+            .audit("org-1")
+            .await
+            .into_iter()
+            .filter(|e| e.action == AuditAction::Issued)
+            .count();
+        assert_eq!(issued, 0);
+        // Unraced, it is issued.
+        a.set_member(&control_plane(), key("u"), OrgRole::ReadWrite)
+            .await
+            .unwrap();
+        a.issue(&session, new).await.unwrap();
     }
 
     #[tokio::test]

@@ -30,6 +30,7 @@ mod members;
 
 pub use self::members::{
     a_role_change_names_the_digests_of_the_members_live_tokens,
+    an_insert_commits_only_while_its_member_is_as_read,
     members_are_set_idempotently_and_listed_by_user_in_pages,
     removing_a_member_revokes_their_tokens_with_its_events,
 };
@@ -48,6 +49,7 @@ pub const CASES: &[&str] = &[
     "members_are_set_idempotently_and_listed_by_user_in_pages",
     "a_role_change_names_the_digests_of_the_members_live_tokens",
     "removing_a_member_revokes_their_tokens_with_its_events",
+    "an_insert_commits_only_while_its_member_is_as_read",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -65,6 +67,7 @@ pub async fn run_all(store: &dyn Store) {
     members_are_set_idempotently_and_listed_by_user_in_pages(store).await;
     a_role_change_names_the_digests_of_the_members_live_tokens(store).await;
     removing_a_member_revokes_their_tokens_with_its_events(store).await;
+    an_insert_commits_only_while_its_member_is_as_read(store).await;
     store.durable().await.unwrap();
 }
 
@@ -142,7 +145,12 @@ fn all_of(org: &str) -> TokenQuery {
 async fn insert(store: &dyn Store, record: &TokenRecord, n: u128) {
     let event = event(&record.org_id, n, AuditAction::Issued, vec![record.id]);
     let outcome = store
-        .insert_token(record, &Quotas::NONE, &event)
+        .insert_token(
+            record,
+            &Quotas::NONE,
+            &crate::store::MemberPrecondition::None,
+            &event,
+        )
         .await
         .unwrap();
     assert_eq!(outcome, InsertOutcome::Inserted);
@@ -353,6 +361,7 @@ pub async fn a_full_quota_refuses_and_writes_nothing(store: &dyn Store) {
             .insert_token(
                 &token,
                 &quotas,
+                &crate::store::MemberPrecondition::None,
                 &event(org, u128::from(n), AuditAction::Issued, vec![token.id]),
             )
             .await

@@ -9,9 +9,9 @@ use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 use async_trait::async_trait;
 
 use super::{
-    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberRemoval, Page, PageRequest,
-    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
-    UsagePage,
+    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition, MemberRemoval, Page,
+    PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts,
+    TokenQuery, UsagePage,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
@@ -143,12 +143,13 @@ impl<H: Hook> Store for Layered<H> {
         &self,
         record: &TokenRecord,
         quotas: &Quotas,
+        member: &MemberPrecondition,
         event: &AuditEvent,
     ) -> Result<InsertOutcome, StoreError> {
         around!(
             self,
             InsertToken,
-            self.inner.insert_token(record, quotas, event)
+            self.inner.insert_token(record, quotas, member, event)
         )
     }
     async fn token_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {

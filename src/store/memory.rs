@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AuditPage, InsertOutcome, MemberChange, MemberRemoval, Page, PageRequest, REVOKE_ALL_BATCH,
-    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
-    UsagePage,
+    AuditPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest,
+    REVOKE_ALL_BATCH, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
+    TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, usage_keys},
 };
@@ -320,12 +320,22 @@ impl Store for MemoryStore {
         &self,
         record: &TokenRecord,
         quotas: &Quotas,
+        member: &MemberPrecondition,
         event: &AuditEvent,
     ) -> Result<InsertOutcome, StoreError> {
         let _org = self.org_locks.shared(&record.org_id).await;
         // Counted and inserted under one lock: concurrent inserts never
-        // overshoot a quota together.
+        // overshoot a quota together, nor commit past a member change.
         let mut state = self.state.lock();
+        if let Some(key) = member.key()
+            && !member.holds(
+                state
+                    .members
+                    .get(&keys::member_key(&key.org_id, &key.user_id)),
+            )
+        {
+            return Ok(InsertOutcome::MemberChanged);
+        }
         let outcome = state.admit(record, quotas, Timestamp::now());
         if outcome == InsertOutcome::Inserted {
             state.insert_token(record, event);

@@ -107,6 +107,48 @@ pub enum InsertOutcome {
     Inserted,
     /// Refused, and nothing written: this quota is full.
     QuotaReached(QuotaReached),
+    /// Refused, and nothing written: the member record the issue was
+    /// authorized against changed before the insert could commit (see
+    /// [`MemberPrecondition`]).
+    MemberChanged,
+}
+
+/// What an insert requires of the acting member's record: the one its
+/// issue was authorized against, unchanged when it commits. A SetMember or
+/// RemoveMember that commits between the issue's read of the role and its
+/// insert would otherwise leave a token minted under the old role (or for a
+/// removed member) live after the change was acknowledged. Checked under
+/// the lock every member change takes, in the insert's transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MemberPrecondition {
+    /// Nothing: no member acts (the control plane alone, a service token, a
+    /// direct write).
+    #[default]
+    None,
+    /// The record at `key` is still `as_read` (absent when `None`).
+    Unchanged {
+        key: MemberKey,
+        as_read: Option<Member>,
+    },
+}
+
+impl MemberPrecondition {
+    /// The member record to read, if any.
+    pub fn key(&self) -> Option<&MemberKey> {
+        match self {
+            Self::None => None,
+            Self::Unchanged { key, .. } => Some(key),
+        }
+    }
+
+    /// Whether `found`, the record at [`Self::key`] now, lets the insert
+    /// commit.
+    pub fn holds(&self, found: Option<&Member>) -> bool {
+        match self {
+            Self::None => true,
+            Self::Unchanged { as_read, .. } => as_read.as_ref() == found,
+        }
+    }
 }
 
 /// What a RevokeAll did.
@@ -173,10 +215,12 @@ pub trait Store: Send + Sync + 'static {
     /// event, atomically, unless that would put more live tokens under one
     /// of `quotas` than it allows: the count and the insert are one atomic
     /// step, so concurrent inserts never overshoot a quota together.
+    /// The insert is refused (`MemberChanged`) unless `member` holds.
     async fn insert_token(
         &self,
         record: &TokenRecord,
         quotas: &Quotas,
+        member: &MemberPrecondition,
         event: &AuditEvent,
     ) -> Result<InsertOutcome, StoreError>;
 

@@ -1821,14 +1821,24 @@ async fn a_database_error_is_reported_without_the_rows_it_quotes() {
     };
     let first = record(TokenId::generate(now).unwrap());
     store
-        .insert_token(&first, &Quotas::NONE, &event())
+        .insert_token(
+            &first,
+            &Quotas::NONE,
+            &tokenauth::store::MemberPrecondition::None,
+            &event(),
+        )
         .await
         .unwrap();
     // Another token with the same digest: a unique violation on `digests`,
     // whose DETAIL is "Key (digest)=(\xabab...) already exists."
     let second = record(TokenId::generate(now).unwrap());
     let cause = store
-        .insert_token(&second, &Quotas::NONE, &event())
+        .insert_token(
+            &second,
+            &Quotas::NONE,
+            &tokenauth::store::MemberPrecondition::None,
+            &event(),
+        )
         .await
         .unwrap_err()
         .to_string();

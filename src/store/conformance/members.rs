@@ -1,6 +1,7 @@
 //! The store contract's member cases (see `conformance`): SetMember is
 //! idempotent and pages by user id, a role change names the member's live
-//! tokens, and a removal revokes them with its events.
+//! tokens, a removal revokes them with its events, and an insert judged
+//! against a member record commits only while that record is unchanged.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,10 +11,11 @@ use crate::{
         audit::{AuditAction, AuditEvent},
         caller::OrgRole,
         member::{Member, MemberKey, MemberPageRequest},
+        quota::Quotas,
         time::Timestamp,
         token::{TokenKind, TokenRecord},
     },
-    store::Store,
+    store::{InsertOutcome, MemberPrecondition, Store},
 };
 
 fn member(org: &str, user: &str, role: OrgRole) -> Member {
@@ -223,4 +225,84 @@ pub async fn removing_a_member_revokes_their_tokens_with_its_events(store: &dyn 
         .await
         .unwrap();
     assert_eq!((again.removed, again.revoked.count), (None, 0));
+}
+
+pub async fn an_insert_commits_only_while_its_member_is_as_read(store: &dyn Store) {
+    let org = "conformance-precondition";
+    let key = MemberKey::new(org, "alice").unwrap();
+    let as_read = member(org, "alice", OrgRole::Admin);
+    store
+        .set_member(&as_read, &event(org, 1, AuditAction::MemberSet, Vec::new()))
+        .await
+        .unwrap();
+    let judged = MemberPrecondition::Unchanged {
+        key: key.clone(),
+        as_read: Some(as_read.clone()),
+    };
+    let insert = |record: TokenRecord, precondition: MemberPrecondition, n: u128| async move {
+        let issued = event(org, n, AuditAction::Issued, vec![record.id]);
+        store
+            .insert_token(&record, &Quotas::NONE, &precondition, &issued)
+            .await
+            .unwrap()
+    };
+    // Unchanged: it commits.
+    let first = personal(org, "alice", 1);
+    assert_eq!(
+        insert(first.clone(), judged.clone(), 2).await,
+        InsertOutcome::Inserted
+    );
+    // A demotion commits between the judgement and the insert: nothing written.
+    let demoted = Member {
+        role: OrgRole::ReadOnly,
+        updated_at: Timestamp::from_micros(20_000),
+        ..as_read.clone()
+    };
+    store
+        .set_member(&demoted, &event(org, 3, AuditAction::MemberSet, Vec::new()))
+        .await
+        .unwrap();
+    let second = personal(org, "alice", 2);
+    assert_eq!(
+        insert(second.clone(), judged.clone(), 4).await,
+        InsertOutcome::MemberChanged
+    );
+    assert_eq!(store.token_by_id(second.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .token_by_digest(&second.secrets[0].digest)
+            .await
+            .unwrap(),
+        None
+    );
+    // A removal likewise, for a member judged as they were before it.
+    let judged_demoted = MemberPrecondition::Unchanged {
+        key: key.clone(),
+        as_read: Some(demoted),
+    };
+    store
+        .remove_member(
+            &key,
+            Timestamp::from_micros(30_000),
+            &event(org, 5, AuditAction::MemberRemoved, Vec::new()),
+            &event(org, 6, AuditAction::RevokedAll, Vec::new()),
+        )
+        .await
+        .unwrap();
+    let third = personal(org, "alice", 3);
+    assert_eq!(
+        insert(third.clone(), judged_demoted, 7).await,
+        InsertOutcome::MemberChanged
+    );
+    assert_eq!(store.token_by_id(third.id).await.unwrap(), None);
+    // Judged as unknown, and still unknown: it commits; so does an insert
+    // that no member's record conditions.
+    let unknown = MemberPrecondition::Unchanged { key, as_read: None };
+    assert_eq!(insert(third, unknown, 8).await, InsertOutcome::Inserted);
+    assert_eq!(
+        insert(personal(org, "bob", 4), MemberPrecondition::None, 9).await,
+        InsertOutcome::Inserted
+    );
+    // Only the committed inserts were audited.
+    assert_eq!(events_of(store, org, AuditAction::Issued).await.len(), 3);
 }

@@ -65,9 +65,9 @@ use tokio::{
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberRemoval, Page, PageRequest,
-    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery,
-    UsagePage,
+    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition, MemberRemoval, Page,
+    PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts,
+    TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     records::{encode_token, kind_number, kind_of},
 };
@@ -179,6 +179,7 @@ impl Store for PostgresStore {
         &self,
         record: &TokenRecord,
         quotas: &Quotas,
+        member: &MemberPrecondition,
         event: &AuditEvent,
     ) -> Result<InsertOutcome, StoreError> {
         let quota_lock = quota_lock(record, quotas);
@@ -190,6 +191,13 @@ impl Store for PostgresStore {
         let tx = client.transaction().await?;
         let lock = tx.prepare_cached(LOCK_ORG_SHARED).await?;
         tx.execute(&lock, &[&record.org_id]).await?;
+        // Under the organization's lock, which a member change takes
+        // exclusively: the record read here stays until this commits.
+        if let Some(key) = member.key()
+            && !member.holds(members::member(&tx, key).await?.as_ref())
+        {
+            return Ok(InsertOutcome::MemberChanged);
+        }
         if let Some(lock) = quota_lock
             && let Some(reached) = quota_reached(&tx, record, quotas, lock).await?
         {

@@ -38,8 +38,8 @@ use self::trees::{
     open_db, read_watermark,
 };
 use super::{
-    AuditPage, InsertOutcome, MemberChange, MemberRemoval, Page, PageRequest, Revocation,
-    RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
+    AuditPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest,
+    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_time_key},
     records::{decode_token, encode_audit},
@@ -323,6 +323,7 @@ impl Store for SledStore {
         &self,
         record: &TokenRecord,
         quotas: &Quotas,
+        member: &MemberPrecondition,
         event: &AuditEvent,
     ) -> Result<InsertOutcome, StoreError> {
         // No token of an organization is issued while a RevokeAll of it runs.
@@ -333,6 +334,7 @@ impl Store for SledStore {
             queue.pending.push(PendingInsert {
                 record: record.clone(),
                 quotas: *quotas,
+                member: member.clone(),
                 event: event.clone(),
                 done,
             });

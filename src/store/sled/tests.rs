@@ -55,6 +55,7 @@ async fn concurrent_issuances_are_each_written_with_their_event() {
                     .insert_token(
                         &token,
                         &Quotas::NONE,
+                        &crate::store::MemberPrecondition::None,
                         &event(i64::from(id), "org", Some(token.id)),
                     )
                     .await
@@ -89,6 +90,7 @@ async fn concurrent_issuances_are_each_written_with_their_event() {
                     .insert_token(
                         &token,
                         &Quotas::NONE,
+                        &crate::store::MemberPrecondition::None,
                         &event(i64::from(id), "org", Some(token.id)),
                     )
                     .await
@@ -109,7 +111,12 @@ async fn no_change_without_its_event() {
     store.trees.fail_audit.store(true, Ordering::SeqCst);
     assert!(
         store
-            .insert_token(&token, &Quotas::NONE, &event(1, "org", Some(token.id)))
+            .insert_token(
+                &token,
+                &Quotas::NONE,
+                &crate::store::MemberPrecondition::None,
+                &event(1, "org", Some(token.id))
+            )
             .await
             .is_err()
     );
@@ -133,7 +140,12 @@ async fn no_change_without_its_event() {
 
     store.trees.fail_audit.store(false, Ordering::SeqCst);
     store
-        .insert_token(&token, &Quotas::NONE, &event(2, "org", Some(token.id)))
+        .insert_token(
+            &token,
+            &Quotas::NONE,
+            &crate::store::MemberPrecondition::None,
+            &event(2, "org", Some(token.id)),
+        )
         .await
         .unwrap();
     store.trees.fail_audit.store(true, Ordering::SeqCst);
@@ -186,7 +198,12 @@ fn service_tokens_of(org: &str) -> TokenQuery {
 async fn insert_all(store: &SledStore, records: &[TokenRecord]) {
     for token in records {
         let inserted = store
-            .insert_token(token, &Quotas::NONE, &event(1, "org", Some(token.id)))
+            .insert_token(
+                token,
+                &Quotas::NONE,
+                &crate::store::MemberPrecondition::None,
+                &event(1, "org", Some(token.id)),
+            )
             .await
             .unwrap();
         assert_eq!(inserted, InsertOutcome::Inserted);
@@ -209,7 +226,12 @@ async fn concurrent_inserts_never_exceed_a_quota() {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 store
-                    .insert_token(&token, &quotas, &event(1, "org", Some(token.id)))
+                    .insert_token(
+                        &token,
+                        &quotas,
+                        &crate::store::MemberPrecondition::None,
+                        &event(1, "org", Some(token.id)),
+                    )
                     .await
                     .unwrap()
             })
@@ -299,7 +321,12 @@ async fn a_database_without_the_live_index_gets_it_at_open() {
         let fifth = record(5, "org");
         assert_eq!(
             store
-                .insert_token(&fifth, &full, &event(3, "org", Some(fifth.id)))
+                .insert_token(
+                    &fifth,
+                    &full,
+                    &crate::store::MemberPrecondition::None,
+                    &event(3, "org", Some(fifth.id))
+                )
                 .await
                 .unwrap(),
             InsertOutcome::QuotaReached(QuotaReached {
@@ -375,7 +402,12 @@ async fn closed_with_one_token() -> (tempfile::TempDir, TokenRecord) {
     let store = SledStore::open(dir.path()).unwrap();
     let token = record(1, "org");
     store
-        .insert_token(&token, &Quotas::NONE, &event(1, "org", Some(token.id)))
+        .insert_token(
+            &token,
+            &Quotas::NONE,
+            &crate::store::MemberPrecondition::None,
+            &event(1, "org", Some(token.id)),
+        )
         .await
         .unwrap();
     store.durable().await.unwrap();
@@ -480,6 +512,7 @@ async fn verify_cost() {
             .insert_token(
                 &token,
                 &Quotas::NONE,
+                &crate::store::MemberPrecondition::None,
                 &event(i64::from(i), &token.org_id, Some(token.id)),
             )
             .await

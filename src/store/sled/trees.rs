@@ -19,8 +19,8 @@ use crate::domain::{
     token::TokenRecord,
 };
 use crate::store::{
-    AuditPage, InsertOutcome, Page, PageRequest, REVOKE_ALL_BATCH, Revocation, StoreError,
-    TokenQuery,
+    AuditPage, InsertOutcome, MemberPrecondition, Page, PageRequest, REVOKE_ALL_BATCH, Revocation,
+    StoreError, TokenQuery,
     keys::{self, audit_key, audit_scan_range, audit_time_key, live_keys},
     records::{decode_audit, decode_token, encode_audit, encode_token},
 };
@@ -87,6 +87,7 @@ pub(super) struct Tx<'a> {
 pub(super) struct PendingInsert {
     pub(super) record: TokenRecord,
     pub(super) quotas: Quotas,
+    pub(super) member: MemberPrecondition,
     pub(super) event: AuditEvent,
     pub(super) done: tokio::sync::oneshot::Sender<Result<InsertOutcome, StoreError>>,
 }
@@ -562,6 +563,12 @@ impl Trees {
         batch
             .iter()
             .map(|pending| {
+                // Under the write lock, which every member change takes too.
+                if let Some(key) = pending.member.key()
+                    && !pending.member.holds(self.member(key)?.as_ref())
+                {
+                    return Ok(InsertOutcome::MemberChanged);
+                }
                 let mut scopes = Vec::new();
                 for (quota, limit) in pending.quotas.applying_to(&pending.record) {
                     let scope = keys::quota_scope(quota, &pending.record);
