@@ -65,16 +65,20 @@ impl Trees {
                 digests: Vec::new(),
             });
         }
-        self.member_transaction(|tx| {
-            tx.members()?
-                .insert(key.as_slice(), encode_member(member))?;
-            tx.append_audit(event)
-        })?;
+        // Read before the write (the write lock keeps them as they are until
+        // it commits): a read failing after the commit would leave the cache
+        // holding the old role, and a retry finds the role unchanged and
+        // names nothing to forget.
         let digests = self
             .member_tokens(&member.key(), member.updated_at)?
             .iter()
             .flat_map(|r| r.secrets.iter().map(|s| s.digest))
             .collect();
+        self.member_transaction(|tx| {
+            tx.members()?
+                .insert(key.as_slice(), encode_member(member))?;
+            tx.append_audit(event)
+        })?;
         Ok(MemberChange { previous, digests })
     }
 
