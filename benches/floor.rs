@@ -14,9 +14,11 @@
 //!
 //! Not a test: `cargo bench --bench floor` (BENCH_SECONDS per window,
 //! default 2; BENCH_RUNS rounds, default 5; BENCH_SCENARIOS=grpc,envoy;
-//! BENCH_SHAPES=native,ext_authz,native_garbage,ext_authz_garbage for the
-//! gRPC shapes). Prints Markdown. The servers' pids are printed on stderr,
-//! for `perf record -p`.
+//! BENCH_SHAPES=native,ext_authz,native_personal,native_personal_unknown,
+//! native_garbage,ext_authz_garbage for the gRPC shapes; the personal ones
+//! check personal tokens of members the service knows, whose stored role
+//! Check applies, and of users it does not know). Prints Markdown. The
+//! servers' pids are printed on stderr, for `perf record -p`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -154,16 +156,50 @@ async fn start_floor() -> Process {
     }
 }
 
-/// A data directory holding [`TOKENS`] valid tokens, written through the
-/// store as IssueToken writes them (support::fill), and their secrets.
+/// A data directory holding [`TOKENS`] valid service tokens, written
+/// through the store as IssueToken writes them (support::fill), and their
+/// secrets.
 pub async fn data_dir(dir: &Path) -> Vec<String> {
+    data_dir_with_personal(dir, 0).await.service
+}
+
+/// Members owning the personal tokens of the `personal` scenarios (ten
+/// tokens each).
+const MEMBERS: usize = TOKENS / 10;
+
+/// The secrets of a data directory, by kind.
+struct Secrets {
+    service: Vec<String>,
+    /// Owned by members the service knows (SetMember, role ADMIN): Check
+    /// applies the stored role to each.
+    personal_known: Vec<String>,
+    /// Owned by users the service knows nothing of: Check finds no member
+    /// and keeps the permissions they were issued with.
+    personal_unknown: Vec<String>,
+}
+
+/// [`data_dir`], with `personal` personal tokens of known members and as
+/// many of unknown ones besides the service tokens.
+async fn data_dir_with_personal(dir: &Path, personal: usize) -> Secrets {
     let data = dir.join("data");
     support::write_pepper(&data);
     let store: Arc<dyn tokenauth::store::Store> =
         Arc::new(tokenauth::store::sled::SledStore::open(&data.join("db")).unwrap());
-    let secrets = support::fill(store.as_ref(), TOKENS, "ws-1").await;
+    let service = support::fill(store.as_ref(), TOKENS, "ws-1").await;
+    let (mut personal_known, mut personal_unknown) = (Vec::new(), Vec::new());
+    if personal > 0 {
+        personal_known =
+            support::fill_personal(store.as_ref(), personal, "ws-1", MEMBERS, true).await;
+        // Other user ids than the known members' (`user-0` ... are known).
+        personal_unknown =
+            support::fill_personal_of(store.as_ref(), personal, "ws-1", MEMBERS, "stranger").await;
+    }
     drop(store);
-    secrets
+    Secrets {
+        service,
+        personal_known,
+        personal_unknown,
+    }
 }
 
 /// The `[ext_authz]` section of the shipped `deploy/kubernetes/tokenauth.toml`
@@ -270,7 +306,7 @@ struct Scenario {
     garbage: bool,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         label: "native Check",
         name: "native",
@@ -281,6 +317,18 @@ const SCENARIOS: [Scenario; 4] = [
         label: "ext_authz Check",
         name: "ext_authz",
         ext_authz: true,
+        garbage: false,
+    },
+    Scenario {
+        label: "native Check, personal token, member known",
+        name: "native_personal",
+        ext_authz: false,
+        garbage: false,
+    },
+    Scenario {
+        label: "native Check, personal token, member unknown",
+        name: "native_personal_unknown",
+        ext_authz: false,
         garbage: false,
     },
     Scenario {
@@ -374,7 +422,11 @@ async fn warm(channel: Channel, tokens: &[String]) {
 
 async fn grpc(runs: usize, seconds: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = data_dir(dir.path()).await;
+    let Secrets {
+        service: secrets,
+        personal_known,
+        personal_unknown,
+    } = data_dir_with_personal(dir.path(), TOKENS).await;
     let tokenauth = start_tokenauth(dir.path(), "").await;
     let floor = start_floor().await;
     eprintln!(
@@ -384,8 +436,12 @@ async fn grpc(runs: usize, seconds: u64) {
     );
     let tokenauth_channel = connect(tokenauth.addr, 1).await;
     warm(tokenauth_channel[0].clone(), &secrets).await;
+    warm(tokenauth_channel[0].clone(), &personal_known).await;
+    warm(tokenauth_channel[0].clone(), &personal_unknown).await;
     let floor_channel = connect(floor.addr, 1).await;
     let valid = Arc::new(secrets);
+    let personal_known = Arc::new(personal_known);
+    let personal_unknown = Arc::new(personal_unknown);
     let garbage: Arc<Vec<String>> = Arc::new(valid.iter().map(|t| garbage(t)).collect());
 
     println!(
@@ -401,7 +457,12 @@ async fn grpc(runs: usize, seconds: u64) {
         if !listed("BENCH_SHAPES", scenario.name) {
             continue;
         }
-        let tokens = if scenario.garbage { &garbage } else { &valid };
+        let tokens = match scenario.name {
+            _ if scenario.garbage => &garbage,
+            "native_personal" => &personal_known,
+            "native_personal_unknown" => &personal_unknown,
+            _ => &valid,
+        };
         for in_flight in [1usize, 16] {
             let (mut floors, mut ours) = (Vec::new(), Vec::new());
             for round in 0..runs {

@@ -12,8 +12,9 @@ use tokenauth::{
     config::Config,
     domain::{
         audit::{AuditAction, AuditEvent},
-        caller::{Caller, Method, Principal},
+        caller::{Caller, Method, OrgRole, Principal},
         ids::{EventId, TokenId},
+        member::Member,
         quota::Quotas,
         secret::{PepperKey, Secret},
         time::Timestamp,
@@ -92,6 +93,80 @@ pub fn record_for(secret: &Secret, workspace: &str) -> TokenRecord {
 /// Stores `count` workspace-level service tokens directly (much faster than
 /// issuing them one RPC at a time) and returns their secrets.
 pub async fn fill(store: &dyn Store, count: usize, workspace: &str) -> Vec<String> {
+    fill_with(store, count, TokenKind::Service, |secret, _| {
+        record_for(secret, workspace)
+    })
+    .await
+}
+
+/// Stores `count` personal tokens in `workspace`, owned round robin by
+/// `users` members (`user-0`, `user-1`, ...), and returns their secrets.
+/// With `known`, each member is first set as an ADMIN (SetMember through
+/// the store), so that Check applies a stored role to every one of them.
+pub async fn fill_personal(
+    store: &dyn Store,
+    count: usize,
+    workspace: &str,
+    users: usize,
+    known: bool,
+) -> Vec<String> {
+    if known {
+        for user in 0..users {
+            let now = Timestamp::now();
+            let member = Member {
+                org_id: "org-bench".into(),
+                user_id: format!("user-{user}"),
+                role: OrgRole::Admin,
+                updated_at: now,
+            };
+            let event = AuditEvent::change(
+                EventId::generate(now).unwrap(),
+                now,
+                &bench_caller(),
+                Method::SetMember,
+                AuditAction::MemberSet,
+                None,
+            );
+            store.set_member(&member, &event).await.unwrap();
+        }
+    }
+    fill_personal_of(store, count, workspace, users, "user").await
+}
+
+/// Stores `count` personal tokens in `workspace`, owned round robin by
+/// `<prefix>-0` ... `<prefix>-<users - 1>`, and returns their secrets.
+pub async fn fill_personal_of(
+    store: &dyn Store,
+    count: usize,
+    workspace: &str,
+    users: usize,
+    prefix: &str,
+) -> Vec<String> {
+    fill_with(store, count, TokenKind::Personal, |secret, n| TokenRecord {
+        kind: TokenKind::Personal,
+        owner_user_id: format!("{prefix}-{}", n % users),
+        ..record_for(secret, workspace)
+    })
+    .await
+}
+
+fn bench_caller() -> Caller {
+    Caller {
+        principal: Principal::ControlPlane {
+            credential: "bench".into(),
+            actor: None,
+        },
+        peer: None,
+        request_id: String::new(),
+    }
+}
+
+async fn fill_with(
+    store: &dyn Store,
+    count: usize,
+    kind: TokenKind,
+    record: impl Fn(&Secret, usize) -> TokenRecord,
+) -> Vec<String> {
     // What a server's first start records: a server refuses a database that
     // holds tokens without its pepper's check value.
     let key = pepper_key();
@@ -99,18 +174,11 @@ pub async fn fill(store: &dyn Store, count: usize, workspace: &str) -> Vec<Strin
         .add_pepper_check(key.id(), tokenauth::pepper::check_value(&key))
         .await
         .unwrap();
-    let caller = Caller {
-        principal: Principal::ControlPlane {
-            credential: "bench".into(),
-            actor: None,
-        },
-        peer: None,
-        request_id: String::new(),
-    };
+    let caller = bench_caller();
     let mut secrets = Vec::with_capacity(count);
-    for _ in 0..count {
-        let secret = Secret::generate(TokenKind::Service).unwrap();
-        let record = record_for(&secret, workspace);
+    for n in 0..count {
+        let secret = Secret::generate(kind).unwrap();
+        let record = record(&secret, n);
         let now = Timestamp::now();
         let event = AuditEvent::change(
             EventId::generate(now).unwrap(),

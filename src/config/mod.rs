@@ -240,7 +240,7 @@ impl Default for RolesConfig {
 
 /// `[membership]`: how Check treats the personal tokens of members the
 /// control plane never told the service about (SetMember).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MembershipConfig {
     /// Deny a personal token whose member is unknown (ROLE_INSUFFICIENT).
@@ -248,6 +248,20 @@ pub struct MembershipConfig {
     /// with, as before the service knew members. Turn it on once the
     /// control plane has called SetMember for every existing member.
     pub required: bool,
+    /// Most members an ADMIN (through the control plane) may bring an
+    /// organization to with SetMember; default 100,000. The control plane
+    /// on its own behalf (no actor) is not held to it: it relays the
+    /// identity provider, and a bulk re-sync must not count each member.
+    pub max_members_per_org: u32,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            required: false,
+            max_members_per_org: 100_000,
+        }
+    }
 }
 
 /// `[control_plane]`: the credentials the control plane authenticates with.

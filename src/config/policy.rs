@@ -240,6 +240,7 @@ impl Config {
             membership: MembershipPolicy {
                 required: self.membership.required,
             },
+            max_members_per_org: self.membership.max_members_per_org,
         })
     }
 }

@@ -50,6 +50,8 @@ pub struct Policy {
     pub leak_intake: IntakeLimits,
     /// How Check treats personal tokens of members it does not know.
     pub membership: MembershipPolicy,
+    /// Most members an ADMIN may bring an organization to (SetMember).
+    pub max_members_per_org: u32,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,

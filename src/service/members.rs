@@ -16,7 +16,7 @@ use crate::domain::{
     self,
     audit::{AuditAction, AuditEvent},
     authz,
-    caller::{Caller, Method, OrgRole},
+    caller::{Caller, Method, OrgRole, Principal},
     ids::EventId,
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     pagination,
@@ -47,6 +47,30 @@ impl TokenAuthority {
             .await
     }
 
+    /// Refuses a new member an ADMIN would bring the organization beyond
+    /// `[membership] max_members_per_org` to: what one tenant's ADMIN can
+    /// write to disk is bounded. Counted before the write, so concurrent
+    /// additions may pass the cap by as many as run at once. The control
+    /// plane on its own behalf is not counted (see `MembershipConfig`).
+    async fn within_member_cap(&self, caller: &Caller, key: &MemberKey) -> Result<(), Error> {
+        let by_an_admin = matches!(
+            caller.principal,
+            Principal::ControlPlane { actor: Some(_), .. }
+        );
+        if !by_an_admin || self.store.member(key).await?.is_some() {
+            return Ok(());
+        }
+        let cap = u64::from(self.policy.max_members_per_org);
+        if self.store.count_members(&key.org_id, cap).await? >= cap {
+            return Err(Error::resource_exhausted(format!(
+                "organization {} has {cap} members, the most an ADMIN may add \
+                 ([membership] max_members_per_org)",
+                key.org_id
+            )));
+        }
+        Ok(())
+    }
+
     fn member_event(
         &self,
         caller: &Caller,
@@ -75,6 +99,7 @@ impl TokenAuthority {
         let verdict = self.members_verdict(caller, &key.org_id).await?;
         self.authorize_org(caller, Method::SetMember, &key.org_id, "", verdict)
             .await?;
+        self.within_member_cap(caller, &key).await?;
         let now = Timestamp::now();
         let member = Member {
             org_id: key.org_id.clone(),
@@ -637,6 +662,48 @@ mod tests {
             .await
             .unwrap();
         a.issue(&session, new).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_admin_adds_members_up_to_the_cap_and_another_organization_is_untouched() {
+        let mut f = fixture();
+        f.authority.policy.max_members_per_org = 2;
+        let a = &f.authority;
+        let admin = acting("org-1", "boss", OrgRole::Admin);
+        for user in ["a", "b"] {
+            a.set_member(&admin, key(user), OrgRole::ReadOnly)
+                .await
+                .unwrap();
+        }
+        let refused = a
+            .set_member(&admin, key("c"), OrgRole::ReadOnly)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                Error::Domain(domain::Error::ResourceExhausted(why)) if why.contains("max_members_per_org")
+            ),
+            "{refused:?}"
+        );
+        assert!(a.get_member(&control_plane(), key("c")).await.is_err());
+        // A member already there may still change role.
+        a.set_member(&admin, key("a"), OrgRole::ReadWrite)
+            .await
+            .unwrap();
+        // The control plane on its own behalf relays the identity provider.
+        a.set_member(&control_plane(), key("c"), OrgRole::ReadOnly)
+            .await
+            .unwrap();
+        // Another organization's ADMIN is not crowded out.
+        let other = MemberKey::new("org-2", "z").unwrap();
+        a.set_member(
+            &acting("org-2", "boss", OrgRole::Admin),
+            other,
+            OrgRole::ReadOnly,
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ mod members;
 pub use self::members::{
     a_role_change_names_the_digests_of_the_members_live_tokens,
     an_insert_commits_only_while_its_member_is_as_read,
+    members_are_counted_per_organization_up_to_a_limit,
     members_are_set_idempotently_and_listed_by_user_in_pages,
     removing_a_member_revokes_their_tokens_with_its_events,
 };
@@ -50,6 +51,7 @@ pub const CASES: &[&str] = &[
     "a_role_change_names_the_digests_of_the_members_live_tokens",
     "removing_a_member_revokes_their_tokens_with_its_events",
     "an_insert_commits_only_while_its_member_is_as_read",
+    "members_are_counted_per_organization_up_to_a_limit",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -68,6 +70,7 @@ pub async fn run_all(store: &dyn Store) {
     a_role_change_names_the_digests_of_the_members_live_tokens(store).await;
     removing_a_member_revokes_their_tokens_with_its_events(store).await;
     an_insert_commits_only_while_its_member_is_as_read(store).await;
+    members_are_counted_per_organization_up_to_a_limit(store).await;
     store.durable().await.unwrap();
 }
 

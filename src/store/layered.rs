@@ -53,6 +53,7 @@ pub enum Operation {
     RemoveMember,
     Member,
     ListMembers,
+    CountMembers,
 }
 
 impl Operation {
@@ -85,6 +86,7 @@ impl Operation {
             Self::RemoveMember => "remove_member",
             Self::Member => "member",
             Self::ListMembers => "list_members",
+            Self::CountMembers => "count_members",
         }
     }
 }
@@ -223,6 +225,9 @@ impl<H: Hook> Store for Layered<H> {
         page: &MemberPageRequest,
     ) -> Result<MemberPage, StoreError> {
         around!(self, ListMembers, self.inner.list_members(org_id, page))
+    }
+    async fn count_members(&self, org_id: &str, limit: u64) -> Result<u64, StoreError> {
+        around!(self, CountMembers, self.inner.count_members(org_id, limit))
     }
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         around!(self, AppendAudit, self.inner.append_audit(event))

@@ -495,6 +495,18 @@ impl Store for MemoryStore {
             .cloned())
     }
 
+    async fn count_members(&self, org_id: &str, limit: u64) -> Result<u64, StoreError> {
+        let prefix = keys::prefix(&[org_id]);
+        let state = self.state.lock();
+        let counted = state
+            .members
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .count();
+        Ok(counted as u64)
+    }
+
     async fn list_members(
         &self,
         org_id: &str,

@@ -297,6 +297,9 @@ pub trait Store: Send + Sync + 'static {
     /// The member record of `key`, if any.
     async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError>;
 
+    /// How many members `org_id` has, counting no further than `limit`.
+    async fn count_members(&self, org_id: &str, limit: u64) -> Result<u64, StoreError>;
+
     /// An organization's members by user id, after `page.after`.
     async fn list_members(
         &self,

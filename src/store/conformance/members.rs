@@ -227,6 +227,37 @@ pub async fn removing_a_member_revokes_their_tokens_with_its_events(store: &dyn 
     assert_eq!((again.removed, again.revoked.count), (None, 0));
 }
 
+pub async fn members_are_counted_per_organization_up_to_a_limit(store: &dyn Store) {
+    let org = "conformance-count";
+    // An organization whose id extends this one's is not counted with it.
+    for (n, (org, user)) in [
+        (org, "a"),
+        (org, "b"),
+        (org, "c"),
+        ("conformance-count-x", "d"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .set_member(
+                &member(org, user, OrgRole::ReadOnly),
+                &event(org, n as u128, AuditAction::MemberSet, Vec::new()),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.count_members(org, 100).await.unwrap(), 3);
+    assert_eq!(store.count_members(org, 2).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .count_members("conformance-count-y", 100)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 pub async fn an_insert_commits_only_while_its_member_is_as_read(store: &dyn Store) {
     let org = "conformance-precondition";
     let key = MemberKey::new(org, "alice").unwrap();

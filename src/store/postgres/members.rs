@@ -144,6 +144,21 @@ pub(super) async fn member(
         .transpose()
 }
 
+pub(super) async fn count_members(
+    client: &impl GenericClient,
+    org_id: &str,
+    limit: u64,
+) -> Result<u64, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM members WHERE org_id = $1 LIMIT $2) AS counted",
+            &[&org_id, &limit],
+        )
+        .await?;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+}
+
 pub(super) async fn list_members(
     client: &impl GenericClient,
     org_id: &str,

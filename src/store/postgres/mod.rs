@@ -430,6 +430,10 @@ impl Store for PostgresStore {
         members::list_members(&self.client().await?, org_id, page).await
     }
 
+    async fn count_members(&self, org_id: &str, limit: u64) -> Result<u64, StoreError> {
+        members::count_members(&self.client().await?, org_id, limit).await
+    }
+
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -128,6 +128,19 @@ impl Trees {
             .transpose()
     }
 
+    pub(super) fn count_members(&self, org_id: &str, limit: u64) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for entry in self
+            .members
+            .scan_prefix(keys::prefix(&[org_id]))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     pub(super) fn list_members(
         &self,
         org_id: &str,

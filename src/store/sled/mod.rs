@@ -490,6 +490,11 @@ impl Store for SledStore {
         self.read(move |t| t.list_members(&org_id, &page)).await
     }
 
+    async fn count_members(&self, org_id: &str, limit: u64) -> Result<u64, StoreError> {
+        let org_id = org_id.to_owned();
+        self.read(move |t| t.count_members(&org_id, limit)).await
+    }
+
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let event = event.clone();
         self.side_write(move |t| {
