@@ -33,7 +33,7 @@ fn member_to_proto(member: Member) -> proto::Member {
     }
 }
 
-fn required_role(role: i32) -> Result<OrgRole, Error> {
+pub(crate) fn required_role(role: i32) -> Result<OrgRole, Error> {
     proto::OrgRole::try_from(role)
         .ok()
         .and_then(org_role)
