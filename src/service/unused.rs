@@ -185,7 +185,6 @@ mod tests {
             usage::{Resolution, UsageRecord},
         },
         service::fixture::{admin, fixture},
-        store::Store,
     };
 
     fn query(org: &str) -> UnusedQuery {
