@@ -473,3 +473,101 @@ async fn a_tenants_huge_usage_costs_a_page_a_bounded_read_and_others_none() {
     assert_eq!(other.tokens.len(), 1);
     assert_eq!(other.tokens[0].token_id, id_of(&neighbour));
 }
+
+/// Runs `tokenauth ARGS` against `server` as the control plane, off the
+/// runtime's thread (the server under test runs on it).
+async fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let credential = dir.path().join("cp.secret");
+    std::fs::write(&credential, &server.control_plane).unwrap();
+    std::fs::set_permissions(
+        &credential,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenauth"));
+    command
+        .args(args)
+        .env("TOKENAUTH_SERVER", format!("http://{}", server.addr()))
+        .env("TOKENAUTH_CREDENTIAL_FILE", &credential)
+        .env_remove("TOKENAUTH_CA")
+        .env_remove("TOKENAUTH_CLIENT_CERT")
+        .env_remove("TOKENAUTH_CLIENT_KEY");
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_command_line_prints_the_report_as_a_table_or_json_lines() {
+    let server =
+        TestServer::start_with(|config| config.usage.flush_interval = Duration::from_millis(100))
+            .await;
+    let used = issue(
+        &server,
+        workspace_token("org-c", "ws-1", &["test_api:run", "data_catalog:read"]),
+    )
+    .await;
+    let idle = issue(&server, service_token("org-c", &["audit_logs:read"])).await;
+    assert!(
+        check(&server, &used.secret, "test_api:run", "org-c", "ws-1")
+            .await
+            .allowed
+    );
+    let scope = ["--org", "org-c", "--as", "root:admin", "--since", "1h"];
+    let mut table = String::new();
+    for _ in 0..100 {
+        let output = cli(&server, &[&["token", "unused"][..], &scope].concat()).await;
+        assert!(output.status.success(), "{output:?}");
+        let notes = String::from_utf8(output.stderr).unwrap();
+        assert!(notes.starts_with("usage since "), "{notes}");
+        table = String::from_utf8(output.stdout).unwrap();
+        if table.contains(&format!("{}  service   used", id_of(&used))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("TOKEN"), "{table}");
+    let used_line = lines.iter().find(|l| l.starts_with(&id_of(&used))).unwrap();
+    assert!(used_line.contains(" used "), "{table}");
+    assert!(used_line.ends_with("  data_catalog:read"), "{table}");
+    let idle_line = lines.iter().find(|l| l.starts_with(&id_of(&idle))).unwrap();
+    assert!(idle_line.contains(" never "), "{table}");
+    assert!(idle_line.ends_with("  audit_logs:read"), "{table}");
+
+    // --all --output json: one token a line, every field in it.
+    let output = cli(
+        &server,
+        &[
+            &["token", "unused"][..],
+            &scope,
+            &["--all", "--page-size", "1", "--output", "json"],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let used_json = lines
+        .iter()
+        .find(|l| l["tokenId"] == id_of(&used).as_str())
+        .unwrap();
+    assert_eq!(used_json["used"], serde_json::json!(["test_api:run"]));
+    assert_eq!(
+        used_json["unused"],
+        serde_json::json!(["data_catalog:read"])
+    );
+    assert!(used_json.get("neverUsed").is_none());
+    let idle_json = lines
+        .iter()
+        .find(|l| l["tokenId"] == id_of(&idle).as_str())
+        .unwrap();
+    assert_eq!(idle_json["neverUsed"], true);
+}
