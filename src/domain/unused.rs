@@ -181,8 +181,8 @@ pub enum Fit {
     NextPage,
 }
 
-/// Where the token reading stopped leaves it: `complete` (all its rows read),
-/// `first` (no token before it on this page).
+/// What becomes of a token on a page: `complete` when all its usage rows
+/// were read, `first` when no token is before it on this page.
 pub const fn fit(complete: bool, first: bool) -> Fit {
     match (complete, first) {
         (true, _) => Fit::Complete,
