@@ -339,8 +339,8 @@ pub async fn run(client: &ClientArgs, command: TokenCommand) -> Result<(), CliEr
                 now,
             )
         }
-        // Dispatched by the caller (cli::token), to reports::usage.
-        TokenCommand::Usage(_) => Ok(()),
+        // Dispatched by the caller (cli::token), to reports.
+        TokenCommand::Usage(_) | TokenCommand::Unused(_) => Ok(()),
     }
 }
 

@@ -47,4 +47,5 @@ mod store_conformance;
 mod tls;
 mod tools;
 mod traces;
+mod unused;
 mod usage;
