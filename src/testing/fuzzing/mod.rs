@@ -33,6 +33,7 @@ use crate::{
         secret,
         time::Timestamp,
         token::{NewToken, TokenKind, validate_check_query},
+        unused::{self, UnusedQuery},
         usage::UsageQuery,
     },
     proto,
@@ -115,7 +116,7 @@ pub fn route(data: &[u8]) {
 /// The request messages the `request` target covers, by selector (its
 /// first byte, modulo their number): every request of every service in
 /// `proto/tokenauth/v1/`, and Envoy's ext_authz `CheckRequest`.
-pub const REQUEST_MESSAGES: [&str; 14] = [
+pub const REQUEST_MESSAGES: [&str; 15] = [
     "tokenauth.v1.IssueTokenRequest",
     "tokenauth.v1.GetTokenRequest",
     "tokenauth.v1.ListTokensRequest",
@@ -130,6 +131,7 @@ pub const REQUEST_MESSAGES: [&str; 14] = [
     "tokenauth.v1.ReportLeakedSecretsRequest",
     "tokenauth.v1.SetMemberRequest",
     "tokenauth.v1.RemoveMemberRequest",
+    "tokenauth.v1.ReportUnusedPermissionsRequest",
 ];
 
 /// Every request message, decoded from wire bytes and converted into domain
@@ -158,7 +160,8 @@ pub fn request(data: &[u8]) -> Option<&'static str> {
         10 => ext_authz_check(bytes),
         11 => report_leaked_secrets(bytes),
         12 => set_member(bytes),
-        _ => remove_member(bytes),
+        13 => remove_member(bytes),
+        _ => report_unused_permissions(bytes),
     };
     accepted.map(|()| REQUEST_MESSAGES[index])
 }
@@ -610,5 +613,28 @@ fn set_member(bytes: &[u8]) -> Option<()> {
 fn remove_member(bytes: &[u8]) -> Option<()> {
     let message: proto::RemoveMemberRequest = decode(bytes)?;
     member_change(&message.org_id, &message.user_id, message.actor.as_ref())?;
+    Some(())
+}
+
+/// The least-privilege report reveals what tokens did: only an ADMIN of the
+/// organization reads it; its window never starts after now, nor is a
+/// future `since` accepted; its page token is bound to the query.
+fn report_unused_permissions(bytes: &[u8]) -> Option<()> {
+    let message: proto::ReportUnusedPermissionsRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.actor.as_ref()));
+    let query = UnusedQuery::try_from(&message).ok()?;
+    assert_eq!(query.org_id, message.org_id);
+    assert_filter(query.workspace_id.as_ref(), &message.workspace_id);
+    assert_bound(query.since, message.since.as_ref());
+    let served = unused::page_size(message.page_size).ok()?;
+    assert!((1..=unused::MAX_PAGE_TOKENS).contains(&served));
+    let now = Timestamp::now();
+    match unused::window_start(query.since, now, &service_policy().usage_retention) {
+        Ok(start) => assert!(start <= now),
+        Err(_) => assert!(query.since.is_some_and(|since| since > now)),
+    }
+    let verdict = authz::read_org_usage(&principal, &query.org_id);
+    assert_within_actor_org(&verdict, &principal, &query.org_id);
+    page_token(&message.page_token, query.fingerprint())?;
     Some(())
 }

@@ -288,6 +288,18 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .encode_to_vec(),
         ),
         (
+            "tokenauth.v1.ReportUnusedPermissionsRequest",
+            proto::ReportUnusedPermissionsRequest {
+                org_id: "org-1".into(),
+                workspace_id: "ws-1".into(),
+                since: at(1_700_000_000),
+                page_size: 100,
+                actor: admin(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
             "tokenauth.v1.RemoveMemberRequest",
             proto::RemoveMemberRequest {
                 org_id: "org-1".into(),
