@@ -1,20 +1,21 @@
-//! The admin HTTP port (`admin.listen`): `GET /metrics` in Prometheus' text
-//! format, and nothing else.
+//! The HTTP ports: the admin port (`admin.listen`), `GET /metrics` in
+//! Prometheus' text format and nothing else; and the secret-scanning port
+//! (`secret_scanning.listen`), GitHub's partner endpoint
+//! (`api::secret_scanning`). Both are served by [`serve_http`].
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc};
 
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::{
+    api::secret_scanning::SecretScanning, config::ConfigError,
+    domain::secret_scanning::PartnerKeys, metrics::Metrics, service::TokenAuthority,
+};
 
-/// Serves `GET /metrics` (Prometheus text format) until `stop`.
-pub(super) async fn serve_admin(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) {
+/// The admin port's routes: `GET /metrics` (Prometheus text format).
+pub(super) fn admin_router(metrics: Arc<Metrics>) -> axum::Router {
     use axum::{http::StatusCode, response::IntoResponse, routing::get};
-    let router = axum::Router::new().route(
+    axum::Router::new().route(
         "/metrics",
         get(move || {
             let metrics = Arc::clone(&metrics);
@@ -32,11 +33,38 @@ pub(super) async fn serve_admin(
                 }
             }
         }),
-    );
-    if let Err(error) = axum::serve(listener, router)
+    )
+}
+
+/// The secret-scanning port's routes, with GitHub's keys read from
+/// `keys_file` (a bad file fails the start, naming the field).
+pub(super) fn secret_scanning_router(
+    keys_file: &Path,
+    service: Arc<TokenAuthority>,
+    metrics: Arc<Metrics>,
+) -> Result<axum::Router, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        field: "secret_scanning.keys_file",
+        reason: format!("{}: {reason}", keys_file.display()),
+    };
+    let text = std::fs::read_to_string(keys_file).map_err(|e| invalid(e.to_string()))?;
+    let keys = PartnerKeys::from_json(&text).map_err(invalid)?;
+    tracing::info!(keys = keys.len(), "GitHub secret-scanning keys loaded");
+    Ok(Arc::new(SecretScanning::new(service, keys, metrics)).router())
+}
+
+/// Serves `router` on `listener` until `stop`; `port` names it in logs.
+pub(super) async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    port: &'static str,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(error) = axum::serve(listener, service)
         .with_graceful_shutdown(stop)
         .await
     {
-        tracing::error!(%error, "the admin HTTP server failed");
+        tracing::error!(%error, port, "an HTTP server failed");
     }
 }

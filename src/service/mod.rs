@@ -8,7 +8,8 @@
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
 //! `members`, `check`, `lookup` (cache first, then the store under the fill
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
-//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
+//! secret's holder: leak reports and RevokeSelf), `secret_scanning` (GitHub's
+//! signed leak reports, through the same intake), `forensics` (LookupSecret).
 
 mod authenticate;
 mod authority;
@@ -25,6 +26,7 @@ mod mesh;
 pub mod recorder;
 mod refusals;
 mod reports;
+mod secret_scanning;
 
 #[cfg(test)]
 mod fixture;
