@@ -3,13 +3,16 @@
 //! (`secret_scanning.listen`), GitHub's partner endpoint
 //! (`api::secret_scanning`). Both are served by [`serve_http`].
 
-use std::{future::Future, net::SocketAddr, path::Path, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 
 use crate::{
-    api::secret_scanning::SecretScanning, config::ConfigError,
-    domain::secret_scanning::PartnerKeys, metrics::Metrics, service::TokenAuthority,
+    api::secret_scanning::SecretScanning,
+    config::{Config, ConfigError},
+    domain::secret_scanning::PartnerKeys,
+    metrics::Metrics,
+    service::TokenAuthority,
 };
 
 /// The admin port's routes: `GET /metrics` (Prometheus text format).
@@ -36,21 +39,32 @@ pub(super) fn admin_router(metrics: Arc<Metrics>) -> axum::Router {
     )
 }
 
-/// The secret-scanning port's routes, with GitHub's keys read from
-/// `keys_file` (a bad file fails the start, naming the field).
-pub(super) fn secret_scanning_router(
-    keys_file: &Path,
-    service: Arc<TokenAuthority>,
-    metrics: Arc<Metrics>,
-) -> Result<axum::Router, ConfigError> {
+/// GitHub's secret-scanning keys, read from `secret_scanning.keys_file`
+/// when the endpoint is on; a bad file is named as the field at fault.
+pub(super) fn partner_keys(config: &Config) -> Result<Option<PartnerKeys>, ConfigError> {
+    let (Some(_), Some(keys_file)) = (
+        config.secret_scanning.listen,
+        &config.secret_scanning.keys_file,
+    ) else {
+        return Ok(None);
+    };
     let invalid = |reason: String| ConfigError::Invalid {
         field: "secret_scanning.keys_file",
         reason: format!("{}: {reason}", keys_file.display()),
     };
     let text = std::fs::read_to_string(keys_file).map_err(|e| invalid(e.to_string()))?;
     let keys = PartnerKeys::from_json(&text).map_err(invalid)?;
+    Ok(Some(keys))
+}
+
+/// The secret-scanning port's routes.
+pub(super) fn secret_scanning_router(
+    keys: PartnerKeys,
+    service: Arc<TokenAuthority>,
+    metrics: Arc<Metrics>,
+) -> axum::Router {
     tracing::info!(keys = keys.len(), "GitHub secret-scanning keys loaded");
-    Ok(Arc::new(SecretScanning::new(service, keys, metrics)).router())
+    Arc::new(SecretScanning::new(service, keys, metrics)).router()
 }
 
 /// Serves `router` on `listener` until `stop`; `port` names it in logs.

@@ -94,6 +94,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     // A bad setting is named before the store is touched (a store opened
     // with one can fail in ways that do not name it).
     config.policy()?;
+    admin_http::partner_keys(&config)?;
     let store = open_store(&config).await?;
     start_with_store(config, store).await
 }
@@ -105,6 +106,7 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     let policy = config.policy()?;
+    let partner_keys = admin_http::partner_keys(&config)?;
     let ext_authz_policy = config.ext_authz.compile(&policy.catalogue)?;
     let metrics = Metrics::new(
         config.telemetry.otlp_endpoint.as_deref(),
@@ -175,19 +177,16 @@ pub async fn start_with_store(
         None => None,
     };
     let probe_addr = probe.as_ref().and_then(|l| l.local_addr().ok());
-    let secret_scanning = match (
-        config.secret_scanning.listen,
-        &config.secret_scanning.keys_file,
-    ) {
-        (Some(addr), Some(keys_file)) => {
-            let router = admin_http::secret_scanning_router(
-                keys_file,
-                Arc::clone(&service),
-                Arc::clone(&metrics),
-            )?;
+    let secret_scanning = match (config.secret_scanning.listen, partner_keys) {
+        (Some(addr), Some(keys)) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::Bind { addr, source })?;
+            let router = admin_http::secret_scanning_router(
+                keys,
+                Arc::clone(&service),
+                Arc::clone(&metrics),
+            );
             Some((listener, router))
         }
         _ => None,
