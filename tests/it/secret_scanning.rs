@@ -34,6 +34,9 @@ const PATH: &str = "/github/secret-scanning";
 /// The page whose example `the_documented_example_runs_as_shown` runs.
 pub const DOCUMENT: &str = "docs/deploy/secret-scanning.md";
 
+/// Request headers, by name.
+type Headers = Vec<(&'static str, String)>;
+
 /// A signing key of "GitHub's", and its keys file.
 struct GitHub {
     key_id: String,
@@ -68,7 +71,7 @@ impl GitHub {
     }
 
     /// The headers of `body` signed by this key.
-    fn headers(&self, body: &[u8]) -> Vec<(&'static str, String)> {
+    fn headers(&self, body: &[u8]) -> Headers {
         vec![
             ("github-public-key-identifier", self.key_id.clone()),
             ("github-public-key-signature", self.sign(body)),
@@ -237,7 +240,7 @@ async fn an_unsigned_or_badly_signed_report_is_refused_and_revokes_nothing() {
     let mut tampered = body.clone();
     let at = tampered.len() - 3;
     tampered[at] = b'X';
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>)> = vec![
+    let cases: Vec<(&str, Headers, Vec<u8>)> = vec![
         ("missing_signature", Vec::new(), body.clone()),
         ("missing_signature", signed[..1].to_vec(), body.clone()),
         ("missing_signature", signed[1..].to_vec(), body.clone()),
