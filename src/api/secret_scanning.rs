@@ -41,6 +41,11 @@ pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
 /// holds one of the [`MAX_CONCURRENT_REPORTS`] places no longer than this.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The address of the connection a report came on (the server's listener
+/// supplies it as connect info).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
 /// The endpoint's state: the service, GitHub's keys, and the places.
 pub struct SecretScanning {
     service: Arc<TokenAuthority>,
@@ -67,7 +72,7 @@ impl SecretScanning {
         }
     }
 
-    /// The router of the endpoint (served with `ConnectInfo<SocketAddr>`).
+    /// The router of the endpoint (served with `ConnectInfo<Peer>`).
     pub fn router(self: Arc<Self>) -> Router {
         Router::new().route(PATH, post(report)).with_state(self)
     }
@@ -128,7 +133,7 @@ impl SecretScanning {
 
 async fn report(
     State(endpoint): State<Arc<SecretScanning>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {

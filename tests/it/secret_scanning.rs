@@ -409,6 +409,49 @@ async fn senders_that_hold_every_place_get_the_next_refused_not_queued() {
 }
 
 #[tokio::test]
+async fn idle_connections_cannot_hold_every_place_of_the_port() {
+    let github = GitHub::new("key-1");
+    let (server, _keys) = start(&github, |_| {}).await;
+    let addr = server.secret_scanning_addr().unwrap();
+    let live = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let body = report(&[&live.secret]);
+    let headers = github.headers(&body);
+    // Every place taken by a connection that sends nothing (64 per port).
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // One more is closed at accept, not left waiting.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut byte),
+    )
+    .await
+    .expect("closed promptly");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(post(addr, &headers, body.clone()).await.is_err());
+    assert!(allowed(&server, &live.secret, "org-1").await);
+    // One goes: its place is free for a report.
+    idle.pop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((status, answer)) = post(addr, &headers, body.clone()).await {
+            assert_eq!(status, 200, "{answer}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!allowed(&server, &live.secret, "org-1").await);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_endpoint_is_off_by_default_and_a_bad_keys_file_fails_the_start() {
     let server = TestServer::start().await;
     assert_eq!(server.secret_scanning_addr(), None);
