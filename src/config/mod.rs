@@ -79,6 +79,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub usage: UsageConfig,
     pub leak_reports: LeakReportsConfig,
+    pub secret_scanning: SecretScanningConfig,
     pub health: HealthConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
@@ -106,6 +107,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
             leak_reports: LeakReportsConfig::default(),
+            secret_scanning: SecretScanningConfig::default(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
@@ -338,6 +340,23 @@ impl Default for LeakReportsConfig {
             max_secrets_per_minute: 20_000,
         }
     }
+}
+
+/// `[secret_scanning]`: the endpoint GitHub's secret-scanning partner
+/// program POSTs found secrets to (`POST /github/secret-scanning`), on a
+/// listener of its own. Off by default. Its reports spend the
+/// `[leak_reports]` budgets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretScanningConfig {
+    /// Address of its HTTP server. Default: none (off); e.g.
+    /// `"127.0.0.1:8090"`, behind a TLS-terminating proxy GitHub reaches.
+    #[serde(deserialize_with = "values::optional_listen")]
+    pub listen: Option<SocketAddr>,
+    /// GitHub's signing keys, the JSON of
+    /// `https://api.github.com/meta/public_keys/secret_scanning`, read at
+    /// start. Required when `listen` is set. Default: none.
+    pub keys_file: Option<PathBuf>,
 }
 
 /// `[usage]`: Check usage records and last-use times.

@@ -21,6 +21,7 @@ pub mod quota;
 pub mod refusals;
 pub mod routes;
 pub mod secret;
+pub mod secret_scanning;
 pub mod time;
 pub mod token;
 pub mod unused;

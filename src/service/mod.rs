@@ -8,8 +8,9 @@
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
 //! `members`, `check`, `lookup` (cache first, then the store under the fill
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
-//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret), `unused`
-//! (the least-privilege report).
+//! secret's holder: leak reports and RevokeSelf), `secret_scanning` (GitHub's
+//! signed leak reports, through the same intake), `forensics` (LookupSecret),
+//! `unused` (the least-privilege report).
 
 mod authenticate;
 mod authority;
@@ -26,6 +27,7 @@ mod mesh;
 pub mod recorder;
 mod refusals;
 mod reports;
+mod secret_scanning;
 mod unused;
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ mod reflection;
 mod replicas;
 mod revocation;
 mod rotation;
+mod secret_scanning;
 mod shutdown;
 mod store_conformance;
 mod tls;
