@@ -344,9 +344,10 @@ impl Default for LeakReportsConfig {
 
 /// `[secret_scanning]`: the endpoint GitHub's secret-scanning partner
 /// program POSTs found secrets to (`POST /github/secret-scanning`), on a
-/// listener of its own. Off by default. Its reports spend the
-/// `[leak_reports]` budgets.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// listener of its own. Off by default. Only GitHub can sign a report, so
+/// its reports spend a budget of their own, which no anonymous
+/// ReportLeakedSecrets flood can exhaust.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretScanningConfig {
     /// Address of its HTTP server. Default: none (off); e.g.
@@ -357,6 +358,20 @@ pub struct SecretScanningConfig {
     /// `https://api.github.com/meta/public_keys/secret_scanning`, read at
     /// start. Required when `listen` is set. Default: none.
     pub keys_file: Option<PathBuf>,
+    /// Most matches GitHub's signed reports may have looked up per minute,
+    /// at least 1000 (one full report); beyond, a report is refused whole
+    /// (429) and GitHub retries it. Default 20000.
+    pub max_matches_per_minute: u32,
+}
+
+impl Default for SecretScanningConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            keys_file: None,
+            max_matches_per_minute: 20_000,
+        }
+    }
 }
 
 /// `[usage]`: Check usage records and last-use times.

@@ -54,6 +54,12 @@ impl Config {
                 "must be at least leak_reports.max_secrets_per_peer_per_minute",
             ));
         }
+        if self.secret_scanning.max_matches_per_minute < 1000 {
+            return Err(invalid(
+                "secret_scanning.max_matches_per_minute",
+                "must be at least 1000 (one full report)",
+            ));
+        }
         if self.secret_scanning.listen.is_some() && self.secret_scanning.keys_file.is_none() {
             return Err(invalid(
                 "secret_scanning.keys_file",
@@ -244,6 +250,7 @@ impl Config {
                 per_peer: self.leak_reports.max_secrets_per_peer_per_minute,
                 total: self.leak_reports.max_secrets_per_minute,
             },
+            signed_intake: self.secret_scanning.max_matches_per_minute,
             membership: MembershipPolicy {
                 required: self.membership.required,
             },

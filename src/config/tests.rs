@@ -36,6 +36,10 @@ fn leak_report_budgets_below_one_full_report_are_refused_by_name() {
             "[leak_reports]\nmax_secrets_per_minute = 1999\n",
             "leak_reports.max_secrets_per_minute",
         ),
+        (
+            "[secret_scanning]\nmax_matches_per_minute = 999\n",
+            "secret_scanning.max_matches_per_minute",
+        ),
     ] {
         let error = Config::from_toml(toml)
             .unwrap()

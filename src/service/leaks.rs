@@ -13,7 +13,7 @@ use crate::domain::{
     authz::{self, Verdict},
     caller::{Caller, Method},
     ids::{EventId, TokenId},
-    leaks::{LeakSource, Tally, sort_reported},
+    leaks::{IntakeBudget, LeakSource, Tally, sort_reported},
     pagination::DEFAULT_PAGE_SIZE,
     secret,
     time::Timestamp,
@@ -199,10 +199,16 @@ impl TokenAuthority {
         peer: Option<SocketAddr>,
         secrets: usize,
     ) -> Result<(), Error> {
-        let secrets = u32::try_from(secrets).unwrap_or(u32::MAX);
-        self.leak_intake
-            .take(peer, secrets, Timestamp::now())
-            .map_err(|exhausted| Error::resource_exhausted(exhausted.message().into()))
+        spend(&self.leak_intake, peer, secrets)
+    }
+
+    /// Spends GitHub's own budget (see `TokenAuthority::signed_intake`).
+    pub(super) fn spend_signed_intake(
+        &self,
+        peer: Option<SocketAddr>,
+        matches: usize,
+    ) -> Result<(), Error> {
+        spend(&self.signed_intake, peer, matches)
     }
 
     /// The id and revocation time of the token `presented` names, if that
@@ -274,6 +280,14 @@ fn unusable_message(reason: Reason) -> &'static str {
         Reason::Expired => "the token has expired",
         _ => "the token is not known",
     }
+}
+
+/// Spends `secrets` of `budget` for `peer`, or refuses the whole report.
+fn spend(budget: &IntakeBudget, peer: Option<SocketAddr>, secrets: usize) -> Result<(), Error> {
+    let secrets = u32::try_from(secrets).unwrap_or(u32::MAX);
+    budget
+        .take(peer, secrets, Timestamp::now())
+        .map_err(|exhausted| Error::resource_exhausted(exhausted.message().into()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! GitHub's secret-scanning reports, once their signature is verified (the
 //! HTTP face, `api::secret_scanning`, does that): the same intake as
-//! ReportLeakedSecrets (`leaks::sort_reported`, the same budgets, each
-//! secret revoked by [`TokenAuthority::revoke_leaked`]), answered per match,
+//! ReportLeakedSecrets (`leaks::sort_reported`, each secret revoked by
+//! [`TokenAuthority::revoke_leaked`]) but a budget of its own (an anonymous
+//! flood must not silence GitHub's reports), answered per match,
 //! since only GitHub, which holds the secrets anyway, can sign a report.
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use crate::domain::{
 impl TokenAuthority {
     /// Revokes every live token the matches name, and labels each match:
     /// `true_positive` when its token is now revoked. Refuses the whole
-    /// report, before any lookup, when it is over the leak-report budgets.
+    /// report, before any lookup, when it is over GitHub's budget.
     pub async fn answer_secret_scanning(
         &self,
         matches: &[ReportedMatch],
@@ -28,7 +29,7 @@ impl TokenAuthority {
     ) -> Result<Vec<Labelled>, Error> {
         let tokens: Vec<&str> = matches.iter().map(|m| m.token.as_str()).collect();
         let (well_formed, malformed) = sort_reported(&tokens)?;
-        self.spend_intake(origin.peer, tokens.len())?;
+        self.spend_signed_intake(origin.peer, tokens.len())?;
         // The url a secret is audited with: that of its first match.
         let mut url_of: HashMap<&str, &str> = HashMap::with_capacity(matches.len());
         for reported in matches {

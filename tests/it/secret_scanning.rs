@@ -20,9 +20,10 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tokenauth::{
     domain::{secret::Secret, token::TokenKind},
-    proto::{AuditAction, ListAuditEventsRequest, Reason},
+    proto::{AuditAction, ListAuditEventsRequest, Reason, ReportLeakedSecretsRequest},
 };
 use tokio::io::AsyncWriteExt as _;
+use tonic::Code;
 
 use crate::{
     docs::{markdown::examples, walkthrough::compare},
@@ -298,8 +299,8 @@ async fn an_unsigned_or_badly_signed_report_is_refused_and_revokes_nothing() {
 async fn oversized_and_flooding_reports_are_refused_whole() {
     let github = GitHub::new("key-1");
     let (server, _keys) = start(&github, |config| {
-        // One full report per minute from one network: the least accepted.
-        config.leak_reports.max_secrets_per_peer_per_minute = 1000;
+        // One full report of GitHub's per minute: the least accepted.
+        config.secret_scanning.max_matches_per_minute = 1000;
     })
     .await;
     let addr = server.secret_scanning_addr().unwrap();
@@ -337,8 +338,8 @@ async fn oversized_and_flooding_reports_are_refused_whole() {
     assert_eq!(metric(&server, &refusals("too_many_matches")).await, 1);
     assert_eq!(metric(&server, &refusals("field_too_long")).await, 1);
 
-    // The leak-report budget: a full report of malformed secrets spends it
-    // (they are counted, never looked up), and the next is refused whole.
+    // GitHub's budget: a full report of malformed secrets spends it (they
+    // are counted, never looked up), and the next is refused whole.
     // Sent until refused, in case a minute ends in between.
     let junk = report(&vec!["tksat_x"; 1000]);
     let mut refused = false;
@@ -361,6 +362,55 @@ async fn oversized_and_flooding_reports_are_refused_whole() {
         "nothing revoked"
     );
     assert_eq!(metric(&server, &refusals("rate_limited")).await, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_anonymous_flood_of_leak_reports_does_not_silence_githubs() {
+    let github = GitHub::new("key-1");
+    let (server, _keys) = start(&github, |config| {
+        // The anonymous intake at its least: one full report a minute.
+        config.leak_reports.max_secrets_per_peer_per_minute = 1000;
+        config.leak_reports.max_secrets_per_minute = 1000;
+    })
+    .await;
+    let addr = server.secret_scanning_addr().unwrap();
+    let live = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let junk = ReportLeakedSecretsRequest {
+        secrets: vec!["tksat_x".to_owned(); 1000],
+        source: "flood".into(),
+        ..Default::default()
+    };
+    // Spend everyone's ReportLeakedSecrets budget; then GitHub's report is
+    // still taken, while the anonymous intake is still refused (tried again
+    // should a minute end in between).
+    let mut shown = false;
+    for _ in 0..3 {
+        let mut spent = false;
+        for _ in 0..3 {
+            match server.tokens().report_leaked_secrets(junk.clone()).await {
+                Ok(_) => {}
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    spent = true;
+                    break;
+                }
+            }
+        }
+        assert!(spent, "the anonymous budget is never spent");
+        let body = report(&[&live.secret]);
+        let (status, answer) = post(addr, &github.headers(&body), body).await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer.contains("true_positive"), "{answer}");
+        let still = server.tokens().report_leaked_secrets(junk.clone()).await;
+        if still.is_err_and(|status| status.code() == Code::ResourceExhausted) {
+            shown = true;
+            break;
+        }
+    }
+    assert!(shown, "a minute ended between every attempt");
+    let after = check(&server, &live.secret, "scim:read", "org-1", "").await;
+    assert_eq!(after.reason, Reason::Revoked as i32);
     server.stop().await;
 }
 
