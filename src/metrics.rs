@@ -119,6 +119,7 @@ pub struct Metrics {
     rpc_calls: opentelemetry::metrics::Counter<u64>,
     ext_authz_denials: opentelemetry::metrics::Counter<u64>,
     ext_authz_shed: opentelemetry::metrics::Counter<u64>,
+    client_addresses_dropped: opentelemetry::metrics::Counter<u64>,
     rpc_names: RpcNames,
 }
 
@@ -203,6 +204,12 @@ impl Metrics {
                     "ext_authz requests refused (RESOURCE_EXHAUSTED) because requests in flight held ext_authz.max_in_flight_bytes",
                 )
                 .build(),
+            client_addresses_dropped: meter
+                .u64_counter("tokenauth.client_addresses.dropped")
+                .with_description(
+                    "Client addresses of Checks not kept because the tokens with addresses waiting to be written filled their map",
+                )
+                .build(),
             rpc_names: RpcNames::served()?,
             provider,
             registry,
@@ -272,6 +279,11 @@ impl Metrics {
     /// Counts an ext_authz request refused for want of in-flight bytes.
     pub fn record_ext_authz_shed(&self) {
         self.ext_authz_shed.add(1, &[]);
+    }
+
+    /// Counts a Check's client address that the recorder could not keep.
+    pub fn record_client_address_dropped(&self) {
+        self.client_addresses_dropped.add(1, &[]);
     }
 
     pub fn set_token_counts(&self, counts: TokenCounts) {

@@ -471,6 +471,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                         permission: "scim:read".into(),
                         org_id: "org-1".into(),
                         workspace_id: String::new(),
+                        ..Default::default()
                     })
                     .await;
                 let allowed = match outcome {
@@ -549,6 +550,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await;
         match outcome {
@@ -578,6 +580,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await;
         if outcome.is_ok_and(|r| r.into_inner().allowed) {
