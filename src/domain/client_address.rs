@@ -65,7 +65,7 @@ impl RecentAddresses {
             ),
         }
         self.entries
-            .sort_by(|a, b| b.last_seen_at.cmp(&a.last_seen_at));
+            .sort_by_key(|e| std::cmp::Reverse(e.last_seen_at));
         self.entries.truncate(KEPT);
     }
 
