@@ -17,8 +17,9 @@ pub const KEPT: usize = 5;
 pub const MAX_ADDRESS_BYTES: usize = 45;
 
 /// Most tokens whose client addresses a replica holds in memory until
-/// they are written: ~25 MB at ~250 bytes each; past it a Check's address
-/// is dropped (and counted), never waited for.
+/// they are written, by default (`usage.max_pending_client_addresses`):
+/// ~25 MB at ~250 bytes each; past it a Check's address is dropped (and
+/// counted), never waited for.
 pub const DEFAULT_MAX_PENDING_TOKENS: usize = 100_000;
 
 /// One address and when a Check last came from it.

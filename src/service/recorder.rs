@@ -211,9 +211,9 @@ impl Recorder {
             *slot = (*slot).max(now);
         }
         let noted = match client {
-            // Both asked, so that the tag follows the address even in a
-            // second already touched.
-            Some(address) if token.moved_to(address) | touched => {
+            // `moved_to` first, so that the tag follows the address even
+            // in a second that was touched already.
+            Some(address) if token.moved_to(address) || touched => {
                 self.note_address(id, address, now)
             }
             _ => AddressNoted::Kept,
@@ -406,7 +406,7 @@ impl Recorder {
             tracing::warn!(
                 dropped,
                 "client addresses of Checks were not kept: the tokens with addresses waiting \
-                 to be written filled their map"
+                 to be written reached usage.max_pending_client_addresses"
             );
         }
         let seen = self.addresses.take();

@@ -271,3 +271,43 @@ async fn a_malformed_client_address_is_refused_and_decides_nothing() {
     assert!(token.last_used_at.is_none());
     assert!(token.client_addresses.is_empty());
 }
+
+/// Addresses wait in memory for a bounded number of tokens (here one per
+/// shard of the recorder, sixteen in all): a Check of a token past the
+/// bound is decided as ever, keeps no address, and is counted.
+#[tokio::test]
+async fn a_flood_of_tokens_keeps_addresses_within_the_bound_and_counts_the_rest() {
+    let server = TestServer::start_with(|config| {
+        config.usage.flush_interval = Duration::from_secs(3600);
+        config.usage.max_pending_client_addresses = 1;
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    const TOKENS: usize = 40;
+    let mut issued = Vec::new();
+    for _ in 0..TOKENS {
+        issued.push(issue(&server, workspace_token("org-1", "ws-1", &["test_api:run"])).await);
+    }
+    let mut check = server.check();
+    for token in &issued {
+        let decided = check
+            .check(check_from(&token.secret, "198.51.100.77"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(decided.allowed);
+    }
+    let mut kept = 0;
+    for token in &issued {
+        let shown = get(&server, &id_of(token)).await;
+        assert!(shown.last_used_at.is_some(), "every Check was noted");
+        kept += usize::from(!shown.client_addresses.is_empty());
+    }
+    assert!((1..=16).contains(&kept), "{kept}");
+    let body = crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+    let expected = format!("tokenauth_client_addresses_dropped_total {}", TOKENS - kept);
+    assert!(
+        body.lines().any(|line| line == expected),
+        "missing {expected}:\n{body}"
+    );
+}
