@@ -8,7 +8,7 @@ pub mod check;
 pub(crate) mod convert;
 pub mod ext_authz;
 pub mod ext_authz_budget;
-mod members;
+pub(crate) mod members;
 pub mod request_context;
 pub mod status;
 pub mod tokens;

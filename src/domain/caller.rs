@@ -58,6 +58,7 @@ pub enum Method {
     RemoveMember,
     GetMember,
     ListMembers,
+    ReportUnusedPermissions,
 }
 
 impl Method {
@@ -80,6 +81,7 @@ impl Method {
             Method::RemoveMember => "RemoveMember",
             Method::GetMember => "GetMember",
             Method::ListMembers => "ListMembers",
+            Method::ReportUnusedPermissions => "ReportUnusedPermissions",
         }
     }
 

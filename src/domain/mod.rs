@@ -24,6 +24,7 @@ pub mod routes;
 pub mod secret;
 pub mod time;
 pub mod token;
+pub mod unused;
 pub mod usage;
 
 /// Every rule a request can break. Wrapped by `service::Error`, and turned

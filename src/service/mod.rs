@@ -8,7 +8,8 @@
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
 //! `members`, `check`, `lookup` (cache first, then the store under the fill
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
-//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
+//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret), `unused`
+//! (the least-privilege report).
 
 mod authenticate;
 mod authority;
@@ -25,6 +26,7 @@ mod mesh;
 pub mod recorder;
 mod refusals;
 mod reports;
+mod unused;
 
 #[cfg(test)]
 mod fixture;
@@ -37,4 +39,5 @@ pub use self::{
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,
+    unused::{TokenUnused, UnusedReport},
 };

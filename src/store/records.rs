@@ -156,7 +156,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 17] = [
+const METHODS: [Method; 18] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -174,6 +174,7 @@ const METHODS: [Method; 17] = [
     Method::RemoveMember,
     Method::GetMember,
     Method::ListMembers,
+    Method::ReportUnusedPermissions,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

@@ -48,4 +48,5 @@ mod store_conformance;
 mod tls;
 mod tools;
 mod traces;
+mod unused;
 mod usage;
