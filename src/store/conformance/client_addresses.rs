@@ -1,6 +1,7 @@
 //! The store contract's client-address case (see `conformance`): what is
-//! recorded is merged into what is stored, per token, and a token keeps
-//! only its latest `client_address::KEPT` distinct addresses.
+//! recorded is merged into what is stored, per token (concurrent writers
+//! included), and a token keeps only its latest `client_address::KEPT`
+//! distinct addresses.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -77,4 +78,23 @@ pub async fn client_addresses_are_merged_per_token_and_bounded(store: &dyn Store
     let kept = listed(&store.client_addresses(two.id).await.unwrap());
     let expected: Vec<(String, i64)> = flood.iter().rev().take(KEPT).cloned().collect();
     assert_eq!(kept, expected);
+
+    // Two writers (replicas flushing) at once, on a token with no row yet:
+    // each one's addresses are merged, neither overwrites the other's.
+    let three = record(org, 3);
+    insert(store, &three, 3).await;
+    let (a, b) = (
+        [(three.id, seen(&[("192.0.2.10", 40)]))],
+        [(three.id, seen(&[("192.0.2.20", 41)]))],
+    );
+    let (first, second) = tokio::join!(
+        store.record_client_addresses(&a),
+        store.record_client_addresses(&b)
+    );
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(
+        listed(&store.client_addresses(three.id).await.unwrap()),
+        vec![("192.0.2.20".into(), 41), ("192.0.2.10".into(), 40)]
+    );
 }
