@@ -180,6 +180,7 @@ async fn main() {
                     permission: "test_api:run".into(),
                     org_id: "org-bench".into(),
                     workspace_id: "ws-1".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -236,6 +237,7 @@ async fn sustained_load(
                             permission: "test_api:run".into(),
                             org_id: "org-bench".into(),
                             workspace_id: "ws-1".into(),
+                            ..Default::default()
                         })
                         .await
                         .unwrap();

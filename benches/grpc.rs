@@ -136,6 +136,7 @@ fn check_request(token: &str) -> CheckRequest {
         permission: "test_api:run".into(),
         org_id: "org-bench".into(),
         workspace_id: "ws-1".into(),
+        ..Default::default()
     }
 }
 

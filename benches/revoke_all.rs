@@ -152,6 +152,7 @@ async fn check_one(channel: &Channel, secret: &str) -> Duration {
             permission: "test_api:run".into(),
             org_id: "org-b".into(),
             workspace_id: "ws-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -121,6 +121,7 @@ pub struct Metrics {
     ext_authz_shed: opentelemetry::metrics::Counter<u64>,
     secret_scanning_refusals: opentelemetry::metrics::Counter<u64>,
     secret_scanning_tokens: opentelemetry::metrics::Counter<u64>,
+    client_addresses_dropped: opentelemetry::metrics::Counter<u64>,
     rpc_names: RpcNames,
 }
 
@@ -217,6 +218,12 @@ impl Metrics {
                     "Matches of answered GitHub secret-scanning reports, by label (true_positive: now revoked)",
                 )
                 .build(),
+            client_addresses_dropped: meter
+                .u64_counter("tokenauth.client_addresses.dropped")
+                .with_description(
+                    "Client addresses of Checks not kept because the tokens with addresses waiting to be written filled their map",
+                )
+                .build(),
             rpc_names: RpcNames::served()?,
             provider,
             registry,
@@ -299,6 +306,11 @@ impl Metrics {
     pub fn record_secret_scanning_tokens(&self, label: &'static str, count: u64) {
         self.secret_scanning_tokens
             .add(count, &[KeyValue::new("label", label)]);
+    }
+
+    /// Counts a Check's client address that the recorder could not keep.
+    pub fn record_client_address_dropped(&self) {
+        self.client_addresses_dropped.add(1, &[]);
     }
 
     pub fn set_token_counts(&self, counts: TokenCounts) {

@@ -123,6 +123,7 @@ mod tests {
             permission: "scim:read".to_owned(),
             org_id: "org".to_owned(),
             workspace_id: String::new(),
+            ..Default::default()
         };
         let report = ReportLeakedSecretsRequest {
             secrets: vec![secret.to_owned()],

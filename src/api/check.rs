@@ -10,6 +10,7 @@ use super::{
 };
 use crate::{
     domain::{
+        client_address::parse_reported,
         explain::{denial_detail, required_permission},
         token::{CheckQuery, validate_check_query},
     },
@@ -58,7 +59,7 @@ impl check_service_server::CheckService for CheckApi {
         &self,
         request: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
-        let origin = request_context::check_origin(&request);
+        let mut origin = request_context::check_origin(&request);
         let message = request.get_ref();
         let query = validate_check_query(
             self.service.catalogue(),
@@ -66,6 +67,7 @@ impl check_service_server::CheckService for CheckApi {
             &message.org_id,
             &message.workspace_id,
         )?;
+        origin.client = parse_reported("client_address", &message.client_address)?;
         let decision = self.service.check(&message.token, &query, &origin).await?;
         Ok(Response::new(decision_to_proto(&decision, &query)))
     }

@@ -387,6 +387,15 @@ impl From<TokenView> for proto::Token {
             revoked_at: record.revoked_at.map(timestamp_to_proto),
             hint,
             old_secret_expires_at,
+            client_addresses: view
+                .client_addresses
+                .entries()
+                .iter()
+                .map(|entry| proto::ClientAddress {
+                    address: entry.address.to_string(),
+                    last_seen_at: Some(timestamp_to_proto(entry.last_seen_at)),
+                })
+                .collect(),
         }
     }
 }

@@ -289,12 +289,16 @@ impl Authorization for ExtAuthzApi {
     ) -> Result<Response<CheckResponse>, Status> {
         // Who called us (Envoy) and its call's request id, read before the
         // message is taken apart.
-        let CheckOrigin { origin, request_id } = super::request_context::check_origin(&request);
+        let CheckOrigin {
+            origin, request_id, ..
+        } = super::request_context::check_origin(&request);
         let request_id = request_id.map(str::to_owned);
         let http = http_request(request.into_inner());
         let connection = CheckOrigin {
             origin,
             request_id: request_id.as_deref(),
+            // The client is the one Envoy reports in the message.
+            client: None,
         };
         let verdict = self.authz.authorize(http.as_ref(), &connection).await?;
         if let MeshVerdict::Deny { denial, .. } = &verdict {

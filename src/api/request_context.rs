@@ -53,6 +53,7 @@ pub fn check_origin<T>(request: &tonic::Request<T>) -> CheckOrigin<'_> {
             .get(HEADER)
             .and_then(|value| value.to_str().ok())
             .filter(|id| is_valid(id)),
+        client: None,
     }
 }
 

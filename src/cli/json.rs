@@ -126,6 +126,19 @@ pub fn token(token: &Token) -> Value {
         .time("revokedAt", token.revoked_at.as_ref())
         .string("hint", &token.hint)
         .time("oldSecretExpiresAt", token.old_secret_expires_at.as_ref())
+        .list(
+            "clientAddresses",
+            token
+                .client_addresses
+                .iter()
+                .map(|address| {
+                    Object::new()
+                        .string("address", &address.address)
+                        .time("lastSeenAt", address.last_seen_at.as_ref())
+                        .build()
+                })
+                .collect(),
+        )
         .build()
 }
 
@@ -235,6 +248,29 @@ mod tests {
         assert_eq!(
             value,
             serde_json::json!({"id": "tok_1", "kind": "SERVICE", "permissions": ["scim:read"]})
+        );
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_the_mapping_writes_them() {
+        let used = Token {
+            client_addresses: vec![tokenauth::proto::ClientAddress {
+                address: "203.0.113.7".into(),
+                last_seen_at: Some(prost_types::Timestamp {
+                    seconds: 1_796_297_646,
+                    nanos: 0,
+                }),
+            }],
+            ..Token::default()
+        };
+        assert_eq!(
+            token(&used)["clientAddresses"],
+            serde_json::json!([{"address": "203.0.113.7", "lastSeenAt": "2026-12-03T11:34:06Z"}])
+        );
+        assert!(
+            self::token(&Token::default())
+                .get("clientAddresses")
+                .is_none()
         );
     }
 }

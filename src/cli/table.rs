@@ -156,6 +156,11 @@ pub fn token_detail(
     if let Some(at) = old_secret_until.or(token.old_secret_expires_at.as_ref()) {
         lines.push(("old secret until", when(Some(at), now, "")));
     }
+    // Newest first, one line each, as the service keeps them.
+    for client in &token.client_addresses {
+        let seen = when(client.last_seen_at.as_ref(), now, "?");
+        lines.push(("used from", format!("{} {seen}", client.address)));
+    }
     lines
         .iter()
         .map(|(key, value)| format!("{key:<17} {value}\n"))
@@ -321,5 +326,31 @@ mod tests {
             ..expired
         };
         assert_eq!(status(&revoked, None, now), "revoked");
+    }
+
+    #[test]
+    fn a_token_shows_where_it_was_used_from_newest_first() {
+        let now = 1_796_297_646;
+        let seen = |address: &str, ago: i64| tokenauth::proto::ClientAddress {
+            address: address.into(),
+            last_seen_at: Some(at(now - ago)),
+        };
+        let token = Token {
+            client_addresses: vec![seen("203.0.113.7", 42), seen("2001:db8::1", 3 * 3600)],
+            ..Token::default()
+        };
+        let detail = token_detail(&token, None, now);
+        let used_from: Vec<&str> = detail
+            .lines()
+            .filter(|line| line.starts_with("used from"))
+            .collect();
+        assert_eq!(
+            used_from,
+            [
+                "used from         203.0.113.7 2026-12-03 11:33Z (42s ago)",
+                "used from         2001:db8::1 2026-12-03 08:34Z (3h ago)",
+            ]
+        );
+        assert!(!token_detail(&Token::default(), None, now).contains("used from"));
     }
 }

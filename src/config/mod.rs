@@ -405,6 +405,11 @@ pub struct UsageConfig {
     /// wait, and a Check that would need one more is not counted (and
     /// logged). About 100 bytes each. Default 1000000.
     pub max_pending_counts: usize,
+    /// Most tokens whose Checks' client addresses are held in memory until
+    /// written (each token's latest five); an address of one more token is
+    /// not kept (and counted in `tokenauth_client_addresses_dropped_total`).
+    /// About 250 bytes each. Default 100000.
+    pub max_pending_client_addresses: usize,
 }
 
 impl Default for UsageConfig {
@@ -417,6 +422,7 @@ impl Default for UsageConfig {
             upkeep_interval: Duration::from_secs(300),
             upkeep_batch: 500,
             max_pending_counts: crate::domain::usage::DEFAULT_MAX_PENDING_COUNTS,
+            max_pending_client_addresses: crate::domain::client_address::DEFAULT_MAX_PENDING_TOKENS,
         }
     }
 }

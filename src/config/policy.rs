@@ -121,6 +121,12 @@ impl Config {
         if self.usage.max_pending_counts == 0 {
             return Err(invalid("usage.max_pending_counts", "must be at least 1"));
         }
+        if self.usage.max_pending_client_addresses == 0 {
+            return Err(invalid(
+                "usage.max_pending_client_addresses",
+                "must be at least 1",
+            ));
+        }
         if self.limits.max_request_bytes < 1024 {
             return Err(invalid("limits.max_request_bytes", "must be at least 1024"));
         }

@@ -22,6 +22,18 @@ fn a_sled_cache_too_small_to_open_is_refused_by_name() {
 }
 
 #[test]
+fn memory_bounds_of_zero_are_refused_by_name() {
+    for field in ["max_pending_counts", "max_pending_client_addresses"] {
+        let error = Config::from_toml(&format!("[usage]\n{field} = 0\n"))
+            .unwrap()
+            .policy()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&format!("usage.{field}")), "{error}");
+    }
+}
+
+#[test]
 fn leak_report_budgets_below_one_full_report_are_refused_by_name() {
     for (toml, field) in [
         (

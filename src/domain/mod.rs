@@ -9,6 +9,7 @@ pub mod audit;
 pub mod authz;
 pub mod caller;
 pub mod changes;
+pub mod client_address;
 pub mod explain;
 pub mod ext_authz;
 pub mod ids;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{
     Error,
+    client_address::RecentAddresses,
     ids::{TokenId, optional_id, require_id, validate_name},
     permissions::{Catalogue, Level, grants, validate_grants},
     secret::Digest,
@@ -101,6 +102,8 @@ impl TokenRecord {
 pub struct TokenView {
     pub record: TokenRecord,
     pub last_used_at: Option<Timestamp>,
+    /// Where it was used from lately (left empty by listings).
+    pub client_addresses: RecentAddresses,
 }
 
 /// The service's rules on token lifetimes.

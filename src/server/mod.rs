@@ -120,7 +120,8 @@ pub async fn start_with_store(
     let keyring = pepper::open(&config.pepper_path(), store.as_ref(), !shared).await?;
     let recorder = Arc::new(
         Recorder::new(policy.catalogue.clone(), policy.refusal_limits)
-            .with_max_pending_counts(config.usage.max_pending_counts),
+            .with_max_pending_counts(config.usage.max_pending_counts)
+            .with_max_pending_address_tokens(config.usage.max_pending_client_addresses),
     );
     let cache_settings = CacheSettings {
         capacity: config.cache.capacity,

@@ -8,6 +8,7 @@ use super::{cache::TokenCache, error::Error, recorder::Recorder};
 use crate::{
     domain::{
         authz::Roles,
+        client_address::RecentAddresses,
         ids::TokenId,
         leaks::{IntakeBudget, IntakeLimits},
         member::MembershipPolicy,
@@ -112,9 +113,15 @@ impl TokenAuthority {
             .ok_or_else(|| Error::not_found(id.to_string()))
     }
 
+    /// The token as one call shows it: its last use and client addresses,
+    /// stored and noted since, so that a Check is visible at once.
     pub(super) async fn view(&self, record: TokenRecord) -> Result<TokenView, Error> {
         let stored = self.store.last_used(&[record.id]).await?.pop().flatten();
-        Ok(self.merge_last_used(record, stored))
+        let mut addresses = self.store.client_addresses(record.id).await?;
+        addresses.merge(&self.recorder.pending_addresses(record.id));
+        let mut view = self.merge_last_used(record, stored);
+        view.client_addresses = addresses;
+        Ok(view)
     }
 
     pub(super) fn merge_last_used(
@@ -126,6 +133,7 @@ impl TokenAuthority {
         TokenView {
             last_used_at: stored.max(pending),
             record,
+            client_addresses: RecentAddresses::default(),
         }
     }
 }

@@ -27,9 +27,11 @@
 //! for those of its organization ([`TokenCache::settled`]).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, hash_map::RandomState},
+    hash::BuildHasher as _,
+    net::IpAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -48,12 +50,15 @@ use crate::{
 /// Check on a cached personal token reads no store for the role; a change
 /// of the member forgets the token, as a revocation does), and the last
 /// second a Check touched it (so that last-use tracking does its
-/// bookkeeping at most once per token per second).
+/// bookkeeping at most once per token per second), and a tag of the client
+/// address the last Check came from (so that noting the address costs a
+/// compare while it does not change).
 #[derive(Debug)]
 pub struct CachedToken {
     pub record: TokenRecord,
     pub member: MemberRole,
     last_touch_secs: AtomicI64,
+    last_address: AtomicU64,
 }
 
 impl CachedToken {
@@ -69,6 +74,7 @@ impl CachedToken {
             record,
             member,
             last_touch_secs: AtomicI64::new(i64::MIN),
+            last_address: AtomicU64::new(0),
         }
     }
 
@@ -77,6 +83,22 @@ impl CachedToken {
         self.last_touch_secs.load(Ordering::Relaxed) != secs
             && self.last_touch_secs.swap(secs, Ordering::Relaxed) != secs
     }
+
+    /// Marks a Check from `address`; true when the previous one came from
+    /// elsewhere (or there was none).
+    pub fn moved_to(&self, address: IpAddr) -> bool {
+        let tag = address_tag(address);
+        self.last_address.load(Ordering::Relaxed) != tag
+            && self.last_address.swap(tag, Ordering::Relaxed) != tag
+    }
+}
+
+/// A tag of `address` under a key made up per process: the native Check's
+/// caller chooses the address freely, and must not be able to aim one at
+/// another's tag (which would keep it from being noted within a second).
+fn address_tag(address: IpAddr) -> u64 {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new).hash_one(address)
 }
 
 /// Sizing of the caches.

@@ -3,10 +3,11 @@
 //! is counted and noted for usage; the use of a secret retired by rotation
 //! is audited off the Check path.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use super::{
-    authority::TokenAuthority, cache::CachedToken, error::Error, refusals::append_refusal,
+    authority::TokenAuthority, cache::CachedToken, error::Error, recorder::AddressNoted,
+    refusals::append_refusal,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditOutcome, Origin},
@@ -47,6 +48,10 @@ pub struct CheckOrigin<'a> {
     pub origin: Origin,
     /// A request id that passed `ids::is_request_id`.
     pub request_id: Option<&'a str>,
+    /// The client the Check was made for, kept among the token's recent
+    /// client addresses: Envoy's source on the mesh path, the caller's
+    /// `client_address` on the native one.
+    pub client: Option<IpAddr>,
 }
 impl TokenAuthority {
     /// Why `presented` cannot be used for anything (malformed, unknown,
@@ -119,8 +124,12 @@ impl TokenAuthority {
         {
             self.report_retired_secret(&token.record, now, origin);
         }
-        self.recorder
-            .note_check(&token, query.permission_index, reason, now);
+        let noted =
+            self.recorder
+                .note_check(&token, query.permission_index, reason, now, origin.client);
+        if noted == AddressNoted::Dropped {
+            self.metrics.record_client_address_dropped();
+        }
         Ok(Decision {
             reason,
             token: Some(token),

@@ -160,6 +160,7 @@ impl TokenAuthority {
             TokenView {
                 record,
                 last_used_at: None,
+                client_addresses: Default::default(),
             },
             secret,
         ))

@@ -125,6 +125,7 @@ impl ExtAuthz {
                 .copied()
                 .filter(|id| is_request_id(id))
                 .or(connection.request_id),
+            client: request.source.map(|source| source.ip()),
         };
         let decision = self.service.check(presented, &query, &origin).await?;
         let identity = decision.token.as_ref().map(|t| Identity::of(&t.record));

@@ -1,6 +1,6 @@
 //! What Checks leave behind, kept without a disk write on the Check path:
-//! each token's last use, and usage counts per (token, permission, decision,
-//! minute). And what refused calls leave behind beyond the events recorded
+//! each token's last use and latest client addresses, and usage counts per
+//! (token, permission, decision, minute). And what refused calls leave behind beyond the events recorded
 //! as they happen: the follow-up events that count alike refusals, by
 //! minute, and refusals deferred to keep them off a reply's timing
 //! (`domain::refusals`, whose budgets live here with them; the recorder
@@ -8,19 +8,21 @@
 //!
 //! A Check adds to in-memory maps (sharded by token, so concurrent Checks
 //! rarely meet on a lock; last use at most once per token per second, see
-//! `CachedToken::touch`). A background task writes what gathered every flush
+//! `CachedToken::touch`; a client address when it differs from the
+//! previous Check's, or once a second, see `CachedToken::moved_to`). A background task writes what gathered every flush
 //! interval, and once more at shutdown. So `last_used_at` and usage lag by up
 //! to one interval, and a crash loses at most the last interval's records,
 //! never a token or a revocation. A minute's follow-ups are written at the
 //! first flush after it ends, and at shutdown.
 
-use std::{collections::HashMap, hash::Hash, sync::Arc, sync::Mutex, time::Duration};
+use std::{collections::HashMap, hash::Hash, net::IpAddr, sync::Arc, sync::Mutex, time::Duration};
 
 use super::{cache::CachedToken, fast_hash::BuildFoldHasher};
 use crate::{
     domain::{
         audit::{AuditEvent, AuditOutcome},
         caller::ActorRef,
+        client_address::{DEFAULT_MAX_PENDING_TOKENS, RecentAddresses},
         ids::TokenId,
         permissions::Catalogue,
         refusals::{Admission, Payer, RefusalLimits, RefusalLog},
@@ -97,7 +99,26 @@ pub struct Recorder {
     /// Check decisions not counted since the last flush because the maps
     /// were full.
     uncounted: std::sync::atomic::AtomicU64,
+    /// Client addresses seen since the last flush, per token.
+    addresses: Sharded<TokenId, RecentAddresses>,
+    /// Most tokens one address shard holds (each with at most
+    /// `client_address::KEPT` addresses, ~250 bytes with the map's).
+    max_pending_addresses_per_shard: usize,
+    /// Client addresses not kept since the last flush because their map
+    /// was full.
+    addresses_dropped: std::sync::atomic::AtomicU64,
     refusals: RefusalLog,
+}
+
+/// Whether [`Recorder::note_check`] kept the Check's client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum AddressNoted {
+    /// Kept, not needed (no address, or the same as a moment ago), or
+    /// already known.
+    Kept,
+    /// Not kept: the addresses waiting to be written filled their map.
+    Dropped,
 }
 
 impl Recorder {
@@ -108,8 +129,19 @@ impl Recorder {
             usage: Sharded::new(),
             max_pending_per_shard: DEFAULT_MAX_PENDING_COUNTS.div_ceil(SHARDS),
             uncounted: std::sync::atomic::AtomicU64::new(0),
+            addresses: Sharded::new(),
+            max_pending_addresses_per_shard: DEFAULT_MAX_PENDING_TOKENS.div_ceil(SHARDS),
+            addresses_dropped: std::sync::atomic::AtomicU64::new(0),
             refusals: RefusalLog::new(refusal_limits),
         }
+    }
+
+    /// Holds client addresses for at most `tokens` tokens in memory between
+    /// two writes (at least one per shard); an address of another token is
+    /// dropped, and counted.
+    pub fn with_max_pending_address_tokens(mut self, tokens: usize) -> Self {
+        self.max_pending_addresses_per_shard = tokens.div_ceil(SHARDS).max(1);
+        self
     }
 
     /// Holds at most `counts` usage counts in memory between two writes
@@ -161,20 +193,31 @@ impl Recorder {
         true
     }
 
-    /// Notes one Check decision on a found token.
+    /// Notes one Check decision on a found token, made for a client at
+    /// `client` when the caller said.
     pub fn note_check(
         &self,
         token: &Arc<CachedToken>,
         permission: u16,
         decision: Reason,
         now: Timestamp,
-    ) {
+        client: Option<IpAddr>,
+    ) -> AddressNoted {
         let id = token.record.id;
-        if token.touch(now.as_secs()) {
+        let touched = token.touch(now.as_secs());
+        if touched {
             let mut shard = self.last_used.shard(id);
             let slot = shard.entry(id).or_insert(now);
             *slot = (*slot).max(now);
         }
+        let noted = match client {
+            // `moved_to` first, so that the tag follows the address even
+            // in a second that was touched already.
+            Some(address) if token.moved_to(address) || touched => {
+                self.note_address(id, address, now)
+            }
+            _ => AddressNoted::Kept,
+        };
         let key = UsageKey {
             token: id,
             permission,
@@ -196,6 +239,21 @@ impl Recorder {
             self.uncounted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        noted
+    }
+
+    fn note_address(&self, id: TokenId, address: IpAddr, now: Timestamp) -> AddressNoted {
+        let mut shard = self.addresses.shard(id);
+        if let Some(recent) = shard.get_mut(&id) {
+            recent.touch(address, now);
+        } else if shard.len() < self.max_pending_addresses_per_shard {
+            shard.entry(id).or_default().touch(address, now);
+        } else {
+            self.addresses_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return AddressNoted::Dropped;
+        }
+        AddressNoted::Kept
     }
 
     /// A use noted but not yet written, if any.
@@ -203,11 +261,22 @@ impl Recorder {
         self.last_used.shard(id).get(&id).copied()
     }
 
+    /// Client addresses noted but not yet written (empty if none).
+    pub fn pending_addresses(&self, id: TokenId) -> RecentAddresses {
+        self.addresses
+            .shard(id)
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Writes everything noted so far; on failure keeps it for the next try.
     pub async fn flush(&self, store: &dyn Store) -> Result<(), StoreError> {
         let refusals = self.flush_follow_ups(store).await;
-        let usage = self.flush_usage(store).await;
-        refusals.and(usage)
+        let addresses = self.flush_addresses(store).await;
+        let wrote_addresses = matches!(addresses, Ok(true));
+        let usage = self.flush_usage(store, wrote_addresses).await;
+        refusals.and(addresses).and(usage)
     }
 
     /// Records the refusals deferred since the last flush, then appends the
@@ -253,7 +322,9 @@ impl Recorder {
         }
     }
 
-    async fn flush_usage(&self, store: &dyn Store) -> Result<(), StoreError> {
+    /// `wrote_before`: this flush wrote something already, which the
+    /// flush of the store at the end must make durable.
+    async fn flush_usage(&self, store: &dyn Store, wrote_before: bool) -> Result<(), StoreError> {
         let uncounted = self.uncounted.swap(0, std::sync::atomic::Ordering::Relaxed);
         if uncounted > 0 {
             tracing::warn!(
@@ -263,7 +334,7 @@ impl Recorder {
             );
         }
         let uses = self.last_used.take();
-        let wrote_uses = !uses.is_empty();
+        let wrote_uses = wrote_before || !uses.is_empty();
         if wrote_uses && let Err(error) = store.record_last_used(&uses).await {
             for (id, at) in uses {
                 let mut shard = self.last_used.shard(id);
@@ -324,6 +395,37 @@ impl Recorder {
         store.durable().await
     }
 
+    /// Writes the client addresses noted so far (made durable with the
+    /// usage that follows); on failure keeps them for the next try. True
+    /// when it wrote some.
+    async fn flush_addresses(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        let dropped = self
+            .addresses_dropped
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "client addresses of Checks were not kept: the tokens with addresses waiting \
+                 to be written reached usage.max_pending_client_addresses"
+            );
+        }
+        let seen = self.addresses.take();
+        if seen.is_empty() {
+            return Ok(false);
+        }
+        if let Err(error) = store.record_client_addresses(&seen).await {
+            for (id, recent) in seen {
+                self.addresses
+                    .shard(id)
+                    .entry(id)
+                    .or_default()
+                    .merge(&recent);
+            }
+            return Err(error);
+        }
+        Ok(true)
+    }
+
     /// Flushes every `interval` until `stop` completes. A flush under way
     /// is never cut short (its records are out of the maps while it runs),
     /// so the caller awaits this and then flushes once more: stopping records
@@ -368,7 +470,7 @@ mod tests {
     use super::*;
     use crate::{
         config::Config,
-        domain::{token::test_record, usage::UsageQuery},
+        domain::{client_address::KEPT, token::test_record, usage::UsageQuery},
         store::sled::SledStore,
     };
 
@@ -392,7 +494,7 @@ mod tests {
         let minutes = 2 * USAGE_RECORDS_PER_WRITE + 7;
         for minute in 0..minutes {
             let at = Timestamp::from_micros(i64::try_from(minute).unwrap() * 60_000_000);
-            recorder.note_check(&token, permission, Reason::Ok, at);
+            let _ = recorder.note_check(&token, permission, Reason::Ok, at, None);
         }
         store.fail_usage_write_after(1);
         assert!(recorder.flush(&store).await.is_err());
@@ -439,9 +541,9 @@ mod tests {
         let recorder = Recorder::new(catalogue, limits).with_max_pending_counts(2 * SHARDS);
         let minute = |m: i64| Timestamp::from_micros(m * 60_000_000);
         for m in 0..1_000 {
-            recorder.note_check(&token, permission, Reason::Ok, minute(m));
+            let _ = recorder.note_check(&token, permission, Reason::Ok, minute(m), None);
         }
-        recorder.note_check(&token, permission, Reason::Ok, minute(1));
+        let _ = recorder.note_check(&token, permission, Reason::Ok, minute(1), None);
         let query = UsageQuery {
             org_id: "org".into(),
             token_id: None,
@@ -458,5 +560,67 @@ mod tests {
             .map(|r| (r.minute.as_micros() / 60_000_000, r.count))
             .collect();
         assert_eq!(counts, vec![(0, 1), (1, 2)]);
+    }
+
+    /// A flood of addresses for one token keeps its latest few; a flood of
+    /// tokens fills the map up to its bound and no further, and what does
+    /// not fit is dropped (and said so), never waited for. What was kept
+    /// is written by the flush.
+    #[tokio::test]
+    async fn client_addresses_wait_within_their_bound_and_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let catalogue = Config::default().policy().unwrap().catalogue;
+        let (_, permission) = catalogue.check_level("test_api:run").unwrap();
+        let limits = RefusalLimits {
+            per_caller: 1,
+            outside: 1,
+        };
+        // One token per shard.
+        let recorder = Recorder::new(catalogue, limits).with_max_pending_address_tokens(SHARDS);
+        let at = |s: i64| Timestamp::from_micros(s * 1_000_000);
+        let address = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        // Tokens 1..=48: three per shard (by the id's last byte).
+        let tokens: Vec<_> = (1..=48u8)
+            .map(|n| Arc::new(CachedToken::new(test_record(n, "org"))))
+            .collect();
+        let first = &tokens[0];
+        // Many addresses within one second: each differs from the last.
+        for n in 0..1_000 {
+            let noted = recorder.note_check(first, permission, Reason::Ok, at(1), Some(address(n)));
+            assert_eq!(noted, AddressNoted::Kept);
+        }
+        let pending = recorder.pending_addresses(first.record.id);
+        let kept: Vec<_> = pending.entries().iter().map(|e| e.address).collect();
+        assert_eq!(kept.len(), KEPT);
+        assert!(kept.contains(&address(999)), "the latest is kept");
+        let mut dropped = 0;
+        for token in &tokens[1..] {
+            let noted = recorder.note_check(token, permission, Reason::Ok, at(2), Some(address(7)));
+            dropped += usize::from(noted == AddressNoted::Dropped);
+        }
+        assert_eq!(dropped, tokens.len() - SHARDS, "one token per shard kept");
+
+        recorder.flush(&store).await.unwrap();
+        let mut written = 0;
+        for token in &tokens {
+            written += usize::from(
+                !store
+                    .client_addresses(token.record.id)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+            );
+        }
+        assert_eq!(written, SHARDS);
+        assert_eq!(
+            store.client_addresses(first.record.id).await.unwrap(),
+            pending
+        );
+        assert!(recorder.pending_addresses(first.record.id).is_empty());
+        // Once written, the map has room again.
+        let late = &tokens[47];
+        let noted = recorder.note_check(late, permission, Reason::Ok, at(3), Some(address(8)));
+        assert_eq!(noted, AddressNoted::Kept);
     }
 }

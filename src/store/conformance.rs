@@ -26,7 +26,10 @@ use crate::domain::{
     usage::{Resolution, UsageQuery, UsageRecord, UsageUpkeep},
 };
 
+mod client_addresses;
 mod members;
+
+pub use self::client_addresses::client_addresses_are_merged_per_token_and_bounded;
 
 pub use self::members::{
     a_role_change_names_the_digests_of_the_members_live_tokens,
@@ -52,6 +55,7 @@ pub const CASES: &[&str] = &[
     "removing_a_member_revokes_their_tokens_with_its_events",
     "an_insert_commits_only_while_its_member_is_as_read",
     "members_are_counted_per_organization_up_to_a_limit",
+    "client_addresses_are_merged_per_token_and_bounded",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -71,6 +75,7 @@ pub async fn run_all(store: &dyn Store) {
     removing_a_member_revokes_their_tokens_with_its_events(store).await;
     an_insert_commits_only_while_its_member_is_as_read(store).await;
     members_are_counted_per_organization_up_to_a_limit(store).await;
+    client_addresses_are_merged_per_token_and_bounded(store).await;
     store.durable().await.unwrap();
 }
 

@@ -29,6 +29,8 @@ pub const BY_ORG: &str = "idx_org";
 pub const BY_WORKSPACE: &str = "idx_org_workspace";
 pub const BY_OWNER: &str = "idx_org_owner";
 pub const LAST_USED: &str = "last_used";
+/// [token id] -> its latest client addresses.
+pub const CLIENT_ADDRESSES: &str = "client_addresses";
 pub const META: &str = "meta";
 /// [org][event id] -> event
 pub const AUDIT: &str = "audit";

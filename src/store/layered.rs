@@ -15,6 +15,7 @@ use super::{
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
+    client_address::RecentAddresses,
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -42,6 +43,8 @@ pub enum Operation {
     UpkeepUsage,
     LastUsed,
     RecordLastUsed,
+    ClientAddresses,
+    RecordClientAddresses,
     PepperChecks,
     AddPepperCheck,
     IsEmpty,
@@ -75,6 +78,8 @@ impl Operation {
             Self::UpkeepUsage => "upkeep_usage",
             Self::LastUsed => "last_used",
             Self::RecordLastUsed => "record_last_used",
+            Self::ClientAddresses => "client_addresses",
+            Self::RecordClientAddresses => "record_client_addresses",
             Self::PepperChecks => "pepper_checks",
             Self::AddPepperCheck => "add_pepper_check",
             Self::IsEmpty => "is_empty",
@@ -262,6 +267,19 @@ impl<H: Hook> Store for Layered<H> {
     }
     async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError> {
         around!(self, RecordLastUsed, self.inner.record_last_used(uses))
+    }
+    async fn client_addresses(&self, id: TokenId) -> Result<RecentAddresses, StoreError> {
+        around!(self, ClientAddresses, self.inner.client_addresses(id))
+    }
+    async fn record_client_addresses(
+        &self,
+        seen: &[(TokenId, RecentAddresses)],
+    ) -> Result<(), StoreError> {
+        around!(
+            self,
+            RecordClientAddresses,
+            self.inner.record_client_addresses(seen)
+        )
     }
     async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {
         around!(self, PepperChecks, self.inner.pepper_checks())

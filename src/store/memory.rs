@@ -28,6 +28,7 @@ use super::{
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
+    client_address::RecentAddresses,
     ids::{EventId, TokenId},
     member::{
         Member, MemberKey, MemberPage, MemberPageRequest, changes, member_page,
@@ -64,6 +65,7 @@ struct State {
     usage_by_org: BTreeMap<Vec<u8>, u64>,
     usage_by_token: BTreeMap<Vec<u8>, u64>,
     last_used: HashMap<[u8; 16], Timestamp>,
+    client_addresses: HashMap<[u8; 16], RecentAddresses>,
     pepper_checks: BTreeMap<u32, [u8; 32]>,
     /// By `keys::member_key`.
     members: BTreeMap<Vec<u8>, Member>,
@@ -614,6 +616,30 @@ impl Store for MemoryStore {
             // Keep the latest: a slow flush must not move last-use backwards.
             let last = state.last_used.entry(id.to_bytes()).or_insert(at);
             *last = (*last).max(at);
+        }
+        Ok(())
+    }
+
+    async fn client_addresses(&self, id: TokenId) -> Result<RecentAddresses, StoreError> {
+        let state = self.state.lock();
+        Ok(state
+            .client_addresses
+            .get(&id.to_bytes())
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn record_client_addresses(
+        &self,
+        seen: &[(TokenId, RecentAddresses)],
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        for (id, addresses) in seen {
+            state
+                .client_addresses
+                .entry(id.to_bytes())
+                .or_default()
+                .merge(addresses);
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use super::{
     StoreError,
     keys::{self, decode_usage_tail, usage_keys},
     postgres::{PostgresStore, schema},
-    records::{decode_member, decode_token, kind_number},
+    records::{decode_client_addresses, decode_member, decode_token, kind_number},
     sled::SledStore,
 };
 use crate::domain::time::Timestamp;
@@ -84,6 +84,12 @@ const TABLES: &[(&str, &str, &[u8], &str)] = &[
         keys::LAST_USED,
         b"",
         schema::READ_BACK_LAST_USED,
+    ),
+    (
+        "client_addresses",
+        keys::CLIENT_ADDRESSES,
+        b"",
+        schema::READ_BACK_CLIENT_ADDRESSES,
     ),
     ("members", keys::MEMBERS, b"", schema::READ_BACK_MEMBERS),
     (
@@ -261,6 +267,16 @@ async fn insert(
                 return Err(corrupt("last-used token id"));
             }
             tx.execute(schema::COPY_LAST_USED, &[&keys, &times]).await?;
+        }
+        "client_addresses" => {
+            if keys.iter().any(|k| k.len() != 16) {
+                return Err(corrupt("client addresses token id"));
+            }
+            for value in &values {
+                decode_client_addresses(value)?;
+            }
+            tx.execute(schema::COPY_CLIENT_ADDRESSES, &[&keys, &values])
+                .await?;
         }
         "members" => {
             let (mut orgs, mut users) = (Vec::new(), Vec::new());

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
+    client_address::RecentAddresses,
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::{QuotaReached, Quotas},
@@ -348,6 +349,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records last-use times (keeping the latest).
     async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> Result<(), StoreError>;
+
+    /// The client addresses token `id` was last used from; empty when
+    /// none were recorded.
+    async fn client_addresses(&self, id: TokenId) -> Result<RecentAddresses, StoreError>;
+
+    /// Adds the addresses seen per token to those recorded (each token
+    /// keeps its latest `client_address::KEPT`, see
+    /// [`RecentAddresses::merge`]). Durable with the next
+    /// [`Store::durable`], like last use.
+    async fn record_client_addresses(
+        &self,
+        seen: &[(TokenId, RecentAddresses)],
+    ) -> Result<(), StoreError>;
 
     /// The check values of the pepper keys this database has digests under.
     async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError>;

@@ -2,6 +2,8 @@
 //! message declared here with prost's derive. Protobuf lets fields be added
 //! later without rewriting old records; the format byte leaves room for more.
 
+use std::net::IpAddr;
+
 use prost::Message;
 
 use super::StoreError;
@@ -11,6 +13,7 @@ use crate::domain::{
         MAX_PEER_BYTES, PeerSource, clip,
     },
     caller::{ActorRef, Method, OrgRole},
+    client_address::{ClientAddress, RecentAddresses},
     ids::{EventId, TokenId},
     member::Member,
     secret::Digest,
@@ -119,6 +122,22 @@ struct MemberV1 {
     role: u32,
     #[prost(int64, tag = "4")]
     updated_at: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ClientAddressV1 {
+    /// 4 bytes (IPv4) or 16 (IPv6).
+    #[prost(bytes = "vec", tag = "1")]
+    address: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    last_seen_at: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ClientAddressesV1 {
+    /// Newest first.
+    #[prost(message, repeated, tag = "1")]
+    entries: Vec<ClientAddressV1>,
 }
 
 // Stored numbers of enums; never renumber.
@@ -353,6 +372,53 @@ pub fn decode_member(bytes: &[u8]) -> Result<Member, StoreError> {
     })
 }
 
+pub fn encode_client_addresses(addresses: &RecentAddresses) -> Vec<u8> {
+    let message = ClientAddressesV1 {
+        entries: addresses
+            .entries()
+            .iter()
+            .map(|entry| ClientAddressV1 {
+                address: match entry.address {
+                    IpAddr::V4(v4) => v4.octets().to_vec(),
+                    IpAddr::V6(v6) => v6.octets().to_vec(),
+                },
+                last_seen_at: entry.last_seen_at.as_micros(),
+            })
+            .collect(),
+    };
+    let mut out = Vec::with_capacity(1 + message.encoded_len());
+    out.push(FORMAT_V1);
+    message.encode_raw(&mut out);
+    out
+}
+
+pub fn decode_client_addresses(bytes: &[u8]) -> Result<RecentAddresses, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("client addresses: {what}"));
+    let (&format, body) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+    if format != FORMAT_V1 {
+        return Err(corrupt(&format!("unknown format {format}")));
+    }
+    let message = ClientAddressesV1::decode(body).map_err(|e| corrupt(&e.to_string()))?;
+    let entries = message
+        .entries
+        .into_iter()
+        .map(|entry| {
+            let address = match entry.address.len() {
+                4 => <[u8; 4]>::try_from(entry.address.as_slice()).map(IpAddr::from),
+                _ => <[u8; 16]>::try_from(entry.address.as_slice()).map(IpAddr::from),
+            }
+            .map_err(|_| corrupt("address length"))?;
+            Ok(ClientAddress {
+                address,
+                last_seen_at: Timestamp::from_micros(entry.last_seen_at),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // Normalised again: a damaged or foreign row cannot hold more than the
+    // bound or the same address twice.
+    Ok(RecentAddresses::from_entries(entries))
+}
+
 pub fn encode_token(record: &TokenRecord) -> Vec<u8> {
     let message = TokenV1 {
         id: record.id.to_bytes().to_vec(),
@@ -571,6 +637,26 @@ mod tests {
         let mut bytes = vec![FORMAT_V1];
         bad_role.encode_raw(&mut bytes);
         assert!(decode_member(&bytes).is_err());
+    }
+
+    #[test]
+    fn client_addresses_round_trip_and_damage_is_reported() {
+        let mut addresses = RecentAddresses::default();
+        addresses.touch("192.0.2.1".parse().unwrap(), Timestamp::from_micros(5));
+        addresses.touch("2001:db8::7".parse().unwrap(), Timestamp::from_micros(9));
+        let bytes = encode_client_addresses(&addresses);
+        assert_eq!(decode_client_addresses(&bytes).unwrap(), addresses);
+        assert!(decode_client_addresses(&[]).is_err());
+        assert!(decode_client_addresses(&[9]).is_err());
+        let bad = ClientAddressesV1 {
+            entries: vec![ClientAddressV1 {
+                address: vec![1, 2, 3],
+                last_seen_at: 0,
+            }],
+        };
+        let mut bytes = vec![FORMAT_V1];
+        bad.encode_raw(&mut bytes);
+        assert!(decode_client_addresses(&bytes).is_err());
     }
 
     #[test]

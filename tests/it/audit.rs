@@ -244,6 +244,7 @@ async fn management_calls_echo_a_request_id_and_check_is_given_none() {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         });
         if let Some(id) = id {
             request

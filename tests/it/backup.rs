@@ -117,6 +117,7 @@ async fn a_backup_taken_while_serving_restores_everything() {
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()

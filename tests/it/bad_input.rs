@@ -250,6 +250,7 @@ async fn oversized_messages_and_metadata_are_refused_and_the_server_stays_up() {
         permission: "scim:read".into(),
         org_id: "org-1".into(),
         workspace_id: String::new(),
+        ..Default::default()
     };
     let status = server.check().check(huge).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
@@ -259,6 +260,7 @@ async fn oversized_messages_and_metadata_are_refused_and_the_server_stays_up() {
         permission: "scim:read".into(),
         org_id: "org-1".into(),
         workspace_id: String::new(),
+        ..Default::default()
     });
     let big_value = MetadataValue::try_from("v".repeat(64 * 1024)).unwrap();
     request.metadata_mut().insert("x-padding", big_value);
@@ -270,6 +272,7 @@ async fn oversized_messages_and_metadata_are_refused_and_the_server_stays_up() {
         permission: "scim:read".into(),
         org_id: "org-1".into(),
         workspace_id: String::new(),
+        ..Default::default()
     });
     odd.metadata_mut()
         .insert_bin("x-junk-bin", MetadataValue::from_bytes(&[0xff, 0x00, 0xfe]));
@@ -295,6 +298,7 @@ async fn oversized_messages_and_metadata_are_refused_and_the_server_stays_up() {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

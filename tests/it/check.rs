@@ -171,6 +171,7 @@ async fn malformed_requests_are_invalid_argument() {
                 permission: permission.into(),
                 org_id: org.into(),
                 workspace_id: workspace.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -173,6 +173,7 @@ async fn a_damaged_database_refuses_to_start_and_says_why() {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

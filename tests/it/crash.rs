@@ -274,6 +274,7 @@ async fn reason_of(checks: &mut CheckServiceClient<Channel>, secret: &str) -> i3
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

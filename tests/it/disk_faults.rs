@@ -191,6 +191,7 @@ async fn allowed(channel: &ChildServer, secret: &str) -> bool {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -381,6 +381,7 @@ pub async fn check(
             permission: permission.to_owned(),
             org_id: org.to_owned(),
             workspace_id: workspace.to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -65,6 +65,7 @@ async fn every_call_then_no_secret_in_the_logs(setup: &ChildSetup, pepper: &std:
                 permission: permission.into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -23,6 +23,7 @@ mod bad_input;
 mod check;
 mod child;
 mod cli;
+mod client_addresses;
 mod corruption;
 mod crash;
 mod leaks;

@@ -116,6 +116,7 @@ async fn over_the_concurrency_limit_calls_are_shed_not_queued() {
                         permission: "scim:read".into(),
                         org_id: "org-1".into(),
                         workspace_id: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .map(|r| r.into_inner().allowed)
@@ -168,6 +169,7 @@ async fn calls_longer_than_the_request_timeout_are_cut_off() {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -233,6 +233,7 @@ async fn a_damaged_pepper_file_refuses_to_start_and_is_left_as_it_was() {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -326,6 +327,7 @@ async fn pepper_rotation_keeps_old_tokens_valid() {
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -472,6 +472,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                         permission: "scim:read".into(),
                         org_id: "org-1".into(),
                         workspace_id: String::new(),
+                        ..Default::default()
                     })
                     .await;
                 let allowed = match outcome {
@@ -550,6 +551,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await;
         match outcome {
@@ -579,6 +581,7 @@ async fn database_down_fails_writes_and_then_checks_closed_and_recovers_by_itsel
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await;
         if outcome.is_ok_and(|r| r.into_inner().allowed) {
@@ -750,12 +753,21 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
         })
         .await
         .unwrap();
+    // Made for a client whose address the copy must keep.
     for _ in 0..3 {
-        assert!(
-            check(&sled, &live.secret, "scim:read", "org-1", "")
-                .await
-                .allowed
-        );
+        let decided = sled
+            .check()
+            .check(tokenauth::proto::CheckRequest {
+                token: live.secret.clone(),
+                permission: "scim:read".into(),
+                org_id: "org-1".into(),
+                client_address: "203.0.113.5".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(decided.allowed);
     }
     let flushing = Instant::now();
     let usage = loop {
@@ -782,6 +794,7 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     assert!(first.contains("verified"), "{first}");
     assert!(first.contains("tokens"), "{first}");
     assert!(first.contains("members"), "{first}");
+    assert!(first.contains("client_addresses"), "{first}");
 
     // Run again: nothing changes, and it still verifies.
     let (code, second, stderr) = migrate();
@@ -823,6 +836,23 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     }
     assert_eq!(audit_ids(&replica, "org-1").await, events);
     assert_eq!(usage_of(&replica, "org-1").await, usage);
+    let copied = replica
+        .tokens()
+        .get_token(tokenauth::proto::GetTokenRequest {
+            id: id_of(&live),
+            actor: admin("org-1"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    let copied: Vec<&str> = copied
+        .client_addresses
+        .iter()
+        .map(|a| a.address.as_str())
+        .collect();
+    assert_eq!(copied, ["203.0.113.5"]);
     assert_eq!(
         check(&replica, &demoted.secret, "scim:read", "org-1", "")
             .await

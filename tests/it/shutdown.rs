@@ -59,6 +59,7 @@ async fn sigterm_mid_load_loses_nothing_acknowledged() {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -83,6 +84,7 @@ async fn sigterm_mid_load_loses_nothing_acknowledged() {
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -17,6 +17,7 @@ async fn check_over(channel: Channel) -> Result<i32, tonic::Status> {
             permission: "scim:read".into(),
             org_id: "org-1".into(),
             workspace_id: String::new(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().reason)

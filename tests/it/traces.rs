@@ -58,6 +58,7 @@ async fn a_check_joins_the_callers_trace() {
         permission: "scim:read".into(),
         org_id: "org-1".into(),
         workspace_id: String::new(),
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "traceparent",

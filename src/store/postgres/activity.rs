@@ -1,6 +1,7 @@
 //! The activity tables: audit events (written inside the change they
 //! record, or alone for refusals) and their paged scan, and usage counts
-//! with their upsert and paged scan.
+//! with their upsert and paged scan, and each token's latest client
+//! addresses.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,8 @@ use deadpool_postgres::GenericClient;
 
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
-    ids::EventId,
+    client_address::RecentAddresses,
+    ids::{EventId, TokenId},
     time::Timestamp,
     usage::{UsageQuery, UsageRecord, UsageUpkeep, roll_up},
 };
@@ -17,7 +19,7 @@ use crate::store::{
     keys::{
         audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, take_part, usage_keys,
     },
-    records::{decode_audit, encode_audit},
+    records::{decode_audit, decode_client_addresses, encode_audit, encode_client_addresses},
 };
 use deadpool_postgres::Client;
 
@@ -224,4 +226,80 @@ pub(super) async fn scan_usage(
     }
     let next = if rows.len() > limit { last_key } else { None };
     Ok(UsagePage { records, next })
+}
+
+/// The client addresses recorded for token `id`.
+pub(super) async fn client_addresses(
+    client: &impl GenericClient,
+    id: TokenId,
+) -> Result<RecentAddresses, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT entries FROM client_addresses WHERE token_id = $1")
+        .await?;
+    match client
+        .query_opt(&statement, &[&id.to_bytes().as_slice()])
+        .await?
+    {
+        Some(row) => decode_client_addresses(row.try_get(0)?),
+        None => Ok(RecentAddresses::default()),
+    }
+}
+
+/// Merges the addresses seen into each token's row. The rows are made
+/// first (empty, if missing) and then locked in id order, so that replicas
+/// flushing the same tokens at once take turns instead of overwriting
+/// each other's addresses (and cannot deadlock).
+pub(super) async fn record_client_addresses(
+    client: &mut Client,
+    seen: &[(TokenId, RecentAddresses)],
+) -> Result<(), StoreError> {
+    let mut merged: std::collections::BTreeMap<[u8; 16], RecentAddresses> = Default::default();
+    for (id, addresses) in seen {
+        merged.entry(id.to_bytes()).or_default().merge(addresses);
+    }
+    if merged.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Vec<u8>> = merged.keys().map(|id| id.to_vec()).collect();
+    let empty = encode_client_addresses(&RecentAddresses::default());
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO client_addresses (token_id, entries) \
+         SELECT id, $2 FROM unnest($1::bytea[]) AS id ORDER BY id \
+         ON CONFLICT (token_id) DO NOTHING",
+        &[&ids, &empty],
+    )
+    .await?;
+    let rows = tx
+        .query(
+            "SELECT token_id, entries FROM client_addresses WHERE token_id = ANY($1) \
+             ORDER BY token_id FOR UPDATE",
+            &[&ids],
+        )
+        .await?;
+    let mut values = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key: Vec<u8> = row.try_get(0)?;
+        let id: [u8; 16] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("client_addresses token id".into()))?;
+        // A row that does not decode is replaced by what was seen (as on sled).
+        let mut addresses = decode_client_addresses(row.try_get(1)?).unwrap_or_default();
+        if let Some(seen) = merged.get(&id) {
+            addresses.merge(seen);
+        }
+        values.push(encode_client_addresses(&addresses));
+        keys.push(key);
+    }
+    tx.execute(
+        "UPDATE client_addresses SET entries = u.entries \
+         FROM unnest($1::bytea[], $2::bytea[]) AS u (token_id, entries) \
+         WHERE client_addresses.token_id = u.token_id",
+        &[&keys, &values],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

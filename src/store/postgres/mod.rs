@@ -5,6 +5,7 @@
 //! sled's, plus the columns that listing filters on), `digests` (digest ->
 //! token), `audit` and `usage` (keyed by the same byte keys as sled's trees,
 //! so that order and cursors are the same on both backends), `last_used`,
+//! `client_addresses`,
 //! `pepper_checks`, and the revocation log: `revocation_clock` (one row, a
 //! counter) and `revocations` (seq -> the digests a change took out of
 //! service).
@@ -74,6 +75,7 @@ use super::{
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_record, rotate_record},
+    client_address::RecentAddresses,
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -516,6 +518,17 @@ impl Store for PostgresStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn client_addresses(&self, id: TokenId) -> Result<RecentAddresses, StoreError> {
+        activity::client_addresses(&self.client().await?, id).await
+    }
+
+    async fn record_client_addresses(
+        &self,
+        seen: &[(TokenId, RecentAddresses)],
+    ) -> Result<(), StoreError> {
+        activity::record_client_addresses(&mut self.client().await?, seen).await
     }
 
     async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {

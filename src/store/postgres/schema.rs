@@ -111,6 +111,18 @@ CREATE TABLE members (
 CREATE INDEX members_by_org ON members (org_id, key);
 ",
     ),
+    (
+        5,
+        // Each token's latest client addresses, encoded as sled's tree
+        // holds them (`records::encode_client_addresses`), keyed by the
+        // token id as `last_used` is.
+        r"
+CREATE TABLE client_addresses (
+    token_id bytea PRIMARY KEY,
+    entries  bytea NOT NULL
+);
+",
+    ),
 ];
 
 /// The schema version this binary knows.
@@ -184,6 +196,8 @@ pub(crate) const READ_BACK_USAGE: &str =
     "SELECT org_key, int8send(count) FROM usage ORDER BY org_key";
 pub(crate) const READ_BACK_LAST_USED: &str =
     "SELECT token_id, int8send(at_us) FROM last_used ORDER BY token_id";
+pub(crate) const READ_BACK_CLIENT_ADDRESSES: &str =
+    "SELECT token_id, entries FROM client_addresses ORDER BY token_id";
 pub(crate) const READ_BACK_PEPPER_CHECKS: &str = "SELECT substring(int8send(key_id) FROM 5), check_value FROM pepper_checks \
          ORDER BY key_id";
 pub(crate) const READ_BACK_MEMBERS: &str = "SELECT key, member FROM members ORDER BY key";
@@ -215,6 +229,10 @@ pub(crate) const COPY_LAST_USED: &str = "INSERT INTO last_used (token_id, at_us)
                  SELECT * FROM unnest($1::bytea[], $2::int8[]) \
                  ON CONFLICT (token_id) DO UPDATE SET at_us = EXCLUDED.at_us \
                  WHERE last_used.at_us <> EXCLUDED.at_us";
+pub(crate) const COPY_CLIENT_ADDRESSES: &str = "INSERT INTO client_addresses (token_id, entries) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (token_id) DO UPDATE SET entries = EXCLUDED.entries \
+                 WHERE client_addresses.entries <> EXCLUDED.entries";
 pub(crate) const COPY_PEPPER_CHECKS: &str = "INSERT INTO pepper_checks (key_id, check_value) \
                  SELECT * FROM unnest($1::int8[], $2::bytea[]) \
                  ON CONFLICT (key_id) DO UPDATE SET check_value = EXCLUDED.check_value \

@@ -5,7 +5,8 @@
 //! and owner) so that listing reads one prefix instead of the whole
 //! database, `live` (the tokens not revoked, by owner, kind and workspace,
 //! ordered by expiry: what quotas count and RevokeAll revokes), `audit` and
-//! `audit_by_time`, three usage trees, `last_used` and `meta`.
+//! `audit_by_time`, three usage trees, `last_used`, `client_addresses` and
+//! `meta`.
 //!
 //! Token writes take one process-wide write lock while they apply (in memory,
 //! microseconds), so that a quota's count and the insert it admits, and each
@@ -26,6 +27,7 @@ use std::{ops::Bound, path::Path, sync::Arc};
 use async_trait::async_trait;
 use sled::{Transactional, transaction::TransactionError};
 
+mod addresses;
 pub mod backup;
 mod group_commit;
 mod members;
@@ -47,6 +49,7 @@ use super::{
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, rotate_record},
+    client_address::RecentAddresses,
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -137,6 +140,7 @@ impl SledStore {
             usage_by_org: open(keys::USAGE_BY_ORG)?,
             usage_by_token: open(keys::USAGE_BY_TOKEN)?,
             last_used: open(keys::LAST_USED)?,
+            client_addresses: open(keys::CLIENT_ADDRESSES)?,
             meta: open(keys::META)?,
             members: open(keys::MEMBERS)?,
             write_lock: parking_lot::Mutex::new(()),
@@ -607,6 +611,18 @@ impl Store for SledStore {
             Ok(())
         })
         .await
+    }
+
+    async fn client_addresses(&self, id: TokenId) -> Result<RecentAddresses, StoreError> {
+        self.read(move |t| addresses::read(t, id)).await
+    }
+
+    async fn record_client_addresses(
+        &self,
+        seen: &[(TokenId, RecentAddresses)],
+    ) -> Result<(), StoreError> {
+        let seen = seen.to_vec();
+        self.side_write(move |t| addresses::record(t, &seen)).await
     }
 
     async fn pepper_checks(&self) -> Result<Vec<(u32, [u8; 32])>, StoreError> {

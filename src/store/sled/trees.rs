@@ -47,6 +47,7 @@ pub(super) struct Trees {
     pub(super) usage_by_org: Tree,
     pub(super) usage_by_token: Tree,
     pub(super) last_used: Tree,
+    pub(super) client_addresses: Tree,
     pub(super) meta: Tree,
     pub(super) members: Tree,
     /// A `parking_lot` mutex for its fair hand-over (see `write_handing_over`).

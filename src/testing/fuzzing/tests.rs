@@ -233,6 +233,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 permission: "transformations:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: "ws-1".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),

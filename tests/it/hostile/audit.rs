@@ -462,6 +462,7 @@ async fn a_retired_secret_flood_writes_a_bounded_number_of_events_and_counts_eve
                     permission: "scim:read".into(),
                     org_id: "org-1".into(),
                     workspace_id: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -512,6 +513,7 @@ async fn checks_with_a_retired_secret_log_a_bounded_number_of_lines() {
                 permission: "scim:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -639,6 +639,7 @@ async fn slow_large_requests_keep_the_rss_under_the_in_flight_bound() {
                 permission: "transformations:read".into(),
                 org_id: "org-1".into(),
                 workspace_id: "ws-1".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
