@@ -126,6 +126,7 @@ impl TryFrom<&proto::ListAuditEventsRequest> for AuditQuery {
             Ok(proto::AuditAction::Denied) => Some(AuditAction::Denied),
             Ok(proto::AuditAction::MemberSet) => Some(AuditAction::MemberSet),
             Ok(proto::AuditAction::MemberRemoved) => Some(AuditAction::MemberRemoved),
+            Ok(proto::AuditAction::InactivityWarning) => Some(AuditAction::InactivityWarning),
             Err(_) => {
                 return Err(Error::invalid(
                     "action",
@@ -173,6 +174,7 @@ pub fn audit_to_proto(event: AuditEvent) -> proto::AuditEvent {
         AuditAction::Denied => proto::AuditAction::Denied,
         AuditAction::MemberSet => proto::AuditAction::MemberSet,
         AuditAction::MemberRemoved => proto::AuditAction::MemberRemoved,
+        AuditAction::InactivityWarning => proto::AuditAction::InactivityWarning,
     };
     let outcome = match event.outcome {
         AuditOutcome::Succeeded => proto::AuditOutcome::Succeeded,

@@ -10,7 +10,8 @@
 //!
 //! This file holds the structs and their defaults; `env.rs` the environment
 //! overlay (`Config::load`), `policy.rs` the validation that builds the
-//! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section, `values.rs`
+//! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section,
+//! `inactivity.rs` the `[inactivity]` section, `values.rs`
 //! how durations and listen addresses are read and printed.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 mod env;
 pub mod ext_authz;
+pub mod inactivity;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -79,6 +81,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub usage: UsageConfig,
     pub leak_reports: LeakReportsConfig,
+    pub inactivity: inactivity::InactivityConfig,
     pub health: HealthConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
@@ -106,6 +109,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
             leak_reports: LeakReportsConfig::default(),
+            inactivity: inactivity::InactivityConfig::default(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),

@@ -38,7 +38,8 @@ pub struct Actor {
     pub role: OrgRole,
 }
 
-/// The management RPCs, as named in audit events.
+/// The management RPCs, as named in audit events; and the service's own
+/// acts, which no RPC makes (`InactivityPolicy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     IssueToken,
@@ -58,6 +59,8 @@ pub enum Method {
     RemoveMember,
     GetMember,
     ListMembers,
+    /// The inactivity policy's sweep (`domain::inactivity`): no caller.
+    InactivityPolicy,
 }
 
 impl Method {
@@ -80,6 +83,7 @@ impl Method {
             Method::RemoveMember => "RemoveMember",
             Method::GetMember => "GetMember",
             Method::ListMembers => "ListMembers",
+            Method::InactivityPolicy => "InactivityPolicy",
         }
     }
 

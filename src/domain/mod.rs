@@ -12,6 +12,7 @@ pub mod changes;
 pub mod explain;
 pub mod ext_authz;
 pub mod ids;
+pub mod inactivity;
 pub mod leaks;
 pub mod member;
 pub mod pagination;

@@ -4,11 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{cache::TokenCache, error::Error, recorder::Recorder};
+use super::{cache::TokenCache, error::Error, inactivity::Warned, recorder::Recorder};
 use crate::{
     domain::{
         authz::Roles,
         ids::TokenId,
+        inactivity::InactivityPolicy,
         leaks::{IntakeBudget, IntakeLimits},
         member::MembershipPolicy,
         permissions::Catalogue,
@@ -52,6 +53,8 @@ pub struct Policy {
     pub membership: MembershipPolicy,
     /// Most members an ADMIN may bring an organization to (SetMember).
     pub max_members_per_org: u32,
+    /// Which unused tokens are revoked, and when (off by default).
+    pub inactivity: InactivityPolicy,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,
@@ -65,6 +68,8 @@ pub struct TokenAuthority {
     pub(super) metrics: Arc<Metrics>,
     /// Spent by ReportLeakedSecrets, per network and in total.
     pub(super) leak_intake: IntakeBudget,
+    /// The inactivity warnings this process has written.
+    pub(super) inactivity_warned: Warned,
 }
 
 impl TokenAuthority {
@@ -78,6 +83,7 @@ impl TokenAuthority {
     ) -> Self {
         Self {
             leak_intake: IntakeBudget::new(policy.leak_intake),
+            inactivity_warned: Warned::default(),
             store,
             cache: Arc::new(cache),
             keyring,

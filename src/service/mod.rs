@@ -8,7 +8,8 @@
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
 //! `members`, `check`, `lookup` (cache first, then the store under the fill
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
-//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret).
+//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret),
+//! `inactivity` (the sweep that revokes unused tokens).
 
 mod authenticate;
 mod authority;
@@ -17,6 +18,7 @@ mod check;
 mod error;
 mod fast_hash;
 mod forensics;
+mod inactivity;
 mod leaks;
 mod lookup;
 mod manage;
@@ -34,6 +36,7 @@ pub use self::{
     check::{CheckOrigin, Decision},
     error::Error,
     forensics::SecretState,
+    inactivity::SweepReport,
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,

@@ -122,7 +122,7 @@ struct MemberV1 {
 }
 
 // Stored numbers of enums; never renumber.
-const ACTIONS: [AuditAction; 7] = [
+const ACTIONS: [AuditAction; 8] = [
     AuditAction::Issued,
     AuditAction::Revoked,
     AuditAction::RevokedAll,
@@ -130,6 +130,7 @@ const ACTIONS: [AuditAction; 7] = [
     AuditAction::Denied,
     AuditAction::MemberSet,
     AuditAction::MemberRemoved,
+    AuditAction::InactivityWarning,
 ];
 const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::Succeeded,
@@ -137,7 +138,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 17] = [
+const METHODS: [Method; 18] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -155,6 +156,7 @@ const METHODS: [Method; 17] = [
     Method::RemoveMember,
     Method::GetMember,
     Method::ListMembers,
+    Method::InactivityPolicy,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

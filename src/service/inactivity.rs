@@ -1,0 +1,253 @@
+//! The inactivity sweep: walks every unrevoked token in bounded pages,
+//! warns those entering the last `warn_before` of their period and revokes
+//! those past it (`domain::inactivity` decides which). A revocation is
+//! [`TokenAuthority::revoke_record`], RevokeToken's own, so it is
+//! immediate on this replica, durable before the sweep goes on, and sent
+//! to the other replicas through the store. One replica at a time sweeps
+//! (`Store::try_sweep_lease`).
+
+use std::{collections::HashSet, sync::Mutex, time::Instant};
+
+use super::{authority::TokenAuthority, error::Error};
+use crate::domain::{
+    ids::{EventId, TokenId},
+    inactivity::Judgement,
+    time::Timestamp,
+    token::TokenRecord,
+};
+
+/// Tokens one store call of a sweep reads: one page's work, between two
+/// of which the sweep lets the runtime's other work in.
+pub const SWEEP_PAGE: usize = 500;
+/// Most tokens one sweep revokes: each is a durable write (a flush on
+/// sled), so a policy turned on over years of unused tokens is applied
+/// over several sweeps, not in one long burst of writes.
+pub const MAX_REVOCATIONS_PER_SWEEP: u64 = 1_000;
+/// Most warnings one sweep writes, for the same reason.
+pub const MAX_WARNINGS_PER_SWEEP: u64 = 1_000;
+/// Most warnings remembered as written (see [`Warned`]); past it the
+/// memory is emptied, and the next sweeps write again what the audit log
+/// already holds (and keeps once).
+const MAX_REMEMBERED_WARNINGS: usize = 1_000_000;
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Whether another replica held the sweep, so this one did nothing.
+    pub skipped: bool,
+    /// Unrevoked tokens read.
+    pub examined: u64,
+    /// Warning events written (again, after a restart: the log keeps one).
+    pub warned: u64,
+    /// Tokens this sweep revoked.
+    pub revoked: u64,
+    /// Whether it stopped at a per-sweep bound with work left for the next.
+    pub truncated: bool,
+}
+
+/// The warnings this process has written, by event id: a warning is the
+/// same event at every sweep of its period, and the store keeps one, so
+/// this only spares the store a write per sweep per warned token.
+#[derive(Default)]
+pub struct Warned(Mutex<HashSet<EventId>>);
+
+impl Warned {
+    /// Whether `id` is new here (and remembers it).
+    fn first_time(&self, id: EventId) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_REMEMBERED_WARNINGS {
+            seen.clear();
+        }
+        seen.insert(id)
+    }
+}
+
+impl TokenAuthority {
+    /// Whether the inactivity policy is on (for some kind of token).
+    pub fn sweeps_inactive(&self) -> bool {
+        self.policy.inactivity.is_on()
+    }
+
+    /// One sweep of the inactivity policy, if it is on and no other replica
+    /// sweeps now. Stops between two tokens once `stopping` says so.
+    pub async fn sweep_inactive(&self, stopping: impl Fn() -> bool) -> Result<SweepReport, Error> {
+        let policy = self.policy.inactivity;
+        let mut report = SweepReport::default();
+        if !policy.is_on() {
+            return Ok(report);
+        }
+        let Some(_lease) = self.store.try_sweep_lease().await? else {
+            report.skipped = true;
+            return Ok(report);
+        };
+        let mut after: Option<TokenId> = None;
+        loop {
+            let page = self.store.scan_unrevoked_tokens(after, SWEEP_PAGE).await?;
+            let now = Timestamp::now();
+            // Last use is read only for the tokens the policy may act on.
+            let candidates: Vec<&TokenRecord> = page
+                .tokens
+                .iter()
+                .filter(|record| policy.revocation_at(record, None, now).is_some())
+                .collect();
+            report.examined += page.tokens.len() as u64;
+            let ids: Vec<TokenId> = candidates.iter().map(|r| r.id).collect();
+            let stored = self.store.last_used(&ids).await?;
+            for (record, stored) in candidates.into_iter().zip(stored) {
+                if stopping() {
+                    return Ok(report);
+                }
+                let last_used = stored.max(self.recorder.pending_last_used(record.id));
+                match policy.judge(record, last_used, now) {
+                    Judgement::Keep => {}
+                    Judgement::Warn { .. } if report.warned >= MAX_WARNINGS_PER_SWEEP => {
+                        report.truncated = true;
+                    }
+                    Judgement::Warn {
+                        since,
+                        revoke_at,
+                        active_at,
+                    } => {
+                        let event = policy.warning_event(record, since, revoke_at, active_at);
+                        if self.inactivity_warned.first_time(event.id) {
+                            self.store.append_audit(&event).await?;
+                            report.warned += 1;
+                            tracing::info!(
+                                token_id = %record.id, org_id = %record.org_id,
+                                kind = record.kind.name(), detail = %event.detail,
+                                "inactive token warned"
+                            );
+                        }
+                    }
+                    Judgement::Revoke { .. } if report.revoked >= MAX_REVOCATIONS_PER_SWEEP => {
+                        report.truncated = true;
+                    }
+                    Judgement::Revoke { active_at } => {
+                        let id =
+                            EventId::generate(now).map_err(Error::internal("OS random source"))?;
+                        let event = policy.revocation_event(id, now, record, active_at);
+                        let detail = event.detail.clone();
+                        let outcome = self.revoke_record(record, now, event).await?;
+                        if outcome.newly_revoked {
+                            report.revoked += 1;
+                            tracing::warn!(
+                                token_id = %record.id, org_id = %record.org_id,
+                                kind = record.kind.name(), %detail,
+                                "token revoked: inactive"
+                            );
+                        }
+                    }
+                }
+            }
+            match page.next {
+                Some(next) if !report.truncated => after = Some(next),
+                _ => return Ok(report),
+            }
+            // Between two pages: let the runtime's other work in.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Runs [`Self::sweep_inactive`] and reports it in metrics and logs.
+    pub async fn sweep_inactive_and_report(&self, stopping: impl Fn() -> bool) {
+        let started = Instant::now();
+        let outcome = self.sweep_inactive(stopping).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(report) if report.skipped => {
+                self.metrics.record_inactivity_sweep("skipped", seconds);
+            }
+            Ok(report) => {
+                self.metrics.record_inactivity_sweep("swept", seconds);
+                self.metrics.record_inactivity("revoked", report.revoked);
+                self.metrics.record_inactivity("warned", report.warned);
+                if report.revoked > 0 || report.warned > 0 || report.truncated {
+                    tracing::info!(
+                        examined = report.examined,
+                        warned = report.warned,
+                        revoked = report.revoked,
+                        truncated = report.truncated,
+                        seconds,
+                        "inactivity sweep"
+                    );
+                }
+            }
+            Err(error) => {
+                self.metrics.record_inactivity_sweep("failed", seconds);
+                tracing::warn!(%error, "inactivity sweep failed; the next one will retry");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        domain::{
+            audit::{AuditAction, AuditQuery},
+            caller::Method,
+            inactivity::InactivityPolicy,
+        },
+        service::fixture::fixture_with_policy,
+    };
+
+    fn short_policy() -> InactivityPolicy {
+        InactivityPolicy {
+            personal: None,
+            service: Some(Duration::from_millis(400)),
+            warn_before: Duration::from_millis(300),
+            grace: Duration::ZERO,
+        }
+    }
+
+    async fn events(f: &crate::service::fixture::Fixture, action: AuditAction) -> usize {
+        f.store
+            .list_audit(
+                &AuditQuery {
+                    org_id: "org-1".into(),
+                    action: Some(action),
+                    ..AuditQuery::default()
+                },
+                None,
+                100,
+            )
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| e.method == Method::InactivityPolicy)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn an_unused_token_is_warned_once_then_revoked_once() {
+        let f = fixture_with_policy(|p| p.inactivity = short_policy());
+        let (id, _) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for _ in 0..3 {
+            let report = f.authority.sweep_inactive(|| false).await.unwrap();
+            assert_eq!(report.revoked, 0);
+        }
+        assert_eq!(events(&f, AuditAction::InactivityWarning).await, 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let report = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!((report.examined, report.revoked), (1, 1));
+        let record = f.store.token_by_id(id).await.unwrap().unwrap();
+        assert!(record.revoked_at.is_some());
+        let again = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!((again.examined, again.revoked), (0, 0));
+        assert_eq!(events(&f, AuditAction::Revoked).await, 1);
+        assert_eq!(events(&f, AuditAction::InactivityWarning).await, 1);
+    }
+
+    #[tokio::test]
+    async fn with_the_policy_off_nothing_is_read_or_revoked() {
+        let f = fixture_with_policy(|_| {});
+        f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        let report = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!(report, SweepReport::default());
+    }
+}
