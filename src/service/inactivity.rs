@@ -243,6 +243,73 @@ mod tests {
         assert_eq!(events(&f, AuditAction::InactivityWarning).await, 1);
     }
 
+    /// A policy turned on over a flood of unused tokens: each sweep
+    /// revokes at most its bound, reads pages of bounded size, and the next
+    /// sweeps take the rest, each token once.
+    #[tokio::test]
+    async fn a_flood_of_inactive_tokens_is_revoked_a_bounded_number_per_sweep() {
+        use crate::{
+            domain::{audit::AuditEvent, token::test_record},
+            store::{InsertOutcome, MemberPrecondition},
+        };
+        let f = fixture_with_policy(|p| p.inactivity = short_policy());
+        let total = MAX_REVOCATIONS_PER_SWEEP + 150;
+        let long_ago = Timestamp::now().saturating_sub(Duration::from_secs(3600));
+        for n in 0..total {
+            let mut record = test_record(0, "org-1");
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&(n + 1).to_be_bytes());
+            record.id = TokenId::from_bytes(id);
+            record.created_at = long_ago;
+            record.secrets[0].digest =
+                crate::domain::secret::PepperKey::new(1, b"k").digest(&format!("flood {n}"));
+            let event = AuditEvent {
+                id: EventId::from_bytes(id),
+                ..policy_event(&record)
+            };
+            let outcome = f
+                .store
+                .insert_token(
+                    &record,
+                    &crate::domain::quota::Quotas::NONE,
+                    &MemberPrecondition::None,
+                    &event,
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcome, InsertOutcome::Inserted);
+        }
+        let first = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!(first.revoked, MAX_REVOCATIONS_PER_SWEEP);
+        assert!(first.truncated);
+        assert!(first.examined <= MAX_REVOCATIONS_PER_SWEEP + SWEEP_PAGE as u64);
+        let second = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!((second.revoked, second.truncated), (150, false));
+        let third = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!((third.examined, third.revoked), (0, 0));
+    }
+
+    /// Any event naming `record`, for its insert.
+    fn policy_event(record: &TokenRecord) -> crate::domain::audit::AuditEvent {
+        short_policy().revocation_event(
+            EventId::from_bytes([0; 16]),
+            record.created_at,
+            record,
+            record.created_at,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_sweep_told_to_stop_stops_before_its_next_token() {
+        let f = fixture_with_policy(|p| p.inactivity = short_policy());
+        f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let stopped = f.authority.sweep_inactive(|| true).await.unwrap();
+        assert_eq!(stopped.revoked, 0);
+        let swept = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!(swept.revoked, 1);
+    }
+
     #[tokio::test]
     async fn with_the_policy_off_nothing_is_read_or_revoked() {
         let f = fixture_with_policy(|_| {});

@@ -645,8 +645,7 @@ impl Store for PostgresStore {
         // which the lease takes out of the pool and closes when dropped (the
         // server then releases the lock, as it does when this process dies).
         // Back in the pool, the connection would hold it for good.
-        let connection = deadpool_postgres::Client::take(client);
-        Ok(held.then(|| SweepLease::holding(connection)))
+        Ok(held.then(|| SweepLease::holding(deadpool_postgres::Client::take(client))))
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
