@@ -356,6 +356,7 @@ impl From<TokenView> for proto::Token {
             revoked_at: record.revoked_at.map(timestamp_to_proto),
             hint,
             old_secret_expires_at,
+            inactive_revocation_at: view.inactive_revocation_at.map(timestamp_to_proto),
         }
     }
 }

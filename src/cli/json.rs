@@ -125,6 +125,10 @@ pub fn token(token: &Token) -> Value {
         .time("revokedAt", token.revoked_at.as_ref())
         .string("hint", &token.hint)
         .time("oldSecretExpiresAt", token.old_secret_expires_at.as_ref())
+        .time(
+            "inactiveRevocationAt",
+            token.inactive_revocation_at.as_ref(),
+        )
         .build()
 }
 

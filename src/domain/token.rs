@@ -101,6 +101,10 @@ impl TokenRecord {
 pub struct TokenView {
     pub record: TokenRecord,
     pub last_used_at: Option<Timestamp>,
+    /// When the inactivity policy will revoke it unless it is used before
+    /// (`inactivity::InactivityPolicy::revocation_at`); `None` when the
+    /// policy does not apply to it.
+    pub inactive_revocation_at: Option<Timestamp>,
 }
 
 /// The service's rules on token lifetimes.

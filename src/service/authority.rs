@@ -119,8 +119,14 @@ impl TokenAuthority {
         stored: Option<Timestamp>,
     ) -> TokenView {
         let pending = self.recorder.pending_last_used(record.id);
+        let last_used_at = stored.max(pending);
         TokenView {
-            last_used_at: stored.max(pending),
+            inactive_revocation_at: self.policy.inactivity.revocation_at(
+                &record,
+                last_used_at,
+                Timestamp::now(),
+            ),
+            last_used_at,
             record,
         }
     }

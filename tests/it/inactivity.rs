@@ -98,6 +98,14 @@ async fn an_unused_token_is_warned_once_then_revoked_and_one_in_use_is_neither()
     let idle = issue(&server, workspace_token(org, "ws-1", &["test_api:run"])).await;
     let busy = issue(&server, workspace_token(org, "ws-1", &["test_api:run"])).await;
     let (idle_id, busy_id) = (id_of(&idle), id_of(&busy));
+    // Owners see when: creation + period + the usage flush interval.
+    let shown = idle.token.as_ref().unwrap();
+    let micros = |t: &prost_types::Timestamp| t.seconds * 1_000_000 + i64::from(t.nanos / 1000);
+    assert_eq!(
+        micros(shown.inactive_revocation_at.as_ref().unwrap())
+            - micros(shown.created_at.as_ref().unwrap()),
+        3_100_000
+    );
     let started = Instant::now();
     // The busy token is used every 300 ms while the idle one is not.
     let revoked = loop {
@@ -128,7 +136,14 @@ async fn an_unused_token_is_warned_once_then_revoked_and_one_in_use_is_neither()
             .await
             .allowed
     );
-    assert!(token(&server, org, &busy_id).await.revoked_at.is_none());
+    let busy_now = token(&server, org, &busy_id).await;
+    assert!(busy_now.revoked_at.is_none());
+    // Its use moved its revocation on; a revoked token has none.
+    assert!(
+        micros(busy_now.inactive_revocation_at.as_ref().unwrap())
+            > micros(shown.inactive_revocation_at.as_ref().unwrap())
+    );
+    assert!(revoked.inactive_revocation_at.is_none());
 
     let log = events(&server, org).await;
     let revocations = about(&log, AuditAction::Revoked, &idle_id);
@@ -173,12 +188,8 @@ async fn with_the_policy_off_no_token_is_warned_or_revoked() {
     let idle = issue(&server, workspace_token(org, "ws-1", &["test_api:run"])).await;
     // Past the period and the grace the policy would give, over 30 sweeps.
     tokio::time::sleep(PERIOD + Duration::from_millis(500)).await;
-    assert!(
-        token(&server, org, &id_of(&idle))
-            .await
-            .revoked_at
-            .is_none()
-    );
+    let shown = token(&server, org, &id_of(&idle)).await;
+    assert!(shown.revoked_at.is_none() && shown.inactive_revocation_at.is_none());
     assert!(
         check(&server, &idle.secret, "test_api:run", org, "ws-1")
             .await
