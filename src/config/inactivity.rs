@@ -28,8 +28,9 @@ pub struct InactivityConfig {
     )]
     pub service_revoke_unused_after: Option<Duration>,
     /// How long before its revocation a token gets its warning (one
-    /// `AUDIT_ACTION_INACTIVITY_WARNING` event); shorter than each period;
-    /// `"0s"` for none. Default `"14days"`.
+    /// `AUDIT_ACTION_INACTIVITY_WARNING` event); shorter than each period,
+    /// and at least `sweep_interval` (so that a sweep falls in it); `"0s"`
+    /// for none. Default `"14days"`.
     #[serde(with = "values::duration")]
     pub warn_before: Duration,
     /// How often one replica looks for inactive tokens (with several
@@ -63,6 +64,14 @@ impl InactivityConfig {
             return Err(invalid(
                 "inactivity.sweep_interval",
                 "must be longer than 0s".into(),
+            ));
+        }
+        // A warning period shorter than the time between two sweeps could
+        // fall between them: the token would be revoked unwarned.
+        if !self.warn_before.is_zero() && self.warn_before < self.sweep_interval {
+            return Err(invalid(
+                "inactivity.warn_before",
+                "must be 0s (no warning) or at least inactivity.sweep_interval".into(),
             ));
         }
         for (field, period) in [
@@ -156,12 +165,16 @@ mod tests {
                 "[inactivity]\nsweep_interval = \"0s\"\n",
                 "inactivity.sweep_interval",
             ),
+            (
+                "[inactivity]\nwarn_before = \"10m\"\n",
+                "inactivity.warn_before",
+            ),
         ] {
             let error = error_of(toml);
             assert!(error.contains(field), "{toml}: {error}");
         }
         let drill = Config::from_toml(
-            "[inactivity]\npersonal_revoke_unused_after = \"3s\"\nwarn_before = \"1s\"\n\
+            "[inactivity]\npersonal_revoke_unused_after = \"3s\"\nwarn_before = \"1s\"\nsweep_interval = \"100ms\"\n\
              allow_short_periods = true\n",
         )
         .unwrap();
