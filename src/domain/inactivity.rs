@@ -11,7 +11,7 @@
 //! before it acts: a use still in another replica's memory is never
 //! overtaken by the sweep.
 
-use std::time::Duration;
+use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 use super::{
     audit::{AuditAction, AuditEvent},
@@ -168,6 +168,28 @@ impl InactivityPolicy {
             rfc3339(revoke_at)
         );
         event
+    }
+}
+
+/// Most warnings remembered as written (see [`WrittenWarnings`]); past it
+/// the memory is emptied, and the next sweeps write again what the audit
+/// log already holds (and keeps once): about 40 MB at most.
+const MAX_REMEMBERED_WARNINGS: usize = 1_000_000;
+
+/// The warnings this process has written, by event id. A warning is the
+/// same event at every sweep of its period, and the store keeps one, so
+/// this only spares the store a write per sweep per warned token.
+#[derive(Debug, Default)]
+pub struct WrittenWarnings(Mutex<HashSet<EventId>>);
+
+impl WrittenWarnings {
+    /// Whether `id` is new here (and remembers it).
+    pub fn first_time(&self, id: EventId) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_REMEMBERED_WARNINGS {
+            seen.clear();
+        }
+        seen.insert(id)
     }
 }
 

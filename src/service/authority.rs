@@ -4,12 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{cache::TokenCache, error::Error, inactivity::Warned, recorder::Recorder};
+use super::{cache::TokenCache, error::Error, recorder::Recorder};
 use crate::{
     domain::{
         authz::Roles,
         ids::TokenId,
-        inactivity::InactivityPolicy,
+        inactivity::{InactivityPolicy, WrittenWarnings},
         leaks::{IntakeBudget, IntakeLimits},
         member::MembershipPolicy,
         permissions::Catalogue,
@@ -69,7 +69,7 @@ pub struct TokenAuthority {
     /// Spent by ReportLeakedSecrets, per network and in total.
     pub(super) leak_intake: IntakeBudget,
     /// The inactivity warnings this process has written.
-    pub(super) inactivity_warned: Warned,
+    pub(super) inactivity_warned: WrittenWarnings,
 }
 
 impl TokenAuthority {
@@ -83,7 +83,7 @@ impl TokenAuthority {
     ) -> Self {
         Self {
             leak_intake: IntakeBudget::new(policy.leak_intake),
-            inactivity_warned: Warned::default(),
+            inactivity_warned: WrittenWarnings::default(),
             store,
             cache: Arc::new(cache),
             keyring,

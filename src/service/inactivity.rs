@@ -6,7 +6,7 @@
 //! to the other replicas through the store. One replica at a time sweeps
 //! (`Store::try_sweep_lease`).
 
-use std::{collections::HashSet, sync::Mutex, time::Instant};
+use std::time::Instant;
 
 use super::{authority::TokenAuthority, error::Error};
 use crate::domain::{
@@ -25,11 +25,6 @@ pub const SWEEP_PAGE: usize = 500;
 pub const MAX_REVOCATIONS_PER_SWEEP: u64 = 1_000;
 /// Most warnings one sweep writes, for the same reason.
 pub const MAX_WARNINGS_PER_SWEEP: u64 = 1_000;
-/// Most warnings remembered as written (see [`Warned`]); past it the
-/// memory is emptied, and the next sweeps write again what the audit log
-/// already holds (and keeps once).
-const MAX_REMEMBERED_WARNINGS: usize = 1_000_000;
-
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -43,23 +38,6 @@ pub struct SweepReport {
     pub revoked: u64,
     /// Whether it stopped at a per-sweep bound with work left for the next.
     pub truncated: bool,
-}
-
-/// The warnings this process has written, by event id: a warning is the
-/// same event at every sweep of its period, and the store keeps one, so
-/// this only spares the store a write per sweep per warned token.
-#[derive(Default)]
-pub struct Warned(Mutex<HashSet<EventId>>);
-
-impl Warned {
-    /// Whether `id` is new here (and remembers it).
-    fn first_time(&self, id: EventId) -> bool {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= MAX_REMEMBERED_WARNINGS {
-            seen.clear();
-        }
-        seen.insert(id)
-    }
 }
 
 impl TokenAuthority {
