@@ -70,6 +70,9 @@ pub struct TokenAuthority {
     pub(super) leak_intake: IntakeBudget,
     /// The inactivity warnings this process has written.
     pub(super) inactivity_warned: WrittenWarnings,
+    /// Where this replica's next inactivity sweep starts, when the last
+    /// one stopped at a bound.
+    pub(super) inactivity_resume: std::sync::Mutex<Option<TokenId>>,
 }
 
 impl TokenAuthority {
@@ -84,6 +87,7 @@ impl TokenAuthority {
         Self {
             leak_intake: IntakeBudget::new(policy.leak_intake),
             inactivity_warned: WrittenWarnings::default(),
+            inactivity_resume: std::sync::Mutex::new(None),
             store,
             cache: Arc::new(cache),
             keyring,

@@ -25,6 +25,11 @@ pub const SWEEP_PAGE: usize = 500;
 pub const MAX_REVOCATIONS_PER_SWEEP: u64 = 1_000;
 /// Most warnings one sweep writes, for the same reason.
 pub const MAX_WARNINGS_PER_SWEEP: u64 = 1_000;
+/// Most pages one sweep reads (100,000 tokens, revoked ones included): a
+/// store of more is swept over several rounds, each resuming where the
+/// last stopped, so that no round's reads grow with the whole history.
+pub const MAX_PAGES_PER_SWEEP: usize = 200;
+
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -49,81 +54,127 @@ impl TokenAuthority {
     /// One sweep of the inactivity policy, if it is on and no other replica
     /// sweeps now. Stops between two tokens once `stopping` says so.
     pub async fn sweep_inactive(&self, stopping: impl Fn() -> bool) -> Result<SweepReport, Error> {
-        let policy = self.policy.inactivity;
+        self.sweep_pages(stopping, MAX_PAGES_PER_SWEEP).await
+    }
+
+    /// [`Self::sweep_inactive`], reading at most `max_pages` pages. A sweep
+    /// cut short by a bound leaves where the next one (on this replica)
+    /// resumes: the page it was in, whose tokens it finished are revoked
+    /// or remembered as warned by then, or the page after the last it read.
+    async fn sweep_pages(
+        &self,
+        stopping: impl Fn() -> bool,
+        max_pages: usize,
+    ) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
-        if !policy.is_on() {
+        if !self.policy.inactivity.is_on() {
             return Ok(report);
         }
         let Some(_lease) = self.store.try_sweep_lease().await? else {
             report.skipped = true;
             return Ok(report);
         };
-        let mut after: Option<TokenId> = None;
-        loop {
+        let resume = |at: Option<TokenId>| {
+            *self
+                .inactivity_resume
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = at;
+        };
+        let mut after = self
+            .inactivity_resume
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for pages in 1.. {
             let page = self.store.scan_unrevoked_tokens(after, SWEEP_PAGE).await?;
-            let now = Timestamp::now();
-            // Last use is read only for the tokens the policy may act on.
-            let candidates: Vec<&TokenRecord> = page
-                .tokens
-                .iter()
-                .filter(|record| policy.revocation_at(record, None, now).is_some())
-                .collect();
-            report.examined += page.tokens.len() as u64;
-            let ids: Vec<TokenId> = candidates.iter().map(|r| r.id).collect();
-            let stored = self.store.last_used(&ids).await?;
-            for (record, stored) in candidates.into_iter().zip(stored) {
-                if stopping() {
-                    return Ok(report);
-                }
-                let last_used = stored.max(self.recorder.pending_last_used(record.id));
-                match policy.judge(record, last_used, now) {
-                    Judgement::Keep => {}
-                    Judgement::Warn { .. } if report.warned >= MAX_WARNINGS_PER_SWEEP => {
-                        report.truncated = true;
-                    }
-                    Judgement::Warn {
-                        since,
-                        revoke_at,
-                        active_at,
-                    } => {
-                        let event = policy.warning_event(record, since, revoke_at, active_at);
-                        if self.inactivity_warned.first_time(event.id) {
-                            self.store.append_audit(&event).await?;
-                            report.warned += 1;
-                            tracing::info!(
-                                token_id = %record.id, org_id = %record.org_id,
-                                kind = record.kind.name(), detail = %event.detail,
-                                "inactive token warned"
-                            );
-                        }
-                    }
-                    Judgement::Revoke { .. } if report.revoked >= MAX_REVOCATIONS_PER_SWEEP => {
-                        report.truncated = true;
-                    }
-                    Judgement::Revoke { active_at } => {
-                        let id =
-                            EventId::generate(now).map_err(Error::internal("OS random source"))?;
-                        let event = policy.revocation_event(id, now, record, active_at);
-                        let detail = event.detail.clone();
-                        let outcome = self.revoke_record(record, now, event).await?;
-                        if outcome.newly_revoked {
-                            report.revoked += 1;
-                            tracing::warn!(
-                                token_id = %record.id, org_id = %record.org_id,
-                                kind = record.kind.name(), %detail,
-                                "token revoked: inactive"
-                            );
-                        }
-                    }
-                }
+            let finished = self
+                .sweep_page(&page.tokens, &mut report, &stopping)
+                .await?;
+            if !finished || report.truncated {
+                resume(after);
+                return Ok(report);
             }
-            match page.next {
-                Some(next) if !report.truncated => after = Some(next),
-                _ => return Ok(report),
+            let Some(next) = page.next else {
+                return Ok(report);
+            };
+            if pages >= max_pages {
+                report.truncated = true;
+                resume(Some(next));
+                return Ok(report);
             }
+            after = Some(next);
             // Between two pages: let the runtime's other work in.
             tokio::task::yield_now().await;
         }
+        Ok(report)
+    }
+
+    /// Applies the policy to one page of tokens; `false` when it stopped
+    /// (told to, or at a per-sweep bound, `report.truncated`) before the end.
+    async fn sweep_page(
+        &self,
+        tokens: &[TokenRecord],
+        report: &mut SweepReport,
+        stopping: &impl Fn() -> bool,
+    ) -> Result<bool, Error> {
+        let policy = self.policy.inactivity;
+        let now = Timestamp::now();
+        report.examined += tokens.len() as u64;
+        // Last use is read only for the tokens the policy may act on.
+        let candidates: Vec<&TokenRecord> = tokens
+            .iter()
+            .filter(|record| policy.revocation_at(record, None, now).is_some())
+            .collect();
+        let ids: Vec<TokenId> = candidates.iter().map(|r| r.id).collect();
+        let stored = self.store.last_used(&ids).await?;
+        for (record, stored) in candidates.into_iter().zip(stored) {
+            if stopping() {
+                return Ok(false);
+            }
+            let last_used = stored.max(self.recorder.pending_last_used(record.id));
+            match policy.judge(record, last_used, now) {
+                Judgement::Keep => {}
+                Judgement::Warn { .. } if report.warned >= MAX_WARNINGS_PER_SWEEP => {
+                    report.truncated = true;
+                    return Ok(false);
+                }
+                Judgement::Warn {
+                    since,
+                    revoke_at,
+                    active_at,
+                } => {
+                    let event = policy.warning_event(record, since, revoke_at, active_at);
+                    if self.inactivity_warned.first_time(event.id) {
+                        self.store.append_audit(&event).await?;
+                        report.warned += 1;
+                        tracing::info!(
+                            token_id = %record.id, org_id = %record.org_id,
+                            kind = record.kind.name(), detail = %event.detail,
+                            "inactive token warned"
+                        );
+                    }
+                }
+                Judgement::Revoke { .. } if report.revoked >= MAX_REVOCATIONS_PER_SWEEP => {
+                    report.truncated = true;
+                    return Ok(false);
+                }
+                Judgement::Revoke { active_at } => {
+                    let id = EventId::generate(now).map_err(Error::internal("OS random source"))?;
+                    let event = policy.revocation_event(id, now, record, active_at);
+                    let detail = event.detail.clone();
+                    let outcome = self.revoke_record(record, now, event).await?;
+                    if outcome.newly_revoked {
+                        report.revoked += 1;
+                        tracing::warn!(
+                            token_id = %record.id, org_id = %record.org_id,
+                            kind = record.kind.name(), %detail,
+                            "token revoked: inactive"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Runs [`Self::sweep_inactive`] and reports it in metrics and logs.
@@ -224,21 +275,18 @@ mod tests {
     /// A policy turned on over a flood of unused tokens: each sweep
     /// revokes at most its bound, reads pages of bounded size, and the next
     /// sweeps take the rest, each token once.
-    #[tokio::test]
-    async fn a_flood_of_inactive_tokens_is_revoked_a_bounded_number_per_sweep() {
+    /// Inserts `count` service tokens of org-1 created at `created_at`.
+    async fn insert_many(f: &crate::service::fixture::Fixture, count: u64, created_at: Timestamp) {
         use crate::{
             domain::{audit::AuditEvent, token::test_record},
             store::{InsertOutcome, MemberPrecondition},
         };
-        let f = fixture_with_policy(|p| p.inactivity = short_policy());
-        let total = MAX_REVOCATIONS_PER_SWEEP + 150;
-        let long_ago = Timestamp::now().saturating_sub(Duration::from_secs(3600));
-        for n in 0..total {
+        for n in 0..count {
             let mut record = test_record(0, "org-1");
             let mut id = [0u8; 16];
             id[8..].copy_from_slice(&(n + 1).to_be_bytes());
             record.id = TokenId::from_bytes(id);
-            record.created_at = long_ago;
+            record.created_at = created_at;
             record.secrets[0].digest =
                 crate::domain::secret::PepperKey::new(1, b"k").digest(&format!("flood {n}"));
             let event = AuditEvent {
@@ -257,6 +305,17 @@ mod tests {
                 .unwrap();
             assert_eq!(outcome, InsertOutcome::Inserted);
         }
+    }
+
+    /// A policy turned on over a flood of unused tokens: each sweep
+    /// revokes at most its bound, reads pages of bounded size, and the next
+    /// sweeps take the rest, each token once.
+    #[tokio::test]
+    async fn a_flood_of_inactive_tokens_is_revoked_a_bounded_number_per_sweep() {
+        let f = fixture_with_policy(|p| p.inactivity = short_policy());
+        let total = MAX_REVOCATIONS_PER_SWEEP + 150;
+        let long_ago = Timestamp::now().saturating_sub(Duration::from_secs(3600));
+        insert_many(&f, total, long_ago).await;
         let first = f.authority.sweep_inactive(|| false).await.unwrap();
         assert_eq!(first.revoked, MAX_REVOCATIONS_PER_SWEEP);
         assert!(first.truncated);
@@ -265,6 +324,32 @@ mod tests {
         assert_eq!((second.revoked, second.truncated), (150, false));
         let third = f.authority.sweep_inactive(|| false).await.unwrap();
         assert_eq!((third.examined, third.revoked), (0, 0));
+    }
+
+    /// A sweep reads a bounded number of pages; the next one resumes after
+    /// them, and once the end is reached the round starts over.
+    #[tokio::test]
+    async fn a_sweep_reads_a_bounded_number_of_pages_and_the_next_resumes() {
+        // Periods of an hour: nothing here is warned or revoked, however slow.
+        let f = fixture_with_policy(|p| {
+            p.inactivity = InactivityPolicy {
+                service: Some(Duration::from_secs(3600)),
+                ..short_policy()
+            }
+        });
+        let total = 2 * SWEEP_PAGE as u64 + 100;
+        insert_many(&f, total, Timestamp::now()).await;
+        let mut examined = Vec::new();
+        for _ in 0..4 {
+            let report = f.authority.sweep_pages(|| false, 1).await.unwrap();
+            assert_eq!((report.revoked, report.warned), (0, 0));
+            examined.push((report.examined, report.truncated));
+        }
+        let page = SWEEP_PAGE as u64;
+        assert_eq!(
+            examined,
+            vec![(page, true), (page, true), (100, false), (page, true)]
+        );
     }
 
     /// Any event naming `record`, for its insert.

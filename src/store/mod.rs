@@ -414,7 +414,11 @@ pub trait Store: Send + Sync + 'static {
     /// The right to run a background sweep that one replica at a time
     /// runs (the inactivity sweep), if no other replica holds it now; held
     /// until the lease is dropped, or the process dies. A store that only
-    /// this process writes grants it always.
+    /// this process writes grants it always. The lease spares work, it is
+    /// not what keeps the sweep's changes single: should two sweeps ever
+    /// overlap (a lock lost with its connection), a token is still revoked
+    /// with one event ([`Store::revoke_token`] writes it only when it
+    /// revoked) and warned with one ([`Store::append_audit`] keeps one per id).
     async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
         Ok(Some(SweepLease::local()))
     }

@@ -13,6 +13,7 @@ use tokenauth::{
 
 use crate::{
     harness::{TestServer, admin, check, id_of, issue, workspace_token},
+    operations::http_get,
     pg::PgCluster,
 };
 
@@ -93,7 +94,11 @@ async fn revoked_within(server: &TestServer, org: &str, id: &str, limit: Duratio
 
 #[tokio::test]
 async fn an_unused_token_is_warned_once_then_revoked_and_one_in_use_is_neither() {
-    let server = TestServer::start_with(short_policy).await;
+    let server = TestServer::start_with(|config| {
+        short_policy(config);
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let org = "org-inactive";
     let idle = issue(&server, workspace_token(org, "ws-1", &["test_api:run"])).await;
     let busy = issue(&server, workspace_token(org, "ws-1", &["test_api:run"])).await;
@@ -173,6 +178,18 @@ async fn an_unused_token_is_warned_once_then_revoked_and_one_in_use_is_neither()
     assert!(seconds(warnings[0]) < seconds(event), "{warnings:?}");
     assert!(about(&log, AuditAction::InactivityWarning, &busy_id).is_empty());
     assert!(about(&log, AuditAction::Revoked, &busy_id).is_empty());
+
+    let metrics = http_get(server.admin_addr().unwrap(), "/metrics").await;
+    for line in [
+        r#"tokenauth_inactivity_tokens_total{action="revoked"} 1"#,
+        r#"tokenauth_inactivity_tokens_total{action="warned"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains(r#"tokenauth_inactivity_sweep_duration_seconds_count{outcome="swept"}"#),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
