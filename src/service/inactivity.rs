@@ -373,6 +373,44 @@ mod tests {
         assert_eq!(swept.revoked, 1);
     }
 
+    /// A use this replica noted but has not written yet counts: the sweep
+    /// reads the recorder as well as the store.
+    #[tokio::test]
+    async fn a_use_not_yet_written_keeps_the_token() {
+        use crate::{domain::token::validate_check_query, service::CheckOrigin};
+        // A second's period: half a second of slack on either side.
+        let f = fixture_with_policy(|p| {
+            p.inactivity = InactivityPolicy {
+                service: Some(Duration::from_secs(1)),
+                ..short_policy()
+            }
+        });
+        let (id, secret) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let query =
+            validate_check_query(f.authority.catalogue(), "test_api:run", "org-1", "ws-1").unwrap();
+        let used = f
+            .authority
+            .check(&secret, &query, &CheckOrigin::default())
+            .await
+            .unwrap();
+        assert!(used.allowed());
+        // Past the period counted from creation, within it from the use.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(f.store.last_used(&[id]).await.unwrap(), vec![None]);
+        let report = f.authority.sweep_inactive(|| false).await.unwrap();
+        assert_eq!(report.revoked, 0);
+        assert!(
+            f.store
+                .token_by_id(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
+    }
+
     #[tokio::test]
     async fn with_the_policy_off_nothing_is_read_or_revoked() {
         let f = fixture_with_policy(|_| {});
