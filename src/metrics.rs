@@ -124,6 +124,8 @@ pub struct Metrics {
     rpc_calls: opentelemetry::metrics::Counter<u64>,
     ext_authz_denials: opentelemetry::metrics::Counter<u64>,
     ext_authz_shed: opentelemetry::metrics::Counter<u64>,
+    secret_scanning_refusals: opentelemetry::metrics::Counter<u64>,
+    secret_scanning_tokens: opentelemetry::metrics::Counter<u64>,
     inactivity_tokens: opentelemetry::metrics::Counter<u64>,
     inactivity_sweep_duration: Histogram<f64>,
     rpc_names: RpcNames,
@@ -210,6 +212,18 @@ impl Metrics {
                     "ext_authz requests refused (RESOURCE_EXHAUSTED) because requests in flight held ext_authz.max_in_flight_bytes",
                 )
                 .build(),
+            secret_scanning_refusals: meter
+                .u64_counter("tokenauth.secret_scanning.refusals")
+                .with_description(
+                    "GitHub secret-scanning reports refused whole (nothing revoked), by reason",
+                )
+                .build(),
+            secret_scanning_tokens: meter
+                .u64_counter("tokenauth.secret_scanning.tokens")
+                .with_description(
+                    "Matches of answered GitHub secret-scanning reports, by label (true_positive: now revoked)",
+                )
+                .build(),
             inactivity_tokens: meter
                 .u64_counter("tokenauth.inactivity.tokens")
                 .with_description(
@@ -293,6 +307,19 @@ impl Metrics {
     /// Counts an ext_authz request refused for want of in-flight bytes.
     pub fn record_ext_authz_shed(&self) {
         self.ext_authz_shed.add(1, &[]);
+    }
+
+    /// Counts a secret-scanning report refused whole; `reason` is one of
+    /// the fixed refusal labels.
+    pub fn record_secret_scanning_refusal(&self, reason: &'static str) {
+        self.secret_scanning_refusals
+            .add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    /// Counts `count` matches of an answered secret-scanning report labelled `label`.
+    pub fn record_secret_scanning_tokens(&self, label: &'static str, count: u64) {
+        self.secret_scanning_tokens
+            .add(count, &[KeyValue::new("label", label)]);
     }
 
     /// Counts tokens the inactivity policy acted on: `action` is

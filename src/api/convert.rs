@@ -12,9 +12,11 @@ use crate::{
         query::TokenQuery,
         time::Timestamp,
         token::{NewToken, Reason, TokenKind, TokenView},
+        unused::UnusedQuery,
         usage::{Resolution, UsageQuery, UsageRecord},
     },
     proto,
+    service::TokenUnused,
 };
 
 /// An asserted actor; an empty message counts as none.
@@ -108,6 +110,37 @@ impl TryFrom<&proto::ListTokenUsageRequest> for UsageQuery {
             start,
             end,
         })
+    }
+}
+
+impl TryFrom<&proto::ReportUnusedPermissionsRequest> for UnusedQuery {
+    type Error = Error;
+
+    fn try_from(request: &proto::ReportUnusedPermissionsRequest) -> Result<Self, Error> {
+        require_id("org_id", &request.org_id)?;
+        Ok(UnusedQuery {
+            org_id: request.org_id.clone(),
+            workspace_id: filter("workspace_id", request.workspace_id.clone())?,
+            since: bound("since", request.since.as_ref())?,
+        })
+    }
+}
+
+impl From<TokenUnused> for proto::TokenPermissionUsage {
+    fn from(token: TokenUnused) -> Self {
+        let record = token.record;
+        proto::TokenPermissionUsage {
+            token_id: record.id.to_string(),
+            name: record.name,
+            kind: kind_to_proto(record.kind).into(),
+            owner_user_id: record.owner_user_id,
+            workspace_id: record.workspace_id,
+            held: token.usage.held,
+            used: token.usage.used,
+            unused: token.usage.unused,
+            never_used: token.usage.never_used,
+            usage_truncated: token.truncated,
+        }
     }
 }
 

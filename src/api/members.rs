@@ -33,7 +33,7 @@ fn member_to_proto(member: Member) -> proto::Member {
     }
 }
 
-fn required_role(role: i32) -> Result<OrgRole, Error> {
+pub(crate) fn required_role(role: i32) -> Result<OrgRole, Error> {
     proto::OrgRole::try_from(role)
         .ok()
         .and_then(org_role)
@@ -77,10 +77,20 @@ pub async fn remove_member(
         .await?;
     let request = request.into_inner();
     let key = MemberKey::new(&request.org_id, &request.user_id)?;
+    if request.dry_run {
+        let (known, affected_count, affected) = service.preview_remove_member(&caller, key).await?;
+        return Ok(Response::new(proto::RemoveMemberResponse {
+            removed: known,
+            revoked_count: 0,
+            affected_count,
+            affected: affected.into_iter().map(Into::into).collect(),
+        }));
+    }
     let removal = service.remove_member(&caller, key).await?;
     Ok(Response::new(proto::RemoveMemberResponse {
         removed: removal.was_member,
         revoked_count: removal.revoked,
+        ..Default::default()
     }))
 }
 

@@ -1,6 +1,7 @@
 //! The gRPC layer: one file per service. Each handler reads the caller's
 //! credentials, validates and converts its request into domain types, calls
-//! the domain, and converts back.
+//! the domain, and converts back. `secret_scanning` is the one HTTP face:
+//! GitHub's secret-scanning partner endpoint.
 
 pub mod admin;
 pub mod audit;
@@ -8,8 +9,9 @@ pub mod check;
 pub(crate) mod convert;
 pub mod ext_authz;
 pub mod ext_authz_budget;
-mod members;
+pub(crate) mod members;
 pub mod request_context;
+pub mod secret_scanning;
 pub mod status;
 pub mod tokens;
 

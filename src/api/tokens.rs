@@ -1,6 +1,7 @@
 //! `tokenauth.v1.TokenService`: issue, read, list, rotate and revoke tokens,
-//! and read their usage; and the members personal tokens follow (handled
-//! in `api::members`). Every call is authenticated first.
+//! and read their usage and the least-privilege report; and the members
+//! personal tokens follow (handled in `api::members`). Every call is
+//! authenticated first.
 
 use std::sync::Arc;
 
@@ -201,6 +202,30 @@ impl token_service_server::TokenService for TokenApi {
             records: listing.records.into_iter().map(usage_to_proto).collect(),
             next_page_token: listing.next,
             resolution: resolution_to_proto(listing.resolution).into(),
+        }))
+    }
+
+    async fn report_unused_permissions(
+        &self,
+        request: Request<proto::ReportUnusedPermissionsRequest>,
+    ) -> Result<Response<proto::ReportUnusedPermissionsResponse>, Status> {
+        let credentials = credentials_of(&request, request.get_ref().actor.as_ref());
+        let org = request.get_ref().org_id.clone();
+        let caller = self
+            .service
+            .authenticate(credentials, Method::ReportUnusedPermissions, &org, None)
+            .await?;
+        let query = request.get_ref().try_into()?;
+        let request = request.into_inner();
+        let report = self
+            .service
+            .report_unused(&caller, query, request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(proto::ReportUnusedPermissionsResponse {
+            tokens: report.tokens.into_iter().map(Into::into).collect(),
+            next_page_token: report.next,
+            effective_since: Some(timestamp_to_proto(report.effective_since)),
+            truncated: report.truncated,
         }))
     }
 

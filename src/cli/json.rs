@@ -6,7 +6,8 @@
 
 use serde_json::{Map, Value};
 use tokenauth::proto::{
-    AuditAction, AuditEvent, AuditOutcome, PeerSource, Reason, Token, TokenKind, UsageRecord,
+    AuditAction, AuditEvent, AuditOutcome, PeerSource, Reason, Token, TokenKind,
+    TokenPermissionUsage, UsageRecord,
 };
 
 /// A JSON object built field by field, leaving zero values out.
@@ -145,6 +146,21 @@ pub fn usage_record(record: &UsageRecord) -> Value {
         )
         .time("minute", record.minute.as_ref())
         .uint64("count", record.count)
+        .build()
+}
+
+pub fn unused_token(token: &TokenPermissionUsage) -> Value {
+    Object::new()
+        .string("tokenId", &token.token_id)
+        .string("name", &token.name)
+        .enumeration("kind", token.kind, kind_name(token.kind))
+        .string("ownerUserId", &token.owner_user_id)
+        .string("workspaceId", &token.workspace_id)
+        .strings("held", &token.held)
+        .strings("used", &token.used)
+        .strings("unused", &token.unused)
+        .boolean("neverUsed", token.never_used)
+        .boolean("usageTruncated", token.usage_truncated)
         .build()
 }
 

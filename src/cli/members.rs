@@ -26,7 +26,7 @@ pub enum MemberCommand {
     /// List an organization's members, by user id.
     List(ListArgs),
     /// Remove a member and revoke every personal token of theirs.
-    Remove(UserArgs),
+    Remove(RemoveArgs),
 }
 
 /// A role, as the flags spell it.
@@ -44,6 +44,15 @@ pub struct UserArgs {
     /// The member's user id.
     #[arg(long)]
     pub user: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub user: UserArgs,
+    /// Change nothing: show how many personal tokens would be revoked, and the first of them.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -149,17 +158,36 @@ pub async fn run(client: &ClientArgs, command: MemberCommand) -> Result<(), CliE
                 .unwrap_or_default();
             print_member(&mut out, client.output, &member)
         }
-        MemberCommand::Remove(args) => {
+        MemberCommand::Remove(RemoveArgs {
+            user: args,
+            dry_run,
+        }) => {
             let user = args.user.clone();
             let removed = tokens
                 .remove_member(RemoveMemberRequest {
                     org_id: args.scope.org.clone(),
                     user_id: args.user,
+                    dry_run,
                     actor: args.scope.actor(),
                 })
                 .await
                 .map_err(CliError::Status)?
                 .into_inner();
+            if dry_run {
+                let summary = if removed.removed {
+                    format!("removing {user}")
+                } else {
+                    format!("removing {user} (not a member the service knows)")
+                };
+                return pages::print_affected(
+                    &mut out,
+                    client.output,
+                    &summary,
+                    removed.affected_count,
+                    &removed.affected,
+                    table::now(),
+                );
+            }
             let text = match client.output {
                 Output::Json => format!(
                     "{}\n",

@@ -122,6 +122,9 @@ pub enum TokenCommand {
     Rotate(token::RotateArgs),
     /// Check decisions by token, permission, decision and minute (oldest first).
     Usage(reports::UsageArgs),
+    /// Least privilege: each live token's permissions it did not use since
+    /// --since, and the tokens not used at all (newest first).
+    Unused(reports::UnusedArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +145,7 @@ pub enum Shell {
 pub fn token(client: &ClientArgs, command: TokenCommand) -> Result<(), CliError> {
     match command {
         TokenCommand::Usage(args) => runtime()?.block_on(reports::usage(client, args)),
+        TokenCommand::Unused(args) => runtime()?.block_on(reports::unused(client, args)),
         command => runtime()?.block_on(token::run(client, command)),
     }
 }

@@ -5,7 +5,9 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use super::{CliError, Output};
+use tokenauth::proto::Token;
+
+use super::{CliError, Output, json, table};
 
 /// One page of a listing.
 pub struct Page<T> {
@@ -84,6 +86,49 @@ pub async fn list<T>(
         }
         token = page.next_page_token;
     }
+}
+
+/// A dry run's answer: how many tokens the change would revoke and the
+/// first of them, as a table under `summary` or as JSON
+/// (`affectedCount`, `affected`), so a person sees the blast radius first.
+pub fn print_affected(
+    out: &mut impl Write,
+    output: Output,
+    summary: &str,
+    affected_count: u64,
+    affected: &[Token],
+    now: i64,
+) -> Result<(), CliError> {
+    let text = match output {
+        Output::Json => format!(
+            "{}\n",
+            pretty(
+                &json::Object::new()
+                    .uint64("affectedCount", affected_count)
+                    .list("affected", affected.iter().map(json::token).collect())
+                    .build()
+            )?
+        ),
+        Output::Table => {
+            let mut text =
+                format!("{summary}: would revoke {affected_count} token(s); nothing was changed\n");
+            if !affected.is_empty() {
+                text.push_str(&table::token_header());
+                text.push('\n');
+                for token in affected {
+                    text.push_str(&table::token_row(token, now));
+                    text.push('\n');
+                }
+            }
+            if (affected.len() as u64) < affected_count {
+                text.push_str(&format!("(the first {} shown)\n", affected.len()));
+            }
+            text
+        }
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(CliError::from_output)
 }
 
 /// JSON as grpcurl prints it: indented by two spaces.

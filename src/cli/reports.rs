@@ -1,10 +1,13 @@
 //! The listings that report rather than manage: `tokenauth token usage`
-//! (ListTokenUsage) and `tokenauth audit list` (ListAuditEvents).
+//! (ListTokenUsage), `tokenauth token unused` (ReportUnusedPermissions) and
+//! `tokenauth audit list` (ListAuditEvents).
 
 use std::time::SystemTime;
 
 use clap::{Args, ValueEnum};
-use tokenauth::proto::{AuditAction, ListAuditEventsRequest, ListTokenUsageRequest};
+use tokenauth::proto::{
+    AuditAction, ListAuditEventsRequest, ListTokenUsageRequest, ReportUnusedPermissionsRequest,
+};
 
 use super::{
     CliError, ClientArgs, Paging, Scope, connect, json,
@@ -22,6 +25,21 @@ pub struct UsageArgs {
     pub token: Option<String>,
     #[command(flatten)]
     pub window: Window,
+    #[command(flatten)]
+    pub paging: Paging,
+}
+
+#[derive(Args, Debug)]
+pub struct UnusedArgs {
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Only tokens of this workspace.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// The start of the window: RFC 3339, or a duration ago (`30d`); by
+    /// default as far back as usage is kept.
+    #[arg(long, value_parser = parse_moment)]
+    pub since: Option<prost_types::Timestamp>,
     #[command(flatten)]
     pub paging: Paging,
 }
@@ -115,6 +133,58 @@ pub async fn usage(client: &ClientArgs, args: UsageArgs) -> Result<(), CliError>
                 .into_inner();
             Ok(Page {
                 items: page.records,
+                next_page_token: page.next_page_token,
+            })
+        },
+    )
+    .await
+}
+
+pub async fn unused(client: &ClientArgs, args: UnusedArgs) -> Result<(), CliError> {
+    let mut tokens = connect::connect(client).await?.tokens;
+    let request = ReportUnusedPermissionsRequest {
+        org_id: args.scope.org.clone(),
+        workspace_id: args.workspace.unwrap_or_default(),
+        since: args.since,
+        page_size: args.paging.page_size.unwrap_or(0),
+        page_token: String::new(),
+        actor: args.scope.actor(),
+    };
+    let printer = Printer {
+        field: "tokens",
+        header: table::unused_header,
+        row: table::unused_row,
+        json: json::unused_token,
+    };
+    let mut window_told = false;
+    pages::list(
+        &mut std::io::stdout().lock(),
+        client.output,
+        args.paging.all,
+        args.paging.page_token.unwrap_or_default(),
+        &printer,
+        async |page_token| {
+            let page = tokens
+                .report_unused_permissions(ReportUnusedPermissionsRequest {
+                    page_token,
+                    ..request.clone()
+                })
+                .await
+                .map_err(CliError::Status)?
+                .into_inner();
+            // On standard error, so that stdout stays the listing alone.
+            if !window_told && let Some(since) = &page.effective_since {
+                eprintln!("usage since {}", json::rfc3339(since));
+                window_told = true;
+            }
+            if page.truncated {
+                eprintln!(
+                    "truncated: a token's usage outgrew what one page reads; its unused \
+                     permissions may include some it used later in the window"
+                );
+            }
+            Ok(Page {
+                items: page.tokens,
                 next_page_token: page.next_page_token,
             })
         },

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokenauth::proto::{AuditAction, AuditEvent, AuditOutcome, Reason, Token, UsageRecord};
+use tokenauth::proto::{
+    AuditAction, AuditEvent, AuditOutcome, Reason, Token, TokenPermissionUsage, UsageRecord,
+};
 
 use super::json::kind_name;
 
@@ -184,6 +186,38 @@ fn usage_columns(
     permission: &str,
 ) -> String {
     format!("{minute:<29}  {token:<30}  {decision:<23}  {count:>7}  {permission}")
+}
+
+pub fn unused_header() -> String {
+    unused_columns("TOKEN", "KIND", "USE", "NAME", "UNUSED")
+}
+
+/// One token of the least-privilege report: whether it was used in the
+/// window, and what it holds and did not use (last, as it has no width).
+pub fn unused_row(token: &TokenPermissionUsage, _now: i64) -> String {
+    let usage = if token.usage_truncated {
+        "truncated"
+    } else if token.never_used {
+        "never"
+    } else {
+        "used"
+    };
+    let unused = if token.unused.is_empty() {
+        "-".to_owned()
+    } else {
+        token.unused.join(",")
+    };
+    unused_columns(
+        &token.token_id,
+        &kind_name(token.kind).unwrap_or("?").to_lowercase(),
+        usage,
+        &token.name,
+        &unused,
+    )
+}
+
+fn unused_columns(id: &str, kind: &str, usage: &str, name: &str, unused: &str) -> String {
+    format!("{id:<30}  {kind:<8}  {usage:<9}  {name:<24}  {unused}")
 }
 
 pub fn audit_header() -> String {

@@ -86,6 +86,9 @@ pub struct RevokeAllArgs {
     /// `service`: every live service token of the organization (or --workspace).
     #[arg(long, value_enum)]
     pub kind: Option<Kind>,
+    /// Change nothing: show how many tokens would be revoked, and the first of them.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -274,9 +277,9 @@ pub async fn run(client: &ClientArgs, command: TokenCommand) -> Result<(), CliEr
             print_token(&mut out, client.output, &token, now)
         }
         TokenCommand::RevokeAll(args) => {
-            let count = tokens
+            let answer = tokens
                 .revoke_all(RevokeAllRequest {
-                    dry_run: false,
+                    dry_run: args.dry_run,
                     org_id: args.scope.org.clone(),
                     workspace_id: args.workspace.unwrap_or_default(),
                     owner_user_id: args.owner.unwrap_or_default(),
@@ -285,8 +288,18 @@ pub async fn run(client: &ClientArgs, command: TokenCommand) -> Result<(), CliEr
                 })
                 .await
                 .map_err(CliError::Status)?
-                .into_inner()
-                .revoked_count;
+                .into_inner();
+            if args.dry_run {
+                return pages::print_affected(
+                    &mut out,
+                    client.output,
+                    "revoke-all",
+                    answer.affected_count,
+                    &answer.affected,
+                    now,
+                );
+            }
+            let count = answer.revoked_count;
             let text = match client.output {
                 Output::Json => {
                     pages::pretty(&json::Object::new().uint64("revokedCount", count).build())?
@@ -326,8 +339,8 @@ pub async fn run(client: &ClientArgs, command: TokenCommand) -> Result<(), CliEr
                 now,
             )
         }
-        // Dispatched by the caller (cli::token), to reports::usage.
-        TokenCommand::Usage(_) => Ok(()),
+        // Dispatched by the caller (cli::token), to reports.
+        TokenCommand::Usage(_) | TokenCommand::Unused(_) => Ok(()),
     }
 }
 

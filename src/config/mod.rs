@@ -81,6 +81,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub usage: UsageConfig,
     pub leak_reports: LeakReportsConfig,
+    pub secret_scanning: SecretScanningConfig,
     pub inactivity: inactivity::InactivityConfig,
     pub health: HealthConfig,
     pub tls: TlsConfig,
@@ -109,6 +110,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
             leak_reports: LeakReportsConfig::default(),
+            secret_scanning: SecretScanningConfig::default(),
             inactivity: inactivity::InactivityConfig::default(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
@@ -340,6 +342,38 @@ impl Default for LeakReportsConfig {
         Self {
             max_secrets_per_peer_per_minute: 2000,
             max_secrets_per_minute: 20_000,
+        }
+    }
+}
+
+/// `[secret_scanning]`: the endpoint GitHub's secret-scanning partner
+/// program POSTs found secrets to (`POST /github/secret-scanning`), on a
+/// listener of its own. Off by default. Only GitHub can sign a report, so
+/// its reports spend a budget of their own, which no anonymous
+/// ReportLeakedSecrets flood can exhaust.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretScanningConfig {
+    /// Address of its HTTP server. Default: none (off); e.g.
+    /// `"127.0.0.1:8090"`, behind a TLS-terminating proxy GitHub reaches.
+    #[serde(deserialize_with = "values::optional_listen")]
+    pub listen: Option<SocketAddr>,
+    /// GitHub's signing keys, the JSON of
+    /// `https://api.github.com/meta/public_keys/secret_scanning`, read at
+    /// start. Required when `listen` is set. Default: none.
+    pub keys_file: Option<PathBuf>,
+    /// Most matches GitHub's signed reports may have looked up per minute,
+    /// at least 1000 (one full report); beyond, a report is refused whole
+    /// (429) and GitHub retries it. Default 20000.
+    pub max_matches_per_minute: u32,
+}
+
+impl Default for SecretScanningConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            keys_file: None,
+            max_matches_per_minute: 20_000,
         }
     }
 }

@@ -54,6 +54,19 @@ impl Config {
                 "must be at least leak_reports.max_secrets_per_peer_per_minute",
             ));
         }
+        if self.secret_scanning.max_matches_per_minute < 1000 {
+            return Err(invalid(
+                "secret_scanning.max_matches_per_minute",
+                "must be at least 1000 (one full report)",
+            ));
+        }
+        if self.secret_scanning.listen.is_some() && self.secret_scanning.keys_file.is_none() {
+            return Err(invalid(
+                "secret_scanning.keys_file",
+                "is required when secret_scanning.listen is set: download GitHub's keys \
+                 from https://api.github.com/meta/public_keys/secret_scanning",
+            ));
+        }
         if self.limits.max_concurrent_requests == 0 {
             return Err(invalid(
                 "limits.max_concurrent_requests",
@@ -239,6 +252,7 @@ impl Config {
                 per_peer: self.leak_reports.max_secrets_per_peer_per_minute,
                 total: self.leak_reports.max_secrets_per_minute,
             },
+            signed_intake: self.secret_scanning.max_matches_per_minute,
             membership: MembershipPolicy {
                 required: self.membership.required,
             },

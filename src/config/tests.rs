@@ -36,6 +36,10 @@ fn leak_report_budgets_below_one_full_report_are_refused_by_name() {
             "[leak_reports]\nmax_secrets_per_minute = 1999\n",
             "leak_reports.max_secrets_per_minute",
         ),
+        (
+            "[secret_scanning]\nmax_matches_per_minute = 999\n",
+            "secret_scanning.max_matches_per_minute",
+        ),
     ] {
         let error = Config::from_toml(toml)
             .unwrap()
@@ -44,6 +48,23 @@ fn leak_report_budgets_below_one_full_report_are_refused_by_name() {
             .to_string();
         assert!(error.contains(field), "{toml}: {error}");
     }
+}
+
+#[test]
+fn a_secret_scanning_listener_without_keys_is_refused_by_name() {
+    let on = "[secret_scanning]\nlisten = \"127.0.0.1:0\"\n";
+    let error = Config::from_toml(on)
+        .unwrap()
+        .policy()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("secret_scanning.keys_file"), "{error}");
+    let with_keys = format!("{on}keys_file = \"/etc/tokenauth/github-keys.json\"\n");
+    assert!(Config::from_toml(&with_keys).unwrap().policy().is_ok());
+    assert!(
+        Config::default().secret_scanning.listen.is_none(),
+        "off by default"
+    );
 }
 
 /// The configuration page's "whole file, with every default" is what the

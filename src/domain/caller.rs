@@ -59,6 +59,7 @@ pub enum Method {
     RemoveMember,
     GetMember,
     ListMembers,
+    ReportUnusedPermissions,
     /// The inactivity policy's sweep (`domain::inactivity`): no caller.
     InactivityPolicy,
 }
@@ -83,6 +84,7 @@ impl Method {
             Method::RemoveMember => "RemoveMember",
             Method::GetMember => "GetMember",
             Method::ListMembers => "ListMembers",
+            Method::ReportUnusedPermissions => "ReportUnusedPermissions",
             Method::InactivityPolicy => "InactivityPolicy",
         }
     }

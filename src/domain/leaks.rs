@@ -86,7 +86,7 @@ fn printable(field: &'static str, value: &str, max: usize) -> Result<(), Error> 
 
 /// A report's secrets, sorted before any lookup: the well-formed ones (each
 /// once), and how many were malformed. Refuses an empty or oversized batch.
-pub fn sort_reported(secrets: &[String]) -> Result<(Vec<&str>, u64), Error> {
+pub fn sort_reported<S: AsRef<str>>(secrets: &[S]) -> Result<(Vec<&str>, u64), Error> {
     if secrets.is_empty() {
         return Err(Error::invalid("secrets", "is required"));
     }
@@ -98,7 +98,7 @@ pub fn sort_reported(secrets: &[String]) -> Result<(Vec<&str>, u64), Error> {
     }
     let mut well_formed: Vec<&str> = Vec::with_capacity(secrets.len());
     let mut malformed = 0u64;
-    for presented in secrets {
+    for presented in secrets.iter().map(AsRef::as_ref) {
         if secret::parse(presented).is_some() {
             well_formed.push(presented);
         } else {
@@ -245,7 +245,7 @@ mod tests {
         let (well_formed, malformed) = sort_reported(&batch).unwrap();
         assert_eq!(well_formed, vec![good.expose()]);
         assert_eq!(malformed, 2);
-        assert!(sort_reported(&[]).is_err());
+        assert!(sort_reported::<String>(&[]).is_err());
         let oversized = vec![good.expose().to_owned(); MAX_REPORTED_SECRETS + 1];
         let Err(Error::InvalidArgument { field, .. }) = sort_reported(&oversized) else {
             panic!("an oversized batch must be refused");

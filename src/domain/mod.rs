@@ -22,8 +22,10 @@ pub mod quota;
 pub mod refusals;
 pub mod routes;
 pub mod secret;
+pub mod secret_scanning;
 pub mod time;
 pub mod token;
+pub mod unused;
 pub mod usage;
 
 /// Every rule a request can break. Wrapped by `service::Error`, and turned

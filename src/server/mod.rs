@@ -1,7 +1,8 @@
 //! Wiring: store -> pepper -> cache -> services; the listeners, and an
 //! orderly shutdown. The parts live beside this file: opening the store
 //! (`store`), the gRPC port (`grpc`), health and its probe port (`health`),
-//! the admin HTTP port (`admin_http`) and the background tasks (`tasks`).
+//! the HTTP ports, admin and secret scanning (`admin_http`), and the
+//! background tasks (`tasks`).
 
 mod admin_http;
 mod error;
@@ -44,6 +45,7 @@ pub struct RunningServer {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     probe_addr: Option<SocketAddr>,
+    secret_scanning_addr: Option<SocketAddr>,
     /// Begins the drain when dropped.
     drain: Option<DropGuard>,
     task: JoinHandle<Result<(), ServerError>>,
@@ -58,6 +60,11 @@ impl RunningServer {
     /// The admin HTTP address actually bound, when the admin port is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The secret-scanning HTTP address actually bound, when it is on.
+    pub fn secret_scanning_addr(&self) -> Option<SocketAddr> {
+        self.secret_scanning_addr
     }
 
     /// The health probe port actually bound, when it is on.
@@ -89,6 +96,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     // A bad setting is named before the store is touched (a store opened
     // with one can fail in ways that do not name it).
     config.policy()?;
+    admin_http::partner_keys(&config)?;
     let store = open_store(&config).await?;
     start_with_store(config, store).await
 }
@@ -100,6 +108,7 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     let policy = config.policy()?;
+    let partner_keys = admin_http::partner_keys(&config)?;
     let ext_authz_policy = config.ext_authz.compile(&policy.catalogue)?;
     let metrics = Metrics::new(
         config.telemetry.otlp_endpoint.as_deref(),
@@ -170,6 +179,23 @@ pub async fn start_with_store(
         None => None,
     };
     let probe_addr = probe.as_ref().and_then(|l| l.local_addr().ok());
+    let secret_scanning = match (config.secret_scanning.listen, partner_keys) {
+        (Some(addr), Some(keys)) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let router = admin_http::secret_scanning_router(
+                keys,
+                Arc::clone(&service),
+                Arc::clone(&metrics),
+            );
+            Some((listener, router))
+        }
+        _ => None,
+    };
+    let secret_scanning_addr = secret_scanning
+        .as_ref()
+        .and_then(|(l, _)| l.local_addr().ok());
     let tls = grpc::tls_config(&config)?;
     report_plaintext(&config, local_addr, tls.is_some(), &metrics)?;
     let drain = CancellationToken::new();
@@ -184,6 +210,7 @@ pub async fn start_with_store(
         listener,
         admin,
         probe,
+        secret_scanning,
         background,
     };
     let task = tokio::spawn(wired.serve(drain.clone()));
@@ -191,12 +218,14 @@ pub async fn start_with_store(
         %local_addr,
         admin_addr = admin_addr.map(tracing::field::display),
         probe_addr = probe_addr.map(tracing::field::display),
+        secret_scanning_addr = secret_scanning_addr.map(tracing::field::display),
         "tokenauth listening"
     );
     Ok(RunningServer {
         local_addr,
         admin_addr,
         probe_addr,
+        secret_scanning_addr,
         drain: Some(drain.drop_guard()),
         task,
     })
@@ -255,6 +284,8 @@ struct Wired {
     admin: Option<TcpListener>,
     /// The health-only port (`health.listen`), if on.
     probe: Option<TcpListener>,
+    /// The secret-scanning port (`secret_scanning.listen`) and its routes, if on.
+    secret_scanning: Option<(TcpListener, axum::Router)>,
     background: Background,
 }
 
@@ -273,6 +304,7 @@ impl Wired {
             listener,
             admin,
             probe,
+            secret_scanning,
             mut background,
         } = self;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -316,7 +348,14 @@ impl Wired {
         }
         if let Some(listener) = admin {
             let metrics = Arc::clone(&metrics);
-            background.spawn_with_stop(|stop| admin_http::serve_admin(listener, metrics, stop));
+            let router = admin_http::admin_router(metrics);
+            background
+                .spawn_with_stop(|stop| admin_http::serve_http(listener, router, "admin", stop));
+        }
+        if let Some((listener, router)) = secret_scanning {
+            background.spawn_with_stop(|stop| {
+                admin_http::serve_http(listener, router, "secret-scanning", stop)
+            });
         }
         let limits = &config.limits;
         if let Some(listener) = probe {

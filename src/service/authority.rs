@@ -49,6 +49,9 @@ pub struct Policy {
     pub usage_retention: UsageRetention,
     /// How many secrets ReportLeakedSecrets looks up per minute.
     pub leak_intake: IntakeLimits,
+    /// How many matches GitHub's signed secret-scanning reports look up per
+    /// minute, in a budget of their own.
+    pub signed_intake: u32,
     /// How Check treats personal tokens of members it does not know.
     pub membership: MembershipPolicy,
     /// Most members an ADMIN may bring an organization to (SetMember).
@@ -68,6 +71,9 @@ pub struct TokenAuthority {
     pub(super) metrics: Arc<Metrics>,
     /// Spent by ReportLeakedSecrets, per network and in total.
     pub(super) leak_intake: IntakeBudget,
+    /// Spent by GitHub's signed reports only: an anonymous flood that
+    /// spends `leak_intake` must not silence the channel most leaks come by.
+    pub(super) signed_intake: IntakeBudget,
     /// The inactivity warnings this process has written.
     pub(super) inactivity_warned: WrittenWarnings,
     /// Where this replica's next inactivity sweep starts, when the last
@@ -86,6 +92,10 @@ impl TokenAuthority {
     ) -> Self {
         Self {
             leak_intake: IntakeBudget::new(policy.leak_intake),
+            signed_intake: IntakeBudget::new(IntakeLimits {
+                per_peer: policy.signed_intake,
+                total: policy.signed_intake,
+            }),
             inactivity_warned: WrittenWarnings::default(),
             inactivity_resume: std::sync::Mutex::new(None),
             store,

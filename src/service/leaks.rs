@@ -13,12 +13,24 @@ use crate::domain::{
     authz::{self, Verdict},
     caller::{Caller, Method},
     ids::{EventId, TokenId},
-    leaks::{LeakSource, Tally, sort_reported},
+    leaks::{IntakeBudget, LeakSource, Tally, sort_reported},
     pagination::DEFAULT_PAGE_SIZE,
     secret,
     time::Timestamp,
     token::{Reason, TokenRecord, TokenView, liveness},
 };
+
+/// What a reported secret came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leaked {
+    /// It named a live token, now revoked.
+    Revoked,
+    /// It named a token revoked before.
+    AlreadyRevoked,
+    /// It names nothing that could be used: unknown, expired, or a secret
+    /// replaced by rotation.
+    NotLive,
+}
 
 /// Where an unauthenticated revocation came from, for its audit events.
 #[derive(Clone, Copy, Debug)]
@@ -43,18 +55,9 @@ impl TokenAuthority {
         let now = Timestamp::now();
         let mut revoked = 0u64;
         for presented in &well_formed {
-            let Some(record) = self.live_token_of(presented, now).await? else {
-                continue;
-            };
-            let mut event = self.holder_event(Method::ReportLeakedSecrets, &record, now, origin)?;
-            event.detail = source.detail();
-            self.revoke_record(&record, now, event).await?;
-            revoked += 1;
-            tracing::warn!(
-                token_id = %record.id, org_id = %record.org_id, source = %source.source,
-                url = %source.url, peer = origin.peer.map(tracing::field::display),
-                request_id = %origin.request_id, "token revoked: its secret was reported leaked"
-            );
+            if self.revoke_leaked(presented, source, origin, now).await? == Leaked::Revoked {
+                revoked += 1;
+            }
         }
         let tally = Tally {
             received,
@@ -67,6 +70,37 @@ impl TokenAuthority {
             request_id = %origin.request_id, "leaked secrets reported"
         );
         Ok(tally)
+    }
+
+    /// Revokes the live token that the well-formed secret `presented`
+    /// names, audited as a leak report from `source`: the one path of every
+    /// leak intake (ReportLeakedSecrets, GitHub's secret scanning).
+    pub(super) async fn revoke_leaked(
+        &self,
+        presented: &str,
+        source: &LeakSource,
+        origin: HolderOrigin<'_>,
+        now: Timestamp,
+    ) -> Result<Leaked, Error> {
+        let record = match self.usable_token_of(presented, now).await? {
+            Ok(record) => record,
+            Err(Reason::Revoked) => {
+                return Ok(match self.revocation_of(presented).await? {
+                    Some(_) => Leaked::AlreadyRevoked,
+                    None => Leaked::NotLive,
+                });
+            }
+            Err(_) => return Ok(Leaked::NotLive),
+        };
+        let mut event = self.holder_event(Method::ReportLeakedSecrets, &record, now, origin)?;
+        event.detail = source.detail();
+        self.revoke_record(&record, now, event).await?;
+        tracing::warn!(
+            token_id = %record.id, org_id = %record.org_id, source = %source.source,
+            url = %source.url, peer = origin.peer.map(tracing::field::display),
+            request_id = %origin.request_id, "token revoked: its secret was reported leaked"
+        );
+        Ok(Leaked::Revoked)
     }
 
     /// A leak report's dry run, for an ADMIN: the counts, how many live
@@ -141,10 +175,8 @@ impl TokenAuthority {
             Err(Reason::Revoked) => {
                 // Either the token is revoked (nothing to do) or only this
                 // secret is, by rotation: its holder holds nothing live.
-                if let Some((token, _)) = self.find_well_formed(presented).await?
-                    && let Some(at) = token.record.revoked_at
-                {
-                    return Ok((token.record.id, at));
+                if let Some(revoked) = self.revocation_of(presented).await? {
+                    return Ok(revoked);
                 }
                 return Err(Error::unauthenticated(
                     "the secret has been replaced by rotation".into(),
@@ -162,11 +194,30 @@ impl TokenAuthority {
         Ok((record.id, outcome.record.revoked_at.unwrap_or(now)))
     }
 
-    fn spend_intake(&self, peer: Option<SocketAddr>, secrets: usize) -> Result<(), Error> {
-        let secrets = u32::try_from(secrets).unwrap_or(u32::MAX);
-        self.leak_intake
-            .take(peer, secrets, Timestamp::now())
-            .map_err(|exhausted| Error::resource_exhausted(exhausted.message().into()))
+    pub(super) fn spend_intake(
+        &self,
+        peer: Option<SocketAddr>,
+        secrets: usize,
+    ) -> Result<(), Error> {
+        spend(&self.leak_intake, peer, secrets)
+    }
+
+    /// Spends GitHub's own budget (see `TokenAuthority::signed_intake`).
+    pub(super) fn spend_signed_intake(
+        &self,
+        peer: Option<SocketAddr>,
+        matches: usize,
+    ) -> Result<(), Error> {
+        spend(&self.signed_intake, peer, matches)
+    }
+
+    /// The id and revocation time of the token `presented` names, if that
+    /// token is revoked (not only this secret of it, by rotation).
+    async fn revocation_of(&self, presented: &str) -> Result<Option<(TokenId, Timestamp)>, Error> {
+        Ok(self
+            .find_well_formed(presented)
+            .await?
+            .and_then(|(token, _)| Some((token.record.id, token.record.revoked_at?))))
     }
 
     /// The live token a well-formed secret names, if any.
@@ -229,6 +280,14 @@ fn unusable_message(reason: Reason) -> &'static str {
         Reason::Expired => "the token has expired",
         _ => "the token is not known",
     }
+}
+
+/// Spends `secrets` of `budget` for `peer`, or refuses the whole report.
+fn spend(budget: &IntakeBudget, peer: Option<SocketAddr>, secrets: usize) -> Result<(), Error> {
+    let secrets = u32::try_from(secrets).unwrap_or(u32::MAX);
+    budget
+        .take(peer, secrets, Timestamp::now())
+        .map_err(|exhausted| Error::resource_exhausted(exhausted.message().into()))
 }
 
 #[cfg(test)]

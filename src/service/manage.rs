@@ -330,6 +330,24 @@ impl TokenAuthority {
         mut query: TokenQuery,
     ) -> Result<(u64, Vec<TokenView>), Error> {
         self.authorize_revoke_all(caller, &mut query).await?;
+        let (count, views) = self.blast_radius(&query).await?;
+        tracing::info!(
+            org_id = %query.org_id, workspace_id = query.workspace_id.as_deref(),
+            owner_user_id = query.owner_user_id.as_deref(), kind = query.kind.map(TokenKind::name),
+            would_revoke = count, actor = %caller.actor_ref().label(),
+            request_id = %caller.request_id, "RevokeAll dry run"
+        );
+        Ok((count, views))
+    }
+
+    /// The tokens a revoke-all of `query` would take (the one rule,
+    /// `revoke_all_takes`, that the store applies to the real call): how many,
+    /// and the first page of them with their last use. Shared by every dry
+    /// run of a mass change, so a preview never disagrees with the change.
+    pub(super) async fn blast_radius(
+        &self,
+        query: &TokenQuery,
+    ) -> Result<(u64, Vec<TokenView>), Error> {
         let now = Timestamp::now();
         let (mut count, mut first) = (0u64, Vec::new());
         let mut after = None;
@@ -337,7 +355,7 @@ impl TokenAuthority {
             let page = self
                 .store
                 .list_tokens(
-                    &query,
+                    query,
                     PageRequest {
                         after,
                         limit: pagination::MAX_PAGE_SIZE,
@@ -366,12 +384,6 @@ impl TokenAuthority {
             .zip(last_used)
             .map(|(record, stored)| self.merge_last_used(record, stored))
             .collect();
-        tracing::info!(
-            org_id = %query.org_id, workspace_id = query.workspace_id.as_deref(),
-            owner_user_id = query.owner_user_id.as_deref(), kind = query.kind.map(TokenKind::name),
-            would_revoke = count, actor = %caller.actor_ref().label(),
-            request_id = %caller.request_id, "RevokeAll dry run"
-        );
         Ok((count, views))
     }
 

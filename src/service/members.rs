@@ -21,7 +21,7 @@ use crate::domain::{
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     pagination,
     time::Timestamp,
-    token::TokenKind,
+    token::{TokenKind, TokenView},
 };
 
 /// What a RemoveMember did.
@@ -196,6 +196,27 @@ impl TokenAuthority {
             was_member: removal.removed.is_some(),
             revoked: removal.revoked.count,
         })
+    }
+
+    /// What RemoveMember would do, changing nothing: whether the service
+    /// knows the member, how many personal tokens of theirs it would revoke
+    /// and the first page of them. Authorized exactly as the removal.
+    pub async fn preview_remove_member(
+        &self,
+        caller: &Caller,
+        key: MemberKey,
+    ) -> Result<(bool, u64, Vec<TokenView>), Error> {
+        let verdict = self.members_verdict(caller, &key.org_id).await?;
+        self.authorize_org(caller, Method::RemoveMember, &key.org_id, "", verdict)
+            .await?;
+        let known = self.store.member(&key).await?.is_some();
+        let (count, views) = self.blast_radius(&key.tokens()).await?;
+        tracing::info!(
+            org_id = %key.org_id, user_id = %key.user_id, known, would_revoke = count,
+            actor = %caller.actor_ref().label(), request_id = %caller.request_id,
+            "RemoveMember dry run"
+        );
+        Ok((known, count, views))
     }
 
     pub async fn get_member(&self, caller: &Caller, key: MemberKey) -> Result<Member, Error> {

@@ -8,8 +8,10 @@
 //! One file per job: `authenticate`, `refusals`, `manage`, `reports`,
 //! `members`, `check`, `lookup` (cache first, then the store under the fill
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
-//! secret's holder: leak reports and RevokeSelf), `forensics` (LookupSecret),
-//! `inactivity` (the sweep that revokes unused tokens).
+//! secret's holder: leak reports and RevokeSelf), `secret_scanning` (GitHub's
+//! signed leak reports, through the same intake), `forensics` (LookupSecret),
+//! `unused` (the least-privilege report), `inactivity` (the sweep that
+//! revokes unused tokens).
 
 mod authenticate;
 mod authority;
@@ -27,6 +29,8 @@ mod mesh;
 pub mod recorder;
 mod refusals;
 mod reports;
+mod secret_scanning;
+mod unused;
 
 #[cfg(test)]
 mod fixture;
@@ -40,4 +44,5 @@ pub use self::{
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,
+    unused::{TokenUnused, UnusedReport},
 };

@@ -138,7 +138,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 18] = [
+const METHODS: [Method; 19] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -156,6 +156,7 @@ const METHODS: [Method; 18] = [
     Method::RemoveMember,
     Method::GetMember,
     Method::ListMembers,
+    Method::ReportUnusedPermissions,
     Method::InactivityPolicy,
 ];
 

@@ -227,6 +227,10 @@ impl TestServer {
         self.running.as_ref().unwrap().admin_addr()
     }
 
+    pub fn secret_scanning_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().unwrap().secret_scanning_addr()
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         self.running.as_ref().unwrap().local_addr()
     }

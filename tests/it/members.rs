@@ -34,6 +34,7 @@ async fn remove(server: &TestServer, org: &str, user: &str) -> (bool, u64) {
     let removed = server
         .tokens()
         .remove_member(RemoveMemberRequest {
+            dry_run: false,
             org_id: org.into(),
             user_id: user.into(),
             actor: None,
@@ -161,6 +162,7 @@ async fn only_the_control_plane_and_an_admin_manage_members_within_bounds() {
     let outsider = server
         .tokens()
         .remove_member(RemoveMemberRequest {
+            dry_run: false,
             org_id: "org-1".into(),
             user_id: "alice".into(),
             actor: admin("org-2"),
@@ -253,6 +255,7 @@ async fn a_demoted_admin_whose_session_still_asserts_admin_cannot_manage_members
     let removal = server
         .tokens()
         .remove_member(RemoveMemberRequest {
+            dry_run: false,
             org_id: "org-1".into(),
             user_id: "bob".into(),
             actor: stale,
@@ -646,5 +649,101 @@ async fn a_narrowed_or_removed_members_token_is_still_its_holders_to_revoke() {
         .unwrap()
         .into_inner();
     assert_eq!(preview.affected_count, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn remove_member_dry_run_shows_the_blast_radius_and_changes_nothing() {
+    let server = TestServer::start().await;
+    set_member(&server, "org-1", "bob", OrgRole::ReadWrite).await;
+    let mut bobs = Vec::new();
+    for _ in 0..2 {
+        bobs.push(
+            issue(
+                &server,
+                personal_token("org-1", "bob", &["transformations:read"]),
+            )
+            .await,
+        );
+    }
+    // bob's token elsewhere and alice's here are not in his removal's reach.
+    let elsewhere = issue(
+        &server,
+        personal_token("org-2", "bob", &["transformations:read"]),
+    )
+    .await;
+    let alice = issue(
+        &server,
+        personal_token("org-1", "alice", &["transformations:read"]),
+    )
+    .await;
+    let before = actions(&server, "org-1").await;
+    let preview = |user: &str, actor| RemoveMemberRequest {
+        org_id: "org-1".into(),
+        user_id: user.into(),
+        dry_run: true,
+        actor,
+    };
+
+    let answer = server
+        .tokens()
+        .remove_member(preview("bob", admin("org-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.removed, "bob is a member the service knows");
+    assert_eq!((answer.revoked_count, answer.affected_count), (0, 2));
+    let mut shown: Vec<String> = answer.affected.iter().map(|t| t.id.clone()).collect();
+    let mut expected: Vec<String> = bobs.iter().map(id_of).collect();
+    shown.sort();
+    expected.sort();
+    assert_eq!(shown, expected);
+
+    // Nothing changed: the member, his tokens, and the audit log.
+    for token in bobs.iter().chain([&elsewhere, &alice]) {
+        let org = if std::ptr::eq(token, &elsewhere) {
+            "org-2"
+        } else {
+            "org-1"
+        };
+        let answer = check(&server, &token.secret, "transformations:read", org, "ws-1").await;
+        assert!(answer.allowed, "{answer:?}");
+    }
+    let still = server
+        .tokens()
+        .get_member(GetMemberRequest {
+            org_id: "org-1".into(),
+            user_id: "bob".into(),
+            actor: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.member.unwrap().org_role, OrgRole::ReadWrite as i32);
+    assert_eq!(actions(&server, "org-1").await, before);
+
+    // A user the service never heard of: not known, nothing to revoke.
+    let unknown = server
+        .tokens()
+        .remove_member(preview("carol", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unknown.removed);
+    assert_eq!(unknown.affected_count, 0);
+
+    // Authorized as the removal: a READ_WRITE member and another org's
+    // ADMIN are refused, and learn nothing of bob's tokens.
+    for actor in [member("alice", "org-1", OrgRole::ReadWrite), admin("org-2")] {
+        let refused = server
+            .tokens()
+            .remove_member(preview("bob", actor))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+
+    // The real call revokes exactly what the preview showed.
+    assert_eq!(remove(&server, "org-1", "bob").await, (true, 2));
     server.stop().await;
 }

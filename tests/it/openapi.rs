@@ -405,8 +405,8 @@ fn every_route_the_docs_list_is_described() {
             );
         }
     }
-    // The sixteen routes of the three services the transcoder exposes.
-    assert_eq!(operations, 16, "{paths:#?}");
+    // The seventeen routes of the three services the transcoder exposes.
+    assert_eq!(operations, 17, "{paths:#?}");
     let issue = &paths["/v1/orgs/{org_id}/tokens"]["post"];
     assert_eq!(issue["operationId"], "IssueToken");
     let list = &paths["/v1/orgs/{org_id}/tokens"]["get"];

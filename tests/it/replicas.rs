@@ -255,6 +255,7 @@ async fn replicas_share_tokens_and_a_revocation_on_one_reaches_the_others() {
     }
     c.tokens()
         .remove_member(RemoveMemberRequest {
+            dry_run: false,
             org_id: "org-1".into(),
             user_id: "bob".into(),
             actor: None,

@@ -16,7 +16,7 @@ mod mesh;
 use self::mesh::ext_authz_check;
 use super::fixtures;
 use crate::{
-    api::{convert::grace_from_proto, credentials_of, request_context},
+    api::{convert::grace_from_proto, credentials_of, members::required_role, request_context},
     config::Config,
     domain::{
         audit::AuditQuery,
@@ -24,6 +24,8 @@ use crate::{
         caller::{Actor, OrgRole, Principal, validate_actor},
         ext_authz::ExtAuthzPolicy,
         ids::{TokenId, optional_id, parse_token_id, require_id, validate_name},
+        leaks::{self, LeakSource},
+        member::MemberKey,
         pagination::{self, MAX_PAGE_SIZE},
         permissions::{Catalogue, Level},
         query::{TokenQuery, audit_fingerprint, list_fingerprint, usage_fingerprint},
@@ -31,6 +33,7 @@ use crate::{
         secret,
         time::Timestamp,
         token::{NewToken, TokenKind, validate_check_query},
+        unused::{self, UnusedQuery},
         usage::UsageQuery,
     },
     proto,
@@ -113,7 +116,7 @@ pub fn route(data: &[u8]) {
 /// The request messages the `request` target covers, by selector (its
 /// first byte, modulo their number): every request of every service in
 /// `proto/tokenauth/v1/`, and Envoy's ext_authz `CheckRequest`.
-pub const REQUEST_MESSAGES: [&str; 11] = [
+pub const REQUEST_MESSAGES: [&str; 15] = [
     "tokenauth.v1.IssueTokenRequest",
     "tokenauth.v1.GetTokenRequest",
     "tokenauth.v1.ListTokensRequest",
@@ -125,6 +128,10 @@ pub const REQUEST_MESSAGES: [&str; 11] = [
     "tokenauth.v1.CheckRequest",
     "tokenauth.v1.BackupRequest",
     "envoy.service.auth.v3.CheckRequest",
+    "tokenauth.v1.ReportLeakedSecretsRequest",
+    "tokenauth.v1.SetMemberRequest",
+    "tokenauth.v1.RemoveMemberRequest",
+    "tokenauth.v1.ReportUnusedPermissionsRequest",
 ];
 
 /// Every request message, decoded from wire bytes and converted into domain
@@ -150,7 +157,11 @@ pub fn request(data: &[u8]) -> Option<&'static str> {
         7 => list_audit_events(bytes),
         8 => check(bytes),
         9 => backup(bytes),
-        _ => ext_authz_check(bytes),
+        10 => ext_authz_check(bytes),
+        11 => report_leaked_secrets(bytes),
+        12 => set_member(bytes),
+        13 => remove_member(bytes),
+        _ => report_unused_permissions(bytes),
     };
     accepted.map(|()| REQUEST_MESSAGES[index])
 }
@@ -521,3 +532,109 @@ fn backup(bytes: &[u8]) -> Option<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// Anyone may report secrets (no credential): what a report names is sorted
+/// before any lookup, and what it says about itself (source, url) goes to
+/// logs and the audit log only when it cannot carry a secret.
+fn report_leaked_secrets(bytes: &[u8]) -> Option<()> {
+    let message: proto::ReportLeakedSecretsRequest = decode(bytes)?;
+    let source = LeakSource::new(&message.source, &message.url).ok()?;
+    assert!(source.source.len() <= leaks::MAX_SOURCE_BYTES);
+    assert!(source.url.len() <= leaks::MAX_URL_BYTES);
+    assert!(!secret::mentions_a_secret(&source.detail()));
+    let (well_formed, malformed) = leaks::sort_reported(&message.secrets).ok()?;
+    assert!(!message.secrets.is_empty() && message.secrets.len() <= leaks::MAX_REPORTED_SECRETS);
+    // Each well-formed secret is looked up once, and only those.
+    assert!(well_formed.windows(2).all(|pair| pair[0] < pair[1]));
+    assert!(well_formed.iter().all(|s| secret::parse(s).is_some()));
+    let parsed = message
+        .secrets
+        .iter()
+        .filter(|s| secret::parse(s).is_some())
+        .count();
+    assert_eq!(
+        usize::try_from(malformed).ok()? + parsed,
+        message.secrets.len()
+    );
+    if message.dry_run {
+        // A dry run tells which secrets are live: an ADMIN's only.
+        let principal = control_plane(asserted_actor(message.actor.as_ref()));
+        if authz::preview_leak_report(&principal) == Verdict::Allow {
+            assert!(matches!(
+                &principal,
+                Principal::ControlPlane { actor: Some(actor), .. } if actor.role == OrgRole::Admin
+            ));
+        }
+    }
+    Some(())
+}
+
+/// A member change names a valid member key and, for SetMember, a role;
+/// only the control plane, or an ADMIN of that organization, may make it.
+fn member_change(org_id: &str, user_id: &str, actor: Option<&proto::Actor>) -> Option<MemberKey> {
+    let principal = control_plane(asserted_actor(actor));
+    let key = MemberKey::new(org_id, user_id).ok()?;
+    assert_eq!(
+        (key.org_id.as_str(), key.user_id.as_str()),
+        (org_id, user_id)
+    );
+    let verdict = authz::members(&principal, &key.org_id, None);
+    assert_within_actor_org(&verdict, &principal, &key.org_id);
+    if verdict == Verdict::Allow
+        && let Principal::ControlPlane {
+            actor: Some(actor), ..
+        } = &principal
+    {
+        assert_eq!(actor.role, OrgRole::Admin);
+    }
+    // What a removal (or its dry run) reaches: the member's own personal
+    // tokens in that organization, never another's.
+    let reach = key.tokens();
+    assert_eq!(reach.org_id, key.org_id);
+    assert_eq!(reach.owner_user_id.as_deref(), Some(user_id));
+    assert_eq!(reach.kind, Some(TokenKind::Personal));
+    assert!(!reach.include_revoked);
+    Some(key)
+}
+
+fn set_member(bytes: &[u8]) -> Option<()> {
+    let message: proto::SetMemberRequest = decode(bytes)?;
+    member_change(&message.org_id, &message.user_id, message.actor.as_ref())?;
+    let role = required_role(message.org_role).ok()?;
+    let named = match role {
+        OrgRole::ReadOnly => proto::OrgRole::ReadOnly,
+        OrgRole::ReadWrite => proto::OrgRole::ReadWrite,
+        OrgRole::Admin => proto::OrgRole::Admin,
+    };
+    assert_eq!(named as i32, message.org_role);
+    Some(())
+}
+
+fn remove_member(bytes: &[u8]) -> Option<()> {
+    let message: proto::RemoveMemberRequest = decode(bytes)?;
+    member_change(&message.org_id, &message.user_id, message.actor.as_ref())?;
+    Some(())
+}
+
+/// The least-privilege report reveals what tokens did: only an ADMIN of the
+/// organization reads it; its window never starts after now, nor is a
+/// future `since` accepted; its page token is bound to the query.
+fn report_unused_permissions(bytes: &[u8]) -> Option<()> {
+    let message: proto::ReportUnusedPermissionsRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.actor.as_ref()));
+    let query = UnusedQuery::try_from(&message).ok()?;
+    assert_eq!(query.org_id, message.org_id);
+    assert_filter(query.workspace_id.as_ref(), &message.workspace_id);
+    assert_bound(query.since, message.since.as_ref());
+    let served = unused::page_size(message.page_size).ok()?;
+    assert!((1..=unused::MAX_PAGE_TOKENS).contains(&served));
+    let now = Timestamp::now();
+    match unused::window_start(query.since, now, &service_policy().usage_retention) {
+        Ok(start) => assert!(start <= now),
+        Err(_) => assert!(query.since.is_some_and(|since| since > now)),
+    }
+    let verdict = authz::read_org_usage(&principal, &query.org_id);
+    assert_within_actor_org(&verdict, &principal, &query.org_id);
+    page_token(&message.page_token, query.fingerprint())?;
+    Some(())
+}

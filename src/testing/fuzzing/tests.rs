@@ -266,6 +266,49 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 ..Default::default()
             }),
         ),
+        (
+            "tokenauth.v1.ReportLeakedSecretsRequest",
+            proto::ReportLeakedSecretsRequest {
+                secrets: vec![secret(), secret(), "not-a-secret".into()],
+                source: "github".into(),
+                url: "https://github.com/acme/app/blob/main/ci.yml".into(),
+                dry_run: true,
+                actor: admin(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "tokenauth.v1.SetMemberRequest",
+            proto::SetMemberRequest {
+                org_id: "org-1".into(),
+                user_id: "bob".into(),
+                org_role: proto::OrgRole::ReadOnly as i32,
+                actor: admin(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "tokenauth.v1.ReportUnusedPermissionsRequest",
+            proto::ReportUnusedPermissionsRequest {
+                org_id: "org-1".into(),
+                workspace_id: "ws-1".into(),
+                since: at(1_700_000_000),
+                page_size: 100,
+                actor: admin(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "tokenauth.v1.RemoveMemberRequest",
+            proto::RemoveMemberRequest {
+                org_id: "org-1".into(),
+                user_id: "bob".into(),
+                dry_run: true,
+                actor: None,
+            }
+            .encode_to_vec(),
+        ),
     ]
 }
 
@@ -310,6 +353,31 @@ fn refusals_are_not_counted_as_accepted() {
         None
     );
     assert_eq!(request(&[10, 0xff]), None, "not an Envoy CheckRequest");
+    // A url that carries a secret would keep it in the audit log.
+    let leaky_url = proto::ReportLeakedSecretsRequest {
+        secrets: vec![secret()],
+        url: format!("https://ci.example/log?t={}", secret()),
+        ..Default::default()
+    };
+    assert_eq!(
+        request(&input(
+            "tokenauth.v1.ReportLeakedSecretsRequest",
+            leaky_url.encode_to_vec()
+        )),
+        None
+    );
+    let no_role = proto::SetMemberRequest {
+        org_id: "org-1".into(),
+        user_id: "bob".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        request(&input(
+            "tokenauth.v1.SetMemberRequest",
+            no_role.encode_to_vec()
+        )),
+        None
+    );
 }
 
 #[test]

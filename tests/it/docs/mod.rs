@@ -63,6 +63,7 @@ const DOCUMENTS: &[&str] = &[
     "docs/deploy/envoy-istio.md",
     "docs/deploy/kubernetes.md",
     "docs/deploy/replicas-postgres.md",
+    "docs/deploy/secret-scanning.md",
     "docs/develop/architecture.md",
     "docs/develop/check-path.md",
     "docs/develop/revocation.md",
@@ -145,11 +146,18 @@ fn part_of(example: &Example) -> Option<(usize, usize)> {
 }
 
 /// Pages whose examples a test of their own runs, since they need more
-/// than a walkthrough starts: JSON over HTTP needs Envoy in front.
-const RUN_BY_THEIR_OWN_TEST: &[(&str, &str)] = &[(
-    crate::envoy::transcoder::DOCUMENT,
-    "envoy::transcoder::the_documented_curl_examples_run_as_shown",
-)];
+/// than a walkthrough starts: JSON over HTTP needs Envoy in front, and
+/// a secret-scanning report a signature made by the test's key.
+const RUN_BY_THEIR_OWN_TEST: &[(&str, &str)] = &[
+    (
+        crate::envoy::transcoder::DOCUMENT,
+        "envoy::transcoder::the_documented_curl_examples_run_as_shown",
+    ),
+    (
+        crate::secret_scanning::DOCUMENT,
+        "secret_scanning::the_documented_example_runs_as_shown",
+    ),
+];
 
 fn all_examples() -> Vec<Example> {
     DOCUMENTS.iter().flat_map(|f| examples(&path(f))).collect()
