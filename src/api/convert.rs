@@ -159,6 +159,7 @@ impl TryFrom<&proto::ListAuditEventsRequest> for AuditQuery {
             Ok(proto::AuditAction::Denied) => Some(AuditAction::Denied),
             Ok(proto::AuditAction::MemberSet) => Some(AuditAction::MemberSet),
             Ok(proto::AuditAction::MemberRemoved) => Some(AuditAction::MemberRemoved),
+            Ok(proto::AuditAction::InactivityWarning) => Some(AuditAction::InactivityWarning),
             Err(_) => {
                 return Err(Error::invalid(
                     "action",
@@ -206,6 +207,7 @@ pub fn audit_to_proto(event: AuditEvent) -> proto::AuditEvent {
         AuditAction::Denied => proto::AuditAction::Denied,
         AuditAction::MemberSet => proto::AuditAction::MemberSet,
         AuditAction::MemberRemoved => proto::AuditAction::MemberRemoved,
+        AuditAction::InactivityWarning => proto::AuditAction::InactivityWarning,
     };
     let outcome = match event.outcome {
         AuditOutcome::Succeeded => proto::AuditOutcome::Succeeded,
@@ -396,6 +398,7 @@ impl From<TokenView> for proto::Token {
                     last_seen_at: Some(timestamp_to_proto(entry.last_seen_at)),
                 })
                 .collect(),
+            inactive_revocation_at: view.inactive_revocation_at.map(timestamp_to_proto),
         }
     }
 }

@@ -38,7 +38,8 @@ pub struct Actor {
     pub role: OrgRole,
 }
 
-/// The management RPCs, as named in audit events.
+/// The management RPCs, as named in audit events; and the service's own
+/// acts, which no RPC makes (`InactivityPolicy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     IssueToken,
@@ -59,6 +60,8 @@ pub enum Method {
     GetMember,
     ListMembers,
     ReportUnusedPermissions,
+    /// The inactivity policy's sweep (`domain::inactivity`): no caller.
+    InactivityPolicy,
 }
 
 impl Method {
@@ -82,6 +85,7 @@ impl Method {
             Method::GetMember => "GetMember",
             Method::ListMembers => "ListMembers",
             Method::ReportUnusedPermissions => "ReportUnusedPermissions",
+            Method::InactivityPolicy => "InactivityPolicy",
         }
     }
 

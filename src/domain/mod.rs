@@ -13,6 +13,7 @@ pub mod client_address;
 pub mod explain;
 pub mod ext_authz;
 pub mod ids;
+pub mod inactivity;
 pub mod leaks;
 pub mod member;
 pub mod pagination;

@@ -10,6 +10,7 @@ use crate::{
         authz::Roles,
         client_address::RecentAddresses,
         ids::TokenId,
+        inactivity::{InactivityPolicy, WrittenWarnings},
         leaks::{IntakeBudget, IntakeLimits},
         member::MembershipPolicy,
         permissions::Catalogue,
@@ -56,6 +57,8 @@ pub struct Policy {
     pub membership: MembershipPolicy,
     /// Most members an ADMIN may bring an organization to (SetMember).
     pub max_members_per_org: u32,
+    /// Which unused tokens are revoked, and when (off by default).
+    pub inactivity: InactivityPolicy,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,
@@ -72,6 +75,11 @@ pub struct TokenAuthority {
     /// Spent by GitHub's signed reports only: an anonymous flood that
     /// spends `leak_intake` must not silence the channel most leaks come by.
     pub(super) signed_intake: IntakeBudget,
+    /// The inactivity warnings this process has written.
+    pub(super) inactivity_warned: WrittenWarnings,
+    /// Where this replica's next inactivity sweep starts, when the last
+    /// one stopped at a bound.
+    pub(super) inactivity_resume: std::sync::Mutex<Option<TokenId>>,
 }
 
 impl TokenAuthority {
@@ -89,6 +97,8 @@ impl TokenAuthority {
                 per_peer: policy.signed_intake,
                 total: policy.signed_intake,
             }),
+            inactivity_warned: WrittenWarnings::default(),
+            inactivity_resume: std::sync::Mutex::new(None),
             store,
             cache: Arc::new(cache),
             keyring,
@@ -130,8 +140,14 @@ impl TokenAuthority {
         stored: Option<Timestamp>,
     ) -> TokenView {
         let pending = self.recorder.pending_last_used(record.id);
+        let last_used_at = stored.max(pending);
         TokenView {
-            last_used_at: stored.max(pending),
+            inactive_revocation_at: self.policy.inactivity.revocation_at(
+                &record,
+                last_used_at,
+                Timestamp::now(),
+            ),
+            last_used_at,
             record,
             client_addresses: RecentAddresses::default(),
         }

@@ -10,7 +10,8 @@
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
 //! secret's holder: leak reports and RevokeSelf), `secret_scanning` (GitHub's
 //! signed leak reports, through the same intake), `forensics` (LookupSecret),
-//! `unused` (the least-privilege report).
+//! `unused` (the least-privilege report), `inactivity` (the sweep that
+//! revokes unused tokens).
 
 mod authenticate;
 mod authority;
@@ -19,6 +20,7 @@ mod check;
 mod error;
 mod fast_hash;
 mod forensics;
+mod inactivity;
 mod leaks;
 mod lookup;
 mod manage;
@@ -38,6 +40,7 @@ pub use self::{
     check::{CheckOrigin, Decision},
     error::Error,
     forensics::SecretState,
+    inactivity::SweepReport,
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,
