@@ -74,14 +74,44 @@ fn printable(field: &'static str, value: &str, max: usize) -> Result<(), Error> 
         ));
     }
     // Source and url are logged and kept in the audit log: a secret in them
-    // (a url with `?t=tkpat_...`) would outlive its revocation there.
-    if crate::domain::secret::mentions_a_secret(value) {
+    // (a url with `?t=tkpat_...`) would outlive its revocation there. Read
+    // as a reader would recover it: percent-decoded, in any case.
+    if crate::domain::secret::mentions_a_secret(&recoverable(value)) {
         return Err(Error::invalid(
             field,
             "must not carry a secret: report secrets in `secrets` only",
         ));
     }
     Ok(())
+}
+
+/// `text` percent-decoded until nothing changes (`%255F` is `%5F` is
+/// `_`), lower-cased: what one could turn back into a secret.
+fn recoverable(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    loop {
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
+            match (bytes[i], hex(i + 1), hex(i + 2)) {
+                (b'%', Some(high), Some(low)) => {
+                    // Two hex digits: at most 255.
+                    decoded.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
+                    i += 3;
+                }
+                (b, _, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        // Each round that changes something shortens the text: it ends.
+        if decoded == bytes {
+            return String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        }
+        bytes = decoded;
+    }
 }
 
 /// A report's secrets, sorted before any lookup: the well-formed ones (each
@@ -266,6 +296,17 @@ mod tests {
         let url = format!("https://ci.example/log?t={}", secret.expose());
         assert!(LeakSource::new("ci", &url).is_err());
         assert!(LeakSource::new("tksat_", "").is_err());
+        // Nor one a reader recovers by decoding the url or fixing its case.
+        let body = secret.expose().strip_prefix("tkpat_").unwrap();
+        for disguised in [
+            format!("https://ci.example/log?t=tkpat%5F{body}"),
+            format!("https://ci.example/log?t=tkpat%255f{body}"),
+            format!("https://ci.example/log?t=%74kpat_{body}"),
+            format!("https://ci.example/log?t=TKPAT_{body}"),
+        ] {
+            assert!(LeakSource::new("ci", &disguised).is_err(), "{disguised}");
+        }
+        assert!(LeakSource::new("ci", "https://e.x/a%20b%zz%").is_ok());
         assert_eq!(
             LeakSource::new("github", "").unwrap().detail(),
             "reported leaked by github at -"

@@ -17,6 +17,8 @@ mod authenticate;
 mod authority;
 pub mod cache;
 mod check;
+#[cfg(test)]
+mod dry_run_cost;
 mod error;
 mod fast_hash;
 mod forensics;

@@ -591,3 +591,36 @@ async fn the_documented_example_runs_as_shown() {
     assert!(!allowed(&server, &leaked.secret, "org-1").await);
     server.stop().await;
 }
+
+/// Hostile review: the four places are taken before the signature is
+/// checked, so four anonymous connections that send made-up signature
+/// headers and trickle their bodies keep GitHub's genuine reports refused
+/// (503) for as long as they renew themselves (every 10 s, the body
+/// timeout), from one address.
+#[tokio::test]
+#[ignore = "finding: unsigned senders can hold every report place and silence GitHub's reports"]
+async fn unsigned_senders_cannot_hold_the_places_githubs_reports_need() {
+    let github = GitHub::new("key-1");
+    let (server, _keys) = start(&github, |_| {}).await;
+    let addr = server.secret_scanning_addr().unwrap();
+    let live = issue(&server, service_token("org-1", &["scim:read"])).await;
+    let body = report(&[&live.secret]);
+    let headers = github.headers(&body);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nhost: tokenauth\r\ncontent-length: 1000\r\n\
+             github-public-key-identifier: made-up\r\ngithub-public-key-signature: AAAA\r\n\r\n["
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    // Let their handlers start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, answer) = post(addr, &headers, body).await.unwrap();
+    assert_eq!(status, 200, "GitHub's signed report was refused: {answer}");
+    assert!(!allowed(&server, &live.secret, "org-1").await);
+    drop(held);
+    server.stop().await;
+}
