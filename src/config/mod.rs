@@ -330,8 +330,8 @@ impl Default for AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LeakReportsConfig {
     /// Most secrets reported per minute from one network (an IPv4 address,
-    /// an IPv6 /64); a report beyond it is refused whole,
-    /// `RESOURCE_EXHAUSTED`. Default 2000.
+    /// an IPv6 /64), and dry-run by one organization's ADMINs; a report
+    /// beyond it is refused whole, `RESOURCE_EXHAUSTED`. Default 2000.
     pub max_secrets_per_peer_per_minute: u32,
     /// Most secrets reported per minute by everyone together. Default 20000.
     pub max_secrets_per_minute: u32,

@@ -177,44 +177,53 @@ impl Exhausted {
     }
 }
 
-struct Minute {
+struct Minute<K> {
     start: Timestamp,
-    by_network: HashMap<Option<IpAddr>, u32>,
-    /// Networks beyond [`CAPACITY`] share one count, so that a flood of
-    /// addresses cannot grow memory.
+    by_payer: HashMap<K, u32>,
+    /// Payers beyond [`CAPACITY`] share one count, so that a flood of
+    /// addresses (or organizations) cannot grow memory.
     overflow: u32,
     total: u32,
 }
 
-/// The per-minute budgets of leak reports, per process (per replica).
-pub struct IntakeBudget {
+/// The per-minute budgets of leak reports, per process (per replica), by
+/// payer: a network (`Option<IpAddr>`, the default) for anonymous reports,
+/// an organization for an ADMIN's dry runs.
+pub struct IntakeBudget<K = Option<IpAddr>> {
     limits: IntakeLimits,
-    minute: Mutex<Minute>,
+    minute: Mutex<Minute<K>>,
 }
 
 impl IntakeBudget {
-    pub fn new(limits: IntakeLimits) -> Self {
-        Self {
-            limits,
-            minute: Mutex::new(Minute {
-                start: Timestamp::from_micros(0),
-                by_network: HashMap::new(),
-                overflow: 0,
-                total: 0,
-            }),
-        }
-    }
-
-    /// Spends `secrets` of `peer`'s budget and of the total at `now`, or
-    /// spends nothing and says which budget they do not fit in. A whole
-    /// report fits or is refused: it is never half looked up.
+    /// Spends `secrets` of `peer`'s network's budget and of the total at
+    /// `now` (see [`IntakeBudget::take_for`]).
     pub fn take(
         &self,
         peer: Option<SocketAddr>,
         secrets: u32,
         now: Timestamp,
     ) -> Result<(), Exhausted> {
-        let network = peer.map(network_of);
+        self.take_for(peer.map(network_of), secrets, now)
+    }
+}
+
+impl<K: std::hash::Hash + Eq> IntakeBudget<K> {
+    pub fn new(limits: IntakeLimits) -> Self {
+        Self {
+            limits,
+            minute: Mutex::new(Minute {
+                start: Timestamp::from_micros(0),
+                by_payer: HashMap::new(),
+                overflow: 0,
+                total: 0,
+            }),
+        }
+    }
+
+    /// Spends `secrets` of `payer`'s budget and of the total at `now`, or
+    /// spends nothing and says which budget they do not fit in. A whole
+    /// report fits or is refused: it is never half looked up.
+    pub fn take_for(&self, payer: K, secrets: u32, now: Timestamp) -> Result<(), Exhausted> {
         let mut minute = self
             .minute
             .lock()
@@ -222,14 +231,13 @@ impl IntakeBudget {
         let start = minute_of(now);
         if minute.start != start {
             minute.start = start;
-            minute.by_network.clear();
+            minute.by_payer.clear();
             minute.overflow = 0;
             minute.total = 0;
         }
-        let tracked =
-            minute.by_network.contains_key(&network) || minute.by_network.len() < CAPACITY;
+        let tracked = minute.by_payer.contains_key(&payer) || minute.by_payer.len() < CAPACITY;
         let used = if tracked {
-            minute.by_network.get(&network).copied().unwrap_or(0)
+            minute.by_payer.get(&payer).copied().unwrap_or(0)
         } else {
             minute.overflow
         };
@@ -241,7 +249,7 @@ impl IntakeBudget {
         }
         minute.total += secrets;
         if tracked {
-            *minute.by_network.entry(network).or_insert(0) += secrets;
+            *minute.by_payer.entry(payer).or_insert(0) += secrets;
         } else {
             minute.overflow += secrets;
         }

@@ -75,6 +75,11 @@ pub struct TokenAuthority {
     /// Spent by GitHub's signed reports only: an anonymous flood that
     /// spends `leak_intake` must not silence the channel most leaks come by.
     pub(super) signed_intake: IntakeBudget,
+    /// Spent by an ADMIN's dry-run leak reports, per organization: they come
+    /// through the control plane, one address for every organization, so a
+    /// budget by address would let one organization's dry runs refuse all
+    /// the others'. No total: each is an authenticated ADMIN's call.
+    pub(super) dry_run_intake: IntakeBudget<String>,
     /// The inactivity warnings this process has written.
     pub(super) inactivity_warned: WrittenWarnings,
     /// Where this replica's next inactivity sweep starts, when the last
@@ -93,6 +98,10 @@ impl TokenAuthority {
     ) -> Self {
         Self {
             leak_intake: IntakeBudget::new(policy.leak_intake),
+            dry_run_intake: IntakeBudget::new(IntakeLimits {
+                per_peer: policy.leak_intake.per_peer,
+                total: u32::MAX,
+            }),
             signed_intake: IntakeBudget::new(IntakeLimits {
                 per_peer: policy.signed_intake,
                 total: policy.signed_intake,

@@ -132,7 +132,15 @@ impl TokenAuthority {
             .await?;
         let principal =
             principal.ok_or_else(|| Error::Internal("authorized without a principal".into()))?;
-        self.spend_intake(caller.peer, secrets.len())?;
+        let asked = u32::try_from(secrets.len()).unwrap_or(u32::MAX);
+        self.dry_run_intake
+            .take_for(org.clone(), asked, Timestamp::now())
+            .map_err(|_| {
+                Error::resource_exhausted(
+                    "too many secrets dry-run for this organization this minute; retry later"
+                        .into(),
+                )
+            })?;
         let now = Timestamp::now();
         let (mut count, mut first) = (0u64, Vec::new());
         // Two secrets of one token (the current one and one still in its
@@ -384,11 +392,10 @@ mod tests {
     }
 
     /// ADMINs reach the dry run through the control plane, one peer for
-    /// every organization: the dry run spends that peer's share of the
-    /// anonymous intake budget, so one organization's dry runs refuse
-    /// every other organization's for the rest of the minute.
+    /// every organization: a budget by peer would let one organization's
+    /// dry runs refuse every other organization's for the rest of the
+    /// minute, so the budget is the organization's.
     #[tokio::test]
-    #[ignore = "finding: one organization's leak-report dry runs exhaust every organization's"]
     async fn one_organizations_dry_runs_do_not_refuse_anothers() {
         let f = fixture();
         let (_, live) = f.issue("org-b", "ws-1", &["test_api:run"]).await;
