@@ -36,6 +36,56 @@ pub fn revoke_all_takes(record: &TokenRecord, at: Timestamp, margin: std::time::
             .is_none_or(|expiry| expiry >= at.saturating_sub(margin))
 }
 
+/// What a RevokeAll would revoke, gathered from the records of its
+/// live-index range as a store reads them: how many it would take (by
+/// [`revoke_all_takes`] and the query, the rules its batches apply), and the
+/// `keep` newest of them, in memory of `keep` records whatever the count.
+/// Every store's dry run is this, so a preview never disagrees with the change.
+#[derive(Debug)]
+pub struct RevokeAllPreview {
+    at: Timestamp,
+    margin: std::time::Duration,
+    keep: usize,
+    pub count: u64,
+    newest: Vec<TokenRecord>,
+}
+
+impl RevokeAllPreview {
+    pub fn new(at: Timestamp, margin: std::time::Duration, keep: usize) -> Self {
+        Self {
+            at,
+            margin,
+            keep,
+            count: 0,
+            newest: Vec::new(),
+        }
+    }
+
+    /// Counts `record` if the RevokeAll of `query` would take it.
+    pub fn add(&mut self, query: &super::query::TokenQuery, record: TokenRecord) {
+        if !revoke_all_takes(&record, self.at, self.margin) || !query.matches(&record) {
+            return;
+        }
+        self.count += 1;
+        self.newest.push(record);
+        if self.newest.len() > self.keep.saturating_mul(2).max(1) {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        self.newest
+            .sort_unstable_by_key(|record| std::cmp::Reverse(record.id));
+        self.newest.truncate(self.keep);
+    }
+
+    /// How many, and the newest `keep` of them, newest first.
+    pub fn finish(mut self) -> (u64, Vec<TokenRecord>) {
+        self.trim();
+        (self.count, self.newest)
+    }
+}
+
 /// Revokes `record` (read in the atomic step that will write the result)
 /// at `at`; a token already revoked keeps its `revoked_at`, and the outcome
 /// says nothing changed (so no audit event and no log entry are written).

@@ -12,7 +12,6 @@ use crate::{
         audit::{AuditAction, AuditEvent},
         authz,
         caller::{Caller, Method, Principal},
-        changes::revoke_all_takes,
         ids::{EventId, TokenId},
         member::{MemberKey, actor_as_stored},
         pagination,
@@ -22,8 +21,8 @@ use crate::{
         token::{NewToken, StoredSecret, TokenKind, TokenRecord, TokenView},
     },
     store::{
-        InsertOutcome, MemberPrecondition, PageRequest, REVOKE_ALL_EXPIRED_MARGIN, Revocation,
-        RevokedAll, RotateOutcome, Rotation, StoreError,
+        InsertOutcome, MemberPrecondition, PageRequest, Revocation, RevokedAll, RotateOutcome,
+        Rotation, StoreError,
     },
 };
 
@@ -340,41 +339,19 @@ impl TokenAuthority {
         Ok((count, views))
     }
 
-    /// The tokens a revoke-all of `query` would take (the one rule,
-    /// `revoke_all_takes`, that the store applies to the real call): how many,
-    /// and the first page of them with their last use. Shared by every dry
-    /// run of a mass change, so a preview never disagrees with the change.
+    /// The tokens a revoke-all of `query` would take (the store reads what
+    /// the real call reads, its scope's live tokens, and applies its rule):
+    /// how many, and the first page of them with their last use. Shared by
+    /// every dry run of a mass change, so a preview never disagrees with the
+    /// change, nor costs more than it.
     pub(super) async fn blast_radius(
         &self,
         query: &TokenQuery,
     ) -> Result<(u64, Vec<TokenView>), Error> {
-        let now = Timestamp::now();
-        let (mut count, mut first) = (0u64, Vec::new());
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list_tokens(
-                    query,
-                    PageRequest {
-                        after,
-                        limit: pagination::MAX_PAGE_SIZE,
-                    },
-                )
-                .await?;
-            for record in page.tokens {
-                if revoke_all_takes(&record, now, REVOKE_ALL_EXPIRED_MARGIN) {
-                    count += 1;
-                    if first.len() < pagination::DEFAULT_PAGE_SIZE {
-                        first.push(record);
-                    }
-                }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
+        let (count, first) = self
+            .store
+            .preview_revoke_all(query, Timestamp::now(), pagination::DEFAULT_PAGE_SIZE)
+            .await?;
         let last_used = self
             .store
             .last_used(&first.iter().map(|r| r.id).collect::<Vec<_>>())

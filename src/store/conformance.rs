@@ -28,9 +28,11 @@ use crate::domain::{
 
 mod client_addresses;
 mod members;
+mod previews;
 mod sweeps;
 
 pub use self::client_addresses::client_addresses_are_merged_per_token_and_bounded;
+pub use self::previews::a_revoke_all_preview_counts_what_the_revoke_all_revokes;
 
 pub use self::members::{
     a_role_change_names_the_digests_of_the_members_live_tokens,
@@ -63,6 +65,7 @@ pub const CASES: &[&str] = &[
     "client_addresses_are_merged_per_token_and_bounded",
     "unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations",
     "an_event_appended_twice_is_kept_once",
+    "a_revoke_all_preview_counts_what_the_revoke_all_revokes",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -85,6 +88,7 @@ pub async fn run_all(store: &dyn Store) {
     client_addresses_are_merged_per_token_and_bounded(store).await;
     unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations(store).await;
     an_event_appended_twice_is_kept_once(store).await;
+    a_revoke_all_preview_counts_what_the_revoke_all_revokes(store).await;
     store.durable().await.unwrap();
 }
 

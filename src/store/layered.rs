@@ -34,6 +34,7 @@ pub enum Operation {
     ListTokens,
     RevokeToken,
     RevokeAll,
+    PreviewRevokeAll,
     RotateToken,
     AppendAudit,
     ListAudit,
@@ -71,6 +72,7 @@ impl Operation {
             Self::ListTokens => "list_tokens",
             Self::RevokeToken => "revoke_token",
             Self::RevokeAll => "revoke_all",
+            Self::PreviewRevokeAll => "preview_revoke_all",
             Self::RotateToken => "rotate_token",
             Self::AppendAudit => "append_audit",
             Self::ListAudit => "list_audit",
@@ -179,6 +181,18 @@ impl<H: Hook> Store for Layered<H> {
         event: &AuditEvent,
     ) -> Result<Option<Revocation>, StoreError> {
         around!(self, RevokeToken, self.inner.revoke_token(id, at, event))
+    }
+    async fn preview_revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        keep: usize,
+    ) -> Result<(u64, Vec<TokenRecord>), StoreError> {
+        around!(
+            self,
+            PreviewRevokeAll,
+            self.inner.preview_revoke_all(query, at, keep)
+        )
     }
     async fn revoke_all(
         &self,

@@ -20,14 +20,16 @@ use parking_lot::Mutex;
 
 use super::{
     AuditPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest,
-    REVOKE_ALL_BATCH, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
-    TokenCounts, TokenQuery, UsagePage,
+    REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll, RotateOutcome, Rotation,
+    Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, usage_keys},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
-    changes::{RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record},
+    changes::{
+        RevokeAllPreview, RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record,
+    },
     client_address::RecentAddresses,
     ids::{EventId, TokenId},
     member::{
@@ -377,6 +379,25 @@ impl Store for MemoryStore {
             state.append_audit(event);
         }
         Ok(Some(revocation))
+    }
+
+    async fn preview_revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        keep: usize,
+    ) -> Result<(u64, Vec<TokenRecord>), StoreError> {
+        let (low, high) = keys::revoke_all_range(query, at)?;
+        let state = self.state.lock();
+        let mut preview = RevokeAllPreview::new(at, REVOKE_ALL_EXPIRED_MARGIN, keep);
+        for key in state.live.range(low..=high) {
+            let id = keys::id_of_live_key(key)
+                .ok_or_else(|| StoreError::Corrupt("short live key".into()))?;
+            if let Some(record) = state.record(id) {
+                preview.add(query, record);
+            }
+        }
+        Ok(preview.finish())
     }
 
     async fn revoke_all(

@@ -291,6 +291,17 @@ pub trait Store: Send + Sync + 'static {
         revoked: &mut RevokedAll,
     ) -> Result<(), StoreError>;
 
+    /// What [`Store::revoke_all`] of `query` at `at` would revoke, changing
+    /// nothing: how many tokens, and the `keep` newest of them (newest
+    /// first). Reads what the RevokeAll reads (its scope's live tokens),
+    /// never revoked history, so a dry run costs no more than the change.
+    async fn preview_revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        keep: usize,
+    ) -> Result<(u64, Vec<TokenRecord>), StoreError>;
+
     /// Gives token `id` a new current secret, with its audit event, atomically.
     async fn rotate_token(
         &self,

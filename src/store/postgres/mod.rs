@@ -50,7 +50,7 @@ use self::{
     rows::{bytes16, digests_of, record_of},
     schema::migrate,
     tokens::{
-        Filter, LOCK_ORG_SHARED, OrgSession, TRY_SWEEP_LOCK, log_revocation, quota_lock,
+        EXPIRY, Filter, LOCK_ORG_SHARED, OrgSession, TRY_SWEEP_LOCK, log_revocation, quota_lock,
         quota_reached, revoke_all_step, update_record,
     },
 };
@@ -326,6 +326,57 @@ impl Store for PostgresStore {
             record,
             newly_revoked: true,
         }))
+    }
+
+    async fn preview_revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        keep: usize,
+    ) -> Result<(u64, Vec<TokenRecord>), StoreError> {
+        if query.owner_user_id.is_none() && query.kind.is_none() {
+            return Err(StoreError::Unsupported(
+                "a RevokeAll names an owner or a kind",
+            ));
+        }
+        let query = TokenQuery {
+            include_revoked: false,
+            ..query.clone()
+        };
+        // The rows `revoke_all_step` selects (live, in scope, not expired
+        // beyond the margin), counted and the newest read: through the
+        // same indexes, never the revoked ones.
+        let mut filter = Filter::new(&query);
+        filter.push(
+            &format!("{EXPIRY} >="),
+            Box::new(
+                at.saturating_sub(super::REVOKE_ALL_EXPIRED_MARGIN)
+                    .as_micros(),
+            ),
+        );
+        let client = self.client().await?;
+        let count: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM tokens WHERE {}", filter.sql),
+                &filter.params(),
+            )
+            .await?
+            .try_get(0)?;
+        filter
+            .params
+            .push(Box::new(i64::try_from(keep).unwrap_or(i64::MAX)));
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT record FROM tokens WHERE {} ORDER BY id DESC LIMIT ${}",
+                    filter.sql,
+                    filter.params.len()
+                ),
+                &filter.params(),
+            )
+            .await?;
+        let newest = rows.iter().map(record_of).collect::<Result<Vec<_>, _>>()?;
+        Ok((u64::try_from(count).unwrap_or(0), newest))
     }
 
     async fn revoke_all(

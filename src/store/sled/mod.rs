@@ -403,6 +403,17 @@ impl Store for SledStore {
         .await
     }
 
+    async fn preview_revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        keep: usize,
+    ) -> Result<(u64, Vec<TokenRecord>), StoreError> {
+        let query = query.clone();
+        self.read(move |t| t.preview_revoke_all(&query, at, keep))
+            .await
+    }
+
     async fn revoke_all(
         &self,
         query: &TokenQuery,

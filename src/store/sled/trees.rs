@@ -11,7 +11,7 @@ use sled::{
 
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
-    changes::{RevokeAllProgress, revoke_all_batch, revoke_record},
+    changes::{RevokeAllPreview, RevokeAllProgress, revoke_all_batch, revoke_record},
     ids::{EventId, TokenId},
     quota::{QuotaReached, Quotas},
     secret::Digest,
@@ -592,6 +592,26 @@ impl Trees {
                 Ok(InsertOutcome::Inserted)
             })
             .collect()
+    }
+
+    /// See `Store::preview_revoke_all`: the RevokeAll's live-index range,
+    /// read as committed.
+    pub(super) fn preview_revoke_all(
+        &self,
+        query: &TokenQuery,
+        at: Timestamp,
+        keep: usize,
+    ) -> Result<(u64, Vec<TokenRecord>), StoreError> {
+        let (low, high) = keys::revoke_all_range(query, at)?;
+        let mut preview = RevokeAllPreview::new(at, crate::store::REVOKE_ALL_EXPIRED_MARGIN, keep);
+        for entry in self.live.range(low..=high) {
+            let id = keys::id_of_live_key(&entry?.0)
+                .ok_or_else(|| StoreError::Corrupt("short live key".into()))?;
+            if let Some(record) = self.record(id)? {
+                preview.add(query, record);
+            }
+        }
+        Ok(preview.finish())
     }
 
     /// One transaction of a RevokeAll: up to [`REVOKE_ALL_BATCH`] live-index
