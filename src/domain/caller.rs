@@ -59,6 +59,7 @@ pub enum Method {
     GetMember,
     ListMembers,
     ReportUnusedPermissions,
+    WatchEvents,
 }
 
 impl Method {
@@ -82,6 +83,7 @@ impl Method {
             Method::GetMember => "GetMember",
             Method::ListMembers => "ListMembers",
             Method::ReportUnusedPermissions => "ReportUnusedPermissions",
+            Method::WatchEvents => "WatchEvents",
         }
     }
 

@@ -72,6 +72,8 @@ pub struct TokenAuthority {
     /// Spent by GitHub's signed reports only: an anonymous flood that
     /// spends `leak_intake` must not silence the channel most leaks come by.
     pub(super) signed_intake: IntakeBudget,
+    /// The WatchEvents watchers open, held to their caps.
+    pub(super) watchers: Arc<super::feed::Watchers>,
 }
 
 impl TokenAuthority {
@@ -95,6 +97,7 @@ impl TokenAuthority {
             policy,
             recorder,
             metrics,
+            watchers: Arc::default(),
         }
     }
 

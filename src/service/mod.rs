@@ -18,6 +18,7 @@ pub mod cache;
 mod check;
 mod error;
 mod fast_hash;
+mod feed;
 mod forensics;
 mod leaks;
 mod lookup;
@@ -37,6 +38,7 @@ pub use self::{
     authority::{ControlPlaneCredential, Policy, TokenAuthority},
     check::{CheckOrigin, Decision},
     error::Error,
+    feed::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG, WATCH_BUFFER, WatchItem},
     forensics::SecretState,
     leaks::HolderOrigin,
     members::Removal,

@@ -36,6 +36,8 @@ pub const META: &str = "meta";
 pub const AUDIT: &str = "audit";
 /// [event id] -> [org]: for pruning by age across organizations.
 pub const AUDIT_BY_TIME: &str = "audit_by_time";
+/// [sequence, big-endian u64] -> event: the change feed, in commit order.
+pub const FEED: &str = "feed";
 /// The tokens neither revoked nor long expired, three ways (see [`live_keys`]):
 /// what quotas count and RevokeAll revokes, so that neither pays for history.
 pub const LIVE: &str = "live";

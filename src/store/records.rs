@@ -156,7 +156,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 18] = [
+const METHODS: [Method; 19] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -175,6 +175,7 @@ const METHODS: [Method; 18] = [
     Method::GetMember,
     Method::ListMembers,
     Method::ReportUnusedPermissions,
+    Method::WatchEvents,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

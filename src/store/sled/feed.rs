@@ -1,0 +1,80 @@
+//! The change feed on sled: `feed` maps a sequence number (big-endian, so
+//! that keys sort as numbers) to a change's event, written in the change's
+//! transaction under the write lock, so that numbers follow commit order.
+//! Cursors are `(0, sequence)`.
+
+use sled::Tree;
+
+use crate::domain::{
+    feed::{FeedCursor, FeedQuery},
+    time::Timestamp,
+};
+use crate::store::{FeedPage, StoreError, records::decode_audit};
+
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("feed key".into()))
+}
+
+/// The number the next entry gets: one past the last. Pruning always keeps
+/// the last entry, so that numbers are never given twice.
+pub(super) fn next_seq(feed: &Tree) -> Result<u64, StoreError> {
+    // Sequence 0 is never given: cursor (0, 0) is the start of the feed.
+    Ok(match feed.last()? {
+        Some((key, _)) => seq_of(&key)? + 1,
+        None => 1,
+    })
+}
+
+/// Up to `limit` entries after `after`, those matching `query` decoded.
+pub(super) fn read(
+    feed: &Tree,
+    query: &FeedQuery,
+    after: FeedCursor,
+    limit: usize,
+) -> Result<FeedPage, StoreError> {
+    // A cursor of another store (a PostgreSQL one) is past every sled entry.
+    if after.major > 0 {
+        return Ok(FeedPage {
+            events: Vec::new(),
+            reached: after,
+        });
+    }
+    let start = after.minor.saturating_add(1).to_be_bytes();
+    let mut page = FeedPage {
+        events: Vec::new(),
+        reached: after,
+    };
+    for entry in feed.range(start..).take(limit) {
+        let (key, value) = entry?;
+        let cursor = FeedCursor {
+            major: 0,
+            minor: seq_of(&key)?,
+        };
+        page.reached = cursor;
+        let event = decode_audit(&value)?;
+        if query.matches(&event) {
+            page.events.push((cursor, event));
+        }
+    }
+    Ok(page)
+}
+
+/// Deletes the entries of events older than `before`, oldest first, but
+/// never the last one (see [`next_seq`]).
+pub(super) fn prune(feed: &Tree, before: Timestamp) -> Result<usize, StoreError> {
+    let Some((last, _)) = feed.last()? else {
+        return Ok(0);
+    };
+    let mut pruned = 0;
+    for entry in feed.range(..last) {
+        let (key, value) = entry?;
+        if decode_audit(&value)?.time >= before {
+            break;
+        }
+        feed.remove(key)?;
+        pruned += 1;
+    }
+    Ok(pruned)
+}
