@@ -11,7 +11,7 @@ use tokenauth::{
         AuditAction, OrgRole, RevokeTokenRequest, WatchEventsRequest, WatchEventsResponse,
         audit_service_client::AuditServiceClient,
     },
-    service::{MAX_WATCHERS_PER_ORG, WATCH_BUFFER},
+    service::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG, WATCH_BUFFER},
 };
 use tonic::{Code, Streaming, transport::Endpoint};
 
@@ -340,6 +340,42 @@ async fn watchers_per_organization_are_capped_and_a_closed_one_frees_its_place()
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn a_watcher_resumes_across_a_restart_without_a_gap_or_a_repeat() {
+    let server = TestServer::start().await;
+    let before = id_of(&issue(&server, service_token("org-1", &["scim:read"])).await);
+    let mut stream = watch(&server, watch_org("org-1", "")).await;
+    let seen = next(&mut stream, 1).await;
+    drop(stream);
+    let server = server.restart().await;
+    let after = id_of(&issue(&server, service_token("org-1", &["scim:read"])).await);
+    let mut resumed = watch(&server, watch_org("org-1", &seen[0].cursor)).await;
+    let got = next(&mut resumed, 1).await;
+    assert_eq!(targets_of(&got[0]), vec![after], "not {before} again");
+    assert!(
+        seen[0].cursor < got[0].cursor,
+        "numbers go on after a restart"
+    );
+    quiet(&mut resumed).await;
+}
+
+#[tokio::test]
+async fn watchers_are_capped_in_total() {
+    let server = TestServer::start().await;
+    let every_org = || WatchEventsRequest {
+        caller_actor: None,
+        ..watch_org("", "")
+    };
+    let mut open = Vec::new();
+    for _ in 0..MAX_WATCHERS {
+        open.push(watch(&server, every_org()).await);
+    }
+    for request in [every_org(), watch_org("org-9", "")] {
+        let status = refusal(&server, request).await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     }
 }
 

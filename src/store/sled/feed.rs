@@ -78,3 +78,56 @@ pub(super) fn prune(feed: &Tree, before: Timestamp) -> Result<usize, StoreError>
     }
     Ok(pruned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        audit::{AuditAction, AuditEvent, AuditOutcome, PeerSource},
+        caller::{ActorRef, Method},
+        ids::EventId,
+    };
+    use crate::store::records::encode_audit;
+
+    fn event_at(micros: i64) -> Vec<u8> {
+        let time = Timestamp::from_micros(micros);
+        encode_audit(&AuditEvent {
+            id: EventId::first_at(time),
+            time,
+            org_id: "org-1".into(),
+            workspace_id: String::new(),
+            actor: ActorRef::default(),
+            action: AuditAction::Issued,
+            target_token_ids: Vec::new(),
+            kind: None,
+            outcome: AuditOutcome::Succeeded,
+            method: Method::IssueToken,
+            detail: String::new(),
+            peer: String::new(),
+            peer_source: PeerSource::Unknown,
+            proxy_peer: String::new(),
+            request_id: String::new(),
+            count: 1,
+            repeat_of: None,
+            dropped_before: 0,
+        })
+    }
+
+    #[test]
+    fn pruning_keeps_the_last_entry_so_that_numbers_are_never_given_twice() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let feed = db.open_tree("feed").unwrap();
+        assert_eq!(next_seq(&feed).unwrap(), 1);
+        for seq in 1..=3u64 {
+            feed.insert(seq.to_be_bytes(), event_at(1_000 * seq as i64))
+                .unwrap();
+        }
+        assert_eq!(prune(&feed, Timestamp::from_micros(2_500)).unwrap(), 2);
+        assert_eq!(prune(&feed, Timestamp::from_micros(i64::MAX)).unwrap(), 0);
+        assert_eq!(feed.len(), 1);
+        assert_eq!(next_seq(&feed).unwrap(), 4);
+        let page = read(&feed, &FeedQuery::default(), FeedCursor::START, 10).unwrap();
+        assert_eq!(page.reached, FeedCursor { major: 0, minor: 3 });
+        assert_eq!(page.events.len(), 1);
+    }
+}

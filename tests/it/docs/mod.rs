@@ -354,7 +354,10 @@ fn a_shown_output_that_differs_is_reported() {
     );
     for (differs, why) in [
         (deadline("{\"cursor\": \"fc1_1\"}"), "a message missing"),
-        (deadline(&format!("{two}{{\"cursor\": \"fc1_3\"}}")), "one more"),
+        (
+            deadline(&format!("{two}{{\"cursor\": \"fc1_3\"}}")),
+            "one more",
+        ),
         (printed(two, 1), "another failure than the deadline"),
     ] {
         assert!(
