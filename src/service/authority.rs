@@ -73,7 +73,7 @@ pub struct TokenAuthority {
     /// spends `leak_intake` must not silence the channel most leaks come by.
     pub(super) signed_intake: IntakeBudget,
     /// The WatchEvents watchers open, held to their caps.
-    pub(super) watchers: Arc<super::feed::Watchers>,
+    pub(super) watchers: Arc<super::watchers::Watchers>,
 }
 
 impl TokenAuthority {

@@ -4,16 +4,17 @@
 //! Each watcher is one task reading the store (a page at a time, then every
 //! [`POLL_INTERVAL`] once caught up: polling is also how changes committed
 //! by another replica on a shared PostgreSQL arrive) into a bounded channel.
-//! Writers never wait for a watcher: a watcher whose channel is full is
-//! ended with RESOURCE_EXHAUSTED and resumes from the last cursor it
-//! received, so a stalled consumer costs one buffer, never memory without
+//! Writers never wait for a watcher (it reads what they committed); a
+//! watcher whose channel stays full for [`STALL_TIMEOUT`] is ended with
+//! RESOURCE_EXHAUSTED and resumes from the last cursor it received, so a
+//! stalled consumer costs one buffer for a while, never memory without
 //! bound nor anyone else's latency.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
-use super::{Error, TokenAuthority};
+use super::{authority::TokenAuthority, error::Error, watchers::shutting_down};
 use crate::domain::{
     audit::AuditEvent,
     authz,
@@ -21,73 +22,25 @@ use crate::domain::{
     feed::{FeedCursor, FeedQuery},
 };
 
-/// Most watchers at once, in total and per organization (every-organization
-/// watchers count under the total only).
-pub const MAX_WATCHERS: usize = 64;
-pub const MAX_WATCHERS_PER_ORG: usize = 4;
 /// Feed entries one store read examines.
 pub const FEED_PAGE: usize = 200;
 /// Events buffered for a watcher before it counts as stalled.
 pub const WATCH_BUFFER: usize = 256;
+/// How long a watcher's buffer may stay full before the watcher is ended:
+/// a consumer that stopped reading must not hold its place for ever.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a caught-up watcher looks for new events.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// One event of a watch, or the error that ends it.
 pub type WatchItem = Result<(FeedCursor, AuditEvent), Error>;
 
-/// The watchers open now, to hold them to their caps.
-#[derive(Default)]
-pub struct Watchers {
-    open: parking_lot::Mutex<(usize, HashMap<String, usize>)>,
-}
-
-/// A watcher's place under the caps, given back when its task ends.
-struct Slot {
-    watchers: Arc<Watchers>,
-    org_id: Option<String>,
-}
-
-impl Watchers {
-    fn take(self: &Arc<Self>, org_id: Option<&str>) -> Result<Slot, Error> {
-        let mut open = self.open.lock();
-        if open.0 >= MAX_WATCHERS {
-            return Err(Error::resource_exhausted(format!(
-                "{MAX_WATCHERS} watchers are open: try again later"
-            )));
-        }
-        if let Some(org) = org_id {
-            let count = open.1.entry(org.to_owned()).or_default();
-            if *count >= MAX_WATCHERS_PER_ORG {
-                return Err(Error::resource_exhausted(format!(
-                    "organization {org:?} has {MAX_WATCHERS_PER_ORG} watchers open"
-                )));
-            }
-            *count += 1;
-        }
-        open.0 += 1;
-        Ok(Slot {
-            watchers: Arc::clone(self),
-            org_id: org_id.map(str::to_owned),
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.watchers.open.lock();
-        open.0 -= 1;
-        if let Some(org) = &self.org_id
-            && let Some(count) = open.1.get_mut(org)
-        {
-            *count -= 1;
-            if *count == 0 {
-                open.1.remove(org);
-            }
-        }
-    }
-}
-
 impl TokenAuthority {
+    /// Ends every watch (see `Watchers::stop`): when the server drains.
+    pub async fn stop_watchers(&self, patience: Duration) {
+        self.watchers.stop(patience).await;
+    }
+
     /// Starts a watch of `query` after the cursor `after` (empty: the start
     /// of the feed): the events come on the returned channel, which ends
     /// with an error if the watch cannot go on.
@@ -107,9 +60,18 @@ impl TokenAuthority {
         let slot = self.watchers.take(org)?;
         let store = Arc::clone(&self.store);
         let (tx, rx) = mpsc::channel(WATCH_BUFFER + 1);
+        let stop = self.watchers.stop.clone();
         tokio::spawn(async move {
+            // Dropped in reverse: the store before the slot, so that once
+            // every slot is back no watcher holds the store (a restart
+            // reopens it).
             let _slot = slot;
+            let store = store;
             loop {
+                if stop.is_cancelled() {
+                    let _ = tx.try_send(Err(shutting_down()));
+                    return;
+                }
                 let page = match store.read_feed(&query, position, FEED_PAGE).await {
                     Ok(page) => page,
                     Err(error) => {
@@ -118,17 +80,33 @@ impl TokenAuthority {
                     }
                 };
                 for (cursor, event) in page.events {
-                    // The last place is kept for this error, so that the
-                    // watcher learns why it ends after what it was sent.
-                    if tx.capacity() <= 1 {
-                        let _ = tx.try_send(Err(Error::resource_exhausted(
-                            "the watcher fell too far behind: resume with after = the last cursor received"
-                                .into(),
-                        )));
+                    // Two places: one for the event, and one always kept
+                    // for the error that ends a watcher, so that it learns
+                    // why after everything it was sent.
+                    // The waits are dropped before the error is sent: a
+                    // pending reservation may hold the last place.
+                    let permits = tokio::select! {
+                        permits = tx.reserve_many(2) => Some(permits),
+                        () = stop.cancelled() => None,
+                        () = tokio::time::sleep(STALL_TIMEOUT) => None,
+                    };
+                    let Some(permits) = permits else {
+                        let why = if stop.is_cancelled() {
+                            shutting_down()
+                        } else {
+                            Error::resource_exhausted(
+                                "the watcher fell too far behind: resume with after = the last cursor received"
+                                    .into(),
+                            )
+                        };
+                        let _ = tx.try_send(Err(why));
                         return;
-                    }
-                    if tx.try_send(Ok((cursor, event))).is_err() {
+                    };
+                    let Ok(mut permits) = permits else {
                         return;
+                    };
+                    if let Some(permit) = permits.next() {
+                        permit.send(Ok((cursor, event)));
                     }
                 }
                 let caught_up = page.reached == position;
@@ -136,6 +114,7 @@ impl TokenAuthority {
                 if caught_up {
                     tokio::select! {
                         () = tx.closed() => return,
+                        () = stop.cancelled() => {}
                         () = tokio::time::sleep(POLL_INTERVAL) => {}
                     }
                 } else if tx.is_closed() {

@@ -30,6 +30,7 @@ mod refusals;
 mod reports;
 mod secret_scanning;
 mod unused;
+mod watchers;
 
 #[cfg(test)]
 mod fixture;
@@ -38,10 +39,11 @@ pub use self::{
     authority::{ControlPlaneCredential, Policy, TokenAuthority},
     check::{CheckOrigin, Decision},
     error::Error,
-    feed::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG, WATCH_BUFFER, WatchItem},
+    feed::{STALL_TIMEOUT, WATCH_BUFFER, WatchItem},
     forensics::SecretState,
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,
     unused::{TokenUnused, UnusedReport},
+    watchers::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG},
 };

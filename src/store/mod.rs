@@ -345,9 +345,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<FeedPage, StoreError> {
         let _ = (query, after, limit);
-        Err(StoreError::Unavailable(
-            "this store keeps no change feed".into(),
-        ))
+        Err(StoreError::Unsupported("this store keeps no change feed"))
     }
 
     /// Deletes events older than `before`; returns how many.

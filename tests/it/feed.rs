@@ -11,7 +11,7 @@ use tokenauth::{
         AuditAction, OrgRole, RevokeTokenRequest, WatchEventsRequest, WatchEventsResponse,
         audit_service_client::AuditServiceClient,
     },
-    service::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG, WATCH_BUFFER},
+    service::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG, STALL_TIMEOUT, WATCH_BUFFER},
 };
 use tonic::{Code, Streaming, transport::Endpoint};
 
@@ -349,8 +349,23 @@ async fn a_watcher_resumes_across_a_restart_without_a_gap_or_a_repeat() {
     let before = id_of(&issue(&server, service_token("org-1", &["scim:read"])).await);
     let mut stream = watch(&server, watch_org("org-1", "")).await;
     let seen = next(&mut stream, 1).await;
-    drop(stream);
+    // The watch is still open: the shutdown ends it rather than waiting out
+    // its grace period for it, and lets go of the store for the restart.
+    let grace = server.config.limits.shutdown_grace;
+    let started = std::time::Instant::now();
     let server = server.restart().await;
+    assert!(
+        started.elapsed() < grace,
+        "the shutdown waited for the watch"
+    );
+    let ended = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap()
+        .expect_err("the watch ends with an error");
+    // ABORTED "resume with ...", or, when the connection closes before the
+    // status is flushed, a transport error: never a clean end that would
+    // read as "nothing more will come".
+    assert_ne!(ended.code(), Code::Ok, "{ended:?}");
     let after = id_of(&issue(&server, service_token("org-1", &["scim:read"])).await);
     let mut resumed = watch(&server, watch_org("org-1", &seen[0].cursor)).await;
     let got = next(&mut resumed, 1).await;
@@ -381,8 +396,9 @@ async fn watchers_are_capped_in_total() {
 
 #[tokio::test]
 async fn a_stalled_watcher_is_dropped_without_holding_writers_back_and_resumes() {
-    // Twice as many events as fit in the watcher's buffer and the windows.
-    const TOKENS: usize = WATCH_BUFFER;
+    // Twice as many events (two per token) as fit in the watcher's buffer,
+    // tonic's encoding buffer (32 KiB) and both HTTP/2 windows (16 KiB).
+    const TOKENS: usize = 2 * WATCH_BUFFER;
     const WRITERS: usize = 4;
     let server = TestServer::start().await;
     // A client with a small HTTP/2 window, so that the events it leaves
@@ -436,6 +452,8 @@ async fn a_stalled_watcher_is_dropped_without_holding_writers_back_and_resumes()
     let mut reading = watch(&server, watch_org("org-1", "")).await;
     assert_eq!(next(&mut reading, TOKENS * 2).await.len(), TOKENS * 2);
 
+    // Still not reading, past the time a full buffer is allowed.
+    tokio::time::sleep(STALL_TIMEOUT + Duration::from_secs(1)).await;
     let mut received = Vec::new();
     let error = loop {
         match tokio::time::timeout(PATIENCE, stalled.message())
