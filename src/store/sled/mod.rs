@@ -139,6 +139,7 @@ impl SledStore {
                 &db.open_tree(keys::FEED)?,
             )?),
             feed: open(keys::FEED)?,
+            feed_by_org: open(keys::FEED_BY_ORG)?,
             usage_by_time: [
                 open(keys::usage_time_tree(Resolution::Minute))?,
                 open(keys::usage_time_tree(Resolution::Hour))?,
@@ -538,7 +539,7 @@ impl Store for SledStore {
     ) -> Result<FeedPage, StoreError> {
         let query = query.clone();
         let page = self
-            .read(move |t| feed::read(&t.feed, &query, after, limit))
+            .read(move |t| feed::read(&t.feed, &t.feed_by_org, &query, after, limit))
             .await?;
         // Only what a crash cannot take back: a watcher must never act on an
         // event whose change is then lost, nor see its cursor given again.
@@ -550,7 +551,7 @@ impl Store for SledStore {
 
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.side_write(move |t| {
-            feed::prune(&t.feed, before)?;
+            feed::prune(&t.feed, &t.feed_by_org, before)?;
             let end = EventId::first_at(before).to_bytes();
             let mut pruned = 0;
             for entry in t.audit_by_time.range(..end.to_vec()) {

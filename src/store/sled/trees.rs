@@ -44,6 +44,7 @@ pub(super) struct Trees {
     pub(super) audit: Tree,
     pub(super) audit_by_time: Tree,
     pub(super) feed: Tree,
+    pub(super) feed_by_org: Tree,
     /// The change feed's next sequence number. Read and advanced only under
     /// `write_lock`, which every transaction that writes the feed holds, so
     /// that sequence order is commit order.
@@ -85,6 +86,7 @@ pub(super) struct Tx<'a> {
     pub(super) audit: &'a TransactionalTree,
     pub(super) audit_by_time: &'a TransactionalTree,
     pub(super) feed: &'a TransactionalTree,
+    pub(super) feed_by_org: &'a TransactionalTree,
     /// The feed sequence number this attempt of the transaction gives next.
     pub(super) feed_next: &'a std::cell::Cell<u64>,
     /// Only in a [`Trees::member_transaction`].
@@ -287,6 +289,8 @@ impl Tx<'_> {
         if in_feed(event.action) {
             let seq = self.feed_next.get();
             self.feed.insert(&seq.to_be_bytes(), encode_audit(event))?;
+            self.feed_by_org
+                .insert(super::feed::org_key(&event.org_id, seq), &[])?;
             self.feed_next.set(seq + 1);
         }
         Ok(())
@@ -432,6 +436,7 @@ impl Trees {
             &self.audit,
             &self.audit_by_time,
             &self.feed,
+            &self.feed_by_org,
         ];
         if with_members {
             trees.push(&self.members);
@@ -451,8 +456,9 @@ impl Trees {
                     audit: &t[6],
                     audit_by_time: &t[7],
                     feed: &t[8],
+                    feed_by_org: &t[9],
                     feed_next: &feed_next,
-                    members: t.get(9),
+                    members: t.get(10),
                     #[cfg(test)]
                     fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
                         || self
