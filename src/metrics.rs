@@ -32,6 +32,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Histogram buckets for background sweeps, in seconds: 1 ms to 10 min.
+const SWEEP_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
 /// One Check in this many is timed for the latency histogram.
 pub const CHECK_LATENCY_SAMPLING: u32 = 8;
 
@@ -122,6 +127,8 @@ pub struct Metrics {
     secret_scanning_refusals: opentelemetry::metrics::Counter<u64>,
     secret_scanning_tokens: opentelemetry::metrics::Counter<u64>,
     client_addresses_dropped: opentelemetry::metrics::Counter<u64>,
+    inactivity_tokens: opentelemetry::metrics::Counter<u64>,
+    inactivity_sweep_duration: Histogram<f64>,
     rpc_names: RpcNames,
 }
 
@@ -224,6 +231,20 @@ impl Metrics {
                     "Client addresses of Checks not kept because the tokens with addresses waiting to be written filled their map",
                 )
                 .build(),
+            inactivity_tokens: meter
+                .u64_counter("tokenauth.inactivity.tokens")
+                .with_description(
+                    "Tokens the inactivity policy revoked or warned, by action (revoked, warned)",
+                )
+                .build(),
+            inactivity_sweep_duration: meter
+                .f64_histogram("tokenauth.inactivity.sweep.duration")
+                .with_unit("s")
+                .with_description(
+                    "Time of the inactivity sweeps, by outcome (swept; skipped, another replica held the lease; failed)",
+                )
+                .with_boundaries(SWEEP_BUCKETS.to_vec())
+                .build(),
             rpc_names: RpcNames::served()?,
             provider,
             registry,
@@ -311,6 +332,21 @@ impl Metrics {
     /// Counts a Check's client address that the recorder could not keep.
     pub fn record_client_address_dropped(&self) {
         self.client_addresses_dropped.add(1, &[]);
+    }
+
+    /// Counts tokens the inactivity policy acted on: `action` is
+    /// `revoked` or `warned`.
+    pub fn record_inactivity(&self, action: &'static str, tokens: u64) {
+        if tokens > 0 {
+            self.inactivity_tokens
+                .add(tokens, &[KeyValue::new("action", action)]);
+        }
+    }
+
+    /// Times one inactivity sweep: `outcome` is `swept`, `skipped` or `failed`.
+    pub fn record_inactivity_sweep(&self, outcome: &'static str, seconds: f64) {
+        self.inactivity_sweep_duration
+            .record(seconds, &[KeyValue::new("outcome", outcome)]);
     }
 
     pub fn set_token_counts(&self, counts: TokenCounts) {

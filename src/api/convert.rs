@@ -156,6 +156,7 @@ fn audit_action(field: &'static str, number: i32) -> Result<Option<AuditAction>,
         Ok(proto::AuditAction::Denied) => Some(AuditAction::Denied),
         Ok(proto::AuditAction::MemberSet) => Some(AuditAction::MemberSet),
         Ok(proto::AuditAction::MemberRemoved) => Some(AuditAction::MemberRemoved),
+        Ok(proto::AuditAction::InactivityWarning) => Some(AuditAction::InactivityWarning),
         Err(_) => {
             return Err(Error::invalid(
                 field,
@@ -252,6 +253,7 @@ pub fn audit_to_proto(event: AuditEvent) -> proto::AuditEvent {
         AuditAction::Denied => proto::AuditAction::Denied,
         AuditAction::MemberSet => proto::AuditAction::MemberSet,
         AuditAction::MemberRemoved => proto::AuditAction::MemberRemoved,
+        AuditAction::InactivityWarning => proto::AuditAction::InactivityWarning,
     };
     let outcome = match event.outcome {
         AuditOutcome::Succeeded => proto::AuditOutcome::Succeeded,
@@ -442,6 +444,7 @@ impl From<TokenView> for proto::Token {
                     last_seen_at: Some(timestamp_to_proto(entry.last_seen_at)),
                 })
                 .collect(),
+            inactive_revocation_at: view.inactive_revocation_at.map(timestamp_to_proto),
         }
     }
 }

@@ -38,7 +38,7 @@ pub const KEY_ID_HEADER: &str = "github-public-key-identifier";
 /// The header carrying the signature (base64 of the DER ECDSA signature).
 pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
 /// How long a report's body may take to arrive: a sender trickling bytes
-/// holds one of the [`MAX_CONCURRENT_REPORTS`] places no longer than this.
+/// holds its connection no longer than this.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The address of the connection a report came on (the server's listener
@@ -83,11 +83,6 @@ impl SecretScanning {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Vec<Labelled>, Unanswered> {
-        // Refused, not queued: a flood must not hold memory while it waits.
-        let _place = self
-            .places
-            .try_acquire()
-            .map_err(|_| Unanswered::Refused(Refusal::Busy))?;
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -106,6 +101,15 @@ impl SecretScanning {
         self.keys
             .verify(key_id, signature, &body)
             .map_err(Unanswered::Refused)?;
+        // A place is taken only once the report is GitHub's: a sender that
+        // trickles a body it cannot sign must not hold the places GitHub's
+        // reports need. Bodies being read are bounded by the port's
+        // connections (64) times MAX_BODY_BYTES, and each by BODY_TIMEOUT.
+        // Refused, not queued: a flood must not hold the store while it waits.
+        let _place = self
+            .places
+            .try_acquire()
+            .map_err(|_| Unanswered::Refused(Refusal::Busy))?;
         let matches = parse_matches(&body).map_err(Unanswered::Refused)?;
         let request_id = single(headers, request_context::HEADER)
             .filter(|id| request_context::is_valid(id))

@@ -139,6 +139,10 @@ pub fn token(token: &Token) -> Value {
                 })
                 .collect(),
         )
+        .time(
+            "inactiveRevocationAt",
+            token.inactive_revocation_at.as_ref(),
+        )
         .build()
 }
 

@@ -86,6 +86,7 @@ pub enum Action {
     Denied,
     MemberSet,
     MemberRemoved,
+    InactivityWarning,
 }
 
 fn parse_moment(text: &str) -> Result<prost_types::Timestamp, String> {
@@ -202,6 +203,7 @@ pub async fn audit(client: &ClientArgs, args: AuditArgs) -> Result<(), CliError>
         Some(Action::Denied) => AuditAction::Denied,
         Some(Action::MemberSet) => AuditAction::MemberSet,
         Some(Action::MemberRemoved) => AuditAction::MemberRemoved,
+        Some(Action::InactivityWarning) => AuditAction::InactivityWarning,
     };
     let request = ListAuditEventsRequest {
         org_id: args.scope.org.clone(),

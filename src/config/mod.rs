@@ -10,7 +10,8 @@
 //!
 //! This file holds the structs and their defaults; `env.rs` the environment
 //! overlay (`Config::load`), `policy.rs` the validation that builds the
-//! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section, `values.rs`
+//! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section,
+//! `inactivity.rs` the `[inactivity]` section, `values.rs`
 //! how durations and listen addresses are read and printed.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 mod env;
 pub mod ext_authz;
+pub mod inactivity;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -80,6 +82,7 @@ pub struct Config {
     pub usage: UsageConfig,
     pub leak_reports: LeakReportsConfig,
     pub secret_scanning: SecretScanningConfig,
+    pub inactivity: inactivity::InactivityConfig,
     pub health: HealthConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
@@ -108,6 +111,7 @@ impl Default for Config {
             usage: UsageConfig::default(),
             leak_reports: LeakReportsConfig::default(),
             secret_scanning: SecretScanningConfig::default(),
+            inactivity: inactivity::InactivityConfig::default(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
@@ -326,8 +330,8 @@ impl Default for AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LeakReportsConfig {
     /// Most secrets reported per minute from one network (an IPv4 address,
-    /// an IPv6 /64); a report beyond it is refused whole,
-    /// `RESOURCE_EXHAUSTED`. Default 2000.
+    /// an IPv6 /64), and dry-run by one organization's ADMINs; a report
+    /// beyond it is refused whole, `RESOURCE_EXHAUSTED`. Default 2000.
     pub max_secrets_per_peer_per_minute: u32,
     /// Most secrets reported per minute by everyone together. Default 20000.
     pub max_secrets_per_minute: u32,

@@ -232,8 +232,10 @@ impl Config {
                 sha256,
             });
         }
+        let inactivity = self.inactivity.policy(self.usage.flush_interval)?;
         Ok(Policy {
             catalogue,
+            inactivity,
             roles,
             lifetime: LifetimePolicy {
                 personal_max: limit(self.tokens.personal.max_lifetime),

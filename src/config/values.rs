@@ -25,6 +25,30 @@ pub mod duration {
     }
 }
 
+/// `#[serde(with = "values::optional_duration")]`: as [`duration`], absent
+/// for none.
+pub mod optional_duration {
+    use std::time::Duration;
+
+    use super::{Deserializer, DurationText, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.collect_str(&DurationText(*value)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        humantime_serde::deserialize(deserializer)
+    }
+}
+
 /// The address `text` (`127.0.0.1:50051`, `[::1]:50051`, `localhost:50051`)
 /// names. A host name is resolved now, and its first IPv4 address is taken
 /// (else its first address): `localhost` then means `127.0.0.1`, which is

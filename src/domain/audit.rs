@@ -29,6 +29,9 @@ pub enum AuditAction {
     MemberSet,
     /// A member was removed (RemoveMember).
     MemberRemoved,
+    /// A token entered the warning period of the inactivity policy: it will
+    /// be revoked unless used (`domain::inactivity`).
+    InactivityWarning,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

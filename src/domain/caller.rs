@@ -38,7 +38,8 @@ pub struct Actor {
     pub role: OrgRole,
 }
 
-/// The management RPCs, as named in audit events.
+/// The management RPCs, as named in audit events; and the service's own
+/// acts, which no RPC makes (`InactivityPolicy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     IssueToken,
@@ -60,6 +61,8 @@ pub enum Method {
     ListMembers,
     ReportUnusedPermissions,
     WatchEvents,
+    /// The inactivity policy's sweep (`domain::inactivity`): no caller.
+    InactivityPolicy,
 }
 
 impl Method {
@@ -84,6 +87,7 @@ impl Method {
             Method::ListMembers => "ListMembers",
             Method::ReportUnusedPermissions => "ReportUnusedPermissions",
             Method::WatchEvents => "WatchEvents",
+            Method::InactivityPolicy => "InactivityPolicy",
         }
     }
 

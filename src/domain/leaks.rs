@@ -74,14 +74,44 @@ fn printable(field: &'static str, value: &str, max: usize) -> Result<(), Error> 
         ));
     }
     // Source and url are logged and kept in the audit log: a secret in them
-    // (a url with `?t=tkpat_...`) would outlive its revocation there.
-    if crate::domain::secret::mentions_a_secret(value) {
+    // (a url with `?t=tkpat_...`) would outlive its revocation there. Read
+    // as a reader would recover it: percent-decoded, in any case.
+    if crate::domain::secret::mentions_a_secret(&recoverable(value)) {
         return Err(Error::invalid(
             field,
             "must not carry a secret: report secrets in `secrets` only",
         ));
     }
     Ok(())
+}
+
+/// `text` percent-decoded until nothing changes (`%255F` is `%5F` is
+/// `_`), lower-cased: what one could turn back into a secret.
+fn recoverable(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    loop {
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
+            match (bytes[i], hex(i + 1), hex(i + 2)) {
+                (b'%', Some(high), Some(low)) => {
+                    // Two hex digits: at most 255.
+                    decoded.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
+                    i += 3;
+                }
+                (b, _, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        // Each round that changes something shortens the text: it ends.
+        if decoded == bytes {
+            return String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        }
+        bytes = decoded;
+    }
 }
 
 /// A report's secrets, sorted before any lookup: the well-formed ones (each
@@ -147,44 +177,53 @@ impl Exhausted {
     }
 }
 
-struct Minute {
+struct Minute<K> {
     start: Timestamp,
-    by_network: HashMap<Option<IpAddr>, u32>,
-    /// Networks beyond [`CAPACITY`] share one count, so that a flood of
-    /// addresses cannot grow memory.
+    by_payer: HashMap<K, u32>,
+    /// Payers beyond [`CAPACITY`] share one count, so that a flood of
+    /// addresses (or organizations) cannot grow memory.
     overflow: u32,
     total: u32,
 }
 
-/// The per-minute budgets of leak reports, per process (per replica).
-pub struct IntakeBudget {
+/// The per-minute budgets of leak reports, per process (per replica), by
+/// payer: a network (`Option<IpAddr>`, the default) for anonymous reports,
+/// an organization for an ADMIN's dry runs.
+pub struct IntakeBudget<K = Option<IpAddr>> {
     limits: IntakeLimits,
-    minute: Mutex<Minute>,
+    minute: Mutex<Minute<K>>,
 }
 
 impl IntakeBudget {
-    pub fn new(limits: IntakeLimits) -> Self {
-        Self {
-            limits,
-            minute: Mutex::new(Minute {
-                start: Timestamp::from_micros(0),
-                by_network: HashMap::new(),
-                overflow: 0,
-                total: 0,
-            }),
-        }
-    }
-
-    /// Spends `secrets` of `peer`'s budget and of the total at `now`, or
-    /// spends nothing and says which budget they do not fit in. A whole
-    /// report fits or is refused: it is never half looked up.
+    /// Spends `secrets` of `peer`'s network's budget and of the total at
+    /// `now` (see [`IntakeBudget::take_for`]).
     pub fn take(
         &self,
         peer: Option<SocketAddr>,
         secrets: u32,
         now: Timestamp,
     ) -> Result<(), Exhausted> {
-        let network = peer.map(network_of);
+        self.take_for(peer.map(network_of), secrets, now)
+    }
+}
+
+impl<K: std::hash::Hash + Eq> IntakeBudget<K> {
+    pub fn new(limits: IntakeLimits) -> Self {
+        Self {
+            limits,
+            minute: Mutex::new(Minute {
+                start: Timestamp::from_micros(0),
+                by_payer: HashMap::new(),
+                overflow: 0,
+                total: 0,
+            }),
+        }
+    }
+
+    /// Spends `secrets` of `payer`'s budget and of the total at `now`, or
+    /// spends nothing and says which budget they do not fit in. A whole
+    /// report fits or is refused: it is never half looked up.
+    pub fn take_for(&self, payer: K, secrets: u32, now: Timestamp) -> Result<(), Exhausted> {
         let mut minute = self
             .minute
             .lock()
@@ -192,14 +231,13 @@ impl IntakeBudget {
         let start = minute_of(now);
         if minute.start != start {
             minute.start = start;
-            minute.by_network.clear();
+            minute.by_payer.clear();
             minute.overflow = 0;
             minute.total = 0;
         }
-        let tracked =
-            minute.by_network.contains_key(&network) || minute.by_network.len() < CAPACITY;
+        let tracked = minute.by_payer.contains_key(&payer) || minute.by_payer.len() < CAPACITY;
         let used = if tracked {
-            minute.by_network.get(&network).copied().unwrap_or(0)
+            minute.by_payer.get(&payer).copied().unwrap_or(0)
         } else {
             minute.overflow
         };
@@ -211,7 +249,7 @@ impl IntakeBudget {
         }
         minute.total += secrets;
         if tracked {
-            *minute.by_network.entry(network).or_insert(0) += secrets;
+            *minute.by_payer.entry(payer).or_insert(0) += secrets;
         } else {
             minute.overflow += secrets;
         }
@@ -266,6 +304,17 @@ mod tests {
         let url = format!("https://ci.example/log?t={}", secret.expose());
         assert!(LeakSource::new("ci", &url).is_err());
         assert!(LeakSource::new("tksat_", "").is_err());
+        // Nor one a reader recovers by decoding the url or fixing its case.
+        let body = secret.expose().strip_prefix("tkpat_").unwrap();
+        for disguised in [
+            format!("https://ci.example/log?t=tkpat%5F{body}"),
+            format!("https://ci.example/log?t=tkpat%255f{body}"),
+            format!("https://ci.example/log?t=%74kpat_{body}"),
+            format!("https://ci.example/log?t=TKPAT_{body}"),
+        ] {
+            assert!(LeakSource::new("ci", &disguised).is_err(), "{disguised}");
+        }
+        assert!(LeakSource::new("ci", "https://e.x/a%20b%zz%").is_ok());
         assert_eq!(
             LeakSource::new("github", "").unwrap().detail(),
             "reported leaked by github at -"

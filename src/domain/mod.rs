@@ -14,6 +14,7 @@ pub mod explain;
 pub mod ext_authz;
 pub mod feed;
 pub mod ids;
+pub mod inactivity;
 pub mod leaks;
 pub mod member;
 pub mod pagination;

@@ -28,8 +28,9 @@ use super::leaks::MAX_REPORTED_SECRETS;
 pub const SOURCE: &str = "github-secret-scanning";
 /// Most bytes of a report's body (GitHub's reports are a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// Most reports handled at once; one more is refused (503), not queued, so
-/// that a flood of them holds neither memory nor the store.
+/// Most signed reports answered at once (looked up and revoked); one more
+/// is refused (503), not queued, so that a flood of them cannot hold the
+/// store. Taken after the signature is verified, so only GitHub holds them.
 pub const MAX_CONCURRENT_REPORTS: usize = 4;
 /// Most bytes of a match's `token`: ours are 50 or so; GitHub only sends
 /// what matched the patterns we registered.
@@ -53,7 +54,7 @@ const MAX_KEYS: usize = 100;
 /// Why a report was refused, whole: nothing in it was looked up or revoked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// [`MAX_CONCURRENT_REPORTS`] were already in hand.
+    /// [`MAX_CONCURRENT_REPORTS`] signed reports were already being answered.
     Busy,
     /// The body is over [`MAX_BODY_BYTES`].
     TooLarge,

@@ -104,6 +104,10 @@ pub struct TokenView {
     pub last_used_at: Option<Timestamp>,
     /// Where it was used from lately (left empty by listings).
     pub client_addresses: RecentAddresses,
+    /// When the inactivity policy will revoke it unless it is used before
+    /// (`inactivity::InactivityPolicy::revocation_at`); `None` when the
+    /// policy does not apply to it.
+    pub inactive_revocation_at: Option<Timestamp>,
 }
 
 /// The service's rules on token lifetimes.

@@ -23,7 +23,9 @@ pub use self::{
 };
 use self::{
     health::Health,
-    tasks::{Background, count_tokens_until, prune_until, upkeep_usage_until},
+    tasks::{
+        Background, count_tokens_until, prune_until, sweep_inactive_until, upkeep_usage_until,
+    },
 };
 use crate::{
     config::{Config, ConfigError, StoreKind},
@@ -341,6 +343,10 @@ impl Wired {
         background.spawn_with_token(move |stop| {
             count_tokens_until(count_store, count_metrics, count_interval, stop)
         });
+        if service.sweeps_inactive() {
+            let (sweeper, interval) = (Arc::clone(&service), config.inactivity.sweep_interval);
+            background.spawn_with_token(move |stop| sweep_inactive_until(sweeper, interval, stop));
+        }
         if let Some(listener) = admin {
             let metrics = Arc::clone(&metrics);
             let router = admin_http::admin_router(metrics);

@@ -1,6 +1,6 @@
 //! The server's background tasks (the usage flusher, pruning, token counts,
-//! the store's write probe, the admin and probe ports, the replicas'
-//! invalidation follower) in one `JoinSet`, stopped together by one
+//! the inactivity sweep, the store's write probe, the admin and probe
+//! ports, the replicas' invalidation follower) in one `JoinSet`, stopped together by one
 //! `CancellationToken` once the gRPC port has drained.
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     domain::{time::Timestamp, usage::UsageRetention},
     metrics::Metrics,
+    service::TokenAuthority,
     store::{Store, StoreError},
 };
 
@@ -204,5 +205,29 @@ pub(super) async fn upkeep_usage_until(
                 tracing::info!(rows, ?step, "usage rolled up or pruned");
             }
         }
+    }
+}
+
+/// Sweeps for inactive tokens every `interval`, until `stop`; a sweep
+/// stops between two tokens once told to (a revocation under way is
+/// finished: it runs in a task of its own until durable). The first sweep
+/// comes after at most a minute, not a whole interval: replicas that are
+/// redeployed more often than the interval would otherwise never sweep.
+pub(super) async fn sweep_inactive_until(
+    authority: Arc<TokenAuthority>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let first = tokio::time::Instant::now() + interval.min(Duration::from_secs(60));
+    let mut ticker = tokio::time::interval_at(first, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        authority
+            .sweep_inactive_and_report(|| stop.is_cancelled())
+            .await;
     }
 }

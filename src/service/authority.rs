@@ -10,6 +10,7 @@ use crate::{
         authz::Roles,
         client_address::RecentAddresses,
         ids::TokenId,
+        inactivity::{InactivityPolicy, WrittenWarnings},
         leaks::{IntakeBudget, IntakeLimits},
         member::MembershipPolicy,
         permissions::Catalogue,
@@ -56,6 +57,8 @@ pub struct Policy {
     pub membership: MembershipPolicy,
     /// Most members an ADMIN may bring an organization to (SetMember).
     pub max_members_per_org: u32,
+    /// Which unused tokens are revoked, and when (off by default).
+    pub inactivity: InactivityPolicy,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,
@@ -74,6 +77,16 @@ pub struct TokenAuthority {
     pub(super) signed_intake: IntakeBudget,
     /// The WatchEvents watchers open, held to their caps.
     pub(super) watchers: Arc<super::watchers::Watchers>,
+    /// Spent by an ADMIN's dry-run leak reports, per organization: they come
+    /// through the control plane, one address for every organization, so a
+    /// budget by address would let one organization's dry runs refuse all
+    /// the others'. No total: each is an authenticated ADMIN's call.
+    pub(super) dry_run_intake: IntakeBudget<String>,
+    /// The inactivity warnings this process has written.
+    pub(super) inactivity_warned: WrittenWarnings,
+    /// Where this replica's next inactivity sweep starts, when the last
+    /// one stopped at a bound.
+    pub(super) inactivity_resume: std::sync::Mutex<Option<TokenId>>,
 }
 
 impl TokenAuthority {
@@ -87,10 +100,16 @@ impl TokenAuthority {
     ) -> Self {
         Self {
             leak_intake: IntakeBudget::new(policy.leak_intake),
+            dry_run_intake: IntakeBudget::new(IntakeLimits {
+                per_peer: policy.leak_intake.per_peer,
+                total: u32::MAX,
+            }),
             signed_intake: IntakeBudget::new(IntakeLimits {
                 per_peer: policy.signed_intake,
                 total: policy.signed_intake,
             }),
+            inactivity_warned: WrittenWarnings::default(),
+            inactivity_resume: std::sync::Mutex::new(None),
             store,
             cache: Arc::new(cache),
             keyring,
@@ -133,8 +152,14 @@ impl TokenAuthority {
         stored: Option<Timestamp>,
     ) -> TokenView {
         let pending = self.recorder.pending_last_used(record.id);
+        let last_used_at = stored.max(pending);
         TokenView {
-            last_used_at: stored.max(pending),
+            inactive_revocation_at: self.policy.inactivity.revocation_at(
+                &record,
+                last_used_at,
+                Timestamp::now(),
+            ),
+            last_used_at,
             record,
             client_addresses: RecentAddresses::default(),
         }

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    authority::{ControlPlaneCredential, TokenAuthority},
+    authority::{ControlPlaneCredential, Policy, TokenAuthority},
     cache::{CacheSettings, TokenCache},
     recorder::Recorder,
 };
@@ -38,7 +38,17 @@ pub(super) fn fixture() -> Fixture {
 
 /// [`fixture`] over `store` (e.g. the in-memory store behind a hook).
 pub(super) fn fixture_over(store: Arc<dyn Store>) -> Fixture {
+    build(store, |_| {})
+}
+
+/// [`fixture`] with the default policy changed by `adjust`.
+pub(super) fn fixture_with_policy(adjust: impl FnOnce(&mut Policy)) -> Fixture {
+    build(Arc::new(MemoryStore::new()), adjust)
+}
+
+fn build(store: Arc<dyn Store>, adjust: impl FnOnce(&mut Policy)) -> Fixture {
     let mut policy = Config::default().policy().unwrap();
+    adjust(&mut policy);
     policy.control_plane = vec![ControlPlaneCredential {
         name: "cp".into(),
         sha256: Sha256::digest(CONTROL_PLANE.as_bytes()).into(),

@@ -132,14 +132,28 @@ impl TokenAuthority {
             .await?;
         let principal =
             principal.ok_or_else(|| Error::Internal("authorized without a principal".into()))?;
-        self.spend_intake(caller.peer, secrets.len())?;
+        let asked = u32::try_from(secrets.len()).unwrap_or(u32::MAX);
+        self.dry_run_intake
+            .take_for(org.clone(), asked, Timestamp::now())
+            .map_err(|_| {
+                Error::resource_exhausted(
+                    "too many secrets dry-run for this organization this minute; retry later"
+                        .into(),
+                )
+            })?;
         let now = Timestamp::now();
         let (mut count, mut first) = (0u64, Vec::new());
+        // Two secrets of one token (the current one and one still in its
+        // rotation grace) revoke it once: counted once, as the report would.
+        let mut seen: std::collections::HashSet<TokenId> =
+            std::collections::HashSet::with_capacity(well_formed.len());
         for presented in &well_formed {
             let Some(record) = self.live_token_of(presented, now).await? else {
                 continue;
             };
-            if authz::lookup_secret(&principal, &record) != Verdict::Allow {
+            if authz::lookup_secret(&principal, &record) != Verdict::Allow
+                || !seen.insert(record.id)
+            {
                 continue;
             }
             count += 1;
@@ -294,8 +308,8 @@ fn spend(budget: &IntakeBudget, peer: Option<SocketAddr>, secrets: usize) -> Res
 mod tests {
     use super::*;
     use crate::{
-        domain::{secret::Secret, token::TokenKind},
-        service::fixture::fixture,
+        domain::{leaks::MAX_REPORTED_SECRETS, secret::Secret, token::TokenKind},
+        service::fixture::{admin, fixture},
     };
 
     const ORIGIN: HolderOrigin<'static> = HolderOrigin {
@@ -343,6 +357,74 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, tally);
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_counts_a_token_once_whichever_of_its_secrets_are_reported() {
+        let f = fixture();
+        let (id, old) = f.issue("org-1", "ws-1", &["test_api:run"]).await;
+        // Rotated with a grace period: both secrets name the live token.
+        let (_, new, _) = f
+            .authority
+            .rotate(&admin("org-1"), id, std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let batch = vec![old.clone(), new.expose().to_owned()];
+        let (_, would_revoke, first) = f
+            .authority
+            .preview_leak_report(&admin("org-1"), &batch)
+            .await
+            .unwrap();
+        let source = LeakSource::new("github", "").unwrap();
+        f.authority
+            .report_leaked(&batch, &source, ORIGIN)
+            .await
+            .unwrap();
+        let revoked = f
+            .audit("org-1")
+            .await
+            .iter()
+            .filter(|e| e.method == Method::ReportLeakedSecrets)
+            .count();
+        assert_eq!(revoked, 1, "the report revokes the token once");
+        assert_eq!(would_revoke, 1, "the dry run must say what the report does");
+        assert_eq!(first.len(), 1);
+    }
+
+    /// ADMINs reach the dry run through the control plane, one peer for
+    /// every organization: a budget by peer would let one organization's
+    /// dry runs refuse every other organization's for the rest of the
+    /// minute, so the budget is the organization's.
+    #[tokio::test]
+    async fn one_organizations_dry_runs_do_not_refuse_anothers() {
+        let f = fixture();
+        let (_, live) = f.issue("org-b", "ws-1", &["test_api:run"]).await;
+        let batch: Vec<String> = (0..MAX_REPORTED_SECRETS)
+            .map(|_| {
+                Secret::generate(TokenKind::Service)
+                    .unwrap()
+                    .expose()
+                    .to_owned()
+            })
+            .collect();
+        let mut spent = 0;
+        while f
+            .authority
+            .preview_leak_report(&admin("org-a"), &batch)
+            .await
+            .is_ok()
+        {
+            spent += 1;
+            assert!(spent < 100, "never refused");
+        }
+        let other = f
+            .authority
+            .preview_leak_report(&admin("org-b"), std::slice::from_ref(&live))
+            .await;
+        assert!(
+            other.is_ok(),
+            "org-b's dry run was refused after {spent} of org-a's: {other:?}"
+        );
     }
 
     #[tokio::test]

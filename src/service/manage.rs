@@ -156,14 +156,7 @@ impl TokenAuthority {
             workspace_id = %record.workspace_id, actor = %record.created_by,
             peer = caller.peer.map(tracing::field::display), request_id = %caller.request_id, "token issued"
         );
-        Ok((
-            TokenView {
-                record,
-                last_used_at: None,
-                client_addresses: Default::default(),
-            },
-            secret,
-        ))
+        Ok((self.merge_last_used(record, None), secret))
     }
 
     /// The caller, with the role of the member the control plane acts for

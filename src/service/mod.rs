@@ -10,16 +10,20 @@
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
 //! secret's holder: leak reports and RevokeSelf), `secret_scanning` (GitHub's
 //! signed leak reports, through the same intake), `forensics` (LookupSecret),
-//! `unused` (the least-privilege report).
+//! `unused` (the least-privilege report), `inactivity` (the sweep that
+//! revokes unused tokens).
 
 mod authenticate;
 mod authority;
 pub mod cache;
 mod check;
+#[cfg(test)]
+mod dry_run_cost;
 mod error;
 mod fast_hash;
 mod feed;
 mod forensics;
+mod inactivity;
 mod leaks;
 mod lookup;
 mod manage;
@@ -41,6 +45,7 @@ pub use self::{
     error::Error,
     feed::{STALL_TIMEOUT, WATCH_BUFFER, WatchItem},
     forensics::SecretState,
+    inactivity::SweepReport,
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,

@@ -29,6 +29,7 @@ use crate::domain::{
 
 mod client_addresses;
 mod members;
+mod sweeps;
 
 pub use self::client_addresses::client_addresses_are_merged_per_token_and_bounded;
 
@@ -38,6 +39,10 @@ pub use self::members::{
     members_are_counted_per_organization_up_to_a_limit,
     members_are_set_idempotently_and_listed_by_user_in_pages,
     removing_a_member_revokes_their_tokens_with_its_events,
+};
+pub use self::sweeps::{
+    an_event_appended_twice_is_kept_once,
+    unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations,
 };
 
 /// The names of the cases, in the order [`run_all`] runs them.
@@ -57,6 +62,8 @@ pub const CASES: &[&str] = &[
     "an_insert_commits_only_while_its_member_is_as_read",
     "members_are_counted_per_organization_up_to_a_limit",
     "client_addresses_are_merged_per_token_and_bounded",
+    "unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations",
+    "an_event_appended_twice_is_kept_once",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -78,6 +85,8 @@ pub async fn run_all(store: &dyn Store) {
     members_are_counted_per_organization_up_to_a_limit(store).await;
     client_addresses_are_merged_per_token_and_bounded(store).await;
     the_feed_holds_each_change_in_order_and_no_refusal(store).await;
+    unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations(store).await;
+    an_event_appended_twice_is_kept_once(store).await;
     store.durable().await.unwrap();
 }
 

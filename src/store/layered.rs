@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::{
     AuditPage, FeedPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition,
     MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store,
-    StoreError, TokenCounts, TokenQuery, UsagePage,
+    StoreError, SweepLease, TokenCounts, TokenQuery, UsagePage,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
@@ -59,6 +59,8 @@ pub enum Operation {
     Member,
     ListMembers,
     CountMembers,
+    ScanUnrevokedTokens,
+    TrySweepLease,
 }
 
 impl Operation {
@@ -95,6 +97,8 @@ impl Operation {
             Self::Member => "member",
             Self::ListMembers => "list_members",
             Self::CountMembers => "count_members",
+            Self::ScanUnrevokedTokens => "scan_unrevoked_tokens",
+            Self::TrySweepLease => "try_sweep_lease",
         }
     }
 }
@@ -310,6 +314,20 @@ impl<H: Hook> Store for Layered<H> {
     }
     async fn count_tokens(&self, now: Timestamp) -> Result<TokenCounts, StoreError> {
         around!(self, CountTokens, self.inner.count_tokens(now))
+    }
+    async fn scan_unrevoked_tokens(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        around!(
+            self,
+            ScanUnrevokedTokens,
+            self.inner.scan_unrevoked_tokens(after, limit)
+        )
+    }
+    async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
+        around!(self, TrySweepLease, self.inner.try_sweep_lease())
     }
     async fn probe_write(&self) -> Result<(), StoreError> {
         around!(self, ProbeWrite, self.inner.probe_write())

@@ -719,6 +719,31 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn scan_unrevoked_tokens(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let state = self.state.lock();
+        let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.to_bytes()));
+        let examined: Vec<&TokenRecord> = state
+            .tokens
+            .range((start, Bound::Unbounded))
+            .map(|(_, record)| record)
+            .take(limit.max(1))
+            .collect();
+        Ok(Page {
+            next: (examined.len() == limit.max(1))
+                .then(|| examined.last().map(|r| r.id))
+                .flatten(),
+            tokens: examined
+                .into_iter()
+                .filter(|r| r.revoked_at.is_none())
+                .cloned()
+                .collect(),
+        })
+    }
+
     /// Memory always takes writes.
     async fn probe_write(&self) -> Result<(), StoreError> {
         Ok(())

@@ -95,12 +95,41 @@ pub struct PageRequest {
     pub limit: usize,
 }
 
-/// One page of tokens, newest first.
+/// One page of tokens, newest first ([`Store::scan_unrevoked_tokens`]:
+/// oldest first).
 #[derive(Clone, Debug)]
 pub struct Page {
     pub tokens: Vec<TokenRecord>,
     /// Where the next page starts, if there may be one.
     pub next: Option<TokenId>,
+}
+
+/// The right to run a sweep on one replica at a time
+/// ([`Store::try_sweep_lease`]): whatever holds it in the store is released
+/// when this is dropped.
+pub struct SweepLease {
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl SweepLease {
+    /// A lease that holds nothing: for a store no other process writes.
+    pub fn local() -> Self {
+        Self { _held: None }
+    }
+
+    /// A lease that lasts as long as `held` does (a connection that holds a
+    /// lock, say).
+    pub fn holding(held: impl Send + Sync + 'static) -> Self {
+        Self {
+            _held: Some(Box::new(held)),
+        }
+    }
+}
+
+impl std::fmt::Debug for SweepLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SweepLease")
+    }
 }
 
 /// What an insert did.
@@ -319,9 +348,13 @@ pub trait Store: Send + Sync + 'static {
         page: &MemberPageRequest,
     ) -> Result<MemberPage, StoreError>;
 
-    /// Appends an event that records no change (a refusal). Callers do not
-    /// wait for it to be durable: it rides on the next flush, so that
-    /// refusals cannot be made to cost a disk flush each.
+    /// Appends an event that records no change (a refusal, a warning).
+    /// Callers do not wait for it to be durable: it rides on the next flush,
+    /// so that refusals cannot be made to cost a disk flush each. An event
+    /// whose id (in its organization) is already in the log is not written
+    /// again: ids are random, but a warning of the inactivity policy makes
+    /// the same event, id included, each time it is due
+    /// (`domain::inactivity`), and the log keeps one.
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
     /// Events of `query.org_id` matching `query`, newest first, strictly
@@ -405,6 +438,30 @@ pub trait Store: Send + Sync + 'static {
     /// Counts every token by kind and state at `now` (a full scan: for
     /// occasional metrics, never on a request path).
     async fn count_tokens(&self, now: Timestamp) -> Result<TokenCounts, StoreError>;
+
+    /// Every organization's tokens that are not revoked, oldest first (in
+    /// id order), strictly after `after`: for a background policy that
+    /// walks them all (the inactivity sweep), never a request. Examines at
+    /// most `limit` tokens, revoked ones included, so that one call's work
+    /// is bounded whatever the history; `next` is set while there may be
+    /// more.
+    async fn scan_unrevoked_tokens(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// The right to run a background sweep that one replica at a time
+    /// runs (the inactivity sweep), if no other replica holds it now; held
+    /// until the lease is dropped, or the process dies. A store that only
+    /// this process writes grants it always. The lease spares work, it is
+    /// not what keeps the sweep's changes single: should two sweeps ever
+    /// overlap (a lock lost with its connection), a token is still revoked
+    /// with one event ([`Store::revoke_token`] writes it only when it
+    /// revoked) and warned with one ([`Store::append_audit`] keeps one per id).
+    async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
+        Ok(Some(SweepLease::local()))
+    }
 
     /// Writes and flushes a small marker: whether the store can take writes now.
     async fn probe_write(&self) -> Result<(), StoreError>;

@@ -141,7 +141,7 @@ struct ClientAddressesV1 {
 }
 
 // Stored numbers of enums; never renumber.
-const ACTIONS: [AuditAction; 7] = [
+const ACTIONS: [AuditAction; 8] = [
     AuditAction::Issued,
     AuditAction::Revoked,
     AuditAction::RevokedAll,
@@ -149,6 +149,7 @@ const ACTIONS: [AuditAction; 7] = [
     AuditAction::Denied,
     AuditAction::MemberSet,
     AuditAction::MemberRemoved,
+    AuditAction::InactivityWarning,
 ];
 const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::Succeeded,
@@ -156,7 +157,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 19] = [
+const METHODS: [Method; 20] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -176,6 +177,7 @@ const METHODS: [Method; 19] = [
     Method::ListMembers,
     Method::ReportUnusedPermissions,
     Method::WatchEvents,
+    Method::InactivityPolicy,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

@@ -19,6 +19,7 @@ mod fuzz_replay;
 mod governance;
 mod harness;
 mod hostile;
+mod inactivity;
 
 mod bad_input;
 mod check;

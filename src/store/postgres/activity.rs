@@ -122,6 +122,30 @@ pub(super) async fn read_feed(
     Ok(page)
 }
 
+/// Inserts `event` within a transaction unless its id is already in the
+/// log (see [`Store::append_audit`]: a warning may be made more than once).
+pub(super) async fn append_audit_once(
+    client: &impl GenericClient,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO audit (key, id, event) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &audit_key(&event.org_id, event.id),
+                &event.id.to_bytes().as_slice(),
+                &encode_audit(event),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
 /// [`Store::list_audit`].
 pub(super) async fn scan_audit(
     client: &Client,

@@ -44,14 +44,16 @@ mod tokens;
 pub use self::connect::{FeedTiming, PostgresSettings, Transport, transport};
 pub use self::schema::schema_version;
 use self::{
-    activity::{add_usage, insert_audit, read_feed, scan_audit, scan_usage, upkeep_usage},
+    activity::{
+        add_usage, append_audit_once, insert_audit, read_feed, scan_audit, scan_usage, upkeep_usage,
+    },
     connect::connection_config,
     feed::{Pools, clock, follow_revocations, read_timeout},
     rows::{bytes16, digests_of, record_of},
     schema::migrate,
     tokens::{
-        Filter, LOCK_ORG_SHARED, OrgSession, log_revocation, quota_lock, quota_reached,
-        revoke_all_step, update_record,
+        Filter, LOCK_ORG_SHARED, OrgSession, TRY_SWEEP_LOCK, log_revocation, quota_lock,
+        quota_reached, revoke_all_step, update_record,
     },
 };
 use std::{collections::HashMap, path::Path, sync::Mutex};
@@ -68,7 +70,7 @@ use tokio_postgres::NoTls;
 use super::{
     AuditPage, FeedPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition,
     MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store,
-    StoreError, TokenCounts, TokenQuery, UsagePage,
+    StoreError, SweepLease, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     records::{encode_token, kind_number, kind_of},
 };
@@ -442,7 +444,7 @@ impl Store for PostgresStore {
         let tx = client.transaction().await?;
         tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
             .await?;
-        insert_audit(&tx, event).await?;
+        append_audit_once(&tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -624,6 +626,54 @@ impl Store for PostgresStore {
                 Ok((kind, state, u64::try_from(count).unwrap_or(0)))
             })
             .collect()
+    }
+
+    async fn scan_unrevoked_tokens(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let client = self.client().await?;
+        // By the primary key, revoked rows included: the work of one call is
+        // `limit` rows whatever the history (`Store::scan_unrevoked_tokens`).
+        let statement = client
+            .prepare_cached(
+                "SELECT id, revoked_at_us IS NULL AS live, record FROM tokens \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .await?;
+        let after = after.map(|id| id.to_bytes().to_vec()).unwrap_or_default();
+        let limit = limit.max(1);
+        let rows = client
+            .query(
+                &statement,
+                &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await?;
+        let next = match rows.last() {
+            Some(row) if rows.len() == limit => Some(TokenId::from_bytes(bytes16(
+                row.try_get::<_, &[u8]>("id")?,
+                "token id",
+            )?)),
+            _ => None,
+        };
+        let mut tokens = Vec::new();
+        for row in &rows {
+            if row.try_get::<_, bool>("live")? {
+                tokens.push(record_of(row)?);
+            }
+        }
+        Ok(Page { tokens, next })
+    }
+
+    async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
+        let client = self.client().await?;
+        let held: bool = client.query_one(TRY_SWEEP_LOCK, &[]).await?.try_get(0)?;
+        // The lock is the session's: it lasts as long as the connection,
+        // which the lease takes out of the pool and closes when dropped (the
+        // server then releases the lock, as it does when this process dies).
+        // Back in the pool, the connection would hold it for good.
+        Ok(held.then(|| SweepLease::holding(deadpool_postgres::Client::take(client))))
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {

@@ -698,6 +698,37 @@ impl Store for SledStore {
         .await
     }
 
+    async fn scan_unrevoked_tokens(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.max(1);
+        self.read(move |t| {
+            let start = after.map_or(std::ops::Bound::Unbounded, |id| {
+                std::ops::Bound::Excluded(id.to_bytes())
+            });
+            let (mut tokens, mut examined, mut last) = (Vec::new(), 0, None);
+            for entry in t.tokens.range((start, std::ops::Bound::Unbounded)) {
+                let (_, value) = entry?;
+                let record = decode_token(&value)?;
+                examined += 1;
+                last = Some(record.id);
+                if record.revoked_at.is_none() {
+                    tokens.push(record);
+                }
+                if examined == limit {
+                    break;
+                }
+            }
+            Ok(Page {
+                tokens,
+                next: if examined == limit { last } else { None },
+            })
+        })
+        .await
+    }
+
     async fn count_tokens(&self, now: Timestamp) -> Result<super::TokenCounts, StoreError> {
         self.read(move |t| {
             let mut counts: std::collections::HashMap<_, u64> = std::collections::HashMap::new();

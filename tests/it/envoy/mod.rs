@@ -11,8 +11,10 @@
 //! - `scopes`: permissions, organizations, workspaces and where the rules read them;
 //! - `paths`: what Envoy does to paths and repeated headers before tokenauth sees them;
 //! - `failures`: tokenauth stopped or hung, and Envoy's health check of it;
-//! - `transcoder`: JSON over HTTP through the shipped gRPC-JSON transcoder config.
+//! - `transcoder`: JSON over HTTP through the shipped gRPC-JSON transcoder config;
+//! - `addresses`: the client address recorded for a token, not the client's to choose.
 
+mod addresses;
 mod failures;
 mod paths;
 mod proxy;
