@@ -8,6 +8,7 @@ use crate::{
         Error,
         audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery, PeerSource},
         caller::{ActorClaim, OrgRole},
+        feed::{FeedQuery, in_feed},
         ids::{TokenId, optional_id, parse_token_id, require_id},
         query::TokenQuery,
         time::Timestamp,
@@ -144,29 +145,74 @@ impl From<TokenUnused> for proto::TokenPermissionUsage {
     }
 }
 
+/// A wire audit action: `None` for unspecified.
+fn audit_action(field: &'static str, number: i32) -> Result<Option<AuditAction>, Error> {
+    Ok(match proto::AuditAction::try_from(number) {
+        Ok(proto::AuditAction::Unspecified) => None,
+        Ok(proto::AuditAction::Issued) => Some(AuditAction::Issued),
+        Ok(proto::AuditAction::Revoked) => Some(AuditAction::Revoked),
+        Ok(proto::AuditAction::RevokedAll) => Some(AuditAction::RevokedAll),
+        Ok(proto::AuditAction::Rotated) => Some(AuditAction::Rotated),
+        Ok(proto::AuditAction::Denied) => Some(AuditAction::Denied),
+        Ok(proto::AuditAction::MemberSet) => Some(AuditAction::MemberSet),
+        Ok(proto::AuditAction::MemberRemoved) => Some(AuditAction::MemberRemoved),
+        Ok(proto::AuditAction::InactivityWarning) => Some(AuditAction::InactivityWarning),
+        Err(_) => {
+            return Err(Error::invalid(
+                field,
+                format!("{number} is not an audit action"),
+            ));
+        }
+    })
+}
+
+impl TryFrom<&proto::WatchEventsRequest> for FeedQuery {
+    type Error = Error;
+
+    fn try_from(request: &proto::WatchEventsRequest) -> Result<Self, Error> {
+        let org_id = if request.org_id.is_empty() {
+            None
+        } else {
+            require_id("org_id", &request.org_id)?;
+            Some(request.org_id.clone())
+        };
+        // Each action once: more entries than actions is a malformed request.
+        if request.actions.len() > ACTIONS_IN_FEED {
+            return Err(Error::invalid(
+                "actions",
+                format!("names at most {ACTIONS_IN_FEED} actions"),
+            ));
+        }
+        let mut actions = Vec::new();
+        for &number in &request.actions {
+            match audit_action("actions", number)? {
+                Some(action) if in_feed(action) => {
+                    if !actions.contains(&action) {
+                        actions.push(action);
+                    }
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "actions",
+                        format!("{number} is not an action of the feed (refusals are not in it)"),
+                    ));
+                }
+            }
+        }
+        Ok(FeedQuery { org_id, actions })
+    }
+}
+
+/// How many actions the feed has (every one but refusals).
+const ACTIONS_IN_FEED: usize = 6;
+
 impl TryFrom<&proto::ListAuditEventsRequest> for AuditQuery {
     type Error = Error;
 
     fn try_from(request: &proto::ListAuditEventsRequest) -> Result<Self, Error> {
         require_id("org_id", &request.org_id)?;
         let (start, end) = time_range(request.start_time.as_ref(), request.end_time.as_ref())?;
-        let action = match proto::AuditAction::try_from(request.action) {
-            Ok(proto::AuditAction::Unspecified) => None,
-            Ok(proto::AuditAction::Issued) => Some(AuditAction::Issued),
-            Ok(proto::AuditAction::Revoked) => Some(AuditAction::Revoked),
-            Ok(proto::AuditAction::RevokedAll) => Some(AuditAction::RevokedAll),
-            Ok(proto::AuditAction::Rotated) => Some(AuditAction::Rotated),
-            Ok(proto::AuditAction::Denied) => Some(AuditAction::Denied),
-            Ok(proto::AuditAction::MemberSet) => Some(AuditAction::MemberSet),
-            Ok(proto::AuditAction::MemberRemoved) => Some(AuditAction::MemberRemoved),
-            Ok(proto::AuditAction::InactivityWarning) => Some(AuditAction::InactivityWarning),
-            Err(_) => {
-                return Err(Error::invalid(
-                    "action",
-                    format!("{} is not an audit action", request.action),
-                ));
-            }
-        };
+        let action = audit_action("action", request.action)?;
         Ok(AuditQuery {
             org_id: request.org_id.clone(),
             workspace_id: filter("workspace_id", request.workspace_id.clone())?,

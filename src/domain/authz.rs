@@ -12,6 +12,7 @@
 //! | ADMIN member | also LookupSecret: which token of their organization a secret is |
 //! | control plane without an actor, or an ADMIN member through it | the organization's members: SetMember, RemoveMember, GetMember, ListMembers |
 //! | member (any role), via the control plane | GetMember of themselves |
+//! | control plane without an actor, or an ADMIN member through it | WatchEvents: every organization's (no actor only), or one's |
 
 use super::{
     caller::{Actor, OrgRole, Principal},
@@ -389,6 +390,36 @@ pub fn read_org(caller: &Principal, org_id: &str) -> Verdict {
         }
         Principal::ServiceToken(token) if token.org_id == org_id => Verdict::Allow,
         Principal::ServiceToken(_) => deny("a service token reads its own organization only"),
+    }
+}
+
+/// May `caller` watch the change feed of `org_id` (`None`: every
+/// organization's)? Not a service token: a feed is how a platform follows
+/// every token of an organization, which is the control plane's business,
+/// and a leaked service token must not become a live tap on it.
+pub fn watch_events(caller: &Principal, org_id: Option<&str>) -> Verdict {
+    match (caller, org_id) {
+        (Principal::ControlPlane { actor: None, .. }, _) => Verdict::Allow,
+        (Principal::ControlPlane { actor: Some(_), .. }, None) => {
+            deny("only the control plane on its own behalf watches every organization: name org_id")
+        }
+        (
+            Principal::ControlPlane {
+                actor: Some(actor), ..
+            },
+            Some(org_id),
+        ) => {
+            if let Err(verdict) = actor_in(actor, org_id) {
+                verdict
+            } else if actor.role == OrgRole::Admin {
+                Verdict::Allow
+            } else {
+                deny("only an organization ADMIN watches its events")
+            }
+        }
+        (Principal::ServiceToken(_), _) => {
+            deny("a service token cannot watch events: the control plane does")
+        }
     }
 }
 

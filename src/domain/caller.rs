@@ -60,6 +60,7 @@ pub enum Method {
     GetMember,
     ListMembers,
     ReportUnusedPermissions,
+    WatchEvents,
     /// The inactivity policy's sweep (`domain::inactivity`): no caller.
     InactivityPolicy,
 }
@@ -85,6 +86,7 @@ impl Method {
             Method::GetMember => "GetMember",
             Method::ListMembers => "ListMembers",
             Method::ReportUnusedPermissions => "ReportUnusedPermissions",
+            Method::WatchEvents => "WatchEvents",
             Method::InactivityPolicy => "InactivityPolicy",
         }
     }

@@ -12,6 +12,7 @@ pub mod changes;
 pub mod client_address;
 pub mod explain;
 pub mod ext_authz;
+pub mod feed;
 pub mod ids;
 pub mod inactivity;
 pub mod leaks;

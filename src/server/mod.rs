@@ -11,7 +11,7 @@ mod health;
 mod store;
 mod tasks;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -375,6 +375,7 @@ impl Wired {
         let incoming = incoming(listener, limits, Arc::clone(&connections));
         let draining_health = Arc::clone(&health);
         let draining = drain.clone();
+        let draining_service = Arc::clone(&service);
         let serving = grpc::add_services(
             &mut grpc_server(limits, Arc::clone(&metrics), tls)?,
             health_service,
@@ -386,6 +387,9 @@ impl Wired {
         .serve_with_incoming_shutdown(incoming, async move {
             draining.cancelled().await;
             draining_health.draining().await;
+            // A watch never ends by itself: end them, or draining would wait
+            // out the whole grace period for them.
+            draining_service.stop_watchers(Duration::ZERO).await;
             connections.drain();
             tracing::info!("draining: no new connections; waiting for in-flight calls");
         });
@@ -406,6 +410,8 @@ impl Wired {
             }
         };
 
+        // No watcher task may outlive the server holding the store.
+        service.stop_watchers(Duration::from_secs(5)).await;
         // The admin and probe ports and the flusher finish what they are
         // doing; the rest may stop anywhere.
         let restart = background.stop().await;

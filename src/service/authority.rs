@@ -75,6 +75,8 @@ pub struct TokenAuthority {
     /// Spent by GitHub's signed reports only: an anonymous flood that
     /// spends `leak_intake` must not silence the channel most leaks come by.
     pub(super) signed_intake: IntakeBudget,
+    /// The WatchEvents watchers open, held to their caps.
+    pub(super) watchers: Arc<super::watchers::Watchers>,
     /// Spent by an ADMIN's dry-run leak reports, per organization: they come
     /// through the control plane, one address for every organization, so a
     /// budget by address would let one organization's dry runs refuse all
@@ -114,6 +116,7 @@ impl TokenAuthority {
             policy,
             recorder,
             metrics,
+            watchers: Arc::default(),
         }
     }
 

@@ -21,6 +21,7 @@ mod check;
 mod dry_run_cost;
 mod error;
 mod fast_hash;
+mod feed;
 mod forensics;
 mod inactivity;
 mod leaks;
@@ -33,6 +34,7 @@ mod refusals;
 mod reports;
 mod secret_scanning;
 mod unused;
+mod watchers;
 
 #[cfg(test)]
 mod fixture;
@@ -41,10 +43,12 @@ pub use self::{
     authority::{ControlPlaneCredential, Policy, TokenAuthority},
     check::{CheckOrigin, Decision},
     error::Error,
+    feed::{STALL_TIMEOUT, WATCH_BUFFER, WatchItem},
     forensics::SecretState,
     inactivity::SweepReport,
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,
     unused::{TokenUnused, UnusedReport},
+    watchers::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG},
 };

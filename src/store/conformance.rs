@@ -18,6 +18,7 @@ use super::{
 use crate::domain::{
     audit::{AuditAction, AuditEvent, AuditOutcome, AuditQuery, PeerSource},
     caller::{ActorRef, Method},
+    feed::{FeedCursor, FeedQuery},
     ids::{EventId, TokenId},
     quota::{Quota, Quotas},
     secret::PepperKey,
@@ -86,6 +87,7 @@ pub async fn run_all(store: &dyn Store) {
     an_insert_commits_only_while_its_member_is_as_read(store).await;
     members_are_counted_per_organization_up_to_a_limit(store).await;
     client_addresses_are_merged_per_token_and_bounded(store).await;
+    the_feed_holds_each_change_in_order_and_no_refusal(store).await;
     unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations(store).await;
     an_event_appended_twice_is_kept_once(store).await;
     a_revoke_all_preview_counts_what_the_revoke_all_revokes(store).await;
@@ -443,6 +445,91 @@ pub async fn audit_events_are_listed_newest_first(store: &dyn Store) {
         .map(|n| event(org, n, AuditAction::Denied, Vec::new()).id)
         .collect();
     assert_eq!(seen, expected);
+}
+
+pub async fn the_feed_holds_each_change_in_order_and_no_refusal(store: &dyn Store) {
+    let org = "conformance-feed";
+    let (first, second) = (record(org, 1), record(org, 2));
+    insert(store, &first, 1).await;
+    store
+        .append_audit(&event(org, 2, AuditAction::Denied, Vec::new()))
+        .await
+        .unwrap();
+    insert(store, &second, 3).await;
+    store
+        .revoke_token(
+            first.id,
+            Timestamp::from_micros(5_000),
+            &event(org, 4, AuditAction::Revoked, vec![first.id]),
+        )
+        .await
+        .unwrap();
+    let of_org = FeedQuery {
+        org_id: Some(org.into()),
+        actions: Vec::new(),
+    };
+    let page = read_feed_to_end(store, &of_org, FeedCursor::START).await;
+    let seen: Vec<_> = page.events.iter().map(|(_, e)| e.id).collect();
+    assert_eq!(
+        seen,
+        [1, 3, 4].map(|n| event(org, n, AuditAction::Issued, Vec::new()).id),
+        "the changes in commit order, not the refusal"
+    );
+    let cursors: Vec<_> = page.events.iter().map(|(c, _)| *c).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(page.reached, cursors[2]);
+
+    // Resuming after a cursor; narrowing to an action; one entry at a time.
+    let rest = read_feed_to_end(store, &of_org, cursors[0]).await;
+    assert_eq!(
+        rest.events.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        cursors[1..]
+    );
+    let revocations = FeedQuery {
+        actions: vec![AuditAction::Revoked],
+        ..of_org.clone()
+    };
+    let only = read_feed_to_end(store, &revocations, FeedCursor::START).await;
+    assert_eq!(only.events.len(), 1);
+    assert_eq!(only.events[0].1.action, AuditAction::Revoked);
+    let one = store
+        .read_feed(&of_org, FeedCursor::START, 1)
+        .await
+        .unwrap();
+    assert!(one.events.len() <= 1 && one.reached <= cursors[0]);
+    assert!(
+        one.reached > FeedCursor::START,
+        "a read of one entry moves on"
+    );
+
+    // Another organization's reader sees none of it.
+    let other = FeedQuery {
+        org_id: Some("conformance-feed-other".into()),
+        actions: Vec::new(),
+    };
+    let page = read_feed_to_end(store, &other, FeedCursor::START).await;
+    assert!(page.events.is_empty());
+}
+
+/// Every entry of the feed after `after` matching `query`, read in pages of
+/// 100 (a page may examine other organizations' entries and match none).
+async fn read_feed_to_end(
+    store: &dyn Store,
+    query: &FeedQuery,
+    after: FeedCursor,
+) -> crate::store::FeedPage {
+    let mut all = crate::store::FeedPage {
+        events: Vec::new(),
+        reached: after,
+    };
+    loop {
+        let page = store.read_feed(query, all.reached, 100).await.unwrap();
+        all.events.extend(page.events);
+        if page.reached == all.reached {
+            return all;
+        }
+        all.reached = page.reached;
+    }
 }
 
 pub async fn usage_is_added_up_and_listed(store: &dyn Store) {

@@ -36,6 +36,11 @@ pub const META: &str = "meta";
 pub const AUDIT: &str = "audit";
 /// [event id] -> [org]: for pruning by age across organizations.
 pub const AUDIT_BY_TIME: &str = "audit_by_time";
+/// [sequence, big-endian u64] -> event: the change feed, in commit order.
+pub const FEED: &str = "feed";
+/// [org][sequence] -> nothing: an organization's entries of `feed`, so that
+/// its watchers read its own entries, not every organization's.
+pub const FEED_BY_ORG: &str = "feed_by_org";
 /// The tokens neither revoked nor long expired, three ways (see [`live_keys`]):
 /// what quotas count and RevokeAll revokes, so that neither pays for history.
 pub const LIVE: &str = "live";

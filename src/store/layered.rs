@@ -9,13 +9,14 @@ use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 use async_trait::async_trait;
 
 use super::{
-    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition, MemberRemoval, Page,
-    PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, SweepLease,
-    TokenCounts, TokenQuery, UsagePage,
+    AuditPage, FeedPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition,
+    MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store,
+    StoreError, SweepLease, TokenCounts, TokenQuery, UsagePage,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     client_address::RecentAddresses,
+    feed::{FeedCursor, FeedQuery},
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -38,6 +39,7 @@ pub enum Operation {
     RotateToken,
     AppendAudit,
     ListAudit,
+    ReadFeed,
     PruneAudit,
     RecordUsage,
     ListUsage,
@@ -76,6 +78,7 @@ impl Operation {
             Self::RotateToken => "rotate_token",
             Self::AppendAudit => "append_audit",
             Self::ListAudit => "list_audit",
+            Self::ReadFeed => "read_feed",
             Self::PruneAudit => "prune_audit",
             Self::RecordUsage => "record_usage",
             Self::ListUsage => "list_usage",
@@ -262,6 +265,14 @@ impl<H: Hook> Store for Layered<H> {
         limit: usize,
     ) -> Result<AuditPage, StoreError> {
         around!(self, ListAudit, self.inner.list_audit(query, after, limit))
+    }
+    async fn read_feed(
+        &self,
+        query: &FeedQuery,
+        after: FeedCursor,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        around!(self, ReadFeed, self.inner.read_feed(query, after, limit))
     }
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         around!(self, PruneAudit, self.inner.prune_audit(before))

@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AuditPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest,
-    REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll, RotateOutcome, Rotation,
-    Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, FeedPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page,
+    PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
+    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, usage_keys},
 };
@@ -31,6 +31,7 @@ use crate::domain::{
         RevokeAllPreview, RevokeAllProgress, revoke_all_batch, revoke_record, rotate_record,
     },
     client_address::RecentAddresses,
+    feed::{FeedCursor, FeedQuery, in_feed},
     ids::{EventId, TokenId},
     member::{
         Member, MemberKey, MemberPage, MemberPageRequest, changes, member_page,
@@ -61,6 +62,9 @@ struct State {
     indexes: [BTreeSet<Vec<u8>>; 3],
     live: BTreeSet<Vec<u8>>,
     audit: BTreeMap<Vec<u8>, AuditEvent>,
+    /// The change feed by sequence number (from 1), and the next number.
+    feed: BTreeMap<u64, AuditEvent>,
+    feed_next: u64,
     /// [resolution][by-time key] -> the record (its count unused): what
     /// upkeep reads.
     usage_by_time: BTreeMap<Vec<u8>, UsageRecord>,
@@ -111,6 +115,11 @@ impl State {
     fn append_audit(&mut self, event: &AuditEvent) {
         self.audit
             .insert(audit_key(&event.org_id, event.id), event.clone());
+        if in_feed(event.action) {
+            self.feed_next = self.feed_next.max(1);
+            self.feed.insert(self.feed_next, event.clone());
+            self.feed_next += 1;
+        }
     }
 
     /// Writes `record`, newly revoked, and takes it out of the live index.
@@ -565,9 +574,38 @@ impl Store for MemoryStore {
         Ok(self.state.lock().scan_audit(query, after, limit))
     }
 
+    async fn read_feed(
+        &self,
+        query: &FeedQuery,
+        after: FeedCursor,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let state = self.state.lock();
+        let mut page = FeedPage {
+            events: Vec::new(),
+            reached: after,
+        };
+        if after.major > 0 {
+            return Ok(page);
+        }
+        let start = after.minor.saturating_add(1);
+        for (&seq, event) in state.feed.range(start..).take(limit) {
+            let cursor = FeedCursor {
+                major: 0,
+                minor: seq,
+            };
+            page.reached = cursor;
+            if query.matches(event) {
+                page.events.push((cursor, event.clone()));
+            }
+        }
+        Ok(page)
+    }
+
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         let end = EventId::first_at(before);
         let mut state = self.state.lock();
+        state.feed.retain(|_, event| event.time >= before);
         let old = state.audit.len();
         state.audit.retain(|_, event| event.id >= end);
         Ok(old - state.audit.len())

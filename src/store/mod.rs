@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     client_address::RecentAddresses,
+    feed::{FeedCursor, FeedQuery},
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::{QuotaReached, Quotas},
@@ -230,6 +231,16 @@ pub struct AuditPage {
     pub next: Option<EventId>,
 }
 
+/// What one read of the change feed found.
+#[derive(Clone, Debug, Default)]
+pub struct FeedPage {
+    /// The matching events after the cursor asked, in feed order.
+    pub events: Vec<(FeedCursor, AuditEvent)>,
+    /// How far the read went, matching or not: the next read starts after
+    /// it (it skips what the query filtered out).
+    pub reached: FeedCursor,
+}
+
 /// One page of usage records, oldest bucket first.
 #[derive(Clone, Debug)]
 pub struct UsagePage {
@@ -365,6 +376,21 @@ pub trait Store: Send + Sync + 'static {
         after: Option<EventId>,
         limit: usize,
     ) -> Result<AuditPage, StoreError>;
+
+    /// The change feed's events matching `query` after `after`, in commit
+    /// order, examining at most `limit` entries: an event committed later
+    /// never gets a cursor below one already returned. The change feed is
+    /// written with the changes' events (those `feed::in_feed` admits), in
+    /// their transactions, and pruned with the audit log.
+    async fn read_feed(
+        &self,
+        query: &FeedQuery,
+        after: FeedCursor,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let _ = (query, after, limit);
+        Err(StoreError::Unsupported("this store keeps no change feed"))
+    }
 
     /// Deletes events older than `before`; returns how many.
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError>;

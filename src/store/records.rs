@@ -157,7 +157,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 19] = [
+const METHODS: [Method; 20] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -176,6 +176,7 @@ const METHODS: [Method; 19] = [
     Method::GetMember,
     Method::ListMembers,
     Method::ReportUnusedPermissions,
+    Method::WatchEvents,
     Method::InactivityPolicy,
 ];
 

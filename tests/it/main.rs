@@ -14,6 +14,7 @@ mod docs;
 mod envoy;
 mod ext_authz;
 mod faults;
+mod feed;
 mod fuzz_replay;
 mod governance;
 mod harness;

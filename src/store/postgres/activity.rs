@@ -10,12 +10,13 @@ use deadpool_postgres::GenericClient;
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     client_address::RecentAddresses,
+    feed::{FeedCursor, FeedQuery, in_feed},
     ids::{EventId, TokenId},
     time::Timestamp,
     usage::{UsageQuery, UsageRecord, UsageUpkeep, roll_up},
 };
 use crate::store::{
-    AuditPage, StoreError, UsagePage,
+    AuditPage, FeedPage, StoreError, UsagePage,
     keys::{
         audit_key, audit_scan_range, decode_usage_tail, prefix, sortable_i64, take_part, usage_keys,
     },
@@ -46,7 +47,79 @@ pub(super) async fn insert_audit(
             ],
         )
         .await?;
+    if in_feed(event.action) {
+        let statement = client
+            .prepare_cached("INSERT INTO feed (org_id, at_us, event) VALUES ($1, $2, $3)")
+            .await?;
+        client
+            .execute(
+                &statement,
+                &[&event.org_id, &event.time.as_micros(), &encode_audit(event)],
+            )
+            .await?;
+    }
     Ok(())
+}
+
+const FEED_SELECT: &str = "SELECT xact, seq, event FROM feed \
+     WHERE (xact, seq) > ($1, $2) \
+     AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+const FEED_ORDER: &str = "ORDER BY xact, seq";
+
+/// [`Store::read_feed`](crate::store::Store::read_feed): rows after `after`
+/// written by transactions older than the oldest one still running (its
+/// snapshot's xmin). Every transaction below it has ended, so the rows
+/// served are final: none can appear later below them, whatever order the
+/// writers committed in. The price: a transaction that stays open holds the
+/// feed back until it ends (tokenauth's own are short).
+pub(super) async fn read_feed(
+    client: &impl GenericClient,
+    query: &FeedQuery,
+    after: FeedCursor,
+    limit: usize,
+) -> Result<FeedPage, StoreError> {
+    let number = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // Two statements, not one with an optional filter, so that each can
+    // use its own index (an organization's rows, or all rows in order).
+    let (after_major, after_minor) = (number(after.major), number(after.minor));
+    let rows = match &query.org_id {
+        Some(org) => {
+            let statement = client
+                .prepare_cached(&format!(
+                    "{FEED_SELECT} AND org_id = $3 {FEED_ORDER} LIMIT $4"
+                ))
+                .await?;
+            client
+                .query(&statement, &[&after_major, &after_minor, org, &limit])
+                .await?
+        }
+        None => {
+            let statement = client
+                .prepare_cached(&format!("{FEED_SELECT} {FEED_ORDER} LIMIT $3"))
+                .await?;
+            client
+                .query(&statement, &[&after_major, &after_minor, &limit])
+                .await?
+        }
+    };
+    let mut page = FeedPage {
+        events: Vec::new(),
+        reached: after,
+    };
+    let corrupt = || StoreError::Corrupt("feed position".into());
+    for row in rows {
+        let cursor = FeedCursor {
+            major: u64::try_from(row.try_get::<_, i64>(0)?).map_err(|_| corrupt())?,
+            minor: u64::try_from(row.try_get::<_, i64>(1)?).map_err(|_| corrupt())?,
+        };
+        page.reached = cursor;
+        let event = decode_audit(row.try_get::<_, &[u8]>(2)?)?;
+        if query.matches(&event) {
+            page.events.push((cursor, event));
+        }
+    }
+    Ok(page)
 }
 
 /// Inserts `event` within a transaction unless its id is already in the

@@ -44,7 +44,9 @@ mod tokens;
 pub use self::connect::{FeedTiming, PostgresSettings, Transport, transport};
 pub use self::schema::schema_version;
 use self::{
-    activity::{add_usage, append_audit_once, insert_audit, scan_audit, scan_usage, upkeep_usage},
+    activity::{
+        add_usage, append_audit_once, insert_audit, read_feed, scan_audit, scan_usage, upkeep_usage,
+    },
     connect::connection_config,
     feed::{Pools, clock, follow_revocations, read_timeout},
     rows::{bytes16, digests_of, record_of},
@@ -66,9 +68,9 @@ use tokio::{
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition, MemberRemoval, Page,
-    PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, SweepLease,
-    TokenCounts, TokenQuery, UsagePage,
+    AuditPage, FeedPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition,
+    MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store,
+    StoreError, SweepLease, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     records::{encode_token, kind_number, kind_of},
 };
@@ -76,6 +78,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_record, rotate_record},
     client_address::RecentAddresses,
+    feed::{FeedCursor, FeedQuery},
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -506,8 +509,20 @@ impl Store for PostgresStore {
         scan_audit(&self.client().await?, query, after, limit).await
     }
 
+    async fn read_feed(
+        &self,
+        query: &FeedQuery,
+        after: FeedCursor,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        read_feed(&self.client().await?, query, after, limit).await
+    }
+
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         let client = self.client().await?;
+        client
+            .execute("DELETE FROM feed WHERE at_us < $1", &[&before.as_micros()])
+            .await?;
         let end = EventId::first_at(before).to_bytes();
         let pruned = client
             .execute("DELETE FROM audit WHERE id < $1", &[&end.as_slice()])

@@ -123,6 +123,26 @@ CREATE TABLE client_addresses (
 );
 ",
     ),
+    (
+        6,
+        // The change feed (`feed.rs`): each change's event again, written in
+        // its transaction, at (the writing transaction's id, a sequence
+        // number). Readers serve only rows of transactions older than every
+        // one still running, so that no row can later appear below a cursor
+        // already served (a sequence number alone is taken before commit).
+        r"
+CREATE TABLE feed (
+    xact    bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    seq     bigserial,
+    org_id  text NOT NULL,
+    at_us   bigint NOT NULL,
+    event   bytea NOT NULL,
+    PRIMARY KEY (xact, seq)
+);
+CREATE INDEX feed_by_org ON feed (org_id, xact, seq);
+CREATE INDEX feed_by_time ON feed (at_us);
+",
+    ),
 ];
 
 /// The schema version this binary knows.

@@ -29,6 +29,7 @@ use sled::{Transactional, transaction::TransactionError};
 
 mod addresses;
 pub mod backup;
+mod feed;
 mod group_commit;
 mod members;
 mod trees;
@@ -40,8 +41,9 @@ use self::trees::{
     open_db, read_watermark,
 };
 use super::{
-    AuditPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest,
-    Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery, UsagePage,
+    AuditPage, FeedPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page,
+    PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery,
+    UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_time_key},
     records::{decode_token, encode_audit},
@@ -50,6 +52,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, rotate_record},
     client_address::RecentAddresses,
+    feed::{FeedCursor, FeedQuery},
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -132,6 +135,11 @@ impl SledStore {
             live: open(keys::LIVE)?,
             audit: open(keys::AUDIT)?,
             audit_by_time: open(keys::AUDIT_BY_TIME)?,
+            feed_next: std::sync::atomic::AtomicU64::new(feed::next_seq(
+                &db.open_tree(keys::FEED)?,
+            )?),
+            feed: open(keys::FEED)?,
+            feed_by_org: open(keys::FEED_BY_ORG)?,
             usage_by_time: [
                 open(keys::usage_time_tree(Resolution::Minute))?,
                 open(keys::usage_time_tree(Resolution::Hour))?,
@@ -534,8 +542,27 @@ impl Store for SledStore {
         self.read(move |t| t.scan_audit(&query, after, limit)).await
     }
 
+    async fn read_feed(
+        &self,
+        query: &FeedQuery,
+        after: FeedCursor,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let query = query.clone();
+        let page = self
+            .read(move |t| feed::read(&t.feed, &t.feed_by_org, &query, after, limit))
+            .await?;
+        // Only what a crash cannot take back: a watcher must never act on an
+        // event whose change is then lost, nor see its cursor given again.
+        if !page.events.is_empty() {
+            self.durable().await?;
+        }
+        Ok(page)
+    }
+
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.side_write(move |t| {
+            feed::prune(&t.feed, &t.feed_by_org, before)?;
             let end = EventId::first_at(before).to_bytes();
             let mut pruned = 0;
             for entry in t.audit_by_time.range(..end.to_vec()) {

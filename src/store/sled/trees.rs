@@ -12,6 +12,7 @@ use sled::{
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllPreview, RevokeAllProgress, revoke_all_batch, revoke_record},
+    feed::in_feed,
     ids::{EventId, TokenId},
     quota::{QuotaReached, Quotas},
     secret::Digest,
@@ -42,6 +43,12 @@ pub(super) struct Trees {
     pub(super) live: Tree,
     pub(super) audit: Tree,
     pub(super) audit_by_time: Tree,
+    pub(super) feed: Tree,
+    pub(super) feed_by_org: Tree,
+    /// The change feed's next sequence number. Read and advanced only under
+    /// `write_lock`, which every transaction that writes the feed holds, so
+    /// that sequence order is commit order.
+    pub(super) feed_next: std::sync::atomic::AtomicU64,
     /// By resolution: minute, hour, day rows (`keys::usage_time_tree`).
     pub(super) usage_by_time: [Tree; 3],
     pub(super) usage_by_org: Tree,
@@ -78,6 +85,10 @@ pub(super) struct Tx<'a> {
     pub(super) live: &'a TransactionalTree,
     pub(super) audit: &'a TransactionalTree,
     pub(super) audit_by_time: &'a TransactionalTree,
+    pub(super) feed: &'a TransactionalTree,
+    pub(super) feed_by_org: &'a TransactionalTree,
+    /// The feed sequence number this attempt of the transaction gives next.
+    pub(super) feed_next: &'a std::cell::Cell<u64>,
     /// Only in a [`Trees::member_transaction`].
     pub(super) members: Option<&'a TransactionalTree>,
     #[cfg(test)]
@@ -275,6 +286,13 @@ impl Tx<'_> {
             .insert(audit_key(&event.org_id, event.id), encode_audit(event))?;
         self.audit_by_time
             .insert(audit_time_key(event.id, &event.org_id), &[])?;
+        if in_feed(event.action) {
+            let seq = self.feed_next.get();
+            self.feed.insert(&seq.to_be_bytes(), encode_audit(event))?;
+            self.feed_by_org
+                .insert(super::feed::org_key(&event.org_id, seq), &[])?;
+            self.feed_next.set(seq + 1);
+        }
         Ok(())
     }
 
@@ -417,12 +435,19 @@ impl Trees {
             &self.live,
             &self.audit,
             &self.audit_by_time,
+            &self.feed,
+            &self.feed_by_org,
         ];
         if with_members {
             trees.push(&self.members);
         }
-        trees[..]
+        // A retried attempt gives the same numbers again; only a committed
+        // transaction advances the counter.
+        let first = self.feed_next.load(std::sync::atomic::Ordering::SeqCst);
+        let feed_next = std::cell::Cell::new(first);
+        let outcome = trees[..]
             .transaction(|t| {
+                feed_next.set(first);
                 change(&Tx {
                     tokens: &t[0],
                     digests: &t[1],
@@ -430,7 +455,10 @@ impl Trees {
                     live: &t[5],
                     audit: &t[6],
                     audit_by_time: &t[7],
-                    members: t.get(8),
+                    feed: &t[8],
+                    feed_by_org: &t[9],
+                    feed_next: &feed_next,
+                    members: t.get(10),
                     #[cfg(test)]
                     fail_audit: self.fail_audit.load(std::sync::atomic::Ordering::SeqCst)
                         || self
@@ -443,7 +471,10 @@ impl Trees {
                             .is_err_and(|left| left == 0),
                 })
             })
-            .map_err(StoreError::from)
+            .map_err(StoreError::from)?;
+        self.feed_next
+            .store(feed_next.get(), std::sync::atomic::Ordering::SeqCst);
+        Ok(outcome)
     }
 
     pub(super) fn record(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {

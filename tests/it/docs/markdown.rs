@@ -84,7 +84,7 @@ pub fn examples(file: &Path) -> Vec<Example> {
         // then the next block's opening fence.
         let after = block.line + block.text.lines().count() + 1;
         let output = all.get(i + 1).filter(|next| {
-            ["json", "text"].contains(&next.lang.as_str())
+            ["json", "json-stream", "text"].contains(&next.lang.as_str())
                 && lines[after..next.line - 1]
                     .iter()
                     .all(|l| l.trim().is_empty())

@@ -204,6 +204,7 @@ fn every_example_belongs_to_a_walkthrough() {
     for document in DOCUMENTS {
         for block in markdown::blocks(&path(document)) {
             if block.lang == "json"
+                || block.lang == "json-stream"
                 || (block.lang == "text"
                     && (block.text.starts_with("ERROR:") || block.text.starts_with("error:")))
             {
@@ -335,4 +336,33 @@ fn a_shown_output_that_differs_is_reported() {
     assert!(
         !walkthrough::compare("text", "ERROR:\n  Code: NotFound\n", &printed("", 0)).is_empty()
     );
+
+    // A stream: every message in order, ended by `-max-time` or not at all.
+    let deadline = |stdout: &str| std::process::Output {
+        stderr: b"ERROR:\n  Code: DeadlineExceeded\n".to_vec(),
+        ..printed(stdout, 1)
+    };
+    let stream = r#"{"cursor": "fc1_..."} {"cursor": "fc1_..."}"#;
+    let two = "{\"cursor\": \"fc1_1\"}\n{\"cursor\": \"fc1_2\"}\n";
+    assert_eq!(
+        walkthrough::compare("json-stream", stream, &deadline(two)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        walkthrough::compare("json-stream", stream, &printed(two, 0)),
+        Vec::<String>::new()
+    );
+    for (differs, why) in [
+        (deadline("{\"cursor\": \"fc1_1\"}"), "a message missing"),
+        (
+            deadline(&format!("{two}{{\"cursor\": \"fc1_3\"}}")),
+            "one more",
+        ),
+        (printed(two, 1), "another failure than the deadline"),
+    ] {
+        assert!(
+            !walkthrough::compare("json-stream", stream, &differs).is_empty(),
+            "{why}"
+        );
+    }
 }

@@ -416,7 +416,11 @@ impl Walkthrough {
 
     /// Notes the tokens and fields an output names, for later placeholders.
     fn remember(&mut self, output: &Output) {
-        let Ok(json) = serde_json::from_slice::<Value>(&output.stdout) else {
+        // A stream's last message (a watch's last cursor), or the one answer.
+        let Some(Ok(json)) = serde_json::Deserializer::from_slice(&output.stdout)
+            .into_iter::<Value>()
+            .last()
+        else {
             return;
         };
         if let Some(name) = json["token"]["name"].as_str() {
@@ -457,7 +461,9 @@ fn describe(output: &Output) -> String {
 /// How `output` differs from the output a document shows (`lang` is the
 /// shown block's: `json` or `text`). A shown `ERROR:` is grpcurl's report of
 /// a failed call, and a shown `error:` tokenauth's, on stderr with a failing
-/// exit status.
+/// exit status. A `json-stream` is the messages of a server-streaming call,
+/// one JSON value each, ended by grpcurl's `-max-time` (DeadlineExceeded)
+/// or by the server.
 pub fn compare(lang: &str, shown: &str, output: &Output) -> Vec<String> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -472,6 +478,24 @@ pub fn compare(lang: &str, shown: &str, output: &Output) -> Vec<String> {
             match serde_json::from_str::<Value>(&stdout) {
                 Ok(printed) => same_shape("", &shown, &printed, &mut problems),
                 Err(e) => problems.push(format!("it printed no JSON ({e})")),
+            }
+        }
+        "json-stream" => {
+            let stderr_deadline = stderr.contains("Code: DeadlineExceeded");
+            if !output.status.success() && !stderr_deadline {
+                problems.push(format!("it failed ({}): {stderr}", output.status));
+            }
+            let stream = |text: &str| {
+                serde_json::Deserializer::from_str(text)
+                    .into_iter::<Value>()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Array)
+            };
+            let shown = stream(shown)
+                .unwrap_or_else(|e| panic!("the shown output is not JSON values: {e}"));
+            match stream(&stdout) {
+                Ok(printed) => same_shape("", &shown, &printed, &mut problems),
+                Err(e) => problems.push(format!("it printed no JSON stream ({e})")),
             }
         }
         "text" if shown.starts_with("ERROR:") || shown.starts_with("error:") => {

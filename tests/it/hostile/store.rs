@@ -571,7 +571,7 @@ async fn a_database_of_schema_version_1_gets_the_live_indexes() {
             "DROP INDEX tokens_live_by_owner, tokens_live_by_kind, tokens_live_by_workspace; \
              DROP INDEX usage_by_resolution; ALTER TABLE usage DROP COLUMN resolution; \
              CREATE INDEX usage_by_minute ON usage (minute_us); DROP TABLE members; \
-             DROP TABLE client_addresses; \
+             DROP TABLE client_addresses; DROP TABLE feed; \
              DELETE FROM tokenauth_schema WHERE version > 1;",
         )
         .await

@@ -1,0 +1,127 @@
+//! WatchEvents: the change feed, replayed from a cursor and then followed
+//! as changes commit.
+//!
+//! Each watcher is one task reading the store (a page at a time, then every
+//! [`POLL_INTERVAL`] once caught up: polling is also how changes committed
+//! by another replica on a shared PostgreSQL arrive) into a bounded channel.
+//! Writers never wait for a watcher (it reads what they committed); a
+//! watcher whose channel stays full for [`STALL_TIMEOUT`] is ended with
+//! RESOURCE_EXHAUSTED and resumes from the last cursor it received, so a
+//! stalled consumer costs one buffer for a while, never memory without
+//! bound nor anyone else's latency.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+
+use super::{authority::TokenAuthority, error::Error, watchers::shutting_down};
+use crate::domain::{
+    audit::AuditEvent,
+    authz,
+    caller::{Caller, Method},
+    feed::{FeedCursor, FeedQuery},
+};
+
+/// Feed entries one store read examines.
+pub const FEED_PAGE: usize = 200;
+/// Events buffered for a watcher before it counts as stalled.
+pub const WATCH_BUFFER: usize = 256;
+/// How long a watcher's buffer may stay full before the watcher is ended:
+/// a consumer that stopped reading must not hold its place for ever.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a caught-up watcher looks for new events.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// One event of a watch, or the error that ends it.
+pub type WatchItem = Result<(FeedCursor, AuditEvent), Error>;
+
+impl TokenAuthority {
+    /// Ends every watch (see `Watchers::stop`): when the server drains.
+    pub async fn stop_watchers(&self, patience: Duration) {
+        self.watchers.stop(patience).await;
+    }
+
+    /// Starts a watch of `query` after the cursor `after` (empty: the start
+    /// of the feed): the events come on the returned channel, which ends
+    /// with an error if the watch cannot go on.
+    pub async fn watch_events(
+        &self,
+        caller: &Caller,
+        query: FeedQuery,
+        after: &str,
+    ) -> Result<mpsc::Receiver<WatchItem>, Error> {
+        let org = query.org_id.as_deref();
+        let verdict = self
+            .verdict_as_stored(caller, |p| authz::watch_events(p, org))
+            .await?;
+        self.authorize_org(caller, Method::WatchEvents, org.unwrap_or(""), "", verdict)
+            .await?;
+        let mut position = FeedCursor::decode(after)?;
+        let slot = self.watchers.take(org)?;
+        let store = Arc::clone(&self.store);
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER + 1);
+        let stop = self.watchers.stop.clone();
+        tokio::spawn(async move {
+            // Dropped in reverse: the store before the slot, so that once
+            // every slot is back no watcher holds the store (a restart
+            // reopens it).
+            let _slot = slot;
+            let store = store;
+            loop {
+                if stop.is_cancelled() {
+                    let _ = tx.try_send(Err(shutting_down()));
+                    return;
+                }
+                let page = match store.read_feed(&query, position, FEED_PAGE).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = tx.try_send(Err(error.into()));
+                        return;
+                    }
+                };
+                for (cursor, event) in page.events {
+                    // Two places: one for the event, and one always kept
+                    // for the error that ends a watcher, so that it learns
+                    // why after everything it was sent.
+                    // The waits are dropped before the error is sent: a
+                    // pending reservation may hold the last place.
+                    let permits = tokio::select! {
+                        permits = tx.reserve_many(2) => Some(permits),
+                        () = stop.cancelled() => None,
+                        () = tokio::time::sleep(STALL_TIMEOUT) => None,
+                    };
+                    let Some(permits) = permits else {
+                        let why = if stop.is_cancelled() {
+                            shutting_down()
+                        } else {
+                            Error::resource_exhausted(
+                                "the watcher fell too far behind: resume with after = the last cursor received"
+                                    .into(),
+                            )
+                        };
+                        let _ = tx.try_send(Err(why));
+                        return;
+                    };
+                    let Ok(mut permits) = permits else {
+                        return;
+                    };
+                    if let Some(permit) = permits.next() {
+                        permit.send(Ok((cursor, event)));
+                    }
+                }
+                let caught_up = page.reached == position;
+                position = page.reached;
+                if caught_up {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(POLL_INTERVAL) => {}
+                    }
+                } else if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
