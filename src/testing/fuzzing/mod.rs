@@ -23,6 +23,7 @@ use crate::{
         authz::{self, Verdict},
         caller::{Actor, OrgRole, Principal, validate_actor},
         ext_authz::ExtAuthzPolicy,
+        feed::{FeedCursor, FeedQuery, in_feed},
         ids::{TokenId, optional_id, parse_token_id, require_id, validate_name},
         leaks::{self, LeakSource},
         member::MemberKey,
@@ -116,7 +117,7 @@ pub fn route(data: &[u8]) {
 /// The request messages the `request` target covers, by selector (its
 /// first byte, modulo their number): every request of every service in
 /// `proto/tokenauth/v1/`, and Envoy's ext_authz `CheckRequest`.
-pub const REQUEST_MESSAGES: [&str; 15] = [
+pub const REQUEST_MESSAGES: [&str; 16] = [
     "tokenauth.v1.IssueTokenRequest",
     "tokenauth.v1.GetTokenRequest",
     "tokenauth.v1.ListTokensRequest",
@@ -132,6 +133,7 @@ pub const REQUEST_MESSAGES: [&str; 15] = [
     "tokenauth.v1.SetMemberRequest",
     "tokenauth.v1.RemoveMemberRequest",
     "tokenauth.v1.ReportUnusedPermissionsRequest",
+    "tokenauth.v1.WatchEventsRequest",
 ];
 
 /// Every request message, decoded from wire bytes and converted into domain
@@ -161,7 +163,8 @@ pub fn request(data: &[u8]) -> Option<&'static str> {
         11 => report_leaked_secrets(bytes),
         12 => set_member(bytes),
         13 => remove_member(bytes),
-        _ => report_unused_permissions(bytes),
+        14 => report_unused_permissions(bytes),
+        _ => watch_events(bytes),
     };
     accepted.map(|()| REQUEST_MESSAGES[index])
 }
@@ -636,5 +639,39 @@ fn report_unused_permissions(bytes: &[u8]) -> Option<()> {
     let verdict = authz::read_org_usage(&principal, &query.org_id);
     assert_within_actor_org(&verdict, &principal, &query.org_id);
     page_token(&message.page_token, query.fingerprint())?;
+    Some(())
+}
+
+/// The change feed is a live tap on an organization's tokens: only the
+/// control plane watches every organization, an actor only their own (an
+/// ADMIN); only changes are in it, each action once; a cursor is only one
+/// the feed gave.
+fn watch_events(bytes: &[u8]) -> Option<()> {
+    let message: proto::WatchEventsRequest = decode(bytes)?;
+    let principal = control_plane(asserted_actor(message.caller_actor.as_ref()));
+    let query = FeedQuery::try_from(&message).ok()?;
+    assert_eq!(
+        query.org_id.as_deref(),
+        (!message.org_id.is_empty()).then_some(message.org_id.as_str())
+    );
+    assert!(query.actions.iter().all(|action| in_feed(*action)));
+    assert!(query.actions.len() <= message.actions.len());
+    for (i, action) in query.actions.iter().enumerate() {
+        assert!(!query.actions[..i].contains(action), "each action once");
+    }
+    let cursor = FeedCursor::decode(&message.after).ok()?;
+    if !message.after.is_empty() {
+        assert!(cursor.encode().eq_ignore_ascii_case(&message.after));
+    }
+    let verdict = authz::watch_events(&principal, query.org_id.as_deref());
+    match &principal {
+        Principal::ControlPlane {
+            actor: Some(actor), ..
+        } if verdict == Verdict::Allow => {
+            assert_eq!(query.org_id.as_deref(), Some(actor.org_id.as_str()));
+            assert_eq!(actor.role, OrgRole::Admin);
+        }
+        _ => {}
+    }
     Some(())
 }

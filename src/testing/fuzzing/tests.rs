@@ -301,6 +301,19 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .encode_to_vec(),
         ),
         (
+            "tokenauth.v1.WatchEventsRequest",
+            proto::WatchEventsRequest {
+                org_id: "org-1".into(),
+                after: "fc1_00000000000000000000000000000007".into(),
+                actions: vec![
+                    proto::AuditAction::Issued as i32,
+                    proto::AuditAction::Revoked as i32,
+                ],
+                caller_actor: admin(),
+            }
+            .encode_to_vec(),
+        ),
+        (
             "tokenauth.v1.RemoveMemberRequest",
             proto::RemoveMemberRequest {
                 org_id: "org-1".into(),
