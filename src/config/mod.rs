@@ -11,7 +11,8 @@
 //! This file holds the structs and their defaults; `env.rs` the environment
 //! overlay (`Config::load`), `policy.rs` the validation that builds the
 //! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section,
-//! `inactivity.rs` the `[inactivity]` section, `values.rs`
+//! `inactivity.rs` the `[inactivity]` section, `webhooks.rs` the
+//! `[[webhooks]]` endpoints, `values.rs`
 //! how durations and listen addresses are read and printed.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -25,6 +26,7 @@ mod policy;
 #[cfg(test)]
 mod tests;
 mod values;
+pub mod webhooks;
 
 pub use values::resolve_listen;
 
@@ -83,6 +85,9 @@ pub struct Config {
     pub leak_reports: LeakReportsConfig,
     pub secret_scanning: SecretScanningConfig,
     pub inactivity: inactivity::InactivityConfig,
+    /// `[[webhooks]]`: endpoints the change feed is delivered to (see
+    /// `config/webhooks.rs`). Default: none.
+    pub webhooks: Vec<webhooks::WebhookConfig>,
     pub health: HealthConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
@@ -112,6 +117,7 @@ impl Default for Config {
             leak_reports: LeakReportsConfig::default(),
             secret_scanning: SecretScanningConfig::default(),
             inactivity: inactivity::InactivityConfig::default(),
+            webhooks: Vec::new(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),

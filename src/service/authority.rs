@@ -87,6 +87,8 @@ pub struct TokenAuthority {
     /// Where this replica's next inactivity sweep starts, when the last
     /// one stopped at a bound.
     pub(super) inactivity_resume: std::sync::Mutex<Option<TokenId>>,
+    /// The webhook endpoints this server delivers to.
+    pub(super) webhooks: Vec<Arc<super::webhooks::Delivery>>,
 }
 
 impl TokenAuthority {
@@ -117,6 +119,7 @@ impl TokenAuthority {
             recorder,
             metrics,
             watchers: Arc::default(),
+            webhooks: Vec::new(),
         }
     }
 

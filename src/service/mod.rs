@@ -35,6 +35,7 @@ mod reports;
 mod secret_scanning;
 mod unused;
 mod watchers;
+pub mod webhooks;
 
 #[cfg(test)]
 mod fixture;

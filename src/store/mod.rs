@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod postgres;
 mod records;
 pub mod sled;
+mod webhooks;
 
 use async_trait::async_trait;
 
@@ -36,6 +37,7 @@ use crate::domain::{
     time::Timestamp,
     token::TokenRecord,
     usage::{UsageQuery, UsageRecord, UsageUpkeep},
+    webhook::FailedDelivery,
 };
 
 pub use crate::domain::changes::{
@@ -104,14 +106,26 @@ pub struct Page {
     pub next: Option<TokenId>,
 }
 
-/// The right to run a sweep on one replica at a time
-/// ([`Store::try_sweep_lease`]): whatever holds it in the store is released
-/// when this is dropped.
-pub struct SweepLease {
+/// What a [`Lease`] is the right to: work that one replica at a time does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseKey<'a> {
+    /// The inactivity sweep.
+    InactivitySweep,
+    /// Delivering the change feed to the webhook endpoint of this name.
+    Webhook(&'a str),
+}
+
+/// The right to do the work of a [`LeaseKey`] on one replica at a time
+/// ([`Store::try_lease`]): whatever holds it in the store is released when
+/// this is dropped.
+pub struct Lease {
     _held: Option<Box<dyn Send + Sync>>,
 }
 
-impl SweepLease {
+/// The lease of the inactivity sweep.
+pub type SweepLease = Lease;
+
+impl Lease {
     /// A lease that holds nothing: for a store no other process writes.
     pub fn local() -> Self {
         Self { _held: None }
@@ -126,10 +140,19 @@ impl SweepLease {
     }
 }
 
-impl std::fmt::Debug for SweepLease {
+impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SweepLease")
+        f.write_str("Lease")
     }
+}
+
+/// An endpoint's parked deliveries, and how many were dropped past its bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailedDeliveries {
+    /// In feed order.
+    pub deliveries: Vec<FailedDelivery>,
+    /// Parked deliveries dropped, oldest first, to keep the bound.
+    pub dropped: u64,
 }
 
 /// What an insert did.
@@ -462,16 +485,91 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page, StoreError>;
 
-    /// The right to run a background sweep that one replica at a time
-    /// runs (the inactivity sweep), if no other replica holds it now; held
-    /// until the lease is dropped, or the process dies. A store that only
-    /// this process writes grants it always. The lease spares work, it is
-    /// not what keeps the sweep's changes single: should two sweeps ever
+    /// The right to do the work of `key` (a background task that one
+    /// replica at a time runs: the inactivity sweep, one webhook
+    /// endpoint's deliveries), if no other replica holds it now; held until
+    /// the lease is dropped, or the process dies. A store that only this
+    /// process writes grants it always. The lease spares work, it is not
+    /// what keeps the work's effects single: should two holders ever
     /// overlap (a lock lost with its connection), a token is still revoked
     /// with one event ([`Store::revoke_token`] writes it only when it
-    /// revoked) and warned with one ([`Store::append_audit`] keeps one per id).
+    /// revoked), warned with one ([`Store::append_audit`] keeps one per id),
+    /// and a webhook event delivered twice carries the same id.
+    async fn try_lease(&self, key: LeaseKey<'_>) -> Result<Option<Lease>, StoreError> {
+        let _ = key;
+        Ok(Some(Lease::local()))
+    }
+
+    /// [`Store::try_lease`] of the inactivity sweep.
     async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
-        Ok(Some(SweepLease::local()))
+        self.try_lease(LeaseKey::InactivitySweep).await
+    }
+
+    /// Where the webhook endpoint `endpoint` has delivered the feed up to
+    /// (every event at or before it is delivered or parked); `None` before
+    /// its first [`Store::advance_webhook`].
+    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
+        let _ = endpoint;
+        Err(StoreError::Unsupported(
+            "this store keeps no webhook progress",
+        ))
+    }
+
+    /// Records, durably before it returns, that `endpoint` has delivered
+    /// up to `to` and, in the same write, parks `failed` (the delivery at
+    /// `to` given up), keeping at most `max_parked` parked deliveries (the
+    /// oldest dropped first); returns how many it dropped. A cursor is
+    /// never moved back.
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        to: FeedCursor,
+        failed: Option<&FailedDelivery>,
+        max_parked: usize,
+    ) -> Result<u64, StoreError> {
+        let _ = (endpoint, to, failed, max_parked);
+        Err(StoreError::Unsupported(
+            "this store keeps no webhook progress",
+        ))
+    }
+
+    /// The first `limit` parked deliveries of `endpoint`, in feed order.
+    async fn failed_deliveries(
+        &self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<FailedDeliveries, StoreError> {
+        let _ = (endpoint, limit);
+        Err(StoreError::Unsupported(
+            "this store keeps no webhook progress",
+        ))
+    }
+
+    /// Marks the parked deliveries of `endpoint` with these event ids (all,
+    /// with `None`) to be delivered again; returns how many it marked.
+    async fn requeue_failed(
+        &self,
+        endpoint: &str,
+        event_ids: Option<&[EventId]>,
+    ) -> Result<usize, StoreError> {
+        let _ = (endpoint, event_ids);
+        Err(StoreError::Unsupported(
+            "this store keeps no webhook progress",
+        ))
+    }
+
+    /// Settles the redelivery of the parked delivery at `cursor`: removed
+    /// when it succeeded (`None`), else replaced by `still_failed`.
+    async fn settle_failed(
+        &self,
+        endpoint: &str,
+        cursor: FeedCursor,
+        still_failed: Option<&FailedDelivery>,
+    ) -> Result<(), StoreError> {
+        let _ = (endpoint, cursor, still_failed);
+        Err(StoreError::Unsupported(
+            "this store keeps no webhook progress",
+        ))
     }
 
     /// Writes and flushes a small marker: whether the store can take writes now.

@@ -157,7 +157,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 20] = [
+const METHODS: [Method; 22] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -178,6 +178,8 @@ const METHODS: [Method; 20] = [
     Method::ReportUnusedPermissions,
     Method::WatchEvents,
     Method::InactivityPolicy,
+    Method::ListFailedDeliveries,
+    Method::RedeliverEvents,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {
