@@ -148,6 +148,7 @@ pub async fn start_with_store(
         )
         .with_webhooks(webhooks),
     );
+    service.start_webhooks().await?;
     let ext_authz = ExtAuthz::new(Arc::clone(&service), ext_authz_policy);
     let mut background = Background::new();
     if let Some(invalidations) = invalidations {

@@ -53,3 +53,4 @@ mod tools;
 mod traces;
 mod unused;
 mod usage;
+mod webhooks;

@@ -95,18 +95,7 @@ impl DeliveryTask {
 
     async fn deliver_holding_lease(&self, stop: &CancellationToken) -> Result<(), StoreError> {
         let endpoint = &self.delivery.endpoint;
-        let mut cursor = match self.store.webhook_cursor(&endpoint.name).await? {
-            Some(cursor) => cursor,
-            None => {
-                // A new endpoint starts at the end of the feed: it gets the
-                // changes from when it was configured, not the history.
-                let end = self.end_of_feed().await?;
-                self.store
-                    .advance_webhook(&endpoint.name, end, None, endpoint.max_failed)
-                    .await?;
-                end
-            }
-        };
+        let mut cursor = start_position(self.store.as_ref(), endpoint).await?;
         let query = endpoint.query();
         loop {
             if !self.redeliver_queued(stop).await? {
@@ -156,23 +145,6 @@ impl DeliveryTask {
                     () = tokio::time::sleep(POLL_INTERVAL) => {}
                 }
             }
-        }
-    }
-
-    /// The feed's current end, found by reading it through (once, for a new
-    /// endpoint) with a query nothing matches: refusals are never in it.
-    async fn end_of_feed(&self) -> Result<FeedCursor, StoreError> {
-        let nothing = FeedQuery {
-            org_id: None,
-            actions: vec![AuditAction::Denied],
-        };
-        let mut at = FeedCursor::START;
-        loop {
-            let page = self.store.read_feed(&nothing, at, 5_000).await?;
-            if page.reached == at {
-                return Ok(at);
-            }
-            at = page.reached;
         }
     }
 
@@ -270,6 +242,38 @@ impl DeliveryTask {
             }
         }
     }
+}
+
+/// Where `endpoint` resumes: its stored cursor, or for a new endpoint the
+/// feed's current end (recorded), so that it gets the changes from when it
+/// was configured, not the history. The server calls it before it serves
+/// (`TokenAuthority::start_webhooks`), so that its own first changes are
+/// after that end.
+pub(super) async fn start_position(
+    store: &dyn Store,
+    endpoint: &Endpoint,
+) -> Result<FeedCursor, StoreError> {
+    if let Some(cursor) = store.webhook_cursor(&endpoint.name).await? {
+        return Ok(cursor);
+    }
+    // Read through with a query nothing matches (refusals are never in the
+    // feed): once per new endpoint.
+    let nothing = FeedQuery {
+        org_id: None,
+        actions: vec![AuditAction::Denied],
+    };
+    let mut end = FeedCursor::START;
+    loop {
+        let page = store.read_feed(&nothing, end, 5_000).await?;
+        if page.reached == end {
+            break;
+        }
+        end = page.reached;
+    }
+    store
+        .advance_webhook(&endpoint.name, end, None, endpoint.max_failed)
+        .await?;
+    Ok(end)
 }
 
 /// Waits `delay`; `false` if the server began stopping meanwhile.

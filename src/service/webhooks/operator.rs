@@ -16,7 +16,7 @@ use crate::{
         ids::EventId,
     },
     service::{TokenAuthority, error::Error},
-    store::FailedDeliveries,
+    store::{FailedDeliveries, StoreError},
 };
 
 /// Most event ids one RedeliverEvents names.
@@ -36,6 +36,15 @@ impl TokenAuthority {
             })
             .collect();
         self
+    }
+
+    /// Records where each new endpoint starts (the feed's end): before the
+    /// server serves, so that none of its changes falls before that start.
+    pub async fn start_webhooks(&self) -> Result<(), StoreError> {
+        for delivery in &self.webhooks {
+            super::deliver::start_position(self.store.as_ref(), &delivery.endpoint).await?;
+        }
+        Ok(())
     }
 
     /// One delivery task per endpoint, for the server to run.

@@ -7,7 +7,9 @@ use crate::store::Store;
 
 fn parked(n: u64) -> FailedDelivery {
     FailedDelivery {
-        event_id: EventId::first_at(Timestamp::from_micros(1_700_000_000_000_000 + n as i64 * 1000)),
+        event_id: EventId::first_at(Timestamp::from_micros(
+            1_700_000_000_000_000 + n as i64 * 1000,
+        )),
         cursor: FeedCursor { major: n, minor: n },
         event_type: "token.issued".into(),
         payload: format!(r#"{{"n":{n}}}"#).into_bytes(),
