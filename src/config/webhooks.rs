@@ -58,7 +58,8 @@ pub struct WebhookConfig {
     #[serde(default = "default_first_retry", with = "values::duration")]
     pub first_retry_after: Duration,
     /// How long after its first attempt a delivery is given up and parked
-    /// in the endpoint's failed deliveries. Default `"24h"`.
+    /// in the endpoint's failed deliveries; `"0s"` parks it at its first
+    /// failure (no retry). Default `"24h"`.
     #[serde(default = "default_max_age", with = "values::duration")]
     pub max_age: Duration,
     /// Most parked deliveries kept for the endpoint; past it the oldest is
@@ -148,12 +149,6 @@ impl WebhookConfig {
             return Err(invalid(
                 "webhooks.first_retry_after",
                 "must be longer than 0s and at most 1h".into(),
-            ));
-        }
-        if self.max_age < self.first_retry_after {
-            return Err(invalid(
-                "webhooks.max_age",
-                "must be at least first_retry_after (else nothing is retried)".into(),
             ));
         }
         if self.max_failed == 0 || self.max_failed > MAX_FAILED_LIMIT {

@@ -52,6 +52,7 @@ async fn given_up_deliveries_are_parked_listed_and_redelivered() {
         hook.max_age = Duration::from_millis(200);
         hook.max_failed = 2;
         config.webhooks = vec![hook];
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let mut issued = Vec::new();
@@ -69,6 +70,13 @@ async fn given_up_deliveries_are_parked_listed_and_redelivered() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(listed.deliveries.len(), 2);
+    let metrics = crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+    for line in [
+        r#"tokenauth_webhook_parked_total{endpoint="parking"} 3"#,
+        r#"tokenauth_webhook_dropped_total{endpoint="parking"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     let failed = &listed.deliveries;
     assert!(failed[0].cursor < failed[1].cursor);
     assert!(failed.iter().all(|f| f.event_type == "token.issued"

@@ -7,6 +7,7 @@
 //! (`replicas.rs`). On both stores.
 
 mod crash;
+pub mod docs;
 mod failures;
 mod hostile;
 pub mod receiver;
@@ -110,6 +111,7 @@ async fn failed_attempts_are_retried_with_the_same_id_and_later_events_wait() {
         let mut hook = endpoint(secrets.path(), "retried", &receiver.url);
         hook.timeout = Duration::from_millis(300);
         config.webhooks = vec![hook];
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let first = issue(&server, service_token("org-r", &["scim:read"])).await;
@@ -122,6 +124,18 @@ async fn failed_attempts_are_retried_with_the_same_id_and_later_events_wait() {
     assert!(received.iter().all(|r| verifies(SECRET, r)));
     assert_eq!(delivered[0].json()["data"]["token_ids"][0], id_of(&first));
     assert_eq!(delivered[1].json()["data"]["token_ids"][0], id_of(&second));
+
+    let metrics = crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+    for line in [
+        r#"tokenauth_webhook_attempts_total{endpoint="retried",outcome="delivered"} 2"#,
+        r#"tokenauth_webhook_attempts_total{endpoint="retried",outcome="failed"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains(r#"tokenauth_webhook_lag_seconds{endpoint="retried"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
