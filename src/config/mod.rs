@@ -724,6 +724,12 @@ impl Config {
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
         copy.store = redact_url_password(&copy.store);
+        // A receiver's URL may carry its own token in the query.
+        for hook in &mut copy.webhooks {
+            if let Some((base, _)) = hook.url.split_once('?') {
+                hook.url = format!("{base}?(redacted)");
+            }
+        }
         for credential in &mut copy.control_plane.credentials {
             let shown: String = credential.sha256.chars().take(8).collect();
             credential.sha256 = format!("{shown}... (redacted)");

@@ -249,3 +249,29 @@ fn read_ca(path: Option<&PathBuf>) -> Result<Vec<u8>, String> {
     }
     Err("no ca_file given and no system CA bundle found (set ca_file or SSL_CERT_FILE)".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_printed_config_hides_a_receivers_query() {
+        let config = crate::config::Config {
+            webhooks: vec![WebhookConfig {
+                name: "a".into(),
+                url: "https://hooks.example.com/in?token=s3cret".into(),
+                secret_file: "/run/secrets/hook".into(),
+                ca_file: None,
+                event_types: Vec::new(),
+                org_id: None,
+                timeout: default_timeout(),
+                first_retry_after: default_first_retry(),
+                max_age: default_max_age(),
+                max_failed: default_max_failed(),
+            }],
+            ..crate::config::Config::default()
+        };
+        let shown = config.redacted().webhooks[0].url.clone();
+        assert_eq!(shown, "https://hooks.example.com/in?(redacted)");
+    }
+}

@@ -12,6 +12,7 @@ use super::{
     AuditPage, FailedDeliveries, FeedPage, InsertOutcome, Invalidation, Lease, LeaseKey,
     MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest, Revocation, RevokedAll,
     RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    WebhookProgress,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
@@ -354,6 +355,19 @@ impl<H: Hook> Store for Layered<H> {
     async fn try_lease(&self, key: LeaseKey<'_>) -> Result<Option<Lease>, StoreError> {
         around!(self, TryLease, self.inner.try_lease(key))
     }
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        around!(self, ProbeWrite, self.inner.probe_write())
+    }
+    async fn durable(&self) -> Result<(), StoreError> {
+        around!(self, Durable, self.inner.durable())
+    }
+    fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
+        self.inner.take_invalidations()
+    }
+}
+
+#[async_trait]
+impl<H: Hook> WebhookProgress for Layered<H> {
     async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
         around!(self, WebhookCursor, self.inner.webhook_cursor(endpoint))
     }
@@ -403,14 +417,5 @@ impl<H: Hook> Store for Layered<H> {
             SettleFailed,
             self.inner.settle_failed(endpoint, cursor, still_failed)
         )
-    }
-    async fn probe_write(&self) -> Result<(), StoreError> {
-        around!(self, ProbeWrite, self.inner.probe_write())
-    }
-    async fn durable(&self) -> Result<(), StoreError> {
-        around!(self, Durable, self.inner.durable())
-    }
-    fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
-        self.inner.take_invalidations()
     }
 }

@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AuditPage, FailedDeliveries, FeedPage, InsertOutcome, MemberChange, MemberPrecondition,
-    MemberRemoval, Page, PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN, Revocation,
-    RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, FeedPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page,
+    PageRequest, REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN, Revocation, RevokedAll,
+    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_scan_range, decode_usage_tail, live_keys, usage_keys},
 };
@@ -42,7 +42,6 @@ use crate::domain::{
     time::Timestamp,
     token::TokenRecord,
     usage::{UsageQuery, UsageRecord, UsageUpkeep, roll_up},
-    webhook::FailedDelivery,
 };
 
 mod webhooks;
@@ -576,49 +575,6 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<AuditPage, StoreError> {
         Ok(self.state.lock().scan_audit(query, after, limit))
-    }
-
-    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
-        Ok(self.webhooks.lock().cursor(endpoint))
-    }
-
-    async fn advance_webhook(
-        &self,
-        endpoint: &str,
-        to: FeedCursor,
-        failed: Option<&FailedDelivery>,
-        max_parked: usize,
-    ) -> Result<u64, StoreError> {
-        Ok(self
-            .webhooks
-            .lock()
-            .advance(endpoint, to, failed, max_parked))
-    }
-
-    async fn failed_deliveries(
-        &self,
-        endpoint: &str,
-        limit: usize,
-    ) -> Result<FailedDeliveries, StoreError> {
-        Ok(self.webhooks.lock().failed(endpoint, limit))
-    }
-
-    async fn requeue_failed(
-        &self,
-        endpoint: &str,
-        event_ids: Option<&[EventId]>,
-    ) -> Result<usize, StoreError> {
-        Ok(self.webhooks.lock().requeue(endpoint, event_ids))
-    }
-
-    async fn settle_failed(
-        &self,
-        endpoint: &str,
-        cursor: FeedCursor,
-        still_failed: Option<&FailedDelivery>,
-    ) -> Result<(), StoreError> {
-        self.webhooks.lock().settle(endpoint, cursor, still_failed);
-        Ok(())
     }
 
     async fn read_feed(

@@ -24,6 +24,8 @@ mod records;
 pub mod sled;
 mod webhooks;
 
+pub use webhooks::WebhookProgress;
+
 use async_trait::async_trait;
 
 use crate::domain::{
@@ -120,6 +122,8 @@ pub enum LeaseKey<'a> {
 /// this is dropped.
 pub struct Lease {
     _held: Option<Box<dyn Send + Sync>>,
+    /// Whether what holds the lease still does (a lock's connection is open).
+    alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// The lease of the inactivity sweep.
@@ -128,15 +132,29 @@ pub type SweepLease = Lease;
 impl Lease {
     /// A lease that holds nothing: for a store no other process writes.
     pub fn local() -> Self {
-        Self { _held: None }
+        Self {
+            _held: None,
+            alive: None,
+        }
     }
 
     /// A lease that lasts as long as `held` does (a connection that holds a
-    /// lock, say).
-    pub fn holding(held: impl Send + Sync + 'static) -> Self {
+    /// lock, say), while `alive` says so.
+    pub fn holding(
+        held: impl Send + Sync + 'static,
+        alive: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
         Self {
             _held: Some(Box::new(held)),
+            alive: Some(Box::new(alive)),
         }
+    }
+
+    /// Whether the lease is still held: `false` once the store released it
+    /// (its connection closed), so that long work under it stops rather
+    /// than overlap another replica's.
+    pub fn is_held(&self) -> bool {
+        self.alive.as_ref().is_none_or(|alive| alive())
     }
 }
 
@@ -274,7 +292,7 @@ pub struct UsagePage {
 
 /// A persistent token store.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookProgress + Send + Sync + 'static {
     /// Stores a new token with its digest and index entries, and its audit
     /// event, atomically, unless that would put more live tokens under one
     /// of `quotas` than it allows: the count and the insert are one atomic
@@ -503,73 +521,6 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::try_lease`] of the inactivity sweep.
     async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
         self.try_lease(LeaseKey::InactivitySweep).await
-    }
-
-    /// Where the webhook endpoint `endpoint` has delivered the feed up to
-    /// (every event at or before it is delivered or parked); `None` before
-    /// its first [`Store::advance_webhook`].
-    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
-        let _ = endpoint;
-        Err(StoreError::Unsupported(
-            "this store keeps no webhook progress",
-        ))
-    }
-
-    /// Records, durably before it returns, that `endpoint` has delivered
-    /// up to `to` and, in the same write, parks `failed` (the delivery at
-    /// `to` given up), keeping at most `max_parked` parked deliveries (the
-    /// oldest dropped first); returns how many it dropped. A cursor is
-    /// never moved back.
-    async fn advance_webhook(
-        &self,
-        endpoint: &str,
-        to: FeedCursor,
-        failed: Option<&FailedDelivery>,
-        max_parked: usize,
-    ) -> Result<u64, StoreError> {
-        let _ = (endpoint, to, failed, max_parked);
-        Err(StoreError::Unsupported(
-            "this store keeps no webhook progress",
-        ))
-    }
-
-    /// The first `limit` parked deliveries of `endpoint`, in feed order.
-    async fn failed_deliveries(
-        &self,
-        endpoint: &str,
-        limit: usize,
-    ) -> Result<FailedDeliveries, StoreError> {
-        let _ = (endpoint, limit);
-        Err(StoreError::Unsupported(
-            "this store keeps no webhook progress",
-        ))
-    }
-
-    /// Marks the parked deliveries of `endpoint` with these event ids (all,
-    /// with `None`) to be delivered again; returns how many it marked.
-    async fn requeue_failed(
-        &self,
-        endpoint: &str,
-        event_ids: Option<&[EventId]>,
-    ) -> Result<usize, StoreError> {
-        let _ = (endpoint, event_ids);
-        Err(StoreError::Unsupported(
-            "this store keeps no webhook progress",
-        ))
-    }
-
-    /// Settles the redelivery of the parked delivery at `cursor`: removed
-    /// when it succeeded (`None`), else replaced by `still_failed`.
-    async fn settle_failed(
-        &self,
-        endpoint: &str,
-        cursor: FeedCursor,
-        still_failed: Option<&FailedDelivery>,
-    ) -> Result<(), StoreError> {
-        let _ = (endpoint, cursor, still_failed);
-        Err(StoreError::Unsupported(
-            "this store keeps no webhook progress",
-        ))
     }
 
     /// Writes and flushes a small marker: whether the store can take writes now.

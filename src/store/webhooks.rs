@@ -1,11 +1,62 @@
-//! How every backend keeps a parked webhook delivery: one codec, so that a
-//! record reads the same from sled and PostgreSQL (and `tokenauth migrate`
-//! could copy it as bytes).
+//! Webhook delivery progress in the store: the [`WebhookProgress`] part of
+//! the contract, and how every backend keeps a parked delivery (one codec,
+//! so that a record reads the same from sled and PostgreSQL).
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{FailedDeliveries, StoreError};
 use crate::domain::{feed::FeedCursor, ids::EventId, time::Timestamp, webhook::FailedDelivery};
+
+/// Webhook delivery progress, a part of the [`Store`](super::Store)
+/// contract kept in a trait of its own so that each backend keeps it in a
+/// file of its own: per endpoint, a cursor in the change feed and the
+/// deliveries parked after their retries. Only the replica holding an
+/// endpoint's lease writes them.
+#[async_trait]
+pub trait WebhookProgress: Send + Sync {
+    /// Where the webhook endpoint `endpoint` has delivered the feed up to
+    /// (every event at or before it is delivered or parked); `None` before
+    /// its first [`WebhookProgress::advance_webhook`].
+    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError>;
+
+    /// Records, durably before it returns, that `endpoint` has delivered
+    /// up to `to` and, in the same write, parks `failed` (the delivery at
+    /// `to` given up), keeping at most `max_parked` parked deliveries (the
+    /// oldest dropped first); returns how many it dropped. A cursor is
+    /// never moved back.
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        to: FeedCursor,
+        failed: Option<&FailedDelivery>,
+        max_parked: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// The first `limit` parked deliveries of `endpoint`, in feed order.
+    async fn failed_deliveries(
+        &self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<FailedDeliveries, StoreError>;
+
+    /// Marks the parked deliveries of `endpoint` with these event ids (all,
+    /// with `None`) to be delivered again; returns how many it marked.
+    async fn requeue_failed(
+        &self,
+        endpoint: &str,
+        event_ids: Option<&[EventId]>,
+    ) -> Result<usize, StoreError>;
+
+    /// Settles the redelivery of the parked delivery at `cursor`: removed
+    /// when it succeeded (`None`), else replaced by `still_failed`.
+    async fn settle_failed(
+        &self,
+        endpoint: &str,
+        cursor: FeedCursor,
+        still_failed: Option<&FailedDelivery>,
+    ) -> Result<(), StoreError>;
+}
 
 #[derive(Serialize, Deserialize)]
 struct Record {

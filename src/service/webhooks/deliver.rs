@@ -26,7 +26,7 @@ use crate::{
         webhook::{FailedDelivery, MAX_ERROR_BYTES, payload},
     },
     metrics::Metrics,
-    store::{LeaseKey, Store, StoreError},
+    store::{Lease, LeaseKey, Store, StoreError},
 };
 
 /// How often a caught-up endpoint looks for new events (changes committed
@@ -78,12 +78,12 @@ impl DeliveryTask {
                     None
                 }
             };
-            let Some(_lease) = lease else {
+            let Some(lease) = lease else {
                 self.metrics.set_webhook_pending(self.name(), None);
                 pause(&stop, LEASE_RETRY).await;
                 continue;
             };
-            match self.deliver_holding_lease(&stop).await {
+            match self.deliver_holding_lease(&lease, &stop).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(endpoint = self.name(), %error, "webhook delivery paused by a store error");
@@ -93,11 +93,20 @@ impl DeliveryTask {
         }
     }
 
-    async fn deliver_holding_lease(&self, stop: &CancellationToken) -> Result<(), StoreError> {
+    async fn deliver_holding_lease(
+        &self,
+        lease: &Lease,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
         let endpoint = &self.delivery.endpoint;
         let mut cursor = start_position(self.store.as_ref(), endpoint).await?;
         let query = endpoint.query();
         loop {
+            if !lease.is_held() {
+                return Err(StoreError::unavailable(
+                    "the endpoint's lease was lost with its connection",
+                ));
+            }
             if !self.redeliver_queued(stop).await? {
                 return Ok(());
             }
@@ -106,6 +115,11 @@ impl DeliveryTask {
                 let Some(kind) = endpoint.type_of(&event) else {
                     continue;
                 };
+                if !lease.is_held() {
+                    return Err(StoreError::unavailable(
+                        "the endpoint's lease was lost with its connection",
+                    ));
+                }
                 self.metrics
                     .set_webhook_pending(&endpoint.name, Some(event.time));
                 let body = payload(kind, &event, at);

@@ -3,8 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use async_trait::async_trait;
+
+use super::MemoryStore;
 use crate::domain::{feed::FeedCursor, ids::EventId, webhook::FailedDelivery};
-use crate::store::FailedDeliveries;
+use crate::store::{FailedDeliveries, StoreError, WebhookProgress};
 
 #[derive(Default)]
 struct Endpoint {
@@ -80,5 +83,51 @@ impl Webhooks {
                 }
             }
         }
+    }
+}
+
+#[async_trait]
+impl WebhookProgress for MemoryStore {
+    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
+        Ok(self.webhooks.lock().cursor(endpoint))
+    }
+
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        to: FeedCursor,
+        failed: Option<&FailedDelivery>,
+        max_parked: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .webhooks
+            .lock()
+            .advance(endpoint, to, failed, max_parked))
+    }
+
+    async fn failed_deliveries(
+        &self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<FailedDeliveries, StoreError> {
+        Ok(self.webhooks.lock().failed(endpoint, limit))
+    }
+
+    async fn requeue_failed(
+        &self,
+        endpoint: &str,
+        event_ids: Option<&[EventId]>,
+    ) -> Result<usize, StoreError> {
+        Ok(self.webhooks.lock().requeue(endpoint, event_ids))
+    }
+
+    async fn settle_failed(
+        &self,
+        endpoint: &str,
+        cursor: FeedCursor,
+        still_failed: Option<&FailedDelivery>,
+    ) -> Result<(), StoreError> {
+        self.webhooks.lock().settle(endpoint, cursor, still_failed);
+        Ok(())
     }
 }

@@ -69,9 +69,9 @@ use tokio::{
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditPage, FailedDeliveries, FeedPage, InsertOutcome, Invalidation, Lease, LeaseKey,
-    MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest, Revocation, RevokedAll,
-    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, FeedPage, InsertOutcome, Invalidation, Lease, LeaseKey, MemberChange,
+    MemberPrecondition, MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome,
+    Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     records::{encode_token, kind_number, kind_of},
 };
@@ -87,7 +87,6 @@ use crate::domain::{
     time::Timestamp,
     token::{TokenRecord, TokenState},
     usage::{UsageQuery, UsageRecord, UsageUpkeep},
-    webhook::FailedDelivery,
 };
 
 /// A [`Store`] in a PostgreSQL database shared by several replicas.
@@ -733,47 +732,11 @@ impl Store for PostgresStore {
         // which the lease takes out of the pool and closes when dropped (the
         // server then releases the lock, as it does when this process dies).
         // Back in the pool, the connection would hold it for good.
-        Ok(held.then(|| Lease::holding(deadpool_postgres::Client::take(client))))
-    }
-
-    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
-        self.pg_webhook_cursor(endpoint).await
-    }
-
-    async fn advance_webhook(
-        &self,
-        endpoint: &str,
-        to: FeedCursor,
-        failed: Option<&FailedDelivery>,
-        max_parked: usize,
-    ) -> Result<u64, StoreError> {
-        self.pg_advance_webhook(endpoint, to, failed, max_parked)
-            .await
-    }
-
-    async fn failed_deliveries(
-        &self,
-        endpoint: &str,
-        limit: usize,
-    ) -> Result<FailedDeliveries, StoreError> {
-        self.pg_failed_deliveries(endpoint, limit).await
-    }
-
-    async fn requeue_failed(
-        &self,
-        endpoint: &str,
-        event_ids: Option<&[EventId]>,
-    ) -> Result<usize, StoreError> {
-        self.pg_requeue_failed(endpoint, event_ids).await
-    }
-
-    async fn settle_failed(
-        &self,
-        endpoint: &str,
-        cursor: FeedCursor,
-        still_failed: Option<&FailedDelivery>,
-    ) -> Result<(), StoreError> {
-        self.pg_settle_failed(endpoint, cursor, still_failed).await
+        Ok(held.then(|| {
+            let connection = std::sync::Arc::new(deadpool_postgres::Client::take(client));
+            let probe = std::sync::Arc::clone(&connection);
+            Lease::holding(connection, move || !probe.is_closed())
+        }))
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {

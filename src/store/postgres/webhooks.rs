@@ -4,12 +4,13 @@
 //! them, so no two writers race; an advance and its parked delivery commit
 //! in one transaction.
 
+use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
 use super::PostgresStore;
 use crate::domain::{feed::FeedCursor, ids::EventId, webhook::FailedDelivery};
 use crate::store::{
-    FailedDeliveries, StoreError,
+    FailedDeliveries, StoreError, WebhookProgress,
     webhooks::{decode_failed, encode_failed},
 };
 
@@ -27,11 +28,9 @@ fn cursor_of(major: i64, minor: i64) -> FeedCursor {
     }
 }
 
-impl PostgresStore {
-    pub(super) async fn pg_webhook_cursor(
-        &self,
-        endpoint: &str,
-    ) -> Result<Option<FeedCursor>, StoreError> {
+#[async_trait]
+impl WebhookProgress for PostgresStore {
+    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -45,7 +44,7 @@ impl PostgresStore {
         })
     }
 
-    pub(super) async fn pg_advance_webhook(
+    async fn advance_webhook(
         &self,
         endpoint: &str,
         to: FeedCursor,
@@ -96,7 +95,7 @@ impl PostgresStore {
         Ok(u64::try_from(dropped).unwrap_or(0))
     }
 
-    pub(super) async fn pg_failed_deliveries(
+    async fn failed_deliveries(
         &self,
         endpoint: &str,
         limit: usize,
@@ -128,7 +127,7 @@ impl PostgresStore {
         })
     }
 
-    pub(super) async fn pg_requeue_failed(
+    async fn requeue_failed(
         &self,
         endpoint: &str,
         event_ids: Option<&[EventId]>,
@@ -162,15 +161,15 @@ impl PostgresStore {
         Ok(marked)
     }
 
-    pub(super) async fn pg_settle_failed(
+    async fn settle_failed(
         &self,
         endpoint: &str,
         cursor: FeedCursor,
-        still: Option<&FailedDelivery>,
+        still_failed: Option<&FailedDelivery>,
     ) -> Result<(), StoreError> {
         let client = self.client().await?;
         let (major, minor) = columns(cursor);
-        match still {
+        match still_failed {
             Some(failed) => {
                 client
                     .execute(

@@ -42,9 +42,9 @@ use self::trees::{
     open_db, read_watermark,
 };
 use super::{
-    AuditPage, FailedDeliveries, FeedPage, InsertOutcome, MemberChange, MemberPrecondition,
-    MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store,
-    StoreError, TokenQuery, UsagePage,
+    AuditPage, FeedPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page,
+    PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery,
+    UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_time_key},
     records::{decode_token, encode_audit},
@@ -61,7 +61,6 @@ use crate::domain::{
     time::Timestamp,
     token::TokenRecord,
     usage::{Resolution, UsageQuery, UsageRecord, UsageUpkeep},
-    webhook::FailedDelivery,
 };
 
 /// A file in sled's directory holding the number of the last flush that
@@ -562,61 +561,6 @@ impl Store for SledStore {
             self.durable().await?;
         }
         Ok(page)
-    }
-
-    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
-        let endpoint = endpoint.to_owned();
-        self.read(move |t| webhooks::cursor(t, &endpoint)).await
-    }
-
-    async fn advance_webhook(
-        &self,
-        endpoint: &str,
-        to: FeedCursor,
-        failed: Option<&FailedDelivery>,
-        max_parked: usize,
-    ) -> Result<u64, StoreError> {
-        let (endpoint, failed) = (endpoint.to_owned(), failed.cloned());
-        let dropped = self
-            .write(move |t| webhooks::advance(t, &endpoint, to, failed.as_ref(), max_parked))
-            .await?;
-        self.durable().await?;
-        Ok(dropped)
-    }
-
-    async fn failed_deliveries(
-        &self,
-        endpoint: &str,
-        limit: usize,
-    ) -> Result<FailedDeliveries, StoreError> {
-        let endpoint = endpoint.to_owned();
-        self.read(move |t| webhooks::failed(t, &endpoint, limit))
-            .await
-    }
-
-    async fn requeue_failed(
-        &self,
-        endpoint: &str,
-        event_ids: Option<&[EventId]>,
-    ) -> Result<usize, StoreError> {
-        let (endpoint, ids) = (endpoint.to_owned(), event_ids.map(<[EventId]>::to_vec));
-        let marked = self
-            .write(move |t| webhooks::requeue(t, &endpoint, ids.as_deref()))
-            .await?;
-        self.durable().await?;
-        Ok(marked)
-    }
-
-    async fn settle_failed(
-        &self,
-        endpoint: &str,
-        cursor: FeedCursor,
-        still_failed: Option<&FailedDelivery>,
-    ) -> Result<(), StoreError> {
-        let (endpoint, still) = (endpoint.to_owned(), still_failed.cloned());
-        self.write(move |t| webhooks::settle(t, &endpoint, cursor, still.as_ref()))
-            .await?;
-        self.durable().await
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {

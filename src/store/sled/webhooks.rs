@@ -5,12 +5,13 @@
 //! lock (no other writer touches these trees), the cursor and a parked
 //! delivery in one transaction: a crash keeps both or neither.
 
+use async_trait::async_trait;
 use sled::{Transactional, transaction::TransactionError};
 
-use super::trees::Trees;
+use super::{SledStore, trees::Trees};
 use crate::domain::{feed::FeedCursor, ids::EventId, webhook::FailedDelivery};
 use crate::store::{
-    FailedDeliveries, StoreError, keys,
+    FailedDeliveries, Store, StoreError, WebhookProgress, keys,
     webhooks::{cursor_bytes, cursor_of, decode_failed, encode_failed},
 };
 
@@ -138,4 +139,61 @@ pub(super) fn settle(
         }
     }
     Ok(())
+}
+
+#[async_trait]
+impl WebhookProgress for SledStore {
+    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
+        let endpoint = endpoint.to_owned();
+        self.read(move |t| cursor(t, &endpoint)).await
+    }
+
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        to: FeedCursor,
+        failed: Option<&FailedDelivery>,
+        max_parked: usize,
+    ) -> Result<u64, StoreError> {
+        let (endpoint, failed) = (endpoint.to_owned(), failed.cloned());
+        let dropped = self
+            .write(move |t| advance(t, &endpoint, to, failed.as_ref(), max_parked))
+            .await?;
+        self.durable().await?;
+        Ok(dropped)
+    }
+
+    async fn failed_deliveries(
+        &self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<FailedDeliveries, StoreError> {
+        let endpoint = endpoint.to_owned();
+        self.read(move |t| failed(t, &endpoint, limit)).await
+    }
+
+    async fn requeue_failed(
+        &self,
+        endpoint: &str,
+        event_ids: Option<&[EventId]>,
+    ) -> Result<usize, StoreError> {
+        let (endpoint, ids) = (endpoint.to_owned(), event_ids.map(<[EventId]>::to_vec));
+        let marked = self
+            .write(move |t| requeue(t, &endpoint, ids.as_deref()))
+            .await?;
+        self.durable().await?;
+        Ok(marked)
+    }
+
+    async fn settle_failed(
+        &self,
+        endpoint: &str,
+        cursor: FeedCursor,
+        still_failed: Option<&FailedDelivery>,
+    ) -> Result<(), StoreError> {
+        let (endpoint, still) = (endpoint.to_owned(), still_failed.cloned());
+        self.write(move |t| settle(t, &endpoint, cursor, still.as_ref()))
+            .await?;
+        self.durable().await
+    }
 }
