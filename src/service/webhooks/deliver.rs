@@ -39,6 +39,11 @@ const LEASE_RETRY: Duration = Duration::from_secs(1);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Feed entries one store read examines.
 const PAGE: usize = 200;
+/// How often an endpoint's task looks for parked deliveries queued again
+/// by a RedeliverEvents it was not woken for (one served by another
+/// replica), besides when it is woken: reading the parked list at every
+/// poll would decode up to `max_failed` records five times a second.
+const QUEUED_POLL: Duration = Duration::from_secs(5);
 
 /// An endpoint, and what wakes its task (a redelivery asked for).
 pub struct Delivery {
@@ -101,14 +106,21 @@ impl DeliveryTask {
         let endpoint = &self.delivery.endpoint;
         let mut cursor = start_position(self.store.as_ref(), endpoint).await?;
         let query = endpoint.query();
+        // Parked deliveries queued before this replica held the lease go first.
+        let mut look_for_queued = true;
+        let mut queued_checked = tokio::time::Instant::now();
         loop {
             if !lease.is_held() {
                 return Err(StoreError::unavailable(
                     "the endpoint's lease was lost with its connection",
                 ));
             }
-            if !self.redeliver_queued(stop).await? {
-                return Ok(());
+            if look_for_queued || queued_checked.elapsed() >= QUEUED_POLL {
+                if !self.redeliver_queued(stop).await? {
+                    return Ok(());
+                }
+                look_for_queued = false;
+                queued_checked = tokio::time::Instant::now();
             }
             let page = self.store.read_feed(&query, cursor, PAGE).await?;
             for (at, event) in page.events {
@@ -155,7 +167,7 @@ impl DeliveryTask {
                 self.metrics.set_webhook_pending(&endpoint.name, None);
                 tokio::select! {
                     () = stop.cancelled() => return Ok(()),
-                    () = self.delivery.wake.notified() => {}
+                    () = self.delivery.wake.notified() => look_for_queued = true,
                     () = tokio::time::sleep(POLL_INTERVAL) => {}
                 }
             }
