@@ -87,6 +87,8 @@ pub enum Action {
     MemberSet,
     MemberRemoved,
     InactivityWarning,
+    Expiring,
+    Expired,
 }
 
 fn parse_moment(text: &str) -> Result<prost_types::Timestamp, String> {
@@ -204,6 +206,8 @@ pub async fn audit(client: &ClientArgs, args: AuditArgs) -> Result<(), CliError>
         Some(Action::MemberSet) => AuditAction::MemberSet,
         Some(Action::MemberRemoved) => AuditAction::MemberRemoved,
         Some(Action::InactivityWarning) => AuditAction::InactivityWarning,
+        Some(Action::Expiring) => AuditAction::Expiring,
+        Some(Action::Expired) => AuditAction::Expired,
     };
     let request = ListAuditEventsRequest {
         org_id: args.scope.org.clone(),

@@ -49,6 +49,8 @@ pub(super) struct Trees {
     /// `write_lock`, which every transaction that writes the feed holds, so
     /// that sequence order is commit order.
     pub(super) feed_next: std::sync::atomic::AtomicU64,
+    /// Rung after a transaction that wrote feed entries commits.
+    pub(super) bell: crate::store::FeedBell,
     /// By resolution: minute, hour, day rows (`keys::usage_time_tree`).
     pub(super) usage_by_time: [Tree; 3],
     pub(super) usage_by_org: Tree,
@@ -474,6 +476,9 @@ impl Trees {
             .map_err(StoreError::from)?;
         self.feed_next
             .store(feed_next.get(), std::sync::atomic::Ordering::SeqCst);
+        if feed_next.get() != first {
+            self.bell.ring();
+        }
         Ok(outcome)
     }
 
