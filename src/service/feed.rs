@@ -74,6 +74,11 @@ impl TokenAuthority {
             // reopens it).
             let _slot = slot;
             let store = store;
+            // After a ring, reads again soon, then less and less often up
+            // to the poll interval: on PostgreSQL a commit is served once
+            // every older transaction has ended, which a read just after
+            // the ring may find still running.
+            let mut wait = poll_interval;
             loop {
                 if stop.is_cancelled() {
                     let _ = tx.try_send(Err(shutting_down()));
@@ -130,8 +135,11 @@ impl TokenAuthority {
                         () = stop.cancelled() => {}
                         () = rung(bell.as_mut()) => {
                             tokio::time::sleep_until(read_at + MIN_WAKE_SPACING).await;
+                            wait = MIN_WAKE_SPACING;
                         }
-                        () = tokio::time::sleep(poll_interval) => {}
+                        () = tokio::time::sleep(wait) => {
+                            wait = (wait * 2).min(poll_interval);
+                        }
                     }
                 } else if tx.is_closed() {
                     return;
