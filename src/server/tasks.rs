@@ -208,11 +208,13 @@ pub(super) async fn upkeep_usage_until(
     }
 }
 
-/// How soon a sweep stopped at a per-sweep bound is followed by the next:
+/// How soon a sweep stopped at a per-sweep bound on writes is followed by
+/// the next (one stopped at its bound on reads waits the interval: a large
+/// store is walked over several rounds at the usual pace):
 /// long enough for other writes to go between the bursts, short enough
 /// that ten thousand tokens expiring at once get their events within
 /// minutes, not one bound per interval.
-const AFTER_TRUNCATED_SWEEP: Duration = Duration::from_secs(5);
+const AFTER_WRITE_BOUND: Duration = Duration::from_secs(5);
 
 /// Sweeps the tokens (inactivity, expiry events) every `interval`, until
 /// `stop`; a sweep stops between two tokens once told to (a revocation
@@ -228,15 +230,15 @@ pub(super) async fn sweep_tokens_until(
     let first = tokio::time::Instant::now() + interval.min(Duration::from_secs(60));
     let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut truncated = false;
+    let mut writes_left = false;
     loop {
-        let pause = tokio::time::sleep(AFTER_TRUNCATED_SWEEP.min(interval));
+        let pause = tokio::time::sleep(AFTER_WRITE_BOUND.min(interval));
         tokio::select! {
-            _ = ticker.tick(), if !truncated => {}
-            () = pause, if truncated => {}
+            _ = ticker.tick(), if !writes_left => {}
+            () = pause, if writes_left => {}
             () = stop.cancelled() => return,
         }
-        truncated = authority
+        writes_left = authority
             .sweep_tokens_and_report(|| stop.is_cancelled())
             .await;
     }

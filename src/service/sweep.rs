@@ -68,6 +68,10 @@ pub struct SweepReport {
     pub expired: u64,
     /// Whether it stopped at a per-sweep bound with work left for the next.
     pub truncated: bool,
+    /// Whether that bound was one on writes, with writes still due: the
+    /// next sweep should come soon, not a whole interval later (a bound
+    /// on reads is the next round's work, at the usual pace).
+    pub writes_left: bool,
 }
 
 impl SweepReport {
@@ -180,7 +184,7 @@ impl TokenAuthority {
                 continue;
             }
             if report.expiring + report.expired >= MAX_EXPIRY_EVENTS_PER_SWEEP {
-                report.truncated = true;
+                (report.truncated, report.writes_left) = (true, true);
                 return Ok(false);
             }
             self.store.append_audit(&event).await?;
@@ -235,7 +239,7 @@ impl TokenAuthority {
                         continue;
                     }
                     if report.warned >= MAX_WARNINGS_PER_SWEEP {
-                        report.truncated = true;
+                        (report.truncated, report.writes_left) = (true, true);
                         return Ok(false);
                     }
                     self.store.append_audit(&event).await?;
@@ -248,7 +252,7 @@ impl TokenAuthority {
                     );
                 }
                 Judgement::Revoke { .. } if report.revoked >= MAX_REVOCATIONS_PER_SWEEP => {
-                    report.truncated = true;
+                    (report.truncated, report.writes_left) = (true, true);
                     return Ok(false);
                 }
                 Judgement::Revoke { active_at } => {
@@ -271,7 +275,7 @@ impl TokenAuthority {
     }
 
     /// Runs [`Self::sweep_tokens`] and reports it in metrics and logs;
-    /// returns whether it stopped at a bound with work left.
+    /// returns whether it stopped at a bound on writes with writes left.
     pub async fn sweep_tokens_and_report(&self, stopping: impl Fn() -> bool) -> bool {
         let started = Instant::now();
         let outcome = self.sweep_tokens(stopping).await;
@@ -297,7 +301,7 @@ impl TokenAuthority {
                         "token sweep"
                     );
                 }
-                report.truncated
+                report.writes_left
             }
             Err(error) => {
                 self.metrics.record_inactivity_sweep("failed", seconds);
@@ -445,6 +449,7 @@ mod tests {
         for _ in 0..4 {
             let report = f.authority.sweep_pages(|| false, 1).await.unwrap();
             assert_eq!((report.revoked, report.warned), (0, 0));
+            assert!(!report.writes_left, "a bound on reads waits the interval");
             examined.push((report.examined, report.truncated));
         }
         let page = SWEEP_PAGE as u64;

@@ -171,7 +171,13 @@ async fn a_flood_of_expiries_is_written_a_bounded_number_per_sweep() {
     for _ in 0..4 {
         reports.push(f.authority.sweep_tokens(|| false).await.unwrap());
     }
-    let written: Vec<(u64, bool)> = reports.iter().map(|r| (r.expired, r.truncated)).collect();
+    let written: Vec<(u64, bool)> = reports
+        .iter()
+        .map(|r| {
+            assert_eq!(r.truncated, r.writes_left, "a bound on writes: {r:?}");
+            (r.expired, r.writes_left)
+        })
+        .collect();
     assert_eq!(
         written,
         vec![
