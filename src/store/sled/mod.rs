@@ -522,18 +522,7 @@ impl Store for SledStore {
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let event = event.clone();
         if in_feed(event.action) {
-            // Under the write lock, in a change's transaction: its feed
-            // number follows commit order as a change's does.
-            return self
-                .write(move |t| {
-                    t.transaction(|tx| {
-                        if tx.audit.get(audit_key(&event.org_id, event.id))?.is_none() {
-                            tx.append_audit(&event)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .await;
+            return self.write(move |t| feed::append_once(t, &event)).await;
         }
         self.side_write(move |t| {
             (&t.audit, &t.audit_by_time)
