@@ -129,6 +129,7 @@ pub struct Metrics {
     client_addresses_dropped: opentelemetry::metrics::Counter<u64>,
     inactivity_tokens: opentelemetry::metrics::Counter<u64>,
     inactivity_sweep_duration: Histogram<f64>,
+    expiry_events: opentelemetry::metrics::Counter<u64>,
     rpc_names: RpcNames,
 }
 
@@ -237,6 +238,12 @@ impl Metrics {
                     "Tokens the inactivity policy revoked or warned, by action (revoked, warned)",
                 )
                 .build(),
+            expiry_events: meter
+                .u64_counter("tokenauth.expiry.events")
+                .with_description(
+                    "Expiry events the token sweep wrote, by action (expiring, expired)",
+                )
+                .build(),
             inactivity_sweep_duration: meter
                 .f64_histogram("tokenauth.inactivity.sweep.duration")
                 .with_unit("s")
@@ -340,6 +347,14 @@ impl Metrics {
         if tokens > 0 {
             self.inactivity_tokens
                 .add(tokens, &[KeyValue::new("action", action)]);
+        }
+    }
+
+    /// Counts expiry events written: `action` is `expiring` or `expired`.
+    pub fn record_expiry(&self, action: &'static str, events: u64) {
+        if events > 0 {
+            self.expiry_events
+                .add(events, &[KeyValue::new("action", action)]);
         }
     }
 

@@ -14,9 +14,10 @@
 //!   that expired a year before the feature first ran gets nothing, and
 //!   every event written is younger than the audit retention (so it is
 //!   never pruned and made again).
-//! - An offset whose time came before the token was created is not one of
+//! - An offset whose time is not after the token's creation is not one of
 //!   its milestones: a token issued for 12 hours gets no "expires in 1 day"
-//!   warning, only its expired event.
+//!   warning, only its expired event, and one issued for exactly 7 days no
+//!   7-day warning.
 //! - A revoked token gets none (the sweep does not read revoked tokens).
 //!
 //! Each event's id follows from the token, its expiry and the offset, so
@@ -98,7 +99,9 @@ impl ExpiryPolicy {
                 if at > now {
                     break;
                 }
-                if at >= record.created_at {
+                // Strictly after: a token issued for exactly 7 days is not
+                // told at its issuance that it expires in 7 days.
+                if at > record.created_at {
                     latest = Some(Due::Expiring {
                         offset,
                         at,
@@ -205,6 +208,13 @@ mod tests {
             policy.judge(&record, late),
             Some(Due::Expiring { offset, .. }) if offset == DAY
         ));
+        // Issued for exactly 7 days: not told so at its issuance.
+        let week = token(7);
+        assert_eq!(
+            week.expires_at.map(|e| e.saturating_sub(7 * DAY)),
+            Some(week.created_at)
+        );
+        assert_eq!(policy.judge(&week, day(&week, 0.5)), None);
         // Issued for 3 days: the 7-day offset came before its creation.
         let short = token(3);
         assert_eq!(policy.judge(&short, day(&short, 0.5)), None);

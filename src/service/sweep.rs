@@ -289,6 +289,8 @@ impl TokenAuthority {
                 self.metrics.record_inactivity_sweep("swept", seconds);
                 self.metrics.record_inactivity("revoked", report.revoked);
                 self.metrics.record_inactivity("warned", report.warned);
+                self.metrics.record_expiry("expiring", report.expiring);
+                self.metrics.record_expiry("expired", report.expired);
                 if report.revoked > 0 || report.events() > 0 || report.truncated {
                     tracing::info!(
                         examined = report.examined,

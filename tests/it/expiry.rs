@@ -134,7 +134,11 @@ fn summary(events: &[AuditEvent]) -> Vec<(AuditAction, String, String)> {
 
 #[tokio::test]
 async fn each_offset_and_the_expiry_are_announced_once_across_a_restart() {
-    let server = TestServer::start_with(short_offsets).await;
+    let server = TestServer::start_with(|config| {
+        short_offsets(config);
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let org = "org-expiry";
     let mut stream = watch(&server, watch_expiry(org, "")).await;
     let token = id_of(&issue(&server, expiring_token(org)).await);
@@ -166,6 +170,13 @@ async fn each_offset_and_the_expiry_are_announced_once_across_a_restart() {
     }
     quiet(&mut stream).await;
     drop(stream);
+    let metrics = crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+    for line in [
+        r#"tokenauth_expiry_events_total{action="expiring"} 2"#,
+        r#"tokenauth_expiry_events_total{action="expired"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // A new process finds the expired event still due (within the late
     // limit) and writes it again: the store keeps one, and feeds none.
