@@ -183,6 +183,11 @@ async fn each_offset_and_the_expiry_are_announced_once_across_a_restart() {
     let server = server.restart().await;
     let mut after = watch(&server, watch_expiry(org, &cursor)).await;
     quiet(&mut after).await;
+    // It did write it again (its memory of written events died with the
+    // first process): what kept it single is the store.
+    let metrics = crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+    let line = r#"tokenauth_expiry_events_total{action="expired"} 1"#;
+    assert!(metrics.contains(line), "{line} in {metrics}");
     let log_expiring = listed(&server, org, AuditAction::Expiring).await;
     let log_expired = listed(&server, org, AuditAction::Expired).await;
     assert_eq!(log_expiring.len(), 2, "{log_expiring:?}");
