@@ -248,7 +248,7 @@ impl Metrics {
                 .f64_histogram("tokenauth.inactivity.sweep.duration")
                 .with_unit("s")
                 .with_description(
-                    "Time of the inactivity sweeps, by outcome (swept; skipped, another replica held the lease; failed)",
+                    "Time of the token sweeps (inactivity, expiry events), by outcome (swept; skipped, another replica held the lease; failed)",
                 )
                 .with_boundaries(SWEEP_BUCKETS.to_vec())
                 .build(),
@@ -358,7 +358,7 @@ impl Metrics {
         }
     }
 
-    /// Times one inactivity sweep: `outcome` is `swept`, `skipped` or `failed`.
+    /// Times one token sweep: `outcome` is `swept`, `skipped` or `failed`.
     pub fn record_inactivity_sweep(&self, outcome: &'static str, seconds: f64) {
         self.inactivity_sweep_duration
             .record(seconds, &[KeyValue::new("outcome", outcome)]);

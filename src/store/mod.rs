@@ -483,7 +483,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every organization's tokens that are not revoked, oldest first (in
     /// id order), strictly after `after`: for a background policy that
-    /// walks them all (the inactivity sweep), never a request. Examines at
+    /// walks them all (the token sweep), never a request. Examines at
     /// most `limit` tokens, revoked ones included, so that one call's work
     /// is bounded whatever the history; `next` is set while there may be
     /// more.
@@ -494,7 +494,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
 
     /// The right to run a background sweep that one replica at a time
-    /// runs (the inactivity sweep), if no other replica holds it now; held
+    /// runs (the token sweep), if no other replica holds it now; held
     /// until the lease is dropped, or the process dies. A store that only
     /// this process writes grants it always. The lease spares work, it is
     /// not what keeps the sweep's changes single: should two sweeps ever

@@ -6,17 +6,11 @@
 
 use sled::Tree;
 
-use super::trees::Trees;
 use crate::domain::{
-    audit::AuditEvent,
     feed::{FeedCursor, FeedQuery},
     time::Timestamp,
 };
-use crate::store::{
-    FeedPage, StoreError,
-    keys::{self, audit_key},
-    records::decode_audit,
-};
+use crate::store::{FeedPage, StoreError, keys, records::decode_audit};
 
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     <[u8; 8]>::try_from(key)
@@ -39,19 +33,6 @@ pub(super) fn org_key(org: &str, seq: u64) -> Vec<u8> {
     let mut key = keys::prefix(&[org]);
     key.extend_from_slice(&seq.to_be_bytes());
     key
-}
-
-/// Appends `event`, which the feed admits (a lifecycle warning), with its
-/// feed entry, unless its id is already in the log: then nothing, so that
-/// a warning made again is fed once. Called under the write lock, in a
-/// change's transaction, so its number follows commit order as a change's.
-pub(super) fn append_once(trees: &Trees, event: &AuditEvent) -> Result<(), StoreError> {
-    trees.transaction(|tx| {
-        if tx.audit.get(audit_key(&event.org_id, event.id))?.is_none() {
-            tx.append_audit(event)?;
-        }
-        Ok(())
-    })
 }
 
 /// Up to `limit` entries after `after` (of `query`'s organization, if it

@@ -522,7 +522,7 @@ impl Store for SledStore {
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let event = event.clone();
         if in_feed(event.action) {
-            return self.write(move |t| feed::append_once(t, &event)).await;
+            return self.write(move |t| t.append_fed_once(&event)).await;
         }
         self.side_write(move |t| {
             (&t.audit, &t.audit_by_time)

@@ -482,6 +482,19 @@ impl Trees {
         Ok(outcome)
     }
 
+    /// Appends `event`, which the feed admits (a lifecycle warning), with its
+    /// feed entry, unless its id is already in the log: then nothing, so that
+    /// a warning made again is fed once. Under the write lock, in a change's
+    /// transaction, so its number follows commit order as a change's does.
+    pub(super) fn append_fed_once(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.transaction(|tx| {
+            if tx.audit.get(audit_key(&event.org_id, event.id))?.is_none() {
+                tx.append_audit(event)?;
+            }
+            Ok(())
+        })
+    }
+
     pub(super) fn record(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
         self.tokens
             .get(id.to_bytes())?
