@@ -11,7 +11,7 @@
 //! This file holds the structs and their defaults; `env.rs` the environment
 //! overlay (`Config::load`), `policy.rs` the validation that builds the
 //! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section,
-//! `inactivity.rs` the `[inactivity]` section, `values.rs`
+//! `inactivity.rs` the `[inactivity]` section, `expiry.rs` the `[expiry]` section, `values.rs`
 //! how durations and listen addresses are read and printed.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -19,6 +19,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 mod env;
+pub mod expiry;
 pub mod ext_authz;
 pub mod inactivity;
 mod policy;
@@ -83,6 +84,7 @@ pub struct Config {
     pub leak_reports: LeakReportsConfig,
     pub secret_scanning: SecretScanningConfig,
     pub inactivity: inactivity::InactivityConfig,
+    pub expiry: expiry::ExpiryConfig,
     pub health: HealthConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
@@ -112,6 +114,7 @@ impl Default for Config {
             leak_reports: LeakReportsConfig::default(),
             secret_scanning: SecretScanningConfig::default(),
             inactivity: inactivity::InactivityConfig::default(),
+            expiry: expiry::ExpiryConfig::default(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
@@ -311,6 +314,11 @@ pub struct AuditConfig {
     /// together; and by one such caller in all organizations together.
     /// Default 30.
     pub max_outside_refusal_events_per_minute: u32,
+    /// How often a WatchEvents watcher that has caught up reads the feed
+    /// again, for changes other replicas committed (this replica's own
+    /// wake it at once). At least `"10ms"`. Default `"200ms"`.
+    #[serde(with = "values::duration")]
+    pub watch_poll_interval: Duration,
 }
 
 impl Default for AuditConfig {
@@ -320,6 +328,7 @@ impl Default for AuditConfig {
             prune_interval: Duration::from_secs(3600),
             max_refusal_events_per_minute: 10,
             max_outside_refusal_events_per_minute: 30,
+            watch_poll_interval: Duration::from_millis(200),
         }
     }
 }

@@ -63,6 +63,8 @@ pub enum Method {
     WatchEvents,
     /// The inactivity policy's sweep (`domain::inactivity`): no caller.
     InactivityPolicy,
+    /// The expiry policy's sweep (`domain::expiry`): no caller.
+    ExpiryPolicy,
 }
 
 impl Method {
@@ -88,6 +90,7 @@ impl Method {
             Method::ReportUnusedPermissions => "ReportUnusedPermissions",
             Method::WatchEvents => "WatchEvents",
             Method::InactivityPolicy => "InactivityPolicy",
+            Method::ExpiryPolicy => "ExpiryPolicy",
         }
     }
 

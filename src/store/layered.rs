@@ -352,4 +352,7 @@ impl<H: Hook> Store for Layered<H> {
     fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
         self.inner.take_invalidations()
     }
+    fn feed_bell(&self) -> Option<super::FeedBell> {
+        self.inner.feed_bell()
+    }
 }

@@ -132,6 +132,31 @@ impl std::fmt::Debug for SweepLease {
     }
 }
 
+/// Rung each time this process commits a write with change-feed entries,
+/// so that caught-up watchers read at once rather than at their next poll
+/// (which is still how other replicas' commits arrive). A count, not a
+/// queue: a watcher that was busy sees one change of it however many rings
+/// it missed, and reads everything since its cursor anyway.
+#[derive(Clone, Debug)]
+pub struct FeedBell(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for FeedBell {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl FeedBell {
+    pub fn ring(&self) {
+        self.0.send_modify(|rung| *rung = rung.wrapping_add(1));
+    }
+
+    /// A listener: its `changed()` resolves after a ring it has not seen.
+    pub fn listen(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 /// What an insert did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertOutcome {
@@ -366,6 +391,12 @@ pub trait Store: Send + Sync + 'static {
     /// again: ids are random, but a warning of the inactivity policy makes
     /// the same event, id included, each time it is due
     /// (`domain::inactivity`), and the log keeps one.
+    ///
+    /// An event the change feed admits (`feed::in_feed`: the lifecycle
+    /// warnings) gets its feed entry when it is first written, in the same
+    /// write and under the same ordering as a change's, and none when it
+    /// was already in the log. Like a change, it is durable after the next
+    /// [`Store::durable`].
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
     /// Events of `query.org_id` matching `query`, newest first, strictly
@@ -452,7 +483,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every organization's tokens that are not revoked, oldest first (in
     /// id order), strictly after `after`: for a background policy that
-    /// walks them all (the inactivity sweep), never a request. Examines at
+    /// walks them all (the token sweep), never a request. Examines at
     /// most `limit` tokens, revoked ones included, so that one call's work
     /// is bounded whatever the history; `next` is set while there may be
     /// more.
@@ -463,7 +494,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
 
     /// The right to run a background sweep that one replica at a time
-    /// runs (the inactivity sweep), if no other replica holds it now; held
+    /// runs (the token sweep), if no other replica holds it now; held
     /// until the lease is dropped, or the process dies. A store that only
     /// this process writes grants it always. The lease spares work, it is
     /// not what keeps the sweep's changes single: should two sweeps ever
@@ -485,6 +516,12 @@ pub trait Store: Send + Sync + 'static {
     /// that this replica's cache must apply. Taken once; `None` for a store
     /// that only this process writes.
     fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
+        None
+    }
+
+    /// The bell this store rings after committing change-feed entries
+    /// ([`FeedBell`]); `None` for a store that does not (its watchers poll).
+    fn feed_bell(&self) -> Option<FeedBell> {
         None
     }
 }

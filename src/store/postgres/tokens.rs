@@ -46,7 +46,7 @@ pub(super) const UNLOCK_ORG_SESSION: &str = "SELECT pg_advisory_unlock(7411, has
 /// transaction, before they count: two of them never both see the last
 /// free slot.
 pub(super) const LOCK_QUOTA: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-/// The inactivity sweep's lock (class 7414, a key of 0), taken for the
+/// The token sweep's lock (class 7414, a key of 0), taken for the
 /// session by the replica that sweeps; another replica that finds it taken
 /// skips its sweep (`Store::try_sweep_lease`).
 pub(super) const TRY_SWEEP_LOCK: &str = "SELECT pg_try_advisory_lock(7414, 0)";
