@@ -73,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         action: cli::AuditCommand,
     },
+    /// Follow the change feed of a running server.
+    Events {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        action: cli::EventsCommand,
+    },
     /// Print a shell completion script, e.g. `tokenauth completions bash >
     /// /etc/bash_completion.d/tokenauth`.
     Completions {
@@ -195,6 +202,7 @@ fn main() -> ExitCode {
         Command::Token { client, action } => cli::token(&client, action),
         Command::Member { client, action } => cli::member(&client, action),
         Command::Audit { client, action } => cli::audit(&client, action),
+        Command::Events { client, action } => cli::events(&client, action),
         Command::Completions { shell } => cli::completions(Cli::command(), shell),
         Command::Man => cli::man(Cli::command()),
         command => return maintenance(command),
@@ -216,6 +224,7 @@ fn maintenance(command: Command) -> ExitCode {
         Command::Token { .. }
         | Command::Member { .. }
         | Command::Audit { .. }
+        | Command::Events { .. }
         | Command::Completions { .. }
         | Command::Man => ExitCode::FAILURE,
         Command::Serve(args) => serve(args),

@@ -129,6 +129,7 @@ pub struct Metrics {
     client_addresses_dropped: opentelemetry::metrics::Counter<u64>,
     inactivity_tokens: opentelemetry::metrics::Counter<u64>,
     inactivity_sweep_duration: Histogram<f64>,
+    expiry_events: opentelemetry::metrics::Counter<u64>,
     webhook_attempts: opentelemetry::metrics::Counter<u64>,
     webhook_parked: opentelemetry::metrics::Counter<u64>,
     webhook_dropped: opentelemetry::metrics::Counter<u64>,
@@ -245,11 +246,17 @@ impl Metrics {
                     "Tokens the inactivity policy revoked or warned, by action (revoked, warned)",
                 )
                 .build(),
+            expiry_events: meter
+                .u64_counter("tokenauth.expiry.events")
+                .with_description(
+                    "Expiry events the token sweep wrote, by action (expiring, expired)",
+                )
+                .build(),
             inactivity_sweep_duration: meter
                 .f64_histogram("tokenauth.inactivity.sweep.duration")
                 .with_unit("s")
                 .with_description(
-                    "Time of the inactivity sweeps, by outcome (swept; skipped, another replica held the lease; failed)",
+                    "Time of the token sweeps (inactivity, expiry events), by outcome (swept; skipped, another replica held the lease; failed)",
                 )
                 .with_boundaries(SWEEP_BUCKETS.to_vec())
                 .build(),
@@ -368,7 +375,15 @@ impl Metrics {
         }
     }
 
-    /// Times one inactivity sweep: `outcome` is `swept`, `skipped` or `failed`.
+    /// Counts expiry events written: `action` is `expiring` or `expired`.
+    pub fn record_expiry(&self, action: &'static str, events: u64) {
+        if events > 0 {
+            self.expiry_events
+                .add(events, &[KeyValue::new("action", action)]);
+        }
+    }
+
+    /// Times one token sweep: `outcome` is `swept`, `skipped` or `failed`.
     pub fn record_inactivity_sweep(&self, outcome: &'static str, seconds: f64) {
         self.inactivity_sweep_duration
             .record(seconds, &[KeyValue::new("outcome", outcome)]);

@@ -157,6 +157,8 @@ fn audit_action(field: &'static str, number: i32) -> Result<Option<AuditAction>,
         Ok(proto::AuditAction::MemberSet) => Some(AuditAction::MemberSet),
         Ok(proto::AuditAction::MemberRemoved) => Some(AuditAction::MemberRemoved),
         Ok(proto::AuditAction::InactivityWarning) => Some(AuditAction::InactivityWarning),
+        Ok(proto::AuditAction::Expiring) => Some(AuditAction::Expiring),
+        Ok(proto::AuditAction::Expired) => Some(AuditAction::Expired),
         Err(_) => {
             return Err(Error::invalid(
                 field,
@@ -254,6 +256,8 @@ pub fn audit_to_proto(event: AuditEvent) -> proto::AuditEvent {
         AuditAction::MemberSet => proto::AuditAction::MemberSet,
         AuditAction::MemberRemoved => proto::AuditAction::MemberRemoved,
         AuditAction::InactivityWarning => proto::AuditAction::InactivityWarning,
+        AuditAction::Expiring => proto::AuditAction::Expiring,
+        AuditAction::Expired => proto::AuditAction::Expired,
     };
     let outcome = match event.outcome {
         AuditOutcome::Succeeded => proto::AuditOutcome::Succeeded,

@@ -1,5 +1,5 @@
 //! The operator's client commands (`tokenauth token …`, `tokenauth member …`,
-//! `tokenauth audit …`),
+//! `tokenauth audit …`, `tokenauth events watch`),
 //! which talk to a running server over gRPC with the generated client, and
 //! the shell completions and man page made from the same clap definitions.
 //!
@@ -12,6 +12,7 @@
 
 mod connect;
 mod error;
+mod events;
 mod json;
 mod members;
 mod pages;
@@ -133,6 +134,13 @@ pub enum AuditCommand {
     List(reports::AuditArgs),
 }
 
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Follow the change feed (WatchEvents): the events after a cursor,
+    /// then each as it commits, one line each with its cursor.
+    Watch(events::WatchArgs),
+}
+
 /// The shells `tokenauth completions` writes for.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Shell {
@@ -159,6 +167,12 @@ pub fn member(client: &ClientArgs, command: MemberCommand) -> Result<(), CliErro
 pub fn audit(client: &ClientArgs, command: AuditCommand) -> Result<(), CliError> {
     let AuditCommand::List(args) = command;
     runtime()?.block_on(reports::audit(client, args))
+}
+
+/// Runs a `tokenauth events …` command against the server.
+pub fn events(client: &ClientArgs, command: EventsCommand) -> Result<(), CliError> {
+    let EventsCommand::Watch(args) = command;
+    runtime()?.block_on(events::watch(client, args))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

@@ -1,6 +1,6 @@
 //! The listings that report rather than manage: `tokenauth token usage`
 //! (ListTokenUsage), `tokenauth token unused` (ReportUnusedPermissions) and
-//! `tokenauth audit list` (ListAuditEvents).
+//! `tokenauth audit list` (ListAuditEvents), and the audit actions' flags.
 
 use std::time::SystemTime;
 
@@ -87,6 +87,24 @@ pub enum Action {
     MemberSet,
     MemberRemoved,
     InactivityWarning,
+    Expiring,
+    Expired,
+}
+
+/// The API's action a flag names.
+pub fn action_of(action: Action) -> AuditAction {
+    match action {
+        Action::Issued => AuditAction::Issued,
+        Action::Revoked => AuditAction::Revoked,
+        Action::RevokedAll => AuditAction::RevokedAll,
+        Action::Rotated => AuditAction::Rotated,
+        Action::Denied => AuditAction::Denied,
+        Action::MemberSet => AuditAction::MemberSet,
+        Action::MemberRemoved => AuditAction::MemberRemoved,
+        Action::InactivityWarning => AuditAction::InactivityWarning,
+        Action::Expiring => AuditAction::Expiring,
+        Action::Expired => AuditAction::Expired,
+    }
 }
 
 fn parse_moment(text: &str) -> Result<prost_types::Timestamp, String> {
@@ -194,17 +212,7 @@ pub async fn unused(client: &ClientArgs, args: UnusedArgs) -> Result<(), CliErro
 
 pub async fn audit(client: &ClientArgs, args: AuditArgs) -> Result<(), CliError> {
     let mut audit = connect::connect(client).await?.audit;
-    let action = match args.action {
-        None => AuditAction::Unspecified,
-        Some(Action::Issued) => AuditAction::Issued,
-        Some(Action::Revoked) => AuditAction::Revoked,
-        Some(Action::RevokedAll) => AuditAction::RevokedAll,
-        Some(Action::Rotated) => AuditAction::Rotated,
-        Some(Action::Denied) => AuditAction::Denied,
-        Some(Action::MemberSet) => AuditAction::MemberSet,
-        Some(Action::MemberRemoved) => AuditAction::MemberRemoved,
-        Some(Action::InactivityWarning) => AuditAction::InactivityWarning,
-    };
+    let action = args.action.map_or(AuditAction::Unspecified, action_of);
     let request = ListAuditEventsRequest {
         org_id: args.scope.org.clone(),
         workspace_id: args.workspace.unwrap_or_default(),

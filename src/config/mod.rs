@@ -11,8 +11,8 @@
 //! This file holds the structs and their defaults; `env.rs` the environment
 //! overlay (`Config::load`), `policy.rs` the validation that builds the
 //! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section,
-//! `inactivity.rs` the `[inactivity]` section, `webhooks.rs` the
-//! `[[webhooks]]` endpoints, `values.rs`
+//! `inactivity.rs` the `[inactivity]` section, `expiry.rs` the `[expiry]` section,
+//! `webhooks.rs` the `[[webhooks]]` endpoints, `values.rs`
 //! how durations and listen addresses are read and printed.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -20,6 +20,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 mod env;
+pub mod expiry;
 pub mod ext_authz;
 pub mod inactivity;
 mod policy;
@@ -85,6 +86,7 @@ pub struct Config {
     pub leak_reports: LeakReportsConfig,
     pub secret_scanning: SecretScanningConfig,
     pub inactivity: inactivity::InactivityConfig,
+    pub expiry: expiry::ExpiryConfig,
     /// `[[webhooks]]`: endpoints the change feed is delivered to (see
     /// `config/webhooks.rs`). Default: none.
     pub webhooks: Vec<webhooks::WebhookConfig>,
@@ -117,6 +119,7 @@ impl Default for Config {
             leak_reports: LeakReportsConfig::default(),
             secret_scanning: SecretScanningConfig::default(),
             inactivity: inactivity::InactivityConfig::default(),
+            expiry: expiry::ExpiryConfig::default(),
             webhooks: Vec::new(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
@@ -317,6 +320,11 @@ pub struct AuditConfig {
     /// together; and by one such caller in all organizations together.
     /// Default 30.
     pub max_outside_refusal_events_per_minute: u32,
+    /// How often a WatchEvents watcher that has caught up reads the feed
+    /// again, for changes other replicas committed (this replica's own
+    /// wake it at once). At least `"10ms"`. Default `"200ms"`.
+    #[serde(with = "values::duration")]
+    pub watch_poll_interval: Duration,
 }
 
 impl Default for AuditConfig {
@@ -326,6 +334,7 @@ impl Default for AuditConfig {
             prune_interval: Duration::from_secs(3600),
             max_refusal_events_per_minute: 10,
             max_outside_refusal_events_per_minute: 30,
+            watch_poll_interval: Duration::from_millis(200),
         }
     }
 }

@@ -115,6 +115,13 @@ impl Config {
                 return Err(invalid(field, "must be longer than 0s"));
             }
         }
+        // Each caught-up watcher reads the store at this pace.
+        if self.audit.watch_poll_interval < Duration::from_millis(10) {
+            return Err(invalid(
+                "audit.watch_poll_interval",
+                "must be at least 10ms",
+            ));
+        }
         if self.usage.upkeep_batch == 0 {
             return Err(invalid("usage.upkeep_batch", "must be at least 1"));
         }
@@ -233,9 +240,12 @@ impl Config {
             });
         }
         let inactivity = self.inactivity.policy(self.usage.flush_interval)?;
+        let expiry = self.expiry.policy(self.audit.retention)?;
         Ok(Policy {
             catalogue,
             inactivity,
+            expiry,
+            watch_poll_interval: self.audit.watch_poll_interval,
             roles,
             lifetime: LifetimePolicy {
                 personal_max: limit(self.tokens.personal.max_lifetime),

@@ -49,6 +49,35 @@ pub mod optional_duration {
     }
 }
 
+/// `#[serde(with = "values::durations")]`: a list of [`duration`]s.
+pub mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, de::Error, ser::SerializeSeq};
+
+    use super::{Deserializer, DurationText, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(value.len()))?;
+        for duration in value {
+            seq.serialize_element(&DurationText(*duration).to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| {
+                humantime::parse_duration(text)
+                    .map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
 /// The address `text` (`127.0.0.1:50051`, `[::1]:50051`, `localhost:50051`)
 /// names. A host name is resolved now, and its first IPv4 address is taken
 /// (else its first address): `localhost` then means `127.0.0.1`, which is

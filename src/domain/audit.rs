@@ -32,6 +32,11 @@ pub enum AuditAction {
     /// A token entered the warning period of the inactivity policy: it will
     /// be revoked unless used (`domain::inactivity`).
     InactivityWarning,
+    /// A token reached one of the offsets before its expiry that the expiry
+    /// policy warns at (`domain::expiry`).
+    Expiring,
+    /// A token's expiry passed (`domain::expiry`).
+    Expired,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

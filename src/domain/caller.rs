@@ -65,6 +65,8 @@ pub enum Method {
     RedeliverEvents,
     /// The inactivity policy's sweep (`domain::inactivity`): no caller.
     InactivityPolicy,
+    /// The expiry policy's sweep (`domain::expiry`): no caller.
+    ExpiryPolicy,
 }
 
 impl Method {
@@ -92,6 +94,7 @@ impl Method {
             Method::ListFailedDeliveries => "ListFailedDeliveries",
             Method::RedeliverEvents => "RedeliverEvents",
             Method::InactivityPolicy => "InactivityPolicy",
+            Method::ExpiryPolicy => "ExpiryPolicy",
         }
     }
 

@@ -1,5 +1,6 @@
-//! The change feed: the audit events of token lifecycle changes, in the
-//! order they committed, each at a cursor a watcher resumes from.
+//! The change feed: the audit events of token lifecycle changes and of the
+//! lifecycle warnings (inactivity, expiry), in the order they committed,
+//! each at a cursor a watcher resumes from.
 //!
 //! Refusals are not in it: they change nothing a follower must act on, and
 //! anyone can cause them (within the refusal budgets), so including them
@@ -8,19 +9,24 @@
 use super::audit::{AuditAction, AuditEvent};
 
 /// Whether events of `action` are in the feed: the changes, written with
-/// them. Not refusals, nor (yet) inactivity warnings, which record no
-/// change and are appended on their own; a new action is left out until
-/// it is decided here.
+/// them, and the lifecycle warnings a token's owner acts on (inactivity,
+/// expiring, expired), which the background sweep appends on their own
+/// (`Store::append_audit` writes their feed entry the first time only, so
+/// a warning made again by another sweep is not fed twice). Not refusals.
+/// A new action is left out until it is decided here.
 pub fn in_feed(action: AuditAction) -> bool {
-    matches!(
-        action,
+    match action {
         AuditAction::Issued
-            | AuditAction::Revoked
-            | AuditAction::RevokedAll
-            | AuditAction::Rotated
-            | AuditAction::MemberSet
-            | AuditAction::MemberRemoved
-    )
+        | AuditAction::Revoked
+        | AuditAction::RevokedAll
+        | AuditAction::Rotated
+        | AuditAction::MemberSet
+        | AuditAction::MemberRemoved
+        | AuditAction::InactivityWarning
+        | AuditAction::Expiring
+        | AuditAction::Expired => true,
+        AuditAction::Denied => false,
+    }
 }
 
 /// A position in the feed. Its two numbers are the store's: on sled
@@ -114,7 +120,8 @@ mod tests {
     #[test]
     fn refusals_are_not_in_the_feed() {
         assert!(!in_feed(AuditAction::Denied));
-        assert!(!in_feed(AuditAction::InactivityWarning));
         assert!(in_feed(AuditAction::Issued) && in_feed(AuditAction::MemberRemoved));
+        assert!(in_feed(AuditAction::InactivityWarning));
+        assert!(in_feed(AuditAction::Expiring) && in_feed(AuditAction::Expired));
     }
 }

@@ -128,7 +128,13 @@ impl InactivityPolicy {
         active_at: Timestamp,
     ) -> AuditEvent {
         let period = self.period(record.kind).unwrap_or_default();
-        let mut event = service_event(id, now, record, AuditAction::Revoked);
+        let mut event = policy_event(
+            id,
+            now,
+            record,
+            AuditAction::Revoked,
+            Method::InactivityPolicy,
+        );
         event.detail = format!(
             "inactive: not used for {} (last active {})",
             DurationText(period),
@@ -152,15 +158,17 @@ impl InactivityPolicy {
         active_at: Timestamp,
     ) -> AuditEvent {
         let period = self.period(record.kind).unwrap_or_default();
-        // The token id's 80 random bits, mixed with the activity it is
-        // about: distinct for every token of an instant, and for every
-        // period of one token.
-        let token = u128::from_be_bytes(record.id.to_bytes());
+        // Mixed with the activity it is about: distinct for every period
+        // of one token.
         let activity = u128::from(active_at.as_micros().cast_unsigned());
-        let low = (token ^ activity) & ((1u128 << 80) - 1);
-        let time = u128::from_be_bytes(EventId::first_at(since).to_bytes());
-        let id = EventId::from_bytes((time | low).to_be_bytes());
-        let mut event = service_event(id, since, record, AuditAction::InactivityWarning);
+        let id = derived_event_id(since, record, activity);
+        let mut event = policy_event(
+            id,
+            since,
+            record,
+            AuditAction::InactivityWarning,
+            Method::InactivityPolicy,
+        );
         event.detail = format!(
             "inactive: not used for {} (last active {}); revoked at {} unless used",
             DurationText(period),
@@ -176,20 +184,30 @@ impl InactivityPolicy {
 /// log already holds (and keeps once): about 40 MB at most.
 const MAX_REMEMBERED_WARNINGS: usize = 1_000_000;
 
-/// The warnings this process has written, by event id. A warning is the
-/// same event at every sweep of its period, and the store keeps one, so
-/// this only spares the store a write per sweep per warned token.
+/// The warnings (and expiry events) this process has written, by event id.
+/// A warning is the same event at every sweep of its period, and the store
+/// keeps one, so this only spares the store a write per sweep per warned
+/// token.
 #[derive(Debug, Default)]
 pub struct WrittenWarnings(Mutex<HashSet<EventId>>);
 
 impl WrittenWarnings {
-    /// Whether `id` is new here (and remembers it).
-    pub fn first_time(&self, id: EventId) -> bool {
+    /// Whether `id` was written here.
+    pub fn contains(&self, id: EventId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    /// Remembers `id` as written: once the store took it, so that a write
+    /// that failed is tried again by the next sweep.
+    pub fn remember(&self, id: EventId) {
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= MAX_REMEMBERED_WARNINGS {
             seen.clear();
         }
-        seen.insert(id)
+        seen.insert(id);
     }
 }
 
@@ -198,11 +216,25 @@ pub fn active_at(record: &TokenRecord, last_used: Option<Timestamp>) -> Timestam
     last_used.map_or(record.created_at, |used| used.max(record.created_at))
 }
 
-fn service_event(
+/// The id of an event a background policy makes again at each sweep that
+/// finds it due: its time `at`, then the token id's 80 random bits mixed
+/// with `salt` (what the event is about). The same inputs give the same id,
+/// so the store keeps one (`Store::append_audit`); distinct tokens of an
+/// instant get distinct ids.
+pub(super) fn derived_event_id(at: Timestamp, record: &TokenRecord, salt: u128) -> EventId {
+    let token = u128::from_be_bytes(record.id.to_bytes());
+    let low = (token ^ salt) & ((1u128 << 80) - 1);
+    let time = u128::from_be_bytes(EventId::first_at(at).to_bytes());
+    EventId::from_bytes((time | low).to_be_bytes())
+}
+
+/// An event of a background policy's own act on `record`: no actor.
+pub(super) fn policy_event(
     id: EventId,
     time: Timestamp,
     record: &TokenRecord,
     action: AuditAction,
+    method: Method,
 ) -> AuditEvent {
     AuditEvent {
         id,
@@ -214,7 +246,7 @@ fn service_event(
         target_token_ids: vec![record.id],
         kind: Some(record.kind),
         outcome: super::audit::AuditOutcome::Succeeded,
-        method: Method::InactivityPolicy,
+        method,
         detail: String::new(),
         peer: String::new(),
         peer_source: super::audit::PeerSource::Unknown,
@@ -226,7 +258,7 @@ fn service_event(
     }
 }
 
-fn rfc3339(at: Timestamp) -> String {
+pub(super) fn rfc3339(at: Timestamp) -> String {
     let (seconds, _) = at.to_parts();
     let since_epoch = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + since_epoch).to_string()

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod caller;
 pub mod changes;
 pub mod client_address;
+pub mod expiry;
 pub mod explain;
 pub mod ext_authz;
 pub mod feed;

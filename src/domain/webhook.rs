@@ -37,6 +37,8 @@ pub fn event_type(action: AuditAction, method: Method) -> Option<&'static str> {
         AuditAction::MemberSet => "member.set",
         AuditAction::MemberRemoved => "member.removed",
         AuditAction::InactivityWarning => "token.inactivity_warning",
+        AuditAction::Expiring => "token.expiring",
+        AuditAction::Expired => "token.expired",
         AuditAction::Denied => return None,
     })
 }
@@ -52,6 +54,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "member.set",
     "member.removed",
     "token.inactivity_warning",
+    "token.expiring",
+    "token.expired",
 ];
 
 /// Most bytes of an endpoint's name.
@@ -238,6 +242,8 @@ mod tests {
             MemberSet,
             MemberRemoved,
             InactivityWarning,
+            Expiring,
+            Expired,
         ] {
             for method in [
                 Method::RevokeToken,

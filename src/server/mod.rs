@@ -23,9 +23,7 @@ pub use self::{
 };
 use self::{
     health::Health,
-    tasks::{
-        Background, count_tokens_until, prune_until, sweep_inactive_until, upkeep_usage_until,
-    },
+    tasks::{Background, count_tokens_until, prune_until, sweep_tokens_until, upkeep_usage_until},
 };
 use crate::{
     config::{Config, ConfigError, StoreKind},
@@ -349,9 +347,9 @@ impl Wired {
         background.spawn_with_token(move |stop| {
             count_tokens_until(count_store, count_metrics, count_interval, stop)
         });
-        if service.sweeps_inactive() {
-            let (sweeper, interval) = (Arc::clone(&service), config.inactivity.sweep_interval);
-            background.spawn_with_token(move |stop| sweep_inactive_until(sweeper, interval, stop));
+        if let Some(interval) = config.sweep_interval() {
+            let sweeper = Arc::clone(&service);
+            background.spawn_with_token(move |stop| sweep_tokens_until(sweeper, interval, stop));
         }
         for delivery in service.webhook_tasks() {
             background.spawn_with_token(move |stop| delivery.run(stop));

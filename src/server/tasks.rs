@@ -1,5 +1,5 @@
 //! The server's background tasks (the usage flusher, pruning, token counts,
-//! the inactivity sweep, the webhook deliveries, the store's write probe, the admin and probe
+//! the token sweep, the webhook deliveries, the store's write probe, the admin and probe
 //! ports, the replicas' invalidation follower) in one `JoinSet`, stopped together by one
 //! `CancellationToken` once the gRPC port has drained.
 
@@ -208,12 +208,21 @@ pub(super) async fn upkeep_usage_until(
     }
 }
 
-/// Sweeps for inactive tokens every `interval`, until `stop`; a sweep
-/// stops between two tokens once told to (a revocation under way is
-/// finished: it runs in a task of its own until durable). The first sweep
-/// comes after at most a minute, not a whole interval: replicas that are
-/// redeployed more often than the interval would otherwise never sweep.
-pub(super) async fn sweep_inactive_until(
+/// How soon a sweep stopped at a per-sweep bound on writes is followed by
+/// the next (one stopped at its bound on reads waits the interval: a large
+/// store is walked over several rounds at the usual pace):
+/// long enough for other writes to go between the bursts, short enough
+/// that ten thousand tokens expiring at once get their events within
+/// minutes, not one bound per interval.
+const AFTER_WRITE_BOUND: Duration = Duration::from_secs(5);
+
+/// Sweeps the tokens (inactivity, expiry events) every `interval`, until
+/// `stop`; a sweep stops between two tokens once told to (a revocation
+/// under way is finished: it runs in a task of its own until durable). The
+/// first sweep comes after at most a minute, not a whole interval: replicas
+/// that are redeployed more often than the interval would otherwise never
+/// sweep.
+pub(super) async fn sweep_tokens_until(
     authority: Arc<TokenAuthority>,
     interval: Duration,
     stop: CancellationToken,
@@ -221,13 +230,16 @@ pub(super) async fn sweep_inactive_until(
     let first = tokio::time::Instant::now() + interval.min(Duration::from_secs(60));
     let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writes_left = false;
     loop {
+        let pause = tokio::time::sleep(AFTER_WRITE_BOUND.min(interval));
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = ticker.tick(), if !writes_left => {}
+            () = pause, if writes_left => {}
             () = stop.cancelled() => return,
         }
-        authority
-            .sweep_inactive_and_report(|| stop.is_cancelled())
+        writes_left = authority
+            .sweep_tokens_and_report(|| stop.is_cancelled())
             .await;
     }
 }

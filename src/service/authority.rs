@@ -59,6 +59,10 @@ pub struct Policy {
     pub max_members_per_org: u32,
     /// Which unused tokens are revoked, and when (off by default).
     pub inactivity: InactivityPolicy,
+    /// Which expiry events are written.
+    pub expiry: crate::domain::expiry::ExpiryPolicy,
+    /// How often a caught-up WatchEvents watcher reads the feed again.
+    pub watch_poll_interval: Duration,
 }
 
 /// The token authority: everything the use cases need. (Not `TokenService`,
@@ -82,11 +86,12 @@ pub struct TokenAuthority {
     /// budget by address would let one organization's dry runs refuse all
     /// the others'. No total: each is an authenticated ADMIN's call.
     pub(super) dry_run_intake: IntakeBudget<String>,
-    /// The inactivity warnings this process has written.
-    pub(super) inactivity_warned: WrittenWarnings,
-    /// Where this replica's next inactivity sweep starts, when the last
-    /// one stopped at a bound.
-    pub(super) inactivity_resume: std::sync::Mutex<Option<TokenId>>,
+    /// The sweep's events (inactivity warnings, expiry events) this process
+    /// has written.
+    pub(super) written_events: WrittenWarnings,
+    /// Where this replica's next token sweep starts, when the last one
+    /// stopped at a bound.
+    pub(super) sweep_resume: std::sync::Mutex<Option<TokenId>>,
     /// The webhook endpoints this server delivers to.
     pub(super) webhooks: Vec<Arc<super::webhooks::Delivery>>,
 }
@@ -110,8 +115,8 @@ impl TokenAuthority {
                 per_peer: policy.signed_intake,
                 total: policy.signed_intake,
             }),
-            inactivity_warned: WrittenWarnings::default(),
-            inactivity_resume: std::sync::Mutex::new(None),
+            written_events: WrittenWarnings::default(),
+            sweep_resume: std::sync::Mutex::new(None),
             store,
             cache: Arc::new(cache),
             keyring,

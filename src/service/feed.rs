@@ -1,9 +1,11 @@
 //! WatchEvents: the change feed, replayed from a cursor and then followed
 //! as changes commit.
 //!
-//! Each watcher is one task reading the store (a page at a time, then every
-//! [`POLL_INTERVAL`] once caught up: polling is also how changes committed
-//! by another replica on a shared PostgreSQL arrive) into a bounded channel.
+//! Each watcher is one task reading the store (a page at a time) into a
+//! bounded channel. Once caught up it waits for the store's bell
+//! (`Store::feed_bell`), rung when this replica commits feed entries, or
+//! for the poll interval (`audit.watch_poll_interval`): polling is how
+//! changes committed by another replica on a shared PostgreSQL arrive.
 //! Writers never wait for a watcher (it reads what they committed); a
 //! watcher whose channel stays full for [`STALL_TIMEOUT`] is ended with
 //! RESOURCE_EXHAUSTED and resumes from the last cursor it received, so a
@@ -29,8 +31,11 @@ pub const WATCH_BUFFER: usize = 256;
 /// How long a watcher's buffer may stay full before the watcher is ended:
 /// a consumer that stopped reading must not hold its place for ever.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a caught-up watcher looks for new events.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The least time between two reads of a caught-up watcher woken by this
+/// replica's commits: under a flood of changes each watcher reads at most
+/// this often (taking many changes a read), rather than once per commit.
+pub const MIN_WAKE_SPACING: Duration = Duration::from_millis(10);
 
 /// One event of a watch, or the error that ends it.
 pub type WatchItem = Result<(FeedCursor, AuditEvent), Error>;
@@ -61,17 +66,30 @@ impl TokenAuthority {
         let store = Arc::clone(&self.store);
         let (tx, rx) = mpsc::channel(WATCH_BUFFER + 1);
         let stop = self.watchers.stop.clone();
+        let poll_interval = self.policy.watch_poll_interval;
+        let mut bell = self.store.feed_bell().map(|bell| bell.listen());
         tokio::spawn(async move {
             // Dropped in reverse: the store before the slot, so that once
             // every slot is back no watcher holds the store (a restart
             // reopens it).
             let _slot = slot;
             let store = store;
+            // After a ring, reads again soon, then less and less often up
+            // to the poll interval: on PostgreSQL a commit is served once
+            // every older transaction has ended, which a read just after
+            // the ring may find still running.
+            let mut wait = poll_interval;
             loop {
                 if stop.is_cancelled() {
                     let _ = tx.try_send(Err(shutting_down()));
                     return;
                 }
+                // Marked seen before the read: a commit after this point
+                // rings again, so the wait below cannot miss it.
+                if let Some(bell) = &mut bell {
+                    bell.borrow_and_update();
+                }
+                let read_at = tokio::time::Instant::now();
                 let page = match store.read_feed(&query, position, FEED_PAGE).await {
                     Ok(page) => page,
                     Err(error) => {
@@ -115,7 +133,13 @@ impl TokenAuthority {
                     tokio::select! {
                         () = tx.closed() => return,
                         () = stop.cancelled() => {}
-                        () = tokio::time::sleep(POLL_INTERVAL) => {}
+                        () = rung(bell.as_mut()) => {
+                            tokio::time::sleep_until(read_at + MIN_WAKE_SPACING).await;
+                            wait = MIN_WAKE_SPACING;
+                        }
+                        () = tokio::time::sleep(wait) => {
+                            wait = (wait * 2).min(poll_interval);
+                        }
                     }
                 } else if tx.is_closed() {
                     return;
@@ -124,4 +148,15 @@ impl TokenAuthority {
         });
         Ok(rx)
     }
+}
+
+/// Resolves when `bell` rings; never without one (or once its store is
+/// gone: the poll goes on).
+async fn rung(bell: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+    if let Some(bell) = bell
+        && bell.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }

@@ -10,8 +10,8 @@
 //! gate), `mesh` (Envoy's ext_authz over Check), `leaks` (revocation by a
 //! secret's holder: leak reports and RevokeSelf), `secret_scanning` (GitHub's
 //! signed leak reports, through the same intake), `forensics` (LookupSecret),
-//! `unused` (the least-privilege report), `inactivity` (the sweep that
-//! revokes unused tokens).
+//! `unused` (the least-privilege report), `sweep` (the background walk of
+//! every token that applies the inactivity policy and writes expiry events).
 
 mod authenticate;
 mod authority;
@@ -23,7 +23,6 @@ mod error;
 mod fast_hash;
 mod feed;
 mod forensics;
-mod inactivity;
 mod leaks;
 mod lookup;
 mod manage;
@@ -33,6 +32,7 @@ pub mod recorder;
 mod refusals;
 mod reports;
 mod secret_scanning;
+mod sweep;
 mod unused;
 mod watchers;
 pub mod webhooks;
@@ -46,10 +46,10 @@ pub use self::{
     error::Error,
     feed::{STALL_TIMEOUT, WATCH_BUFFER, WatchItem},
     forensics::SecretState,
-    inactivity::SweepReport,
     leaks::HolderOrigin,
     members::Removal,
     mesh::ExtAuthz,
+    sweep::SweepReport,
     unused::{TokenUnused, UnusedReport},
     watchers::{MAX_WATCHERS, MAX_WATCHERS_PER_ORG},
 };

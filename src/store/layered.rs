@@ -364,6 +364,9 @@ impl<H: Hook> Store for Layered<H> {
     fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
         self.inner.take_invalidations()
     }
+    fn feed_bell(&self) -> Option<super::FeedBell> {
+        self.inner.feed_bell()
+    }
 }
 
 #[async_trait]

@@ -78,6 +78,9 @@ struct State {
     pepper_checks: BTreeMap<u32, [u8; 32]>,
     /// By `keys::member_key`.
     members: BTreeMap<Vec<u8>, Member>,
+    /// Rung when feed entries are written (under the state's lock, which a
+    /// watcher's read waits for: it reads them once they are all there).
+    bell: super::FeedBell,
 }
 
 /// What one step of a RevokeAll did, and the key the next one starts
@@ -122,6 +125,7 @@ impl State {
             self.feed_next = self.feed_next.max(1);
             self.feed.insert(self.feed_next, event.clone());
             self.feed_next += 1;
+            self.bell.ring();
         }
     }
 
@@ -564,7 +568,14 @@ impl Store for MemoryStore {
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.state.lock().append_audit(event);
+        let mut state = self.state.lock();
+        // An event already in the log is not written (nor fed) again.
+        if !state
+            .audit
+            .contains_key(&audit_key(&event.org_id, event.id))
+        {
+            state.append_audit(event);
+        }
         Ok(())
     }
 
@@ -776,6 +787,10 @@ impl Store for MemoryStore {
     /// Nothing here outlives the process: there is nothing to wait for.
     async fn durable(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn feed_bell(&self) -> Option<super::FeedBell> {
+        Some(self.state.lock().bell.clone())
     }
 }
 

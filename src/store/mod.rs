@@ -111,8 +111,8 @@ pub struct Page {
 /// What a [`Lease`] is the right to: work that one replica at a time does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseKey<'a> {
-    /// The inactivity sweep.
-    InactivitySweep,
+    /// The token sweep (inactivity and expiry).
+    TokenSweep,
     /// Delivering the change feed to the webhook endpoint of this name.
     Webhook(&'a str),
 }
@@ -126,7 +126,7 @@ pub struct Lease {
     alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
-/// The lease of the inactivity sweep.
+/// The lease of the token sweep.
 pub type SweepLease = Lease;
 
 impl Lease {
@@ -171,6 +171,31 @@ pub struct FailedDeliveries {
     pub deliveries: Vec<FailedDelivery>,
     /// Parked deliveries dropped, oldest first, to keep the bound.
     pub dropped: u64,
+}
+
+/// Rung each time this process commits a write with change-feed entries,
+/// so that caught-up watchers read at once rather than at their next poll
+/// (which is still how other replicas' commits arrive). A count, not a
+/// queue: a watcher that was busy sees one change of it however many rings
+/// it missed, and reads everything since its cursor anyway.
+#[derive(Clone, Debug)]
+pub struct FeedBell(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for FeedBell {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl FeedBell {
+    pub fn ring(&self) {
+        self.0.send_modify(|rung| *rung = rung.wrapping_add(1));
+    }
+
+    /// A listener: its `changed()` resolves after a ring it has not seen.
+    pub fn listen(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// What an insert did.
@@ -407,6 +432,12 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
     /// again: ids are random, but a warning of the inactivity policy makes
     /// the same event, id included, each time it is due
     /// (`domain::inactivity`), and the log keeps one.
+    ///
+    /// An event the change feed admits (`feed::in_feed`: the lifecycle
+    /// warnings) gets its feed entry when it is first written, in the same
+    /// write and under the same ordering as a change's, and none when it
+    /// was already in the log. Like a change, it is durable after the next
+    /// [`Store::durable`].
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
     /// Events of `query.org_id` matching `query`, newest first, strictly
@@ -493,7 +524,7 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
 
     /// Every organization's tokens that are not revoked, oldest first (in
     /// id order), strictly after `after`: for a background policy that
-    /// walks them all (the inactivity sweep), never a request. Examines at
+    /// walks them all (the token sweep), never a request. Examines at
     /// most `limit` tokens, revoked ones included, so that one call's work
     /// is bounded whatever the history; `next` is set while there may be
     /// more.
@@ -504,7 +535,7 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
 
     /// The right to do the work of `key` (a background task that one
-    /// replica at a time runs: the inactivity sweep, one webhook
+    /// replica at a time runs: the token sweep, one webhook
     /// endpoint's deliveries), if no other replica holds it now; held until
     /// the lease is dropped, or the process dies. A store that only this
     /// process writes grants it always. The lease spares work, it is not
@@ -518,9 +549,9 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
         Ok(Some(Lease::local()))
     }
 
-    /// [`Store::try_lease`] of the inactivity sweep.
+    /// [`Store::try_lease`] of the token sweep.
     async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
-        self.try_lease(LeaseKey::InactivitySweep).await
+        self.try_lease(LeaseKey::TokenSweep).await
     }
 
     /// Writes and flushes a small marker: whether the store can take writes now.
@@ -534,6 +565,12 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
     /// that this replica's cache must apply. Taken once; `None` for a store
     /// that only this process writes.
     fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
+        None
+    }
+
+    /// The bell this store rings after committing change-feed entries
+    /// ([`FeedBell`]); `None` for a store that does not (its watchers poll).
+    fn feed_bell(&self) -> Option<FeedBell> {
         None
     }
 }

@@ -141,7 +141,7 @@ struct ClientAddressesV1 {
 }
 
 // Stored numbers of enums; never renumber.
-const ACTIONS: [AuditAction; 8] = [
+const ACTIONS: [AuditAction; 10] = [
     AuditAction::Issued,
     AuditAction::Revoked,
     AuditAction::RevokedAll,
@@ -150,6 +150,8 @@ const ACTIONS: [AuditAction; 8] = [
     AuditAction::MemberSet,
     AuditAction::MemberRemoved,
     AuditAction::InactivityWarning,
+    AuditAction::Expiring,
+    AuditAction::Expired,
 ];
 const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::Succeeded,
@@ -157,7 +159,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 22] = [
+const METHODS: [Method; 23] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -178,6 +180,7 @@ const METHODS: [Method; 22] = [
     Method::ReportUnusedPermissions,
     Method::WatchEvents,
     Method::InactivityPolicy,
+    Method::ExpiryPolicy,
     Method::ListFailedDeliveries,
     Method::RedeliverEvents,
 ];

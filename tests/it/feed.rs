@@ -543,3 +543,30 @@ async fn a_change_that_commits_late_is_not_skipped() {
     );
     assert!(got[0].cursor < got[1].cursor);
 }
+
+/// A change this replica commits wakes a caught-up watcher at once: with
+/// the poll (for other replicas' commits) an hour apart, each change still
+/// arrives within seconds, on sled and on PostgreSQL.
+#[tokio::test]
+async fn a_local_change_wakes_a_caught_up_watcher_without_waiting_for_the_poll() {
+    let server = TestServer::start_with(|config| {
+        config.audit.watch_poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let mut stream = watch(&server, watch_org("org-wake", "")).await;
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        // Long enough for the watcher to have read and gone back to waiting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let id = id_of(&issue(&server, service_token("org-wake", &["scim:read"])).await);
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the change arrives without a poll")
+            .unwrap()
+            .expect("the stream ended");
+        latencies.push(started.elapsed());
+        assert_eq!(targets_of(&message), vec![id]);
+    }
+    eprintln!("issue to watcher: {latencies:?}");
+}

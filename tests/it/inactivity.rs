@@ -260,3 +260,51 @@ async fn replicas_sharing_postgresql_revoke_each_inactive_token_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The warning and the revocation reach a watcher of the change feed, each
+/// once, as ListAuditEvents has them.
+#[tokio::test]
+async fn the_warning_and_the_revocation_are_in_the_change_feed_once() {
+    use tokenauth::proto::WatchEventsRequest;
+    let server = TestServer::start_with(short_policy).await;
+    let org = "org-inactive-feed";
+    let mut stream = server
+        .audit()
+        .watch_events(WatchEventsRequest {
+            org_id: org.into(),
+            after: String::new(),
+            actions: vec![
+                AuditAction::InactivityWarning as i32,
+                AuditAction::Revoked as i32,
+            ],
+            caller_actor: admin(org),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let idle = id_of(&issue(&server, workspace_token(org, "ws-1", &["test_api:run"])).await);
+    let mut fed = Vec::new();
+    while fed.len() < 2 {
+        let message = tokio::time::timeout(PERIOD * 4, stream.message())
+            .await
+            .expect("the warning and the revocation arrive")
+            .unwrap()
+            .unwrap();
+        fed.push(message.event.unwrap());
+    }
+    let actions: Vec<AuditAction> = fed.iter().map(AuditEvent::action).collect();
+    assert_eq!(
+        actions,
+        [AuditAction::InactivityWarning, AuditAction::Revoked]
+    );
+    assert!(
+        fed.iter()
+            .all(|e| e.target_token_ids == vec![idle.clone()] && e.method == "InactivityPolicy")
+    );
+    // Nothing more: neither is fed twice.
+    let more = tokio::time::timeout(Duration::from_millis(700), stream.message()).await;
+    assert!(more.is_err(), "unexpected: {more:?}");
+    let log = events(&server, org).await;
+    assert_eq!(about(&log, AuditAction::InactivityWarning, &idle).len(), 1);
+    server.stop().await;
+}

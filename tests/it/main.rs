@@ -12,6 +12,8 @@ mod deploy;
 mod disk_faults;
 mod docs;
 mod envoy;
+mod events_cli;
+mod expiry;
 mod ext_authz;
 mod faults;
 mod feed;

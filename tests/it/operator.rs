@@ -22,7 +22,7 @@ use crate::{
 
 /// The CLI pointed at `server` through the environment, with the
 /// control-plane credential in a mode-0600 file.
-struct Operator {
+pub(crate) struct Operator {
     _dir: tempfile::TempDir,
     server: String,
     credential: PathBuf,
@@ -30,7 +30,7 @@ struct Operator {
 }
 
 impl Operator {
-    fn new(server: &TestServer) -> Self {
+    pub(crate) fn new(server: &TestServer) -> Self {
         Self::with_url(server, format!("http://{}", server.addr()))
     }
 
@@ -49,7 +49,7 @@ impl Operator {
 
     /// Runs `tokenauth ARGS` to its end, off the runtime's thread (the
     /// server under test runs on it).
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tokenauth"));
         command
             .args(args)
@@ -66,7 +66,7 @@ impl Operator {
     }
 
     /// Runs a command that must succeed, and returns its stdout.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args).await;
         assert!(output.status.success(), "{args:?}: {}", describe(&output));
         String::from_utf8(output.stdout).unwrap()

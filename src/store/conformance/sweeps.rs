@@ -7,6 +7,7 @@ use super::{event, insert, record};
 use crate::{
     domain::{
         audit::{AuditAction, AuditQuery},
+        feed::{FeedCursor, FeedQuery},
         ids::TokenId,
     },
     store::{Store, TokenQuery},
@@ -100,6 +101,26 @@ pub async fn an_event_appended_twice_is_kept_once(store: &dyn Store) {
         .await
         .unwrap()
         .events;
-    assert_eq!(listed, vec![other, warning]);
+    assert_eq!(listed, vec![other.clone(), warning.clone()]);
     assert!(store.try_sweep_lease().await.unwrap().is_some());
+    // A warning is in the change feed once, however often it was appended,
+    // in the order first written; a refusal is not in it.
+    let refusal = event(org, 9, AuditAction::Denied, Vec::new());
+    store.append_audit(&refusal).await.unwrap();
+    store.append_audit(&other).await.unwrap();
+    // Other cases' entries share the feed: read it to its end.
+    let query = FeedQuery {
+        org_id: Some(org.into()),
+        actions: Vec::new(),
+    };
+    let (mut fed, mut after) = (Vec::new(), FeedCursor::START);
+    loop {
+        let page = store.read_feed(&query, after, 100).await.unwrap();
+        fed.extend(page.events.into_iter().map(|(_, event)| event));
+        if page.reached == after {
+            break;
+        }
+        after = page.reached;
+    }
+    assert_eq!(fed, vec![warning, other]);
 }

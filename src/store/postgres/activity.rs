@@ -48,16 +48,22 @@ pub(super) async fn insert_audit(
         )
         .await?;
     if in_feed(event.action) {
-        let statement = client
-            .prepare_cached("INSERT INTO feed (org_id, at_us, event) VALUES ($1, $2, $3)")
-            .await?;
-        client
-            .execute(
-                &statement,
-                &[&event.org_id, &event.time.as_micros(), &encode_audit(event)],
-            )
-            .await?;
+        insert_feed(client, event).await?;
     }
+    Ok(())
+}
+
+/// Writes `event`'s feed entry, in the transaction that writes the event.
+async fn insert_feed(client: &impl GenericClient, event: &AuditEvent) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached("INSERT INTO feed (org_id, at_us, event) VALUES ($1, $2, $3)")
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[&event.org_id, &event.time.as_micros(), &encode_audit(event)],
+        )
+        .await?;
     Ok(())
 }
 
@@ -123,17 +129,19 @@ pub(super) async fn read_feed(
 }
 
 /// Inserts `event` within a transaction unless its id is already in the
-/// log (see [`Store::append_audit`]: a warning may be made more than once).
+/// log (see [`Store::append_audit`]: a warning may be made more than once),
+/// with its feed entry if the feed admits it and it was not there: a
+/// second write of it writes nothing. Returns whether it wrote the entry.
 pub(super) async fn append_audit_once(
     client: &impl GenericClient,
     event: &AuditEvent,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let statement = client
         .prepare_cached(
             "INSERT INTO audit (key, id, event) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
         )
         .await?;
-    client
+    let inserted = client
         .execute(
             &statement,
             &[
@@ -143,7 +151,11 @@ pub(super) async fn append_audit_once(
             ],
         )
         .await?;
-    Ok(())
+    let fed = inserted == 1 && in_feed(event.action);
+    if fed {
+        insert_feed(client, event).await?;
+    }
+    Ok(fed)
 }
 
 /// [`Store::list_audit`].

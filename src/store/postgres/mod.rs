@@ -69,7 +69,7 @@ use tokio::{
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditPage, FeedPage, InsertOutcome, Invalidation, Lease, LeaseKey, MemberChange,
+    AuditPage, FeedBell, FeedPage, InsertOutcome, Invalidation, Lease, LeaseKey, MemberChange,
     MemberPrecondition, MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome,
     Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
@@ -79,7 +79,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, revoke_record, rotate_record},
     client_address::RecentAddresses,
-    feed::{FeedCursor, FeedQuery},
+    feed::{FeedCursor, FeedQuery, in_feed},
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -100,6 +100,8 @@ pub struct PostgresStore {
     /// member's flood of issues or RevokeAlls would otherwise take the whole
     /// pool, and with it every other organisation's calls.
     local_locks: KeyedLocks,
+    /// Rung after this replica commits feed entries (others' are polled).
+    bell: FeedBell,
 }
 
 impl Drop for PostgresStore {
@@ -171,11 +173,20 @@ impl PostgresStore {
             invalidations: Mutex::new(Some(receiver)),
             feed,
             local_locks: KeyedLocks::default(),
+            bell: FeedBell::default(),
         })
     }
 
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Passes `outcome` on, ringing the bell if it is of a committed change.
+    fn rung<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
+        if outcome.is_ok() {
+            self.bell.ring();
+        }
+        outcome
     }
 }
 
@@ -240,6 +251,7 @@ impl Store for PostgresStore {
         }
         insert_audit(&tx, event).await?;
         tx.commit().await?;
+        self.bell.ring();
         Ok(InsertOutcome::Inserted)
     }
 
@@ -326,6 +338,7 @@ impl Store for PostgresStore {
         insert_audit(&tx, event).await?;
         log_revocation(&tx, digests_of([&record])).await?;
         tx.commit().await?;
+        self.bell.ring();
         Ok(Some(Revocation {
             record,
             newly_revoked: true,
@@ -414,6 +427,9 @@ impl Store for PostgresStore {
                 break;
             }
         }
+        // Each step committed its own entries: ring for them even if the
+        // release fails.
+        self.bell.ring();
         session.release(&query.org_id).await
     }
 
@@ -453,6 +469,7 @@ impl Store for PostgresStore {
             // now have an end (or are gone).
             log_revocation(&tx, replaced).await?;
             tx.commit().await?;
+            self.bell.ring();
         }
         Ok(outcome)
     }
@@ -462,7 +479,8 @@ impl Store for PostgresStore {
         member: &Member,
         event: &AuditEvent,
     ) -> Result<MemberChange, StoreError> {
-        members::set_member(&mut self.client().await?, member, event).await
+        let outcome = members::set_member(&mut self.client().await?, member, event).await;
+        self.rung(outcome)
     }
 
     async fn remove_member(
@@ -472,7 +490,9 @@ impl Store for PostgresStore {
         event: &AuditEvent,
         revoke_event: &AuditEvent,
     ) -> Result<MemberRemoval, StoreError> {
-        members::remove_member(&mut self.client().await?, key, at, event, revoke_event).await
+        let outcome =
+            members::remove_member(&mut self.client().await?, key, at, event, revoke_event).await;
+        self.rung(outcome)
     }
 
     async fn member(&self, key: &MemberKey) -> Result<Option<Member>, StoreError> {
@@ -494,10 +514,17 @@ impl Store for PostgresStore {
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
-            .await?;
-        append_audit_once(&tx, event).await?;
+        // A refusal need not wait for the disk (see `Store::append_audit`);
+        // a fed event is a change to followers, committed as one.
+        if !in_feed(event.action) {
+            tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+                .await?;
+        }
+        let fed = append_audit_once(&tx, event).await?;
         tx.commit().await?;
+        if fed {
+            self.bell.ring();
+        }
         Ok(())
     }
 
@@ -720,7 +747,7 @@ impl Store for PostgresStore {
 
     async fn try_lease(&self, key: LeaseKey<'_>) -> Result<Option<Lease>, StoreError> {
         let (class, number): (i32, i32) = match key {
-            LeaseKey::InactivitySweep => (7414, 0),
+            LeaseKey::TokenSweep => (7414, 0),
             LeaseKey::Webhook(name) => (7415, crate::domain::webhook::lease_key(name)),
         };
         let client = self.client().await?;
@@ -754,6 +781,10 @@ impl Store for PostgresStore {
     async fn durable(&self) -> Result<(), StoreError> {
         // Every write committed synchronously before it returned.
         Ok(())
+    }
+
+    fn feed_bell(&self) -> Option<FeedBell> {
+        Some(self.bell.clone())
     }
 
     fn take_invalidations(&self) -> Option<UnboundedReceiver<Invalidation>> {

@@ -48,7 +48,7 @@ pub(super) const UNLOCK_ORG_SESSION: &str = "SELECT pg_advisory_unlock(7411, has
 pub(super) const LOCK_QUOTA: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 /// A lease's lock (`Store::try_lease`), taken for the session by the
 /// replica that does the work; another replica that finds it taken skips
-/// the work. Class 7414 with key 0: the inactivity sweep; class 7415: the
+/// the work. Class 7414 with key 0: the token sweep; class 7415: the
 /// webhook endpoints, keyed by `domain::webhook::lease_key`.
 pub(super) const TRY_LEASE_LOCK: &str = "SELECT pg_try_advisory_lock($1, $2)";
 /// A token's expiry as the live indexes order it: never-expiring tokens last.

@@ -42,9 +42,9 @@ use self::trees::{
     open_db, read_watermark,
 };
 use super::{
-    AuditPage, FeedPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval, Page,
-    PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError, TokenQuery,
-    UsagePage,
+    AuditPage, FeedBell, FeedPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval,
+    Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError,
+    TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     keys::{self, audit_key, audit_time_key},
     records::{decode_token, encode_audit},
@@ -53,7 +53,7 @@ use crate::domain::{
     audit::{AuditEvent, AuditQuery},
     changes::{RevokeAllProgress, rotate_record},
     client_address::RecentAddresses,
-    feed::{FeedCursor, FeedQuery},
+    feed::{FeedCursor, FeedQuery, in_feed},
     ids::{EventId, TokenId},
     member::{Member, MemberKey, MemberPage, MemberPageRequest},
     quota::Quotas,
@@ -139,6 +139,7 @@ impl SledStore {
             feed_next: std::sync::atomic::AtomicU64::new(feed::next_seq(
                 &db.open_tree(keys::FEED)?,
             )?),
+            bell: crate::store::FeedBell::default(),
             feed: open(keys::FEED)?,
             feed_by_org: open(keys::FEED_BY_ORG)?,
             webhook_progress: open(keys::WEBHOOK_PROGRESS)?,
@@ -523,6 +524,9 @@ impl Store for SledStore {
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let event = event.clone();
+        if in_feed(event.action) {
+            return self.write(move |t| t.append_fed_once(&event)).await;
+        }
         self.side_write(move |t| {
             (&t.audit, &t.audit_by_time)
                 .transaction(|(audit, by_time)| {
@@ -785,6 +789,10 @@ impl Store for SledStore {
 
     async fn durable(&self) -> Result<(), StoreError> {
         self.commit.durable().await
+    }
+
+    fn feed_bell(&self) -> Option<FeedBell> {
+        Some(self.trees.bell.clone())
     }
 }
 

@@ -51,6 +51,8 @@ pub(super) struct Trees {
     /// `write_lock`, which every transaction that writes the feed holds, so
     /// that sequence order is commit order.
     pub(super) feed_next: std::sync::atomic::AtomicU64,
+    /// Rung after a transaction that wrote feed entries commits.
+    pub(super) bell: crate::store::FeedBell,
     /// By resolution: minute, hour, day rows (`keys::usage_time_tree`).
     pub(super) usage_by_time: [Tree; 3],
     pub(super) usage_by_org: Tree,
@@ -476,7 +478,23 @@ impl Trees {
             .map_err(StoreError::from)?;
         self.feed_next
             .store(feed_next.get(), std::sync::atomic::Ordering::SeqCst);
+        if feed_next.get() != first {
+            self.bell.ring();
+        }
         Ok(outcome)
+    }
+
+    /// Appends `event`, which the feed admits (a lifecycle warning), with its
+    /// feed entry, unless its id is already in the log: then nothing, so that
+    /// a warning made again is fed once. Under the write lock, in a change's
+    /// transaction, so its number follows commit order as a change's does.
+    pub(super) fn append_fed_once(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.transaction(|tx| {
+            if tx.audit.get(audit_key(&event.org_id, event.id))?.is_none() {
+                tx.append_audit(event)?;
+            }
+            Ok(())
+        })
     }
 
     pub(super) fn record(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {

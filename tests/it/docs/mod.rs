@@ -254,6 +254,7 @@ fn the_operator_walkthrough_runs_as_documented() {
         "tokenauth token rotate",
         "tokenauth token revoke",
         "tokenauth audit list",
+        "tokenauth events watch",
     ] {
         assert!(ran(command), "{command} never ran: {transcript:#?}");
     }
