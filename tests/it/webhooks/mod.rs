@@ -208,3 +208,34 @@ async fn bad_endpoints_stop_the_server_with_their_name() {
             .contains("names two endpoints")
     );
 }
+
+#[tokio::test]
+async fn expiry_warnings_are_delivered_once_each_in_order() {
+    let receiver = Receiver::start(Reply::Ok).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|config| {
+        config.expiry.warn_before = vec![Duration::from_secs(2), Duration::from_secs(1)];
+        config.expiry.sweep_interval = Duration::from_millis(100);
+        config.expiry.allow_short_periods = true;
+        let mut hook = endpoint(secrets.path(), "expiry", &receiver.url);
+        hook.event_types = vec!["token.expiring".into(), "token.expired".into()];
+        config.webhooks = vec![hook];
+    })
+    .await;
+    let expiring = tokenauth::proto::IssueTokenRequest {
+        expires_at: Some((SystemTime::now() + Duration::from_secs(3)).into()),
+        ..service_token("org-e", &["scim:read"])
+    };
+    let token = issue(&server, expiring).await;
+    let delivered = receiver.wait_for_count(3).await;
+    let types: Vec<String> = delivered.iter().map(|r| r.event_type()).collect();
+    assert_eq!(types, ["token.expiring", "token.expiring", "token.expired"]);
+    assert!(
+        delivered
+            .iter()
+            .all(|r| verifies(SECRET, r)
+                && r.json()["data"]["token_ids"][0] == id_of(&token).as_str())
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.delivered().len(), 3, "each once");
+}
