@@ -109,7 +109,14 @@ impl DeliveryTask {
         // Parked deliveries queued before this replica held the lease go first.
         let mut look_for_queued = true;
         let mut queued_checked = tokio::time::Instant::now();
+        // Rung when this replica commits feed entries: delivery follows a
+        // local change at once rather than at the next poll.
+        let mut bell = self.store.feed_bell().map(|bell| bell.listen());
         loop {
+            // Marked seen before the read: a commit after it rings again.
+            if let Some(bell) = &mut bell {
+                bell.borrow_and_update();
+            }
             if !lease.is_held() {
                 return Err(StoreError::unavailable(
                     "the endpoint's lease was lost with its connection",
@@ -165,10 +172,20 @@ impl DeliveryTask {
             }
             if caught_up {
                 self.metrics.set_webhook_pending(&endpoint.name, None);
+                let rung = async {
+                    match &mut bell {
+                        Some(listener) => listener.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = stop.cancelled() => return Ok(()),
                     () = self.delivery.wake.notified() => look_for_queued = true,
                     () = tokio::time::sleep(POLL_INTERVAL) => {}
+                    open = rung => if !open {
+                        // The store is gone with its bell: poll from here on.
+                        bell = None;
+                    }
                 }
             }
         }
