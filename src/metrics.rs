@@ -130,6 +130,12 @@ pub struct Metrics {
     inactivity_tokens: opentelemetry::metrics::Counter<u64>,
     inactivity_sweep_duration: Histogram<f64>,
     expiry_events: opentelemetry::metrics::Counter<u64>,
+    webhook_attempts: opentelemetry::metrics::Counter<u64>,
+    webhook_parked: opentelemetry::metrics::Counter<u64>,
+    webhook_dropped: opentelemetry::metrics::Counter<u64>,
+    /// Per webhook endpoint: the time of the oldest event it has yet to
+    /// deliver (`None`: caught up), for the lag gauge.
+    webhook_pending: Arc<Mutex<HashMap<String, Option<crate::domain::time::Timestamp>>>>,
     rpc_names: RpcNames,
 }
 
@@ -182,6 +188,8 @@ impl Metrics {
         register_observers(&meter, &checks, &tokens);
         let connections = Arc::new(ConnectionCounters::default());
         register_connection_observers(&meter, &connections);
+        let webhook_pending = Arc::new(Mutex::new(HashMap::new()));
+        register_webhook_lag(&meter, &webhook_pending);
         let latency = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -252,6 +260,23 @@ impl Metrics {
                 )
                 .with_boundaries(SWEEP_BUCKETS.to_vec())
                 .build(),
+            webhook_attempts: meter
+                .u64_counter("tokenauth.webhook.attempts")
+                .with_description("Webhook delivery attempts, by endpoint and outcome (delivered, failed)")
+                .build(),
+            webhook_parked: meter
+                .u64_counter("tokenauth.webhook.parked")
+                .with_description(
+                    "Webhook deliveries given up after their retries and parked in the failed deliveries, by endpoint",
+                )
+                .build(),
+            webhook_dropped: meter
+                .u64_counter("tokenauth.webhook.dropped")
+                .with_description(
+                    "Parked webhook deliveries dropped (the oldest) to keep an endpoint's max_failed, by endpoint",
+                )
+                .build(),
+            webhook_pending,
             rpc_names: RpcNames::served()?,
             provider,
             registry,
@@ -362,6 +387,45 @@ impl Metrics {
     pub fn record_inactivity_sweep(&self, outcome: &'static str, seconds: f64) {
         self.inactivity_sweep_duration
             .record(seconds, &[KeyValue::new("outcome", outcome)]);
+    }
+
+    /// Counts one webhook attempt: `outcome` is `delivered` or `failed`.
+    pub fn record_webhook_attempt(&self, endpoint: &str, outcome: &'static str) {
+        self.webhook_attempts.add(
+            1,
+            &[
+                KeyValue::new("endpoint", endpoint.to_owned()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+
+    /// Counts a parked webhook delivery, and the `dropped` ones it pushed out.
+    pub fn record_webhook_parked(&self, endpoint: &str, dropped: u64) {
+        let endpoint = [KeyValue::new("endpoint", endpoint.to_owned())];
+        self.webhook_parked.add(1, &endpoint);
+        if dropped > 0 {
+            self.webhook_dropped.add(dropped, &endpoint);
+        }
+    }
+
+    /// Records the time of the oldest event `endpoint` has yet to deliver
+    /// (`None`: it is caught up), which the lag gauge reads.
+    pub fn set_webhook_pending(
+        &self,
+        endpoint: &str,
+        oldest: Option<crate::domain::time::Timestamp>,
+    ) {
+        let mut pending = self
+            .webhook_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match pending.get_mut(endpoint) {
+            Some(slot) => *slot = oldest,
+            None => {
+                pending.insert(endpoint.to_owned(), oldest);
+            }
+        }
     }
 
     pub fn set_token_counts(&self, counts: TokenCounts) {
@@ -564,6 +628,30 @@ fn register_connection_observers(meter: &Meter, connections: &Arc<ConnectionCoun
                 .clone();
             for (link, value) in links {
                 observer.observe(value, &[KeyValue::new("link", link)]);
+            }
+        })
+        .build();
+}
+
+/// `tokenauth.webhook.lag`: per endpoint, how long ago the oldest event it
+/// has yet to deliver happened; 0 when it is caught up.
+fn register_webhook_lag(
+    meter: &Meter,
+    pending: &Arc<Mutex<HashMap<String, Option<crate::domain::time::Timestamp>>>>,
+) {
+    let pending = Arc::clone(pending);
+    meter
+        .f64_observable_gauge("tokenauth.webhook.lag")
+        .with_unit("s")
+        .with_description(
+            "Per webhook endpoint, the age of the oldest event not yet delivered (0 when caught up)",
+        )
+        .with_callback(move |observer| {
+            let now = crate::domain::time::Timestamp::now().as_micros();
+            let pending = pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (endpoint, oldest) in pending {
+                let lag = oldest.map_or(0.0, |at| (now - at.as_micros()).max(0) as f64 / 1e6);
+                observer.observe(lag, &[KeyValue::new("endpoint", endpoint)]);
             }
         })
         .build();

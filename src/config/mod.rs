@@ -11,7 +11,8 @@
 //! This file holds the structs and their defaults; `env.rs` the environment
 //! overlay (`Config::load`), `policy.rs` the validation that builds the
 //! service's `Policy`, `ext_authz.rs` the `[ext_authz]` section,
-//! `inactivity.rs` the `[inactivity]` section, `expiry.rs` the `[expiry]` section, `values.rs`
+//! `inactivity.rs` the `[inactivity]` section, `expiry.rs` the `[expiry]` section,
+//! `webhooks.rs` the `[[webhooks]]` endpoints, `values.rs`
 //! how durations and listen addresses are read and printed.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -26,6 +27,7 @@ mod policy;
 #[cfg(test)]
 mod tests;
 mod values;
+pub mod webhooks;
 
 pub use values::resolve_listen;
 
@@ -85,6 +87,9 @@ pub struct Config {
     pub secret_scanning: SecretScanningConfig,
     pub inactivity: inactivity::InactivityConfig,
     pub expiry: expiry::ExpiryConfig,
+    /// `[[webhooks]]`: endpoints the change feed is delivered to (see
+    /// `config/webhooks.rs`). Default: none.
+    pub webhooks: Vec<webhooks::WebhookConfig>,
     pub health: HealthConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
@@ -115,6 +120,7 @@ impl Default for Config {
             secret_scanning: SecretScanningConfig::default(),
             inactivity: inactivity::InactivityConfig::default(),
             expiry: expiry::ExpiryConfig::default(),
+            webhooks: Vec::new(),
             health: HealthConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
@@ -727,6 +733,12 @@ impl Config {
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
         copy.store = redact_url_password(&copy.store);
+        // A receiver's URL may carry its own token in the query.
+        for hook in &mut copy.webhooks {
+            if let Some((base, _)) = hook.url.split_once('?') {
+                hook.url = format!("{base}?(redacted)");
+            }
+        }
         for credential in &mut copy.control_plane.credentials {
             let shown: String = credential.sha256.chars().take(8).collect();
             credential.sha256 = format!("{shown}... (redacted)");

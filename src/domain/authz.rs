@@ -373,6 +373,19 @@ pub fn backup(caller: &Principal) -> Verdict {
     }
 }
 
+/// May `caller` see and redeliver webhook deliveries? They span every
+/// organization an endpoint takes, so only the operator: the control plane
+/// on its own behalf, as for a backup.
+pub fn operate_webhooks(caller: &Principal) -> Verdict {
+    match caller {
+        Principal::ControlPlane { actor: None, .. } => Verdict::Allow,
+        Principal::ControlPlane { actor: Some(_), .. } => deny(
+            "webhook deliveries span organizations: the control plane manages them on its own behalf, without an actor",
+        ),
+        Principal::ServiceToken(_) => deny("a service token cannot manage webhook deliveries"),
+    }
+}
+
 /// May `caller` read organization-wide records (audit events, usage) of `org_id`?
 pub fn read_org(caller: &Principal, org_id: &str) -> Verdict {
     match caller {

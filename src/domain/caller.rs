@@ -61,6 +61,8 @@ pub enum Method {
     ListMembers,
     ReportUnusedPermissions,
     WatchEvents,
+    ListFailedDeliveries,
+    RedeliverEvents,
     /// The inactivity policy's sweep (`domain::inactivity`): no caller.
     InactivityPolicy,
     /// The expiry policy's sweep (`domain::expiry`): no caller.
@@ -89,6 +91,8 @@ impl Method {
             Method::ListMembers => "ListMembers",
             Method::ReportUnusedPermissions => "ReportUnusedPermissions",
             Method::WatchEvents => "WatchEvents",
+            Method::ListFailedDeliveries => "ListFailedDeliveries",
+            Method::RedeliverEvents => "RedeliverEvents",
             Method::InactivityPolicy => "InactivityPolicy",
             Method::ExpiryPolicy => "ExpiryPolicy",
         }

@@ -30,6 +30,7 @@ pub mod time;
 pub mod token;
 pub mod unused;
 pub mod usage;
+pub mod webhook;
 
 /// Every rule a request can break. Wrapped by `service::Error`, and turned
 /// into a `tonic::Status` in exactly one place, `api::status`.

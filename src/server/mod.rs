@@ -95,6 +95,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     // with one can fail in ways that do not name it).
     config.policy()?;
     admin_http::partner_keys(&config)?;
+    crate::config::webhooks::endpoints(&config.webhooks)?;
     let store = open_store(&config).await?;
     start_with_store(config, store).await
 }
@@ -108,6 +109,7 @@ pub async fn start_with_store(
     let policy = config.policy()?;
     let partner_keys = admin_http::partner_keys(&config)?;
     let ext_authz_policy = config.ext_authz.compile(&policy.catalogue)?;
+    let webhooks = crate::config::webhooks::endpoints(&config.webhooks)?;
     let metrics = Metrics::new(
         config.telemetry.otlp_endpoint.as_deref(),
         config.telemetry.otlp_metrics_interval,
@@ -133,14 +135,18 @@ pub async fn start_with_store(
     } else {
         TokenCache::new(&cache_settings)
     };
-    let service = Arc::new(TokenAuthority::new(
-        Arc::clone(&store),
-        cache,
-        keyring,
-        policy,
-        Arc::clone(&recorder),
-        Arc::clone(&metrics),
-    ));
+    let service = Arc::new(
+        TokenAuthority::new(
+            Arc::clone(&store),
+            cache,
+            keyring,
+            policy,
+            Arc::clone(&recorder),
+            Arc::clone(&metrics),
+        )
+        .with_webhooks(webhooks),
+    );
+    service.start_webhooks().await?;
     let ext_authz = ExtAuthz::new(Arc::clone(&service), ext_authz_policy);
     let mut background = Background::new();
     if let Some(invalidations) = invalidations {
@@ -344,6 +350,9 @@ impl Wired {
         if let Some(interval) = config.sweep_interval() {
             let sweeper = Arc::clone(&service);
             background.spawn_with_token(move |stop| sweep_tokens_until(sweeper, interval, stop));
+        }
+        for delivery in service.webhook_tasks() {
+            background.spawn_with_token(move |stop| delivery.run(stop));
         }
         if let Some(listener) = admin {
             let metrics = Arc::clone(&metrics);

@@ -1,5 +1,5 @@
 //! The server's background tasks (the usage flusher, pruning, token counts,
-//! the token sweep, the store's write probe, the admin and probe
+//! the token sweep, the webhook deliveries, the store's write probe, the admin and probe
 //! ports, the replicas' invalidation follower) in one `JoinSet`, stopped together by one
 //! `CancellationToken` once the gRPC port has drained.
 

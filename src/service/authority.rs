@@ -92,6 +92,8 @@ pub struct TokenAuthority {
     /// Where this replica's next token sweep starts, when the last one
     /// stopped at a bound.
     pub(super) sweep_resume: std::sync::Mutex<Option<TokenId>>,
+    /// The webhook endpoints this server delivers to.
+    pub(super) webhooks: Vec<Arc<super::webhooks::Delivery>>,
 }
 
 impl TokenAuthority {
@@ -122,6 +124,7 @@ impl TokenAuthority {
             recorder,
             metrics,
             watchers: Arc::default(),
+            webhooks: Vec::new(),
         }
     }
 

@@ -35,6 +35,7 @@ mod secret_scanning;
 mod sweep;
 mod unused;
 mod watchers;
+pub mod webhooks;
 
 #[cfg(test)]
 mod fixture;

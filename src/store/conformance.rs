@@ -31,9 +31,11 @@ mod client_addresses;
 mod members;
 mod previews;
 mod sweeps;
+mod webhooks;
 
 pub use self::client_addresses::client_addresses_are_merged_per_token_and_bounded;
 pub use self::previews::a_revoke_all_preview_counts_what_the_revoke_all_revokes;
+pub use self::webhooks::webhook_progress_keeps_its_cursor_and_a_bounded_list;
 
 pub use self::members::{
     a_role_change_names_the_digests_of_the_members_live_tokens,
@@ -67,6 +69,7 @@ pub const CASES: &[&str] = &[
     "unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations",
     "an_event_appended_twice_is_kept_once",
     "a_revoke_all_preview_counts_what_the_revoke_all_revokes",
+    "webhook_progress_keeps_its_cursor_and_a_bounded_list",
 ];
 
 /// Runs every case against `store`, which must be empty of the
@@ -91,6 +94,7 @@ pub async fn run_all(store: &dyn Store) {
     unrevoked_tokens_are_scanned_in_bounded_pages_across_organizations(store).await;
     an_event_appended_twice_is_kept_once(store).await;
     a_revoke_all_preview_counts_what_the_revoke_all_revokes(store).await;
+    webhook_progress_keeps_its_cursor_and_a_bounded_list(store).await;
     store.durable().await.unwrap();
 }
 

@@ -41,6 +41,10 @@ pub const FEED: &str = "feed";
 /// [org][sequence] -> nothing: an organization's entries of `feed`, so that
 /// its watchers read its own entries, not every organization's.
 pub const FEED_BY_ORG: &str = "feed_by_org";
+/// [endpoint name] -> cursor, dropped count: each webhook endpoint's progress.
+pub const WEBHOOK_PROGRESS: &str = "webhook_progress";
+/// [endpoint][cursor] -> parked delivery: each endpoint's failed deliveries.
+pub const WEBHOOK_FAILED: &str = "webhook_failed";
 /// The tokens neither revoked nor long expired, three ways (see [`live_keys`]):
 /// what quotas count and RevokeAll revokes, so that neither pays for history.
 pub const LIVE: &str = "live";

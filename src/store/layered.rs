@@ -9,9 +9,10 @@ use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 use async_trait::async_trait;
 
 use super::{
-    AuditPage, FeedPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition,
-    MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store,
-    StoreError, SweepLease, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, FailedDeliveries, FeedPage, InsertOutcome, Invalidation, Lease, LeaseKey,
+    MemberChange, MemberPrecondition, MemberRemoval, Page, PageRequest, Revocation, RevokedAll,
+    RotateOutcome, Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
+    WebhookProgress,
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
@@ -24,6 +25,7 @@ use crate::domain::{
     time::Timestamp,
     token::TokenRecord,
     usage::{UsageQuery, UsageRecord, UsageUpkeep},
+    webhook::FailedDelivery,
 };
 
 /// A [`Store`] operation, named as the `tokenauth.store.duration` metric names it.
@@ -61,7 +63,12 @@ pub enum Operation {
     ListMembers,
     CountMembers,
     ScanUnrevokedTokens,
-    TrySweepLease,
+    TryLease,
+    WebhookCursor,
+    AdvanceWebhook,
+    FailedDeliveries,
+    RequeueFailed,
+    SettleFailed,
 }
 
 impl Operation {
@@ -100,7 +107,12 @@ impl Operation {
             Self::ListMembers => "list_members",
             Self::CountMembers => "count_members",
             Self::ScanUnrevokedTokens => "scan_unrevoked_tokens",
-            Self::TrySweepLease => "try_sweep_lease",
+            Self::TryLease => "try_lease",
+            Self::WebhookCursor => "webhook_cursor",
+            Self::AdvanceWebhook => "advance_webhook",
+            Self::FailedDeliveries => "failed_deliveries",
+            Self::RequeueFailed => "requeue_failed",
+            Self::SettleFailed => "settle_failed",
         }
     }
 }
@@ -340,8 +352,8 @@ impl<H: Hook> Store for Layered<H> {
             self.inner.scan_unrevoked_tokens(after, limit)
         )
     }
-    async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
-        around!(self, TrySweepLease, self.inner.try_sweep_lease())
+    async fn try_lease(&self, key: LeaseKey<'_>) -> Result<Option<Lease>, StoreError> {
+        around!(self, TryLease, self.inner.try_lease(key))
     }
     async fn probe_write(&self) -> Result<(), StoreError> {
         around!(self, ProbeWrite, self.inner.probe_write())
@@ -354,5 +366,59 @@ impl<H: Hook> Store for Layered<H> {
     }
     fn feed_bell(&self) -> Option<super::FeedBell> {
         self.inner.feed_bell()
+    }
+}
+
+#[async_trait]
+impl<H: Hook> WebhookProgress for Layered<H> {
+    async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError> {
+        around!(self, WebhookCursor, self.inner.webhook_cursor(endpoint))
+    }
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        to: FeedCursor,
+        failed: Option<&FailedDelivery>,
+        max_parked: usize,
+    ) -> Result<u64, StoreError> {
+        around!(
+            self,
+            AdvanceWebhook,
+            self.inner.advance_webhook(endpoint, to, failed, max_parked)
+        )
+    }
+    async fn failed_deliveries(
+        &self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<FailedDeliveries, StoreError> {
+        around!(
+            self,
+            FailedDeliveries,
+            self.inner.failed_deliveries(endpoint, limit)
+        )
+    }
+    async fn requeue_failed(
+        &self,
+        endpoint: &str,
+        event_ids: Option<&[EventId]>,
+    ) -> Result<usize, StoreError> {
+        around!(
+            self,
+            RequeueFailed,
+            self.inner.requeue_failed(endpoint, event_ids)
+        )
+    }
+    async fn settle_failed(
+        &self,
+        endpoint: &str,
+        cursor: FeedCursor,
+        still_failed: Option<&FailedDelivery>,
+    ) -> Result<(), StoreError> {
+        around!(
+            self,
+            SettleFailed,
+            self.inner.settle_failed(endpoint, cursor, still_failed)
+        )
     }
 }

@@ -44,10 +44,13 @@ use crate::domain::{
     usage::{UsageQuery, UsageRecord, UsageUpkeep, roll_up},
 };
 
+mod webhooks;
+
 /// A [`Store`] that keeps everything in this process's memory.
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    webhooks: Mutex<webhooks::Webhooks>,
     /// Held by RevokeAll (exclusively) and issues (shared), per organization,
     /// as on sled: no token of an organization is issued during its RevokeAll.
     org_locks: KeyedLocks,

@@ -22,6 +22,9 @@ pub mod migrate;
 pub mod postgres;
 mod records;
 pub mod sled;
+mod webhooks;
+
+pub use webhooks::WebhookProgress;
 
 use async_trait::async_trait;
 
@@ -36,6 +39,7 @@ use crate::domain::{
     time::Timestamp,
     token::TokenRecord,
     usage::{UsageQuery, UsageRecord, UsageUpkeep},
+    webhook::FailedDelivery,
 };
 
 pub use crate::domain::changes::{
@@ -104,32 +108,69 @@ pub struct Page {
     pub next: Option<TokenId>,
 }
 
-/// The right to run a sweep on one replica at a time
-/// ([`Store::try_sweep_lease`]): whatever holds it in the store is released
-/// when this is dropped.
-pub struct SweepLease {
-    _held: Option<Box<dyn Send + Sync>>,
+/// What a [`Lease`] is the right to: work that one replica at a time does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseKey<'a> {
+    /// The token sweep (inactivity and expiry).
+    TokenSweep,
+    /// Delivering the change feed to the webhook endpoint of this name.
+    Webhook(&'a str),
 }
 
-impl SweepLease {
+/// The right to do the work of a [`LeaseKey`] on one replica at a time
+/// ([`Store::try_lease`]): whatever holds it in the store is released when
+/// this is dropped.
+pub struct Lease {
+    _held: Option<Box<dyn Send + Sync>>,
+    /// Whether what holds the lease still does (a lock's connection is open).
+    alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// The lease of the token sweep.
+pub type SweepLease = Lease;
+
+impl Lease {
     /// A lease that holds nothing: for a store no other process writes.
     pub fn local() -> Self {
-        Self { _held: None }
+        Self {
+            _held: None,
+            alive: None,
+        }
     }
 
     /// A lease that lasts as long as `held` does (a connection that holds a
-    /// lock, say).
-    pub fn holding(held: impl Send + Sync + 'static) -> Self {
+    /// lock, say), while `alive` says so.
+    pub fn holding(
+        held: impl Send + Sync + 'static,
+        alive: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
         Self {
             _held: Some(Box::new(held)),
+            alive: Some(Box::new(alive)),
         }
+    }
+
+    /// Whether the lease is still held: `false` once the store released it
+    /// (its connection closed), so that long work under it stops rather
+    /// than overlap another replica's.
+    pub fn is_held(&self) -> bool {
+        self.alive.as_ref().is_none_or(|alive| alive())
     }
 }
 
-impl std::fmt::Debug for SweepLease {
+impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SweepLease")
+        f.write_str("Lease")
     }
+}
+
+/// An endpoint's parked deliveries, and how many were dropped past its bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailedDeliveries {
+    /// In feed order.
+    pub deliveries: Vec<FailedDelivery>,
+    /// Parked deliveries dropped, oldest first, to keep the bound.
+    pub dropped: u64,
 }
 
 /// Rung each time this process commits a write with change-feed entries,
@@ -276,7 +317,7 @@ pub struct UsagePage {
 
 /// A persistent token store.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookProgress + Send + Sync + 'static {
     /// Stores a new token with its digest and index entries, and its audit
     /// event, atomically, unless that would put more live tokens under one
     /// of `quotas` than it allows: the count and the insert are one atomic
@@ -493,16 +534,24 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page, StoreError>;
 
-    /// The right to run a background sweep that one replica at a time
-    /// runs (the token sweep), if no other replica holds it now; held
-    /// until the lease is dropped, or the process dies. A store that only
-    /// this process writes grants it always. The lease spares work, it is
-    /// not what keeps the sweep's changes single: should two sweeps ever
+    /// The right to do the work of `key` (a background task that one
+    /// replica at a time runs: the token sweep, one webhook
+    /// endpoint's deliveries), if no other replica holds it now; held until
+    /// the lease is dropped, or the process dies. A store that only this
+    /// process writes grants it always. The lease spares work, it is not
+    /// what keeps the work's effects single: should two holders ever
     /// overlap (a lock lost with its connection), a token is still revoked
     /// with one event ([`Store::revoke_token`] writes it only when it
-    /// revoked) and warned with one ([`Store::append_audit`] keeps one per id).
+    /// revoked), warned with one ([`Store::append_audit`] keeps one per id),
+    /// and a webhook event delivered twice carries the same id.
+    async fn try_lease(&self, key: LeaseKey<'_>) -> Result<Option<Lease>, StoreError> {
+        let _ = key;
+        Ok(Some(Lease::local()))
+    }
+
+    /// [`Store::try_lease`] of the token sweep.
     async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
-        Ok(Some(SweepLease::local()))
+        self.try_lease(LeaseKey::TokenSweep).await
     }
 
     /// Writes and flushes a small marker: whether the store can take writes now.

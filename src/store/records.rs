@@ -159,7 +159,7 @@ const OUTCOMES: [AuditOutcome; 4] = [
     AuditOutcome::PermissionDenied,
     AuditOutcome::RetiredSecretPresented,
 ];
-const METHODS: [Method; 21] = [
+const METHODS: [Method; 23] = [
     Method::IssueToken,
     Method::GetToken,
     Method::ListTokens,
@@ -181,6 +181,8 @@ const METHODS: [Method; 21] = [
     Method::WatchEvents,
     Method::InactivityPolicy,
     Method::ExpiryPolicy,
+    Method::ListFailedDeliveries,
+    Method::RedeliverEvents,
 ];
 
 fn number_of<T: PartialEq>(table: &[T], value: &T) -> u32 {

@@ -55,3 +55,4 @@ mod tools;
 mod traces;
 mod unused;
 mod usage;
+mod webhooks;

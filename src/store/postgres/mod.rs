@@ -40,6 +40,7 @@ pub(super) mod schema;
 #[cfg(test)]
 mod tests;
 mod tokens;
+mod webhooks;
 
 pub use self::connect::{FeedTiming, PostgresSettings, Transport, transport};
 pub use self::schema::schema_version;
@@ -52,7 +53,7 @@ use self::{
     rows::{bytes16, digests_of, record_of},
     schema::migrate,
     tokens::{
-        EXPIRY, Filter, LOCK_ORG_SHARED, OrgSession, TRY_SWEEP_LOCK, log_revocation, quota_lock,
+        EXPIRY, Filter, LOCK_ORG_SHARED, OrgSession, TRY_LEASE_LOCK, log_revocation, quota_lock,
         quota_reached, revoke_all_step, update_record,
     },
 };
@@ -68,9 +69,9 @@ use tokio::{
 use tokio_postgres::NoTls;
 
 use super::{
-    AuditPage, FeedBell, FeedPage, InsertOutcome, Invalidation, MemberChange, MemberPrecondition,
-    MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store,
-    StoreError, SweepLease, TokenCounts, TokenQuery, UsagePage,
+    AuditPage, FeedBell, FeedPage, InsertOutcome, Invalidation, Lease, LeaseKey, MemberChange,
+    MemberPrecondition, MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome,
+    Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
     records::{encode_token, kind_number, kind_of},
 };
@@ -744,14 +745,25 @@ impl Store for PostgresStore {
         Ok(Page { tokens, next })
     }
 
-    async fn try_sweep_lease(&self) -> Result<Option<SweepLease>, StoreError> {
+    async fn try_lease(&self, key: LeaseKey<'_>) -> Result<Option<Lease>, StoreError> {
+        let (class, number): (i32, i32) = match key {
+            LeaseKey::TokenSweep => (7414, 0),
+            LeaseKey::Webhook(name) => (7415, crate::domain::webhook::lease_key(name)),
+        };
         let client = self.client().await?;
-        let held: bool = client.query_one(TRY_SWEEP_LOCK, &[]).await?.try_get(0)?;
+        let held: bool = client
+            .query_one(TRY_LEASE_LOCK, &[&class, &number])
+            .await?
+            .try_get(0)?;
         // The lock is the session's: it lasts as long as the connection,
         // which the lease takes out of the pool and closes when dropped (the
         // server then releases the lock, as it does when this process dies).
         // Back in the pool, the connection would hold it for good.
-        Ok(held.then(|| SweepLease::holding(deadpool_postgres::Client::take(client))))
+        Ok(held.then(|| {
+            let connection = std::sync::Arc::new(deadpool_postgres::Client::take(client));
+            let probe = std::sync::Arc::clone(&connection);
+            Lease::holding(connection, move || !probe.is_closed())
+        }))
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {

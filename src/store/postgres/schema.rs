@@ -143,6 +143,27 @@ CREATE INDEX feed_by_org ON feed (org_id, xact, seq);
 CREATE INDEX feed_by_time ON feed (at_us);
 ",
     ),
+    (
+        7,
+        // Webhook delivery (`webhooks.rs`): each endpoint's cursor in the
+        // feed and count of parked deliveries dropped past its bound, and
+        // its parked deliveries by cursor (`store::webhooks`' codec).
+        r"
+CREATE TABLE webhook_progress (
+    endpoint     text PRIMARY KEY,
+    cursor_major bigint NOT NULL,
+    cursor_minor bigint NOT NULL,
+    dropped      bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE webhook_failed (
+    endpoint     text NOT NULL,
+    cursor_major bigint NOT NULL,
+    cursor_minor bigint NOT NULL,
+    record       bytea NOT NULL,
+    PRIMARY KEY (endpoint, cursor_major, cursor_minor)
+);
+",
+    ),
 ];
 
 /// The schema version this binary knows.

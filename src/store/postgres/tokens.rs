@@ -46,10 +46,11 @@ pub(super) const UNLOCK_ORG_SESSION: &str = "SELECT pg_advisory_unlock(7411, has
 /// transaction, before they count: two of them never both see the last
 /// free slot.
 pub(super) const LOCK_QUOTA: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-/// The token sweep's lock (class 7414, a key of 0), taken for the
-/// session by the replica that sweeps; another replica that finds it taken
-/// skips its sweep (`Store::try_sweep_lease`).
-pub(super) const TRY_SWEEP_LOCK: &str = "SELECT pg_try_advisory_lock(7414, 0)";
+/// A lease's lock (`Store::try_lease`), taken for the session by the
+/// replica that does the work; another replica that finds it taken skips
+/// the work. Class 7414 with key 0: the token sweep; class 7415: the
+/// webhook endpoints, keyed by `domain::webhook::lease_key`.
+pub(super) const TRY_LEASE_LOCK: &str = "SELECT pg_try_advisory_lock($1, $2)";
 /// A token's expiry as the live indexes order it: never-expiring tokens last.
 pub(super) const EXPIRY: &str = "COALESCE(expires_at_us, 9223372036854775807)";
 

@@ -34,6 +34,7 @@ mod group_commit;
 mod members;
 mod trees;
 mod usage;
+mod webhooks;
 
 use self::group_commit::GroupCommit;
 use self::trees::{
@@ -141,6 +142,8 @@ impl SledStore {
             bell: crate::store::FeedBell::default(),
             feed: open(keys::FEED)?,
             feed_by_org: open(keys::FEED_BY_ORG)?,
+            webhook_progress: open(keys::WEBHOOK_PROGRESS)?,
+            webhook_failed: open(keys::WEBHOOK_FAILED)?,
             usage_by_time: [
                 open(keys::usage_time_tree(Resolution::Minute))?,
                 open(keys::usage_time_tree(Resolution::Hour))?,

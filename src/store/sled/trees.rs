@@ -45,6 +45,8 @@ pub(super) struct Trees {
     pub(super) audit_by_time: Tree,
     pub(super) feed: Tree,
     pub(super) feed_by_org: Tree,
+    pub(super) webhook_progress: Tree,
+    pub(super) webhook_failed: Tree,
     /// The change feed's next sequence number. Read and advanced only under
     /// `write_lock`, which every transaction that writes the feed holds, so
     /// that sequence order is commit order.

@@ -54,6 +54,7 @@ const DOCUMENTS: &[&str] = &[
     "docs/operate/configuration.md",
     "docs/operate/cli.md",
     "docs/operate/observability.md",
+    "docs/operate/webhooks.md",
     "docs/operate/tls.md",
     "docs/operate/backup-restore.md",
     "docs/operate/pepper.md",
@@ -156,6 +157,10 @@ const RUN_BY_THEIR_OWN_TEST: &[(&str, &str)] = &[
     (
         crate::secret_scanning::DOCUMENT,
         "secret_scanning::the_documented_example_runs_as_shown",
+    ),
+    (
+        crate::webhooks::docs::DOCUMENT,
+        "webhooks::docs::the_documented_examples_run_against_a_real_delivery",
     ),
 ];
 

@@ -1,0 +1,129 @@
+//! Two replicas on one PostgreSQL database, both configured with the same
+//! endpoint: one delivers at a time (the endpoint's lease), so each event
+//! arrives once in the normal case, in feed order whichever replica wrote
+//! it; when the delivering replica stops, the other takes over.
+
+use std::time::Duration;
+
+use super::receiver::{Receiver, Reply, endpoint};
+use crate::{
+    harness::{TestServer, id_of, issue, service_token},
+    pg::PgCluster,
+};
+
+#[tokio::test]
+async fn two_replicas_deliver_each_event_once_and_take_over() {
+    let receiver = Receiver::start(Reply::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("pepper");
+    tokenauth::pepper::create(&pepper).unwrap();
+    let cluster = PgCluster::start();
+    let hook = endpoint(dir.path(), "shared", &receiver.url);
+    let url = cluster.url();
+    let replica = |hook: tokenauth::config::webhooks::WebhookConfig| {
+        TestServer::start_replica(&url, &pepper, move |config| {
+            config.webhooks = vec![hook];
+        })
+    };
+    // The first replica takes the lease before the second exists.
+    let first = replica(hook.clone()).await;
+    let mut issued = vec![issue(&first, service_token("org-2r", &["scim:read"])).await];
+    receiver.wait_for_count(1).await;
+    let second = replica(hook).await;
+    for n in 0..10 {
+        let on = if n % 2 == 0 { &first } else { &second };
+        issued.push(issue(on, service_token("org-2r", &["scim:read"])).await);
+    }
+    let delivered = receiver.wait_for_count(issued.len()).await;
+    // Time for a second replica's duplicate, were there one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.delivered().len(), issued.len(), "each event once");
+    for (received, token) in delivered.iter().zip(&issued) {
+        assert_eq!(received.json()["data"]["token_ids"][0], id_of(token));
+    }
+
+    // The delivering replica stops; the other takes the lease over.
+    first.stop().await;
+    let later = issue(&second, service_token("org-2r", &["scim:read"])).await;
+    let delivered = receiver.wait_for_count(issued.len() + 1).await;
+    assert_eq!(
+        delivered.last().unwrap().json()["data"]["token_ids"][0],
+        id_of(&later)
+    );
+}
+
+/// The lock behind a lease lives with its connection: when the database
+/// ends that connection (a failover, an administrator) while the replica
+/// lives on, the replica stops delivering and one replica takes the lease
+/// again, so deliveries go on without both sending them.
+#[tokio::test]
+async fn a_lease_lost_with_its_connection_is_taken_again() {
+    let receiver = Receiver::start(Reply::Slow(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("pepper");
+    tokenauth::pepper::create(&pepper).unwrap();
+    let cluster = PgCluster::start();
+    let hook = endpoint(dir.path(), "severed", &receiver.url);
+    let url = cluster.url();
+    let replica = |hook: tokenauth::config::webhooks::WebhookConfig| {
+        TestServer::start_replica(&url, &pepper, move |config| {
+            config.webhooks = vec![hook];
+        })
+    };
+    let first = replica(hook.clone()).await;
+    let second = replica(hook).await;
+    let mut issued = vec![issue(&first, service_token("org-ls", &["scim:read"])).await];
+    receiver.wait_for_count(1).await;
+
+    let admin = cluster.client().await;
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = 7415",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "one connection held the endpoint's lock");
+    let holders = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7415",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // Until a replica takes the lease again: from then on, a replica that
+    // went on delivering without it would send every event a second time.
+    let deadline = tokio::time::Instant::now() + super::receiver::PATIENCE;
+    while holders().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never taken again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..6 {
+        let on = if n % 2 == 0 { &first } else { &second };
+        issued.push(issue(on, service_token("org-ls", &["scim:read"])).await);
+    }
+    let delivered = receiver
+        .wait_for("every event after the lock was lost", |d| {
+            issued.iter().all(|token| {
+                d.iter()
+                    .any(|r| r.json()["data"]["token_ids"][0] == id_of(token).as_str())
+            })
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.delivered().len(), delivered.len());
+    assert!(
+        delivered.len() <= issued.len() + 1,
+        "at most the event in flight twice: {}",
+        delivered.len()
+    );
+    assert_eq!(holders().await, 1, "one replica holds the lease");
+}
