@@ -40,6 +40,13 @@ pub enum Reply {
     Slow(u64),
 }
 
+impl Reply {
+    /// Whether the answer is a 2xx.
+    fn succeeds(self) -> bool {
+        matches!(self, Reply::Ok | Reply::EndlessBody | Reply::Slow(_))
+    }
+}
+
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -48,6 +55,9 @@ pub struct Received {
     pub signature: String,
     pub body: Vec<u8>,
     pub reply: Reply,
+    /// When it arrived: the benchmark's delivery lag is measured to it.
+    #[allow(dead_code)] // for benches/webhooks.rs, which shares this file
+    pub at: std::time::SystemTime,
 }
 
 impl Received {
@@ -106,11 +116,22 @@ impl Receiver {
         self.script.lock().unwrap().received.clone()
     }
 
+    /// How many requests were answered 2xx, without copying them.
+    #[allow(dead_code)] // for benches/webhooks.rs, which shares this file
+    pub fn delivered_count(&self) -> usize {
+        let script = self.script.lock().unwrap();
+        script
+            .received
+            .iter()
+            .filter(|r| r.reply.succeeds())
+            .count()
+    }
+
     /// The requests answered 2xx.
     pub fn delivered(&self) -> Vec<Received> {
         self.received()
             .into_iter()
-            .filter(|r| matches!(r.reply, Reply::Ok | Reply::EndlessBody | Reply::Slow(_)))
+            .filter(|r| r.reply.succeeds())
             .collect()
     }
 
@@ -162,6 +183,7 @@ async fn receive(
             signature: header("webhook-signature"),
             body: body.to_vec(),
             reply,
+            at: std::time::SystemTime::now(),
         });
         reply
     };
