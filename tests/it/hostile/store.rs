@@ -572,6 +572,7 @@ async fn a_database_of_schema_version_1_gets_the_live_indexes() {
              DROP INDEX usage_by_resolution; ALTER TABLE usage DROP COLUMN resolution; \
              CREATE INDEX usage_by_minute ON usage (minute_us); DROP TABLE members; \
              DROP TABLE client_addresses; DROP TABLE feed; \
+             DROP TABLE webhook_progress; DROP TABLE webhook_failed; \
              DELETE FROM tokenauth_schema WHERE version > 1;",
         )
         .await
