@@ -8,6 +8,11 @@
 //! `cargo bench --bench webhooks` (BENCH_EVENTS, default 5,000, sizes the
 //! burst; BENCH_RATE, default 100, and BENCH_SECONDS, default 10, the
 //! steady phase); it prints Markdown.
+//!
+//! The floor, measured in the same run against the same receiver: a plain
+//! hyper HTTP/1.1 client POSTing a body of the same size, one request at a
+//! time, each on a new connection (as tokenauth's deliveries are), with no
+//! store, feed or signing: what loopback HTTP and the receiver allow.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -65,6 +70,35 @@ fn lag_row(phase: &str, events: usize, per_second: f64, lags: &Histogram<u64>) {
         ms(0.99),
         lags.max() as f64 / 1000.0
     );
+}
+
+/// The floor: `n` POSTs of `body` to `url`, one at a time, each on a new
+/// connection; returns requests per second.
+async fn floor(url: &str, body: &[u8], n: usize) -> f64 {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let target: hyper::Uri = url.parse().unwrap();
+    let authority = target.authority().unwrap().to_string();
+    let started = Instant::now();
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::post(target.path())
+            .header(hyper::header::HOST, &authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONNECTION, "close")
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert!(response.status().is_success());
+    }
+    n as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Waits until the receiver holds `n` deliveries (at most `patience`).
@@ -155,16 +189,32 @@ async fn main() {
         worker.await.unwrap();
     }
     let issue_seconds = started.elapsed().as_secs_f64();
+    let issue_ended = SystemTime::now();
     let received = delivered(&receiver, burst, Duration::from_secs(600)).await;
     let first = received.iter().map(|r| r.at).min().unwrap();
     let last = received.iter().map(|r| r.at).max().unwrap();
     let spread = last.duration_since(first).unwrap().as_secs_f64();
+    let delivered_per_second = burst as f64 / spread;
     lag_row(
         "burst, 16 IssueTokens in flight",
         burst,
-        burst as f64 / spread,
+        delivered_per_second,
         &lags(&received),
     );
+    // The rate once the issuance stopped competing for the two cores.
+    let after: Vec<SystemTime> = received
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at > issue_ended)
+        .collect();
+    let drain_per_second = match after.iter().max() {
+        Some(end) if after.len() > 1 => {
+            after.len() as f64 / end.duration_since(issue_ended).unwrap().as_secs_f64()
+        }
+        _ => f64::NAN,
+    };
+    let floor_per_second = floor(&receiver.url, &received[0].body, burst).await;
+    let body_bytes = received[0].body.len();
 
     // Steady: `rate` IssueTokens a second while Check runs 16 in flight.
     let checked = {
@@ -227,6 +277,16 @@ async fn main() {
         steady,
         steady as f64 / span.as_secs_f64(),
         &lags(&steady_received),
+    );
+    println!(
+        "\nFloor (a plain hyper client, {burst} POSTs of a {}-byte body, one at a time, each on \
+         a new connection, to the same receiver): {floor_per_second:.0} per second. The burst's \
+         delivery rate is {:.2}× the floor's; after the last IssueToken returned ({} events \
+         left), {drain_per_second:.0} per second, {:.2}× the floor's.",
+        body_bytes,
+        delivered_per_second / floor_per_second,
+        after.len(),
+        drain_per_second / floor_per_second
     );
     println!(
         "\nThe burst's IssueTokens took {issue_seconds:.2} s ({:.0} calls/s); \
