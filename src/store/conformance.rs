@@ -505,6 +505,9 @@ pub async fn the_feed_holds_each_change_in_order_and_no_refusal(store: &dyn Stor
         one.reached > FeedCursor::START,
         "a read of one entry moves on"
     );
+    assert_eq!(one.examined, 1, "a full page says so");
+    let end = store.read_feed(&of_org, page.reached, 100).await.unwrap();
+    assert_eq!(end.examined, 0, "nothing past the end");
 
     // Another organization's reader sees none of it.
     let other = FeedQuery {
@@ -525,6 +528,7 @@ async fn read_feed_to_end(
     let mut all = crate::store::FeedPage {
         events: Vec::new(),
         reached: after,
+        examined: 0,
     };
     loop {
         let page = store.read_feed(query, all.reached, 100).await.unwrap();

@@ -598,6 +598,7 @@ impl Store for MemoryStore {
         let mut page = FeedPage {
             events: Vec::new(),
             reached: after,
+            examined: 0,
         };
         if after.major > 0 {
             return Ok(page);
@@ -609,6 +610,7 @@ impl Store for MemoryStore {
                 minor: seq,
             };
             page.reached = cursor;
+            page.examined += 1;
             if query.matches(event) {
                 page.events.push((cursor, event.clone()));
             }

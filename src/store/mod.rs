@@ -305,6 +305,9 @@ pub struct FeedPage {
     /// How far the read went, matching or not: the next read starts after
     /// it (it skips what the query filtered out).
     pub reached: FeedCursor,
+    /// How many entries the read examined, matching or not: fewer than
+    /// the limit asked means it reached the end of the feed as it was.
+    pub examined: usize,
 }
 
 /// One page of usage records, oldest bucket first.

@@ -44,6 +44,11 @@ const PAGE: usize = 200;
 /// replica), besides when it is woken: reading the parked list at every
 /// poll would decode up to `max_failed` records five times a second.
 const QUEUED_POLL: Duration = Duration::from_secs(5);
+/// The least time between two reads of a caught-up endpoint woken by this
+/// replica's commits: each read may record the endpoint's progress (a
+/// flushed write), so under a flood of changes it takes many a read rather
+/// than one read and one write per commit.
+const WAKE_SPACING: Duration = Duration::from_millis(50);
 
 /// An endpoint, and what wakes its task (a redelivery asked for).
 pub struct Delivery {
@@ -117,6 +122,7 @@ impl DeliveryTask {
             if let Some(bell) = &mut bell {
                 bell.borrow_and_update();
             }
+            let read_at = tokio::time::Instant::now();
             if !lease.is_held() {
                 return Err(StoreError::unavailable(
                     "the endpoint's lease was lost with its connection",
@@ -161,7 +167,10 @@ impl DeliveryTask {
                     );
                 }
             }
-            let caught_up = page.reached == cursor;
+            // Caught up when the read found the end of the feed: not when
+            // it skipped entries, else each entry a flood adds meanwhile
+            // would make the next read (and progress write) at once.
+            let caught_up = page.examined < PAGE;
             if page.reached > cursor {
                 // Past events this endpoint does not take: recorded once a
                 // page, so that a restart does not read them again.
@@ -182,7 +191,9 @@ impl DeliveryTask {
                     () = stop.cancelled() => return Ok(()),
                     () = self.delivery.wake.notified() => look_for_queued = true,
                     () = tokio::time::sleep(POLL_INTERVAL) => {}
-                    open = rung => if !open {
+                    open = rung => if open {
+                        tokio::time::sleep_until(read_at + WAKE_SPACING).await;
+                    } else {
                         // The store is gone with its bell: poll from here on.
                         bell = None;
                     }

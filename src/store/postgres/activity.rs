@@ -112,6 +112,7 @@ pub(super) async fn read_feed(
     let mut page = FeedPage {
         events: Vec::new(),
         reached: after,
+        examined: rows.len(),
     };
     let corrupt = || StoreError::Corrupt("feed position".into());
     for row in rows {

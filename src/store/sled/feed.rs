@@ -49,12 +49,14 @@ pub(super) fn read(
         return Ok(FeedPage {
             events: Vec::new(),
             reached: after,
+            examined: 0,
         });
     }
     let start = after.minor.saturating_add(1).to_be_bytes();
     let mut page = FeedPage {
         events: Vec::new(),
         reached: after,
+        examined: 0,
     };
     let mut take = |seq: u64, value: Option<sled::IVec>| -> Result<(), StoreError> {
         let cursor = FeedCursor {
@@ -62,6 +64,7 @@ pub(super) fn read(
             minor: seq,
         };
         page.reached = cursor;
+        page.examined += 1;
         // An entry pruned between the index and the read is past retention.
         if let Some(value) = value {
             let event = decode_audit(&value)?;
