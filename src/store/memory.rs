@@ -618,6 +618,17 @@ impl Store for MemoryStore {
         Ok(page)
     }
 
+    async fn feed_end(&self) -> Result<FeedCursor, StoreError> {
+        let state = self.state.lock();
+        Ok(state
+            .feed
+            .last_key_value()
+            .map_or(FeedCursor::START, |(&seq, _)| FeedCursor {
+                major: 0,
+                minor: seq,
+            }))
+    }
+
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         let end = EventId::first_at(before);
         let mut state = self.state.lock();

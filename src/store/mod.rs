@@ -467,6 +467,26 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
         Err(StoreError::Unsupported("this store keeps no change feed"))
     }
 
+    /// The cursor of the feed's last entry that [`Store::read_feed`] would
+    /// serve now ([`FeedCursor::START`] for an empty feed): where a new
+    /// consumer starts, to get only what commits later. The default reads
+    /// the whole feed through; a backend that can look at its end does.
+    async fn feed_end(&self) -> Result<FeedCursor, StoreError> {
+        // A query nothing matches (refusals are never in the feed).
+        let nothing = FeedQuery {
+            org_id: None,
+            actions: vec![crate::domain::audit::AuditAction::Denied],
+        };
+        let mut end = FeedCursor::START;
+        loop {
+            let page = self.read_feed(&nothing, end, 5_000).await?;
+            if page.reached == end {
+                return Ok(end);
+            }
+            end = page.reached;
+        }
+    }
+
     /// Deletes events older than `before`; returns how many.
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError>;
 

@@ -19,8 +19,7 @@ use super::{
 };
 use crate::{
     domain::{
-        audit::AuditAction,
-        feed::{FeedCursor, FeedQuery},
+        feed::FeedCursor,
         ids::EventId,
         time::Timestamp,
         webhook::{FailedDelivery, MAX_ERROR_BYTES, payload},
@@ -310,20 +309,9 @@ pub(super) async fn start_position(
     if let Some(cursor) = store.webhook_cursor(&endpoint.name).await? {
         return Ok(cursor);
     }
-    // Read through with a query nothing matches (refusals are never in the
-    // feed): once per new endpoint.
-    let nothing = FeedQuery {
-        org_id: None,
-        actions: vec![AuditAction::Denied],
-    };
-    let mut end = FeedCursor::START;
-    loop {
-        let page = store.read_feed(&nothing, end, 5_000).await?;
-        if page.reached == end {
-            break;
-        }
-        end = page.reached;
-    }
+    // The end itself, not a read through the feed: a start's cost must not
+    // grow with the history kept.
+    let end = store.feed_end().await?;
     store
         .advance_webhook(&endpoint.name, end, None, endpoint.max_failed)
         .await?;

@@ -28,6 +28,14 @@ pub(super) fn next_seq(feed: &Tree) -> Result<u64, StoreError> {
     })
 }
 
+/// The cursor of the last entry (pruning keeps it, see [`next_seq`]).
+pub(super) fn end(feed: &Tree) -> Result<FeedCursor, StoreError> {
+    Ok(FeedCursor {
+        major: 0,
+        minor: next_seq(feed)? - 1,
+    })
+}
+
 /// The `feed_by_org` key of entry `seq` of `org`.
 pub(super) fn org_key(org: &str, seq: u64) -> Vec<u8> {
     let mut key = keys::prefix(&[org]);
