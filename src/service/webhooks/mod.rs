@@ -46,7 +46,8 @@ impl Target {
     /// Reads an `http://` or `https://` URL; refuses one with credentials
     /// in it (they would travel in every log of every proxy on the way).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: ::http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+        // Not quoted: its query or user part may hold a secret.
+        let uri: ::http::Uri = url.parse().map_err(|_| "is not a URL".to_owned())?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
