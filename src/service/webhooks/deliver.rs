@@ -62,6 +62,18 @@ pub struct DeliveryTask {
     pub(super) metrics: Arc<Metrics>,
 }
 
+/// Whether a failed attempt is tried again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// With backoff until `max_age`: an event of the feed.
+    UpToMaxAge,
+    /// Not: a parked delivery an operator asked for again, most often one
+    /// the receiver keeps refusing, which must not hold back the feed for
+    /// another `max_age` (each of up to `max_failed` of them); it is parked
+    /// again at once, for the operator to ask again.
+    No,
+}
+
 /// How trying to deliver one event ended.
 enum Outcome {
     Delivered,
@@ -147,7 +159,10 @@ impl DeliveryTask {
                 self.metrics
                     .set_webhook_pending(&endpoint.name, Some(event.time));
                 let body = payload(kind, &event, at);
-                let failed = match self.attempt(event.id, kind, at, &body, stop).await {
+                let failed = match self
+                    .attempt(event.id, kind, at, &body, Retry::UpToMaxAge, stop)
+                    .await
+                {
                     Outcome::Delivered => None,
                     Outcome::GaveUp(failed) => Some(failed),
                     Outcome::Stopped => return Ok(()),
@@ -216,6 +231,7 @@ impl DeliveryTask {
                     &failed.event_type,
                     failed.cursor,
                     &failed.payload,
+                    Retry::No,
                     stop,
                 )
                 .await;
@@ -235,14 +251,15 @@ impl DeliveryTask {
         Ok(true)
     }
 
-    /// Tries to deliver one event until it succeeds, is too old to retry,
-    /// or the server stops.
+    /// Tries to deliver one event until it succeeds, is too old to retry
+    /// (or, with [`Retry::No`], fails once), or the server stops.
     async fn attempt(
         &self,
         id: EventId,
         event_type: &str,
         cursor: FeedCursor,
         body: &[u8],
+        retry: Retry,
         stop: &CancellationToken,
     ) -> Outcome {
         let endpoint = &self.delivery.endpoint;
@@ -274,9 +291,10 @@ impl DeliveryTask {
             let error = crate::domain::audit::clip(&error, MAX_ERROR_BYTES).to_owned();
             tracing::info!(endpoint = endpoint.name, event_id = %id, attempts, %error, "webhook attempt failed");
             let delay = endpoint.retry.delay(attempts, jitter());
-            if !endpoint
-                .retry
-                .allows(first_attempt, Timestamp::now().saturating_add(delay))
+            if retry == Retry::No
+                || !endpoint
+                    .retry
+                    .allows(first_attempt, Timestamp::now().saturating_add(delay))
             {
                 return Outcome::GaveUp(FailedDelivery {
                     event_id: id,
