@@ -479,6 +479,12 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }
+    // As the server checks them at start (their files read): a check that
+    // passes a config the server refuses would be no check.
+    if let Err(error) = tokenauth::config::webhooks::endpoints(&config.webhooks) {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
     match toml::to_string(&config.redacted()) {
         Ok(text) => {
             print!("{text}");

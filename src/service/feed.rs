@@ -127,7 +127,10 @@ impl TokenAuthority {
                         permit.send(Ok((cursor, event)));
                     }
                 }
-                let caught_up = page.reached == position;
+                // At the end when the read found less than a page: not
+                // when it skipped entries (a filter), else each change a
+                // flood adds meanwhile would make the next read at once.
+                let caught_up = page.examined < FEED_PAGE;
                 position = page.reached;
                 if caught_up {
                     tokio::select! {

@@ -136,7 +136,8 @@ fn record(org: &str, n: u32) -> TokenRecord {
     }
 }
 
-fn event(org: &str, n: u128, action: AuditAction, targets: Vec<TokenId>) -> AuditEvent {
+/// An event of `org`, the `n`th (ids and times follow `n`).
+pub(crate) fn event(org: &str, n: u128, action: AuditAction, targets: Vec<TokenId>) -> AuditEvent {
     AuditEvent {
         id: EventId::from_bytes(((u128::from(org_tag(org)) << 64) | (n + 1)).to_be_bytes()),
         time: Timestamp::from_micros(1_000 + n as i64),
@@ -505,6 +506,9 @@ pub async fn the_feed_holds_each_change_in_order_and_no_refusal(store: &dyn Stor
         one.reached > FeedCursor::START,
         "a read of one entry moves on"
     );
+    assert_eq!(one.examined, 1, "a full page says so");
+    let end = store.read_feed(&of_org, page.reached, 100).await.unwrap();
+    assert_eq!(end.examined, 0, "nothing past the end");
 
     // Another organization's reader sees none of it.
     let other = FeedQuery {
@@ -513,6 +517,14 @@ pub async fn the_feed_holds_each_change_in_order_and_no_refusal(store: &dyn Stor
     };
     let page = read_feed_to_end(store, &other, FeedCursor::START).await;
     assert!(page.events.is_empty());
+
+    let everything = read_feed_to_end(store, &FeedQuery::default(), FeedCursor::START).await;
+    assert!(everything.reached >= cursors[2]);
+    assert_eq!(
+        store.feed_end().await.unwrap(),
+        everything.reached,
+        "the feed's end is its last entry"
+    );
 }
 
 /// Every entry of the feed after `after` matching `query`, read in pages of
@@ -525,6 +537,7 @@ async fn read_feed_to_end(
     let mut all = crate::store::FeedPage {
         events: Vec::new(),
         reached: after,
+        examined: 0,
     };
     loop {
         let page = store.read_feed(query, all.reached, 100).await.unwrap();

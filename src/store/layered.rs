@@ -42,6 +42,7 @@ pub enum Operation {
     AppendAudit,
     ListAudit,
     ReadFeed,
+    FeedEnd,
     PruneAudit,
     RecordUsage,
     ListUsage,
@@ -86,6 +87,7 @@ impl Operation {
             Self::AppendAudit => "append_audit",
             Self::ListAudit => "list_audit",
             Self::ReadFeed => "read_feed",
+            Self::FeedEnd => "feed_end",
             Self::PruneAudit => "prune_audit",
             Self::RecordUsage => "record_usage",
             Self::ListUsage => "list_usage",
@@ -285,6 +287,9 @@ impl<H: Hook> Store for Layered<H> {
         limit: usize,
     ) -> Result<FeedPage, StoreError> {
         around!(self, ReadFeed, self.inner.read_feed(query, after, limit))
+    }
+    async fn feed_end(&self) -> Result<FeedCursor, StoreError> {
+        around!(self, FeedEnd, self.inner.feed_end())
     }
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         around!(self, PruneAudit, self.inner.prune_audit(before))

@@ -598,6 +598,7 @@ impl Store for MemoryStore {
         let mut page = FeedPage {
             events: Vec::new(),
             reached: after,
+            examined: 0,
         };
         if after.major > 0 {
             return Ok(page);
@@ -609,11 +610,23 @@ impl Store for MemoryStore {
                 minor: seq,
             };
             page.reached = cursor;
+            page.examined += 1;
             if query.matches(event) {
                 page.events.push((cursor, event.clone()));
             }
         }
         Ok(page)
+    }
+
+    async fn feed_end(&self) -> Result<FeedCursor, StoreError> {
+        let state = self.state.lock();
+        Ok(state
+            .feed
+            .last_key_value()
+            .map_or(FeedCursor::START, |(&seq, _)| FeedCursor {
+                major: 0,
+                minor: seq,
+            }))
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {

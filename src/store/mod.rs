@@ -305,6 +305,9 @@ pub struct FeedPage {
     /// How far the read went, matching or not: the next read starts after
     /// it (it skips what the query filtered out).
     pub reached: FeedCursor,
+    /// How many entries the read examined, matching or not: fewer than
+    /// the limit asked means it reached the end of the feed as it was.
+    pub examined: usize,
 }
 
 /// One page of usage records, oldest bucket first.
@@ -462,6 +465,26 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
     ) -> Result<FeedPage, StoreError> {
         let _ = (query, after, limit);
         Err(StoreError::Unsupported("this store keeps no change feed"))
+    }
+
+    /// The cursor of the feed's last entry that [`Store::read_feed`] would
+    /// serve now ([`FeedCursor::START`] for an empty feed): where a new
+    /// consumer starts, to get only what commits later. The default reads
+    /// the whole feed through; a backend that can look at its end does.
+    async fn feed_end(&self) -> Result<FeedCursor, StoreError> {
+        // A query nothing matches (refusals are never in the feed).
+        let nothing = FeedQuery {
+            org_id: None,
+            actions: vec![crate::domain::audit::AuditAction::Denied],
+        };
+        let mut end = FeedCursor::START;
+        loop {
+            let page = self.read_feed(&nothing, end, 5_000).await?;
+            if page.reached == end {
+                return Ok(end);
+            }
+            end = page.reached;
+        }
     }
 
     /// Deletes events older than `before`; returns how many.

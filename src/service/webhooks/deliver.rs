@@ -20,8 +20,7 @@ use super::{
 };
 use crate::{
     domain::{
-        audit::AuditAction,
-        feed::{FeedCursor, FeedQuery},
+        feed::FeedCursor,
         ids::EventId,
         time::Timestamp,
         webhook::{FailedDelivery, MAX_ERROR_BYTES, payload},
@@ -45,6 +44,11 @@ const PAGE: usize = 200;
 /// replica), besides when it is woken: reading the parked list at every
 /// poll would decode up to `max_failed` records five times a second.
 const QUEUED_POLL: Duration = Duration::from_secs(5);
+/// The least time between two reads of a caught-up endpoint woken by this
+/// replica's commits: each read may record the endpoint's progress (a
+/// flushed write), so under a flood of changes it takes many a read rather
+/// than one read and one write per commit.
+const WAKE_SPACING: Duration = Duration::from_millis(50);
 
 /// An endpoint, and what wakes its task (a redelivery asked for).
 pub struct Delivery {
@@ -57,6 +61,18 @@ pub struct DeliveryTask {
     pub(super) delivery: Arc<Delivery>,
     pub(super) store: Arc<dyn Store>,
     pub(super) metrics: Arc<Metrics>,
+}
+
+/// Whether a failed attempt is tried again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// With backoff until `max_age`: an event of the feed.
+    UpToMaxAge,
+    /// Not: a parked delivery an operator asked for again, most often one
+    /// the receiver keeps refusing, which must not hold back the feed for
+    /// another `max_age` (each of up to `max_failed` of them); it is parked
+    /// again at once, for the operator to ask again.
+    No,
 }
 
 /// How trying to deliver one event ended.
@@ -118,6 +134,7 @@ impl DeliveryTask {
             if let Some(bell) = &mut bell {
                 bell.borrow_and_update();
             }
+            let read_at = tokio::time::Instant::now();
             if !lease.is_held() {
                 return Err(StoreError::unavailable(
                     "the endpoint's lease was lost with its connection",
@@ -143,7 +160,10 @@ impl DeliveryTask {
                 self.metrics
                     .set_webhook_pending(&endpoint.name, Some(event.time));
                 let body = payload(kind, &event, at);
-                let failed = match self.attempt(event.id, kind, at, &body, stop).await {
+                let failed = match self
+                    .attempt(event.id, kind, at, &body, Retry::UpToMaxAge, stop)
+                    .await
+                {
                     Outcome::Delivered => None,
                     Outcome::GaveUp(failed) => Some(failed),
                     Outcome::Stopped => return Ok(()),
@@ -162,7 +182,10 @@ impl DeliveryTask {
                     );
                 }
             }
-            let caught_up = page.reached == cursor;
+            // Caught up when the read found the end of the feed: not when
+            // it skipped entries, else each entry a flood adds meanwhile
+            // would make the next read (and progress write) at once.
+            let caught_up = page.examined < PAGE;
             if page.reached > cursor {
                 // Past events this endpoint does not take: recorded once a
                 // page, so that a restart does not read them again.
@@ -183,7 +206,9 @@ impl DeliveryTask {
                     () = stop.cancelled() => return Ok(()),
                     () = self.delivery.wake.notified() => look_for_queued = true,
                     () = tokio::time::sleep(POLL_INTERVAL) => {}
-                    open = rung => if !open {
+                    open = rung => if open {
+                        tokio::time::sleep_until(read_at + WAKE_SPACING).await;
+                    } else {
                         // The store is gone with its bell: poll from here on.
                         bell = None;
                     }
@@ -207,6 +232,7 @@ impl DeliveryTask {
                     &failed.event_type,
                     failed.cursor,
                     &failed.payload,
+                    Retry::No,
                     stop,
                 )
                 .await;
@@ -226,14 +252,15 @@ impl DeliveryTask {
         Ok(true)
     }
 
-    /// Tries to deliver one event until it succeeds, is too old to retry,
-    /// or the server stops.
+    /// Tries to deliver one event until it succeeds, is too old to retry
+    /// (or, with [`Retry::No`], fails once), or the server stops.
     async fn attempt(
         &self,
         id: EventId,
         event_type: &str,
         cursor: FeedCursor,
         body: &[u8],
+        retry: Retry,
         stop: &CancellationToken,
     ) -> Outcome {
         let endpoint = &self.delivery.endpoint;
@@ -265,9 +292,10 @@ impl DeliveryTask {
             let error = crate::domain::audit::clip(&error, MAX_ERROR_BYTES).to_owned();
             tracing::info!(endpoint = endpoint.name, event_id = %id, attempts, %error, "webhook attempt failed");
             let delay = endpoint.retry.delay(attempts, jitter());
-            if !endpoint
-                .retry
-                .allows(first_attempt, Timestamp::now().saturating_add(delay))
+            if retry == Retry::No
+                || !endpoint
+                    .retry
+                    .allows(first_attempt, Timestamp::now().saturating_add(delay))
             {
                 return Outcome::GaveUp(FailedDelivery {
                     event_id: id,
@@ -300,20 +328,9 @@ pub(super) async fn start_position(
     if let Some(cursor) = store.webhook_cursor(&endpoint.name).await? {
         return Ok(cursor);
     }
-    // Read through with a query nothing matches (refusals are never in the
-    // feed): once per new endpoint.
-    let nothing = FeedQuery {
-        org_id: None,
-        actions: vec![AuditAction::Denied],
-    };
-    let mut end = FeedCursor::START;
-    loop {
-        let page = store.read_feed(&nothing, end, 5_000).await?;
-        if page.reached == end {
-            break;
-        }
-        end = page.reached;
-    }
+    // The end itself, not a read through the feed: a start's cost must not
+    // grow with the history kept.
+    let end = store.feed_end().await?;
     store
         .advance_webhook(&endpoint.name, end, None, endpoint.max_failed)
         .await?;

@@ -47,7 +47,8 @@ impl Target {
     /// Reads an `http://` or `https://` URL; refuses one with credentials
     /// in it (they would travel in every log of every proxy on the way).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: ::http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+        // Not quoted: its query or user part may hold a secret.
+        let uri: ::http::Uri = url.parse().map_err(|_| "is not a URL".to_owned())?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -173,6 +174,60 @@ fn client_tls(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{domain::feed::FeedCursor, store::StoreError};
+
+    /// Refuses every read of the feed: what a start that looked for the
+    /// feed's end by reading it all would need.
+    struct NoFeedReads;
+
+    impl crate::store::layered::Hook for NoFeedReads {
+        async fn before(
+            &self,
+            operation: crate::store::layered::Operation,
+        ) -> Result<(), StoreError> {
+            if operation == crate::store::layered::Operation::ReadFeed {
+                return Err(StoreError::unavailable("the feed was read"));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_endpoint_starts_at_the_feeds_end_without_reading_the_feed() {
+        use crate::domain::audit::AuditAction;
+        use crate::store::{Store, layered::Layered, memory::MemoryStore};
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        for n in 0..3 {
+            let event = crate::store::conformance::event("org-w", n, AuditAction::Issued, vec![]);
+            inner.append_audit(&event).await.unwrap();
+        }
+        let end = inner
+            .read_feed(&FeedQuery::default(), FeedCursor::START, 100)
+            .await
+            .unwrap()
+            .reached;
+        assert!(end > FeedCursor::START);
+        let store = Layered::<NoFeedReads>::new(Arc::clone(&inner), NoFeedReads);
+        let endpoint = Endpoint::new(
+            "new".into(),
+            Target::parse("http://127.0.0.1:9/").unwrap(),
+            None,
+            SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+            Vec::new(),
+            None,
+            Duration::from_secs(1),
+            RetryPolicy {
+                initial: Duration::from_secs(1),
+                cap: Duration::from_secs(1),
+                max_age: Duration::from_secs(1),
+            },
+            10,
+        )
+        .unwrap();
+        let start = deliver::start_position(&store, &endpoint).await.unwrap();
+        assert_eq!(start, end);
+        assert_eq!(inner.webhook_cursor("new").await.unwrap(), Some(end));
+    }
 
     #[test]
     fn urls_are_read_with_their_defaults() {

@@ -112,6 +112,7 @@ pub(super) async fn read_feed(
     let mut page = FeedPage {
         events: Vec::new(),
         reached: after,
+        examined: rows.len(),
     };
     let corrupt = || StoreError::Corrupt("feed position".into());
     for row in rows {
@@ -126,6 +127,26 @@ pub(super) async fn read_feed(
         }
     }
     Ok(page)
+}
+
+/// [`Store::feed_end`](crate::store::Store::feed_end): the last row
+/// [`read_feed`] serves now, found backwards on the primary key.
+pub(super) async fn feed_end(client: &impl GenericClient) -> Result<FeedCursor, StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT xact, seq FROM feed WHERE xact < \
+             pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+             ORDER BY xact DESC, seq DESC LIMIT 1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&statement, &[]).await? else {
+        return Ok(FeedCursor::START);
+    };
+    let corrupt = || StoreError::Corrupt("feed position".into());
+    Ok(FeedCursor {
+        major: u64::try_from(row.try_get::<_, i64>(0)?).map_err(|_| corrupt())?,
+        minor: u64::try_from(row.try_get::<_, i64>(1)?).map_err(|_| corrupt())?,
+    })
 }
 
 /// Inserts `event` within a transaction unless its id is already in the

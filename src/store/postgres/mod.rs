@@ -46,7 +46,8 @@ pub use self::connect::{FeedTiming, PostgresSettings, Transport, transport};
 pub use self::schema::schema_version;
 use self::{
     activity::{
-        add_usage, append_audit_once, insert_audit, read_feed, scan_audit, scan_usage, upkeep_usage,
+        add_usage, append_audit_once, feed_end, insert_audit, read_feed, scan_audit, scan_usage,
+        upkeep_usage,
     },
     connect::connection_config,
     feed::{Pools, clock, follow_revocations, read_timeout},
@@ -544,6 +545,10 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<FeedPage, StoreError> {
         read_feed(&self.client().await?, query, after, limit).await
+    }
+
+    async fn feed_end(&self) -> Result<FeedCursor, StoreError> {
+        feed_end(&self.client().await?).await
     }
 
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {

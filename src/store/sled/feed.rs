@@ -28,6 +28,14 @@ pub(super) fn next_seq(feed: &Tree) -> Result<u64, StoreError> {
     })
 }
 
+/// The cursor of the last entry (pruning keeps it, see [`next_seq`]).
+pub(super) fn end(feed: &Tree) -> Result<FeedCursor, StoreError> {
+    Ok(FeedCursor {
+        major: 0,
+        minor: next_seq(feed)? - 1,
+    })
+}
+
 /// The `feed_by_org` key of entry `seq` of `org`.
 pub(super) fn org_key(org: &str, seq: u64) -> Vec<u8> {
     let mut key = keys::prefix(&[org]);
@@ -49,12 +57,14 @@ pub(super) fn read(
         return Ok(FeedPage {
             events: Vec::new(),
             reached: after,
+            examined: 0,
         });
     }
     let start = after.minor.saturating_add(1).to_be_bytes();
     let mut page = FeedPage {
         events: Vec::new(),
         reached: after,
+        examined: 0,
     };
     let mut take = |seq: u64, value: Option<sled::IVec>| -> Result<(), StoreError> {
         let cursor = FeedCursor {
@@ -62,6 +72,7 @@ pub(super) fn read(
             minor: seq,
         };
         page.reached = cursor;
+        page.examined += 1;
         // An entry pruned between the index and the read is past retention.
         if let Some(value) = value {
             let event = decode_audit(&value)?;

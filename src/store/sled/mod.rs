@@ -567,6 +567,10 @@ impl Store for SledStore {
         Ok(page)
     }
 
+    async fn feed_end(&self) -> Result<FeedCursor, StoreError> {
+        self.read(|t| feed::end(&t.feed)).await
+    }
+
     async fn prune_audit(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.side_write(move |t| {
             feed::prune(&t.feed, &t.feed_by_org, before)?;

@@ -70,12 +70,23 @@ async fn given_up_deliveries_are_parked_listed_and_redelivered() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(listed.deliveries.len(), 2);
-    let metrics = crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+    // Counted just after the store write the listing reads: waited for.
     for line in [
         r#"tokenauth_webhook_parked_total{endpoint="parking"} 3"#,
         r#"tokenauth_webhook_dropped_total{endpoint="parking"} 1"#,
     ] {
-        assert!(metrics.contains(line), "{line} in {metrics}");
+        loop {
+            let metrics =
+                crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+            if metrics.contains(line) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{line} in {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let failed = &listed.deliveries;
     assert!(failed[0].cursor < failed[1].cursor);
@@ -207,4 +218,57 @@ async fn only_the_operator_lists_or_redelivers_and_bad_requests_change_nothing()
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert!(!list(&server, "guarded").await.deliveries[0].queued);
+}
+
+/// A parked delivery is usually one the receiver keeps refusing: asking for
+/// it again while it still refuses must cost one attempt, not another
+/// `max_age` of retries holding back every later event of the endpoint
+/// (for `all`, up to `max_failed` times `max_age`).
+#[tokio::test]
+async fn a_redelivery_refused_again_is_parked_again_at_once() {
+    let receiver = Receiver::start(Reply::Status(500)).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|config| {
+        let mut hook = endpoint(secrets.path(), "refused", &receiver.url);
+        hook.max_age = Duration::from_secs(3);
+        config.webhooks = vec![hook];
+    })
+    .await;
+    issue(&server, service_token("org-q", &["scim:read"])).await;
+    let before = parked(&server, "refused", 1).await.deliveries[0].clone();
+    let tried_before = receiver.received().len();
+
+    let asked = tokio::time::Instant::now();
+    let queued = operator(&server, Some(&server.control_plane))
+        .redeliver_events(RedeliverEventsRequest {
+            endpoint: "refused".into(),
+            event_ids: Vec::new(),
+            all: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queued;
+    assert_eq!(queued, 1);
+    let again = loop {
+        let listed = list(&server, "refused").await;
+        let failed = &listed.deliveries[0];
+        if !failed.queued && failed.attempts > before.attempts {
+            break failed.clone();
+        }
+        assert!(asked.elapsed() < PATIENCE, "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waited = asked.elapsed();
+    assert_eq!(
+        receiver.received().len() - tried_before,
+        1,
+        "one attempt per redelivery asked"
+    );
+    assert_eq!(again.attempts, before.attempts + 1);
+    assert_eq!(again.event_id, before.event_id);
+    assert!(
+        waited < Duration::from_secs(2),
+        "parked again after {waited:?}"
+    );
 }

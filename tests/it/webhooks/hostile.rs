@@ -116,3 +116,52 @@ async fn oversized_endless_and_unreachable_receivers_are_bounded() {
     assert!(started.elapsed() < CALL_BOUND);
     healthy.wait_for_count(4).await;
 }
+
+/// The store writes (each under sled's write lock, with a flush) an
+/// endpoint's task makes while it follows a flood of changes it does not
+/// take: one tenant's burst must cost each endpoint a bounded rate of
+/// them, not one per commit.
+#[tokio::test]
+async fn a_flood_of_changes_an_endpoint_skips_costs_it_a_bounded_rate_of_writes() {
+    let receiver = Receiver::start(Reply::Ok).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|config| {
+        let mut skips = endpoint(secrets.path(), "skips", &receiver.url);
+        skips.event_types = vec!["token.expired".into()];
+        config.webhooks = vec![skips];
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let advances = || async {
+        let metrics = crate::operations::http_get(server.admin_addr().unwrap(), "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    r#"tokenauth_store_duration_seconds_count{operation="advance_webhook"} "#,
+                )
+            })
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    let before = advances().await;
+    let started = Instant::now();
+    const COMMITS: usize = 200;
+    for i in 0..COMMITS {
+        issue(
+            &server,
+            service_token(&format!("org-f{}", i % 8), &["scim:read"]),
+        )
+        .await;
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let made = advances().await - before;
+    // At most one wake per `WAKE_SPACING` (50 ms), a poll every 200 ms,
+    // and a few to spare.
+    let bound = (elapsed.as_millis() / 50 + elapsed.as_millis() / 200 + 10) as u64;
+    assert!(
+        made <= bound,
+        "{made} progress writes for {COMMITS} commits in {elapsed:?} (bound {bound})"
+    );
+    assert!(receiver.received().is_empty());
+}

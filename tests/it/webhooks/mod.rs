@@ -239,3 +239,46 @@ async fn expiry_warnings_are_delivered_once_each_in_order() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.delivered().len(), 3, "each once");
 }
+
+/// A receiver's URL may carry credentials or its own token in the query:
+/// `config check` must refuse what the server would refuse, and neither it
+/// nor the server's error may print those parts.
+#[test]
+fn config_check_refuses_a_bad_endpoint_without_printing_url_secrets() {
+    let secrets = tempfile::tempdir().unwrap();
+    let hook = endpoint(secrets.path(), "leaky", "http://127.0.0.1:9/");
+    for (url, hidden) in [
+        ("https://user:hunter2pw@hooks.example.com/in", "hunter2pw"),
+        (
+            "http://hooks.example.com/in put?token=qs-secret-2",
+            "qs-secret-2",
+        ),
+    ] {
+        let file = secrets.path().join("tokenauth.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[webhooks]]\nname = \"leaky\"\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
+                hook.secret_file.display()
+            ),
+        )
+        .unwrap();
+        let (code, stdout, stderr) =
+            crate::child::run_command(&["config", "check", file.to_str().unwrap()], &[]);
+        assert_ne!(code, Some(0), "{url}: accepted:\n{stdout}");
+        assert!(stderr.contains("webhooks.url"), "{stderr}");
+        assert!(
+            !stdout.contains(hidden) && !stderr.contains(hidden),
+            "{url}: printed:\n{stdout}\n{stderr}"
+        );
+        let mut config = tokenauth::config::Config::default();
+        config.webhooks = vec![tokenauth::config::webhooks::WebhookConfig {
+            url: url.into(),
+            ..hook.clone()
+        }];
+        let error = tokenauth::config::webhooks::endpoints(&config.webhooks)
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains(hidden), "{error}");
+    }
+}
