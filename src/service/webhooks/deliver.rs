@@ -82,6 +82,21 @@ enum Outcome {
     GaveUp(FailedDelivery),
     /// The server is stopping: the event stays undelivered, for the next start.
     Stopped,
+    /// The endpoint's lease was lost between attempts: another replica may
+    /// deliver now, so this one stops retrying.
+    LeaseLost,
+}
+
+/// One event to deliver, as signed and sent.
+struct Attempt<'a> {
+    id: EventId,
+    event_type: &'a str,
+    cursor: FeedCursor,
+    body: &'a [u8],
+}
+
+fn lease_lost() -> StoreError {
+    StoreError::unavailable("the endpoint's lease was lost with its connection")
 }
 
 impl DeliveryTask {
@@ -136,12 +151,10 @@ impl DeliveryTask {
             }
             let read_at = tokio::time::Instant::now();
             if !lease.is_held() {
-                return Err(StoreError::unavailable(
-                    "the endpoint's lease was lost with its connection",
-                ));
+                return Err(lease_lost());
             }
             if look_for_queued || queued_checked.elapsed() >= QUEUED_POLL {
-                if !self.redeliver_queued(stop).await? {
+                if !self.redeliver_queued(lease, stop).await? {
                     return Ok(());
                 }
                 look_for_queued = false;
@@ -152,21 +165,27 @@ impl DeliveryTask {
                 let Some(kind) = endpoint.type_of(&event) else {
                     continue;
                 };
-                if !lease.is_held() {
-                    return Err(StoreError::unavailable(
-                        "the endpoint's lease was lost with its connection",
-                    ));
-                }
                 self.metrics
                     .set_webhook_pending(&endpoint.name, Some(event.time));
                 let body = payload(kind, &event, at);
                 let failed = match self
-                    .attempt(event.id, kind, at, &body, Retry::UpToMaxAge, stop)
+                    .attempt(
+                        Attempt {
+                            id: event.id,
+                            event_type: kind,
+                            cursor: at,
+                            body: &body,
+                        },
+                        Retry::UpToMaxAge,
+                        lease,
+                        stop,
+                    )
                     .await
                 {
                     Outcome::Delivered => None,
                     Outcome::GaveUp(failed) => Some(failed),
                     Outcome::Stopped => return Ok(()),
+                    Outcome::LeaseLost => return Err(lease_lost()),
                 };
                 let dropped = self
                     .store
@@ -219,7 +238,11 @@ impl DeliveryTask {
 
     /// Delivers the parked deliveries an operator asked for again, in feed
     /// order; `false` when the server is stopping.
-    async fn redeliver_queued(&self, stop: &CancellationToken) -> Result<bool, StoreError> {
+    async fn redeliver_queued(
+        &self,
+        lease: &Lease,
+        stop: &CancellationToken,
+    ) -> Result<bool, StoreError> {
         let endpoint = &self.delivery.endpoint;
         let parked = self
             .store
@@ -228,11 +251,14 @@ impl DeliveryTask {
         for failed in parked.deliveries.into_iter().filter(|f| f.queued) {
             let outcome = self
                 .attempt(
-                    failed.event_id,
-                    &failed.event_type,
-                    failed.cursor,
-                    &failed.payload,
+                    Attempt {
+                        id: failed.event_id,
+                        event_type: &failed.event_type,
+                        cursor: failed.cursor,
+                        body: &failed.payload,
+                    },
                     Retry::No,
+                    lease,
                     stop,
                 )
                 .await;
@@ -244,6 +270,7 @@ impl DeliveryTask {
                     ..again
                 }),
                 Outcome::Stopped => return Ok(false),
+                Outcome::LeaseLost => return Err(lease_lost()),
             };
             self.store
                 .settle_failed(&endpoint.name, failed.cursor, still.as_ref())
@@ -256,11 +283,14 @@ impl DeliveryTask {
     /// (or, with [`Retry::No`], fails once), or the server stops.
     async fn attempt(
         &self,
-        id: EventId,
-        event_type: &str,
-        cursor: FeedCursor,
-        body: &[u8],
+        Attempt {
+            id,
+            event_type,
+            cursor,
+            body,
+        }: Attempt<'_>,
         retry: Retry,
+        lease: &Lease,
         stop: &CancellationToken,
     ) -> Outcome {
         let endpoint = &self.delivery.endpoint;
@@ -268,6 +298,9 @@ impl DeliveryTask {
         let first_attempt = Timestamp::now();
         let mut attempts = 0u32;
         loop {
+            if !lease.is_held() {
+                return Outcome::LeaseLost;
+            }
             let now = Timestamp::now();
             attempts = attempts.saturating_add(1);
             let signed = Signed {

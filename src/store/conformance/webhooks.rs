@@ -40,6 +40,15 @@ pub async fn webhook_progress_keeps_its_cursor_and_a_bounded_list(store: &dyn St
         assert_eq!(dropped, u64::from(n == 5));
     }
     assert_eq!(store.webhook_cursor(name).await.unwrap(), Some(at(5)));
+    // Parked again (a replica that took the lease over repeats the last
+    // delivery): it takes no new place, so nothing else is dropped.
+    assert_eq!(
+        store
+            .advance_webhook(name, at(5), Some(&parked(5)), 2)
+            .await
+            .unwrap(),
+        0
+    );
     let listed = store.failed_deliveries(name, 10).await.unwrap();
     assert_eq!(listed.deliveries, vec![parked(4), parked(5)]);
     assert_eq!(listed.dropped, 1);

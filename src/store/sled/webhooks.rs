@@ -51,14 +51,19 @@ pub(super) fn advance(
     // Which parked deliveries make room: the oldest, read before the
     // transaction (sled's transactions cannot scan; the write lock keeps
     // the list as read).
+    // A delivery parked again (its key already there) takes no new place.
     let mut excess = Vec::new();
-    if failed.is_some() {
-        let parked = t.webhook_failed.scan_prefix(&prefix).count();
-        for entry in t
-            .webhook_failed
-            .scan_prefix(&prefix)
-            .take((parked + 1).saturating_sub(max_parked))
-        {
+    if let Some(failed) = failed {
+        let own = failed_key(endpoint, failed.cursor);
+        let others = || {
+            t.webhook_failed.scan_prefix(&prefix).filter(|entry| {
+                entry
+                    .as_ref()
+                    .map_or(true, |(key, _)| key.as_ref() != own.as_slice())
+            })
+        };
+        let parked = others().count();
+        for entry in others().take((parked + 1).saturating_sub(max_parked)) {
             excess.push(entry?.0);
         }
     }

@@ -127,3 +127,74 @@ async fn a_lease_lost_with_its_connection_is_taken_again() {
     );
     assert_eq!(holders().await, 1, "one replica holds the lease");
 }
+
+/// A replica that loses the lease while it retries a failing event stops
+/// retrying it: else, once the receiver answers again, both it and the new
+/// holder would deliver the event (and every one after it).
+#[tokio::test]
+async fn a_lease_lost_while_retrying_stops_the_retries() {
+    let receiver = Receiver::start(Reply::Status(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("pepper");
+    tokenauth::pepper::create(&pepper).unwrap();
+    let cluster = PgCluster::start();
+    let hook = endpoint(dir.path(), "retrying", &receiver.url);
+    let url = cluster.url();
+    let replica = |hook: tokenauth::config::webhooks::WebhookConfig| {
+        TestServer::start_replica(&url, &pepper, move |config| {
+            config.webhooks = vec![hook];
+        })
+    };
+    let first = replica(hook.clone()).await;
+    let second = replica(hook).await;
+    let token = issue(&first, service_token("org-lr", &["scim:read"])).await;
+    // The holder is retrying: three attempts, all answered 500.
+    let deadline = tokio::time::Instant::now() + super::receiver::PATIENCE;
+    while receiver.received().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let admin = cluster.client().await;
+    let holders = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7415",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = 7415",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "one connection held the endpoint's lock");
+    let deadline = tokio::time::Instant::now() + super::receiver::PATIENCE;
+    while holders().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never taken again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    receiver.answer(Reply::Ok);
+    let delivered = receiver.wait_for_count(1).await;
+    assert_eq!(delivered[0].json()["data"]["token_ids"][0], id_of(&token));
+    // Longer than the old holder's next retry could be (first retry after
+    // 50 ms, doubling: the fourth waits at most 400 ms, the sixth 1.6 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        receiver.delivered().len(),
+        1,
+        "the event was delivered by the old holder as well"
+    );
+    drop((first, second));
+}
