@@ -20,16 +20,11 @@ pub trait WebhookProgress: Send + Sync {
     /// its first [`WebhookProgress::advance_webhook`].
     async fn webhook_cursor(&self, endpoint: &str) -> Result<Option<FeedCursor>, StoreError>;
 
-    /// Records that `endpoint` has delivered up to `to` and, in the same
-    /// write, parks `failed` (the delivery at `to` given up), keeping at
-    /// most `max_parked` parked deliveries (the oldest dropped first);
-    /// returns how many it dropped. A cursor is never moved back.
-    ///
-    /// A write that parks is durable before it returns (with every advance
-    /// before it). A plain advance need not be: one lost in a crash makes
-    /// the events after the last durable cursor be delivered again, never
-    /// skipped, which at-least-once delivery allows, and waiting for a
-    /// flush per event would cost more than the delivery itself.
+    /// Records, durably before it returns, that `endpoint` has delivered
+    /// up to `to` and, in the same write, parks `failed` (the delivery at
+    /// `to` given up), keeping at most `max_parked` parked deliveries (the
+    /// oldest dropped first); returns how many it dropped. A cursor is
+    /// never moved back.
     async fn advance_webhook(
         &self,
         endpoint: &str,

@@ -1,7 +1,6 @@
 //! One endpoint's delivery task: take the endpoint's lease, then deliver
 //! the feed after the stored cursor, one event at a time, advancing the
-//! cursor after each (durable at the store's next flush: a crash repeats
-//! deliveries, never skips one); parked deliveries an operator asked for
+//! cursor durably after each; parked deliveries an operator asked for
 //! again go first.
 //!
 //! The task never holds anything a request needs: it reads the store a page

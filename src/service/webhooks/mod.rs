@@ -5,13 +5,12 @@
 //! Each endpoint is a durable consumer of the feed: one task
 //! (`deliver.rs`) delivers its events in feed order, one request in flight,
 //! and records in the store after each success where it is, so that a
-//! crash redelivers the events since its last durable record and never
-//! skips one (at least once). With a store shared by replicas, the task
-//! first takes the endpoint's lease (`Store::try_lease`), so that one
-//! replica at a time delivers. Failed attempts are retried with backoff
-//! until the event is older than the endpoint's `max_age`, then parked in
-//! its failed deliveries, which an operator lists and redelivers
-//! (`operator.rs`).
+//! crash redelivers the event it was on and never skips one (at least
+//! once). With a store shared by replicas, the task first takes the
+//! endpoint's lease (`Store::try_lease`), so that one replica at a time
+//! delivers. Failed attempts are retried with backoff until the event is
+//! older than the endpoint's `max_age`, then parked in its failed
+//! deliveries, which an operator lists and redelivers (`operator.rs`).
 //! These tasks share nothing with Check or the management calls but the
 //! store, which they read a page at a time.
 

@@ -55,12 +55,6 @@ impl WebhookProgress for PostgresStore {
         let tx = client.transaction().await?;
         let (major, minor) = columns(to);
         let mut dropped: i64 = 0;
-        if failed.is_none() {
-            // A plain advance need not wait for the WAL flush (see the
-            // trait); it is visible to the other replicas at commit all the same.
-            tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
-                .await?;
-        }
         if let Some(failed) = failed {
             let (f_major, f_minor) = columns(failed.cursor);
             tx.execute(

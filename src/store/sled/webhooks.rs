@@ -160,15 +160,11 @@ impl WebhookProgress for SledStore {
         failed: Option<&FailedDelivery>,
         max_parked: usize,
     ) -> Result<u64, StoreError> {
-        let parks = failed.is_some();
         let (endpoint, failed) = (endpoint.to_owned(), failed.cloned());
         let dropped = self
             .write(move |t| advance(t, &endpoint, to, failed.as_ref(), max_parked))
             .await?;
-        // A plain advance is made durable by sled's periodic flush.
-        if parks {
-            self.durable().await?;
-        }
+        self.durable().await?;
         Ok(dropped)
     }
 
