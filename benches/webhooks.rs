@@ -36,7 +36,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use load::{closed_loop, connect, env_or, issue_request};
+use load::{closed_loop, connect, cpu_seconds, env_or, issue_request};
 use receiver::{Received, Receiver, Reply};
 use tokenauth::{
     config::{Config, CredentialConfig},
@@ -190,7 +190,9 @@ async fn main() {
     }
     let issue_seconds = started.elapsed().as_secs_f64();
     let issue_ended = SystemTime::now();
+    let cpu_at_issue_end = cpu_seconds(std::process::id());
     let received = delivered(&receiver, burst, Duration::from_secs(600)).await;
+    let drain_cpu = cpu_seconds(std::process::id()) - cpu_at_issue_end;
     let first = received.iter().map(|r| r.at).min().unwrap();
     let last = received.iter().map(|r| r.at).max().unwrap();
     let spread = last.duration_since(first).unwrap().as_secs_f64();
@@ -213,7 +215,10 @@ async fn main() {
         }
         _ => f64::NAN,
     };
+    let cpu_before_floor = cpu_seconds(std::process::id());
     let floor_per_second = floor(&receiver.url, &received[0].body, burst).await;
+    let floor_cpu_per_post = (cpu_seconds(std::process::id()) - cpu_before_floor) / burst as f64;
+    let drain_cpu_per_event = drain_cpu / after.len() as f64;
     let body_bytes = received[0].body.len();
 
     // Steady: `rate` IssueTokens a second while Check runs 16 in flight.
@@ -282,11 +287,16 @@ async fn main() {
         "\nFloor (a plain hyper client, {burst} POSTs of a {}-byte body, one at a time, each on \
          a new connection, to the same receiver): {floor_per_second:.0} per second. The burst's \
          delivery rate is {:.2}× the floor's; after the last IssueToken returned ({} events \
-         left), {drain_per_second:.0} per second, {:.2}× the floor's.",
+         left), {drain_per_second:.0} per second, {:.2}× the floor's. CPU of this whole process \
+         (server, receiver and, for the floor, its client) per event: {:.0} µs while draining, \
+         {:.0} µs per floor POST ({:.2}×).",
         body_bytes,
         delivered_per_second / floor_per_second,
         after.len(),
-        drain_per_second / floor_per_second
+        drain_per_second / floor_per_second,
+        drain_cpu_per_event * 1e6,
+        floor_cpu_per_post * 1e6,
+        drain_cpu_per_event / floor_cpu_per_post,
     );
     println!(
         "\nThe burst's IssueTokens took {issue_seconds:.2} s ({:.0} calls/s); \
