@@ -44,9 +44,12 @@ const PAGE: usize = 200;
 /// poll would decode up to `max_failed` records five times a second.
 const QUEUED_POLL: Duration = Duration::from_secs(5);
 /// The least time between two reads of a caught-up endpoint woken by this
-/// replica's commits: each read may record the endpoint's progress (a
-/// flushed write), so under a flood of changes it takes many a read rather
-/// than one read and one write per commit.
+/// replica's commits when its last read took none of the changes: each
+/// such read may record the endpoint's progress (a flushed write), so a
+/// flood of changes the endpoint skips costs it a bounded rate of reads
+/// and writes. After a read that delivered, the next commit is followed at
+/// once: those reads are bounded by the deliveries themselves, and spacing
+/// them would add up to this much lag to every event.
 const WAKE_SPACING: Duration = Duration::from_millis(50);
 
 /// An endpoint, and what wakes its task (a redelivery asked for).
@@ -160,10 +163,12 @@ impl DeliveryTask {
                 queued_checked = tokio::time::Instant::now();
             }
             let page = self.store.read_feed(&query, cursor, PAGE).await?;
+            let mut took_any = false;
             for (at, event) in page.events {
                 let Some(kind) = endpoint.type_of(&event) else {
                     continue;
                 };
+                took_any = true;
                 self.metrics
                     .set_webhook_pending(&endpoint.name, Some(event.time));
                 let body = payload(kind, &event, at);
@@ -225,7 +230,9 @@ impl DeliveryTask {
                     () = self.delivery.wake.notified() => look_for_queued = true,
                     () = tokio::time::sleep(POLL_INTERVAL) => {}
                     open = rung => if open {
-                        tokio::time::sleep_until(read_at + WAKE_SPACING).await;
+                        if !took_any {
+                            tokio::time::sleep_until(read_at + WAKE_SPACING).await;
+                        }
                     } else {
                         // The store is gone with its bell: poll from here on.
                         bell = None;
