@@ -4,7 +4,8 @@
 //! their redelivery (`failures.rs`); receivers that hang or answer with
 //! too much, which cost neither Check nor other endpoints (`hostile.rs`);
 //! a kill -9 mid-delivery (`crash.rs`); two replicas on PostgreSQL
-//! (`replicas.rs`). On both stores.
+//! (`replicas.rs`); HTTPS and its certificate checks (`tls.rs`). On both
+//! stores.
 
 mod crash;
 pub mod docs;
@@ -12,6 +13,7 @@ mod failures;
 mod hostile;
 pub mod receiver;
 mod replicas;
+mod tls;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
