@@ -1,5 +1,6 @@
 use std::sync::atomic::Ordering;
 
+use super::open::FLUSH_SEQ;
 use super::*;
 use crate::domain::{
     audit::{AuditAction, AuditOutcome, PeerSource},
@@ -7,6 +8,7 @@ use crate::domain::{
     quota::QuotaReached,
     secret::PepperKey,
     token::Reason,
+    usage::Resolution,
 };
 use crate::store::{REVOKE_ALL_BATCH, REVOKE_ALL_EXPIRED_MARGIN};
 
