@@ -191,6 +191,12 @@ impl DeliveryTask {
                     Outcome::Stopped => return Ok(()),
                     Outcome::LeaseLost => return Err(lease_lost()),
                 };
+                // A delivery given up while another replica took the lease
+                // over may be delivered by it: parked here too, an
+                // operator's redelivery would send it twice.
+                if failed.is_some() && !lease.is_held() {
+                    return Err(lease_lost());
+                }
                 let dropped = self
                     .store
                     .advance_webhook(&endpoint.name, at, failed.as_ref(), endpoint.max_failed)

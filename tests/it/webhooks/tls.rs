@@ -52,7 +52,9 @@ async fn tls_front(
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut plain = tokio::net::TcpStream::connect(&behind).await.unwrap();
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&behind).await else {
+                    return;
+                };
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
             });
         }
