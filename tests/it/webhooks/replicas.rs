@@ -11,6 +11,44 @@ use crate::{
     pg::PgCluster,
 };
 
+/// How many connections hold an endpoint's lock (webhook leases' class).
+async fn lease_holders(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7415",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Ends the one connection that holds the endpoint's lock, as a failover
+/// or an administrator would.
+async fn end_the_lease_connection(admin: &tokio_postgres::Client) {
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = 7415",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "one connection held the endpoint's lock");
+}
+
+async fn wait_for_a_holder(admin: &tokio_postgres::Client) {
+    let deadline = tokio::time::Instant::now() + super::receiver::PATIENCE;
+    while lease_holders(admin).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never taken again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_replicas_deliver_each_event_once_and_take_over() {
     let receiver = Receiver::start(Reply::Ok).await;
@@ -76,36 +114,10 @@ async fn a_lease_lost_with_its_connection_is_taken_again() {
     receiver.wait_for_count(1).await;
 
     let admin = cluster.client().await;
-    let ended: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
-             WHERE locktype = 'advisory' AND classid = 7415",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(ended, 1, "one connection held the endpoint's lock");
-    let holders = || async {
-        admin
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7415",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    end_the_lease_connection(&admin).await;
     // Until a replica takes the lease again: from then on, a replica that
     // went on delivering without it would send every event a second time.
-    let deadline = tokio::time::Instant::now() + super::receiver::PATIENCE;
-    while holders().await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease was never taken again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_a_holder(&admin).await;
     for n in 0..6 {
         let on = if n % 2 == 0 { &first } else { &second };
         issued.push(issue(on, service_token("org-ls", &["scim:read"])).await);
@@ -125,7 +137,11 @@ async fn a_lease_lost_with_its_connection_is_taken_again() {
         "at most the event in flight twice: {}",
         delivered.len()
     );
-    assert_eq!(holders().await, 1, "one replica holds the lease");
+    assert_eq!(
+        lease_holders(&admin).await,
+        1,
+        "one replica holds the lease"
+    );
 }
 
 /// A replica that loses the lease while it retries a failing event stops
@@ -156,34 +172,8 @@ async fn a_lease_lost_while_retrying_stops_the_retries() {
     }
 
     let admin = cluster.client().await;
-    let holders = || async {
-        admin
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7415",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
-    let ended: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
-             WHERE locktype = 'advisory' AND classid = 7415",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(ended, 1, "one connection held the endpoint's lock");
-    let deadline = tokio::time::Instant::now() + super::receiver::PATIENCE;
-    while holders().await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease was never taken again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    end_the_lease_connection(&admin).await;
+    wait_for_a_holder(&admin).await;
 
     receiver.answer(Reply::Ok);
     let delivered = receiver.wait_for_count(1).await;
