@@ -102,28 +102,31 @@ impl WebhookProgress for PostgresStore {
     ) -> Result<FailedDeliveries, StoreError> {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One statement, so one snapshot: read apart, a delivery parked
+        // between the two reads would be counted as dropped while the
+        // listing still shows the one it pushed out.
         let rows = client
             .query(
-                "SELECT record FROM webhook_failed WHERE endpoint = $1 \
-                 ORDER BY cursor_major, cursor_minor LIMIT $2",
+                "SELECT p.dropped, f.record FROM (SELECT 1) AS one \
+                 LEFT JOIN webhook_progress p ON p.endpoint = $1 \
+                 LEFT JOIN LATERAL (SELECT record, cursor_major, cursor_minor \
+                   FROM webhook_failed WHERE endpoint = $1 \
+                   ORDER BY cursor_major, cursor_minor LIMIT $2) f ON true \
+                 ORDER BY f.cursor_major, f.cursor_minor",
                 &[&endpoint, &limit],
             )
             .await?;
         let mut deliveries = Vec::with_capacity(rows.len());
+        let mut dropped = 0;
         for row in &rows {
-            deliveries.push(decode_failed(row.try_get::<_, &[u8]>(0)?)?);
+            dropped = row.try_get::<_, Option<i64>>(0)?.unwrap_or(0);
+            if let Some(record) = row.try_get::<_, Option<&[u8]>>(1)? {
+                deliveries.push(decode_failed(record)?);
+            }
         }
-        let dropped: Option<i64> = client
-            .query_opt(
-                "SELECT dropped FROM webhook_progress WHERE endpoint = $1",
-                &[&endpoint],
-            )
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?;
         Ok(FailedDeliveries {
             deliveries,
-            dropped: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
+            dropped: u64::try_from(dropped).unwrap_or(0),
         })
     }
 
