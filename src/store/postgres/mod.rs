@@ -29,11 +29,12 @@
 //! This file holds the store and its `Store` impl; `tokens.rs` the parts of
 //! the token writes (advisory locks, quota counts, the revocation log append,
 //! RevokeAll's session and steps, the listing filter), `activity.rs` the
-//! audit and usage tables.
+//! audit and usage tables, `inventory.rs` the whole-table counts and walks.
 
 mod activity;
 mod connect;
 mod feed;
+mod inventory;
 mod members;
 mod rows;
 pub(super) mod schema;
@@ -51,6 +52,7 @@ use self::{
     },
     connect::connection_config,
     feed::{Pools, clock, follow_revocations, read_timeout},
+    inventory::{count_tokens, scan_unrevoked},
     rows::{bytes16, digests_of, record_of},
     schema::migrate,
     tokens::{
@@ -74,7 +76,7 @@ use super::{
     MemberPrecondition, MemberRemoval, Page, PageRequest, Revocation, RevokedAll, RotateOutcome,
     Rotation, Store, StoreError, TokenCounts, TokenQuery, UsagePage,
     keyed_locks::KeyedLocks,
-    records::{encode_token, kind_number, kind_of},
+    records::{encode_token, kind_number},
 };
 use crate::domain::{
     audit::{AuditEvent, AuditQuery},
@@ -86,7 +88,7 @@ use crate::domain::{
     quota::Quotas,
     secret::Digest,
     time::Timestamp,
-    token::{TokenRecord, TokenState},
+    token::TokenRecord,
     usage::{UsageQuery, UsageRecord, UsageUpkeep},
 };
 
@@ -682,34 +684,7 @@ impl Store for PostgresStore {
     }
 
     async fn count_tokens(&self, now: Timestamp) -> Result<TokenCounts, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT kind, CASE \
-                   WHEN revoked_at_us IS NOT NULL THEN 1 \
-                   WHEN expires_at_us IS NOT NULL AND expires_at_us <= $1 THEN 2 \
-                   ELSE 0 END AS state, count(*) \
-                 FROM tokens GROUP BY 1, 2",
-                &[&now.as_micros()],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let kind: i16 = row.try_get(0)?;
-                let state: i32 = row.try_get(1)?;
-                let count: i64 = row.try_get(2)?;
-                let kind = u32::try_from(kind)
-                    .ok()
-                    .and_then(kind_of)
-                    .ok_or_else(|| StoreError::Corrupt(format!("token kind {kind}")))?;
-                let state = match state {
-                    1 => TokenState::Revoked,
-                    2 => TokenState::Expired,
-                    _ => TokenState::Live,
-                };
-                Ok((kind, state, u64::try_from(count).unwrap_or(0)))
-            })
-            .collect()
+        count_tokens(&self.client().await?, now).await
     }
 
     async fn scan_unrevoked_tokens(
@@ -717,37 +692,7 @@ impl Store for PostgresStore {
         after: Option<TokenId>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let client = self.client().await?;
-        // By the primary key, revoked rows included: the work of one call is
-        // `limit` rows whatever the history (`Store::scan_unrevoked_tokens`).
-        let statement = client
-            .prepare_cached(
-                "SELECT id, revoked_at_us IS NULL AS live, record FROM tokens \
-                 WHERE id > $1 ORDER BY id LIMIT $2",
-            )
-            .await?;
-        let after = after.map(|id| id.to_bytes().to_vec()).unwrap_or_default();
-        let limit = limit.max(1);
-        let rows = client
-            .query(
-                &statement,
-                &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
-            )
-            .await?;
-        let next = match rows.last() {
-            Some(row) if rows.len() == limit => Some(TokenId::from_bytes(bytes16(
-                row.try_get::<_, &[u8]>("id")?,
-                "token id",
-            )?)),
-            _ => None,
-        };
-        let mut tokens = Vec::new();
-        for row in &rows {
-            if row.try_get::<_, bool>("live")? {
-                tokens.push(record_of(row)?);
-            }
-        }
-        Ok(Page { tokens, next })
+        scan_unrevoked(&self.client().await?, after, limit).await
     }
 
     async fn try_lease(&self, key: LeaseKey<'_>) -> Result<Option<Lease>, StoreError> {

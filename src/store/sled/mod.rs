@@ -36,12 +36,14 @@ mod feed;
 mod group_commit;
 mod members;
 mod open;
+mod scan;
 mod trees;
 mod usage;
 mod webhooks;
 
 use self::group_commit::GroupCommit;
-use self::trees::{MAX_SCAN_PER_PAGE, PendingInsert, Trees, disk_takes_writes, drain_inserts};
+use self::scan::MAX_SCAN_PER_PAGE;
+use self::trees::{PendingInsert, Trees, disk_takes_writes, drain_inserts};
 use super::{
     AuditPage, FeedBell, FeedPage, InsertOutcome, MemberChange, MemberPrecondition, MemberRemoval,
     Page, PageRequest, Revocation, RevokedAll, RotateOutcome, Rotation, Store, StoreError,

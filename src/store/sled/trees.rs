@@ -1,6 +1,7 @@
 //! sled's trees and the token transaction over them: the insert queue that
 //! batches concurrent issues, the checks at open (watermark, index sums),
-//! quota counts, RevokeAll's steps and the index scans behind listing.
+//! quota counts and RevokeAll's steps (the scans behind listing are in
+//! `scan.rs`).
 
 use std::{ops::Bound, path::Path};
 
@@ -10,28 +11,25 @@ use sled::{
 };
 
 use crate::domain::{
-    audit::{AuditEvent, AuditQuery},
+    audit::AuditEvent,
     changes::{RevokeAllPreview, RevokeAllProgress, revoke_all_batch, revoke_record},
     feed::in_feed,
-    ids::{EventId, TokenId},
+    ids::TokenId,
     quota::{QuotaReached, Quotas},
     secret::Digest,
     time::Timestamp,
     token::TokenRecord,
 };
 use crate::store::{
-    AuditPage, InsertOutcome, MemberPrecondition, Page, PageRequest, REVOKE_ALL_BATCH, Revocation,
-    StoreError, TokenQuery,
-    keys::{self, audit_key, audit_scan_range, audit_time_key, live_keys},
-    records::{decode_audit, decode_token, encode_audit, encode_token},
+    InsertOutcome, MemberPrecondition, REVOKE_ALL_BATCH, Revocation, StoreError, TokenQuery,
+    keys::{self, audit_key, audit_time_key, live_keys},
+    records::{decode_token, encode_audit, encode_token},
 };
 
 /// How much a data directory must take, and sync, before a store stuck on an
 /// I/O error is worth a restart: two of sled's 512 KiB log segments, so that
 /// a restart does not find the disk full again at its first write.
 pub(super) const DISK_PROBE_BYTES: usize = 1 << 20;
-/// Most index entries one list call examines before returning a short page.
-pub(super) const MAX_SCAN_PER_PAGE: usize = 5_000;
 
 pub(super) struct Trees {
     pub(super) db: sled::Db,
@@ -718,84 +716,5 @@ impl Trees {
                 .then(|| keys.last().map(|key| key.to_vec()))
                 .flatten(),
         })
-    }
-
-    /// The index and key prefix that serve `query` with the narrowest scan.
-    pub(super) fn index_for(&self, query: &TokenQuery) -> (&Tree, Vec<u8>) {
-        let (index, prefix) = keys::index_scope(query);
-        let trees = [&self.by_org, &self.by_workspace, &self.by_owner];
-        (trees[index], prefix)
-    }
-
-    /// Matching records, newest first, starting after `page.after`.
-    pub(super) fn scan(
-        &self,
-        query: &TokenQuery,
-        page: PageRequest,
-        max_scan: usize,
-    ) -> Result<Page, StoreError> {
-        let (index, prefix) = self.index_for(query);
-        let mut low = prefix.clone();
-        low.extend_from_slice(&[0u8; 16]);
-        let mut high = prefix;
-        let range = match page.after {
-            Some(after) => {
-                high.extend_from_slice(&after.to_bytes());
-                index.range(low..high)
-            }
-            None => {
-                high.extend_from_slice(&[0xFFu8; 16]);
-                index.range(low..=high)
-            }
-        };
-        let mut tokens = Vec::new();
-        let mut last_examined = None;
-        for (scanned, entry) in range.rev().enumerate() {
-            let (key, _) = entry?;
-            let id = keys::id_of_index_key(&key)
-                .ok_or_else(|| StoreError::Corrupt("short index key".into()))?;
-            if tokens.len() == page.limit || scanned == max_scan {
-                // There is at least one more entry: the next page starts after the last one seen.
-                return Ok(Page {
-                    tokens,
-                    next: last_examined,
-                });
-            }
-            last_examined = Some(id);
-            // An index entry without its record would be a bug; skip rather than fail a listing.
-            if let Some(record) = self.record(id)?
-                && query.matches(&record)
-            {
-                tokens.push(record);
-            }
-        }
-        Ok(Page { tokens, next: None })
-    }
-
-    pub(super) fn scan_audit(
-        &self,
-        query: &AuditQuery,
-        after: Option<EventId>,
-        limit: usize,
-    ) -> Result<AuditPage, StoreError> {
-        let (low, high) = audit_scan_range(query, after);
-        let range = self.audit.range(low..high);
-        let mut events = Vec::new();
-        let mut last_examined = None;
-        for (scanned, entry) in range.rev().enumerate() {
-            let (_, value) = entry?;
-            if events.len() == limit || scanned == MAX_SCAN_PER_PAGE {
-                return Ok(AuditPage {
-                    events,
-                    next: last_examined,
-                });
-            }
-            let event = decode_audit(&value)?;
-            last_examined = Some(event.id);
-            if query.matches(&event) {
-                events.push(event);
-            }
-        }
-        Ok(AuditPage { events, next: None })
     }
 }
