@@ -10,10 +10,11 @@
 //! calls/s, p50/p99/p99.9 and the server's CPU per call (user + system time
 //! from /proc/<pid>/stat over the window, divided by the calls answered);
 //! figures are medians over rounds, ratios the medians of each round's ratio.
-//! Then the same against the real Envoy (`floor_envoy.rs`).
+//! Then the same against the real Envoy (`floor_envoy.rs`), and the floor
+//! with each of tokenauth's transport settings added (`floor_settings.rs`).
 //!
 //! Not a test: `cargo bench --bench floor` (BENCH_SECONDS per window,
-//! default 2; BENCH_RUNS rounds, default 5; BENCH_SCENARIOS=grpc,envoy;
+//! default 2; BENCH_RUNS rounds, default 5; BENCH_SCENARIOS=grpc,envoy,settings;
 //! BENCH_SHAPES=native,ext_authz,native_personal,native_personal_unknown,
 //! native_garbage,ext_authz_garbage for the gRPC shapes; the personal ones
 //! check personal tokens of members the service knows, whose stored role
@@ -24,6 +25,7 @@
 
 mod floor_envoy;
 mod floor_server;
+mod floor_settings;
 #[allow(dead_code)]
 mod load;
 #[allow(dead_code)]
@@ -127,10 +129,12 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// The bench binary again, as the floor server (`floor_server.rs`).
-async fn start_floor() -> Process {
+/// The bench binary again, as the floor server (`floor_server.rs`), plain
+/// with `settings` empty, else with those of tokenauth's settings
+/// ([`floor_server::Settings::parse`]).
+pub async fn start_floor(settings: &str) -> Process {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg(floor_server::FLAG)
+        .args([floor_server::FLAG, settings])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
@@ -429,7 +433,7 @@ async fn grpc(runs: usize, seconds: u64) {
         personal_unknown,
     } = data_dir_with_personal(dir.path(), TOKENS).await;
     let tokenauth = start_tokenauth(dir.path(), "").await;
-    let floor = start_floor().await;
+    let floor = start_floor("").await;
     eprintln!(
         "tokenauth pid {}, floor pid {}",
         tokenauth.pid(),
@@ -531,8 +535,10 @@ fn listed(variable: &str, name: &str) -> bool {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == floor_server::FLAG) {
-        floor_server::run();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == floor_server::FLAG) {
+        let settings = args.get(at + 1).map_or("", String::as_str);
+        floor_server::run(floor_server::Settings::parse(settings));
         return;
     }
     let runs = env_or("BENCH_RUNS", 5) as usize;
@@ -547,6 +553,9 @@ fn main() {
         }
         if listed("BENCH_SCENARIOS", "envoy") {
             floor_envoy::run(runs, seconds).await;
+        }
+        if listed("BENCH_SCENARIOS", "settings") {
+            floor_settings::run(runs, seconds).await;
         }
     });
 }

@@ -9,6 +9,9 @@
 //! It runs in a process of its own (the bench binary started again with
 //! [`FLAG`], see `benches/floor.rs`), so that its CPU can be read from /proc
 //! exactly as tokenauth's is, and so that it shares no runtime with the client.
+//! Given [`Settings`] after the flag, it adds some of tokenauth's transport
+//! settings: that is no longer the independent floor, and is used only to
+//! attribute cost (`floor_settings.rs`).
 
 use envoy_types::{
     ext_authz::v3::pb::{
@@ -56,9 +59,49 @@ impl Authorization for AlwaysAllowed {
     }
 }
 
+/// tokenauth's transport settings, each of which [`run`] can add to the
+/// plain floor (`floor_settings.rs` measures what each one costs), with
+/// tokenauth's default values.
+#[derive(Clone, Copy, Default)]
+pub struct Settings {
+    /// HTTP/2 keepalive pings (interval and timeout).
+    pub keepalive: bool,
+    /// A deadline on every call.
+    pub timeout: bool,
+    /// The header list and message size limits and the streams per connection.
+    pub limits: bool,
+    /// Load shedding in front of a global concurrency limit.
+    pub shed: bool,
+}
+
+impl Settings {
+    /// The names [`Settings::parse`] takes, `all` being every one.
+    pub const NAMES: [&str; 5] = ["keepalive", "timeout", "limits", "shed", "all"];
+
+    /// `keepalive`, `timeout`, `limits`, `shed` or `all`, comma-separated;
+    /// empty for the plain floor.
+    pub fn parse(list: &str) -> Self {
+        let mut settings = Self::default();
+        for name in list.split(',').filter(|n| !n.is_empty()) {
+            let all = name == "all";
+            match name {
+                "keepalive" | "timeout" | "limits" | "shed" | "all" => {}
+                other => panic!("unknown floor setting {other:?}"),
+            }
+            settings.keepalive |= all || name == "keepalive";
+            settings.timeout |= all || name == "timeout";
+            settings.limits |= all || name == "limits";
+            settings.shed |= all || name == "shed";
+        }
+        settings
+    }
+}
+
 /// Serves until killed, on a loopback port it picks, on tokio's default
-/// multi-threaded runtime (as `tokenauth serve` runs).
-pub fn run() {
+/// multi-threaded runtime (as `tokenauth serve` runs), with `settings`
+/// added to the builder's defaults.
+pub fn run(settings: Settings) {
+    let limits = tokenauth::config::LimitsConfig::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,11 +112,41 @@ pub fn run() {
         // `serve(addr)` would set TCP_NODELAY, the builder's default; an
         // incoming stream from a listener we bound ourselves must ask for it.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .add_service(CheckServiceServer::new(AlwaysAllowed))
-            .add_service(AuthorizationServer::new(AlwaysAllowed))
-            .serve_with_incoming(incoming)
-            .await
-            .unwrap();
+        let mut builder = tonic::transport::Server::builder();
+        if settings.keepalive {
+            builder = builder
+                .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+                .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+        }
+        if settings.timeout {
+            builder = builder.timeout(limits.request_timeout);
+        }
+        let mut check = CheckServiceServer::new(AlwaysAllowed);
+        let mut authorization = AuthorizationServer::new(AlwaysAllowed);
+        if settings.limits {
+            builder = builder
+                .http2_max_header_list_size(limits.max_header_list_bytes)
+                .max_concurrent_streams(Some(limits.max_concurrent_streams));
+            check = check.max_decoding_message_size(limits.max_request_bytes);
+            authorization = authorization.max_decoding_message_size(limits.max_request_bytes);
+        }
+        let served = if settings.shed {
+            builder
+                .load_shed(true)
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                ))
+                .add_service(check)
+                .add_service(authorization)
+                .serve_with_incoming(incoming)
+                .await
+        } else {
+            builder
+                .add_service(check)
+                .add_service(authorization)
+                .serve_with_incoming(incoming)
+                .await
+        };
+        served.unwrap();
     });
 }
