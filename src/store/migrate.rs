@@ -114,7 +114,7 @@ pub async fn migrate(from: &SledStore, to: &PostgresStore) -> Result<Vec<TableRe
             // The sled meta tree keys pepper checks by a prefix and the id.
             let key = key[prefix.len()..].to_vec();
             source.add(&key, &value);
-            batch.push((key, value.to_vec()));
+            batch.push((key, value));
             if batch.len() == BATCH {
                 insert(to, name, &batch).await?;
                 batch.clear();

@@ -103,6 +103,9 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
+/// (key, value) pairs in key order.
+pub(super) type Entries<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+
 impl SledStore {
     /// Test-only fault: aborts the next usage upkeep inside its transaction,
     /// after it took its rows and before it wrote their roll-up.
@@ -133,9 +136,19 @@ impl SledStore {
     }
 
     /// The entries of tree `name` under `prefix`, in key order (for
-    /// `tokenauth migrate`, with the server stopped).
-    pub(super) fn scan_tree(&self, name: &str, prefix: &[u8]) -> Result<sled::Iter, StoreError> {
-        Ok(self.trees.db.open_tree(name)?.scan_prefix(prefix))
+    /// `tokenauth migrate`, with the server stopped). The by-org usage tree's
+    /// come with each row's count, which sled keeps in the by-time tree.
+    pub(super) fn scan_tree(&self, name: &str, prefix: &[u8]) -> Result<Entries<'_>, StoreError> {
+        if name == keys::USAGE_BY_ORG && prefix.is_empty() {
+            return Ok(Box::new(usage::rows_by_org(&self.trees)));
+        }
+        Ok(Box::new(
+            self.trees
+                .db
+                .open_tree(name)?
+                .scan_prefix(prefix)
+                .map(|entry| Ok(entry.map(|(key, value)| (key.to_vec(), value.to_vec()))?)),
+        ))
     }
 
     /// Runs `apply` under the write lock on a blocking thread.

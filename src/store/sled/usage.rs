@@ -1,6 +1,14 @@
 //! Usage rows on sled: adding counts, listing, and upkeep (roll-up and
 //! prune), each write one transaction over the usage trees, so that a
 //! crash leaves every row's count either before or after it, in every tree.
+//!
+//! A row's count lives in its by-time tree only; the by-org and by-token
+//! trees hold its key with an empty value (rows written before this layout
+//! hold a count there, which nothing reads). A busy row is added to at every
+//! flush of its minute, and this way each flush after the first writes one
+//! tree instead of three: it was the largest part of the usage flush, and
+//! the flush the largest part of tokenauth's own CPU under a steady Check
+//! load (BENCHMARKS.md, "Where the excess goes").
 
 use std::ops::Bound;
 
@@ -29,20 +37,23 @@ impl UsageTx<'_> {
         self.by_time[resolution as usize]
     }
 
-    /// Adds each record's count to its row in the three trees.
+    /// Adds each record's count to its by-time row, and indexes a new row
+    /// in the by-org and by-token trees.
     fn add(&self, records: &[UsageRecord]) -> Abortable<()> {
         for record in records {
-            let keys = usage_keys(record);
-            let trees = [self.by_time(record.resolution), self.by_org, self.by_token];
-            for (tree, key) in trees.into_iter().zip(&keys) {
-                let old = tree
-                    .get(key)?
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                    .map_or(0, u64::from_be_bytes);
-                tree.insert(
-                    key.as_slice(),
-                    &old.saturating_add(record.count).to_be_bytes(),
-                )?;
+            let [by_time, by_org, by_token] = usage_keys(record);
+            let tree = self.by_time(record.resolution);
+            let old = tree.get(&by_time)?;
+            let count = old
+                .as_ref()
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes);
+            tree.insert(by_time, &count.saturating_add(record.count).to_be_bytes())?;
+            // The three trees change in one transaction, so a row in the
+            // by-time tree is indexed already.
+            if old.is_none() {
+                self.by_org.insert(by_org, &[])?;
+                self.by_token.insert(by_token, &[])?;
             }
         }
         Ok(())
@@ -144,23 +155,114 @@ pub(super) fn list(
     let mut records = Vec::new();
     let mut last_key = None;
     for entry in tree.range((start, Bound::Excluded(high))) {
-        let (key, value) = entry?;
+        let (key, _) = entry?;
         if records.len() == limit {
             return Ok(UsagePage {
                 records,
                 next: last_key,
             });
         }
-        records.push(decode_usage_tail(
-            &query.org_id,
-            query.token_id,
-            &key[prefix.len()..],
-            &value,
-        )?);
+        let tail = &key[prefix.len()..];
+        // Read outside a transaction: a row rolled up or pruned since its
+        // index entry was read is gone, and skipped.
+        if let Some(record) = with_count(trees, &query.org_id, query.token_id, tail)? {
+            records.push(record);
+        }
         last_key = Some(key.to_vec());
     }
     Ok(UsagePage {
         records,
         next: None,
     })
+}
+
+/// The row a by-org or by-token key's tail names, with its count from the
+/// by-time tree, or nothing if that row is gone.
+fn with_count(
+    trees: &Trees,
+    org_id: &str,
+    token: Option<crate::domain::ids::TokenId>,
+    tail: &[u8],
+) -> Result<Option<UsageRecord>, StoreError> {
+    let mut record = decode_usage_tail(org_id, token, tail, &[0; 8])?;
+    let [by_time, ..] = usage_keys(&record);
+    let Some(count) = trees.usage_by_time[record.resolution as usize].get(by_time)? else {
+        return Ok(None);
+    };
+    record.count = u64::from_be_bytes(
+        count
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("usage count".into()))?,
+    );
+    Ok(Some(record))
+}
+
+/// Every usage row in by-org key order, each as its by-org key and its
+/// count (8 bytes, big-endian), as `tokenauth migrate` copies them.
+pub(super) fn rows_by_org(
+    trees: &Trees,
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+    trees.usage_by_org.iter().filter_map(move |entry| {
+        let row = || {
+            let (key, _) = entry?;
+            let (org, tail) =
+                keys::take_part(&key).ok_or_else(|| StoreError::Corrupt("usage key".into()))?;
+            Ok(with_count(trees, org, None, tail)?
+                .map(|record| (key.to_vec(), record.count.to_be_bytes().to_vec())))
+        };
+        row().transpose()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ids::TokenId, time::Timestamp, token::Reason};
+    use crate::store::{Store, sled::SledStore};
+
+    fn row(minute: i64, count: u64) -> UsageRecord {
+        UsageRecord {
+            org_id: "a".into(),
+            token_id: TokenId::from_bytes([1; 16]),
+            permission: "p:x".into(),
+            decision: Reason::Ok,
+            minute: Timestamp::from_micros(minute * 60_000_000),
+            resolution: Resolution::Minute,
+            count,
+        }
+    }
+
+    /// A store written before counts lived in the by-time tree only keeps
+    /// its rows: they list with their counts and add up from there.
+    #[tokio::test]
+    async fn rows_of_the_earlier_layout_list_and_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let old = row(1, 5);
+        let [by_time, by_org, by_token] = usage_keys(&old);
+        let count = 5u64.to_be_bytes();
+        store.trees.usage_by_time[0]
+            .insert(by_time, &count)
+            .unwrap();
+        store.trees.usage_by_org.insert(by_org, &count).unwrap();
+        store.trees.usage_by_token.insert(by_token, &count).unwrap();
+
+        store.record_usage(&[row(1, 2), row(2, 3)]).await.unwrap();
+        let expected = vec![row(1, 7), row(2, 3)];
+        for token_id in [None, Some(old.token_id)] {
+            let query = UsageQuery {
+                org_id: "a".into(),
+                token_id,
+                start: None,
+                end: None,
+            };
+            let page = store.list_usage(&query, None, 10).await.unwrap();
+            assert_eq!(page.records, expected, "listed by token: {token_id:?}");
+        }
+        let copied: Vec<_> = rows_by_org(&store.trees)
+            .map(|row| u64::from_be_bytes(row.unwrap().1.try_into().unwrap()))
+            .collect();
+        assert_eq!(copied, [7, 3], "what migrate copies");
+    }
 }
