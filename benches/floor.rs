@@ -16,7 +16,9 @@
 //! Not a test: `cargo bench --bench floor` (BENCH_SECONDS per window,
 //! default 2; BENCH_RUNS rounds, default 5; BENCH_SCENARIOS=grpc,envoy,settings;
 //! BENCH_SHAPES=native,ext_authz,native_personal,native_personal_unknown,
-//! native_garbage,ext_authz_garbage for the gRPC shapes; the personal ones
+//! native_garbage,ext_authz_garbage for the gRPC shapes, BENCH_IN_FLIGHT=1,16
+//! for the calls in flight, BENCH_TOKENAUTH=<path> for another build of the
+//! server; the personal ones
 //! check personal tokens of members the service knows, whose stored role
 //! Check applies, and of users it does not know). Prints Markdown. The
 //! servers' pids are printed on stderr, for `perf record -p`.
@@ -231,7 +233,13 @@ pub async fn start_tokenauth(dir: &Path, tls: &str) -> Process {
     )
     .unwrap();
     let log: PathBuf = dir.join("tokenauth.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_tokenauth"))
+    // BENCH_TOKENAUTH runs another build (an A/B of two commits against
+    // the same floor); the data directory is written by this build's code.
+    let binary = std::env::var_os("BENCH_TOKENAUTH").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_tokenauth")),
+        PathBuf::from,
+    );
+    let child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(&config)
         .stdin(Stdio::null())
@@ -468,7 +476,12 @@ async fn grpc(runs: usize, seconds: u64) {
             "native_personal_unknown" => &personal_unknown,
             _ => &valid,
         };
-        for in_flight in [1usize, 16] {
+        // BENCH_IN_FLIGHT=1 keeps one window shape alone, so that a
+        // profile of the server covers that shape only.
+        for in_flight in [1usize, 16]
+            .into_iter()
+            .filter(|n| listed("BENCH_IN_FLIGHT", &n.to_string()))
+        {
             let (mut floors, mut ours) = (Vec::new(), Vec::new());
             for round in 0..runs {
                 // Alternate which goes first, so that a drift in the
