@@ -402,7 +402,9 @@ impl AsyncWrite for GuardedStream {
     // the next frame is buffered. So a unary response whose message is
     // 257 bytes to 1 KiB (an ext_authz OK with its identity headers) went
     // out as two writes, the trailers alone in the second: one syscall more
-    // per call, and one more wake-up of the peer.
+    // per call, and one more wake-up of the peer. The price: a frame over
+    // 1 KiB (a large page of a listing) goes out as two plain writes where
+    // one writev would do; under TLS h2 sees rustls's stream, not this one.
     fn is_write_vectored(&self) -> bool {
         false
     }
