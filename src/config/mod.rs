@@ -314,20 +314,10 @@ impl Default for SecretScanningConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
-    /// How often last-use times, client addresses and the usage counts that
-    /// are due are written; last-use times lag, and a crash may lose, at most
-    /// this much. Default `"10s"`.
+    /// How often usage counts and last-use times are written; they lag, and a
+    /// crash may lose, at most this much. Default `"10s"`.
     #[serde(with = "values::duration")]
     pub flush_interval: Duration,
-    /// How long a usage count of the minute under way waits before a flush
-    /// writes it; a minute's counts are written at the first flush after
-    /// the minute ends in any case. With the default `"1m"` that comes first,
-    /// so each (token, permission, decision, minute) row is written once
-    /// instead of at every flush of its minute; `"0s"` writes every count at
-    /// the next flush. Counts lag, and a crash may lose, at most the lesser
-    /// of this and the rest of their minute, plus `flush_interval`.
-    #[serde(with = "values::duration")]
-    pub counts_interval: Duration,
     /// How long usage is kept at all (as day rows at the end). Default
     /// `"400days"`.
     #[serde(with = "values::duration")]
@@ -347,8 +337,7 @@ pub struct UsageConfig {
     /// it holds other usage writes (and, on sled, reads) for. Default 500.
     pub upkeep_batch: usize,
     /// Most usage counts (one per token, permission, decision and minute)
-    /// held in memory until written; once half of them wait, all are written
-    /// at the next flush, due or not. While the store takes no writes they
+    /// held in memory until written; while the store takes no writes they
     /// wait, and a Check that would need one more is not counted (and
     /// logged). About 100 bytes each. Default 1000000.
     pub max_pending_counts: usize,
@@ -363,7 +352,6 @@ impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             flush_interval: Duration::from_secs(10),
-            counts_interval: Duration::from_secs(60),
             retention: 400 * DAY,
             minute_rows_for: 2 * DAY,
             hour_rows_for: 90 * DAY,

@@ -123,7 +123,6 @@ pub async fn start_with_store(
     let recorder = Arc::new(
         Recorder::new(policy.catalogue.clone(), policy.refusal_limits)
             .with_max_pending_counts(config.usage.max_pending_counts)
-            .with_counts_interval(config.usage.counts_interval)
             .with_max_pending_address_tokens(config.usage.max_pending_client_addresses),
     );
     let cache_settings = CacheSettings {

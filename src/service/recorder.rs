@@ -9,19 +9,11 @@
 //! A Check adds to in-memory maps (sharded by token, so concurrent Checks
 //! rarely meet on a lock; last use at most once per token per second, see
 //! `CachedToken::touch`; a client address when it differs from the
-//! previous Check's, or once a second, see `CachedToken::moved_to`). A
-//! background task writes what gathered every flush interval, and
-//! everything once more at shutdown. So `last_used_at` lags by up to one
-//! interval, and a crash loses at most the last interval's records, never a
-//! token or a revocation.
-//!
-//! Usage counts wait for their minute to end (or `usage.counts_interval`,
-//! if shorter): a busy row added to at every flush of its minute was
-//! rewritten six times a minute, and those writes were the largest part of
-//! tokenauth's own CPU under a steady Check load (BENCHMARKS.md). Counts
-//! that fill half their bound are written at once instead, so that waiting
-//! never leaves a Check uncounted. A minute's refusal follow-ups are
-//! written the same way: at the first flush after it ends, and at shutdown.
+//! previous Check's, or once a second, see `CachedToken::moved_to`). A background task writes what gathered every flush
+//! interval, and once more at shutdown. So `last_used_at` and usage lag by up
+//! to one interval, and a crash loses at most the last interval's records,
+//! never a token or a revocation. A minute's follow-ups are written at the
+//! first flush after it ends, and at shutdown.
 
 use std::{collections::HashMap, hash::Hash, net::IpAddr, sync::Arc, sync::Mutex, time::Duration};
 
@@ -79,21 +71,6 @@ impl<K: Eq + Hash, V> Sharded<K, V> {
             })
             .collect()
     }
-
-    /// Takes the entries that are `due` out of every shard, and every entry
-    /// of a shard that holds more than `full`.
-    fn take_due(&self, full: usize, due: impl Fn(&K, &V) -> bool) -> Vec<(K, V)> {
-        let mut taken = Vec::new();
-        for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            if shard.len() > full {
-                taken.extend(std::mem::take(&mut *shard));
-            } else {
-                taken.extend(shard.extract_if(|key, value| due(key, value)));
-            }
-        }
-        taken
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,17 +85,6 @@ struct UsageCount {
     count: u64,
     /// The token, for its organization when the count is written.
     token: Arc<CachedToken>,
-    /// When the count was started: it is due `counts_interval` later.
-    since: Timestamp,
-}
-
-/// Which usage counts a flush writes.
-#[derive(Clone, Copy)]
-enum Due {
-    /// Every count: at shutdown, and when asked to.
-    All,
-    /// Those of minutes ended by then, or older than `counts_interval`.
-    At(Timestamp),
 }
 
 /// The in-memory records of Checks, and their writer.
@@ -130,8 +96,6 @@ pub struct Recorder {
     /// the counts wait in memory, and this keeps them from growing without
     /// bound (a count's key is ~40 bytes, its entry ~100 with the map's).
     max_pending_per_shard: usize,
-    /// How long a count of the minute under way waits to be written.
-    counts_interval: Duration,
     /// Check decisions not counted since the last flush because the maps
     /// were full.
     uncounted: std::sync::atomic::AtomicU64,
@@ -164,7 +128,6 @@ impl Recorder {
             last_used: Sharded::new(),
             usage: Sharded::new(),
             max_pending_per_shard: DEFAULT_MAX_PENDING_COUNTS.div_ceil(SHARDS),
-            counts_interval: Duration::ZERO,
             uncounted: std::sync::atomic::AtomicU64::new(0),
             addresses: Sharded::new(),
             max_pending_addresses_per_shard: DEFAULT_MAX_PENDING_TOKENS.div_ceil(SHARDS),
@@ -186,13 +149,6 @@ impl Recorder {
     /// not counted, and the next flush logs how many were not.
     pub fn with_max_pending_counts(mut self, counts: usize) -> Self {
         self.max_pending_per_shard = counts.div_ceil(SHARDS).max(1);
-        self
-    }
-
-    /// Lets a usage count of the minute under way wait this long before a
-    /// flush writes it (none by default: every count at the next flush).
-    pub fn with_counts_interval(mut self, interval: Duration) -> Self {
-        self.counts_interval = interval;
         self
     }
 
@@ -277,7 +233,6 @@ impl Recorder {
                 UsageCount {
                     count: 1,
                     token: Arc::clone(token),
-                    since: now,
                 },
             );
         } else {
@@ -317,30 +272,11 @@ impl Recorder {
 
     /// Writes everything noted so far; on failure keeps it for the next try.
     pub async fn flush(&self, store: &dyn Store) -> Result<(), StoreError> {
-        self.flush_due(store, Due::All).await
-    }
-
-    /// Writes what is due (see [`Due`]); on failure keeps it for the next try.
-    async fn flush_due(&self, store: &dyn Store, due: Due) -> Result<(), StoreError> {
         let refusals = self.flush_follow_ups(store).await;
         let addresses = self.flush_addresses(store).await;
         let wrote_addresses = matches!(addresses, Ok(true));
-        let usage = self.flush_usage(store, wrote_addresses, due).await;
+        let usage = self.flush_usage(store, wrote_addresses).await;
         refusals.and(addresses).and(usage)
-    }
-
-    /// Takes the usage counts `due` out of the maps.
-    fn take_counts(&self, due: Due) -> Vec<(UsageKey, UsageCount)> {
-        let Due::At(now) = due else {
-            return self.usage.take();
-        };
-        let minute = minute_of(now);
-        let wait = i64::try_from(self.counts_interval.as_micros()).unwrap_or(i64::MAX);
-        self.usage
-            .take_due(self.max_pending_per_shard / 2, |key, count| {
-                key.minute < minute
-                    || now.as_micros().saturating_sub(count.since.as_micros()) >= wait
-            })
     }
 
     /// Records the refusals deferred since the last flush, then appends the
@@ -388,12 +324,7 @@ impl Recorder {
 
     /// `wrote_before`: this flush wrote something already, which the
     /// flush of the store at the end must make durable.
-    async fn flush_usage(
-        &self,
-        store: &dyn Store,
-        wrote_before: bool,
-        due: Due,
-    ) -> Result<(), StoreError> {
+    async fn flush_usage(&self, store: &dyn Store, wrote_before: bool) -> Result<(), StoreError> {
         let uncounted = self.uncounted.swap(0, std::sync::atomic::Ordering::Relaxed);
         if uncounted > 0 {
             tracing::warn!(
@@ -412,7 +343,7 @@ impl Recorder {
             }
             return Err(error);
         }
-        let counts = self.take_counts(due);
+        let counts = self.usage.take();
         if counts.is_empty() {
             return if wrote_uses {
                 store.durable().await
@@ -454,7 +385,6 @@ impl Recorder {
                         .or_insert_with(|| UsageCount {
                             count: 0,
                             token: Arc::clone(&value.token),
-                            since: value.since,
                         })
                         .count += value.count;
                 }
@@ -522,8 +452,7 @@ impl Recorder {
                 self.refusals.close_minute(Timestamp::now());
                 return;
             }
-            let due = Due::At(Timestamp::now());
-            if let Err(error) = self.flush_due(store.as_ref(), due).await {
+            if let Err(error) = self.flush(store.as_ref()).await {
                 tracing::warn!(%error, "writing usage and last-used records failed; will retry");
             }
         }
@@ -631,77 +560,6 @@ mod tests {
             .map(|r| (r.minute.as_micros() / 60_000_000, r.count))
             .collect();
         assert_eq!(counts, vec![(0, 1), (1, 2)]);
-    }
-
-    /// A count of the minute under way waits for the minute to end, or for
-    /// `counts_interval`; a shard half full of counts is written at once;
-    /// and `flush` (shutdown's) writes every count.
-    #[tokio::test]
-    async fn counts_wait_for_their_minute_unless_due_sooner() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let catalogue = Config::default().policy().unwrap().catalogue;
-        let (_, permission) = catalogue.check_level("test_api:run").unwrap();
-        let token = Arc::new(CachedToken::new(test_record(1, "org")));
-        let limits = RefusalLimits {
-            per_caller: 1,
-            outside: 1,
-        };
-        let recorder = Recorder::new(catalogue, limits)
-            .with_max_pending_counts(8 * SHARDS)
-            .with_counts_interval(Duration::from_secs(60));
-        let at = |s: i64| Timestamp::from_micros(s * 1_000_000);
-        let written = || async {
-            let query = UsageQuery {
-                org_id: "org".into(),
-                token_id: None,
-                start: None,
-                end: None,
-            };
-            let page = store.list_usage(&query, None, 500).await.unwrap();
-            page.records
-                .iter()
-                .map(|r| (r.minute.as_micros() / 60_000_000, r.count))
-                .collect::<Vec<_>>()
-        };
-        // Minute 10 (600 s), two Checks; a flush within it writes nothing.
-        for _ in 0..2 {
-            let _ = recorder.note_check(&token, permission, Reason::Ok, at(601), None);
-        }
-        recorder.flush_due(&store, Due::At(at(650))).await.unwrap();
-        assert_eq!(written().await, vec![]);
-        // Once the minute ended it is written, and the next one waits.
-        let _ = recorder.note_check(&token, permission, Reason::Ok, at(661), None);
-        recorder.flush_due(&store, Due::At(at(662))).await.unwrap();
-        assert_eq!(written().await, vec![(10, 2)]);
-        // More than half the shard's bound (8 counts) waiting: all written
-        // at once, the minute under way's too.
-        for m in 0..5 {
-            let _ = recorder.note_check(&token, permission, Reason::Ok, at(6000 + 60 * m), None);
-        }
-        recorder.flush_due(&store, Due::At(at(705))).await.unwrap();
-        let early = written().await;
-        assert_eq!(early.iter().map(|(_, c)| c).sum::<u64>(), 2 + 1 + 5);
-        assert!(early.contains(&(11, 1)), "{early:?}");
-        // A shorter counts_interval: the count is written once it waited
-        // that long, before its minute ends.
-        let recorder = Recorder::new(Config::default().policy().unwrap().catalogue, limits)
-            .with_counts_interval(Duration::from_secs(5));
-        let _ = recorder.note_check(&token, permission, Reason::Ok, at(900), None);
-        recorder.flush_due(&store, Due::At(at(904))).await.unwrap();
-        assert_eq!(written().await.iter().find(|(m, _)| *m == 15), None);
-        recorder.flush_due(&store, Due::At(at(905))).await.unwrap();
-        assert_eq!(
-            written().await.iter().find(|(m, _)| *m == 15),
-            Some(&(15, 1))
-        );
-        // Shutdown's flush writes the minute under way.
-        let _ = recorder.note_check(&token, permission, Reason::Ok, at(960), None);
-        recorder.flush(&store).await.unwrap();
-        assert_eq!(
-            written().await.iter().find(|(m, _)| *m == 16),
-            Some(&(16, 1))
-        );
     }
 
     /// A flood of addresses for one token keeps its latest few; a flood of

@@ -28,7 +28,6 @@ fn short_policy(config: &mut Config) {
     config.inactivity.sweep_interval = Duration::from_millis(100);
     config.inactivity.allow_short_periods = true;
     config.usage.flush_interval = Duration::from_millis(100);
-    config.usage.counts_interval = Duration::ZERO;
 }
 
 async fn token(server: &TestServer, org: &str, id: &str) -> Token {

@@ -100,7 +100,6 @@ const ADMIN: [&str; 4] = ["--org", "org-1", "--as", "root:admin"];
 async fn a_token_is_issued_listed_rotated_and_revoked_from_the_command_line() {
     let server = TestServer::start_with(|config| {
         config.usage.flush_interval = Duration::from_millis(100);
-        config.usage.counts_interval = Duration::ZERO;
     })
     .await;
     let cli = Operator::new(&server);

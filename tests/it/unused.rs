@@ -64,11 +64,9 @@ fn find<'a>(page: &'a ReportUnusedPermissionsResponse, id: &str) -> &'a TokenPer
 
 #[tokio::test]
 async fn the_report_shows_what_each_token_used_and_what_it_never_did() {
-    let server = TestServer::start_with(|config| {
-        config.usage.flush_interval = Duration::from_millis(100);
-        config.usage.counts_interval = Duration::ZERO;
-    })
-    .await;
+    let server =
+        TestServer::start_with(|config| config.usage.flush_interval = Duration::from_millis(100))
+            .await;
     let wild = issue(
         &server,
         workspace_token("org-1", "ws-1", &["transformations:*", "test_api:run"]),
@@ -502,11 +500,9 @@ async fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn the_command_line_prints_the_report_as_a_table_or_json_lines() {
-    let server = TestServer::start_with(|config| {
-        config.usage.flush_interval = Duration::from_millis(100);
-        config.usage.counts_interval = Duration::ZERO;
-    })
-    .await;
+    let server =
+        TestServer::start_with(|config| config.usage.flush_interval = Duration::from_millis(100))
+            .await;
     let used = issue(
         &server,
         workspace_token("org-c", "ws-1", &["test_api:run", "data_catalog:read"]),

@@ -43,11 +43,9 @@ fn totals(records: &[UsageRecord]) -> HashMap<(String, String, i32), u64> {
 
 #[tokio::test]
 async fn usage_counts_equal_the_checks_performed() {
-    let server = TestServer::start_with(|config| {
-        config.usage.flush_interval = Duration::from_millis(100);
-        config.usage.counts_interval = Duration::ZERO;
-    })
-    .await;
+    let server =
+        TestServer::start_with(|config| config.usage.flush_interval = Duration::from_millis(100))
+            .await;
     let ws = issue(&server, workspace_token("org-1", "ws-1", &["test_api:run"])).await;
     let pat = issue(&server, personal_token("org-1", "alice", &["scim:read"])).await;
     for _ in 0..7 {

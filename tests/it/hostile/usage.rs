@@ -87,7 +87,6 @@ async fn a_busy_organizations_roll_up_loses_no_other_usage_and_check_keeps_answe
     let server = TestServer::start_wrapped(
         |config| {
             config.usage.flush_interval = Duration::from_millis(100);
-            config.usage.counts_interval = Duration::ZERO;
             config.usage.upkeep_interval = Duration::from_millis(100);
             config.usage.upkeep_batch = 50;
         },

@@ -85,7 +85,6 @@ async fn migrate_copies_a_sled_database_verifiably_and_can_run_again() {
     let sled = TestServer::start_with(|config| {
         config.store = "sled".into();
         config.usage.flush_interval = Duration::from_millis(50);
-        config.usage.counts_interval = Duration::ZERO;
     })
     .await;
     let live = issue(&sled, service_token("org-1", &["scim:read"])).await;
