@@ -159,6 +159,16 @@ fn kubernetes_runs_one_non_root_writer_with_probes() {
     // The gRPC port serves TLS; the probes, which speak none, use the
     // health-only port (health.listen).
     serves_tls_with_probes_on_the_health_port(&deployment);
+    // Opening a large sled store takes minutes with a small page cache:
+    // liveness must not restart the pod before its health port opens.
+    let startup = &container["startupProbe"];
+    assert_eq!(
+        startup["grpc"]["port"],
+        container["livenessProbe"]["grpc"]["port"]
+    );
+    let patience =
+        startup["periodSeconds"].as_i64().unwrap() * startup["failureThreshold"].as_i64().unwrap();
+    assert!(patience >= 300, "{patience} s before liveness takes over");
     assert!(
         container["resources"]["requests"]["memory"]
             .as_str()

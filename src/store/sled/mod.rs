@@ -66,8 +66,14 @@ use crate::domain::{
     usage::{UsageQuery, UsageRecord, UsageUpkeep},
 };
 
-/// Bytes of pages sled keeps in memory unless told otherwise (sled's own default).
-pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 1024 * 1024 * 1024;
+/// Bytes of pages sled keeps in memory unless told otherwise. Not sled's
+/// own default (1 GiB): sled counts pages at their size on disk and holds
+/// them in several times that, so with 1 GiB RSS under sustained load kept
+/// growing past what the shipped Kubernetes manifest allows (412 MiB after
+/// an hour at 10,000 tokens, 783 MiB after five minutes at 100,000), while a
+/// small budget levelled off (BENCHMARKS.md, "Memory under sustained Check
+/// load"). A larger one only speeds up Checks that miss the Check cache.
+pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// A [`Store`] in an embedded sled database.
 pub struct SledStore {
