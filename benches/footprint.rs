@@ -18,7 +18,10 @@
 //! cache entry, a usage count and a last-use time to write, over and over),
 //! sampling RSS every second: its maximum, its value at the end of each
 //! minute (to tell growth that levels off from growth that does not), and
-//! its value at the end. The server's pid goes to stderr when the load
+//! its value at the end; and the `db` directory's size on disk at the end of
+//! each minute, since sled's memory follows its store's size (the usage rows
+//! the load writes). BENCH_* aside, the server inherits the environment, so
+//! `TOKENAUTH_USAGE__MINUTE_ROWS_FOR=10m` (say) runs it with that setting. The server's pid goes to stderr when the load
 //! starts, so that a heap profiler can attach to it for the load alone
 //! (`heaptrack -p <pid>`; docs/operate/memory.md).
 
@@ -129,10 +132,10 @@ async fn main() {
         allocated as f64 / 1048576.0
     );
     println!(
-        "| run | sled cache_capacity (MiB) | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) | those Checks, mean (µs) | Checks under {}s of load | RSS at the end of each minute of load (MiB) | RSS max under load (MiB) | RSS at its end (MiB) |",
+        "| run | sled cache_capacity (MiB) | start-up to SERVING (ms) | RSS after start (MiB) | RSS after {warm} Checks (MiB) | those Checks, mean (µs) | Checks under {}s of load | RSS at the end of each minute of load (MiB) | `db` on disk at the end of each minute (MiB) | RSS max under load (MiB) | RSS at its end (MiB) |",
         load.as_secs()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (run, sled_cache) in (1..=runs).flat_map(|run| sled_caches.iter().map(move |c| (run, *c))) {
         let port = free_port();
         let addr = format!("http://127.0.0.1:{port}");
@@ -190,18 +193,24 @@ async fn main() {
         let rss_warm = rss_kib(pid);
         eprintln!("tokenauth pid {pid}: load starts");
         let (loaded, minutes, rss_max, rss_end) =
-            sustained_load(&client, &secrets, load, pid).await;
-        let minutes: Vec<String> = minutes
+            sustained_load(&client, &secrets, load, pid, &dir.join("db")).await;
+        let (rss_minutes, db_minutes): (Vec<String>, Vec<String>) = minutes
             .iter()
-            .map(|kib| format!("{:.0}", *kib as f64 / 1024.0))
-            .collect();
+            .map(|(kib, db)| {
+                (
+                    format!("{:.0}", *kib as f64 / 1024.0),
+                    format!("{:.0}", *db as f64 / 1048576.0),
+                )
+            })
+            .unzip();
         println!(
-            "| {run} | {sled_cache} | {:.0} | {:.1} | {:.1} | {:.0} | {loaded} | {} | {:.1} | {:.1} |",
+            "| {run} | {sled_cache} | {:.0} | {:.1} | {:.1} | {:.0} | {loaded} | {} | {} | {:.1} | {:.1} |",
             startup.as_secs_f64() * 1000.0,
             rss_started as f64 / 1024.0,
             rss_warm as f64 / 1024.0,
             checks_mean.as_secs_f64() * 1e6,
-            minutes.join(", "),
+            rss_minutes.join(", "),
+            db_minutes.join(", "),
             rss_max as f64 / 1024.0,
             rss_end as f64 / 1024.0,
         );
@@ -210,14 +219,16 @@ async fn main() {
 }
 
 /// Keeps 16 Checks in flight over every secret in turn for `load`; returns
-/// the Checks answered, the server's RSS at the end of each minute, and its
-/// largest and last RSS (KiB), sampled every second.
+/// the Checks answered, the server's RSS (KiB) and the bytes `db` takes on
+/// disk at the end of each minute, and its largest and last RSS (KiB),
+/// sampled every second.
 async fn sustained_load(
     client: &CheckServiceClient<tonic::transport::Channel>,
     secrets: &[String],
     load: Duration,
     pid: u32,
-) -> (u64, Vec<u64>, u64, u64) {
+    db: &Path,
+) -> (u64, Vec<(u64, u64)>, u64, u64) {
     if load.is_zero() {
         return (0, Vec::new(), 0, 0);
     }
@@ -256,7 +267,7 @@ async fn sustained_load(
         rss_max = rss_max.max(rss);
         seconds += 1;
         if seconds % 60 == 0 {
-            minutes.push(rss);
+            minutes.push((rss, disk_usage(db).1));
         }
     }
     let mut checks = 0;
