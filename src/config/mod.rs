@@ -525,8 +525,8 @@ pub struct SledConfig {
     /// process's RSS did not follow this setting closely in BENCHMARKS.md's
     /// footprint runs). A larger budget keeps more of a large store in
     /// memory, so fewer Check cache misses read the disk. At least 1 MiB.
-    /// Default 67108864 (64 MiB; sled's own default, 1 GiB, let RSS grow
-    /// for hours; docs/operate/memory.md).
+    /// Default 67108864 (64 MiB, not sled's own 1 GiB, under which RSS grew
+    /// faster; docs/operate/memory.md).
     pub cache_capacity: u64,
 }
 

@@ -68,11 +68,10 @@ use crate::domain::{
 
 /// Bytes of pages sled keeps in memory unless told otherwise. Not sled's
 /// own default (1 GiB): sled counts pages at their size on disk and holds
-/// them in several times that, so with 1 GiB RSS under sustained load kept
-/// growing past what the shipped Kubernetes manifest allows (412 MiB after
-/// an hour at 10,000 tokens, 783 MiB after five minutes at 100,000), while a
-/// small budget levelled off (BENCHMARKS.md, "Memory under sustained Check
-/// load"). A larger one only speeds up Checks that miss the Check cache.
+/// them in several times that, and in the first five minutes of load at
+/// 100,000 tokens RSS reached 783 MiB with 1 GiB against 530 MiB with this
+/// (BENCHMARKS.md, "Memory under sustained Check load"). A larger budget
+/// speeds up Checks that miss the Check cache, and start-up.
 pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// A [`Store`] in an embedded sled database.
