@@ -19,9 +19,10 @@
 //! sampling RSS every second: its maximum, its value at the end of each
 //! minute (to tell growth that levels off from growth that does not), and
 //! its value at the end; and the `db` directory's size on disk at the end of
-//! each minute, since sled's memory follows its store's size (the usage rows
-//! the load writes). BENCH_* aside, the server inherits the environment, so
-//! `TOKENAUTH_USAGE__MINUTE_ROWS_FOR=10m` (say) runs it with that setting. The server's pid goes to stderr when the load
+//! each minute, since sled's memory follows its store's size (which grows
+//! with the pages each usage flush rewrites). BENCH_* aside, the server
+//! inherits the environment, so `TOKENAUTH_USAGE__MINUTE_ROWS_FOR=10m` (say)
+//! runs it with that setting. The server's pid goes to stderr when the load
 //! starts, so that a heap profiler can attach to it for the load alone
 //! (`heaptrack -p <pid>`; docs/operate/memory.md).
 
