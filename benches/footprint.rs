@@ -20,11 +20,12 @@
 //! minute (to tell growth that levels off from growth that does not), and
 //! its value at the end; and the `db` directory's size on disk at the end of
 //! each minute, since sled's memory follows its store's size (which grows
-//! with the pages each usage flush rewrites). BENCH_* aside, the server
-//! inherits the environment, so `TOKENAUTH_USAGE__MINUTE_ROWS_FOR=10m` (say)
-//! runs it with that setting. The server's pid goes to stderr when the load
-//! starts, so that a heap profiler can attach to it for the load alone
-//! (`heaptrack -p <pid>`; docs/operate/memory.md).
+//! with the usage rows kept by the minute). BENCH_* aside, the server
+//! inherits the environment, so `TOKENAUTH_USAGE__MINUTE_ROWS_FOR=1m` (say)
+//! runs it with that setting, and `_RJEM_MALLOC_CONF=prof:true,...` with
+//! `--features heap-profile` has jemalloc write heap profiles of it
+//! (`scripts/heap-parts` reads them). The server's pid goes to stderr when
+//! the load starts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
