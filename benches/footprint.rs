@@ -25,7 +25,9 @@
 //! runs it with that setting, and `_RJEM_MALLOC_CONF=prof:true,...` with
 //! `--features heap-profile` has jemalloc write heap profiles of it
 //! (`scripts/heap-parts` reads them). The server's pid goes to stderr when
-//! the load starts.
+//! the load starts. BENCH_STORE_OF=<a stopped server's `db` directory>
+//! reports instead what that store holds: each tree's entries and bytes of
+//! keys and values, against its size on disk and a fresh copy's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -109,8 +111,64 @@ async fn serving(addr: &str) -> bool {
         .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
 }
 
+/// What a stopped server's sled store holds: each tree's entries and the
+/// bytes of their keys and values, against the store's size on disk and
+/// that of a copy written afresh (sled's export into an empty directory),
+/// so that sled's own overhead per byte kept can be told from garbage it
+/// has not reclaimed yet.
+fn store_report(db: &Path) {
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let (_, on_disk) = disk_usage(db);
+    let source = sled::Config::new()
+        .path(db)
+        .cache_capacity(64 << 20)
+        .open()
+        .unwrap();
+    println!("## The store in {}\n", db.display());
+    println!("| tree | entries | key bytes | value bytes |");
+    println!("|---|---|---|---|");
+    let mut kept = 0;
+    for name in source.tree_names() {
+        let tree = source.open_tree(&name).unwrap();
+        let (mut entries, mut keys, mut values) = (0u64, 0u64, 0u64);
+        for entry in tree.iter() {
+            let (key, value) = entry.unwrap();
+            entries += 1;
+            keys += key.len() as u64;
+            values += value.len() as u64;
+        }
+        if entries > 0 {
+            println!(
+                "| {} | {entries} | {keys} | {values} |",
+                String::from_utf8_lossy(&name)
+            );
+        }
+        kept += keys + values;
+    }
+    let copy_dir = tempfile::tempdir_in(db.parent().unwrap()).unwrap();
+    let copy = sled::Config::new().path(copy_dir.path()).open().unwrap();
+    copy.import(source.export());
+    copy.flush().unwrap();
+    drop(copy);
+    let (_, copied) = disk_usage(copy_dir.path());
+    println!(
+        "\nKeys and values: {:.1} MiB. On disk: {:.1} MiB ({:.1}x). A copy written afresh: {:.1} MiB ({:.1}x).",
+        mib(kept),
+        mib(on_disk),
+        on_disk as f64 / kept as f64,
+        mib(copied),
+        copied as f64 / kept as f64
+    );
+}
+
 #[tokio::main]
 async fn main() {
+    // BENCH_STORE_OF=<a stopped server's db directory>: what its store
+    // holds, instead of a run.
+    if let Some(db) = std::env::var_os("BENCH_STORE_OF") {
+        store_report(Path::new(&db));
+        return;
+    }
     let tokens = env_or("BENCH_TOKENS", 1_000_000) as usize;
     let runs = env_or("BENCH_RUNS", 3);
     let warm = env_or("BENCH_WARM", 100_000) as usize;
