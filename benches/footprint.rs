@@ -121,7 +121,7 @@ fn store_report(db: &Path) {
     let (_, on_disk) = disk_usage(db);
     let source = sled::Config::new()
         .path(db)
-        .cache_capacity(64 << 20)
+        .cache_capacity(tokenauth::store::sled::SLED_DEFAULT_CACHE_CAPACITY)
         .open()
         .unwrap();
     println!("## The store in {}\n", db.display());
