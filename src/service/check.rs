@@ -1,7 +1,8 @@
 //! Check: may this secret do this, here, now? A deny is a decision, not an
 //! error; only a store failure on a cache miss is an error. Every decision
-//! is counted and noted for usage; the use of a secret retired by rotation
-//! is audited off the Check path.
+//! is counted; one on a token that was found is also noted for usage (a
+//! malformed or unknown secret has no token to note it on); the use of a
+//! secret retired by rotation is audited off the Check path.
 
 use std::{net::IpAddr, sync::Arc};
 

@@ -68,10 +68,11 @@ use crate::domain::{
 
 /// Bytes of pages sled keeps in memory unless told otherwise. Not sled's
 /// own default (1 GiB): sled counts pages at their size on disk and holds
-/// them in several times that, and in the first five minutes of load at
-/// 100,000 tokens RSS reached 783 MiB with 1 GiB against 530 MiB with this
-/// (BENCHMARKS.md, "Memory under sustained Check load"). A larger budget
-/// speeds up Checks that miss the Check cache, and start-up.
+/// them in several times that: after five minutes of load RSS was 783 MiB
+/// with 1 GiB against 557 MiB with this at 100,000 tokens, and 3,932
+/// against 1,207 MiB at 1,000,000 (BENCHMARKS.md, "Memory under sustained
+/// Check load"). A larger budget keeps more of the store in memory for
+/// Checks that miss the Check cache.
 pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// A [`Store`] in an embedded sled database.
