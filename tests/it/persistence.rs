@@ -253,6 +253,7 @@ async fn a_database_with_tokens_but_no_pepper_check_refuses_any_pepper() {
     let config = server.config.clone();
     let dir = server.stop().await;
     let db_path = config.data_dir.join("db");
+    until_released(&db_path).await;
     let pepper_checks = |db: &sled::Db| -> Vec<sled::IVec> {
         db.open_tree("meta")
             .unwrap()
@@ -270,12 +271,14 @@ async fn a_database_with_tokens_but_no_pepper_check_refuses_any_pepper() {
         }
         db.flush().unwrap();
     }
+    until_released(&db_path).await;
 
     let right = std::fs::read(config.pepper_path()).unwrap();
     let wrong = format!("1 {}\n", "ab".repeat(32)).into_bytes();
     for pepper in [&right, &wrong] {
         std::fs::write(config.pepper_path(), pepper).unwrap();
         let message = refusal(&config).await;
+        until_released(&db_path).await;
         assert!(
             message.contains(&format!(
                 "pepper file {} cannot be verified",
@@ -336,4 +339,14 @@ async fn pepper_rotation_keeps_old_tokens_valid() {
     }
     running.shutdown().await.unwrap();
     drop(dir);
+}
+
+/// Waits until no sled instance in this process holds the database at `db`:
+/// sled's own threads, or a write a stopped server left on a blocking
+/// thread, may hold it a moment after its last handle is dropped.
+async fn until_released(db: &std::path::Path) {
+    let db = db.to_path_buf();
+    tokio::task::spawn_blocking(move || tokenauth::store::sled::wait_until_closed(&db))
+        .await
+        .unwrap();
 }
