@@ -84,7 +84,7 @@ pub struct UsageRecord {
 }
 
 /// Which usage a listing is about.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageQuery {
     pub org_id: String,
     pub token_id: Option<TokenId>,

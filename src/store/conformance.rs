@@ -31,10 +31,12 @@ mod client_addresses;
 mod members;
 mod previews;
 mod sweeps;
+mod usage_listings;
 mod webhooks;
 
 pub use self::client_addresses::client_addresses_are_merged_per_token_and_bounded;
 pub use self::previews::a_revoke_all_preview_counts_what_the_revoke_all_revokes;
+pub use self::usage_listings::{every_usage_listing, usage_of_many_tenants};
 pub use self::webhooks::webhook_progress_keeps_its_cursor_and_a_bounded_list;
 
 pub use self::members::{

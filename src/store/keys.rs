@@ -55,10 +55,13 @@ pub const USAGE_BY_TIME: &str = "usage_by_time";
 pub const USAGE_HOURS_BY_TIME: &str = "usage_hours_by_time";
 /// Day rows, alike: for pruning by age.
 pub const USAGE_DAYS_BY_TIME: &str = "usage_days_by_time";
-/// [org][bucket][token][permission][decision](resolution) -> count
-pub const USAGE_BY_ORG: &str = "usage_by_org";
-/// [token][bucket][permission][decision](resolution) -> count
-pub const USAGE_BY_TOKEN: &str = "usage_by_token";
+/// Not a tree: what `tokenauth migrate` reads usage rows of every
+/// resolution as, each keyed by its by-org key
+/// (`[org][bucket][token][permission][decision](resolution)`).
+pub const USAGE_ROWS: &str = "usage";
+/// Trees that indexed usage rows by org and by token; sled stores drop them
+/// on opening.
+pub const RETIRED_USAGE_INDEXES: [&str; 2] = ["usage_by_org", "usage_by_token"];
 
 /// The by-time tree of each resolution's rows.
 pub const fn usage_time_tree(resolution: Resolution) -> &'static str {

@@ -78,7 +78,7 @@ const TABLES: &[(&str, &str, &[u8], &str)] = &[
     ("tokens", keys::TOKENS, b"", schema::READ_BACK_TOKENS),
     ("digests", keys::DIGESTS, b"", schema::READ_BACK_DIGESTS),
     ("audit", keys::AUDIT, b"", schema::READ_BACK_AUDIT),
-    ("usage", keys::USAGE_BY_ORG, b"", schema::READ_BACK_USAGE),
+    ("usage", keys::USAGE_ROWS, b"", schema::READ_BACK_USAGE),
     (
         "last_used",
         keys::LAST_USED,

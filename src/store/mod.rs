@@ -311,7 +311,7 @@ pub struct FeedPage {
 }
 
 /// One page of usage records, oldest bucket first.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsagePage {
     pub records: Vec<UsageRecord>,
     /// An opaque cursor for the next page.

@@ -234,7 +234,7 @@ pub(crate) const READ_BACK_TOKENS: &str = "SELECT id, record FROM tokens ORDER B
 pub(crate) const READ_BACK_DIGESTS: &str = "SELECT digest, token_id FROM digests ORDER BY digest";
 pub(crate) const READ_BACK_AUDIT: &str = "SELECT key, event FROM audit ORDER BY key";
 pub(crate) const READ_BACK_USAGE: &str =
-    "SELECT org_key, int8send(count) FROM usage ORDER BY org_key";
+    "SELECT org_key, int8send(count) FROM usage ORDER BY resolution, minute_us, org_key";
 pub(crate) const READ_BACK_LAST_USED: &str =
     "SELECT token_id, int8send(at_us) FROM last_used ORDER BY token_id";
 pub(crate) const READ_BACK_CLIENT_ADDRESSES: &str =

@@ -5,7 +5,7 @@
 //! and owner) so that listing reads one prefix instead of the whole
 //! database, `live` (the tokens not revoked, by owner, kind and workspace,
 //! ordered by expiry: what quotas count and RevokeAll revokes), `audit` and
-//! `audit_by_time`, three usage trees, `last_used`, `client_addresses` and
+//! `audit_by_time`, three usage trees (one per resolution), `last_used`, `client_addresses` and
 //! `meta`.
 //!
 //! Token writes take one process-wide write lock while they apply (in memory,
@@ -142,11 +142,12 @@ impl SledStore {
     }
 
     /// The entries of tree `name` under `prefix`, in key order (for
-    /// `tokenauth migrate`, with the server stopped). The by-org usage tree's
-    /// come with each row's count, which sled keeps in the by-time tree.
+    /// `tokenauth migrate`, with the server stopped). [`keys::USAGE_ROWS`]
+    /// names the usage rows of every resolution, keyed as PostgreSQL keys
+    /// them (`usage::rows_for_migration`).
     pub(super) fn scan_tree(&self, name: &str, prefix: &[u8]) -> Result<Entries<'_>, StoreError> {
-        if name == keys::USAGE_BY_ORG && prefix.is_empty() {
-            return Ok(Box::new(usage::rows_by_org(&self.trees)));
+        if name == keys::USAGE_ROWS && prefix.is_empty() {
+            return Ok(Box::new(usage::rows_for_migration(&self.trees)));
         }
         Ok(Box::new(
             self.trees

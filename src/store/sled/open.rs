@@ -41,6 +41,12 @@ impl SledStore {
     /// in memory (`[sled] cache_capacity`).
     pub fn open_with_cache(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
         let db = open_db(dir, cache_capacity)?;
+        // Usage rows were once indexed by organization and by token too;
+        // the by-time trees always held every row with its count, so those
+        // indexes go (see `usage`).
+        for retired in keys::RETIRED_USAGE_INDEXES {
+            db.drop_tree(retired)?;
+        }
         let open = |name: &str| db.open_tree(name);
         let trees = Arc::new(Trees {
             tokens: open(keys::TOKENS)?,
@@ -64,8 +70,6 @@ impl SledStore {
                 open(keys::usage_time_tree(Resolution::Hour))?,
                 open(keys::usage_time_tree(Resolution::Day))?,
             ],
-            usage_by_org: open(keys::USAGE_BY_ORG)?,
-            usage_by_token: open(keys::USAGE_BY_TOKEN)?,
             last_used: open(keys::LAST_USED)?,
             client_addresses: open(keys::CLIENT_ADDRESSES)?,
             meta: open(keys::META)?,

@@ -53,8 +53,6 @@ pub(super) struct Trees {
     pub(super) bell: crate::store::FeedBell,
     /// By resolution: minute, hour, day rows (`keys::usage_time_tree`).
     pub(super) usage_by_time: [Tree; 3],
-    pub(super) usage_by_org: Tree,
-    pub(super) usage_by_token: Tree,
     pub(super) last_used: Tree,
     pub(super) client_addresses: Tree,
     pub(super) meta: Tree,

@@ -1,19 +1,24 @@
 //! Usage rows on sled: adding counts, listing, and upkeep (roll-up and
 //! prune), each write one transaction over the usage trees, so that a
-//! crash leaves every row's count either before or after it, in every tree.
+//! crash leaves every row's count either before or after it.
 //!
-//! A row's count lives in its by-time tree only; the by-org and by-token
-//! trees hold its key with an empty value (rows written before this layout
-//! hold a count there, which nothing reads). A busy row is added to at every
-//! flush of its minute, and this way each flush after the first writes one
-//! tree instead of three: it was the largest part of the usage flush, and
-//! the flush the largest part of tokenauth's own CPU under a steady Check
-//! load (BENCHMARKS.md, "Where the excess goes").
+//! A row lives in one tree only: its resolution's by-time tree, keyed
+//! `[bucket][org][token][permission][decision](resolution)`. New rows go
+//! in at the newest bucket and roll-up takes them from the oldest, so a
+//! flush or a roll-up rewrites a few pages at either end of the tree. Rows
+//! used to be indexed by organization and by token as well; those indexes
+//! took a row of every busy token into nearly every one of their pages each
+//! minute, and sled's files and its bookkeeping of their pages grew with
+//! that churn under a steady load (BENCHMARKS.md, "Memory under sustained
+//! Check load"). A listing instead reads one organization's (or token's)
+//! rows bucket by bucket: one seek for each bucket the tree holds in the
+//! range asked, so its cost follows the buckets kept (`usage.*_rows_for`),
+//! and the rows it returns, not how many rows other tenants have.
 
 use std::ops::Bound;
 
 use sled::{
-    Transactional,
+    Transactional, Tree,
     transaction::{TransactionError, TransactionalTree},
 };
 
@@ -21,27 +26,21 @@ use super::trees::{Abortable, Trees, abort};
 use crate::domain::usage::{Resolution, UsageQuery, UsageRecord, UsageUpkeep, roll_up};
 use crate::store::{
     StoreError, UsagePage,
-    keys::{self, decode_usage_tail, decode_usage_time_key, usage_keys},
+    keys::{self, decode_usage_time_key, usage_keys},
 };
 
-/// The usage trees inside a transaction.
-struct UsageTx<'a> {
-    /// By resolution: minute, hour, day.
-    by_time: [&'a TransactionalTree; 3],
-    by_org: &'a TransactionalTree,
-    by_token: &'a TransactionalTree,
-}
+/// The usage trees inside a transaction, by resolution: minute, hour, day.
+struct UsageTx<'a>([&'a TransactionalTree; 3]);
 
 impl UsageTx<'_> {
     fn by_time(&self, resolution: Resolution) -> &TransactionalTree {
-        self.by_time[resolution as usize]
+        self.0[resolution as usize]
     }
 
-    /// Adds each record's count to its by-time row, and indexes a new row
-    /// in the by-org and by-token trees.
+    /// Adds each record's count to its row.
     fn add(&self, records: &[UsageRecord]) -> Abortable<()> {
         for record in records {
-            let [by_time, by_org, by_token] = usage_keys(record);
+            let [by_time, ..] = usage_keys(record);
             let tree = self.by_time(record.resolution);
             let old = tree.get(&by_time)?;
             let count = old
@@ -49,27 +48,17 @@ impl UsageTx<'_> {
                 .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
                 .map_or(0, u64::from_be_bytes);
             tree.insert(by_time, &count.saturating_add(record.count).to_be_bytes())?;
-            // The three trees change in one transaction, so a row in the
-            // by-time tree is indexed already.
-            if old.is_none() {
-                self.by_org.insert(by_org, &[])?;
-                self.by_token.insert(by_token, &[])?;
-            }
         }
         Ok(())
     }
 
-    /// Deletes the row under by-time key `key` of `resolution` from the three
-    /// trees; returns it, or nothing if it is gone already.
+    /// Deletes the row under by-time key `key` of `resolution`; returns it,
+    /// or nothing if it is gone already.
     fn take(&self, resolution: Resolution, key: &[u8]) -> Abortable<Option<UsageRecord>> {
         let Some(count) = self.by_time(resolution).remove(key)? else {
             return Ok(None);
         };
-        let record = decode_usage_time_key(key, &count).map_err(abort)?;
-        let [_, by_org, by_token] = usage_keys(&record);
-        self.by_org.remove(by_org)?;
-        self.by_token.remove(by_token)?;
-        Ok(Some(record))
+        decode_usage_time_key(key, &count).map(Some).map_err(abort)
     }
 }
 
@@ -79,20 +68,8 @@ fn transaction<T>(
     apply: impl Fn(&UsageTx<'_>) -> Abortable<T>,
 ) -> Result<T, StoreError> {
     let [minutes, hours, days] = &trees.usage_by_time;
-    (
-        minutes,
-        hours,
-        days,
-        &trees.usage_by_org,
-        &trees.usage_by_token,
-    )
-        .transaction(|(minutes, hours, days, by_org, by_token)| {
-            apply(&UsageTx {
-                by_time: [minutes, hours, days],
-                by_org,
-                by_token,
-            })
-        })
+    (minutes, hours, days)
+        .transaction(|(minutes, hours, days)| apply(&UsageTx([minutes, hours, days])))
         .map_err(|e: TransactionError<StoreError>| e.into())
 }
 
@@ -140,78 +117,163 @@ pub(super) fn upkeep(trees: &Trees, step: UsageUpkeep, limit: usize) -> Result<u
     Ok(taken.len())
 }
 
-/// [`crate::store::Store::list_usage`].
+/// [`crate::store::Store::list_usage`]: the rows of every resolution in the
+/// order of the by-org (or, for one token, by-token) key every store lists
+/// by, which is also the cursor: bucket, then token, permission, decision
+/// and resolution.
 pub(super) fn list(
     trees: &Trees,
     query: &UsageQuery,
     after: Option<Vec<u8>>,
     limit: usize,
 ) -> Result<UsagePage, StoreError> {
-    let (index, prefix, start, high) = keys::usage_range(query, after);
-    let tree = match index {
-        keys::UsageIndex::ByToken => &trees.usage_by_token,
-        keys::UsageIndex::ByOrg => &trees.usage_by_org,
+    let (_, prefix, start, high) = keys::usage_range(query, after);
+    let (from, after) = match start {
+        Bound::Included(key) => (key, None),
+        Bound::Excluded(key) => (key.clone(), Some(key)),
+        Bound::Unbounded => (prefix.clone(), None),
     };
+    let bucket_at = |key: &[u8]| -> Result<[u8; 8], StoreError> {
+        key.get(prefix.len()..prefix.len() + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt("usage page token".into()))
+    };
+    let (first, end) = (bucket_at(&from)?, bucket_at(&high)?);
+    let mut scope = keys::prefix(&[&query.org_id]);
+    if let Some(id) = query.token_id {
+        scope.extend_from_slice(&id.to_bytes());
+    }
+    let index = if query.token_id.is_some() { 2 } else { 1 };
+    let mut scans = trees
+        .usage_by_time
+        .each_ref()
+        .map(|tree| BucketScan::new(tree, &scope, first, end, index));
+    let mut heads = Vec::with_capacity(3);
+    for scan in &mut scans {
+        heads.push(scan.next_row()?);
+    }
     let mut records = Vec::new();
-    let mut last_key = None;
-    for entry in tree.range((start, Bound::Excluded(high))) {
-        let (key, _) = entry?;
+    let mut last_key: Option<Vec<u8>> = None;
+    loop {
+        // The three trees' rows merge by their index key.
+        let Some(i) = (0..heads.len())
+            .filter(|&i| heads[i].is_some())
+            .min_by(|&a, &b| {
+                heads[a]
+                    .as_ref()
+                    .map(|h| &h.0)
+                    .cmp(&heads[b].as_ref().map(|h| &h.0))
+            })
+        else {
+            return Ok(UsagePage {
+                records,
+                next: None,
+            });
+        };
+        let (key, record) = heads[i]
+            .take()
+            .ok_or_else(|| StoreError::Corrupt("usage".into()))?;
+        heads[i] = scans[i].next_row()?;
+        if after.as_ref().is_some_and(|after| key <= *after) {
+            continue;
+        }
         if records.len() == limit {
             return Ok(UsagePage {
                 records,
                 next: last_key,
             });
         }
-        let tail = &key[prefix.len()..];
-        // Read outside a transaction: a row rolled up or pruned since its
-        // index entry was read is gone, and skipped.
-        if let Some(record) = with_count(trees, &query.org_id, query.token_id, tail)? {
-            records.push(record);
-        }
-        last_key = Some(key.to_vec());
+        records.push(record);
+        last_key = Some(key);
     }
-    Ok(UsagePage {
-        records,
-        next: None,
-    })
 }
 
-/// The row a by-org or by-token key's tail names, with its count from the
-/// by-time tree, or nothing if that row is gone.
-fn with_count(
-    trees: &Trees,
-    org_id: &str,
-    token: Option<crate::domain::ids::TokenId>,
-    tail: &[u8],
-) -> Result<Option<UsageRecord>, StoreError> {
-    let mut record = decode_usage_tail(org_id, token, tail, &[0; 8])?;
-    let [by_time, ..] = usage_keys(&record);
-    let Some(count) = trees.usage_by_time[record.resolution as usize].get(by_time)? else {
-        return Ok(None);
-    };
-    record.count = u64::from_be_bytes(
-        count
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("usage count".into()))?,
-    );
-    Ok(Some(record))
+/// One by-time tree's rows of one organization (or token) from bucket
+/// `first` up to bucket `end`, skipping from bucket to bucket: each bucket
+/// costs one seek, whatever other tenants keep in it.
+struct BucketScan<'a> {
+    tree: &'a Tree,
+    scope: &'a [u8],
+    end: [u8; 8],
+    /// The bucket sought next, or none once the range is done.
+    seek: Option<[u8; 8]>,
+    rows: Option<sled::Iter>,
+    /// Which of `usage_keys` orders the listing: 1 by org, 2 by token.
+    index: usize,
 }
 
-/// Every usage row in by-org key order, each as its by-org key and its
-/// count (8 bytes, big-endian), as `tokenauth migrate` copies them.
-pub(super) fn rows_by_org(
+impl<'a> BucketScan<'a> {
+    fn new(tree: &'a Tree, scope: &'a [u8], first: [u8; 8], end: [u8; 8], index: usize) -> Self {
+        Self {
+            tree,
+            scope,
+            end,
+            seek: Some(first),
+            rows: None,
+            index,
+        }
+    }
+
+    /// The next row in scope, with its index key.
+    fn next_row(&mut self) -> Result<Option<(Vec<u8>, UsageRecord)>, StoreError> {
+        loop {
+            if self.rows.is_none() {
+                let Some(bucket) = self.seek.filter(|bucket| *bucket < self.end) else {
+                    return Ok(None);
+                };
+                let mut from = bucket.to_vec();
+                from.extend_from_slice(self.scope);
+                self.rows = Some(self.tree.range(from..));
+            }
+            let Some(entry) = self.rows.as_mut().and_then(Iterator::next) else {
+                self.rows = None;
+                self.seek = None;
+                continue;
+            };
+            let (key, count) = entry?;
+            let bucket: [u8; 8] = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("usage time key".into()))?;
+            if bucket >= self.end {
+                self.rows = None;
+                self.seek = None;
+                continue;
+            }
+            let rest = &key[8..];
+            if rest.starts_with(self.scope) {
+                let record = decode_usage_time_key(&key, &count)?;
+                let index_key = usage_keys(&record)[self.index].clone();
+                return Ok(Some((index_key, record)));
+            }
+            // Past the scope's rows of this bucket (or short of them, in a
+            // later bucket): seek the scope's rows in the next bucket.
+            self.rows = None;
+            self.seek = if rest < self.scope {
+                Some(bucket)
+            } else {
+                u64::from_be_bytes(bucket)
+                    .checked_add(1)
+                    .map(u64::to_be_bytes)
+            };
+        }
+    }
+}
+
+/// Every usage row with its by-org key and its count (8 bytes, big-endian),
+/// as `tokenauth migrate` copies them: minute rows, then hour rows, then day
+/// rows, each by bucket and then by-org key (`schema::READ_BACK_USAGE`
+/// reads the copy back in the same order).
+pub(super) fn rows_for_migration(
     trees: &Trees,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
-    trees.usage_by_org.iter().filter_map(move |entry| {
-        let row = || {
-            let (key, _) = entry?;
-            let (org, tail) =
-                keys::take_part(&key).ok_or_else(|| StoreError::Corrupt("usage key".into()))?;
-            Ok(with_count(trees, org, None, tail)?
-                .map(|record| (key.to_vec(), record.count.to_be_bytes().to_vec())))
-        };
-        row().transpose()
+    trees.usage_by_time.iter().flat_map(|tree| {
+        tree.iter().map(|entry| {
+            let (key, count) = entry?;
+            let record = decode_usage_time_key(&key, &count)?;
+            let [_, by_org, _] = usage_keys(&record);
+            Ok((by_org, count.to_vec()))
+        })
     })
 }
 
@@ -233,24 +295,41 @@ mod tests {
         }
     }
 
-    /// A store written before counts lived in the by-time tree only keeps
-    /// its rows: they list with their counts and add up from there.
+    /// A store written while rows were indexed by org and by token too
+    /// opens without those indexes, and its rows list, add up and copy as
+    /// before.
     #[tokio::test]
-    async fn rows_of_the_earlier_layout_list_and_add_up() {
+    async fn rows_of_the_indexed_layout_list_and_add_up() {
         let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.record_usage(&[row(1, 5)]).await.unwrap();
+            let [_, by_org, by_token] = usage_keys(&row(1, 5));
+            let [org_index, token_index] = keys::RETIRED_USAGE_INDEXES;
+            let db = &store.trees.db;
+            db.open_tree(org_index)
+                .unwrap()
+                .insert(by_org, &[])
+                .unwrap();
+            db.open_tree(token_index)
+                .unwrap()
+                .insert(by_token, &[])
+                .unwrap();
+            store.durable().await.unwrap();
+        }
+        crate::store::sled::wait_until_closed(dir.path());
         let store = SledStore::open(dir.path()).unwrap();
-        let old = row(1, 5);
-        let [by_time, by_org, by_token] = usage_keys(&old);
-        let count = 5u64.to_be_bytes();
-        store.trees.usage_by_time[0]
-            .insert(by_time, &count)
-            .unwrap();
-        store.trees.usage_by_org.insert(by_org, &count).unwrap();
-        store.trees.usage_by_token.insert(by_token, &count).unwrap();
+        let names = store.trees.db.tree_names();
+        for retired in keys::RETIRED_USAGE_INDEXES {
+            assert!(
+                !names.iter().any(|name| name.as_ref() == retired.as_bytes()),
+                "{retired} is dropped"
+            );
+        }
 
         store.record_usage(&[row(1, 2), row(2, 3)]).await.unwrap();
         let expected = vec![row(1, 7), row(2, 3)];
-        for token_id in [None, Some(old.token_id)] {
+        for token_id in [None, Some(row(1, 0).token_id)] {
             let query = UsageQuery {
                 org_id: "a".into(),
                 token_id,
@@ -260,9 +339,37 @@ mod tests {
             let page = store.list_usage(&query, None, 10).await.unwrap();
             assert_eq!(page.records, expected, "listed by token: {token_id:?}");
         }
-        let copied: Vec<_> = rows_by_org(&store.trees)
+        let copied: Vec<_> = rows_for_migration(&store.trees)
             .map(|row| u64::from_be_bytes(row.unwrap().1.try_into().unwrap()))
             .collect();
         assert_eq!(copied, [7, 3], "what migrate copies");
+    }
+
+    /// Listings read bucket by bucket from the by-time trees give the rows,
+    /// the order and the page tokens the memory store gives from its
+    /// indexes: for each organization and token, over ranges and page
+    /// sizes, among other tenants' rows in the same buckets, at every
+    /// resolution.
+    #[tokio::test]
+    async fn listings_match_the_indexed_order_and_cursors() {
+        use crate::store::conformance::{every_usage_listing, usage_of_many_tenants};
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let memory = crate::store::memory::MemoryStore::new();
+        let rows = usage_of_many_tenants();
+        for store in [&sled as &dyn Store, &memory] {
+            store.record_usage(&rows).await.unwrap();
+        }
+        let listings = every_usage_listing(&sled).await;
+        let listed: usize = listings
+            .iter()
+            .flat_map(|(_, _, pages)| pages)
+            .map(|page| page.records.len())
+            .sum();
+        assert!(
+            listed > 3 * rows.len(),
+            "the listings found the rows: {listed}"
+        );
+        assert_eq!(listings, every_usage_listing(&memory).await);
     }
 }

@@ -281,3 +281,41 @@ async fn migrate_copies_pepper_key_ids_above_i32() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("verified"), "{out}");
 }
+
+/// Usage rows of several organizations (names sharing a beginning), tokens
+/// and resolutions copy with matching checksums, and PostgreSQL then lists
+/// every organization's and token's usage as sled did, page by page.
+#[tokio::test]
+async fn migrate_copies_usage_of_many_tenants_at_every_resolution() {
+    use tokenauth::store::{
+        Store,
+        conformance::{every_usage_listing, usage_of_many_tenants},
+        postgres::PostgresStore,
+        sled::SledStore,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sled = SledStore::open(dir.path()).unwrap();
+    sled.record_usage(&usage_of_many_tenants()).await.unwrap();
+    let cluster = PgCluster::start();
+    let postgres = PostgresStore::open(&super::settings(&cluster.url()))
+        .await
+        .unwrap();
+    let reports = tokenauth::store::migrate::migrate(&sled, &postgres)
+        .await
+        .unwrap();
+    let usage = reports.iter().find(|r| r.name == "usage").unwrap();
+    assert!(usage.rows > 100 && usage.verified(), "{usage:?}");
+    let records = |listings: Vec<(_, _, Vec<tokenauth::store::UsagePage>)>| {
+        listings
+            .into_iter()
+            .map(|(query, limit, pages)| {
+                let rows: Vec<_> = pages.into_iter().flat_map(|p| p.records).collect();
+                (query, limit, rows)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        records(every_usage_listing(&postgres).await),
+        records(every_usage_listing(&sled).await)
+    );
+}
