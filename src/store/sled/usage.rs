@@ -117,6 +117,12 @@ pub(super) fn upkeep(trees: &Trees, step: UsageUpkeep, limit: usize) -> Result<u
     Ok(taken.len())
 }
 
+/// Most buckets one page of a listing seeks in each resolution's tree: a
+/// page reads no more than this whatever range it is asked for and however
+/// many buckets the retention windows keep, and may therefore come back
+/// with fewer rows than asked (none even) and a page token to go on with.
+pub(super) const BUCKETS_PER_PAGE: usize = 512;
+
 /// [`crate::store::Store::list_usage`]: the rows of every resolution in the
 /// order of the by-org (or, for one token, by-token) key every store lists
 /// by, which is also the cursor: bucket, then token, permission, decision
@@ -143,14 +149,19 @@ pub(super) fn list(
     if let Some(id) = query.token_id {
         scope.extend_from_slice(&id.to_bytes());
     }
-    let index = if query.token_id.is_some() { 2 } else { 1 };
+    let scan = Scope {
+        scope: &scope,
+        prefix: &prefix,
+        end,
+        index: if query.token_id.is_some() { 2 } else { 1 },
+    };
     let mut scans = trees
         .usage_by_time
         .each_ref()
-        .map(|tree| BucketScan::new(tree, &scope, first, end, index));
+        .map(|tree| BucketScan::new(tree, &scan, first));
     let mut heads = Vec::with_capacity(3);
     for scan in &mut scans {
-        heads.push(scan.next_row()?);
+        heads.push(scan.next_head()?);
     }
     let mut records = Vec::new();
     let mut last_key: Option<Vec<u8>> = None;
@@ -159,10 +170,8 @@ pub(super) fn list(
         let Some(i) = (0..heads.len())
             .filter(|&i| heads[i].is_some())
             .min_by(|&a, &b| {
-                heads[a]
-                    .as_ref()
-                    .map(|h| &h.0)
-                    .cmp(&heads[b].as_ref().map(|h| &h.0))
+                let key = |i: usize| heads[i].as_ref().map(Head::key);
+                key(a).cmp(&key(b))
             })
         else {
             return Ok(UsagePage {
@@ -170,10 +179,19 @@ pub(super) fn list(
                 next: None,
             });
         };
-        let (key, record) = heads[i]
-            .take()
-            .ok_or_else(|| StoreError::Corrupt("usage".into()))?;
-        heads[i] = scans[i].next_row()?;
+        let (key, record) = match heads[i].take() {
+            Some(Head::Row(key, record)) => (key, record),
+            // A tree read its budget of buckets: every row before that
+            // bucket is listed, so the next page goes on from it.
+            Some(Head::Paused(at)) => {
+                return Ok(UsagePage {
+                    records,
+                    next: Some(at),
+                });
+            }
+            None => return Err(StoreError::Corrupt("usage listing".into())),
+        };
+        heads[i] = scans[i].next_head()?;
         if after.as_ref().is_some_and(|after| key <= *after) {
             continue;
         }
@@ -188,42 +206,71 @@ pub(super) fn list(
     }
 }
 
-/// One by-time tree's rows of one organization (or token) from bucket
-/// `first` up to bucket `end`, skipping from bucket to bucket: each bucket
-/// costs one seek, whatever other tenants keep in it.
-struct BucketScan<'a> {
-    tree: &'a Tree,
+/// What a listing reads in each by-time tree.
+struct Scope<'a> {
+    /// The by-time keys' part after the bucket: organization, and token.
     scope: &'a [u8],
+    /// The index keys' part before the bucket.
+    prefix: &'a [u8],
+    /// The first bucket not to read.
     end: [u8; 8],
-    /// The bucket sought next, or none once the range is done.
-    seek: Option<[u8; 8]>,
-    rows: Option<sled::Iter>,
     /// Which of `usage_keys` orders the listing: 1 by org, 2 by token.
     index: usize,
 }
 
+/// The next thing one tree gives a listing.
+enum Head {
+    /// A row in scope, with its index key.
+    Row(Vec<u8>, UsageRecord),
+    /// The tree read [`BUCKETS_PER_PAGE`] buckets; its rows go on at this
+    /// index key (the prefix and a bucket, before every row in that bucket).
+    Paused(Vec<u8>),
+}
+
+impl Head {
+    fn key(&self) -> &[u8] {
+        match self {
+            Self::Row(key, _) | Self::Paused(key) => key,
+        }
+    }
+}
+
+/// One by-time tree's rows in scope from bucket `first` on, skipping from
+/// bucket to bucket: each bucket costs one seek, whatever other tenants
+/// keep in it.
+struct BucketScan<'a> {
+    tree: &'a Tree,
+    scan: &'a Scope<'a>,
+    /// The bucket sought next, or none once the range is done.
+    seek: Option<[u8; 8]>,
+    rows: Option<sled::Iter>,
+    seeks: usize,
+}
+
 impl<'a> BucketScan<'a> {
-    fn new(tree: &'a Tree, scope: &'a [u8], first: [u8; 8], end: [u8; 8], index: usize) -> Self {
+    fn new(tree: &'a Tree, scan: &'a Scope<'a>, first: [u8; 8]) -> Self {
         Self {
             tree,
-            scope,
-            end,
+            scan,
             seek: Some(first),
             rows: None,
-            index,
+            seeks: 0,
         }
     }
 
-    /// The next row in scope, with its index key.
-    fn next_row(&mut self) -> Result<Option<(Vec<u8>, UsageRecord)>, StoreError> {
+    fn next_head(&mut self) -> Result<Option<Head>, StoreError> {
+        let scope = self.scan.scope;
         loop {
             if self.rows.is_none() {
-                let Some(bucket) = self.seek.filter(|bucket| *bucket < self.end) else {
+                let Some(bucket) = self.seek.filter(|bucket| *bucket < self.scan.end) else {
                     return Ok(None);
                 };
-                let mut from = bucket.to_vec();
-                from.extend_from_slice(self.scope);
-                self.rows = Some(self.tree.range(from..));
+                if self.seeks == BUCKETS_PER_PAGE {
+                    self.seek = None;
+                    return Ok(Some(Head::Paused([self.scan.prefix, &bucket].concat())));
+                }
+                self.seeks += 1;
+                self.rows = Some(self.tree.range([&bucket, scope].concat()..));
             }
             let Some(entry) = self.rows.as_mut().and_then(Iterator::next) else {
                 self.rows = None;
@@ -235,21 +282,21 @@ impl<'a> BucketScan<'a> {
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| StoreError::Corrupt("usage time key".into()))?;
-            if bucket >= self.end {
+            if bucket >= self.scan.end {
                 self.rows = None;
                 self.seek = None;
                 continue;
             }
             let rest = &key[8..];
-            if rest.starts_with(self.scope) {
+            if rest.starts_with(scope) {
                 let record = decode_usage_time_key(&key, &count)?;
-                let index_key = usage_keys(&record)[self.index].clone();
-                return Ok(Some((index_key, record)));
+                let index_key = usage_keys(&record)[self.scan.index].clone();
+                return Ok(Some(Head::Row(index_key, record)));
             }
             // Past the scope's rows of this bucket (or short of them, in a
             // later bucket): seek the scope's rows in the next bucket.
             self.rows = None;
-            self.seek = if rest < self.scope {
+            self.seek = if rest < scope {
                 Some(bucket)
             } else {
                 u64::from_be_bytes(bucket)
@@ -371,5 +418,56 @@ mod tests {
             "the listings found the rows: {listed}"
         );
         assert_eq!(listings, every_usage_listing(&memory).await);
+    }
+
+    /// A listing over more buckets than a page reads comes in pages of
+    /// fewer rows than asked, each with a page token, and together they
+    /// hold every row, in order, once.
+    #[tokio::test]
+    async fn a_page_reads_a_bounded_number_of_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let memory = crate::store::memory::MemoryStore::new();
+        let minutes = 3 * BUCKETS_PER_PAGE as i64;
+        // The organization's rows every other minute, another's in between.
+        let rows: Vec<UsageRecord> = (0..minutes)
+            .map(|minute| match minute % 2 {
+                0 => row(minute, 1),
+                _ => UsageRecord {
+                    org_id: "b".into(),
+                    token_id: TokenId::from_bytes([2; 16]),
+                    ..row(minute, 1)
+                },
+            })
+            .collect();
+        for store in [&sled as &dyn Store, &memory] {
+            store.record_usage(&rows).await.unwrap();
+        }
+        let query = UsageQuery {
+            org_id: "a".into(),
+            token_id: Some(row(0, 0).token_id),
+            start: None,
+            end: None,
+        };
+        let whole = memory.list_usage(&query, None, 10_000).await.unwrap();
+        assert_eq!(whole.records.len(), minutes as usize / 2);
+        let (mut listed, mut pages) = (Vec::new(), 0);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = sled
+                .list_usage(&query, after.as_deref(), 10_000)
+                .await
+                .unwrap();
+            // Each row of the organization has a bucket of its own.
+            assert!(page.records.len() <= BUCKETS_PER_PAGE, "page {pages}");
+            pages += 1;
+            listed.extend(page.records);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(listed, whole.records, "every row, in order, once");
+        assert!(pages > 1, "{pages} pages");
     }
 }
