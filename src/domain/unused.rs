@@ -20,6 +20,26 @@ pub const MAX_PAGE_TOKENS: usize = 100;
 /// Most usage rows one page reads, over all its tokens, so that a tenant's
 /// busiest tokens cost one call a bounded amount of reading.
 pub const MAX_USAGE_ROWS_PER_PAGE: usize = 10_000;
+/// Most reads of usage one page makes, over all its tokens: a read may
+/// return few rows or none and still not be the last (the embedded store
+/// reads a bounded number of time buckets a read), so rows alone would
+/// not bound what a page costs.
+pub const MAX_USAGE_READS_PER_PAGE: usize = 100;
+
+/// What one page of the report may still read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBudget {
+    pub rows: usize,
+    pub reads: usize,
+}
+
+impl ReadBudget {
+    /// A whole page's.
+    pub const PAGE: Self = Self {
+        rows: MAX_USAGE_ROWS_PER_PAGE,
+        reads: MAX_USAGE_READS_PER_PAGE,
+    };
+}
 
 /// Which tokens a report is about, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +186,7 @@ fn wildcard_prefix(permission: &str) -> Option<&str> {
         .filter(|prefix| prefix.ends_with(':'))
 }
 
-/// How one token's usage fitted in what was left of a page's row budget.
+/// How one token's usage fitted in what was left of a page's read budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fit {
     /// Every row was read: report it.

@@ -18,10 +18,7 @@ use crate::domain::{
     query::TokenQuery,
     time::Timestamp,
     token::{TokenRecord, TokenState},
-    unused::{
-        self, Fit, MAX_USAGE_ROWS_PER_PAGE, PermissionUsage, UnusedQuery, UsageSeen,
-        permission_usage,
-    },
+    unused::{self, Fit, PermissionUsage, ReadBudget, UnusedQuery, UsageSeen, permission_usage},
     usage::UsageQuery,
 };
 use crate::store::PageRequest;
@@ -34,7 +31,7 @@ const USAGE_ROWS_PER_READ: usize = 1_000;
 pub struct TokenUnused {
     pub record: TokenRecord,
     pub usage: PermissionUsage,
-    /// Its usage outgrew the page's row budget: `usage` shows its oldest rows.
+    /// Its usage outgrew the page's read budget: `usage` shows its oldest rows.
     pub truncated: bool,
 }
 
@@ -46,7 +43,7 @@ pub struct UnusedReport {
     pub next: String,
     /// The start of the window the report covers (`unused::window_start`).
     pub effective_since: Timestamp,
-    /// Some token's usage outgrew the page's row budget.
+    /// Some token's usage outgrew the page's read budget.
     pub truncated: bool,
 }
 
@@ -93,20 +90,29 @@ impl TokenAuthority {
             effective_since,
             truncated: false,
         };
-        let mut budget = MAX_USAGE_ROWS_PER_PAGE;
+        let mut budget = ReadBudget::PAGE;
+        // A token last used before the window has no usage in it: the
+        // recorder writes a token's last use before the usage rows of the
+        // same Checks, so a stored row in the window implies a stored last
+        // use in it. Such tokens (what this report looks for) cost no read.
+        let ids: Vec<_> = page.tokens.iter().map(|t| t.id).collect();
+        let last_used = self.store.last_used(&ids).await?;
         // The last token this page has dealt with, where the next one starts.
         let mut last = after;
         let mut ended_early = false;
         let count = page.tokens.len();
-        for (index, record) in page.tokens.into_iter().enumerate() {
+        for (index, (record, last_use)) in page.tokens.into_iter().zip(last_used).enumerate() {
             // Revoked ones are not listed; expired ones are dead just the same.
             if record.state(now) != TokenState::Live {
                 last = Some(record.id);
                 continue;
             }
-            let (seen, complete) = self
-                .read_usage(&query.org_id, &record, effective_since, &mut budget)
-                .await?;
+            let (seen, complete) = if last_use.is_some_and(|at| at >= effective_since) {
+                self.read_usage(&query.org_id, &record, effective_since, &mut budget)
+                    .await?
+            } else {
+                (UsageSeen::default(), true)
+            };
             let more_after = index + 1 < count || page.next.is_some();
             match unused::fit(complete, report.tokens.is_empty()) {
                 Fit::NextPage => {
@@ -136,14 +142,14 @@ impl TokenAuthority {
         Ok(report)
     }
 
-    /// What `record`'s usage from `since` on shows, reading at most `budget`
-    /// rows (and taking them from it); whether every row was read.
+    /// What `record`'s usage from `since` on shows, reading within `budget`
+    /// (and taking what it read from it); whether every row was read.
     async fn read_usage(
         &self,
         org_id: &str,
         record: &TokenRecord,
         since: Timestamp,
-        budget: &mut usize,
+        budget: &mut ReadBudget,
     ) -> Result<(UsageSeen, bool), Error> {
         let query = UsageQuery {
             org_id: org_id.to_owned(),
@@ -154,17 +160,18 @@ impl TokenAuthority {
         let mut seen = UsageSeen::default();
         let mut cursor = None;
         loop {
-            let take = (*budget).min(USAGE_ROWS_PER_READ);
-            if take == 0 {
+            let take = budget.rows.min(USAGE_ROWS_PER_READ);
+            if take == 0 || budget.reads == 0 {
                 // Whether rows are left is unknown: not complete, so that the
                 // report never claims what it did not read.
                 return Ok((seen, false));
             }
+            budget.reads -= 1;
             let page = self
                 .store
                 .list_usage(&query, cursor.as_deref(), take)
                 .await?;
-            *budget -= page.records.len().min(*budget);
+            budget.rows -= page.records.len().min(budget.rows);
             page.records.iter().for_each(|r| seen.add(r));
             match page.next {
                 None => return Ok((seen, true)),
@@ -182,6 +189,7 @@ mod tests {
             caller::{Actor, OrgRole, Principal},
             ids::TokenId,
             token::Reason,
+            unused::MAX_USAGE_ROWS_PER_PAGE,
             usage::{Resolution, UsageRecord},
         },
         service::fixture::{admin, fixture},
@@ -211,6 +219,53 @@ mod tests {
             .collect()
     }
 
+    /// A token last used before the window costs a page no read of usage;
+    /// the others share the page's reads, and a page that runs out of them
+    /// ends early, the report going on from there: every token once.
+    #[tokio::test]
+    async fn idle_tokens_cost_no_read_and_reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sled::SledStore::open(dir.path()).unwrap();
+        let f = crate::service::fixture::fixture_over(std::sync::Arc::new(store));
+        // Another organization's usage, in more minutes than two reads of
+        // the embedded store cover (512 buckets each): three reads a token.
+        let elsewhere = TokenId::from_bytes([9; 16]);
+        f.store
+            .record_usage(&minutes("other", elsewhere, "test_api:run", 1_034))
+            .await
+            .unwrap();
+        let mut tokens = Vec::new();
+        for _ in 0..100 {
+            tokens.push(f.issue("org", "ws", &["test_api:run"]).await.0);
+        }
+        // 40 were used in the window (their usage is gone: none to find).
+        let now = Timestamp::now();
+        let used: Vec<_> = tokens.iter().take(40).map(|id| (*id, now)).collect();
+        f.store.record_last_used(&used).await.unwrap();
+
+        let (mut reported, mut pages, mut page_token) = (Vec::new(), 0, String::new());
+        loop {
+            let page = f
+                .authority
+                .report_unused(&admin("org"), query("org"), 100, &page_token)
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(!page.truncated);
+            reported.extend(page.tokens.iter().map(|t| t.record.id));
+            if page.next.is_empty() {
+                break;
+            }
+            page_token = page.next;
+        }
+        reported.sort();
+        tokens.sort();
+        assert_eq!(reported, tokens, "every token, once");
+        // 40 tokens at three reads each need two pages' reads; had the 60
+        // idle ones cost theirs, it would take three pages.
+        assert_eq!(pages, 2);
+    }
+
     #[tokio::test]
     async fn a_token_with_too_much_usage_is_reported_alone_and_truncated_within_the_bound() {
         let f = fixture();
@@ -226,6 +281,12 @@ mod tests {
         let rows = MAX_USAGE_ROWS_PER_PAGE as i64 + 5;
         let mut records = minutes("org", busy, "transformations:read", rows);
         records[0].permission = "transformations:write".into();
+        // As the recorder does, the last use first, then the usage.
+        let now = Timestamp::now();
+        f.store
+            .record_last_used(&[(busy, now), (quiet_new, now)])
+            .await
+            .unwrap();
         f.store.record_usage(&records).await.unwrap();
         f.store
             .record_usage(&minutes("org", quiet_new, "test_api:run", 3))

@@ -49,11 +49,11 @@ pub const WEBHOOK_FAILED: &str = "webhook_failed";
 /// what quotas count and RevokeAll revokes, so that neither pays for history.
 pub const LIVE: &str = "live";
 /// Minute rows: [minute][org][token][permission][decision] -> count: for
-/// rolling up by age.
+/// rolling up by age, and (on sled) listing, bucket by bucket.
 pub const USAGE_BY_TIME: &str = "usage_by_time";
 /// Hour rows, alike (keys end in the resolution byte, see [`usage_keys`]).
 pub const USAGE_HOURS_BY_TIME: &str = "usage_hours_by_time";
-/// Day rows, alike: for pruning by age.
+/// Day rows, alike, and for pruning by age.
 pub const USAGE_DAYS_BY_TIME: &str = "usage_days_by_time";
 /// Not a tree: what `tokenauth migrate` reads usage rows of every
 /// resolution as, each keyed by its by-org key
@@ -439,8 +439,9 @@ pub fn decode_usage_tail(
     })
 }
 
-/// Which usage index a listing reads: by token when the query names one,
-/// else by organization.
+/// Which usage index orders a listing (and makes its cursors): by token
+/// when the query names one, else by organization. sled keeps no such
+/// index and lists in its order from the by-time trees.
 pub enum UsageIndex {
     ByToken,
     ByOrg,

@@ -314,7 +314,7 @@ pub struct FeedPage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsagePage {
     pub records: Vec<UsageRecord>,
-    /// An opaque cursor for the next page.
+    /// An opaque cursor for the next page; none after the last.
     pub next: Option<Vec<u8>>,
 }
 
@@ -493,7 +493,9 @@ pub trait Store: WebhookProgress + Send + Sync + 'static {
     /// Adds usage counts.
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
 
-    /// Usage matching `query`, oldest bucket first, after the opaque cursor.
+    /// Usage matching `query`, oldest bucket first, after the opaque cursor:
+    /// at most `limit` records, maybe fewer (none even) with a cursor still
+    /// to go on from; only a page without one is the last.
     async fn list_usage(
         &self,
         query: &UsageQuery,

@@ -416,6 +416,11 @@ async fn a_tenants_huge_usage_costs_a_page_a_bounded_read_and_others_none() {
         .collect();
     rows.push(row(0, "transformations:write", Reason::Ok));
     assert!(rows.len() > 10_000);
+    // As the recorder does, the last use first, then the usage.
+    store
+        .record_last_used(&[(busy_id, Timestamp::now())])
+        .await
+        .unwrap();
     for batch in rows.chunks(2_000) {
         store.record_usage(batch).await.unwrap();
     }

@@ -146,7 +146,12 @@ impl SledStore {
     /// names the usage rows of every resolution, keyed as PostgreSQL keys
     /// them (`usage::rows_for_migration`).
     pub(super) fn scan_tree(&self, name: &str, prefix: &[u8]) -> Result<Entries<'_>, StoreError> {
-        if name == keys::USAGE_ROWS && prefix.is_empty() {
+        if name == keys::USAGE_ROWS {
+            if !prefix.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "usage rows are copied whole, not by prefix".into(),
+                ));
+            }
             return Ok(Box::new(usage::rows_for_migration(&self.trees)));
         }
         Ok(Box::new(

@@ -41,12 +41,6 @@ impl SledStore {
     /// in memory (`[sled] cache_capacity`).
     pub fn open_with_cache(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
         let db = open_db(dir, cache_capacity)?;
-        // Usage rows were once indexed by organization and by token too;
-        // the by-time trees always held every row with its count, so those
-        // indexes go (see `usage`).
-        for retired in keys::RETIRED_USAGE_INDEXES {
-            db.drop_tree(retired)?;
-        }
         let open = |name: &str| db.open_tree(name);
         let trees = Arc::new(Trees {
             tokens: open(keys::TOKENS)?,
@@ -107,6 +101,14 @@ impl SledStore {
             ))
         })?;
         trees.keep_live_index(&live)?;
+        // Usage rows were once indexed by organization and by token too;
+        // the by-time trees always held every row with its count, so those
+        // indexes go (see `usage`), once the store is known to be whole. An
+        // earlier version would not rebuild them
+        // (docs/operate/backup-restore.md, "Going back to an earlier version").
+        for retired in keys::RETIRED_USAGE_INDEXES {
+            trees.db.drop_tree(retired)?;
+        }
         let watermark = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -139,12 +139,16 @@ pub(super) fn list(
         Bound::Excluded(key) => (key.clone(), Some(key)),
         Bound::Unbounded => (prefix.clone(), None),
     };
-    let bucket_at = |key: &[u8]| -> Result<[u8; 8], StoreError> {
-        key.get(prefix.len()..prefix.len() + 8)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| StoreError::Corrupt("usage page token".into()))
+    // A cursor cut short inside its bucket (a tampered page token) reads
+    // from the earliest bucket it can stand for: every row after it lies
+    // there or later.
+    let bucket_at = |key: &[u8]| {
+        let mut bucket = [0; 8];
+        let given = key.get(prefix.len()..).unwrap_or_default();
+        let n = given.len().min(8);
+        bucket[..n].copy_from_slice(&given[..n]);
+        bucket
     };
-    let (first, end) = (bucket_at(&from)?, bucket_at(&high)?);
     let mut scope = keys::prefix(&[&query.org_id]);
     if let Some(id) = query.token_id {
         scope.extend_from_slice(&id.to_bytes());
@@ -152,9 +156,10 @@ pub(super) fn list(
     let scan = Scope {
         scope: &scope,
         prefix: &prefix,
-        end,
-        index: if query.token_id.is_some() { 2 } else { 1 },
+        end: bucket_at(&high),
+        after: after.as_deref(),
     };
+    let first = bucket_at(&from);
     let mut scans = trees
         .usage_by_time
         .each_ref()
@@ -179,6 +184,12 @@ pub(super) fn list(
                 next: None,
             });
         };
+        if records.len() == limit {
+            return Ok(UsagePage {
+                records,
+                next: last_key,
+            });
+        }
         let (key, record) = match heads[i].take() {
             Some(Head::Row(key, record)) => (key, record),
             // A tree read its budget of buckets: every row before that
@@ -192,15 +203,6 @@ pub(super) fn list(
             None => return Err(StoreError::Corrupt("usage listing".into())),
         };
         heads[i] = scans[i].next_head()?;
-        if after.as_ref().is_some_and(|after| key <= *after) {
-            continue;
-        }
-        if records.len() == limit {
-            return Ok(UsagePage {
-                records,
-                next: last_key,
-            });
-        }
         records.push(record);
         last_key = Some(key);
     }
@@ -210,12 +212,14 @@ pub(super) fn list(
 struct Scope<'a> {
     /// The by-time keys' part after the bucket: organization, and token.
     scope: &'a [u8],
-    /// The index keys' part before the bucket.
+    /// The index keys' part before the bucket. A by-time key in scope and
+    /// its index key differ only in where the bucket stands: after the
+    /// scope, or after this prefix.
     prefix: &'a [u8],
     /// The first bucket not to read.
     end: [u8; 8],
-    /// Which of `usage_keys` orders the listing: 1 by org, 2 by token.
-    index: usize,
+    /// The index key of the last row listed before (the page token).
+    after: Option<&'a [u8]>,
 }
 
 /// The next thing one tree gives a listing.
@@ -235,9 +239,9 @@ impl Head {
     }
 }
 
-/// One by-time tree's rows in scope from bucket `first` on, skipping from
-/// bucket to bucket: each bucket costs one seek, whatever other tenants
-/// keep in it.
+/// One by-time tree's rows in scope after the page token, from bucket
+/// `first` on, skipping from bucket to bucket: each bucket costs one seek,
+/// whatever other tenants keep in it.
 struct BucketScan<'a> {
     tree: &'a Tree,
     scan: &'a Scope<'a>,
@@ -259,18 +263,31 @@ impl<'a> BucketScan<'a> {
     }
 
     fn next_head(&mut self) -> Result<Option<Head>, StoreError> {
-        let scope = self.scan.scope;
+        let Scope {
+            scope,
+            prefix,
+            end,
+            after,
+        } = *self.scan;
         loop {
             if self.rows.is_none() {
-                let Some(bucket) = self.seek.filter(|bucket| *bucket < self.scan.end) else {
+                let Some(bucket) = self.seek.filter(|bucket| *bucket < end) else {
                     return Ok(None);
                 };
                 if self.seeks == BUCKETS_PER_PAGE {
                     self.seek = None;
-                    return Ok(Some(Head::Paused([self.scan.prefix, &bucket].concat())));
+                    return Ok(Some(Head::Paused([prefix, &bucket].concat())));
+                }
+                let mut from = [&bucket, scope].concat();
+                // The first seek goes straight to the page token's row: its
+                // by-time key is the bucket, the scope and the token's tail.
+                if self.seeks == 0
+                    && let Some(after) = after
+                {
+                    from.extend_from_slice(after.get(prefix.len() + 8..).unwrap_or_default());
                 }
                 self.seeks += 1;
-                self.rows = Some(self.tree.range([&bucket, scope].concat()..));
+                self.rows = Some(self.tree.range(from..));
             }
             let Some(entry) = self.rows.as_mut().and_then(Iterator::next) else {
                 self.rows = None;
@@ -282,15 +299,18 @@ impl<'a> BucketScan<'a> {
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| StoreError::Corrupt("usage time key".into()))?;
-            if bucket >= self.scan.end {
+            if bucket >= end {
                 self.rows = None;
                 self.seek = None;
                 continue;
             }
             let rest = &key[8..];
-            if rest.starts_with(scope) {
+            if let Some(tail) = rest.strip_prefix(scope) {
+                let index_key = [prefix, &bucket, tail].concat();
+                if after.is_some_and(|after| index_key.as_slice() <= after) {
+                    continue;
+                }
                 let record = decode_usage_time_key(&key, &count)?;
-                let index_key = usage_keys(&record)[self.scan.index].clone();
                 return Ok(Some(Head::Row(index_key, record)));
             }
             // Past the scope's rows of this bucket (or short of them, in a
@@ -420,54 +440,101 @@ mod tests {
         assert_eq!(listings, every_usage_listing(&memory).await);
     }
 
-    /// A listing over more buckets than a page reads comes in pages of
-    /// fewer rows than asked, each with a page token, and together they
-    /// hold every row, in order, once.
+    /// A listing over more buckets than a page reads comes in pages of at
+    /// most the rows asked, some fewer, each with a page token, and
+    /// together they hold every row, in order, once: by organization and
+    /// by token, at every resolution, among another organization's rows.
     #[tokio::test]
     async fn a_page_reads_a_bounded_number_of_buckets() {
+        const HOUR: i64 = 60;
         let dir = tempfile::tempdir().unwrap();
         let sled = SledStore::open(dir.path()).unwrap();
         let memory = crate::store::memory::MemoryStore::new();
         let minutes = 3 * BUCKETS_PER_PAGE as i64;
-        // The organization's rows every other minute, another's in between.
+        let other = |record: UsageRecord| UsageRecord {
+            org_id: "b".into(),
+            token_id: TokenId::from_bytes([2; 16]),
+            ..record
+        };
+        let at = |resolution, minute, count| UsageRecord {
+            resolution,
+            ..row(minute, count)
+        };
+        // The organization's rows every other minute, another's in
+        // between; hour and day rows alike, each bucket holding one.
         let rows: Vec<UsageRecord> = (0..minutes)
-            .map(|minute| match minute % 2 {
-                0 => row(minute, 1),
-                _ => UsageRecord {
-                    org_id: "b".into(),
-                    token_id: TokenId::from_bytes([2; 16]),
-                    ..row(minute, 1)
-                },
+            .flat_map(|m| {
+                let of = |record| if m % 2 == 0 { record } else { other(record) };
+                [
+                    of(at(Resolution::Minute, m, 1)),
+                    of(at(Resolution::Hour, m * HOUR, 2)),
+                    of(at(Resolution::Day, m * 24 * HOUR, 3)),
+                ]
             })
             .collect();
         for store in [&sled as &dyn Store, &memory] {
             store.record_usage(&rows).await.unwrap();
         }
-        let query = UsageQuery {
-            org_id: "a".into(),
-            token_id: Some(row(0, 0).token_id),
-            start: None,
-            end: None,
-        };
-        let whole = memory.list_usage(&query, None, 10_000).await.unwrap();
-        assert_eq!(whole.records.len(), minutes as usize / 2);
-        let (mut listed, mut pages) = (Vec::new(), 0);
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = sled
-                .list_usage(&query, after.as_deref(), 10_000)
-                .await
-                .unwrap();
-            // Each row of the organization has a bucket of its own.
-            assert!(page.records.len() <= BUCKETS_PER_PAGE, "page {pages}");
-            pages += 1;
-            listed.extend(page.records);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
+        for token_id in [None, Some(row(0, 0).token_id)] {
+            let query = UsageQuery {
+                org_id: "a".into(),
+                token_id,
+                start: None,
+                end: None,
+            };
+            let whole = memory.list_usage(&query, None, 100_000).await.unwrap();
+            assert_eq!(whole.records.len(), 3 * minutes as usize / 2);
+            for limit in [7, 100_000] {
+                let (mut listed, mut pages) = (Vec::new(), 0);
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let page = sled
+                        .list_usage(&query, after.as_deref(), limit)
+                        .await
+                        .unwrap();
+                    // Each row has a bucket of its own in its tree.
+                    assert!(page.records.len() <= limit.min(3 * BUCKETS_PER_PAGE));
+                    pages += 1;
+                    listed.extend(page.records);
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                assert_eq!(listed, whole.records, "{token_id:?} by {limit}");
+                assert!(pages > 1, "{pages} pages");
             }
         }
-        assert_eq!(listed, whole.records, "every row, in order, once");
-        assert!(pages > 1, "{pages} pages");
+    }
+
+    /// A page token cut short, as a tampered one may be, even inside its
+    /// bucket, lists what the memory store lists after it: never an error.
+    #[tokio::test]
+    async fn a_page_token_cut_short_lists_as_every_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let memory = crate::store::memory::MemoryStore::new();
+        for store in [&sled as &dyn Store, &memory] {
+            store
+                .record_usage(&[row(1, 1), row(2, 1), row(3, 1)])
+                .await
+                .unwrap();
+        }
+        for token_id in [None, Some(row(0, 0).token_id)] {
+            let query = UsageQuery {
+                org_id: "a".into(),
+                token_id,
+                start: None,
+                end: None,
+            };
+            let second = sled.list_usage(&query, None, 2).await.unwrap();
+            let cursor = second.next.unwrap();
+            for cut in 1..=cursor.len() {
+                let after = Some(&cursor[..cut]);
+                let page = sled.list_usage(&query, after, 10).await.unwrap();
+                let expected = memory.list_usage(&query, after, 10).await.unwrap();
+                assert_eq!(page, expected, "{token_id:?}, cut at {cut}");
+            }
+        }
     }
 }
