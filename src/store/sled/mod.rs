@@ -70,8 +70,8 @@ use crate::domain::{
 /// own default (1 GiB): sled counts pages at their size on disk and holds
 /// them in several times that: after five minutes of load RSS was 783 MiB
 /// with 1 GiB against 557 MiB with this at 100,000 tokens, and 3,932
-/// against 1,207 MiB at 1,000,000 (BENCHMARKS.md, "Memory under sustained
-/// Check load"). A larger budget keeps more of the store in memory for
+/// against 1,207 MiB at 1,000,000 (the `4686ffd` pass, in
+/// docs/develop/benchmark-history.md). A larger budget keeps more of the store in memory for
 /// Checks that miss the Check cache.
 pub const SLED_DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
