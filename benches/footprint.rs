@@ -39,43 +39,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use support::{disk_usage, env_or, rss_kib};
 use tokenauth::proto::{CheckRequest, check_service_client::CheckServiceClient};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// (apparent bytes, allocated bytes) of every file under `dir`.
-fn disk_usage(dir: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = (0, 0);
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let meta = entry.metadata().unwrap();
-        if meta.is_dir() {
-            let (a, b) = disk_usage(&entry.path());
-            total = (total.0 + a, total.1 + b);
-        } else {
-            total = (total.0 + meta.len(), total.1 + meta.blocks() * 512);
-        }
-    }
-    total
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -26,16 +26,10 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
+use support::env_or;
 use tokenauth::{domain::token::validate_check_query, service::CheckOrigin};
 
 const HOT: usize = 1_000;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Runs `future` to completion: polled in place when it does not wait (a
 /// cache hit does not), on the runtime otherwise (a miss reads the store on

@@ -28,6 +28,41 @@ use tokenauth::{
     store::{Store, sled::SledStore},
 };
 
+/// A number from the environment, or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The resident set (VmRSS) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// (apparent bytes, allocated bytes) of every file under `dir`.
+pub fn disk_usage(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            let (a, b) = disk_usage(&entry.path());
+            total = (total.0 + a, total.1 + b);
+        } else {
+            total = (total.0 + meta.len(), total.1 + meta.blocks() * 512);
+        }
+    }
+    total
+}
+
 /// Polls a future that completes without waiting (a cache hit never
 /// waits), so that no executor cost is measured. Inlined, so that in a
 /// profile a Check's callees appear under its caller.

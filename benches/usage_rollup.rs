@@ -16,7 +16,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::{path::Path, time::Instant};
+
+use support::{disk_usage, env_or};
 
 use tokenauth::{
     domain::{
@@ -31,30 +35,6 @@ use tokenauth::{
 const MINUTE: i64 = 60_000_000;
 const DAY: i64 = 1_440 * MINUTE;
 const BATCH: usize = 500;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Allocated bytes of every file under `dir`.
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                disk_bytes(&entry.path())
-            } else {
-                meta.blocks() * 512
-            }
-        })
-        .sum()
-}
 
 fn token(n: u64) -> TokenId {
     let mut id = [0x5a; 16];
@@ -85,12 +65,12 @@ async fn store_of(dir: &Path, rows: &[UsageRecord]) -> (SledStore, u64) {
     let _ = std::fs::remove_dir_all(dir);
     let store = SledStore::open(dir).unwrap();
     store.durable().await.unwrap();
-    let empty = disk_bytes(dir);
+    let empty = disk_usage(dir).1;
     for chunk in rows.chunks(BATCH) {
         store.record_usage(chunk).await.unwrap();
     }
     store.durable().await.unwrap();
-    let size = disk_bytes(dir).saturating_sub(empty);
+    let size = disk_usage(dir).1.saturating_sub(empty);
     (store, size)
 }
 
@@ -136,7 +116,7 @@ async fn main() {
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / rolled as f64,
         rolled as f64 / elapsed.as_secs_f64(),
-        disk_bytes(&root.join("minute"))
+        disk_usage(&root.join("minute")).1
     );
     drop(minute_store);
 
