@@ -16,7 +16,10 @@
 //! runs at that simulated time. Minute rows are kept BENCH_MINUTE_ROWS_FOR
 //! minutes (default 1, as the long `footprint` runs set with
 //! `TOKENAUTH_USAGE__MINUTE_ROWS_FOR=1m`), so each hour's minute rows roll
-//! up once the hour is over; hour and day rows keep the server's defaults.
+//! up once the hour is over. Hour rows are kept BENCH_HOUR_ROWS_FOR hours
+//! and usage at all BENCH_RETENTION hours (default: the server's 90 and
+//! 400 days); shortened, every resolution rolls up or is pruned within
+//! the run, so that it shows the store once what it keeps stops growing.
 //! The store's page cache is BENCH_SLED_CACHE_MIB (default 64), and the
 //! allocator the server's (jemalloc).
 //!
@@ -69,6 +72,12 @@ async fn main() {
     let sample_every = env_or("BENCH_SAMPLE_EVERY", 15).max(1) as i64;
     let mut usage = Config::default().usage;
     usage.minute_rows_for = Duration::from_secs(60 * env_or("BENCH_MINUTE_ROWS_FOR", 1));
+    if let Ok(hours) = std::env::var("BENCH_HOUR_ROWS_FOR") {
+        usage.hour_rows_for = Duration::from_secs(3_600 * hours.parse::<u64>().unwrap());
+    }
+    if let Ok(hours) = std::env::var("BENCH_RETENTION") {
+        usage.retention = Duration::from_secs(3_600 * hours.parse::<u64>().unwrap());
+    }
     let retention = usage.retention();
 
     let dir = support::data_root().join("usage-soak");
@@ -78,9 +87,11 @@ async fn main() {
     let pid = std::process::id();
     println!(
         "{tokens} busy tokens, {flushes} writes of each one's minute row a minute, upkeep \
-         every {upkeep_every} min, minute rows kept {} min, sled cache {cache_mib} MiB, \
-         {hours} simulated hours",
-        usage.minute_rows_for.as_secs() / 60
+         every {upkeep_every} min, minute rows kept {} min, hour rows {} h, usage {} h, \
+         sled cache {cache_mib} MiB, {hours} simulated hours",
+        usage.minute_rows_for.as_secs() / 60,
+        usage.hour_rows_for.as_secs() / 3_600,
+        usage.retention.as_secs() / 3_600,
     );
     println!();
     println!("| simulated time | wall s | row writes | rows rolled up | db MiB | RSS MiB |");
