@@ -25,7 +25,9 @@
 //!
 //! Every BENCH_SAMPLE_EVERY simulated minutes (default 15) for BENCH_HOURS
 //! hours (default 6) it prints the store's size on disk and this process's
-//! RSS. What it leaves out:
+//! RSS, and it leaves the store in `usage-soak` under `target/bench-data`
+//! (or BENCH_DATA_ROOT), for `BENCH_STORE_OF=<it> cargo bench --bench
+//! footprint` to report what it holds. What it leaves out:
 //! token reads and last-use writes (a fixed set of keys rewritten; the
 //! footprint runs include them), and the connections and cache of a
 //! serving process.
@@ -148,5 +150,6 @@ async fn main() {
         }
     }
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!("The store is left in {} (for BENCH_STORE_OF).", dir.display());
 }
