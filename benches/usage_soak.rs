@@ -151,5 +151,8 @@ async fn main() {
     }
     drop(store);
     println!();
-    println!("The store is left in {} (for BENCH_STORE_OF).", dir.display());
+    println!(
+        "The store is left in {} (for BENCH_STORE_OF).",
+        dir.display()
+    );
 }
