@@ -63,6 +63,30 @@ pub fn disk_usage(dir: &std::path::Path) -> (u64, u64) {
     total
 }
 
+/// The id of busy token `n` in the usage benches.
+pub fn usage_token(n: u64) -> TokenId {
+    let mut id = [0x5a; 16];
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    TokenId::from_bytes(id)
+}
+
+/// Runs one upkeep step to the end, `batch` rows a transaction, as the
+/// server's upkeep does; returns the rows it took.
+pub async fn upkeep_all(
+    store: &dyn Store,
+    step: tokenauth::domain::usage::UsageUpkeep,
+    batch: usize,
+) -> usize {
+    let mut rows = 0;
+    loop {
+        let taken = store.upkeep_usage(step, batch).await.unwrap();
+        rows += taken;
+        if taken < batch {
+            return rows;
+        }
+    }
+}
+
 /// Polls a future that completes without waiting (a cache hit never
 /// waits), so that no executor cost is measured. Inlined, so that in a
 /// profile a Check's callees appear under its caller.

@@ -20,11 +20,10 @@ mod support;
 
 use std::{path::Path, time::Instant};
 
-use support::{disk_usage, env_or};
+use support::{disk_usage, env_or, upkeep_all, usage_token};
 
 use tokenauth::{
     domain::{
-        ids::TokenId,
         time::Timestamp,
         token::Reason,
         usage::{Resolution, UsageRecord, UsageUpkeep, roll_up},
@@ -36,19 +35,13 @@ const MINUTE: i64 = 60_000_000;
 const DAY: i64 = 1_440 * MINUTE;
 const BATCH: usize = 500;
 
-fn token(n: u64) -> TokenId {
-    let mut id = [0x5a; 16];
-    id[8..].copy_from_slice(&n.to_be_bytes());
-    TokenId::from_bytes(id)
-}
-
 /// One day of minute rows of `tokens` busy tokens, minute by minute.
 fn minute_rows(tokens: u64, day: i64) -> Vec<UsageRecord> {
     (0..1_440)
         .flat_map(|minute| {
             (0..tokens).map(move |t| UsageRecord {
                 org_id: format!("org-{}", t % 10),
-                token_id: token(t),
+                token_id: usage_token(t),
                 permission: "test_api:run".into(),
                 decision: Reason::Ok,
                 minute: Timestamp::from_micros(day * DAY + minute * MINUTE),
@@ -96,18 +89,11 @@ async fn main() {
 
     let before = Timestamp::from_micros(DAY);
     let started = Instant::now();
-    let mut rolled = 0;
     let step = UsageUpkeep::RollUp {
         from: Resolution::Minute,
         before,
     };
-    loop {
-        let taken = minute_store.upkeep_usage(step, BATCH).await.unwrap();
-        rolled += taken;
-        if taken < BATCH {
-            break;
-        }
-    }
+    let rolled = upkeep_all(&minute_store, step, BATCH).await;
     minute_store.durable().await.unwrap();
     let elapsed = started.elapsed();
     println!(

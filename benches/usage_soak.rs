@@ -38,11 +38,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{disk_usage, env_or, rss_kib};
+use support::{disk_usage, env_or, rss_kib, upkeep_all, usage_token};
 use tokenauth::{
     config::Config,
     domain::{
-        ids::TokenId,
         time::Timestamp,
         token::Reason,
         usage::{Resolution, UsageRecord},
@@ -57,12 +56,6 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const MINUTE: i64 = 60_000_000;
 /// 2026-01-01T00:00Z: simulated time starts on a day's first hour.
 const START: i64 = 20_454 * 1_440 * MINUTE;
-
-fn token(n: u64) -> TokenId {
-    let mut id = [0x5a; 16];
-    id[8..].copy_from_slice(&n.to_be_bytes());
-    TokenId::from_bytes(id)
-}
 
 #[tokio::main]
 async fn main() {
@@ -117,7 +110,7 @@ async fn main() {
         let rows: Vec<UsageRecord> = (0..tokens)
             .map(|t| UsageRecord {
                 org_id: format!("org-{}", t % 100),
-                token_id: token(t),
+                token_id: usage_token(t),
                 permission: "test_api:run".into(),
                 decision: Reason::Ok,
                 minute: at,
@@ -135,13 +128,7 @@ async fn main() {
         let now = Timestamp::from_micros(START + (minute + 1) * MINUTE);
         if (minute + 1) % upkeep_every as i64 == 0 {
             for step in retention.plan(now) {
-                loop {
-                    let taken = store.upkeep_usage(step, usage.upkeep_batch).await.unwrap();
-                    rolled += taken;
-                    if taken < usage.upkeep_batch {
-                        break;
-                    }
-                }
+                rolled += upkeep_all(&store, step, usage.upkeep_batch).await;
             }
             store.durable().await.unwrap();
         }
