@@ -143,6 +143,32 @@ impl Connections {
         }
     }
 
+    /// The grace period is over: closes every connection, calls in flight
+    /// or not, and waits up to `wait` for what served them (their streams,
+    /// calls and requests) to let go of them, since those hold the service
+    /// and with it the store, which must not outlive the server. Whether
+    /// they all did.
+    pub async fn close_all(&self, wait: Duration) -> bool {
+        self.draining.store(true, Ordering::Release);
+        let left: Vec<std::sync::Weak<Connection>> = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|connection| {
+                connection.close.cancel();
+                Arc::downgrade(connection)
+            })
+            .collect();
+        // Nothing signals the last reference's drop; shutdown can afford to look.
+        let let_go = async {
+            while left.iter().any(|connection| connection.strong_count() > 0) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(wait, let_go).await.is_ok()
+    }
+
     /// A place for a new connection, if there is one (or an idle connection
     /// to close for it).
     async fn admit(self: &Arc<Self>) -> Option<Place> {

@@ -38,6 +38,11 @@ use crate::{
     store::{Store, StoreError, metered::MeteredStore},
 };
 
+/// How long, after the grace period, the server waits for the calls it cut
+/// off to let go of the service (they only have to notice their connection
+/// is gone).
+const CONNECTIONS_LET_GO: Duration = Duration::from_secs(5);
+
 /// A started server. Drop it or call [`RunningServer::shutdown`] to stop.
 pub struct RunningServer {
     local_addr: SocketAddr,
@@ -380,6 +385,7 @@ impl Wired {
             Arc::clone(&metrics),
         );
         let incoming = incoming(listener, limits, Arc::clone(&connections));
+        let closing = Arc::clone(&connections);
         let draining_health = Arc::clone(&health);
         let draining = drain.clone();
         let draining_service = Arc::clone(&service);
@@ -412,7 +418,13 @@ impl Wired {
         let served = tokio::select! {
             served = serving => served,
             () = deadline => {
-                tracing::warn!("in-flight calls outlived the shutdown grace period; stopping anyway");
+                tracing::warn!("in-flight calls outlived the shutdown grace period; closing their connections");
+                // Their tasks outlive `serving` and hold the service, so the
+                // store too: a restart on this data directory would find it
+                // locked.
+                if !closing.close_all(CONNECTIONS_LET_GO).await {
+                    tracing::warn!("calls still held the service after their connections were closed");
+                }
                 Ok(())
             }
         };
