@@ -18,6 +18,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Mutex};
+use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -148,6 +149,11 @@ impl Health {
 /// Most connections open at once on the health probe port.
 const PROBE_CONNECTIONS: usize = 64;
 
+/// How long the probe port's calls may go on after the stop before their
+/// connections are closed: a probe's Check is quick, and a Watch (anyone
+/// may open one: the port carries no credential) never ends by itself.
+const PROBE_STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves gRPC health alone, in plaintext, on `health.listen` until `stop`:
 /// for probes that cannot speak TLS (Kubernetes' gRPC probes) when the main
 /// port does. It carries no credential, and reports what the main port's
@@ -161,17 +167,33 @@ pub(super) fn serve_probes<H: tonic_health::pb::health_server::Health>(
 ) -> impl Future<Output = ()> + Send + 'static {
     let connections = Connections::new(PROBE_CONNECTIONS, limits.idle_timeout, metrics);
     let incoming = super::grpc::incoming(listener, limits, Arc::clone(&connections));
+    let stopped = CancellationToken::new();
     async move {
-        let served = tonic::transport::Server::builder()
+        let on_stop = stopped.clone();
+        let closing = Arc::clone(&connections);
+        let serving = tonic::transport::Server::builder()
             .layer(CallTrackingLayer)
             .add_service(health)
             .serve_with_incoming_shutdown(incoming, async move {
                 stop.await;
+                on_stop.cancel();
                 connections.drain();
-            })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "the health probe port failed");
+            });
+        let grace_over = async {
+            stopped.cancelled().await;
+            tokio::time::sleep(PROBE_STOP_GRACE).await;
+        };
+        tokio::select! {
+            served = serving => {
+                if let Err(error) = served {
+                    tracing::error!(%error, "the health probe port failed");
+                }
+            }
+            () = grace_over => {
+                if !closing.close_all(PROBE_STOP_GRACE).await {
+                    tracing::warn!("health probe calls still open after their connections were closed");
+                }
+            }
         }
     }
 }

@@ -227,6 +227,11 @@ impl TestServer {
         self.running.as_ref().unwrap().admin_addr()
     }
 
+    #[allow(dead_code)] // for the tests, not the benchmarks, which share this file
+    pub fn probe_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().unwrap().probe_addr()
+    }
+
     pub fn secret_scanning_addr(&self) -> Option<std::net::SocketAddr> {
         self.running.as_ref().unwrap().secret_scanning_addr()
     }

@@ -392,7 +392,7 @@ async fn a_call_that_outlives_the_grace_period_lets_go_of_the_store() {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
     // A Check whose request message never comes.
-    let stuck = tokio::spawn(async move {
+    let mut stuck = Box::pin(async move {
         grpc.client_streaming::<_, CheckRequest, tokenauth::proto::CheckResponse, _>(
             tonic::Request::new(tokio_stream::pending::<CheckRequest>()),
             tonic::codegen::http::uri::PathAndQuery::from_static(
@@ -402,8 +402,14 @@ async fn a_call_that_outlives_the_grace_period_lets_go_of_the_store() {
         )
         .await
     });
-    // Answered after the stuck call's headers, which came first on the
-    // same connection.
+    // Polled first, so that its request is queued on the connection before
+    // the Check below: once that Check is answered, the server has both.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut stuck)
+            .await
+            .is_err()
+    );
+    let stuck = tokio::spawn(stuck);
     CheckServiceClient::new(channel)
         .check(CheckRequest {
             token: "tksat_not_a_token".into(),
@@ -429,6 +435,45 @@ async fn a_call_that_outlives_the_grace_period_lets_go_of_the_store() {
         .unwrap()
         .unwrap();
     assert!(ended.is_err(), "the cut-off call ended with {ended:?}");
+}
+
+/// An anonymous Watch on the health probe port held the stop for ever: the
+/// probe server's drain waited for its connection, and nothing ends a
+/// Watch. Now the probe port's calls get a second after the stop, then
+/// their connections are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_the_probe_port_does_not_hold_the_stop() {
+    let server = TestServer::start_with(|config| {
+        config.health.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let probes = Channel::from_shared(format!("http://{}", server.probe_addr().unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(probes)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+
+    let stopped = tokio::time::timeout(HANG_GUARD, server.stop()).await;
+    assert!(stopped.is_ok(), "a Watch on the probe port held the stop");
+    // The Watch is ended (NOT_SERVING may come first), not left open.
+    let ended = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the Watch was left open after the stop");
 }
 
 /// Item 12, by design: with every place taken by a connection that has a
