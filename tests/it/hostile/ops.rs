@@ -375,68 +375,6 @@ async fn shutdown_does_not_wait_for_idle_connections() {
     drop(idle_client);
 }
 
-/// A call still in flight when the grace period ends was left running with
-/// its connection, holding the service and so the store: a server started
-/// again in the same process found the data directory locked. Now its
-/// connection is closed, and the store opens again as soon as the stop
-/// returns.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_that_outlives_the_grace_period_lets_go_of_the_store() {
-    let server = TestServer::start().await;
-    let config = server.config.clone();
-    let channel = Channel::from_shared(format!("http://{}", server.addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    // A Check whose request message never comes.
-    let mut stuck = Box::pin(async move {
-        grpc.client_streaming::<_, CheckRequest, tokenauth::proto::CheckResponse, _>(
-            tonic::Request::new(tokio_stream::pending::<CheckRequest>()),
-            tonic::codegen::http::uri::PathAndQuery::from_static(
-                "/tokenauth.v1.CheckService/Check",
-            ),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-    });
-    // Polled first, so that its request is queued on the connection before
-    // the Check below: once that Check is answered, the server has both.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(50), &mut stuck)
-            .await
-            .is_err()
-    );
-    let stuck = tokio::spawn(stuck);
-    CheckServiceClient::new(channel)
-        .check(CheckRequest {
-            token: "tksat_not_a_token".into(),
-            permission: "scim:read".into(),
-            org_id: "org-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-
-    let started = std::time::Instant::now();
-    let stopped = tokio::time::timeout(HANG_GUARD, server.stop()).await;
-    assert!(stopped.is_ok(), "the stop hung on the call in flight");
-    assert!(
-        started.elapsed() >= config.limits.shutdown_grace,
-        "the stop did not wait for the call in flight, so this tests nothing"
-    );
-    if let Err(error) = tokenauth::server::open_store(&config).await {
-        panic!("the stopped server still holds the store: {error}");
-    }
-    let ended = tokio::time::timeout(HANG_GUARD, stuck)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(ended.is_err(), "the cut-off call ended with {ended:?}");
-}
-
 /// An anonymous Watch on the health probe port held the stop for ever: the
 /// probe server's drain waited for its connection, and nothing ends a
 /// Watch. Now the probe port's calls get a second after the stop, then
