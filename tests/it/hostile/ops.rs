@@ -375,6 +375,24 @@ async fn shutdown_does_not_wait_for_idle_connections() {
     drop(idle_client);
 }
 
+/// A health Watch on a connection of its own to `url`, past its first status.
+async fn a_new_watch(url: &str) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    watch
+}
+
 /// An anonymous Watch on the health probe port held the stop for ever: the
 /// probe server's drain waited for its connection, and nothing ends a
 /// Watch. Now the probe port's calls get a second after the stop, then
@@ -385,19 +403,7 @@ async fn a_watch_on_the_probe_port_does_not_hold_the_stop() {
         config.health.listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
-    let probes = Channel::from_shared(format!("http://{}", server.probe_addr().unwrap()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut watch = HealthClient::new(probes)
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(watch.message().await.unwrap().is_some());
+    let mut watch = a_new_watch(&format!("http://{}", server.probe_addr().unwrap())).await;
 
     let stopped = tokio::time::timeout(HANG_GUARD, server.stop()).await;
     assert!(stopped.is_ok(), "a Watch on the probe port held the stop");
@@ -428,20 +434,7 @@ async fn at_the_limit_with_every_connection_busy_a_newcomer_is_refused_at_once()
     // The harness's own connection is idle: the first watcher takes its place.
     let mut watches = Vec::new();
     for _ in 0..3 {
-        let channel = Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut watch = HealthClient::new(channel)
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(watch.message().await.unwrap().is_some());
-        watches.push(watch);
+        watches.push(a_new_watch(&url).await);
     }
     let admin = server.admin_addr().unwrap();
     let refused = r#"tokenauth_connections_closed_total{reason="refused"}"#;
